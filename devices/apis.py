@@ -1,0 +1,125 @@
+"""REST endpoints of the registry: thin views over selectors and services."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from devices import selectors, services
+from devices.models import Device
+from devices.permissions import RegistryPermission
+from devices.serializers import (
+    DeviceCreatedSerializer,
+    DeviceCreateSerializer,
+    DeviceSerializer,
+    DeviceTokenSerializer,
+    FeederSerializer,
+    RoomSerializer,
+    SensorSerializer,
+    SiteSerializer,
+    SubstationSerializer,
+    TransformerSerializer,
+)
+
+
+class RegistryViewSet(viewsets.ModelViewSet):
+    """CRUD over one registry model, limited to the rows the caller may see."""
+
+    permission_classes = [RegistryPermission]
+    selector = None
+
+    def get_queryset(self):
+        return type(self).selector(user=self.request.user)
+
+
+class SubstationViewSet(RegistryViewSet):
+    serializer_class = SubstationSerializer
+    selector = staticmethod(selectors.substation_list)
+    search_fields = ["code", "name"]
+    ordering_fields = ["code", "name"]
+
+
+class TransformerViewSet(RegistryViewSet):
+    serializer_class = TransformerSerializer
+    selector = staticmethod(selectors.transformer_list)
+    filterset_fields = ["substation"]
+    search_fields = ["code", "name"]
+    ordering_fields = ["code", "name"]
+
+
+class FeederViewSet(RegistryViewSet):
+    serializer_class = FeederSerializer
+    selector = staticmethod(selectors.feeder_list)
+    filterset_fields = ["transformer"]
+    search_fields = ["code", "name"]
+    ordering_fields = ["code", "name"]
+
+
+class SiteViewSet(RegistryViewSet):
+    serializer_class = SiteSerializer
+    selector = staticmethod(selectors.site_list)
+    filterset_fields = ["feeder", "currency", "timezone"]
+    search_fields = ["name", "address", "cpe"]
+    ordering_fields = ["name", "created_at"]
+
+
+class RoomViewSet(RegistryViewSet):
+    serializer_class = RoomSerializer
+    selector = staticmethod(selectors.room_list)
+    filterset_fields = ["site"]
+    search_fields = ["name"]
+    ordering_fields = ["name"]
+
+
+class SensorViewSet(RegistryViewSet):
+    """Sensors, addressed by their public id `<device uid>.<key>`."""
+
+    serializer_class = SensorSerializer
+    selector = staticmethod(selectors.sensor_list)
+    filterset_fields = ["kind", "device__uid"]
+    search_fields = ["key", "device__uid"]
+    ordering_fields = ["key"]
+    lookup_value_regex = r"[^/]+"
+
+    def get_object(self):
+        uid, _, key = self.kwargs["pk"].rpartition(".")
+        sensor = self.get_queryset().filter(device__uid=uid, key=key).first()
+        if sensor is None:
+            raise NotFound(
+                f"No sensor {self.kwargs['pk']!r}; sensor ids look like 'pi-0001.power_w'."
+            )
+        self.check_object_permissions(self.request, sensor)
+        return sensor
+
+
+class DeviceViewSet(RegistryViewSet):
+    selector = staticmethod(selectors.device_list)
+    lookup_field = "uid"
+    filterset_fields = ["site", "room", "kind", "online", "controllable", "site__feeder"]
+    search_fields = ["uid", "name", "site__name"]
+    ordering_fields = ["uid", "last_seen"]
+
+    def get_serializer_class(self):
+        return DeviceCreateSerializer if self.action == "create" else DeviceSerializer
+
+    @extend_schema(request=DeviceCreateSerializer, responses={201: DeviceCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        """Register a device; the answer carries its token, which is shown only this once."""
+        serializer = DeviceCreateSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        device, token = services.device_create(**serializer.validated_data)
+        device = self.get_queryset().get(pk=device.pk)
+        device.token = token
+        return Response(DeviceCreatedSerializer(device).data, status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer):
+        services.device_update(device=serializer.instance, **serializer.validated_data)
+
+    @extend_schema(request=None, responses={200: DeviceTokenSerializer})
+    @action(detail=True, methods=["post"], url_path="rotate-token")
+    def rotate_token(self, request, uid=None):
+        """Issue a new token for the device; the old one stops working at once."""
+        device: Device = self.get_object()
+        token = services.device_issue_token(device=device)
+        return Response(DeviceTokenSerializer({"uid": device.uid, "token": token}).data)

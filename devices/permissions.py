@@ -1,0 +1,28 @@
+from rest_framework import permissions
+
+from devices.selectors import user_is_operator
+
+
+class RegistryPermission(permissions.BasePermission):
+    """Everyone signed in reads what they may see; only operators change the registry.
+
+    For a single object the decision waits until the object is looked up, so a resident asking
+    to change someone else's object gets the same 404 as for one that does not exist.
+    """
+
+    message = "Only staff and operators may change the registry."
+
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS or user_is_operator(request.user):
+            return True
+        return bool(getattr(view, "detail", False))
+
+    def has_object_permission(self, request, view, obj):
+        return request.method in permissions.SAFE_METHODS or user_is_operator(request.user)
+
+
+class IsOperator(permissions.BasePermission):
+    message = "Only staff and operators may do this."
+
+    def has_permission(self, request, view):
+        return user_is_operator(request.user)

@@ -1,0 +1,109 @@
+"""Reads of the registry, scoped to what a user may see."""
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Q, QuerySet
+
+from devices.models import Device, Feeder, Room, Sensor, Site, Substation, Transformer
+
+
+def user_is_operator(user: AbstractBaseUser) -> bool:
+    """Staff and members of the operators group see and steer the whole fleet."""
+    if not user.is_authenticated:
+        return False
+    if user.is_staff:
+        return True
+    cached = getattr(user, "_is_operator", None)
+    if cached is None:
+        cached = user.groups.filter(name=settings.OPERATORS_GROUP).exists()
+        user._is_operator = cached
+    return cached
+
+
+def site_list(*, user: AbstractBaseUser) -> QuerySet[Site]:
+    qs = Site.objects.select_related("feeder").prefetch_related("residents")
+    return qs if user_is_operator(user) else qs.filter(residents=user)
+
+
+def room_list(*, user: AbstractBaseUser) -> QuerySet[Room]:
+    qs = Room.objects.select_related("site")
+    return qs if user_is_operator(user) else qs.filter(site__residents=user)
+
+
+def device_list(*, user: AbstractBaseUser) -> QuerySet[Device]:
+    qs = Device.objects.select_related("site", "room", "site__feeder").prefetch_related("sensors")
+    return qs if user_is_operator(user) else qs.filter(site__residents=user)
+
+
+def sensor_list(*, user: AbstractBaseUser) -> QuerySet[Sensor]:
+    qs = Sensor.objects.select_related("device")
+    return qs if user_is_operator(user) else qs.filter(device__site__residents=user)
+
+
+def substation_list(*, user: AbstractBaseUser) -> QuerySet[Substation]:
+    qs = Substation.objects.all()
+    return (
+        qs
+        if user_is_operator(user)
+        else qs.filter(transformers__feeders__sites__residents=user).distinct()
+    )
+
+
+def transformer_list(*, user: AbstractBaseUser) -> QuerySet[Transformer]:
+    qs = Transformer.objects.select_related("substation")
+    return qs if user_is_operator(user) else qs.filter(feeders__sites__residents=user).distinct()
+
+
+def feeder_list(*, user: AbstractBaseUser) -> QuerySet[Feeder]:
+    qs = Feeder.objects.select_related("transformer")
+    return qs if user_is_operator(user) else qs.filter(sites__residents=user).distinct()
+
+
+def resident_sites_with_devices(*, user: AbstractBaseUser) -> QuerySet[Site]:
+    """A resident's own sites with their devices and rooms, loaded in a fixed number of queries."""
+    return (
+        Site.objects.filter(residents=user)
+        .select_related("feeder")
+        .prefetch_related("devices__room", "devices__sensors")
+        .order_by("name")
+    )
+
+
+def fleet_devices(
+    *,
+    online: bool | None = None,
+    feeder_id: int | None = None,
+    site_id: int | None = None,
+    kind: str | None = None,
+    search: str = "",
+) -> QuerySet[Device]:
+    """Devices for the operators' fleet page, filtered as the page asks."""
+    qs = Device.objects.select_related("site", "room", "site__feeder").order_by("site__name", "uid")
+    if online is not None:
+        qs = qs.filter(online=online)
+    if feeder_id:
+        qs = qs.filter(site__feeder_id=feeder_id)
+    if site_id:
+        qs = qs.filter(site_id=site_id)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if search:
+        qs = qs.filter(
+            Q(uid__icontains=search) | Q(name__icontains=search) | Q(site__name__icontains=search)
+        )
+    return qs
+
+
+def fleet_counts() -> dict[str, int]:
+    totals = Device.objects.aggregate(total=Count("id"), online=Count("id", filter=Q(online=True)))
+    return {
+        "total": totals["total"],
+        "online": totals["online"],
+        "offline": totals["total"] - totals["online"],
+    }
+
+
+def device_by_token(*, token: str) -> Device | None:
+    from devices.models import hash_token
+
+    return Device.objects.select_related("site").filter(token_hash=hash_token(token)).first()

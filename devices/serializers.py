@@ -1,0 +1,124 @@
+from rest_framework import serializers
+
+from django.contrib.auth import get_user_model
+
+from devices.models import Device, Feeder, Room, Sensor, SensorKind, Site, Substation, Transformer
+
+
+class SubstationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Substation
+        fields = ["id", "code", "name"]
+
+
+class TransformerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Transformer
+        fields = ["id", "code", "name", "substation", "capacity_kva"]
+
+
+class FeederSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Feeder
+        fields = ["id", "code", "name", "transformer"]
+
+
+class SiteSerializer(serializers.ModelSerializer):
+    residents = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=get_user_model().objects.all()
+    )
+
+    class Meta:
+        model = Site
+        fields = [
+            "id",
+            "name",
+            "address",
+            "residents",
+            "timezone",
+            "tariff_per_kwh",
+            "currency",
+            "cpe",
+            "feeder",
+            "created_at",
+        ]
+
+
+class RoomSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Room
+        fields = ["id", "site", "name"]
+
+
+class SensorSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    device = serializers.SlugRelatedField(slug_field="uid", queryset=Device.objects.all())
+
+    class Meta:
+        model = Sensor
+        fields = ["id", "device", "key", "kind", "unit"]
+
+
+class DeviceSensorSerializer(serializers.Serializer):
+    """A sensor given inline when a device is created."""
+
+    key = serializers.SlugField(max_length=64)
+    kind = serializers.ChoiceField(choices=SensorKind.choices)
+    unit = serializers.CharField(max_length=16, required=False, default="")
+
+
+class DeviceSerializer(serializers.ModelSerializer):
+    sensors = SensorSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Device
+        fields = [
+            "uid",
+            "name",
+            "kind",
+            "site",
+            "room",
+            "controllable",
+            "flexible_kw",
+            "online",
+            "last_seen",
+            "sensors",
+            "created_at",
+        ]
+        read_only_fields = ["online", "last_seen", "created_at"]
+
+    def validate(self, attrs):
+        site = attrs.get("site", getattr(self.instance, "site", None))
+        room = attrs.get("room", getattr(self.instance, "room", None))
+        if room is not None and site is not None and room.site_id != site.id:
+            raise serializers.ValidationError(
+                {"room": "The room must belong to the device's site."}
+            )
+        return attrs
+
+
+class DeviceCreateSerializer(DeviceSerializer):
+    sensors = DeviceSensorSerializer(many=True, required=False)
+
+    def validate_sensors(self, value):
+        keys = [item["key"] for item in value]
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicated:
+            raise serializers.ValidationError(
+                f"Sensor keys must be unique: {', '.join(duplicated)}."
+            )
+        return value
+
+
+class DeviceCreatedSerializer(DeviceSerializer):
+    """The answer to a create: the device with its token, which is never shown again."""
+
+    token = serializers.CharField(read_only=True)
+
+    class Meta(DeviceSerializer.Meta):
+        fields = [*DeviceSerializer.Meta.fields, "token"]
+
+
+class DeviceTokenSerializer(serializers.Serializer):
+    uid = serializers.CharField()
+    token = serializers.CharField()

@@ -1,0 +1,45 @@
+"""Server-rendered pages: the resident's dashboard and the operators' fleet page."""
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+
+from devices import selectors
+from devices.forms import FleetFilterForm
+
+
+@login_required
+def home(request):
+    return redirect("fleet" if selectors.user_is_operator(request.user) else "dashboard")
+
+
+@login_required
+def dashboard(request):
+    sites = selectors.resident_sites_with_devices(user=request.user)
+    return render(request, "devices/dashboard.html", {"sites": sites})
+
+
+@login_required
+def fleet(request):
+    if not selectors.user_is_operator(request.user):
+        raise PermissionDenied("The fleet page is for operators.")
+    form = FleetFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    devices = selectors.fleet_devices(
+        online=filters.get("online"),
+        feeder_id=filters["feeder"].id if filters.get("feeder") else None,
+        site_id=filters["site"].id if filters.get("site") else None,
+        kind=filters.get("kind") or None,
+        search=filters.get("q") or "",
+    )
+    page = Paginator(devices, 100).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "counts": selectors.fleet_counts(),
+        "query": query.urlencode(),
+    }
+    return render(request, "devices/fleet.html", context)

@@ -1,0 +1,91 @@
+"""`make run`: one command that brings up the whole portal with demo data.
+
+It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
+migrates, seeds the demo, then runs the ASGI server, a Celery worker and beat under one
+supervisor. Ctrl-C stops every process; the embedded servers stop when this process exits.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from honcho.manager import Manager
+
+from energy_portal.environment import BASE_DIR, load
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), *args], check=True)
+
+
+def processes(*, host: str, port: int) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "web": [
+            python,
+            "-m",
+            "daphne",
+            "-b",
+            host,
+            "-p",
+            str(port),
+            "energy_portal.asgi:application",
+        ],
+        "worker": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "energy_portal",
+            "worker",
+            "-l",
+            "info",
+            "--concurrency",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        "beat": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "energy_portal",
+            "beat",
+            "-l",
+            "info",
+            "--schedule",
+            str(Path(os.environ["ENERGY_PORTAL_DATA_DIR"]) / "celerybeat"),
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-demo", action="store_true", help="skip loading the demo data")
+    options = parser.parse_args(argv)
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "energy_portal.settings")
+    env = load()  # starts the embedded servers if needed and exports their URLs to children
+    os.environ["ENERGY_PORTAL_DATA_DIR"] = str(env.data_dir)
+    where = f"embedded (under {env.data_dir})" if env.embedded else "configured"
+    print(f"Database and Redis: {where}", flush=True)
+
+    _manage("migrate", "--no-input")
+    if not options.no_demo:
+        _manage("seed_demo", "--tokens-file", str(env.data_dir / "demo-device-tokens.json"))
+
+    manager = Manager()
+    for name, command in processes(host=options.host, port=options.port).items():
+        manager.add_process(name, subprocess.list2cmdline(command), env=dict(os.environ))
+    print(f"Portal at http://{options.host}:{options.port}/  (Ctrl-C stops everything)", flush=True)
+    manager.loop()
+    return 0 if manager.returncode in (0, 130, 143, None) else manager.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Celery and beat: JSON only, bounded run times, schedules kept in the database."""
+
+from energy_portal.settings.base import ENV, TIME_ZONE
+
+CELERY_BROKER_URL = ENV.redis_url
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SOFT_TIME_LIMIT = 60
+CELERY_TASK_TIME_LIMIT = 90
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = ENV.celery_eager
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Imported into django-celery-beat's tables on beat start, where admins can edit them.
+CELERY_BEAT_SCHEDULE = {
+    "beat-heartbeat": {"task": "energy_portal.tasks.beat_heartbeat", "schedule": 30.0},
+}
+BEAT_STALE_AFTER = ENV.beat_stale_after_s

@@ -1,0 +1,31 @@
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import ObtainAuthToken
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from devices import views as device_views
+from energy_portal.apis import HealthApi
+
+api_v1 = [
+    path("auth/token/", ObtainAuthToken.as_view(), name="api-token"),
+    path("health/", HealthApi.as_view(), name="api-health"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("", include("devices.urls")),
+]
+
+urlpatterns = [
+    path("", device_views.home, name="home"),
+    path("dashboard/", device_views.dashboard, name="dashboard"),
+    path("fleet/", device_views.fleet, name="fleet"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="registration/login.html"),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]
