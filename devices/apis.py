@@ -1,15 +1,20 @@
 """REST endpoints of the registry: thin views over selectors and services."""
 
+from datetime import timedelta
+
 from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from rest_framework import generics, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from devices import selectors, services
 from devices.models import Device
-from devices.permissions import RegistryPermission
+from devices.permissions import RegistryPermission, resident_may_command
 from devices.serializers import (
+    CommandIssueSerializer,
+    CommandSerializer,
     DeviceCreatedSerializer,
     DeviceCreateSerializer,
     DeviceSerializer,
@@ -123,3 +128,33 @@ class DeviceViewSet(RegistryViewSet):
         device: Device = self.get_object()
         token = services.device_issue_token(device=device)
         return Response(DeviceTokenSerializer({"uid": device.uid, "token": token}).data)
+
+    @extend_schema(request=CommandIssueSerializer, responses={202: CommandSerializer})
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated])
+    def commands(self, request, uid=None):
+        """Send a command to the device now, or when it next connects, until it expires."""
+        device: Device = self.get_object()
+        serializer = CommandIssueSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not selectors.user_is_operator(request.user):
+            refusal = resident_may_command(device=device, name=data["name"], args=data["args"])
+            if refusal:
+                raise PermissionDenied(refusal)
+        command = services.command_issue(
+            device=device,
+            name=data["name"],
+            args=data["args"],
+            ttl=timedelta(seconds=data["ttl_s"]),
+            user=request.user,
+        )
+        return Response(CommandSerializer(command).data, status=status.HTTP_202_ACCEPTED)
+
+
+class CommandDetailApi(generics.RetrieveAPIView):
+    """A command's progress: pending → sent → done / failed / rejected, or expired."""
+
+    serializer_class = CommandSerializer
+
+    def get_queryset(self):
+        return selectors.command_list(user=self.request.user)

@@ -1,6 +1,7 @@
 """The registry: grid topology, sites, rooms, devices and their sensors."""
 
 import hashlib
+import uuid
 import zoneinfo
 from decimal import Decimal
 
@@ -202,3 +203,41 @@ class Sensor(models.Model):
     @property
     def public_id(self) -> str:
         return f"{self.device.uid}.{self.key}"
+
+
+class CommandStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected by device"
+    EXPIRED = "expired", "Expired"
+
+
+class Command(models.Model):
+    """An order for a device; it waits for the device to be online until it expires."""
+
+    OPEN_STATUSES = (CommandStatus.PENDING, CommandStatus.SENT)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    name = models.SlugField(max_length=40)
+    args = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=CommandStatus.choices, default=CommandStatus.PENDING
+    )
+    detail = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["device", "status"], name="command_device_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.device_id} ({self.status})"

@@ -4,7 +4,19 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 
-from devices.models import Device, Feeder, Room, Sensor, Site, Substation, Transformer
+from devices.groups import fleet_group, site_group
+from devices.models import (
+    Command,
+    Device,
+    Feeder,
+    Room,
+    Sensor,
+    Site,
+    Substation,
+    Transformer,
+    hash_token,
+)
+from telemetry.validation import SensorRef
 
 
 def user_is_operator(user: AbstractBaseUser) -> bool:
@@ -104,6 +116,51 @@ def fleet_counts() -> dict[str, int]:
 
 
 def device_by_token(*, token: str) -> Device | None:
-    from devices.models import hash_token
-
     return Device.objects.select_related("site").filter(token_hash=hash_token(token)).first()
+
+
+def device_for_socket(*, token: str) -> tuple[Device, dict[str, SensorRef]] | None:
+    """The device a token names, with its sensors by key as the ingest pipeline wants them."""
+    device = device_by_token(token=token)
+    if device is None:
+        return None
+    return device, sensor_refs(device=device)
+
+
+def sensor_refs(*, device: Device) -> dict[str, SensorRef]:
+    return {
+        key: SensorRef(
+            sensor_id=sensor_id,
+            key=key,
+            device_id=device.id,
+            device_uid=device.uid,
+            site_id=device.site_id,
+        )
+        for sensor_id, key in device.sensors.values_list("id", "key")
+    }
+
+
+def open_commands(*, device_id: int) -> list:
+    return list(
+        Command.objects.filter(device_id=device_id, status__in=Command.OPEN_STATUSES)
+        .order_by("created_at")
+        .values_list("id", flat=True)
+    )
+
+
+def live_groups(*, user, site_id: int | None = None) -> list[str]:
+    """Groups a browser socket may join: a resident's own sites; an operator the fleet, or one
+    site."""
+    if user_is_operator(user):
+        if site_id is not None:
+            return [site_group(site_id)] if Site.objects.filter(pk=site_id).exists() else []
+        return [fleet_group()]
+    ids = Site.objects.filter(residents=user).values_list("id", flat=True)
+    if site_id is not None:
+        ids = ids.filter(pk=site_id)
+    return [site_group(pk) for pk in ids]
+
+
+def command_list(*, user: AbstractBaseUser) -> QuerySet[Command]:
+    qs = Command.objects.select_related("device")
+    return qs if user_is_operator(user) else qs.filter(device__site__residents=user)

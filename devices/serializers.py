@@ -2,7 +2,17 @@ from rest_framework import serializers
 
 from django.contrib.auth import get_user_model
 
-from devices.models import Device, Feeder, Room, Sensor, SensorKind, Site, Substation, Transformer
+from devices.models import (
+    Command,
+    Device,
+    Feeder,
+    Room,
+    Sensor,
+    SensorKind,
+    Site,
+    Substation,
+    Transformer,
+)
 
 
 class SubstationSerializer(serializers.ModelSerializer):
@@ -122,3 +132,34 @@ class DeviceCreatedSerializer(DeviceSerializer):
 class DeviceTokenSerializer(serializers.Serializer):
     uid = serializers.CharField()
     token = serializers.CharField()
+
+
+class CommandSerializer(serializers.ModelSerializer):
+    device = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+
+    class Meta:
+        model = Command
+        fields = [
+            "id",
+            "device",
+            "name",
+            "args",
+            "status",
+            "detail",
+            "created_at",
+            "expires_at",
+            "sent_at",
+            "completed_at",
+        ]
+
+
+class CommandIssueSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=40)
+    args = serializers.DictField(required=False, default=dict)
+    ttl_s = serializers.IntegerField(
+        required=False,
+        default=600,
+        min_value=1,
+        max_value=7 * 86400,
+        help_text="Seconds the command may wait for an offline device before it expires.",
+    )

@@ -1,12 +1,21 @@
 """Every write to the registry."""
 
 import secrets
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
-from devices.models import Device, Room, Sensor, Site, hash_token
+from devices import socket_registry
+from devices.groups import device_group, fleet_group, site_group
+from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
+from energy_portal.realtime import group_send, live_event
+from energy_portal.redis_client import sync_client
 
 TOKEN_BYTES = 32
 
@@ -69,3 +78,178 @@ def sensor_create(*, device: Device, key: str, kind: str, unit: str = "") -> Sen
     sensor.full_clean()
     sensor.save()
     return sensor
+
+
+def _status_payload(device: Device) -> dict:
+    return {
+        "type": "status",
+        "device": device.uid,
+        "site": device.site_id,
+        "online": device.online,
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+    }
+
+
+def device_set_online(*, device_id: int, online: bool, at: datetime | None = None) -> Device:
+    """Record that a device's socket opened or closed, and tell its viewers after commit."""
+    device = Device.objects.get(pk=device_id)
+    device.online = online
+    device.last_seen = at or timezone.now()
+    device.save(update_fields=["online", "last_seen"])
+    message = live_event(_status_payload(device))
+    groups = [site_group(device.site_id), fleet_group()]
+    transaction.on_commit(lambda: group_send(groups, message))
+    return device
+
+
+def devices_record_last_seen(*, seen: dict[int, datetime]) -> int:
+    """Copy signs of life gathered in Redis into the database in one statement."""
+    if not seen:
+        return 0
+    whens = [When(pk=device_id, then=Value(at)) for device_id, at in seen.items()]
+    return (
+        Device.objects.filter(pk__in=list(seen))
+        .filter(
+            Q(last_seen__isnull=True) | Q(last_seen__lt=Case(*whens, output_field=DateTimeField()))
+        )
+        .update(last_seen=Case(*whens, output_field=DateTimeField()))
+    )
+
+
+COMMAND_ARGS = {
+    # name: validator of args, returning an error message or None
+    "ping": lambda args: None if not args else "ping takes no args",
+    "restore": lambda args: None if not args else "restore takes no args",
+    "relay": lambda args: (
+        None
+        if set(args) == {"state"} and args["state"] in ("on", "off")
+        else 'relay takes {"state": "on"} or {"state": "off"}'
+    ),
+    "curtail": lambda args: (
+        None
+        if set(args) == {"kw"}
+        and isinstance(args["kw"], int | float)
+        and not isinstance(args["kw"], bool)
+        and 0 <= args["kw"] <= 1000
+        else 'curtail takes {"kw": <reduction in kW, 0 to 1000>}'
+    ),
+}
+DEFAULT_COMMAND_TTL = timedelta(minutes=10)
+
+
+def _command_payload(command: Command) -> dict:
+    return {
+        "type": "command",
+        "id": str(command.id),
+        "device": command.device.uid,
+        "name": command.name,
+        "args": command.args,
+        "status": command.status,
+        "detail": command.detail,
+    }
+
+
+def _command_changed(command: Command) -> None:
+    message = live_event(_command_payload(command))
+    groups = [site_group(command.device.site_id), fleet_group()]
+    transaction.on_commit(lambda: group_send(groups, message))
+
+
+def command_issue(
+    *,
+    device: Device,
+    name: str,
+    args: dict | None = None,
+    ttl: timedelta = DEFAULT_COMMAND_TTL,
+    user=None,
+) -> Command:
+    """Queue a command for a device; its socket gets it now if online, else on reconnect."""
+    args = args or {}
+    check = COMMAND_ARGS.get(name)
+    if check is None:
+        known = ", ".join(sorted(COMMAND_ARGS))
+        raise ValidationError({"name": f"Unknown command {name!r}; known commands: {known}."})
+    error = check(args)
+    if error:
+        raise ValidationError({"args": error})
+    command = Command.objects.create(
+        device=device, name=name, args=args, created_by=user, expires_at=timezone.now() + ttl
+    )
+    group = device_group(device.id)
+    transaction.on_commit(
+        lambda: group_send([group], {"type": "device.command", "id": str(command.id)})
+    )
+    _command_changed(command)
+    return command
+
+
+def command_mark_sent(*, command_id, device_id: int) -> Command | None:
+    """Claim an open command for delivery to the device's socket; None if it is not deliverable
+    (another device's, already finished, or expired — which is then recorded)."""
+    command = (
+        Command.objects.select_related("device")
+        .filter(pk=command_id, device_id=device_id, status__in=Command.OPEN_STATUSES)
+        .first()
+    )
+    if command is None:
+        return None
+    now = timezone.now()
+    if command.expires_at <= now:
+        command.status, command.completed_at = CommandStatus.EXPIRED, now
+        command.save(update_fields=["status", "completed_at"])
+        _command_changed(command)
+        return None
+    command.status, command.sent_at = CommandStatus.SENT, now
+    command.save(update_fields=["status", "sent_at"])
+    _command_changed(command)
+    return command
+
+
+def command_complete(*, command_id, device_id: int, status: str, detail: str = "") -> Command:
+    """Record the device's result for a command it was sent."""
+    final = {CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED}
+    if status not in final:
+        raise ValidationError({"status": "status must be done, failed or rejected"})
+    command = (
+        Command.objects.select_related("device").filter(pk=command_id, device_id=device_id).first()
+    )
+    if command is None:
+        raise ValidationError({"id": "no such command for this device"})
+    if command.status in Command.OPEN_STATUSES:
+        command.status, command.detail = status, detail[:2000]
+        command.completed_at = timezone.now()
+        command.save(update_fields=["status", "detail", "completed_at"])
+        _command_changed(command)
+    return command
+
+
+def commands_expire(*, now: datetime | None = None) -> int:
+    """Mark open commands past their expiry as expired."""
+    now = now or timezone.now()
+    expired = list(
+        Command.objects.select_related("device").filter(
+            status__in=Command.OPEN_STATUSES, expires_at__lte=now
+        )
+    )
+    for command in expired:
+        command.status, command.completed_at = CommandStatus.EXPIRED, now
+        command.save(update_fields=["status", "completed_at"])
+        _command_changed(command)
+    return len(expired)
+
+
+def devices_mark_silent_offline(*, now: float | None = None) -> int:
+    """Mark offline the devices still shown online whose socket has shown no life for twice the
+    heartbeat timeout: the server holding it died, so its own watchdog never ran."""
+    now = now or time.time()
+    limit = settings.DEVICE_HEARTBEAT_TIMEOUT * 2
+    ids = list(Device.objects.filter(online=True).values_list("id", flat=True))
+    if not ids:
+        return 0
+    client = sync_client()
+    seen = client.hmget(socket_registry.LAST_SEEN_KEY, ids)
+    silent = [i for i, at in zip(ids, seen, strict=True) if at is None or now - float(at) > limit]
+    for device_id in silent:
+        client.hdel(socket_registry.SOCKETS_KEY, device_id)
+        device_set_online(device_id=device_id, online=False)
+    return len(silent)

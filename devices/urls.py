@@ -1,5 +1,7 @@
 from rest_framework.routers import DefaultRouter
 
+from django.urls import path
+
 from devices import apis
 
 router = DefaultRouter()
@@ -11,4 +13,7 @@ router.register("rooms", apis.RoomViewSet, basename="room")
 router.register("devices", apis.DeviceViewSet, basename="device")
 router.register("sensors", apis.SensorViewSet, basename="sensor")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("commands/<uuid:pk>/", apis.CommandDetailApi.as_view(), name="command-detail"),
+]

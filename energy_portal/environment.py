@@ -30,6 +30,9 @@ class Environment:
     time_zone: str
     celery_eager: bool
     heartbeat_timeout_s: int
+    device_rate_per_s: int
+    device_rate_burst: int
+    channel_layer: str
     beat_stale_after_s: int
 
 
@@ -50,6 +53,13 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _choice(name: str, default: str, allowed: set[str]) -> str:
+    value = os.environ.get(name, default)
+    if value not in allowed:
+        raise ImproperlyConfigured(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+    return value
 
 
 def _secret_key(debug: bool, data_dir: Path) -> str:
@@ -96,5 +106,8 @@ def load() -> Environment:
         time_zone=os.environ.get("ENERGY_PORTAL_TIME_ZONE", "UTC"),
         celery_eager=_flag("CELERY_TASK_ALWAYS_EAGER", False),
         heartbeat_timeout_s=_int("DEVICE_HEARTBEAT_TIMEOUT", 60),
+        device_rate_per_s=_int("DEVICE_RATE_PER_S", 20),
+        device_rate_burst=_int("DEVICE_RATE_BURST", 100),
+        channel_layer=_choice("CHANNEL_LAYER", "core", {"core", "pubsub"}),
         beat_stale_after_s=_int("BEAT_STALE_AFTER", 180),
     )

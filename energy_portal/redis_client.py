@@ -1,12 +1,31 @@
 """Shared Redis connections for code outside Channels and Celery (health, ingest buffer)."""
 
+import asyncio
+import weakref
 from functools import cache
 
 import redis
+import redis.asyncio
 
 from django.conf import settings
+
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+def async_client() -> redis.asyncio.Redis:
+    """One client (with its pool) per event loop: an asyncio connection is bound to its loop."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2
+        )
+        _async_clients[loop] = client
+    return client

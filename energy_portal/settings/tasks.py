@@ -19,5 +19,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Imported into django-celery-beat's tables on beat start, where admins can edit them.
 CELERY_BEAT_SCHEDULE = {
     "beat-heartbeat": {"task": "energy_portal.tasks.beat_heartbeat", "schedule": 30.0},
+    "devices-flush-last-seen": {"task": "devices.tasks.devices_flush_last_seen", "schedule": 30.0},
+    "devices-mark-silent-offline": {
+        "task": "devices.tasks.devices_mark_silent_offline",
+        "schedule": 30.0,
+    },
+    "commands-expire": {"task": "devices.tasks.commands_expire", "schedule": 15.0},
 }
 BEAT_STALE_AFTER = ENV.beat_stale_after_s

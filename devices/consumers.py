@@ -1,0 +1,312 @@
+"""Sockets: the device protocol at /ws/devices/ and the browsers' live feed at /ws/live/.
+
+Consumers authenticate in `connect()` and accept last, parse frames, and hand the work to
+services; readings go straight to the ingest pipeline (hot path), never to the database here.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from devices import selectors, services, socket_registry
+from devices.groups import device_group
+from devices.rate_limit import TokenBucket
+from outages.services import power_event_record
+from telemetry.services import IngestResult, Item, areadings_ingest, readings_validate
+from telemetry.validation import parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_BATCH = 1000
+MAX_MSG_ID = 64
+TOUCH_EVERY_S = 5.0
+CLOSE_REPLACED = 4000
+CLOSE_SILENT = 4008
+CLOSE_FLOOD = 4029
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def bearer_token(scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _msg_id(frame: dict) -> str:
+    msg_id = frame.get("msg_id")
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_MSG_ID:
+        raise FrameError("invalid_payload", f"msg_id must be a string of 1 to {MAX_MSG_ID} chars")
+    return msg_id
+
+
+def telemetry_items(frame: dict) -> tuple[list[Item], list[dict]]:
+    """Flatten a telemetry frame (single or batch) into items; batch entries that are not even
+    shaped like readings are reported by index, the rest go on."""
+    if "batch" in frame:
+        batch = frame["batch"]
+        if not isinstance(batch, list) or not batch:
+            raise FrameError("invalid_payload", "batch must be a non-empty list of {ts, values}")
+        if len(batch) > MAX_BATCH:
+            raise FrameError("invalid_payload", f"batch holds at most {MAX_BATCH} entries")
+        points = list(enumerate(batch))
+    elif "values" in frame:
+        points = [(None, {"ts": frame.get("ts"), "values": frame["values"]})]
+    else:
+        raise FrameError("invalid_payload", "telemetry needs 'values' (one reading) or 'batch'")
+    items, rejected = [], []
+    for index, point in points:
+        values = point.get("values") if isinstance(point, dict) else None
+        if not isinstance(values, dict) or not values:
+            if index is None:
+                raise FrameError("invalid_payload", "values must be a non-empty object")
+            rejected.append({"index": index, "error": "entry must be {ts, values: {key: number}}"})
+            continue
+        items.extend(
+            Item(ref=str(key), ts=point.get("ts"), value=value, index=index)
+            for key, value in values.items()
+        )
+    return items, rejected
+
+
+class DeviceConsumer(AsyncWebsocketConsumer):
+    """One Pi's socket. The bearer token alone names the device."""
+
+    device = None
+
+    async def connect(self):
+        token = bearer_token(self.scope)
+        found = (
+            await database_sync_to_async(selectors.device_for_socket)(token=token)
+            if token
+            else None
+        )
+        if found is None:
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        self.device, self.sensors = found
+        self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
+        self.last_frame = self.last_touch = time.monotonic()
+        await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
+        previous = await socket_registry.claim(self.device.id, self.channel_name)
+        if previous and previous != self.channel_name:
+            await self.channel_layer.send(previous, {"type": "device.replaced"})
+        await self.accept()
+        await database_sync_to_async(services.device_set_online)(
+            device_id=self.device.id, online=True
+        )
+        await socket_registry.touch(self.device.id)
+        self.watchdog = asyncio.create_task(self._watch_silence())
+        for command_id in await database_sync_to_async(selectors.open_commands)(
+            device_id=self.device.id
+        ):
+            await self._deliver(command_id)
+
+    async def disconnect(self, code):
+        if self.device is None:
+            return
+        self.watchdog.cancel()
+        await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
+        if await socket_registry.release(self.device.id, self.channel_name):
+            await database_sync_to_async(services.device_set_online)(
+                device_id=self.device.id, online=False
+            )
+
+    async def _watch_silence(self):
+        """Close a socket that has gone quiet: a hung link looks open from this side."""
+        timeout = settings.DEVICE_HEARTBEAT_TIMEOUT
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5))
+            if time.monotonic() - self.last_frame > timeout:
+                logger.info("device %s silent for %ss; closing", self.device.uid, timeout)
+                await self.close(code=CLOSE_SILENT)
+                return
+
+    async def receive(self, text_data=None, bytes_data=None):
+        now = time.monotonic()
+        self.last_frame = now
+        if now - self.last_touch >= TOUCH_EVERY_S:
+            self.last_touch = now
+            await socket_registry.touch(self.device.id)
+        msg_id = None
+        try:
+            if not self.bucket.allow():
+                if self.bucket.refused > settings.DEVICE_RATE_BURST:
+                    await self.close(code=CLOSE_FLOOD)
+                    return
+                raise FrameError("rate_limited", "too many frames; slow down and resend later")
+            if bytes_data is not None:
+                raise FrameError("invalid_json", "frames must be JSON text, not binary")
+            if len(text_data) > MAX_FRAME_BYTES:
+                raise FrameError("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
+            try:
+                frame = json.loads(text_data)
+            except ValueError as exc:
+                raise FrameError("invalid_json", f"not valid JSON: {exc}") from None
+            if not isinstance(frame, dict):
+                raise FrameError("invalid_payload", "a frame must be a JSON object")
+            if isinstance(frame.get("msg_id"), str):
+                msg_id = frame["msg_id"][:MAX_MSG_ID]
+            handler = self.HANDLERS.get(frame.get("type"))
+            if handler is None:
+                known = ", ".join(self.HANDLERS)
+                raise FrameError("unknown_type", f"unknown frame type; known types: {known}")
+            await handler(self, frame)
+        except FrameError as error:
+            answer = {"type": "error", "code": error.code, "detail": error.detail}
+            if msg_id is not None:
+                answer["msg_id"] = msg_id
+            await self.send(text_data=json.dumps(answer))
+
+    async def _telemetry(self, frame: dict) -> None:
+        msg_id = _msg_id(frame)
+        items, rejected = telemetry_items(frame)
+        result = readings_validate(items=items, sensors=self.sensors)
+        if any(r["error"] == "unknown sensor" for r in result.rejected):
+            # A sensor added since connect: look again before refusing it.
+            self.sensors = await database_sync_to_async(selectors.sensor_refs)(device=self.device)
+            result = readings_validate(items=items, sensors=self.sensors)
+        result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.get("index", -1))
+        if not result.readings and frame.get("batch") is None and _frame_level_error(result):
+            raise FrameError("invalid_payload", result.rejected[0]["error"])
+        await areadings_ingest(result=result, source="socket")
+        await self._ack(msg_id, result)
+
+    async def _power(self, frame: dict) -> None:
+        msg_id = _msg_id(frame)
+        state = frame.get("state")
+        if state not in ("lost", "restored"):
+            raise FrameError("invalid_payload", "state must be 'lost' or 'restored'")
+        try:
+            at = parse_timestamp(frame.get("ts"), now=timezone.now())
+        except ValueError as exc:
+            raise FrameError("invalid_payload", str(exc)) from None
+        await database_sync_to_async(power_event_record)(
+            device_id=self.device.id,
+            site_id=self.device.site_id,
+            device_uid=self.device.uid,
+            state=state,
+            at=at,
+        )
+        await self.send(
+            text_data=json.dumps({"type": "ack", "msg_id": msg_id, "accepted": 1, "rejected": []})
+        )
+
+    async def _command_result(self, frame: dict) -> None:
+        try:
+            await database_sync_to_async(services.command_complete)(
+                command_id=_uuid(frame.get("id")),
+                device_id=self.device.id,
+                status=frame.get("status"),
+                detail=str(frame.get("detail", "")),
+            )
+        except ValidationError as exc:
+            raise FrameError("invalid_payload", "; ".join(exc.messages)) from None
+
+    async def _heartbeat(self, frame: dict) -> None:
+        """Nothing to do: every frame already counted as a sign of life."""
+
+    HANDLERS = {
+        "telemetry": _telemetry,
+        "power": _power,
+        "command_result": _command_result,
+        "heartbeat": _heartbeat,
+    }
+
+    async def _ack(self, msg_id: str, result: IngestResult) -> None:
+        ack = {
+            "type": "ack",
+            "msg_id": msg_id,
+            "accepted": result.accepted,
+            "rejected": result.rejected,
+        }
+        await self.send(text_data=json.dumps(ack))
+
+    async def _deliver(self, command_id) -> None:
+        command = await database_sync_to_async(services.command_mark_sent)(
+            command_id=command_id, device_id=self.device.id
+        )
+        if command is not None:
+            frame = {
+                "type": "command",
+                "id": str(command.id),
+                "name": command.name,
+                "args": command.args,
+                "expires_at": command.expires_at.isoformat(),
+            }
+            await self.send(text_data=json.dumps(frame))
+
+    # Channel-layer events
+    async def device_command(self, event):
+        await self._deliver(event["id"])
+
+    async def device_replaced(self, event):
+        await self.close(code=CLOSE_REPLACED)
+
+
+def _frame_level_error(result: IngestResult) -> bool:
+    """A lone reading whose time is unusable is a malformed frame, not a per-key rejection."""
+    return bool(result.rejected) and all(r["error"].startswith("ts ") for r in result.rejected)
+
+
+def _uuid(raw) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise FrameError("invalid_payload", "id must be the command's UUID") from None
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """A browser's live feed, authenticated by its session. Residents get their own sites;
+    operators get the fleet, or one site with `?site=<id>`."""
+
+    groups_joined: list[str] = []
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()
+            return
+        site_id = _query_int(self.scope, "site")
+        self.groups_joined = await database_sync_to_async(selectors.live_groups)(
+            user=user, site_id=site_id
+        )
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """Browsers only listen; changes go through the API."""
+
+    async def live_message(self, event):
+        await self.send(text_data=event["text"])
+
+
+def _query_int(scope, name: str) -> int | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    if values and values[0].isdigit():
+        return int(values[0])
+    return None

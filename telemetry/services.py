@@ -1,0 +1,128 @@
+"""The one ingest pipeline: validate → broadcast to live viewers → durable buffer.
+
+Device sockets, HTTP batch ingest, FTP files and HTTP polling all hand their readings to
+`readings_ingest` (sync callers) or `areadings_ingest` (async callers). Both run the same
+validation and build the same messages; they differ only in how they reach Redis. The database
+write happens later, in batches, in the writer that reads the buffer stream.
+"""
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.utils import timezone
+
+from devices.groups import fleet_group, site_group
+from energy_portal.realtime import agroup_send, group_send, live_event
+from energy_portal.redis_client import async_client, sync_client
+from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
+
+INGEST_STREAM = "ep:ingest"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One reading as a source gives it, before validation. `ref` names the sensor in the
+    source's own terms (a key for a device socket, a public id for the HTTP API)."""
+
+    ref: str
+    ts: object
+    value: object
+    index: int | None = None
+
+
+@dataclass
+class IngestResult:
+    readings: list[Reading] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.readings)
+
+
+def _reject(item: Item, error: str, ref_name: str) -> dict:
+    entry = {ref_name: item.ref, "error": error}
+    if item.index is not None:
+        entry["index"] = item.index
+    return entry
+
+
+def readings_validate(
+    *,
+    items: Iterable[Item],
+    sensors: dict[str, SensorRef],
+    ref_name: str = "key",
+    now: datetime | None = None,
+) -> IngestResult:
+    """Keep what is valid; say for each rejected item what was wrong with it."""
+    now = now or timezone.now()
+    result = IngestResult()
+    for item in items:
+        sensor = sensors.get(item.ref)
+        if sensor is None:
+            result.rejected.append(_reject(item, "unknown sensor", ref_name))
+            continue
+        try:
+            ts = parse_timestamp(item.ts, now=now)
+            value = parse_value(item.value)
+        except ValueError as exc:
+            result.rejected.append(_reject(item, str(exc), ref_name))
+            continue
+        result.readings.append(Reading(sensor=sensor, ts=ts, value=value))
+    return result
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _live_messages(readings: list[Reading]) -> list[tuple[list[str], dict]]:
+    """One message per device, its points grouped by instant, for the site and the fleet."""
+    by_device: dict[int, dict[datetime, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    devices: dict[int, SensorRef] = {}
+    for reading in readings:
+        devices[reading.sensor.device_id] = reading.sensor
+        by_device[reading.sensor.device_id][reading.ts][reading.sensor.key] = reading.value
+    messages = []
+    for device_id, points in by_device.items():
+        sensor = devices[device_id]
+        payload = {
+            "type": "readings",
+            "device": sensor.device_uid,
+            "site": sensor.site_id,
+            "points": [{"ts": _iso(ts), "values": values} for ts, values in sorted(points.items())],
+        }
+        messages.append(([site_group(sensor.site_id), fleet_group()], live_event(payload)))
+    return messages
+
+
+def _stream_fields(readings: list[Reading], source: str) -> dict[str, str]:
+    # Integer microseconds keep the entry small and the writer's parsing trivial.
+    rows = [[r.sensor.sensor_id, _epoch_us(r.ts), r.value] for r in readings]
+    return {"src": source, "rows": json.dumps(rows, separators=(",", ":"))}
+
+
+def _epoch_us(ts: datetime) -> int:
+    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def readings_ingest(*, result: IngestResult, source: str) -> None:
+    """Broadcast validated readings to live viewers, then put them in the durable buffer."""
+    if not result.readings:
+        return
+    for groups, message in _live_messages(result.readings):
+        group_send(groups, message)
+    sync_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))
+
+
+async def areadings_ingest(*, result: IngestResult, source: str) -> None:
+    """`readings_ingest` for async callers (device sockets)."""
+    if not result.readings:
+        return
+    for groups, message in _live_messages(result.readings):
+        await agroup_send(groups, message)
+    await async_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))

@@ -1,0 +1,105 @@
+"""Shared fixtures: users of each role and a small registry around them."""
+
+from decimal import Decimal
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from devices import services
+from devices.models import Feeder, Room, Site, Substation, Transformer
+
+PASSWORD = "correct-horse-battery"
+
+SENSORS = [
+    {"key": "power_w", "kind": "power", "unit": "W"},
+    {"key": "voltage_v", "kind": "voltage", "unit": "V"},
+]
+
+
+@pytest.fixture
+def make_user(db):
+    def make(username: str, *, staff: bool = False, operator: bool = False):
+        user = get_user_model().objects.create_user(
+            username=username, password=PASSWORD, is_staff=staff, is_superuser=staff
+        )
+        if operator:
+            group, _ = Group.objects.get_or_create(name=settings.OPERATORS_GROUP)
+            user.groups.add(group)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user("root", staff=True)
+
+
+@pytest.fixture
+def operator(make_user):
+    return make_user("olga", operator=True)
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def feeder(db):
+    substation = Substation.objects.create(code="SUB-1", name="North")
+    transformer = Transformer.objects.create(code="TR-1", name="T1", substation=substation)
+    return Feeder.objects.create(code="FD-1", name="F1", transformer=transformer)
+
+
+def _site_with_device(*, name: str, resident, feeder, uid: str, cpe: str):
+    site = Site.objects.create(
+        name=name, timezone="Europe/Lisbon", tariff_per_kwh=Decimal("0.2"), cpe=cpe, feeder=feeder
+    )
+    site.residents.add(resident)
+    room = Room.objects.create(site=site, name="Kitchen")
+    device, token = services.device_create(
+        uid=uid, site=site, room=room, controllable=True, flexible_kw=Decimal("2"), sensors=SENSORS
+    )
+    return site, room, device, token
+
+
+@pytest.fixture
+def alice_home(alice, feeder):
+    """Alice's site with one room and a controllable Pi `pi-a1` measuring power and voltage."""
+    site, room, device, token = _site_with_device(
+        name="Alice home", resident=alice, feeder=feeder, uid="pi-a1", cpe="PT0001"
+    )
+    return {"site": site, "room": room, "device": device, "token": token}
+
+
+@pytest.fixture
+def bob_home(bob, feeder):
+    site, room, device, token = _site_with_device(
+        name="Bob home", resident=bob, feeder=feeder, uid="pi-b1", cpe="PT0002"
+    )
+    return {"site": site, "room": room, "device": device, "token": token}
+
+
+@pytest.fixture
+def api_client_for():
+    """An API client authenticated the way an external tool is: with a DRF token."""
+
+    def make(user) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make

@@ -1,0 +1,497 @@
+"""The Pi agent against a small real WebSocket server that plays the portal's side of the protocol.
+
+No Django and no database: the portal here is a ``websockets`` server on 127.0.0.1 that acks,
+refuses, errors, drops and sends commands as each test scripts it.
+"""
+
+import asyncio
+import collections
+import itertools
+import json
+import math
+import random
+import sys
+from collections.abc import Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from pi_agent.energy_pi_agent import (
+    Agent,
+    Backoff,
+    Command,
+    CommandResult,
+    CommandSource,
+    FileSource,
+    HookCommands,
+    PowerFileMonitor,
+    Sample,
+    SimulatorSource,
+)
+
+TOKEN = "good-token"
+
+
+class FakePortal:
+    """The portal end of the device protocol, scripted per test.
+
+    ``script`` maps the number of a telemetry frame (1-based, over all connections) to what the
+    portal does instead of acking it: ``"drop"`` closes the socket and refuses handshakes (503)
+    until ``accepting`` is set again; ``"invalid_payload"`` / ``"rate_limited"`` answer that error.
+    Readings are recorded only when acked, so a reading counted twice was acked twice.
+    """
+
+    def __init__(self, *, refuse_first: int = 0, accepting: bool = True) -> None:
+        self.refuse_first = refuse_first
+        self.accepting = accepting
+        self.ack = True
+        self.script: dict[int, str] = {}
+        self.commands_on_connect: list[dict[str, Any]] = []
+        self.handshakes = 0
+        self.refused = 0
+        self.connections = 0
+        self.frames: list[dict[str, Any]] = []
+        self.telemetry_frames = 0
+        self.acked_readings: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.acked_values: list[dict[str, float]] = []
+        self.acked_power: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> "FakePortal":
+        self._server = await serve(
+            self._handler, "127.0.0.1", 0, process_request=self._process_request
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/ws/devices/"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _process_request(self, connection: ServerConnection, request: Any) -> Any:
+        self.handshakes += 1
+        if not self.accepting:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "portal down\n")
+        if self.refuse_first > 0 or request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.refuse_first -= 1
+            self.refused += 1
+            return connection.respond(HTTPStatus.FORBIDDEN, "bad token\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        with suppress(ConnectionClosed):
+            for command in self.commands_on_connect:
+                await ws.send(json.dumps(command))
+            async for raw in ws:
+                msg = json.loads(raw)
+                self.frames.append(msg)
+                if msg["type"] == "telemetry":
+                    await self._on_telemetry(ws, msg)
+                elif msg["type"] == "power" and self.ack:
+                    await ws.send(json.dumps({"type": "ack", "msg_id": msg["msg_id"]}))
+                    self.acked_power.append(msg)
+                elif msg["type"] == "command_result":
+                    self.results.append(msg)
+
+    async def _on_telemetry(self, ws: ServerConnection, msg: dict[str, Any]) -> None:
+        self.telemetry_frames += 1
+        action = self.script.get(self.telemetry_frames)
+        if action == "drop":
+            self.accepting = False
+            await ws.close(1011, "portal restarting")
+            return
+        if action is not None:
+            await ws.send(json.dumps({"type": "error", "code": action, "msg_id": msg["msg_id"]}))
+            return
+        if not self.ack:
+            return
+        entries = msg.get("batch", [msg])
+        ack = {"type": "ack", "msg_id": msg["msg_id"], "accepted": len(entries), "rejected": []}
+        await ws.send(json.dumps(ack))
+        for entry in entries:
+            self.acked_readings[(entry["ts"], json.dumps(entry["values"], sort_keys=True))] += 1
+            self.acked_values.append(entry["values"])
+
+    def batch_frames(self) -> list[dict[str, Any]]:
+        return [frame for frame in self.frames if "batch" in frame]
+
+
+class CountingSource:
+    """Produces ``{"n": 1}``, ``{"n": 2}``, ... up to ``total`` readings, then nothing."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+
+    def read(self, now: datetime) -> dict[str, float] | None:
+        if self.count >= self.total:
+            return None
+        self.count += 1
+        return {"n": float(self.count)}
+
+
+class ManualSource:
+    """Produces exactly the readings a test pushes, one per tick."""
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[dict[str, float]] = collections.deque()
+
+    def read(self, now: datetime) -> dict[str, float] | None:
+        return self.pending.popleft() if self.pending else None
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def make_agent(portal: FakePortal, tmp_path: Any, source: Any, **options: Any) -> Agent:
+    settings = {
+        "interval": 0.02,
+        "backoff_base": 0.02,
+        "backoff_cap": 0.1,
+        "heartbeat": 5.0,
+        **options,
+    }
+    return Agent(portal.url, TOKEN, "pi-test", source, tmp_path / "queue.sqlite3", **settings)
+
+
+@asynccontextmanager
+async def running(agent: Agent):
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        await asyncio.wait_for(agent.stop(), 5)
+        await task  # re-raises whatever run() died of
+        agent.close()
+
+
+def produced_keys(agent: Agent) -> collections.Counter[tuple[str, str]]:
+    return collections.Counter(
+        (reading.ts, json.dumps(reading.values, sort_keys=True)) for reading in agent.produced
+    )
+
+
+@pytest.mark.asyncio
+async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked(tmp_path):
+    async with FakePortal() as portal:
+        source = CountingSource(total=5)
+        agent = make_agent(portal, tmp_path, source)
+        async with running(agent):
+            await wait_until(lambda: agent.stats.acked == 5, "five acks")
+
+            assert agent.queue_length() == 0
+            assert agent.stats.produced == 5
+            assert produced_keys(agent) == portal.acked_readings
+            single = [frame for frame in portal.frames if "values" in frame]
+            assert single, "live readings should go out as single telemetry frames"
+            frame = single[0]
+            assert set(frame) == {"type", "msg_id", "ts", "values"}
+            assert frame["msg_id"] in {reading.msg_id for reading in agent.produced}
+            # RFC 3339 in UTC with milliseconds and Z, e.g. 2026-11-22T10:00:00.250Z
+            assert len(frame["ts"]) == 24 and frame["ts"].endswith("Z")
+            assert datetime.fromisoformat(frame["ts"]).tzinfo is not None
+
+
+@pytest.mark.asyncio
+async def test_unacked_readings_survive_a_drop_and_are_replayed_in_batches_exactly_once(tmp_path):
+    async with FakePortal() as portal:
+        portal.script = {8: "drop"}
+        source = CountingSource(total=60)
+        agent = make_agent(portal, tmp_path, source, batch_size=10)
+        async with running(agent):
+            await wait_until(lambda: not portal.accepting, "the portal dropping the socket")
+            await wait_until(lambda: agent.queue_length() >= 25, "a backlog while offline")
+            portal.accepting = True
+            await wait_until(
+                lambda: source.count == 60 and agent.queue_length() == 0, "the backlog drained"
+            )
+
+        assert agent.stats.connections >= 2
+        batches = portal.batch_frames()
+        assert batches, "the backlog should be replayed in batch frames"
+        assert all(1 <= len(frame["batch"]) <= 10 for frame in batches)
+        assert any(len(frame["batch"]) > 1 for frame in batches)
+        assert set(batches[0]) == {"type", "msg_id", "batch"}
+        produced = produced_keys(agent)
+        assert len(produced) == 60
+        assert portal.acked_readings == produced  # every reading acked, none twice
+        assert agent.stats.acked == 60
+
+
+@pytest.mark.asyncio
+async def test_queue_survives_an_agent_restart_and_is_replayed_on_the_next_run(tmp_path):
+    async with FakePortal(accepting=False) as portal:
+        first = make_agent(portal, tmp_path, CountingSource(total=12))
+        async with running(first):
+            await wait_until(lambda: first.stats.produced == 12, "readings while offline")
+        assert first.queue_length() == 12
+        portal.accepting = True
+
+        second = make_agent(portal, tmp_path, CountingSource(total=0))
+        async with running(second):
+            await wait_until(lambda: second.queue_length() == 0, "the old backlog delivered")
+
+        assert portal.acked_readings == produced_keys(first)
+        assert second.stats.acked == 12
+
+
+@pytest.mark.asyncio
+async def test_handshake_refused_with_403_is_retried_with_backoff_until_accepted(tmp_path, caplog):
+    async with FakePortal(refuse_first=3) as portal:
+        agent = make_agent(portal, tmp_path, CountingSource(total=3))
+        async with running(agent):
+            await wait_until(lambda: agent.stats.acked == 3, "readings after the refusals")
+
+        assert portal.refused == 3
+        assert portal.handshakes == 4
+        assert agent.stats.connections == 1
+        assert "refused the device token (HTTP 403)" in caplog.text
+
+
+def test_backoff_doubles_up_to_the_cap_with_full_jitter_and_resets():
+    class Highest(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    backoff = Backoff(0.5, 30.0, Highest())
+    ceilings = [backoff.next_delay() for _ in range(9)]
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+
+    jittered = Backoff(0.5, 30.0, random.Random(1))
+    delays = [jittered.next_delay() for _ in range(50)]
+    assert all(0.0 <= delay <= 30.0 for delay in delays)
+    assert len(set(delays)) == 50
+
+
+@pytest.mark.asyncio
+async def test_commands_ping_relay_unknown_and_expired_get_the_right_results(tmp_path):
+    soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    async with FakePortal() as portal:
+        portal.commands_on_connect = [
+            {"type": "command", "id": "c-ping", "name": "ping", "args": {}, "expires_at": soon},
+            {"type": "command", "id": "c-relay", "name": "relay", "args": {"state": "off"}},
+            {"type": "command", "id": "c-dance", "name": "dance", "args": {}, "expires_at": soon},
+            {"type": "command", "id": "c-old", "name": "ping", "args": {}, "expires_at": past},
+            {"type": "command", "id": "c-bad", "name": "relay", "args": {"state": "maybe"}},
+        ]
+        source = SimulatorSource(seed=3)
+        agent = make_agent(portal, tmp_path, source)
+        async with running(agent):
+            await wait_until(lambda: len(portal.results) == 5, "five command results")
+            after_relay = len(portal.acked_values)
+            await wait_until(
+                lambda: len(portal.acked_values) >= after_relay + 3, "readings after the relay"
+            )
+
+        results = {result["id"]: result for result in portal.results}
+        assert results["c-ping"] == {
+            "type": "command_result",
+            "id": "c-ping",
+            "status": "done",
+            "detail": "pong",
+        }
+        assert results["c-relay"]["status"] == "done"
+        assert results["c-dance"]["status"] == "rejected"
+        assert "dance" in results["c-dance"]["detail"]
+        assert (results["c-old"]["status"], results["c-old"]["detail"]) == ("rejected", "expired")
+        assert results["c-bad"]["status"] == "rejected"
+        assert source.load.relay_on is False
+        assert all(values["power_w"] < 5 for values in portal.acked_values[after_relay:])
+
+
+@pytest.mark.asyncio
+async def test_a_repeated_command_id_is_answered_again_without_running_twice(tmp_path):
+    ping = {"type": "command", "id": "c-1", "name": "ping", "args": {}}
+    async with FakePortal() as portal:
+        portal.commands_on_connect = [ping, ping]
+        agent = make_agent(portal, tmp_path, CountingSource(total=0))
+        async with running(agent):
+            await wait_until(lambda: len(portal.results) == 2, "two answers")
+
+        assert [result["detail"] for result in portal.results] == ["pong", "pong"]
+        assert agent.stats.commands == 1
+
+
+@pytest.mark.asyncio
+async def test_command_hook_maps_exit_codes_to_done_rejected_and_failed(tmp_path):
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "command = json.load(sys.stdin)\n"
+        "print(command['name'], command['args'].get('valve', ''))\n"
+        "sys.exit({'open': 0, 'nope': 2}.get(command['name'], 1))\n"
+    )
+    hook.chmod(0o755)
+    handler = HookCommands(str(hook))
+
+    def command(name: str) -> Command:
+        return Command("c-1", name, {"valve": "v1"}, None)
+
+    assert await handler.handle(command("open")) == CommandResult("done", "open v1")
+    assert await handler.handle(command("nope")) == CommandResult("rejected", "nope v1")
+    assert (await handler.handle(command("boom"))).status == "failed"
+
+
+@pytest.mark.asyncio
+async def test_power_lost_and_restored_are_queued_offline_and_delivered_on_reconnect(tmp_path):
+    power_file = tmp_path / "mains"
+    power_file.write_text("on\n")
+    async with FakePortal(accepting=False) as portal:
+        monitor = PowerFileMonitor(power_file)
+        agent = make_agent(portal, tmp_path, CountingSource(total=0), power_monitor=monitor)
+        async with running(agent):
+            await asyncio.sleep(0.1)
+            power_file.write_text("off\n")
+            await wait_until(lambda: agent.stats.power_events == 1, "the mains loss noticed")
+            power_file.write_text("on\n")
+            await wait_until(lambda: agent.stats.power_events == 2, "the mains return noticed")
+            assert agent.queue_length() == 2
+            assert portal.acked_power == []
+
+            portal.accepting = True
+            await wait_until(lambda: agent.queue_length() == 0, "the power reports delivered")
+
+        states = [(frame["state"], frame["ts"]) for frame in portal.acked_power]
+        assert [state for state, _ in states] == ["lost", "restored"]
+        assert states[0][1] < states[1][1]
+        assert set(portal.acked_power[0]) == {"type", "msg_id", "state", "ts"}
+
+
+@pytest.mark.asyncio
+async def test_invalid_payload_drops_the_rows_and_rate_limited_keeps_them_for_later(tmp_path):
+    async with FakePortal() as portal:
+        portal.script = {1: "invalid_payload", 2: "rate_limited"}
+        source = ManualSource()
+        agent = make_agent(portal, tmp_path, source)
+        async with running(agent):
+            await wait_until(lambda: agent.connected, "a connection")
+            source.pending.append({"power_w": 1.0})
+            await wait_until(lambda: agent.stats.dropped == 1, "the refused reading dropped")
+            source.pending.append({"power_w": 2.0})
+            await wait_until(lambda: agent.stats.acked == 1, "the rate-limited reading acked")
+
+        assert agent.queue_length() == 0
+        assert portal.acked_values == [{"power_w": 2.0}]
+        assert portal.telemetry_frames == 3  # the rate-limited reading went out twice
+
+
+@pytest.mark.asyncio
+async def test_frames_without_ack_time_out_and_are_replayed_on_a_new_connection(tmp_path):
+    async with FakePortal() as portal:
+        portal.ack = False
+        source = CountingSource(total=20)
+        agent = make_agent(portal, tmp_path, source, ack_timeout=0.3)
+        async with running(agent):
+            await wait_until(lambda: portal.telemetry_frames >= 3, "unacked frames")
+            portal.ack = True
+            await wait_until(
+                lambda: source.count == 20 and agent.queue_length() == 0, "everything acked"
+            )
+
+        assert agent.stats.connections >= 2
+        assert portal.acked_readings == produced_keys(agent)
+
+
+@pytest.mark.asyncio
+async def test_heartbeat_is_sent_when_there_is_nothing_else_to_send(tmp_path):
+    async with FakePortal() as portal:
+        agent = make_agent(portal, tmp_path, CountingSource(total=0), heartbeat=0.05)
+        async with running(agent):
+            await wait_until(
+                lambda: portal.frames.count({"type": "heartbeat"}) >= 3, "three heartbeats"
+            )
+
+
+def test_simulator_gives_a_plausible_household_day():
+    # given a simulated day sampled every 30 s in UTC
+    source = SimulatorSource(seed=42, tz=UTC)
+    start = datetime(2026, 11, 22, tzinfo=UTC)
+    samples = [
+        (start + timedelta(seconds=30 * i), source.read(start + timedelta(seconds=30 * i)))
+        for i in range(24 * 120 + 1)
+    ]
+
+    # then every value is finite and within a household's range
+    for _, values in samples:
+        assert set(values) == {"power_w", "voltage_v", "energy_kwh"}
+        assert all(math.isfinite(value) for value in values.values())
+        assert 100.0 <= values["power_w"] <= 8000.0
+        assert 225.4 <= values["voltage_v"] <= 234.6
+    energy = [values["energy_kwh"] for _, values in samples]
+    assert all(later >= earlier for earlier, later in itertools.pairwise(energy))
+    # one day of a household is a few to a few tens of kWh
+    assert 2.0 <= energy[-1] - energy[0] <= 40.0
+
+    def mean_power(first_hour: int, last_hour: int) -> float:
+        window = [v["power_w"] for t, v in samples if first_hour <= t.hour < last_hour]
+        return sum(window) / len(window)
+
+    # the evening peak stands well above the night, and appliances spike past a kilowatt
+    assert mean_power(18, 21) > 2 * mean_power(1, 5)
+    assert max(values["power_w"] for _, values in samples) > 1500.0
+    # heavier load pulls the voltage down a little
+    heavy = [v["voltage_v"] for _, v in samples if v["power_w"] > 1500]
+    light = [v["voltage_v"] for _, v in samples if v["power_w"] < 400]
+    assert sum(heavy) / len(heavy) < sum(light) / len(light)
+
+
+def test_simulator_load_follows_relay_and_curtailment():
+    source = SimulatorSource(seed=5, tz=UTC)
+    evening = datetime(2026, 11, 22, 19, tzinfo=UTC)
+    normal = source.read(evening)["power_w"]
+
+    source.load.curtail_kw = 10.0
+    curtailed = source.read(evening + timedelta(seconds=1))["power_w"]
+    source.load.curtail_kw = 0.0
+    source.load.relay_on = False
+    off = source.read(evening + timedelta(seconds=2))["power_w"]
+
+    assert curtailed < normal
+    assert curtailed >= 50.0  # the base load and fridge keep running
+    assert off < 5.0
+
+
+def test_file_source_follows_json_lines_and_skips_bad_ones(tmp_path):
+    path = tmp_path / "meter.jsonl"
+    path.write_text(
+        '{"ts": "2026-11-22T10:00:00.250Z", "values": {"power_w": 512.3}}\n'
+        '{"power_w": 20, "voltage_v": 231.2, "label": "kitchen"}\n'
+        "not json\n"
+        '{"power_w": 3'
+    )
+    source = FileSource(path)
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+    assert source.read(now) == Sample(
+        datetime(2026, 11, 22, 10, 0, 0, 250000, tzinfo=UTC), {"power_w": 512.3}
+    )
+    assert source.read(now) == Sample(now, {"power_w": 20.0, "voltage_v": 231.2})
+    assert source.read(now) is None  # skipped the bad line; the last one is not finished
+    with path.open("a") as handle:
+        handle.write("3}\n")
+    assert source.read(now) == Sample(now, {"power_w": 33.0})
+    assert source.read(now) is None
+
+
+def test_command_source_reads_values_from_stdout_and_skips_failures():
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    ok = CommandSource("""printf '{"power_w": 12.5, "state": "x"}'""")
+    assert ok.read(now) == Sample(now, {"power_w": 12.5})
+    assert CommandSource("exit 3").read(now) is None
+    assert CommandSource("echo nope").read(now) is None
