@@ -1001,7 +1001,7 @@ class Agent:
             # Keep the rows (they become sendable again) and hold back all sending for a while.
             self._rate_delay = min(self.backoff_cap, max(self.backoff_base, self._rate_delay * 2))
             self._pause_until = asyncio.get_running_loop().time() + self._rate_delay
-            log.warning("portal is rate-limiting us; pausing sends for %.1f s", self._rate_delay)
+            log.warning("portal is rate-limiting us; pausing sends for %.2f s", self._rate_delay)
             return
         if entry is None:
             log.warning("portal error %s: %s", code, detail)

@@ -61,6 +61,7 @@ class FakePortal:
         self.acked_values: list[dict[str, float]] = []
         self.acked_power: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
+        self.live: set[ServerConnection] = set()
 
     async def __aenter__(self) -> "FakePortal":
         self._server = await serve(
@@ -84,8 +85,13 @@ class FakePortal:
             return connection.respond(HTTPStatus.FORBIDDEN, "bad token\n")
         return None
 
+    async def send(self, frame: dict[str, Any]) -> None:
+        for ws in self.live:
+            await ws.send(json.dumps(frame))
+
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections += 1
+        self.live.add(ws)
         with suppress(ConnectionClosed):
             for command in self.commands_on_connect:
                 await ws.send(json.dumps(command))
@@ -99,6 +105,7 @@ class FakePortal:
                     self.acked_power.append(msg)
                 elif msg["type"] == "command_result":
                     self.results.append(msg)
+        self.live.discard(ws)
 
     async def _on_telemetry(self, ws: ServerConnection, msg: dict[str, Any]) -> None:
         self.telemetry_frames += 1
@@ -155,15 +162,26 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.01)
 
 
-def make_agent(portal: FakePortal, tmp_path: Any, source: Any, **options: Any) -> Agent:
-    settings = {
-        "interval": 0.02,
-        "backoff_base": 0.02,
-        "backoff_cap": 0.1,
-        "heartbeat": 5.0,
-        **options,
-    }
-    return Agent(portal.url, TOKEN, "pi-test", source, tmp_path / "queue.sqlite3", **settings)
+@pytest.fixture
+def make_agent(tmp_path):
+    """Build agents with fast timings on one queue file; their queues are closed after the test."""
+    agents: list[Agent] = []
+
+    def make(portal: FakePortal, source: Any, **options: Any) -> Agent:
+        settings = {
+            "interval": 0.02,
+            "backoff_base": 0.02,
+            "backoff_cap": 0.1,
+            "heartbeat": 5.0,
+            **options,
+        }
+        agent = Agent(portal.url, TOKEN, "pi-test", source, tmp_path / "queue.sqlite3", **settings)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.close()
 
 
 @asynccontextmanager
@@ -174,7 +192,6 @@ async def running(agent: Agent):
     finally:
         await asyncio.wait_for(agent.stop(), 5)
         await task  # re-raises whatever run() died of
-        agent.close()
 
 
 def produced_keys(agent: Agent) -> collections.Counter[tuple[str, str]]:
@@ -184,10 +201,10 @@ def produced_keys(agent: Agent) -> collections.Counter[tuple[str, str]]:
 
 
 @pytest.mark.asyncio
-async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked(tmp_path):
+async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked(make_agent):
     async with FakePortal() as portal:
         source = CountingSource(total=5)
-        agent = make_agent(portal, tmp_path, source)
+        agent = make_agent(portal, source)
         async with running(agent):
             await wait_until(lambda: agent.stats.acked == 5, "five acks")
 
@@ -205,11 +222,11 @@ async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked
 
 
 @pytest.mark.asyncio
-async def test_unacked_readings_survive_a_drop_and_are_replayed_in_batches_exactly_once(tmp_path):
+async def test_unacked_readings_survive_a_drop_and_are_replayed_in_batches_exactly_once(make_agent):
     async with FakePortal() as portal:
         portal.script = {8: "drop"}
         source = CountingSource(total=60)
-        agent = make_agent(portal, tmp_path, source, batch_size=10)
+        agent = make_agent(portal, source, batch_size=10)
         async with running(agent):
             await wait_until(lambda: not portal.accepting, "the portal dropping the socket")
             await wait_until(lambda: agent.queue_length() >= 25, "a backlog while offline")
@@ -231,15 +248,15 @@ async def test_unacked_readings_survive_a_drop_and_are_replayed_in_batches_exact
 
 
 @pytest.mark.asyncio
-async def test_queue_survives_an_agent_restart_and_is_replayed_on_the_next_run(tmp_path):
+async def test_queue_survives_an_agent_restart_and_is_replayed_on_the_next_run(make_agent):
     async with FakePortal(accepting=False) as portal:
-        first = make_agent(portal, tmp_path, CountingSource(total=12))
+        first = make_agent(portal, CountingSource(total=12))
         async with running(first):
             await wait_until(lambda: first.stats.produced == 12, "readings while offline")
         assert first.queue_length() == 12
         portal.accepting = True
 
-        second = make_agent(portal, tmp_path, CountingSource(total=0))
+        second = make_agent(portal, CountingSource(total=0))
         async with running(second):
             await wait_until(lambda: second.queue_length() == 0, "the old backlog delivered")
 
@@ -248,9 +265,11 @@ async def test_queue_survives_an_agent_restart_and_is_replayed_on_the_next_run(t
 
 
 @pytest.mark.asyncio
-async def test_handshake_refused_with_403_is_retried_with_backoff_until_accepted(tmp_path, caplog):
+async def test_handshake_refused_with_403_is_retried_with_backoff_until_accepted(
+    make_agent, caplog
+):
     async with FakePortal(refuse_first=3) as portal:
-        agent = make_agent(portal, tmp_path, CountingSource(total=3))
+        agent = make_agent(portal, CountingSource(total=3))
         async with running(agent):
             await wait_until(lambda: agent.stats.acked == 3, "readings after the refusals")
 
@@ -278,7 +297,7 @@ def test_backoff_doubles_up_to_the_cap_with_full_jitter_and_resets():
 
 
 @pytest.mark.asyncio
-async def test_commands_ping_relay_unknown_and_expired_get_the_right_results(tmp_path):
+async def test_commands_ping_relay_unknown_and_expired_get_the_right_results(make_agent):
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     async with FakePortal() as portal:
@@ -290,7 +309,7 @@ async def test_commands_ping_relay_unknown_and_expired_get_the_right_results(tmp
             {"type": "command", "id": "c-bad", "name": "relay", "args": {"state": "maybe"}},
         ]
         source = SimulatorSource(seed=3)
-        agent = make_agent(portal, tmp_path, source)
+        agent = make_agent(portal, source)
         async with running(agent):
             await wait_until(lambda: len(portal.results) == 5, "five command results")
             after_relay = len(portal.acked_values)
@@ -315,13 +334,15 @@ async def test_commands_ping_relay_unknown_and_expired_get_the_right_results(tmp
 
 
 @pytest.mark.asyncio
-async def test_a_repeated_command_id_is_answered_again_without_running_twice(tmp_path):
+async def test_a_repeated_command_id_is_answered_again_without_running_twice(make_agent):
     ping = {"type": "command", "id": "c-1", "name": "ping", "args": {}}
     async with FakePortal() as portal:
-        portal.commands_on_connect = [ping, ping]
-        agent = make_agent(portal, tmp_path, CountingSource(total=0))
+        portal.commands_on_connect = [ping]
+        agent = make_agent(portal, CountingSource(total=0))
         async with running(agent):
-            await wait_until(lambda: len(portal.results) == 2, "two answers")
+            await wait_until(lambda: len(portal.results) == 1, "the first answer")
+            await portal.send(ping)
+            await wait_until(lambda: len(portal.results) == 2, "the second answer")
 
         assert [result["detail"] for result in portal.results] == ["pong", "pong"]
         assert agent.stats.commands == 1
@@ -349,12 +370,14 @@ async def test_command_hook_maps_exit_codes_to_done_rejected_and_failed(tmp_path
 
 
 @pytest.mark.asyncio
-async def test_power_lost_and_restored_are_queued_offline_and_delivered_on_reconnect(tmp_path):
+async def test_power_lost_and_restored_are_queued_offline_and_delivered_on_reconnect(
+    make_agent, tmp_path
+):
     power_file = tmp_path / "mains"
     power_file.write_text("on\n")
     async with FakePortal(accepting=False) as portal:
         monitor = PowerFileMonitor(power_file)
-        agent = make_agent(portal, tmp_path, CountingSource(total=0), power_monitor=monitor)
+        agent = make_agent(portal, CountingSource(total=0), power_monitor=monitor)
         async with running(agent):
             await asyncio.sleep(0.1)
             power_file.write_text("off\n")
@@ -374,11 +397,11 @@ async def test_power_lost_and_restored_are_queued_offline_and_delivered_on_recon
 
 
 @pytest.mark.asyncio
-async def test_invalid_payload_drops_the_rows_and_rate_limited_keeps_them_for_later(tmp_path):
+async def test_invalid_payload_drops_the_rows_and_rate_limited_keeps_them_for_later(make_agent):
     async with FakePortal() as portal:
         portal.script = {1: "invalid_payload", 2: "rate_limited"}
         source = ManualSource()
-        agent = make_agent(portal, tmp_path, source)
+        agent = make_agent(portal, source)
         async with running(agent):
             await wait_until(lambda: agent.connected, "a connection")
             source.pending.append({"power_w": 1.0})
@@ -392,11 +415,11 @@ async def test_invalid_payload_drops_the_rows_and_rate_limited_keeps_them_for_la
 
 
 @pytest.mark.asyncio
-async def test_frames_without_ack_time_out_and_are_replayed_on_a_new_connection(tmp_path):
+async def test_frames_without_ack_time_out_and_are_replayed_on_a_new_connection(make_agent):
     async with FakePortal() as portal:
         portal.ack = False
         source = CountingSource(total=20)
-        agent = make_agent(portal, tmp_path, source, ack_timeout=0.3)
+        agent = make_agent(portal, source, ack_timeout=0.3)
         async with running(agent):
             await wait_until(lambda: portal.telemetry_frames >= 3, "unacked frames")
             portal.ack = True
@@ -409,9 +432,9 @@ async def test_frames_without_ack_time_out_and_are_replayed_on_a_new_connection(
 
 
 @pytest.mark.asyncio
-async def test_heartbeat_is_sent_when_there_is_nothing_else_to_send(tmp_path):
+async def test_heartbeat_is_sent_when_there_is_nothing_else_to_send(make_agent):
     async with FakePortal() as portal:
-        agent = make_agent(portal, tmp_path, CountingSource(total=0), heartbeat=0.05)
+        agent = make_agent(portal, CountingSource(total=0), heartbeat=0.05)
         async with running(agent):
             await wait_until(
                 lambda: portal.frames.count({"type": "heartbeat"}) >= 3, "three heartbeats"

@@ -1,0 +1,17 @@
+# One image for every portal process (ASGI server, Celery worker, beat); compose.yaml picks the command.
+FROM node:20-bookworm-slim AS assets
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
+FROM python:3.11-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DJANGO_SETTINGS_MODULE=energy_portal.settings
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+COPY --from=assets /app/node_modules ./node_modules
+COPY . .
+RUN useradd --system --home /app portal && mkdir -p /app/var && chown portal /app/var
+USER portal
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "energy_portal.asgi:application"]

@@ -1,0 +1,191 @@
+// Live updates for the dashboard and the fleet page, from the session-authenticated /ws/live/
+// socket. The page works without it; this only keeps figures, badges and charts current.
+(function () {
+  "use strict";
+
+  const WINDOW_S = 600; // seconds of history the live charts keep
+  const charts = new Map(); // device uid -> {plot, xs, ys, key}
+  const indicator = document.querySelector("[data-live-indicator]");
+
+  function setIndicator(text, state) {
+    if (!indicator) return;
+    indicator.textContent = text;
+    indicator.dataset.state = state;
+  }
+
+  function each(selector, fn) {
+    document.querySelectorAll(selector).forEach(fn);
+  }
+
+  function cssEscape(value) {
+    return window.CSS && CSS.escape ? CSS.escape(value) : value.replace(/"/g, '\\"');
+  }
+
+  function formatNumber(value) {
+    return Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(1);
+  }
+
+  function timeAgo(iso) {
+    if (!iso) return "never";
+    const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    if (seconds < 5) return "just now";
+    if (seconds < 60) return seconds + " s ago";
+    if (seconds < 3600) return Math.round(seconds / 60) + " min ago";
+    if (seconds < 86400) return Math.round(seconds / 3600) + " h ago";
+    return Math.round(seconds / 86400) + " d ago";
+  }
+
+  function markSeen(uid, iso) {
+    each('[data-last-seen-for="' + cssEscape(uid) + '"]', (el) => {
+      el.dataset.ts = iso;
+      el.textContent = timeAgo(iso);
+    });
+  }
+
+  function setOnline(uid, online) {
+    each('[data-status-for="' + cssEscape(uid) + '"]', (el) => {
+      el.textContent = online ? "online" : "offline";
+      el.classList.toggle("online", online);
+      el.classList.toggle("offline", !online);
+    });
+  }
+
+  function setupCharts() {
+    if (typeof uPlot === "undefined") return;
+    each("[data-chart-for]", (el) => {
+      const key = el.dataset.chartKey;
+      const xs = [];
+      const ys = [];
+      const plot = new uPlot(
+        {
+          width: Math.max(200, el.clientWidth),
+          height: 120,
+          legend: { show: false },
+          cursor: { show: false },
+          scales: { x: { time: true } },
+          axes: [{ size: 28 }, { size: 44 }],
+          series: [{}, { label: key, stroke: "#0b7a55", width: 2, fill: "rgba(11,122,85,0.08)" }],
+        },
+        [xs, ys],
+        el
+      );
+      charts.set(el.dataset.chartFor, { plot, xs, ys, key, el });
+    });
+    window.addEventListener("resize", () => {
+      charts.forEach((c) => c.plot.setSize({ width: Math.max(200, c.el.clientWidth), height: 120 }));
+    });
+  }
+
+  function addPoint(uid, ts, values) {
+    const chart = charts.get(uid);
+    if (!chart || !(chart.key in values)) return;
+    const x = Date.parse(ts) / 1000;
+    // Points may arrive out of order after a device replays its buffer: insert in place.
+    let i = chart.xs.length;
+    while (i > 0 && chart.xs[i - 1] > x) i--;
+    chart.xs.splice(i, 0, x);
+    chart.ys.splice(i, 0, values[chart.key]);
+    const cutoff = chart.xs[chart.xs.length - 1] - WINDOW_S;
+    while (chart.xs.length && chart.xs[0] < cutoff) {
+      chart.xs.shift();
+      chart.ys.shift();
+    }
+    chart.dirty = true;
+  }
+
+  function onReadings(msg) {
+    let newest = null;
+    msg.points.forEach((point) => {
+      addPoint(msg.device, point.ts, point.values);
+      if (!newest || point.ts > newest.ts) newest = point;
+    });
+    if (!newest) return;
+    Object.entries(newest.values).forEach(([key, value]) => {
+      each('[data-metric-for="' + cssEscape(msg.device + ":" + key) + '"]', (el) => {
+        el.textContent = formatNumber(value);
+      });
+    });
+    setOnline(msg.device, true);
+    markSeen(msg.device, new Date().toISOString());
+  }
+
+  function onStatus(msg) {
+    setOnline(msg.device, msg.online);
+    if (msg.last_seen) markSeen(msg.device, msg.last_seen);
+  }
+
+  function onCommand(msg) {
+    each('[data-command-status-for="' + cssEscape(msg.device) + '"]', (el) => {
+      const what = msg.name + (msg.args && msg.args.state ? " " + msg.args.state : "");
+      el.textContent = what + ": " + msg.status + (msg.detail ? " (" + msg.detail + ")" : "");
+    });
+  }
+
+  const handlers = { readings: onReadings, status: onStatus, command: onCommand, power: () => {} };
+
+  // Redraw at most once per animation frame, however many readings arrived.
+  function redraw() {
+    charts.forEach((c) => {
+      if (c.dirty) {
+        c.plot.setData([c.xs, c.ys]);
+        c.dirty = false;
+      }
+    });
+    window.requestAnimationFrame(redraw);
+  }
+
+  let attempt = 0;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(scheme + "://" + location.host + "/ws/live/" + location.search);
+    socket.onopen = () => {
+      attempt = 0;
+      setIndicator("live", "live");
+    };
+    socket.onmessage = (event) => {
+      const msg = JSON.parse(event.data);
+      const handler = handlers[msg.type];
+      if (handler) handler(msg);
+    };
+    socket.onclose = () => {
+      // Reconnect by itself (server restarts, network blips) with capped, jittered backoff.
+      attempt += 1;
+      const delay = Math.random() * Math.min(10000, 500 * 2 ** attempt);
+      setIndicator("reconnecting…", "down");
+      window.setTimeout(connect, delay);
+    };
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  function setupRelays() {
+    each("[data-relay-for]", (box) => {
+      const uid = box.dataset.relayFor;
+      box.querySelectorAll("[data-relay-state]").forEach((button) => {
+        button.addEventListener("click", async () => {
+          const status = box.querySelector("[data-command-status-for]");
+          status.textContent = "sending…";
+          const response = await fetch("/api/v1/devices/" + encodeURIComponent(uid) + "/commands/", {
+            method: "POST",
+            credentials: "same-origin",
+            headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+            body: JSON.stringify({ name: "relay", args: { state: button.dataset.relayState } }),
+          });
+          const body = await response.json().catch(() => ({}));
+          if (!response.ok) status.textContent = "refused: " + (body.detail || response.status);
+        });
+      });
+    });
+  }
+
+  setupCharts();
+  setupRelays();
+  window.setInterval(() => each("[data-last-seen-for]", (el) => {
+    if (el.dataset.ts) el.textContent = timeAgo(el.dataset.ts);
+  }), 5000);
+  window.requestAnimationFrame(redraw);
+  connect();
+})();
