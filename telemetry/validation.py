@@ -39,7 +39,10 @@ def parse_timestamp(raw: object, *, now: datetime) -> datetime:
         raise ValueError(f"ts {raw[:40]!r} is not an RFC 3339 time") from None
     if ts.tzinfo is None or "T" not in raw.upper():
         raise ValueError(f"ts {raw[:40]!r} has no time zone; add Z or an offset like +01:00")
-    ts = ts.astimezone(UTC)
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past the last representable year
+        raise ValueError(f"ts {raw[:40]!r} is out of range; check the device clock") from None
     if ts > now + MAX_FUTURE:
         raise ValueError(f"ts {raw[:40]!r} is in the future; check the device clock")
     if ts < now - MAX_PAST:
@@ -51,7 +54,10 @@ def parse_value(raw: object) -> float:
     """A finite JSON number (booleans are not numbers here)."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError("value must be a number")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer beyond float range, e.g. 10**400
+        raise ValueError("value must be a finite number") from None
     if not math.isfinite(value):
         raise ValueError("value must be a finite number")
     return value
