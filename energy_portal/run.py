@@ -1,8 +1,9 @@
 """`make run`: one command that brings up the whole portal with demo data.
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
-migrates, seeds the demo, then runs the ASGI server, a Celery worker and beat under one
-supervisor. Ctrl-C stops every process; the embedded servers stop when this process exits.
+migrates, seeds the demo, then runs the ASGI server, a Celery worker, beat and a few simulated
+Pis under one supervisor. Ctrl-C stops every process; the embedded servers stop when this
+process exits.
 """
 
 import argparse
@@ -15,58 +16,37 @@ from honcho.manager import Manager
 
 from energy_portal.environment import BASE_DIR, load
 
+DEMO_TOKENS = "demo-device-tokens.json"
+
 
 def _manage(*args: str) -> None:
     subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), *args], check=True)
 
 
-def processes(*, host: str, port: int) -> dict[str, list[str]]:
+def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[str, list[str]]:
+    """The command line of each long-running process, by name."""
     python = sys.executable
-    return {
-        "web": [
-            python,
-            "-m",
-            "daphne",
-            "-b",
-            host,
-            "-p",
-            str(port),
-            "energy_portal.asgi:application",
-        ],
-        "worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "energy_portal",
-            "worker",
-            "-l",
-            "info",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        "beat": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "energy_portal",
-            "beat",
-            "-l",
-            "info",
-            "--schedule",
-            str(Path(os.environ["ENERGY_PORTAL_DATA_DIR"]) / "celerybeat"),
-        ],
-    }
+    celery = [python, "-m", "celery", "-A", "energy_portal"]
+    commands = {
+        "web": [python, "-m", "daphne", "-b", host, "-p", str(port),
+                "energy_portal.asgi:application"],
+        "worker": [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-gossip",
+                   "--without-mingle"],
+        "beat": [*celery, "beat", "-l", "info", "--schedule", str(data_dir / "celerybeat")],
+    }  # fmt: skip
+    if simulate:
+        commands["pis"] = [python, "-m", "pi_agent.simulate",
+                           "--url", f"ws://{host}:{port}/ws/devices/",
+                           "--tokens", str(data_dir / DEMO_TOKENS),
+                           "--queue-dir", str(data_dir / "pi-queues")]  # fmt: skip
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--no-demo", action="store_true", help="skip loading the demo data")
+    parser.add_argument("--no-demo", action="store_true", help="no demo data, no simulated Pis")
     options = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "energy_portal.settings")
@@ -77,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     _manage("migrate", "--no-input")
     if not options.no_demo:
-        _manage("seed_demo", "--tokens-file", str(env.data_dir / "demo-device-tokens.json"))
+        _manage("seed_demo", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
 
     manager = Manager()
-    for name, command in processes(host=options.host, port=options.port).items():
+    commands = processes(
+        host=options.host, port=options.port, data_dir=env.data_dir, simulate=not options.no_demo
+    )
+    for name, command in commands.items():
         manager.add_process(name, subprocess.list2cmdline(command), env=dict(os.environ))
     print(f"Portal at http://{options.host}:{options.port}/  (Ctrl-C stops everything)", flush=True)
     manager.loop()

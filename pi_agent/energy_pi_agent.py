@@ -493,13 +493,15 @@ class HookCommands:
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(payload).encode()), self.timeout
-            )
+            async with asyncio.timeout(self.timeout):
+                out, err = await proc.communicate(json.dumps(payload).encode())
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             return CommandResult("failed", f"command hook timed out after {self.timeout:g} s")
+        finally:
+            # Timed out or the agent is stopping: do not leave the hook running.
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         status = {0: "done", 2: "rejected"}.get(proc.returncode, "failed")
         detail = (out or err).decode(errors="replace").strip()[:1000]
         return CommandResult(status, detail or f"hook exited with {proc.returncode}")
@@ -644,6 +646,14 @@ class _InFlight:
 
 class AckTimeout(Exception):
     """The portal did not acknowledge a frame in time; the connection is treated as broken."""
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives just as the
+    # event is set, which left stop() waiting forever; asyncio.timeout() does not.
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 class Agent:
@@ -857,8 +867,7 @@ class Agent:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
             log.info("reconnecting in %.1f s", delay)
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await _wait_event(self._stopping, delay)
 
     async def _session(self, ws: ClientConnection) -> None:
         # Every unacked row is resent on a new connection: acks only come on the socket they
@@ -915,8 +924,7 @@ class Agent:
             if heartbeat_due <= now:
                 await self._send(ws, {"type": "heartbeat"})
                 continue
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(heartbeat_due, ack_deadline) - now)
+            await _wait_event(self._wake, min(heartbeat_due, ack_deadline) - now)
 
     def _next_frame(self) -> tuple[str, dict[str, Any], list[int]] | None:
         """Build the next frame from the oldest rows not in flight: (msg_id, frame, row seqs)."""

@@ -3,15 +3,18 @@
 from energy_portal.settings.base import ENV
 
 # `core` (lists per channel) or `pubsub` (Redis PUB/SUB); bench/live measures both.
+# redis-py 8 reads with a 5 s socket timeout by default, the same as the core layer's blocking
+# BZPOPMIN: every idle receive would die with "Timeout reading". Give reads more room than that.
+_LAYER_HOST = {"address": ENV.redis_url, "socket_timeout": 30}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [ENV.redis_url], "prefix": "ep:asgi", "capacity": 1000, "expiry": 30},
+        "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "ep:asgi", "capacity": 1000, "expiry": 30},
     }
     if ENV.channel_layer == "core"
     else {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [ENV.redis_url], "prefix": "ep:asgi"},
+        "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "ep:asgi"},
     }
 }
 REDIS_URL = ENV.redis_url

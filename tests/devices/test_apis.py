@@ -356,12 +356,18 @@ def test_resident_gets_404_on_another_residents_objects(
     api_client_for, alice, alice_home, bob_home, kind, method
 ):
     url = _others_objects(bob_home)[kind]
+    filter_to_bob = {
+        "sites": "pk",
+        "rooms": "site",
+        "devices": "site",
+        "sensors": "device__site",
+    }
 
     response = getattr(api_client_for(alice), method)(url, {"name": "mine"}, format="json")
 
     assert response.status_code == 404
     assert response.json()["detail"]
-    assert MODELS[kind].objects.count() == 2
+    assert MODELS[kind].objects.filter(**{filter_to_bob[kind]: bob_home["site"]}).exists()
     assert Site.objects.get(pk=bob_home["site"].id).name == "Bob home"
 
 
@@ -645,6 +651,9 @@ JUNK = [
     ("get", "sites/?search=" + "☀" * 500, None),
     ("get", "sensors/?device__uid=%00", None),
     ("get", "sensors/pi-a1%00.power_w/", None),
+    ("get", "devices/pi%00/", None),
+    ("get", "rooms/?site=%00", None),
+    ("post", "sensors/", {"device": "pi\x00", "key": "k", "kind": "power"}),
     ("get", "sensors/%E2%98%80.%E2%98%80/", None),
     ("get", "sites/99999999999999999999/", None),
     ("get", "devices/%F0%9F%99%82/", None),

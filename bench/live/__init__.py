@@ -1,0 +1,1 @@
+"""Live-path benchmark: device socket -> channel layer -> dashboard socket. See README.md."""

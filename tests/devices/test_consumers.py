@@ -1,0 +1,668 @@
+"""The device protocol at /ws/devices/ and the browsers' live feed at /ws/live/, driven through
+the project's ASGI application with the Redis channel layer, PostgreSQL and the ingest stream."""
+
+import json
+import uuid
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from django.test import Client
+from django.utils import timezone
+
+from devices import services, socket_registry
+from devices.consumers import CLOSE_FLOOD, CLOSE_REPLACED, CLOSE_SILENT, MAX_FRAME_BYTES
+from devices.models import Command, CommandStatus, Device
+from energy_portal.asgi import application
+from energy_portal.redis_client import sync_client
+from outages.models import PowerEvent
+from telemetry.services import INGEST_STREAM
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+REDIS_KEYS = [INGEST_STREAM, socket_registry.SOCKETS_KEY, socket_registry.LAST_SEEN_KEY]
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """The stream, the socket registry and the channel layer's keys, empty before and after."""
+
+    def clean():
+        client = sync_client()
+        client.delete(*REDIS_KEYS)
+        for key in client.scan_iter(match="ep:asgi*"):
+            client.delete(key)
+
+    clean()
+    yield
+    clean()
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def recent(seconds_ago: float = 60) -> tuple[str, int]:
+    """A time a little in the past as a device writes it (RFC 3339, ms, Z) and in epoch µs."""
+    at = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).replace(microsecond=250_000)
+    text = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return text, (at - EPOCH) // timedelta(microseconds=1)
+
+
+def device_communicator(token: str | None) -> WebsocketCommunicator:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token is not None else []
+    return WebsocketCommunicator(application, "/ws/devices/", headers=headers)
+
+
+@asynccontextmanager
+async def device_socket(token: str):
+    """A connected Pi; disconnected however the test ends."""
+    communicator = device_communicator(token)
+    connected, _ = await communicator.connect()
+    try:
+        assert connected, "the device's handshake was refused"
+        yield communicator
+    finally:
+        await communicator.disconnect()
+
+
+def _session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def live_communicator(cookie: str | None, *, origin: bytes = b"http://127.0.0.1"):
+    headers = [(b"origin", origin)]
+    if cookie is not None:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+
+
+@asynccontextmanager
+async def live_socket(user):
+    """A browser's live feed, logged in as `user` through a real session cookie."""
+    communicator = live_communicator(await sync_to_async(_session_cookie)(user))
+    connected, _ = await communicator.connect()
+    try:
+        assert connected, "the live socket was refused"
+        yield communicator
+    finally:
+        await communicator.disconnect()
+
+
+async def settle(pi: WebsocketCommunicator) -> None:
+    """Wait until the consumer has handled everything sent before (the connect included).
+
+    A consumer handles its messages one at a time, in order, so the answer to a frame of an
+    unknown type comes only after all earlier work is done."""
+    await pi.send_json_to({"type": "settle"})
+    answer = await pi.receive_json_from()
+    assert answer["code"] == "unknown_type", answer
+
+
+def telemetry(msg_id: str, ts: str, **values) -> dict:
+    return {"type": "telemetry", "msg_id": msg_id, "ts": ts, "values": values}
+
+
+async def assert_acked(pi: WebsocketCommunicator, frame: dict, accepted: int) -> dict:
+    await pi.send_json_to(frame)
+    ack = await pi.receive_json_from()
+    assert ack["type"] == "ack", ack
+    assert ack["msg_id"] == frame["msg_id"]
+    assert ack["accepted"] == accepted, ack
+    return ack
+
+
+async def receive_close(communicator: WebsocketCommunicator, timeout: float = 1) -> int:
+    message = await communicator.receive_output(timeout)
+    assert message["type"] == "websocket.close", message
+    return message["code"]
+
+
+def stream_rows() -> list[tuple[str, list]]:
+    return [
+        (fields[b"src"].decode(), json.loads(fields[b"rows"]))
+        for _, fields in sync_client().xrange(INGEST_STREAM)
+    ]
+
+
+@sync_to_async
+def sensor_ids(device: Device) -> dict[str, int]:
+    return dict(device.sensors.values_list("key", "id"))
+
+
+@sync_to_async
+def device_online(device: Device) -> bool:
+    return Device.objects.get(pk=device.pk).online
+
+
+@sync_to_async
+def command_fresh(command: Command) -> Command:
+    return Command.objects.get(pk=command.pk)
+
+
+issue_command = sync_to_async(services.command_issue)
+
+
+# --- handshake ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "not-a-device-token"], ids=["missing", "wrong"])
+async def test_device_handshake_without_a_valid_token_is_refused(alice_home, token):
+    communicator = device_communicator(token)
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+    assert await device_online(alice_home["device"]) is False
+
+
+async def test_device_handshake_with_another_scheme_is_refused(alice_home):
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/devices/",
+        headers=[(b"authorization", f"Token {alice_home['token']}".encode())],
+    )
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+
+
+# --- telemetry ---------------------------------------------------------------------------------
+
+
+async def test_single_telemetry_frame_is_acked_and_its_known_readings_land_in_the_stream(
+    alice_home,
+):
+    ids = await sensor_ids(alice_home["device"])
+    ts, epoch_us = recent()
+
+    async with device_socket(alice_home["token"]) as pi:
+        await pi.send_json_to(telemetry("m1", ts, power_w=512.3, voltage_v=231, bogus=1))
+        ack = await pi.receive_json_from()
+
+    assert ack == {
+        "type": "ack",
+        "msg_id": "m1",
+        "accepted": 2,
+        "rejected": [{"key": "bogus", "error": "unknown sensor"}],
+    }
+    assert stream_rows() == [
+        ("socket", [[ids["power_w"], epoch_us, 512.3], [ids["voltage_v"], epoch_us, 231.0]])
+    ]
+
+
+async def test_batch_frame_is_acked_with_bad_entries_reported_by_index(alice_home):
+    ids = await sensor_ids(alice_home["device"])
+    ts0, us0 = recent(120)
+    ts1, us1 = recent(60)
+    frame = {
+        "type": "telemetry",
+        "msg_id": "b1",
+        "batch": [
+            {"ts": ts0, "values": {"power_w": 100, "voltage_v": 230.5}},
+            {"ts": ts1, "values": "not an object"},
+            {"ts": ts1, "values": {"power_w": 101.5, "bogus": 3}},
+            {"ts": "2026-11-22T10:00:00", "values": {"power_w": 7}},
+        ],
+    }
+
+    async with device_socket(alice_home["token"]) as pi:
+        ack = await assert_acked(pi, frame, accepted=3)
+
+    assert [(r["index"], r.get("key")) for r in ack["rejected"]] == [
+        (1, None),
+        (2, "bogus"),
+        (3, "power_w"),
+    ]
+    assert "no time zone" in ack["rejected"][2]["error"]
+    assert stream_rows() == [
+        (
+            "socket",
+            [
+                [ids["power_w"], us0, 100.0],
+                [ids["voltage_v"], us0, 230.5],
+                [ids["power_w"], us1, 101.5],
+            ],
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value_text", "error"),
+    [
+        ("NaN", "value must be a finite number"),
+        ("Infinity", "value must be a finite number"),
+        ("1" + "0" * 400, "value must be a finite number"),
+        ('"512"', "value must be a number"),
+        ("true", "value must be a number"),
+    ],
+    ids=["nan", "infinity", "beyond-float-range", "string", "bool"],
+)
+async def test_bad_value_is_rejected_per_key_and_the_rest_of_the_frame_is_kept(
+    alice_home, value_text, error
+):
+    ts, _ = recent()
+    raw = (
+        f'{{"type": "telemetry", "msg_id": "n1", "ts": "{ts}", '
+        f'"values": {{"power_w": {value_text}, "voltage_v": 230}}}}'
+    )
+
+    async with device_socket(alice_home["token"]) as pi:
+        await pi.send_to(text_data=raw)
+        ack = await pi.receive_json_from()
+
+    assert ack["accepted"] == 1
+    assert ack["rejected"] == [{"key": "power_w", "error": error}]
+    assert [[row[2] for row in rows] for _, rows in stream_rows()] == [[230.0]]
+
+
+async def test_sensor_added_after_connect_is_accepted_without_reconnecting(alice_home):
+    ts, _ = recent()
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        await sync_to_async(services.sensor_create)(
+            device=alice_home["device"], key="energy_wh", kind="energy", unit="Wh"
+        )
+        ack = await assert_acked(pi, telemetry("s1", ts, energy_wh=5), accepted=1)
+
+    assert ack["rejected"] == []
+
+
+def _frame(**fields) -> str:
+    return json.dumps({"type": "telemetry", "msg_id": "e1", **fields})
+
+
+def _future() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+BAD_FRAMES = {
+    # id: (text or bytes, expected code, expected msg_id, words in the detail)
+    "invalid-json": (lambda: "{not json", "invalid_json", None, "not valid JSON"),
+    "unknown-type": (
+        lambda: json.dumps({"type": "selfie", "msg_id": "u1"}),
+        "unknown_type",
+        "u1",
+        "telemetry",
+    ),
+    "not-an-object": (lambda: "[1, 2]", "invalid_payload", None, "JSON object"),
+    "missing-msg-id": (
+        lambda: json.dumps({"type": "telemetry", "ts": recent()[0], "values": {"power_w": 1}}),
+        "invalid_payload",
+        None,
+        "msg_id",
+    ),
+    "values-not-an-object": (
+        lambda: _frame(ts=recent()[0], values=[1, 2]),
+        "invalid_payload",
+        "e1",
+        "values must be a non-empty object",
+    ),
+    "neither-values-nor-batch": (lambda: _frame(ts=recent()[0]), "invalid_payload", "e1", "batch"),
+    "naive-ts": (
+        lambda: _frame(ts="2026-11-22T10:00:00", values={"power_w": 1}),
+        "invalid_payload",
+        "e1",
+        "no time zone",
+    ),
+    "far-future-ts": (
+        lambda: _frame(ts=_future(), values={"power_w": 1}),
+        "invalid_payload",
+        "e1",
+        "in the future",
+    ),
+    "ts-out-of-range": (
+        lambda: _frame(ts="9999-12-31T23:59:59-01:00", values={"power_w": 1}),
+        "invalid_payload",
+        "e1",
+        "out of range",
+    ),
+    "too-large": (
+        lambda: _frame(ts=recent()[0], values={"power_w": 1}, pad="x" * MAX_FRAME_BYTES),
+        "too_large",
+        None,
+        "limited",
+    ),
+    "binary": (lambda: b'{"type": "heartbeat"}', "invalid_json", None, "binary"),
+    "power-bad-state": (
+        lambda: json.dumps({"type": "power", "msg_id": "p9", "state": "flickering"}),
+        "invalid_payload",
+        "p9",
+        "lost",
+    ),
+    "command-result-bad-id": (
+        lambda: json.dumps({"type": "command_result", "id": "abc", "status": "done"}),
+        "invalid_payload",
+        None,
+        "UUID",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "code", "msg_id", "words"), BAD_FRAMES.values(), ids=BAD_FRAMES)
+async def test_bad_frame_gets_an_error_and_the_socket_keeps_working(
+    alice_home, make, code, msg_id, words
+):
+    frame = make()
+
+    async with device_socket(alice_home["token"]) as pi:
+        if isinstance(frame, bytes):
+            await pi.send_to(bytes_data=frame)
+        else:
+            await pi.send_to(text_data=frame)
+        error = await pi.receive_json_from()
+        await assert_acked(pi, telemetry("ok", recent()[0], power_w=1), accepted=1)
+
+    assert error["type"] == "error"
+    assert error["code"] == code
+    assert error.get("msg_id") == msg_id
+    assert words in error["detail"]
+    assert len(stream_rows()) == 1  # only the valid frame's reading
+
+
+# --- rate limiting -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tight_rate(settings):
+    """Two frames of burst and (practically) no refill, so the test does not race the clock."""
+    settings.DEVICE_RATE_PER_S = 0.001
+    settings.DEVICE_RATE_BURST = 2
+
+
+async def test_frames_beyond_the_burst_get_rate_limited_errors(alice_home, tight_rate):
+    ts, _ = recent()
+
+    async with device_socket(alice_home["token"]) as pi:
+        await assert_acked(pi, telemetry("r1", ts, power_w=1), accepted=1)
+        await assert_acked(pi, telemetry("r2", ts, power_w=2), accepted=1)
+        await pi.send_json_to(telemetry("r3", ts, power_w=3))
+        error = await pi.receive_json_from()
+
+    assert error["type"] == "error"
+    assert error["code"] == "rate_limited"
+    assert len(stream_rows()) == 2
+
+
+async def test_sustained_flood_closes_the_socket(alice_home, tight_rate):
+    async with device_socket(alice_home["token"]) as pi:
+        codes = []
+        for _ in range(4):  # two allowed (unknown type: answered), two refused
+            await pi.send_json_to({"type": "flood"})
+            codes.append((await pi.receive_json_from())["code"])
+        await pi.send_json_to({"type": "flood"})
+        close_code = await receive_close(pi)
+
+    assert codes == ["unknown_type", "unknown_type", "rate_limited", "rate_limited"]
+    assert close_code == CLOSE_FLOOD
+
+
+# --- presence ----------------------------------------------------------------------------------
+
+
+async def test_connect_marks_the_device_online_and_disconnect_offline(alice_home):
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        online_while_connected = await device_online(device)
+        registered = await socket_registry.connected_channel(device.id)
+
+    assert online_while_connected is True
+    assert registered is not None
+    assert await device_online(device) is False
+    assert await socket_registry.connected_channel(device.id) is None
+
+
+async def test_second_connection_of_a_device_closes_the_first_and_it_stays_online(alice_home):
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as first:
+        await settle(first)
+        async with device_socket(alice_home["token"]) as second:
+            close_code = await receive_close(first)
+            await first.disconnect()  # what the server does once the close handshake is done
+            await settle(second)
+            online_after_first_left = await device_online(device)
+            await assert_acked(second, telemetry("m2", recent()[0], power_w=2), accepted=1)
+        online_after_second_left = await device_online(device)
+
+    assert close_code == CLOSE_REPLACED
+    assert online_after_first_left is True
+    assert online_after_second_left is False
+
+
+async def test_silent_socket_is_closed_after_the_heartbeat_timeout_and_goes_offline(
+    alice_home, settings
+):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 1
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        close_code = await receive_close(pi, timeout=5)
+        await pi.disconnect()  # the server's side of the close handshake
+        online = await device_online(device)
+
+    assert close_code == CLOSE_SILENT
+    assert online is False
+
+
+async def test_heartbeats_keep_a_socket_open_past_the_timeout(alice_home, settings):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 1
+
+    async with device_socket(alice_home["token"]) as pi:
+        for _ in range(6):
+            await pi.send_json_to({"type": "heartbeat"})
+            await pi.receive_nothing(timeout=0.3)
+        await assert_acked(pi, telemetry("hb", recent()[0], power_w=1), accepted=1)
+
+
+# --- power -------------------------------------------------------------------------------------
+
+
+async def test_power_reports_are_acked_and_stored_once_even_when_repeated(alice_home, alice):
+    lost_at, _ = recent(30)
+    restored_at, _ = recent(10)
+    lost = {"type": "power", "msg_id": "p1", "state": "lost", "ts": lost_at}
+    restored = {"type": "power", "msg_id": "p2", "state": "restored", "ts": restored_at}
+
+    async with live_socket(alice) as browser, device_socket(alice_home["token"]) as pi:
+        await assert_acked(pi, lost, accepted=1)
+        await assert_acked(pi, lost, accepted=1)  # the Pi resends until it sees an ack
+        await assert_acked(pi, restored, accepted=1)
+        seen = [await browser.receive_json_from() for _ in range(3)]
+
+    events = await sync_to_async(list)(
+        PowerEvent.objects.filter(device=alice_home["device"]).order_by("at").values_list(
+            "state", "at", "site_id"
+        )
+    )
+    site_id = alice_home["site"].id
+    assert events == [
+        ("lost", datetime.fromisoformat(lost_at), site_id),
+        ("restored", datetime.fromisoformat(restored_at), site_id),
+    ]
+    assert [(m["type"], m.get("state")) for m in seen] == [
+        ("status", None),
+        ("power", "lost"),
+        ("power", "restored"),
+    ]
+
+
+# --- live feed ---------------------------------------------------------------------------------
+
+
+async def test_residents_live_socket_hears_its_device_go_online_and_offline(alice_home, alice):
+    async with live_socket(alice) as browser:
+        async with device_socket(alice_home["token"]):
+            online = await browser.receive_json_from()
+        offline = await browser.receive_json_from()
+
+    assert {k: online[k] for k in ("type", "device", "site", "online")} == {
+        "type": "status",
+        "device": "pi-a1",
+        "site": alice_home["site"].id,
+        "online": True,
+    }
+    assert (offline["type"], offline["device"], offline["online"]) == ("status", "pi-a1", False)
+
+
+async def test_readings_reach_the_owners_live_socket_but_not_another_residents(
+    alice_home, bob_home, alice, bob
+):
+    ts, _ = recent()
+
+    async with (
+        live_socket(alice) as alices_browser,
+        live_socket(bob) as bobs_browser,
+        device_socket(alice_home["token"]) as pi,
+    ):
+        await assert_acked(pi, telemetry("m1", ts, power_w=512.3, voltage_v=231), accepted=2)
+        status = await alices_browser.receive_json_from()
+        readings = await alices_browser.receive_json_from()
+        await bobs_browser.receive_nothing(timeout=0.5)
+
+    assert status["type"] == "status"
+    assert readings == {
+        "type": "readings",
+        "device": "pi-a1",
+        "site": alice_home["site"].id,
+        "points": [
+            {"ts": ts, "values": {"power_w": 512.3, "voltage_v": 231.0}}
+        ],
+    }
+
+
+async def test_operators_live_socket_gets_the_whole_fleet(alice_home, bob_home, operator):
+    ts, _ = recent()
+
+    async with live_socket(operator) as browser:
+        async with device_socket(alice_home["token"]) as alices_pi:
+            await assert_acked(alices_pi, telemetry("a1", ts, power_w=1), accepted=1)
+        async with device_socket(bob_home["token"]) as bobs_pi:
+            await assert_acked(bobs_pi, telemetry("b1", ts, power_w=2), accepted=1)
+        seen = [await browser.receive_json_from() for _ in range(6)]
+
+    assert [(m["type"], m["device"], m.get("online")) for m in seen] == [
+        ("status", "pi-a1", True),
+        ("readings", "pi-a1", None),
+        ("status", "pi-a1", False),
+        ("status", "pi-b1", True),
+        ("readings", "pi-b1", None),
+        ("status", "pi-b1", False),
+    ]
+
+
+async def test_anonymous_live_socket_is_refused():
+    communicator = live_communicator(None)
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+
+
+async def test_live_socket_from_a_foreign_origin_is_refused(alice):
+    cookie = await sync_to_async(_session_cookie)(alice)
+    communicator = live_communicator(cookie, origin=b"https://evil.example")
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+async def test_command_issued_while_connected_is_delivered_and_its_result_recorded(alice_home):
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command = await issue_command(device=device, name="relay", args={"state": "off"})
+        frame = await pi.receive_json_from()
+        sent = await command_fresh(command)
+        await pi.send_json_to(
+            {"type": "command_result", "id": frame["id"], "status": "done", "detail": "relay off"}
+        )
+        await settle(pi)
+
+    assert {k: frame[k] for k in ("type", "id", "name", "args")} == {
+        "type": "command",
+        "id": str(command.id),
+        "name": "relay",
+        "args": {"state": "off"},
+    }
+    assert datetime.fromisoformat(frame["expires_at"]) == command.expires_at
+    assert sent.status == CommandStatus.SENT
+    done = await command_fresh(command)
+    assert (done.status, done.detail) == (CommandStatus.DONE, "relay off")
+    assert done.completed_at is not None
+
+
+async def test_command_issued_while_offline_is_delivered_on_connect(alice_home):
+    command = await issue_command(device=alice_home["device"], name="ping")
+
+    async with device_socket(alice_home["token"]) as pi:
+        frame = await pi.receive_json_from()
+
+    assert (frame["type"], frame["id"], frame["name"], frame["args"]) == (
+        "command",
+        str(command.id),
+        "ping",
+        {},
+    )
+    assert (await command_fresh(command)).status == CommandStatus.SENT
+
+
+async def test_expired_command_is_not_delivered_and_is_marked_expired(alice_home):
+    command = await issue_command(device=alice_home["device"], name="ping")
+    await sync_to_async(Command.objects.filter(pk=command.pk).update)(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)  # the first answer is the settle's: no command frame came before it
+
+    expired = await command_fresh(command)
+    assert expired.status == CommandStatus.EXPIRED
+    assert expired.sent_at is None
+
+
+@pytest.mark.parametrize("whose", ["unknown", "other-device"])
+async def test_command_result_for_a_command_not_of_this_device_gets_an_error(
+    alice_home, bob_home, whose
+):
+    bobs_command = await issue_command(device=bob_home["device"], name="ping")
+    command_id = str(uuid.uuid4()) if whose == "unknown" else str(bobs_command.id)
+
+    async with device_socket(alice_home["token"]) as pi:
+        await pi.send_json_to({"type": "command_result", "id": command_id, "status": "done"})
+        error = await pi.receive_json_from()
+
+    assert (error["type"], error["code"]) == ("error", "invalid_payload")
+    assert "no such command" in error["detail"]
+    assert (await command_fresh(bobs_command)).status == CommandStatus.PENDING
+
+
+async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):
+    async with device_socket(alice_home["token"]) as pi:
+        command_frame_id = str((await issue_command(device=alice_home["device"], name="ping")).id)
+        await pi.receive_json_from()
+        await pi.send_json_to({"type": "command_result", "id": command_frame_id, "status": "ok"})
+        error = await pi.receive_json_from()
+
+    assert (error["code"], error["detail"]) == (
+        "invalid_payload",
+        "status must be done, failed or rejected",
+    )
