@@ -71,7 +71,8 @@ class DeviceAdmin(admin.ModelAdmin):
     list_display = ["uid", "name", "kind", "site", "room", "controllable", "online", "last_seen"]
     list_filter = ["online", "kind", "controllable", "site__feeder", "site"]
     search_fields = ["uid", "name", "site__name"]
-    list_select_related = ["site", "room"]
+    # A room shows as "site / room", so its site is loaded with it.
+    list_select_related = ["site", "room__site"]
     readonly_fields = ["online", "last_seen", "token_rotated_at", "created_at"]
     autocomplete_fields = ["site"]
     inlines = [SensorInline]

@@ -33,7 +33,11 @@ class Environment:
     device_rate_per_s: int
     device_rate_burst: int
     channel_layer: str
+    timescale_chunk_interval: str
+    readings_compress_after: str
+    readings_retention: str
     beat_stale_after_s: int
+    ingest_lag_limit_s: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -109,5 +113,9 @@ def load() -> Environment:
         device_rate_per_s=_int("DEVICE_RATE_PER_S", 20),
         device_rate_burst=_int("DEVICE_RATE_BURST", 100),
         channel_layer=_choice("CHANNEL_LAYER", "core", {"core", "pubsub"}),
+        timescale_chunk_interval=os.environ.get("TIMESCALE_CHUNK_INTERVAL", "1 day"),
+        readings_compress_after=os.environ.get("READINGS_COMPRESS_AFTER", "7 days"),
+        readings_retention=os.environ.get("READINGS_RETENTION", "730 days"),
         beat_stale_after_s=_int("BEAT_STALE_AFTER", 180),
+        ingest_lag_limit_s=_int("INGEST_LAG_LIMIT", 300),
     )

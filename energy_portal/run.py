@@ -1,9 +1,9 @@
 """`make run`: one command that brings up the whole portal with demo data.
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
-migrates, seeds the demo, then runs the ASGI server, a Celery worker, beat and a few simulated
-Pis under one supervisor. Ctrl-C stops every process; the embedded servers stop when this
-process exits.
+migrates, seeds the demo, then runs the ASGI server, the ingest writer, a Celery worker, beat
+and a few simulated Pis under one supervisor. Ctrl-C stops every process; the embedded servers
+stop when this process exits.
 """
 
 import argparse
@@ -33,6 +33,7 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
         "worker": [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-gossip",
                    "--without-mingle"],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(data_dir / "celerybeat")],
+        "writer": [python, str(BASE_DIR / "manage.py"), "run_ingest_writer"],
     }  # fmt: skip
     if simulate:
         commands["pis"] = [python, "-m", "pi_agent.simulate",

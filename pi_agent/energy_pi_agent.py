@@ -360,6 +360,7 @@ class FileSource:
         """Return the next complete line's sample, or ``None`` when no new line is there yet."""
         try:
             with self.path.open("rb") as handle:
+                self._missing_logged = False
                 stat = os.fstat(handle.fileno())
                 if stat.st_ino != self._inode or stat.st_size < self._offset:
                     self._inode, self._offset = stat.st_ino, 0
@@ -397,6 +398,8 @@ class PowerFileMonitor:
         if text in ("on", "off"):
             self._problem = None
             return text == "on"
+        if not text:
+            return None  # caught between truncate and write; the next tick sees the new state
         return self._unknown(f"power file {self.path} should hold 'on' or 'off', not {text!r}")
 
     def _unknown(self, problem: str) -> None:
@@ -992,12 +995,17 @@ class Agent:
         self.stats.acked += len(entry.seqs)
         rejected = msg.get("rejected") or []
         self.stats.rejected_keys += len(rejected)
-        for item in rejected:
-            # The portal refused these values for good; the rest of the frame is delivered.
-            text = json.dumps(item, sort_keys=True)
-            level = logging.DEBUG if text in self._seen_rejections else logging.WARNING
-            self._seen_rejections.add(text)
-            log.log(level, "portal rejected a value in %s: %s", msg.get("msg_id"), text)
+        # The portal refused these values for good and kept the rest of the frame. The same
+        # refusal would come with every reading, so each reason is logged once.
+        reasons = {
+            f"{item.get('key', 'entry')}: {item.get('error')}"
+            if isinstance(item, dict)
+            else str(item)
+            for item in rejected
+        }
+        if new := reasons - self._seen_rejections:
+            self._seen_rejections |= new
+            log.warning("portal rejected values: %s", "; ".join(sorted(new)))
         self._rate_delay = 0.0
         self._wake.set()
 

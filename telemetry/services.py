@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
@@ -126,3 +127,24 @@ async def areadings_ingest(*, result: IngestResult, source: str) -> None:
     for groups, message in _live_messages(result.readings):
         await agroup_send(groups, message)
     await async_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))
+
+
+# Set-based insert of a whole batch: three arrays unnested into rows, readings of sensors that no
+# longer exist dropped by the join, duplicates of (sensor, time) dropped by the primary key.
+# Times travel as integer microseconds and are added to the epoch exactly (no float rounding).
+_INSERT_BATCH = """
+INSERT INTO energy_readings (sensor_id, time, value)
+SELECT r.sensor_id, 'epoch'::timestamptz + r.us * interval '1 microsecond', r.value
+FROM unnest(%s::integer[], %s::bigint[], %s::double precision[]) AS r(sensor_id, us, value)
+JOIN devices_sensor s ON s.id = r.sensor_id
+ON CONFLICT (sensor_id, time) DO NOTHING
+"""
+
+
+def readings_insert(*, sensor_ids: list[int], times_us: list[int], values: list[float]) -> int:
+    """Write a batch of readings in one statement; returns how many rows were new."""
+    if not sensor_ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_BATCH, [sensor_ids, times_us, values])
+        return cursor.rowcount

@@ -27,3 +27,4 @@ CELERY_BEAT_SCHEDULE = {
     "commands-expire": {"task": "devices.tasks.commands_expire", "schedule": 15.0},
 }
 BEAT_STALE_AFTER = ENV.beat_stale_after_s
+INGEST_LAG_LIMIT = ENV.ingest_lag_limit_s

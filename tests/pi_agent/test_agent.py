@@ -205,22 +205,25 @@ def produced_keys(agent: Agent) -> collections.Counter[tuple[str, str]]:
 @pytest.mark.asyncio
 async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked(make_agent):
     async with FakePortal() as portal:
-        source = CountingSource(total=5)
+        source = ManualSource()
         agent = make_agent(portal, source)
         async with running(agent):
-            await wait_until(lambda: agent.stats.acked == 5, "five acks")
+            await wait_until(lambda: agent.connected, "a connection")
+            for n in range(1, 4):
+                source.pending.append({"power_w": 100.0 * n, "voltage_v": 230.0})
+                await wait_until(lambda n=n: agent.stats.acked == n, f"ack number {n}")
+                assert agent.queue_length() == 0
 
-            assert agent.queue_length() == 0
-            assert agent.stats.produced == 5
-            assert produced_keys(agent) == portal.acked_readings
-            single = [frame for frame in portal.frames if "values" in frame]
-            assert single, "live readings should go out as single telemetry frames"
-            frame = single[0]
-            assert set(frame) == {"type", "msg_id", "ts", "values"}
-            assert frame["msg_id"] in {reading.msg_id for reading in agent.produced}
-            # RFC 3339 in UTC with milliseconds and Z, e.g. 2026-11-22T10:00:00.250Z
-            assert len(frame["ts"]) == 24 and frame["ts"].endswith("Z")
-            assert datetime.fromisoformat(frame["ts"]).tzinfo is not None
+        assert agent.stats.produced == 3
+        assert produced_keys(agent) == portal.acked_readings
+        telemetry = [frame for frame in portal.frames if frame["type"] == "telemetry"]
+        assert [set(frame) for frame in telemetry] == [{"type", "msg_id", "ts", "values"}] * 3
+        assert [frame["msg_id"] for frame in telemetry] == [r.msg_id for r in agent.produced]
+        assert telemetry[0]["values"] == {"power_w": 100.0, "voltage_v": 230.0}
+        # RFC 3339 in UTC with milliseconds and Z, e.g. 2026-11-22T10:00:00.250Z
+        ts = telemetry[0]["ts"]
+        assert len(ts) == 24 and ts.endswith("Z")
+        assert datetime.fromisoformat(ts).tzinfo is not None
 
 
 @pytest.mark.asyncio
@@ -381,7 +384,6 @@ async def test_power_lost_and_restored_are_queued_offline_and_delivered_on_recon
         monitor = PowerFileMonitor(power_file)
         agent = make_agent(portal, CountingSource(total=0), power_monitor=monitor)
         async with running(agent):
-            await asyncio.sleep(0.1)
             power_file.write_text("off\n")
             await wait_until(lambda: agent.stats.power_events == 1, "the mains loss noticed")
             power_file.write_text("on\n")

@@ -1,0 +1,192 @@
+"""The batch writer: empties the Redis ingest stream into `energy_readings`.
+
+It reads the stream as a member of a consumer group, so several writers share the work and
+each entry goes to one of them. A batch is bounded by rows and by age; it is written in one
+transaction and its entries are acknowledged (and deleted from the stream) only after the
+commit, so a writer killed at any moment loses nothing: its unacknowledged entries stay pending
+and another writer (or itself, restarted) claims them once they have been idle long enough.
+Duplicates from such a replay are dropped by the table's primary key. Entries that cannot be
+parsed go to a dead-letter stream with the reason, instead of blocking the rest.
+"""
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from django.db import OperationalError, close_old_connections, connection, transaction
+
+from energy_portal.redis_client import sync_client
+from telemetry.services import INGEST_STREAM, readings_insert
+
+logger = logging.getLogger(__name__)
+
+GROUP = "writers"
+DEAD_LETTER_STREAM = "ep:ingest:dead"
+
+
+@dataclass
+class Batch:
+    ids: list[bytes] = field(default_factory=list)
+    sensor_ids: list[int] = field(default_factory=list)
+    times_us: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.sensor_ids)
+
+
+def parse_rows(raw: bytes | None) -> list[list]:
+    """The `rows` field of an entry: [[sensor_id, epoch_us, value], ...]; ValueError if not."""
+    if raw is None:
+        raise ValueError("entry has no 'rows' field")
+    rows = json.loads(raw)
+    if not isinstance(rows, list):
+        raise ValueError("'rows' is not a list")
+    for row in rows:
+        if (
+            not isinstance(row, list)
+            or len(row) != 3
+            or not isinstance(row[0], int)
+            or not isinstance(row[1], int)
+            or not isinstance(row[2], int | float)
+        ):
+            raise ValueError(f"bad row {str(row)[:80]}")
+    return rows
+
+
+class Writer:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        max_rows: int = 20_000,
+        max_age_s: float = 0.5,
+        claim_idle_ms: int = 30_000,
+        client: redis.Redis | None = None,
+    ):
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.max_rows = max_rows
+        self.max_age_s = max_age_s
+        self.claim_idle_ms = claim_idle_ms
+        self.client = client or sync_client()
+        self.written = 0
+        self.dead = 0
+        self._stopping = False
+        self._last_claim = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            # From the start of the stream: entries added before any writer existed count too.
+            self.client.xgroup_create(INGEST_STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _add(self, batch: Batch, entries) -> None:
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending (acked by another writer): forget it
+                self.client.xack(INGEST_STREAM, GROUP, entry_id)
+                continue
+            try:
+                rows = parse_rows(fields.get(b"rows"))
+            except ValueError as exc:
+                self._dead_letter(entry_id, fields, str(exc))
+                continue
+            if not batch.ids:
+                batch.started = time.monotonic()
+            batch.ids.append(entry_id)
+            for sensor_id, us, value in rows:
+                batch.sensor_ids.append(sensor_id)
+                batch.times_us.append(us)
+                batch.values.append(float(value))
+
+    def _dead_letter(self, entry_id: bytes, fields: dict, reason: str) -> None:
+        logger.warning("entry %s moved to %s: %s", entry_id, DEAD_LETTER_STREAM, reason)
+        record = {b"id": entry_id, b"reason": reason.encode()[:500], **fields}
+        pipe = self.client.pipeline()
+        pipe.xadd(DEAD_LETTER_STREAM, record)
+        pipe.xack(INGEST_STREAM, GROUP, entry_id)
+        pipe.xdel(INGEST_STREAM, entry_id)
+        pipe.execute()
+        self.dead += 1
+
+    def _claim(self, batch: Batch) -> None:
+        """Take over entries another writer read but never acknowledged (it died)."""
+        start = "0-0"
+        while True:
+            start, entries, *_ = self.client.xautoclaim(
+                INGEST_STREAM, GROUP, self.name, self.claim_idle_ms, start, count=1000
+            )
+            if entries:
+                logger.info("claimed %d pending entries of a stopped writer", len(entries))
+                self._add(batch, entries)
+            if start in (b"0-0", "0-0") or len(batch) >= self.max_rows:
+                return
+
+    def _flush(self, batch: Batch) -> None:
+        """Write the batch; retry on database trouble until it is in, then acknowledge it."""
+        delay = 0.5
+        while True:
+            try:
+                close_old_connections()
+                with transaction.atomic():
+                    inserted = readings_insert(
+                        sensor_ids=batch.sensor_ids, times_us=batch.times_us, values=batch.values
+                    )
+                break
+            except OperationalError as exc:
+                logger.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                connection.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+                if self._stopping:
+                    return  # the entries stay pending; a writer will claim them
+        pipe = self.client.pipeline()
+        pipe.xack(INGEST_STREAM, GROUP, *batch.ids)
+        pipe.xdel(INGEST_STREAM, *batch.ids)
+        pipe.execute()
+        self.written += inserted
+        logger.debug("wrote %d new of %d readings", inserted, len(batch))
+
+    def run_once(self, batch: Batch, block_ms: int) -> Batch:
+        """Read what is there (waiting up to block_ms), and write the batch when it is due."""
+        now = time.monotonic()
+        if now - self._last_claim > self.claim_idle_ms / 1000:
+            self._last_claim = now
+            self._claim(batch)
+        if len(batch) < self.max_rows:
+            response = self.client.xreadgroup(
+                GROUP, self.name, {INGEST_STREAM: ">"}, count=500, block=block_ms
+            )
+            for _stream, entries in response or []:
+                self._add(batch, entries)
+        due = len(batch) >= self.max_rows or (
+            batch.ids and time.monotonic() - batch.started >= self.max_age_s
+        )
+        if due:
+            self._flush(batch)
+            return Batch()
+        return batch
+
+    def run(self) -> None:
+        self.ensure_group()
+        logger.info("ingest writer %s started", self.name)
+        batch = Batch()
+        while not self._stopping:
+            try:
+                batch = self.run_once(batch, block_ms=int(self.max_age_s * 1000) or 1)
+            except redis.ConnectionError as exc:
+                logger.warning("Redis unavailable (%s); retrying", exc)
+                time.sleep(1)
+        if batch.ids:
+            self._flush(batch)
+        logger.info("ingest writer %s stopped; %d readings written", self.name, self.written)

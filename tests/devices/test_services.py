@@ -1,0 +1,139 @@
+"""Registry services and the selectors that scope reads to a user."""
+
+from decimal import Decimal
+
+import pytest
+
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
+
+from devices import selectors, services
+from devices.models import Device, Sensor, hash_token
+from tests.conftest import SENSORS
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def test_device_create_stores_the_tokens_hash_and_the_sensors(alice_home):
+    # when
+    device, token = services.device_create(
+        uid="pi-0009", site=alice_home["site"], flexible_kw=Decimal("1.5"), sensors=SENSORS
+    )
+
+    # then
+    device.refresh_from_db()
+    assert device.token_hash == hash_token(token)
+    assert device.token_rotated_at is not None
+    assert device.flexible_kw == Decimal("1.5")
+    assert [s.public_id for s in device.sensors.order_by("key")] == [
+        "pi-0009.power_w",
+        "pi-0009.voltage_v",
+    ]
+
+
+def test_device_create_gives_each_device_its_own_token(alice_home):
+    _, first = services.device_create(uid="pi-x1", site=alice_home["site"])
+    _, second = services.device_create(uid="pi-x2", site=alice_home["site"])
+
+    assert len({first, second, alice_home["token"]}) == 3
+
+
+def test_device_create_refuses_a_room_of_another_site(alice_home, bob_home):
+    with pytest.raises(ValidationError) as caught:
+        services.device_create(uid="pi-x", site=alice_home["site"], room=bob_home["room"])
+
+    assert "room" in caught.value.message_dict
+    assert not Device.objects.filter(uid="pi-x").exists()
+
+
+def test_device_create_rolls_back_the_device_when_a_sensor_is_invalid(alice_home):
+    sensors = [*SENSORS, {"key": "power_w", "kind": "power", "unit": "W"}]
+
+    with pytest.raises(ValidationError):
+        services.device_create(uid="pi-x", site=alice_home["site"], sensors=sensors)
+
+    assert not Device.objects.filter(uid="pi-x").exists()
+    assert not Sensor.objects.filter(device__uid="pi-x").exists()
+
+
+def test_device_issue_token_replaces_the_old_token(alice_home):
+    device, old = alice_home["device"], alice_home["token"]
+    rotated_before = device.token_rotated_at
+
+    new = services.device_issue_token(device=device)
+
+    device.refresh_from_db()
+    assert new != old
+    assert device.token_hash == hash_token(new)
+    assert device.token_rotated_at > rotated_before
+    assert selectors.device_by_token(token=new) == device
+    assert selectors.device_by_token(token=old) is None
+
+
+def test_device_update_validates_and_leaves_the_row_alone_on_error(alice_home, bob_home):
+    device = alice_home["device"]
+
+    with pytest.raises(ValidationError):
+        services.device_update(device=device, room=bob_home["room"])
+    with pytest.raises(ValidationError):
+        services.device_update(device=Device.objects.get(pk=device.pk), flexible_kw=Decimal(-1))
+
+    device.refresh_from_db()
+    assert device.room_id == alice_home["room"].id
+    assert device.flexible_kw == Decimal("2")
+
+
+def test_device_update_saves_only_the_named_fields(alice_home):
+    device = alice_home["device"]
+    # another process marks the device online meanwhile
+    Device.objects.filter(pk=device.pk).update(online=True)
+
+    services.device_update(device=device, name="Meter cabinet")
+
+    device.refresh_from_db()
+    assert device.name == "Meter cabinet"
+    assert device.online is True
+
+
+def test_sensor_create_refuses_a_duplicate_key_per_device(alice_home, bob_home):
+    with pytest.raises(ValidationError):
+        services.sensor_create(device=alice_home["device"], key="power_w", kind="power")
+
+    # the same key on another device is fine
+    other = services.sensor_create(device=bob_home["device"], key="temp_c", kind="temperature")
+    assert other.public_id == "pi-b1.temp_c"
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [("admin_user", True), ("operator", True), ("alice", False), (None, False)],
+)
+def test_user_is_operator(request, who, expected):
+    user = request.getfixturevalue(who) if who else AnonymousUser()
+
+    assert selectors.user_is_operator(user) is expected
+
+
+def test_selectors_scope_residents_to_their_own_sites(alice, operator, alice_home, bob_home):
+    assert list(selectors.site_list(user=alice)) == [alice_home["site"]]
+    assert list(selectors.room_list(user=alice)) == [alice_home["room"]]
+    assert [d.uid for d in selectors.device_list(user=alice)] == ["pi-a1"]
+    assert {s.public_id for s in selectors.sensor_list(user=alice)} == {
+        "pi-a1.power_w",
+        "pi-a1.voltage_v",
+    }
+    assert selectors.device_list(user=operator).count() == 2
+
+
+def test_fleet_devices_filters_and_counts(alice_home, bob_home, feeder):
+    Device.objects.filter(uid="pi-b1").update(online=True)
+
+    assert [d.uid for d in selectors.fleet_devices(online=True)] == ["pi-b1"]
+    assert [d.uid for d in selectors.fleet_devices(search="alice")] == ["pi-a1"]
+    assert selectors.fleet_devices(feeder_id=feeder.id).count() == 2
+    assert [d.uid for d in selectors.fleet_devices(site_id=bob_home["site"].id)] == ["pi-b1"]
+    assert selectors.fleet_counts() == {"total": 2, "online": 1, "offline": 1}
