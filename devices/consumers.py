@@ -106,6 +106,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         self.device, self.sensors = found
         self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
         self.last_frame = self.last_touch = time.monotonic()
+        self.delivered: set[str] = set()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
         if previous and previous != self.channel_name:
@@ -188,7 +189,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.get("index", -1))
         if not result.readings and frame.get("batch") is None and _frame_level_error(result):
             raise FrameError("invalid_payload", result.rejected[0]["error"])
-        await areadings_ingest(result=result, source="socket")
+        await areadings_ingest(result=result, source="socket", device_id=self.device.id)
         await self._ack(msg_id, result)
 
     async def _power(self, frame: dict) -> None:
@@ -242,10 +243,15 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(ack))
 
     async def _deliver(self, command_id) -> None:
+        # A command issued while this socket connects is both among its open commands and
+        # announced to its group: send it once per socket (a new socket gets it again).
+        if str(command_id) in self.delivered:
+            return
         command = await database_sync_to_async(services.command_mark_sent)(
             command_id=command_id, device_id=self.device.id
         )
         if command is not None:
+            self.delivered.add(str(command.id))
             frame = {
                 "type": "command",
                 "id": str(command.id),

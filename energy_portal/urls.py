@@ -7,12 +7,14 @@ from django.urls import include, path
 
 from devices import views as device_views
 from energy_portal.apis import HealthApi
+from telemetry.apis import IngestApi
 
 api_v1 = [
     path("auth/token/", ObtainAuthToken.as_view(), name="api-token"),
     path("health/", HealthApi.as_view(), name="api-health"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("ingest/", IngestApi.as_view(), name="api-ingest"),
     path("", include("devices.urls")),
 ]
 

@@ -120,13 +120,53 @@ def readings_ingest(*, result: IngestResult, source: str) -> None:
     sync_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))
 
 
-async def areadings_ingest(*, result: IngestResult, source: str) -> None:
-    """`readings_ingest` for async callers (device sockets)."""
+# A device resends what it never saw acknowledged: after a crash between our XADD and its ack,
+# the same sample comes again. Each device's recently buffered samples (instant + sensors) are
+# remembered, and buffering a frame adds only the samples not seen before — in one script, so
+# "remembered" and "buffered" can never disagree. Only the last few hundred samples per device
+# need remembering: a device has at most a few frames in flight when a connection breaks.
+_BUFFER_ONCE = """
+local seen, stream = KEYS[1], KEYS[2]
+local keep = tonumber(ARGV[2])
+local seq = redis.call('INCRBY', seen .. ':seq', (#ARGV - 2) / 2)
+local fresh = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('ZADD', seen, 'NX', seq + i, ARGV[i]) == 1 then
+    fresh[#fresh + 1] = ARGV[i + 1]
+  end
+end
+redis.call('ZREMRANGEBYRANK', seen, 0, -(keep + 1))
+if #fresh > 0 then
+  redis.call('XADD', stream, '*', 'src', ARGV[1], 'rows', '[' .. table.concat(fresh, ',') .. ']')
+end
+return #fresh
+"""
+SAMPLES_REMEMBERED = 1000
+
+
+def _samples(readings: list[Reading]) -> list[str]:
+    """Script arguments: per sample (one instant of one device), its identity and its rows."""
+    by_instant: dict[int, list[str]] = defaultdict(list)
+    for r in readings:
+        by_instant[_epoch_us(r.ts)].append(f"[{r.sensor.sensor_id},{_epoch_us(r.ts)},{r.value!r}]")
+    args = []
+    for us, rows in by_instant.items():
+        ids = ",".join(sorted(row[1 : row.index(",")] for row in rows))
+        args += [f"{us}:{ids}", ",".join(rows)]
+    return args
+
+
+async def areadings_ingest(*, result: IngestResult, source: str, device_id: int) -> None:
+    """`readings_ingest` for a device's socket: the same validation and broadcast, and a buffer
+    that takes a resent sample of that device only once."""
     if not result.readings:
         return
     for groups, message in _live_messages(result.readings):
         await agroup_send(groups, message)
-    await async_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))
+    seen = f"ep:ingest:seen:{int(device_id)}"
+    await async_client().eval(
+        _BUFFER_ONCE, 2, seen, INGEST_STREAM, source, SAMPLES_REMEMBERED, *_samples(result.readings)
+    )
 
 
 # Set-based insert of a whole batch: three arrays unnested into rows, readings of sensors that no

@@ -28,3 +28,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# Batch ingest limits: bigger batches must be split by the sender.
+INGEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+INGEST_MAX_ITEMS = 50_000
+# Django refuses bodies over this before any view sees them; keep it above the ingest limit so
+# the ingest endpoint can answer with its own 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES + 1024 * 1024
