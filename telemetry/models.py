@@ -9,7 +9,7 @@ used because it drops the primary key to create the hypertable, and with it that
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 
-from devices.models import Sensor
+from devices.models import Sensor, validate_timezone
 
 
 class Reading(models.Model):
@@ -31,3 +31,140 @@ class Reading(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sensor_id} @ {self.time.isoformat()} = {self.value}"
+
+
+class SourceStatus(models.TextChoices):
+    OK = "ok", "OK"
+    FAILING = "failing", "Failing"
+    NEVER_RUN = "never_run", "Never run"
+
+
+class FtpSource(models.Model):
+    """A remote folder of `.sgl_v2` load-profile files, fetched on a schedule."""
+
+    name = models.CharField(max_length=80, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=21)
+    username = models.CharField(max_length=120, default="anonymous")
+    # Needed in clear to log in to the server; keep admin access to this model restricted.
+    password = models.CharField(max_length=255, blank=True)
+    folder = models.CharField(max_length=255, default="/")
+    timezone = models.CharField(
+        max_length=64,
+        default="Europe/Lisbon",
+        validators=[validate_timezone],
+        help_text="Time zone of the local times inside the files.",
+    )
+    interval_s = models.PositiveIntegerField(
+        "interval (s)", default=300, help_text="How often the folder is listed."
+    )
+    enabled = models.BooleanField(default=True)
+    schedule = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="ftp_source",
+    )
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    runs = models.PositiveIntegerField(default=0, editable=False)
+    files_ingested = models.PositiveIntegerField(default=0, editable=False)
+    files_quarantined = models.PositiveIntegerField(default=0, editable=False)
+    rows_ingested = models.PositiveBigIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FileStatus(models.TextChoices):
+    INGESTED = "ingested", "Ingested"
+    QUARANTINED = "quarantined", "Quarantined"
+    DUPLICATE = "duplicate", "Duplicate content"
+
+
+class IngestedFile(models.Model):
+    """Every file a source has seen: the same content is never ingested twice, whatever its name."""
+
+    source = models.ForeignKey(FtpSource, on_delete=models.CASCADE, related_name="files")
+    name = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField()
+    checksum = models.CharField("SHA-256", max_length=64)
+    status = models.CharField(max_length=12, choices=FileStatus.choices)
+    rows = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    unknown_cpes = models.JSONField(default=list, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "name"], name="ingested_file_name_once"),
+            models.UniqueConstraint(
+                fields=["checksum"],
+                condition=models.Q(status="ingested"),
+                name="ingested_file_content_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+
+class PollSource(models.Model):
+    """HTTP-polled appliances of one site, imported from an `iots-right.json` file."""
+
+    site = models.ForeignKey("devices.Site", on_delete=models.CASCADE, related_name="poll_sources")
+    name = models.CharField(max_length=80)
+    config = models.JSONField(help_text="The imported iots-right.json, as validated.")
+    monitoring_period_s = models.PositiveIntegerField(default=5)
+    enabled = models.BooleanField(default=True)
+    schedule = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="poll_source",
+    )
+    imported_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["site_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["site", "name"], name="poll_source_name_per_site")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site} / {self.name}"
+
+
+class PolledAppliance(models.Model):
+    """One appliance polled over HTTP, with its health counters."""
+
+    source = models.ForeignKey(PollSource, on_delete=models.CASCADE, related_name="appliances")
+    device = models.OneToOneField(
+        "devices.Device", on_delete=models.CASCADE, related_name="polled_appliance"
+    )
+    uri = models.URLField(max_length=500)
+    store_type = models.CharField(max_length=12)
+    store_period_s = models.PositiveIntegerField()
+    values = models.JSONField(help_text="[{type, tag, data, unit, sensor_key}]")
+    polls = models.PositiveBigIntegerField(default=0, editable=False)
+    failures = models.PositiveBigIntegerField(default=0, editable=False)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    last_latency_ms = models.FloatField(null=True, blank=True, editable=False)
+    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rows_ingested = models.PositiveBigIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["source_id", "device_id"]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} ← {self.uri}"
