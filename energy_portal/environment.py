@@ -38,6 +38,7 @@ class Environment:
     readings_retention: str
     beat_stale_after_s: int
     ingest_lag_limit_s: int
+    ingest_claim_idle_ms: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -118,4 +119,5 @@ def load() -> Environment:
         readings_retention=os.environ.get("READINGS_RETENTION", "730 days"),
         beat_stale_after_s=_int("BEAT_STALE_AFTER", 180),
         ingest_lag_limit_s=_int("INGEST_LAG_LIMIT", 300),
+        ingest_claim_idle_ms=_int("INGEST_CLAIM_IDLE_MS", 30_000),
     )

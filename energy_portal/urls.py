@@ -7,7 +7,7 @@ from django.urls import include, path
 
 from devices import views as device_views
 from energy_portal.apis import HealthApi
-from telemetry.apis import IngestApi
+from telemetry.apis import IngestApi, SourcesApi
 
 api_v1 = [
     path("auth/token/", ObtainAuthToken.as_view(), name="api-token"),
@@ -15,6 +15,7 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("ingest/", IngestApi.as_view(), name="api-ingest"),
+    path("sources/", SourcesApi.as_view(), name="api-sources"),
     path("", include("devices.urls")),
 ]
 

@@ -11,8 +11,13 @@ from django.conf import settings
 
 from devices.authentication import DeviceTokenAuthentication
 from devices.models import Device
-from telemetry.selectors import sensor_refs_by_public_id
-from telemetry.serializers import IngestItemSerializer, IngestResultSerializer
+from devices.permissions import IsOperator
+from telemetry.selectors import ingestion_sources, sensor_refs_by_public_id
+from telemetry.serializers import (
+    IngestItemSerializer,
+    IngestResultSerializer,
+    SourcesSerializer,
+)
 from telemetry.services import Item, readings_ingest, readings_validate
 
 
@@ -83,3 +88,16 @@ def _explain(rejection: dict, device: Device | None) -> str:
     if rejection["error"] == "unknown sensor" and device is not None:
         return f"unknown sensor, or not one of device {device.uid}'s"
     return rejection["error"]
+
+
+class SourcesApi(APIView):
+    """Ingestion sources (FTP folders, HTTP-polled appliances) with last run, counts and errors.
+
+    For staff and operators: source settings and errors are fleet-wide information.
+    """
+
+    permission_classes = [IsOperator]
+
+    @extend_schema(responses={200: SourcesSerializer})
+    def get(self, request):
+        return Response(SourcesSerializer(ingestion_sources()).data)

@@ -1,6 +1,7 @@
 """Reads for the telemetry side."""
 
 from devices.models import Device, Sensor
+from telemetry.models import FtpSource, PollSource
 from telemetry.validation import SensorRef
 
 
@@ -25,3 +26,14 @@ def sensor_refs_by_public_id(*, public_ids: set[str], device: Device | None = No
         for sensor_id, key, device_id, uid, site_id in rows
         if key in wanted.get(uid, ())
     }
+
+
+def ingestion_sources() -> dict:
+    """FTP sources and HTTP pollers with their health, for `GET /api/v1/sources/`."""
+    ftp = list(FtpSource.objects.order_by("name"))
+    polls = list(
+        PollSource.objects.select_related("site")
+        .prefetch_related("appliances__device")
+        .order_by("site_id", "name")
+    )
+    return {"ftp": ftp, "http": polls}

@@ -79,6 +79,7 @@ class Writer:
         self.dead = 0
         self._stopping = False
         self._last_claim = 0.0
+        self._rows_per_entry = 1.0
 
     def ensure_group(self) -> None:
         try:
@@ -103,6 +104,7 @@ class Writer:
                 continue
             if not batch.ids:
                 batch.started = time.monotonic()
+            self._rows_per_entry = 0.9 * self._rows_per_entry + 0.1 * max(1, len(rows))
             batch.ids.append(entry_id)
             for sensor_id, us, value in rows:
                 batch.sensor_ids.append(sensor_id)
@@ -123,8 +125,9 @@ class Writer:
         """Take over entries another writer read but never acknowledged (it died)."""
         start = "0-0"
         while True:
+            count = max(1, min(1000, int((self.max_rows - len(batch)) / self._rows_per_entry)))
             start, entries, *_ = self.client.xautoclaim(
-                INGEST_STREAM, GROUP, self.name, self.claim_idle_ms, start, count=1000
+                INGEST_STREAM, GROUP, self.name, self.claim_idle_ms, start, count=count
             )
             if entries:
                 logger.info("claimed %d pending entries of a stopped writer", len(entries))
@@ -137,7 +140,6 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                close_old_connections()
                 with transaction.atomic():
                     inserted = readings_insert(
                         sensor_ids=batch.sensor_ids, times_us=batch.times_us, values=batch.values
@@ -163,9 +165,12 @@ class Writer:
         if now - self._last_claim > self.claim_idle_ms / 1000:
             self._last_claim = now
             self._claim(batch)
-        if len(batch) < self.max_rows:
+        room = self.max_rows - len(batch)
+        if room > 0:
+            # Entries carry from one to a thousand rows: read about as many as fit the batch.
+            count = max(1, min(500, int(room / self._rows_per_entry)))
             response = self.client.xreadgroup(
-                GROUP, self.name, {INGEST_STREAM: ">"}, count=500, block=block_ms
+                GROUP, self.name, {INGEST_STREAM: ">"}, count=count, block=block_ms
             )
             for _stream, entries in response or []:
                 self._add(batch, entries)
@@ -183,10 +188,19 @@ class Writer:
         batch = Batch()
         while not self._stopping:
             try:
+                # Drops a connection the server closed (e.g. PostgreSQL restarted) before use.
+                close_old_connections()
                 batch = self.run_once(batch, block_ms=int(self.max_age_s * 1000) or 1)
             except redis.ConnectionError as exc:
                 logger.warning("Redis unavailable (%s); retrying", exc)
                 time.sleep(1)
+            except redis.ResponseError as exc:
+                # The stream or its group vanished (deleted by hand, or a Redis restart without
+                # persistence): make them again and go on; anything else is a real error.
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    raise
+                logger.warning("ingest stream or group missing (%s); recreating", exc)
+                self.ensure_group()
         if batch.ids:
             self._flush(batch)
         logger.info("ingest writer %s stopped; %d readings written", self.name, self.written)

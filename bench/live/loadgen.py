@@ -11,7 +11,7 @@ times more CPU per frame and would make the load generator, not the server, the 
 Each device sends `{"type":"telemetry","msg_id":"<seq>","ts":"<send time, RFC 3339, µs, Z>",
 "values":{"power_w":<seq>.5}}` at its rate with a random phase. The value carries the sequence
 number, so a viewer that receives the point (a `readings` message of its own site) finds the exact
-send time: latency = receive time − send time (= the point's `ts`; same clock, same host). Acks are
+send time: latency = receive time - send time (= the point's `ts`; same clock, same host). Acks are
 matched by `msg_id`. Only points sent after the warm-up and before the end of a phase are counted;
 after sending stops the phase waits (bounded) for what is still in flight.
 """
@@ -177,7 +177,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
 
 
@@ -416,7 +416,7 @@ class Fleet:
                 t0 = time.monotonic()
                 try:
                     conn = await asyncio.wait_for(self._open(path, headers, on_text), timeout)
-                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, OSError, ConnectionError) as exc:
                     failures[type(exc).__name__ + (f" {exc}" if "HTTP" in str(exc) else "")] += 1
                     return
                 durations.append(time.monotonic() - t0)
@@ -447,7 +447,8 @@ class Fleet:
     async def _connect_progress(self, what, durations, failures, total):
         while True:
             await asyncio.sleep(5)
-            log(f"[{self.label}]   {what}: {len(durations)}/{total} open, {sum(failures.values())} failed")
+            failed = sum(failures.values())
+            log(f"[{self.label}]   {what}: {len(durations)}/{total} open, {failed} failed")
 
     async def open_viewers(self, entries: list[dict]) -> dict:
         jobs = []
@@ -515,8 +516,15 @@ class Fleet:
         if not self.procs.alive():
             raise RuntimeError("the server under test died")
 
-    async def measure(self, devices: list[Device], rate_hz: float, duration: float, warmup: float,
-                      drain_s: float, tag: str) -> dict:
+    async def measure(
+        self,
+        devices: list[Device],
+        rate_hz: float,
+        duration: float,
+        warmup: float,
+        drain_s: float,
+        tag: str,
+    ) -> dict:
         """Send at rate_hz per device for `duration`; count sends in [warmup, duration)."""
         self.check_server()
         for device in devices:
@@ -584,8 +592,7 @@ class Fleet:
             f"[{self.label}] {tag}: sent {w.sent} ({result['sent_per_s']}/s) delivered "
             f"{result['delivered_ratio']} p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms; "
             f"cpu server {cpu.get('server_cpu')} redis {cpu.get('redis_cpu')} "
-            f"loadgen {cpu.get('loadgen_cpu')}"
-            + (f"; errors {dict(w.errors)}" if w.errors else "")
+            f"loadgen {cpu.get('loadgen_cpu')}" + (f"; errors {dict(w.errors)}" if w.errors else "")
         )
         for device in devices:
             device.pending.clear()
@@ -623,8 +630,12 @@ async def sustained(fleet: Fleet, spec: dict) -> dict:
     async def run_step(total: float) -> dict:
         await fleet.settle(max_s=10)
         step = await fleet.measure(
-            devices, total / len(devices), spec["step_s"], spec.get("warmup_s", 1.0),
-            drain_s=spec.get("drain_s", 5), tag=f"sustained {total:.0f} msg/s",
+            devices,
+            total / len(devices),
+            spec["step_s"],
+            spec.get("warmup_s", 1.0),
+            drain_s=spec.get("drain_s", 5),
+            tag=f"sustained {total:.0f} msg/s",
         )
         ok, why = passes(step, rules)
         step.update(target_total=total, passed=ok, verdict=why)
@@ -663,12 +674,14 @@ async def sustained(fleet: Fleet, spec: dict) -> dict:
 
 async def idle(fleet: Fleet, spec: dict) -> dict:
     await fleet.close_all()
-    settle = await fleet.settle(max_s=30, below=0.05)
+    settle = await fleet.settle(max_s=20, below=0.05)
     window = spec.get("window_s", 10)
     points = []
 
     async def point(k: int) -> dict:
-        await fleet.settle(max_s=30, below=0.05)
+        # Connecting costs the server ~1 core (database look-ups); idle costs a small fraction.
+        await asyncio.sleep(3)
+        await fleet.settle(max_s=20, below=0.3)
         fleet.window.reset()
         before = fleet.procs.snapshot()
         await asyncio.sleep(window)
@@ -709,12 +722,16 @@ async def idle(fleet: Fleet, spec: dict) -> dict:
     per_socket_kb = None
     if len(points) >= 3 and points[-1]["connected"] > points[1]["connected"]:
         per_socket_kb = round(
-            (points[-1]["rss_mb"] - points[1]["rss_mb"]) * 1024
+            (points[-1]["rss_mb"] - points[1]["rss_mb"])
+            * 1024
             / (points[-1]["connected"] - points[1]["connected"]),
             1,
         )
     await fleet.close_all()
+    # Thousands of disconnects keep the server busy (device_set_online in the DB) for a while.
+    settled_after = await fleet.settle(max_s=60, below=0.1)
     return {
+        "settle_after_close_s": settled_after,
         "heartbeat_s": spec.get("heartbeat_s", 15),
         "window_s": window,
         "settle_s": settle,
@@ -730,6 +747,8 @@ async def run(plan: dict) -> dict:
     result["server_rss_mb_start"] = fleet.procs.server_rss_mb()
     sweep = plan.get("sweep", {})
     try:
+        if plan.get("idle"):  # first, on a fresh server process: memory per socket is then clean
+            result["idle"] = await idle(fleet, plan["idle"])
         opened = 0
         for n in sweep.get("n", []):
             if n > opened:
@@ -741,8 +760,12 @@ async def run(plan: dict) -> dict:
             devices = fleet.connected_devices()[:n]
             await fleet.settle()
             step = await fleet.measure(
-                devices, sweep.get("rate_hz", 1.0), sweep["duration_s"], sweep["warmup_s"],
-                drain_s=sweep.get("drain_s", 5), tag=f"N={n}",
+                devices,
+                sweep.get("rate_hz", 1.0),
+                sweep["duration_s"],
+                sweep["warmup_s"],
+                drain_s=sweep.get("drain_s", 5),
+                tag=f"N={n}",
             )
             step.update(n=n, viewers=len(fleet.viewers), server_rss_mb=fleet.procs.server_rss_mb())
             result["sweep"].append(step)
@@ -761,11 +784,13 @@ async def run(plan: dict) -> dict:
                 result["connect"].append(await fleet.open_devices(fleet.entries[: spec["n"]]))
             devices = fleet.connected_devices()[: spec["n"]]
             result["hold"] = await fleet.measure(
-                devices, spec["rate_per_s"] / len(devices), spec["seconds"], 1.0, drain_s=5,
+                devices,
+                spec["rate_per_s"] / len(devices),
+                spec["seconds"],
+                1.0,
+                drain_s=5,
                 tag=f"hold {spec['rate_per_s']} msg/s",
             )
-        if plan.get("idle"):
-            result["idle"] = await idle(fleet, plan["idle"])
     except Exception as exc:  # report what was measured so far
         log(f"[{fleet.label}] aborted: {exc!r}")
         result["errors"].append(repr(exc))
@@ -782,7 +807,7 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.plan) as f:
         plan = json.load(f)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop

@@ -11,12 +11,14 @@ no database, no validation beyond JSON: the ceiling any live path in Python can 
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 
 def main() -> None:
@@ -42,6 +44,11 @@ def main() -> None:
         return connection.respond(HTTPStatus.NOT_FOUND, "no such path\n")
 
     async def device(ws, site: int, uid: str) -> None:
+        # The load generator closes without waiting for the closing handshake.
+        with contextlib.suppress(ConnectionClosed):
+            await device_frames(ws, site, uid)
+
+    async def device_frames(ws, site: int, uid: str) -> None:
         async for text in ws:
             frame = json.loads(text)
             kind = frame.get("type")

@@ -28,3 +28,5 @@ CELERY_BEAT_SCHEDULE = {
 }
 BEAT_STALE_AFTER = ENV.beat_stale_after_s
 INGEST_LAG_LIMIT = ENV.ingest_lag_limit_s
+# A writer takes over another's unacknowledged entries after they sat this long (it died).
+INGEST_CLAIM_IDLE_MS = ENV.ingest_claim_idle_ms

@@ -1,5 +1,6 @@
 import signal
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from telemetry.writer import Writer
@@ -14,7 +15,12 @@ class Command(BaseCommand):
         parser.add_argument("--name", help="consumer name (default host-pid)")
 
     def handle(self, *args, max_rows: int, max_age: float, name: str | None, **options):
-        writer = Writer(name=name, max_rows=max_rows, max_age_s=max_age)
+        writer = Writer(
+            name=name,
+            max_rows=max_rows,
+            max_age_s=max_age,
+            claim_idle_ms=settings.INGEST_CLAIM_IDLE_MS,
+        )
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: writer.stop())
         writer.run()

@@ -1,0 +1,241 @@
+"""Server-rendered pages: sign-in, the resident's dashboard and the operators' fleet page."""
+
+import re
+
+import pytest
+
+from django.contrib.auth import SESSION_KEY
+
+from devices import services
+from devices.models import Device, Feeder, Room, Site, Transformer
+from tests.conftest import PASSWORD, SENSORS
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def badge(html: str, uid: str) -> str | None:
+    """The status badge a page shows for a device: 'online', 'offline' or None if absent."""
+    match = re.search(rf'class="badge (\w+)" data-status-for="{re.escape(uid)}"', html)
+    return match.group(1) if match else None
+
+
+def listed_devices(response) -> list[str]:
+    return re.findall(r'data-device="([^"]+)"', response.content.decode())
+
+
+def add_devices(site: Site, count: int, prefix: str) -> None:
+    room = Room.objects.create(site=site, name=f"Room {prefix}")
+    for n in range(count):
+        services.device_create(uid=f"{prefix}-{n:03}", site=site, room=room, sensors=SENSORS)
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+
+def test_login_page_shows_the_form(client, db):
+    response = client.get("/login/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="username"' in html
+    assert 'name="password"' in html
+    assert "csrfmiddlewaretoken" in html
+
+
+def test_login_with_the_right_password_signs_in_and_lands_on_the_dashboard(
+    client, alice, alice_home
+):
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD}, follow=True)
+
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == "/dashboard/"
+    assert int(client.session[SESSION_KEY]) == alice.pk
+    assert "Alice home" in response.content.decode()
+
+
+def test_login_with_a_wrong_password_shows_an_error(client, alice):
+    response = client.post("/login/", {"username": "alice", "password": "nope"})
+
+    assert response.status_code == 200
+    assert "didn't match" in response.content.decode()
+    assert SESSION_KEY not in client.session
+
+
+@pytest.mark.parametrize("path", ["/", "/dashboard/", "/fleet/"])
+def test_pages_send_anonymous_visitors_to_login(client, db, path):
+    response = client.get(path)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"/login/?next={path}")
+
+
+@pytest.mark.parametrize(("who", "lands_on"), [("alice", "/dashboard/"), ("operator", "/fleet/")])
+def test_home_sends_each_role_to_its_page(client, request, who, lands_on):
+    client.force_login(request.getfixturevalue(who))
+
+    response = client.get("/")
+
+    assert response.status_code == 302
+    assert response["Location"] == lands_on
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+
+def test_dashboard_lists_only_the_residents_own_sites_and_devices(
+    client, alice, alice_home, bob_home
+):
+    # given: Alice's Pi is online, Bob's is offline
+    Device.objects.filter(uid="pi-a1").update(online=True)
+    client.force_login(alice)
+
+    # when
+    response = client.get("/dashboard/")
+
+    # then
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Alice home" in html
+    assert listed_devices(response) == ["pi-a1"]
+    assert badge(html, "pi-a1") == "online"
+    assert "Bob home" not in html
+    assert "pi-b1" not in html
+
+
+def test_dashboard_shows_offline_devices_as_offline(client, bob, bob_home):
+    client.force_login(bob)
+
+    html = client.get("/dashboard/").content.decode()
+
+    assert badge(html, "pi-b1") == "offline"
+
+
+def test_dashboard_of_a_resident_without_sites_says_so(client, make_user, alice_home):
+    client.force_login(make_user("carol"))
+
+    response = client.get("/dashboard/")
+
+    assert response.status_code == 200
+    assert "no homes linked" in response.content.decode()
+    assert listed_devices(response) == []
+
+
+@pytest.mark.parametrize("devices_per_site", [1, 20])
+def test_dashboard_query_count_does_not_grow_with_devices(
+    client, alice, alice_home, django_assert_max_num_queries, devices_per_site
+):
+    # given: a second site of Alice's, both with many devices
+    second = Site.objects.create(name="Alice cabin")
+    second.residents.add(alice)
+    add_devices(alice_home["site"], devices_per_site, "pi-h")
+    add_devices(second, devices_per_site, "pi-c")
+    client.force_login(alice)
+
+    # when / then
+    with django_assert_max_num_queries(8):
+        response = client.get("/dashboard/")
+    assert len(listed_devices(response)) == 1 + 2 * devices_per_site
+
+
+# --- fleet ------------------------------------------------------------------------------------
+
+
+def test_fleet_page_is_forbidden_for_residents(client, alice, alice_home):
+    client.force_login(alice)
+
+    response = client.get("/fleet/")
+
+    assert response.status_code == 403
+    assert "pi-a1" not in response.content.decode()
+
+
+@pytest.mark.parametrize("who", ["operator", "admin_user"])
+def test_fleet_page_lists_every_device_with_counts_for_operators(
+    client, request, who, alice_home, bob_home
+):
+    Device.objects.filter(uid="pi-b1").update(online=True)
+    client.force_login(request.getfixturevalue(who))
+
+    response = client.get("/fleet/")
+
+    assert response.status_code == 200
+    assert listed_devices(response) == ["pi-a1", "pi-b1"]
+    assert response.context["counts"] == {"total": 2, "online": 1, "offline": 1}
+    html = response.content.decode()
+    assert (badge(html, "pi-a1"), badge(html, "pi-b1")) == ("offline", "online")
+
+
+@pytest.fixture
+def second_feeder(feeder):
+    transformer = Transformer.objects.get(pk=feeder.transformer_id)
+    return Feeder.objects.create(code="FD-2", name="F2", transformer=transformer)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("online=true", ["pi-b1"]),
+        ("online=false", ["pi-a1", "pi-c1"]),
+        ("feeder={feeder}", ["pi-a1", "pi-b1"]),
+        ("feeder={second_feeder}", ["pi-c1"]),
+        ("q=bob", ["pi-b1"]),
+        ("q=pi-c", ["pi-c1"]),
+        ("site={alice_site}&online=false", ["pi-a1"]),
+        ("kind=hvac", ["pi-c1"]),
+        ("q=nothing-like-this", []),
+    ],
+)
+def test_fleet_page_filters(
+    client, operator, alice_home, bob_home, feeder, second_feeder, query, expected
+):
+    # given: Bob's Pi online; an HVAC unit on a second feeder
+    Device.objects.filter(uid="pi-b1").update(online=True)
+    other = Site.objects.create(name="Clinic", feeder=second_feeder)
+    services.device_create(uid="pi-c1", site=other, kind="hvac")
+    client.force_login(operator)
+    query = query.format(
+        feeder=feeder.id, second_feeder=second_feeder.id, alice_site=alice_home["site"].id
+    )
+
+    response = client.get(f"/fleet/?{query}")
+
+    assert response.status_code == 200
+    assert listed_devices(response) == expected
+
+
+@pytest.mark.parametrize("query", ["online=maybe", "feeder=abc", "feeder=999999", "page=xyz"])
+def test_fleet_page_ignores_filters_it_cannot_read(client, operator, alice_home, query):
+    client.force_login(operator)
+
+    response = client.get(f"/fleet/?{query}")
+
+    assert response.status_code == 200
+    assert listed_devices(response) == ["pi-a1"]
+
+
+def test_fleet_page_paginates_and_keeps_the_filters(client, operator, alice_home):
+    add_devices(alice_home["site"], 120, "pi-m")
+    client.force_login(operator)
+
+    first = client.get("/fleet/?q=pi-m")
+    second = client.get("/fleet/?q=pi-m&page=2")
+
+    assert len(listed_devices(first)) == 100
+    assert 'href="?q=pi-m&page=2"' in first.content.decode()
+    assert len(listed_devices(second)) == 20
+
+
+@pytest.mark.parametrize("devices", [1, 40])
+def test_fleet_page_query_count_does_not_grow_with_devices(
+    client, operator, alice_home, bob_home, django_assert_max_num_queries, devices
+):
+    add_devices(alice_home["site"], devices, "pi-q")
+    client.force_login(operator)
+
+    with django_assert_max_num_queries(9):
+        response = client.get(f"/fleet/?feeder={alice_home['site'].feeder_id}")
+    assert len(listed_devices(response)) == 2 + devices

@@ -1,0 +1,182 @@
+"""The batch writer: batches, duplicates, dead letters, dead writers, killed writers, a database
+that goes away — in every case the table ends up with each reading exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from django.db import connection
+
+from devices.models import Sensor
+from telemetry.models import Reading
+from telemetry.services import INGEST_STREAM
+from telemetry.writer import DEAD_LETTER_STREAM, GROUP, Batch, Writer
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+T0 = 1_795_392_000_000_000  # 2026-11-22T21:20:00Z in epoch microseconds
+
+
+def _enqueue(client, sensor_id: int, start: int, count: int, per_entry: int = 500) -> None:
+    pipe = client.pipeline()
+    for first in range(start, start + count, per_entry):
+        rows = [
+            [sensor_id, T0 + i * 1_000_000, float(i)]
+            for i in range(first, min(first + per_entry, start + count))
+        ]
+        pipe.xadd(INGEST_STREAM, {"src": "test", "rows": json.dumps(rows)})
+    pipe.execute()
+
+
+def _drain(writer: Writer, *, rounds: int = 200) -> None:
+    batch = Batch()
+    for _ in range(rounds):
+        batch = writer.run_once(batch, block_ms=5)
+        if not batch.ids and writer.client.xlen(INGEST_STREAM) == 0:
+            return
+
+
+@pytest.fixture
+def power_sensor(alice_home) -> Sensor:
+    return alice_home["device"].sensors.get(key="power_w")
+
+
+@pytest.mark.django_db
+def test_writer_writes_batches_and_drops_duplicates(power_sensor, ingest_stream):
+    # given 1,000 readings, the first 300 of them sent twice
+    _enqueue(ingest_stream, power_sensor.id, 0, 1000)
+    _enqueue(ingest_stream, power_sensor.id, 0, 300)
+    writer = Writer(name="w1", max_rows=400, max_age_s=0)
+    writer.ensure_group()
+    # when
+    _drain(writer)
+    # then
+    assert Reading.objects.filter(sensor=power_sensor).count() == 1000
+    assert writer.written == 1000
+    assert ingest_stream.xlen(INGEST_STREAM) == 0  # committed entries are deleted
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
+@pytest.mark.django_db
+def test_values_and_times_are_stored_exactly(power_sensor, ingest_stream):
+    us = T0 + 123_456  # sub-second precision must survive
+    ingest_stream.xadd(INGEST_STREAM, {"rows": json.dumps([[power_sensor.id, us, 512.25]])})
+    writer = Writer(name="w1", max_age_s=0)
+    writer.ensure_group()
+    _drain(writer)
+    reading = Reading.objects.get(sensor=power_sensor)
+    assert reading.value == 512.25
+    assert int(reading.time.timestamp()) * 1_000_000 + reading.time.microsecond == us
+
+
+@pytest.mark.django_db
+def test_unparseable_entries_go_to_the_dead_letter_stream_and_the_rest_is_written(
+    power_sensor, ingest_stream
+):
+    ingest_stream.xadd(INGEST_STREAM, {"rows": "not json"})
+    ingest_stream.xadd(INGEST_STREAM, {"rows": json.dumps([[power_sensor.id, "soon", 1]])})
+    ingest_stream.xadd(INGEST_STREAM, {"other": "x"})
+    _enqueue(ingest_stream, power_sensor.id, 0, 10)
+    writer = Writer(name="w1", max_age_s=0)
+    writer.ensure_group()
+    _drain(writer)
+    assert Reading.objects.count() == 10
+    dead = ingest_stream.xrange(DEAD_LETTER_STREAM)
+    assert len(dead) == 3
+    reasons = [fields[b"reason"].decode() for _id, fields in dead]
+    assert any("Expecting value" in r for r in reasons)
+    assert any("bad row" in r for r in reasons)
+    assert any("no 'rows'" in r for r in reasons)
+
+
+@pytest.mark.django_db
+def test_readings_of_a_deleted_sensor_are_dropped_without_blocking_the_batch(
+    alice_home, power_sensor, ingest_stream
+):
+    voltage = alice_home["device"].sensors.get(key="voltage_v")
+    _enqueue(ingest_stream, voltage.id, 0, 5)
+    _enqueue(ingest_stream, power_sensor.id, 0, 5)
+    voltage.delete()
+    writer = Writer(name="w1", max_age_s=0)
+    writer.ensure_group()
+    _drain(writer)
+    assert Reading.objects.count() == 5
+    assert ingest_stream.xlen(INGEST_STREAM) == 0
+
+
+@pytest.mark.django_db
+def test_a_live_writer_claims_the_entries_a_dead_writer_left_pending(power_sensor, ingest_stream):
+    # given a writer that read entries and died before writing them
+    _enqueue(ingest_stream, power_sensor.id, 0, 100, per_entry=10)
+    dead = Writer(name="dead", max_age_s=0)
+    dead.ensure_group()
+    ingest_stream.xreadgroup(GROUP, "dead", {INGEST_STREAM: ">"}, count=100)
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 10
+    # when another writer runs once they have been idle long enough
+    time.sleep(0.05)
+    alive = Writer(name="alive", max_age_s=0, claim_idle_ms=10)
+    _drain(alive)
+    # then
+    assert Reading.objects.count() == 100
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
+def _database_url() -> str:
+    settings = connection.settings_dict
+    return f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+def _start_writer(env_overrides: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": _database_url(), **(env_overrides or {})}
+    return subprocess.Popen(
+        [sys.executable, str(BASE_DIR / "manage.py"), "run_ingest_writer", "--max-rows", "2000"],
+        env=env,
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"writer exited: {process.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writers_killed_mid_stream_and_restarted_lose_and_double_nothing(
+    power_sensor, ingest_stream
+):
+    total = 300_000
+    _enqueue(ingest_stream, power_sensor.id, 0, total, per_entry=500)
+    kills = 0
+    writer = _start_writer({"INGEST_CLAIM_IDLE_MS": "200"})
+    try:
+        # when: writers are killed with SIGKILL, three times, each as soon as it has written
+        for _ in range(3):
+            before = Reading.objects.count()
+            _wait(lambda b=before: Reading.objects.count() > b, 60, "the writer to write", writer)
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(10)
+            writer = _start_writer({"INGEST_CLAIM_IDLE_MS": "200"})
+            if Reading.objects.count() == total:
+                break
+            kills += 1
+        # then the last one claims what the dead ones held and finishes the job
+        _wait(lambda: ingest_stream.xlen(INGEST_STREAM) == 0, 120, "the stream to drain")
+        assert kills >= 1, "every writer finished before it could be killed"
+        assert Reading.objects.count() == total
+        assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(10)

@@ -1,0 +1,111 @@
+"""Configuration read from the environment, and the database backend a URL selects.
+
+Both DATABASE_URL and REDIS_URL are always set here, so `load()` never starts embedded servers.
+"""
+
+import importlib.util
+
+import pytest
+
+from django.core.exceptions import ImproperlyConfigured
+
+from energy_portal import environment
+from energy_portal.settings import base
+
+VARIABLES = [
+    "DJANGO_DEBUG",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_ALLOWED_HOSTS",
+    "DJANGO_CSRF_TRUSTED_ORIGINS",
+    "BEAT_STALE_AFTER",
+    "CHANNEL_LAYER",
+]
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """A clean environment with external PostgreSQL and Redis and a private data folder."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgres://portal:pw@db.example:5432/portal")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/0")
+    monkeypatch.setenv("ENERGY_PORTAL_DATA_DIR", str(tmp_path))
+    return monkeypatch
+
+
+def database_settings(env, url: str):
+    """Run `energy_portal/settings/database.py` afresh on what `load()` makes of `url`."""
+    env.setenv("DATABASE_URL", url)
+    env.setattr(base, "ENV", environment.load())
+    spec = importlib.util.find_spec("energy_portal.settings.database")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_production_without_a_secret_key_is_refused_with_a_clear_message(env):
+    env.setenv("DJANGO_DEBUG", "0")
+
+    with pytest.raises(ImproperlyConfigured, match="DJANGO_SECRET_KEY is required"):
+        environment.load()
+
+
+def test_production_with_a_secret_key_uses_the_given_services(env):
+    env.setenv("DJANGO_DEBUG", "false")
+    env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+    env.setenv("DJANGO_ALLOWED_HOSTS", "portal.example, api.example,")
+
+    loaded = environment.load()
+
+    assert loaded.debug is False
+    assert loaded.secret_key == "s3cret-" * 8
+    assert loaded.embedded is False
+    assert loaded.database_url == "postgres://portal:pw@db.example:5432/portal"
+    assert loaded.redis_url == "redis://cache.example:6379/0"
+    assert loaded.allowed_hosts == ["portal.example", "api.example"]
+
+
+def test_development_keeps_one_generated_secret_key_in_the_data_folder(env, tmp_path):
+    first = environment.load()
+    second = environment.load()
+
+    assert first.debug is True
+    assert len(first.secret_key) >= 50
+    assert first.secret_key == second.secret_key
+    assert (tmp_path / "dev-secret-key").read_text().strip() == first.secret_key
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("BEAT_STALE_AFTER", "soon", "BEAT_STALE_AFTER must be a whole number, got 'soon'"),
+        ("CHANNEL_LAYER", "carrier-pigeon", "CHANNEL_LAYER must be one of"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(env, name, value, says):
+    env.setenv(name, value)
+
+    with pytest.raises(ImproperlyConfigured, match=says):
+        environment.load()
+
+
+def test_timescale_url_selects_the_timescaledb_backend(env):
+    settings = database_settings(env, "timescale://portal:pw@tsdb.example:5432/portal")
+
+    database = settings.DATABASES["default"]
+    assert database["ENGINE"] == "timescale.db.backends.postgresql"
+    assert (database["HOST"], database["NAME"], database["USER"]) == (
+        "tsdb.example",
+        "portal",
+        "portal",
+    )
+    assert settings.TIMESCALE_ENABLED is True
+
+
+def test_postgres_url_selects_the_stock_backend(env):
+    settings = database_settings(env, "postgres://portal:pw@db.example:5432/portal")
+
+    database = settings.DATABASES["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert database["CONN_HEALTH_CHECKS"] is True
+    assert settings.TIMESCALE_ENABLED is False
