@@ -21,6 +21,12 @@ SENSORS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def make_user(db):
     def make(username: str, *, staff: bool = False, operator: bool = False):

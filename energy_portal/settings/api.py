@@ -27,6 +27,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two models have a `kind` field with different choices; name their enums apart.
+    "ENUM_NAME_OVERRIDES": {
+        "DeviceKindEnum": "devices.models.DeviceKind",
+        "SensorKindEnum": "devices.models.SensorKind",
+    },
 }
 
 # Batch ingest limits: bigger batches must be split by the sender.

@@ -14,12 +14,6 @@ CHANGELIST = "/admin/devices/device/"
 TOKEN_RE = re.compile(r'<code class="device-token">([A-Za-z0-9_-]+)</code>')
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def admin_client(client, admin_user):
     client.force_login(admin_user)

@@ -35,12 +35,6 @@ MODELS = {
 STAFF_ROLES = ["admin_user", "operator"]
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture(params=STAFF_ROLES)
 def staff_client(request, api_client_for):
     """A client for each role allowed to change the registry: a superuser and an operator."""

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -42,8 +41,8 @@ def fast_passwords(settings):
 
 @pytest_asyncio.fixture(autouse=True)
 async def close_sync_thread_connections():
-    """ORM calls made through sync_to_async keep a connection in a helper thread; close it so
-    the test database can be dropped at the end of the session."""
+    """ORM calls made off the event loop keep a connection in a helper thread (connections
+    live for a while); close it so the test database can be dropped at the end."""
     yield
     await database_sync_to_async(connections.close_all)()
 
@@ -90,7 +89,7 @@ async def device_socket(token: str):
         await communicator.disconnect()
 
 
-def _session_cookie(user) -> str:
+def session_cookie(user) -> str:
     client = Client()
     client.force_login(user)
     return client.cookies["sessionid"].value
@@ -106,7 +105,7 @@ def live_communicator(cookie: str | None, *, origin: bytes = b"http://127.0.0.1"
 @asynccontextmanager
 async def live_socket(user):
     """A browser's live feed, logged in as `user` through a real session cookie."""
-    communicator = live_communicator(await sync_to_async(_session_cookie)(user))
+    communicator = live_communicator(await database_sync_to_async(session_cookie)(user))
     connected, _ = await communicator.connect()
     try:
         assert connected, "the live socket was refused"
@@ -151,22 +150,22 @@ def stream_rows() -> list[tuple[str, list]]:
     ]
 
 
-@sync_to_async
+@database_sync_to_async
 def sensor_ids(device: Device) -> dict[str, int]:
     return dict(device.sensors.values_list("key", "id"))
 
 
-@sync_to_async
+@database_sync_to_async
 def device_online(device: Device) -> bool:
     return Device.objects.get(pk=device.pk).online
 
 
-@sync_to_async
+@database_sync_to_async
 def command_fresh(command: Command) -> Command:
     return Command.objects.get(pk=command.pk)
 
 
-issue_command = sync_to_async(services.command_issue)
+issue_command = database_sync_to_async(services.command_issue)
 
 
 # --- handshake ---------------------------------------------------------------------------------
@@ -324,7 +323,7 @@ async def test_sensor_added_after_connect_is_accepted_without_reconnecting(alice
 
     async with device_socket(alice_home["token"]) as pi:
         await settle(pi)
-        await sync_to_async(services.sensor_create)(
+        await database_sync_to_async(services.sensor_create)(
             device=alice_home["device"], key="energy_wh", kind="energy", unit="Wh"
         )
         ack = await assert_acked(pi, telemetry("s1", ts, energy_wh=5), accepted=1)
@@ -537,7 +536,7 @@ async def test_power_reports_are_acked_and_stored_once_even_when_repeated(alice_
         await assert_acked(pi, restored, accepted=1)
         seen = [await browser.receive_json_from() for _ in range(3)]
 
-    events = await sync_to_async(list)(
+    events = await database_sync_to_async(list)(
         PowerEvent.objects.filter(device=alice_home["device"])
         .order_by("at")
         .values_list("state", "at", "site_id")
@@ -626,7 +625,7 @@ async def test_anonymous_live_socket_is_refused():
 
 
 async def test_live_socket_from_a_foreign_origin_is_refused(alice):
-    cookie = await sync_to_async(_session_cookie)(alice)
+    cookie = await database_sync_to_async(session_cookie)(alice)
     communicator = live_communicator(cookie, origin=b"https://evil.example")
 
     connected, _ = await communicator.connect()
@@ -681,7 +680,7 @@ async def test_command_issued_while_offline_is_delivered_on_connect(alice_home):
 
 async def test_expired_command_is_not_delivered_and_is_marked_expired(alice_home):
     command = await issue_command(device=alice_home["device"], name="ping")
-    await sync_to_async(Command.objects.filter(pk=command.pk).update)(
+    await database_sync_to_async(Command.objects.filter(pk=command.pk).update)(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
 

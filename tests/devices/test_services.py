@@ -12,12 +12,6 @@ from devices.models import Device, Sensor, hash_token
 from tests.conftest import SENSORS
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def test_device_create_stores_the_tokens_hash_and_the_sensors(alice_home):
     # when
     device, token = services.device_create(

@@ -11,12 +11,6 @@ from devices.models import Device, Feeder, Room, Site, Transformer
 from tests.conftest import PASSWORD, SENSORS
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Users are made in most tests; the production hasher would spend ~0.25 s on each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def badge(html: str, uid: str) -> str | None:
     """The status badge a page shows for a device: 'online', 'offline' or None if absent."""
     match = re.search(rf'class="badge (\w+)" data-status-for="{re.escape(uid)}"', html)

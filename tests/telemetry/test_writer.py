@@ -3,9 +3,11 @@ that goes away — in every case the table ends up with each reading exactly onc
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,3 +182,68 @@ def test_writers_killed_mid_stream_and_restarted_lose_and_double_nothing(
     finally:
         writer.send_signal(signal.SIGTERM)
         writer.wait(10)
+
+
+def _pg_server():
+    """A PostgreSQL of the test's own (pgserver), which it may stop and start at will.
+
+    Its folder must be readable by the unprivileged user pgserver runs PostgreSQL as when the
+    tests run as root, which pytest's own tmp_path (mode 700) is not.
+    """
+    import pgserver
+
+    parent = Path(tempfile.mkdtemp(prefix="ep-writer-pg-"))
+    parent.chmod(0o755)
+    return pgserver.get_server(parent / "pgdata", cleanup_mode="delete")
+
+
+def test_writer_waits_for_a_restarted_database_and_resumes_losing_nothing(ingest_stream):
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    import psycopg
+    from pgserver._commands import pg_ctl
+
+    # given a database of our own with the schema and one sensor
+    server = _pg_server()
+    socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+    url = f"postgres://postgres@{quote(socket_dir, safe='')}/postgres"
+    env = {**os.environ, "DATABASE_URL": url}
+    manage = [sys.executable, str(BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=BASE_DIR)
+    subprocess.run([*manage, "seed_demo"], env=env, check=True, cwd=BASE_DIR, capture_output=True)
+    conninfo = f"host={socket_dir} user=postgres dbname=postgres"
+    with psycopg.connect(conninfo) as conn:
+        sensor_id = conn.execute("SELECT min(id) FROM devices_sensor").fetchone()[0]
+
+    def count() -> int:
+        try:
+            with psycopg.connect(conninfo) as conn:
+                return conn.execute("SELECT count(*) FROM energy_readings").fetchone()[0]
+        except psycopg.OperationalError:
+            return -1
+
+    writer = subprocess.Popen(
+        [*manage, "run_ingest_writer", "--max-rows", "2000"],
+        env=env,
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _enqueue(ingest_stream, sensor_id, 0, 20_000)
+        _wait(lambda: ingest_stream.xlen(INGEST_STREAM) == 0, 60, "the first part", writer)
+        # when the database goes away while readings keep coming
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        _enqueue(ingest_stream, sensor_id, 20_000, 20_000)
+        time.sleep(2)  # the writer meets the closed database and keeps retrying
+        assert writer.poll() is None, "the writer gave up"
+        assert ingest_stream.xlen(INGEST_STREAM) > 0
+        server.ensure_postgres_running()
+        # then it resumes, and every reading is in the table once
+        _wait(lambda: ingest_stream.xlen(INGEST_STREAM) == 0, 60, "the writer to resume", writer)
+        assert count() == 40_000
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(10)
+        server.cleanup()
+        shutil.rmtree(server.pgdata.parent, ignore_errors=True)
