@@ -70,9 +70,10 @@ def _answers(port: int) -> bool:
         return False
 
 
-def spawn(*, database_url: str, redis_url: str, log_dir: Path) -> Server:
-    """Start one Daphne on a free port; `wait_until_answering` tells when it serves."""
-    port = free_port()
+def spawn(*, database_url: str, redis_url: str, log_dir: Path, port: int | None = None) -> Server:
+    """Start one Daphne (on a free port unless given); `wait_until_answering` tells when it
+    serves."""
+    port = port or free_port()
     log = log_dir / f"daphne-{port}.log"
     env = {
         **os.environ,
