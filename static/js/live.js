@@ -22,7 +22,7 @@
   }
 
   function formatNumber(value) {
-    return Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(1);
+    return Math.abs(value) >= 1000 ? value.toFixed(0) : value.toFixed(1);
   }
 
   function timeAgo(iso) {
