@@ -11,6 +11,7 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -88,7 +89,24 @@ def telemetry_items(frame: dict) -> tuple[list[Item], list[dict]]:
     return items, rejected
 
 
-class DeviceConsumer(AsyncWebsocketConsumer):
+class NoIdleDatabaseHop:
+    """Skip Channels' `aclose_old_connections()` before every message.
+
+    Since Channels 4.2 each message a consumer handles first makes a `sync_to_async` hop to the
+    single thread-sensitive worker just to close stale database connections; on the live path
+    that hop is per device frame and per viewer message, and serialised through one thread, it
+    was the bottleneck (bench/live). These consumers touch the database only through
+    `database_sync_to_async`, which closes stale connections around each call itself.
+    """
+
+    async def dispatch(self, message):
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     """One Pi's socket. The bearer token alone names the device."""
 
     device = None
@@ -157,11 +175,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                 raise FrameError("rate_limited", "too many frames; slow down and resend later")
             if bytes_data is not None:
                 raise FrameError("invalid_json", "frames must be JSON text, not binary")
-            if len(text_data) > MAX_FRAME_BYTES:
+            if len(text_data.encode()) > MAX_FRAME_BYTES:  # bytes, not characters
                 raise FrameError("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
             try:
                 frame = json.loads(text_data)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
                 raise FrameError("invalid_json", f"not valid JSON: {exc}") from None
             if not isinstance(frame, dict):
                 raise FrameError("invalid_payload", "a frame must be a JSON object")
@@ -213,6 +231,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         )
 
     async def _command_result(self, frame: dict) -> None:
+        if not isinstance(frame.get("status"), str):  # a list or object would not even hash
+            raise FrameError("invalid_payload", "status must be done, failed or rejected")
         try:
             await database_sync_to_async(services.command_complete)(
                 command_id=_uuid(frame.get("id")),
@@ -281,7 +301,7 @@ def _uuid(raw) -> uuid.UUID:
         raise FrameError("invalid_payload", "id must be the command's UUID") from None
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
+class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     """A browser's live feed, authenticated by its session. Residents get their own sites;
     operators get the fleet, or one site with `?site=<id>`."""
 

@@ -95,17 +95,20 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-def live_communicator(cookie: str | None, *, origin: bytes = b"http://127.0.0.1"):
+def live_communicator(
+    cookie: str | None, *, origin: bytes = b"http://127.0.0.1", query: str = ""
+) -> WebsocketCommunicator:
     headers = [(b"origin", origin)]
     if cookie is not None:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    return WebsocketCommunicator(application, f"/ws/live/{query}", headers=headers)
 
 
 @asynccontextmanager
-async def live_socket(user):
+async def live_socket(user, query: str = ""):
     """A browser's live feed, logged in as `user` through a real session cookie."""
-    communicator = live_communicator(await database_sync_to_async(session_cookie)(user))
+    cookie = await database_sync_to_async(session_cookie)(user)
+    communicator = live_communicator(cookie, query=query)
     connected, _ = await communicator.connect()
     try:
         assert connected, "the live socket was refused"
@@ -386,12 +389,25 @@ BAD_FRAMES = {
         None,
         "limited",
     ),
+    "too-large-in-utf8": (  # fewer characters than the limit, but more bytes
+        lambda: _frame(ts=recent()[0], values={"power_w": 1}, pad="é" * (MAX_FRAME_BYTES // 2)),
+        "too_large",
+        None,
+        "limited",
+    ),
+    "deeply-nested": (lambda: "[" * 50_000, "invalid_json", None, "not valid JSON"),
     "binary": (lambda: b'{"type": "heartbeat"}', "invalid_json", None, "binary"),
     "power-bad-state": (
         lambda: json.dumps({"type": "power", "msg_id": "p9", "state": "flickering"}),
         "invalid_payload",
         "p9",
         "lost",
+    ),
+    "command-result-status-not-a-string": (
+        lambda: json.dumps({"type": "command_result", "id": str(uuid.uuid4()), "status": ["done"]}),
+        "invalid_payload",
+        None,
+        "status must be done, failed or rejected",
     ),
     "command-result-bad-id": (
         lambda: json.dumps({"type": "command_result", "id": "abc", "status": "done"}),
@@ -613,6 +629,34 @@ async def test_operators_live_socket_gets_the_whole_fleet(alice_home, bob_home, 
         ("readings", "pi-b1", None),
         ("status", "pi-b1", False),
     ]
+
+
+async def test_resident_asking_for_another_residents_site_hears_nothing_of_it(
+    alice_home, bob_home, alice
+):
+    async with (
+        live_socket(alice, query=f"?site={bob_home['site'].id}") as alices_browser,
+        device_socket(bob_home["token"]) as bobs_pi,
+    ):
+        await assert_acked(bobs_pi, telemetry("b1", recent()[0], power_w=1), accepted=1)
+        heard_nothing = await alices_browser.receive_nothing(timeout=0.5)
+
+    assert heard_nothing
+
+
+async def test_operator_asking_for_one_site_hears_only_that_site(alice_home, bob_home, operator):
+    async with (
+        live_socket(operator, query=f"?site={alice_home['site'].id}") as browser,
+        device_socket(bob_home["token"]) as bobs_pi,
+        device_socket(alice_home["token"]) as alices_pi,
+    ):
+        await assert_acked(bobs_pi, telemetry("b1", recent()[0], power_w=1), accepted=1)
+        await assert_acked(alices_pi, telemetry("a1", recent()[0], power_w=2), accepted=1)
+        seen = [await browser.receive_json_from() for _ in range(2)]
+        heard_nothing_more = await browser.receive_nothing(timeout=0.5)
+
+    assert [(m["type"], m["device"]) for m in seen] == [("status", "pi-a1"), ("readings", "pi-a1")]
+    assert heard_nothing_more
 
 
 async def test_anonymous_live_socket_is_refused():

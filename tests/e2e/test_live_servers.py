@@ -15,10 +15,10 @@ from django.db import connection
 
 from devices.consumers import CLOSE_REPLACED
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
-    _session_cookie,
     clean_redis,
     fast_passwords,
     recent,
+    session_cookie,
     stream_rows,
     telemetry,
 )
@@ -44,7 +44,7 @@ def operator_token(operator) -> str:
 
 @pytest.fixture
 def alice_cookie(alice) -> str:
-    return _session_cookie(alice)
+    return session_cookie(alice)
 
 
 @pytest.fixture
