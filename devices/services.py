@@ -91,8 +91,14 @@ def _status_payload(device: Device) -> dict:
 
 
 def device_set_online(*, device_id: int, online: bool, at: datetime | None = None) -> Device:
-    """Record that a device's socket opened or closed, and tell its viewers after commit."""
+    """Record that a device's socket opened or closed, and tell its viewers after commit.
+
+    Going offline is skipped when another socket of the device has registered meanwhile (it
+    reconnected while the old socket was closing), so the newer state wins.
+    """
     device = Device.objects.get(pk=device_id)
+    if not online and sync_client().hexists(socket_registry.SOCKETS_KEY, device_id):
+        return device
     device.online = online
     device.last_seen = at or timezone.now()
     device.save(update_fields=["online", "last_seen"])

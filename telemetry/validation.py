@@ -33,11 +33,17 @@ def parse_timestamp(raw: object, *, now: datetime) -> datetime:
     """An RFC 3339 time with a zone, not absurdly far from `now`; raises ValueError saying why."""
     if not isinstance(raw, str):
         raise ValueError("ts must be an RFC 3339 string such as 2026-11-22T10:00:00.250Z")
+    # RFC 3339 allows lower-case t/z and (its note) a space between date and time.
+    text = raw.upper()
+    if len(text) == 10:
+        raise ValueError(f"ts {raw!r} has no time of day and no time zone; e.g. {raw}T10:00:00Z")
+    if len(text) < 11 or text[10] not in "T ":
+        raise ValueError(f"ts {raw[:40]!r} is not an RFC 3339 time such as 2026-11-22T10:00:00Z")
     try:
-        ts = datetime.fromisoformat(raw)
+        ts = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"ts {raw[:40]!r} is not an RFC 3339 time") from None
-    if ts.tzinfo is None or "T" not in raw.upper():
+    if ts.tzinfo is None:
         raise ValueError(f"ts {raw[:40]!r} has no time zone; add Z or an offset like +01:00")
     try:
         ts = ts.astimezone(UTC)

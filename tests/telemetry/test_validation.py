@@ -170,3 +170,14 @@ def test_readings_validate_names_the_reference_as_the_caller_asks():
 
     assert result.readings == []
     assert result.rejected == [{"sensor": "pi-9.power_w", "error": "unknown sensor"}]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-11-22t10:00:00z", datetime(2026, 11, 22, 10, tzinfo=UTC)),
+        ("2026-11-22 11:00:00+01:00", datetime(2026, 11, 22, 10, tzinfo=UTC)),
+    ],
+)
+def test_parse_timestamp_accepts_the_lower_case_and_space_forms_rfc_3339_allows(raw, expected):
+    assert parse_timestamp(raw, now=NOW) == expected
