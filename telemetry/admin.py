@@ -362,7 +362,7 @@ class FtpSourceAdmin(admin.ModelAdmin):
         for source in queryset:
             ftp_ingest.ftp_source_delete(source=source)
 
-    @admin.action(description="Poll the selected sources now")
+    @admin.action(description="Poll the selected sources now", permissions=["change"])
     def poll_now(self, request, queryset):
         queued = 0
         for source in queryset:

@@ -75,6 +75,10 @@ class _FileTooLarge(Exception):
     pass
 
 
+class _Refused(Exception):
+    """The server turned down our login or folder: no use retrying before someone fixes it."""
+
+
 def ftp_source_schedule_name(source_id: int) -> str:
     return f"ftp-source-{int(source_id)}"
 
@@ -247,6 +251,9 @@ def ftp_file_ingest(
         return existing
     checksum = hashlib.sha256(data).hexdigest()
     record = IngestedFile(source=source, name=name, size=len(data), checksum=checksum)
+    original = _ingested_with(checksum)
+    if original is not None:
+        return _record_duplicate(record, original)
 
     sgl_file, rows = parse_sgl_rows(data, tz=source.timezone)
     if not sgl_file.valid:
@@ -259,11 +266,11 @@ def ftp_file_ingest(
         try:
             with transaction.atomic():
                 # Blocks while a racing worker holds an uncommitted record of this content or name.
-                _rows_ingest(record=record, rows=rows, now=now)
                 record.save()
         except IntegrityError:
             existing = IngestedFile.objects.filter(source=source, name=name).first()
             return existing or _record_duplicate(record, _ingested_with(checksum))
+        _rows_ingest(record=record, rows=rows, now=now)
         record.save(update_fields=["rows", "errors", "unknown_cpes"])
     return record
 
@@ -293,7 +300,7 @@ def _rows_ingest(*, record: IngestedFile, rows: list[SglRow], now: datetime | No
     refused: list[dict] = []  # the first MAX_ERRORS only: a whole file may be refused
     for items in _chunks(rows, refs):
         result = readings_validate(items=items, sensors=refs, ref_name="cpe", now=now)
-        readings_ingest(result=result, source="ftp")
+        readings_ingest(result=result, source="ftp", live="summary")
         accepted += result.accepted
         refused_total += len(result.rejected)
         refused += result.rejected[: MAX_ERRORS - len(refused)]
@@ -347,10 +354,22 @@ def _file_refuse(*, source: FtpSource, name: str, size: int | None, message: str
 def _connect(source: FtpSource) -> ftplib.FTP:
     # Plain FTP because that is what SA4CPS servers speak; FTPS would need a per-source flag.
     ftp = ftplib.FTP(timeout=FTP_TIMEOUT_S)  # noqa: S321
+    where = f"{source.host}:{source.port}"
     try:
         ftp.connect(source.host, source.port)
-        ftp.login(source.username, source.password)
-        ftp.cwd(source.folder)
+        try:
+            ftp.login(source.username, source.password)
+        except ftplib.error_perm as exc:
+            raise _Refused(
+                f"{where} refused login as {source.username!r}: {exc}. "
+                "Check the username and password."
+            ) from exc
+        try:
+            ftp.cwd(source.folder)
+        except ftplib.error_perm as exc:
+            raise _Refused(
+                f"folder {source.folder!r} is not available on {where}: {exc}. Check the folder."
+            ) from exc
         ftp.voidcmd("TYPE I")  # SIZE needs binary mode on many servers
     except BaseException:
         ftp.close()
@@ -470,17 +489,23 @@ class _Poll:
         try:
             with _connect(source) as ftp:
                 self.fetch_new(ftp)
+        except _Refused as exc:
+            self.failures.append(str(exc))
         except ftplib.error_perm as exc:
-            self.failures.append(
-                f"{source.host}:{source.port} refused login as {source.username!r} or the folder "
-                f"{source.folder!r}: {exc}. Check the username, password and folder."
-            )
+            self.failures.append(f"{source.host}:{source.port} refused to list the folder: {exc}.")
         except _TRANSIENT_ERRORS as exc:
             self.failures.append(
                 f"could not reach {source.host}:{source.port} or lost the connection: {exc}. "
                 "Check the host and port; the poll is retried."
             )
             unavailable = exc
+        except SoftTimeLimitExceeded:
+            self.failures.append(
+                "stopped by the task's time limit; the files left wait for the next run"
+            )
+        except Exception as exc:  # e.g. a listing that is not UTF-8: say so where admins look
+            logger.exception("FTP source %s: poll failed", source.id)
+            self.failures.append(f"poll failed: {exc!r}")
         finally:
             self.record_run()
         self.summary["error"] = source.last_error

@@ -12,18 +12,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from asgiref.sync import async_to_sync
+
 from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
-from energy_portal.realtime import agroup_send, group_send, live_event
+from energy_portal.realtime import agroup_send, live_event
 from energy_portal.redis_client import async_client, sync_client
 from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
 
 INGEST_STREAM = "ep:ingest"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One reading as a source gives it, before validation. `ref` names the sensor in the
     source's own terms (a key for a device socket, a public id for the HTTP API)."""
@@ -61,13 +64,26 @@ def readings_validate(
     """Keep what is valid; say for each rejected item what was wrong with it."""
     now = now or timezone.now()
     result = IngestResult()
+    # Batches repeat instants (a file has one per meter and interval): parse each text once.
+    times: dict[str, datetime | str] = {}
     for item in items:
         sensor = sensors.get(item.ref)
         if sensor is None:
             result.rejected.append(_reject(item, "unknown sensor", ref_name))
             continue
+        raw = item.ts
+        ts = times.get(raw) if isinstance(raw, str) else None
+        if ts is None:
+            try:
+                ts = parse_timestamp(raw, now=now)
+            except ValueError as exc:
+                ts = str(exc)
+            if isinstance(raw, str):
+                times[raw] = ts
+        if isinstance(ts, str):
+            result.rejected.append(_reject(item, ts, ref_name))
+            continue
         try:
-            ts = parse_timestamp(item.ts, now=now)
             value = parse_value(item.value)
         except ValueError as exc:
             result.rejected.append(_reject(item, str(exc), ref_name))
@@ -80,7 +96,12 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _live_messages(readings: list[Reading]) -> list[tuple[list[str], dict]]:
+def _epoch_us(ts: datetime) -> int:
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _point_messages(readings: list[Reading]) -> list[tuple[list[str], dict]]:
     """One message per device, its points grouped by instant, for the site and the fleet."""
     by_device: dict[int, dict[datetime, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     devices: dict[int, SensorRef] = {}
@@ -100,23 +121,60 @@ def _live_messages(readings: list[Reading]) -> list[tuple[list[str], dict]]:
     return messages
 
 
+def _summary_messages(readings: list[Reading], source: str) -> list[tuple[list[str], dict]]:
+    """For bulk history (files): one note per site of what arrived, not every point."""
+    spans: dict[int, list] = {}
+    for reading in readings:
+        span = spans.setdefault(reading.sensor.site_id, [reading.ts, reading.ts, 0])
+        span[0], span[1], span[2] = min(span[0], reading.ts), max(span[1], reading.ts), span[2] + 1
+    return [
+        (
+            [site_group(site_id), fleet_group()],
+            live_event(
+                {
+                    "type": "ingested",
+                    "site": site_id,
+                    "source": source,
+                    "readings": count,
+                    "from": _iso(first),
+                    "to": _iso(last),
+                }
+            ),
+        )
+        for site_id, (first, last, count) in spans.items()
+    ]
+
+
 def _stream_fields(readings: list[Reading], source: str) -> dict[str, str]:
     # Integer microseconds keep the entry small and the writer's parsing trivial.
-    rows = [[r.sensor.sensor_id, _epoch_us(r.ts), r.value] for r in readings]
+    micros: dict[datetime, int] = {}
+    rows = []
+    for r in readings:
+        us = micros.get(r.ts)
+        if us is None:
+            us = micros[r.ts] = _epoch_us(r.ts)
+        rows.append([r.sensor.sensor_id, us, r.value])
     return {"src": source, "rows": json.dumps(rows, separators=(",", ":"))}
 
 
-def _epoch_us(ts: datetime) -> int:
-    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+async def _send_all(messages: list[tuple[list[str], dict]]) -> None:
+    for groups, message in messages:
+        await agroup_send(groups, message)
 
 
-def readings_ingest(*, result: IngestResult, source: str) -> None:
-    """Broadcast validated readings to live viewers, then put them in the durable buffer."""
+def readings_ingest(*, result: IngestResult, source: str, live: str = "points") -> None:
+    """Broadcast validated readings to live viewers, then put them in the durable buffer.
+
+    `live="summary"` tells viewers what arrived per site instead of every point: for history
+    (load-profile files) that no live chart shows point by point.
+    """
     if not result.readings:
         return
-    for groups, message in _live_messages(result.readings):
-        group_send(groups, message)
+    if live == "summary":
+        messages = _summary_messages(result.readings, source)
+    else:
+        messages = _point_messages(result.readings)
+    async_to_sync(_send_all)(messages)  # one hop to the event loop for the whole batch
     sync_client().xadd(INGEST_STREAM, _stream_fields(result.readings, source))
 
 
@@ -161,8 +219,7 @@ async def areadings_ingest(*, result: IngestResult, source: str, device_id: int)
     that takes a resent sample of that device only once."""
     if not result.readings:
         return
-    for groups, message in _live_messages(result.readings):
-        await agroup_send(groups, message)
+    await _send_all(_point_messages(result.readings))
     seen = f"ep:ingest:seen:{int(device_id)}"
     await async_client().eval(
         _BUFFER_ONCE, 2, seen, INGEST_STREAM, source, SAMPLES_REMEMBERED, *_samples(result.readings)

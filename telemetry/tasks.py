@@ -8,7 +8,7 @@ from celery import shared_task
 
 from django.conf import settings
 
-from telemetry import ftp_ingest, polling
+from telemetry import ftp_ingest, polling, rollups
 
 
 @shared_task(
@@ -45,3 +45,31 @@ def ftp_source_poll(source_id: int) -> dict:
     """
     budget_s = settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.75
     return ftp_ingest.ftp_source_poll(source_id=source_id, time_budget_s=budget_s)
+
+
+@shared_task(ignore_result=True)
+def rollups_refresh() -> dict:
+    """Recompute the rollups of the quarter-hours marked since the last run (plain PostgreSQL;
+    a no-op on TimescaleDB, where refresh policies do it). Beat runs it every minute; a run that
+    finds another still going returns at once, and a run out of time leaves the rest marked for
+    the next one."""
+    budget_s = settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.75
+    return vars(rollups.rollups_refresh(time_budget_s=budget_s))
+
+
+@shared_task(ignore_result=True)
+def area_metrics_refresh() -> int:
+    """Recompute the sites' and rooms' dashboard figures (power now, energy and cost today,
+    peak of the day). Beat runs it every 5 minutes."""
+    return rollups.area_metrics_refresh()
+
+
+@shared_task(ignore_result=True)
+def readings_retention() -> dict:
+    """Delete raw readings past READINGS_RETENTION on plain PostgreSQL, in small batches. Beat
+    runs it daily; a run out of time queues the next one a minute later."""
+    budget_s = settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.75
+    result = rollups.readings_retention_run(time_budget_s=budget_s)
+    if result.more:
+        readings_retention.apply_async(countdown=60)
+    return {"deleted": result.deleted, "more": result.more}

@@ -22,7 +22,7 @@ class SensorRef:
     site_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     sensor: SensorRef
     ts: datetime

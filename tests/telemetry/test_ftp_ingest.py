@@ -409,7 +409,7 @@ def test_missing_folder_sets_last_error(ftp_server, ingest_stream):
     source = _source_for(ftp_server, folder="/no/such/folder")
     _poll(source)
     source.refresh_from_db()
-    assert "'/no/such/folder'" in source.last_error
+    assert "folder '/no/such/folder' is not available" in source.last_error
     assert "550" in source.last_error
 
 
