@@ -52,10 +52,21 @@ class PollSourceForm(forms.ModelForm):
         return cleaned
 
 
-class PolledApplianceInline(admin.TabularInline):
-    model = PolledAppliance
+class ReadOnlyInline(admin.TabularInline):
+    """Records shown under their parent, never edited there."""
+
     extra = 0
     can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class PolledApplianceInline(ReadOnlyInline):
+    model = PolledAppliance
     fields = readonly_fields = [
         "device",
         "uri",
@@ -70,12 +81,6 @@ class PolledApplianceInline(admin.TabularInline):
         "last_success_at",
         "rows_ingested",
     ]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PollSource)
@@ -280,19 +285,11 @@ class FtpSourceForm(forms.ModelForm):
         return interval
 
 
-class IngestedFileInline(admin.TabularInline):
+class IngestedFileInline(ReadOnlyInline):
     model = IngestedFile
     verbose_name_plural = f"recent files (latest {RECENT_FILES})"
     fields = readonly_fields = ["name", "status", "rows", "size", "received_at"]
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(FtpSource)
