@@ -8,6 +8,7 @@ from django.urls import include, path
 from devices import views as device_views
 from energy_portal.apis import HealthApi
 from telemetry.apis import IngestApi, SourcesApi
+from telemetry.query_apis import AggregatesApi, ReadingsApi, StatsApi
 
 api_v1 = [
     path("auth/token/", ObtainAuthToken.as_view(), name="api-token"),
@@ -16,6 +17,9 @@ api_v1 = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("ingest/", IngestApi.as_view(), name="api-ingest"),
     path("sources/", SourcesApi.as_view(), name="api-sources"),
+    path("readings/", ReadingsApi.as_view(), name="api-readings"),
+    path("aggregates/", AggregatesApi.as_view(), name="api-aggregates"),
+    path("stats/", StatsApi.as_view(), name="api-stats"),
     path("", include("devices.urls")),
 ]
 

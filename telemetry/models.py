@@ -168,3 +168,129 @@ class PolledAppliance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_id} ← {self.uri}"
+
+
+# --- rollups and metrics (see telemetry/rollups.py) --------------------------------------------
+
+
+class Rollup(models.Model):
+    """Per-sensor aggregates of one bucket: sum, count, min, max and the value of the latest
+    reading (`last`, for energy counters); the average is sum / count.
+
+    Not managed by Django: on plain PostgreSQL these are tables that the `rollups_refresh` job
+    keeps up to date; on TimescaleDB they are continuous aggregates (views) of the same name and
+    columns. Migration 0004 creates one or the other.
+    """
+
+    pk = models.CompositePrimaryKey("sensor_id", "bucket")
+    # No constraint in the database; rows of deleted sensors are cleaned up daily (rollups.py).
+    sensor = models.ForeignKey(
+        Sensor, on_delete=models.DO_NOTHING, db_index=False, db_constraint=False
+    )
+    bucket = models.DateTimeField()
+    sum = models.FloatField()
+    count = models.BigIntegerField()
+    min = models.FloatField()
+    max = models.FloatField()
+    last = models.FloatField()
+
+    class Meta:
+        abstract = True
+        managed = False
+
+    def __str__(self) -> str:
+        return f"{self.sensor_id} @ {self.bucket.isoformat()}: {self.count} readings"
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+
+class Rollup15m(Rollup):
+    class Meta(Rollup.Meta):
+        db_table = "rollup_15m"
+
+
+class Rollup1h(Rollup):
+    class Meta(Rollup.Meta):
+        db_table = "rollup_1h"
+
+
+class Rollup1d(Rollup):
+    class Meta(Rollup.Meta):
+        db_table = "rollup_1d"
+
+
+class RollupDirty(models.Model):
+    """A 15-minute bucket of a sensor whose readings changed since its rollups were computed.
+
+    Rows are added by a statement trigger on `energy_readings` (plain PostgreSQL only), in the
+    inserting transaction; `seq` changes on every new mark, so the refresh job deletes only the
+    marks it has seen.
+    """
+
+    pk = models.CompositePrimaryKey("sensor_id", "bucket")
+    # The table exists on plain PostgreSQL only; see Rollup.sensor.
+    sensor = models.ForeignKey(
+        Sensor, on_delete=models.DO_NOTHING, db_index=False, db_constraint=False
+    )
+    bucket = models.DateTimeField()
+    seq = models.BigIntegerField()
+
+    class Meta:
+        db_table = "rollup_dirty"
+        managed = False
+
+    def __str__(self) -> str:
+        return f"{self.sensor_id} @ {self.bucket.isoformat()} (dirty)"
+
+
+class AreaMetrics(models.Model):
+    """Figures of a site or room for its dashboard, recomputed every few minutes by a beat job.
+
+    Power now: the sum of the latest reading (under 15 minutes old) of each power sensor. Energy
+    and cost today: from the start of the local day (site time zone) until `computed_at`. Peak:
+    the highest 15-minute average of the summed power of the day, with the start of that
+    quarter-hour.
+    """
+
+    day = models.DateField(help_text="Local day (site time zone) the energy and peak are for.")
+    power_w = models.FloatField(null=True, blank=True)
+    power_at = models.DateTimeField(null=True, blank=True)
+    energy_kwh = models.FloatField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=4, default=0)
+    currency = models.CharField(max_length=3)
+    peak_w = models.FloatField(null=True, blank=True)
+    peak_at = models.DateTimeField(null=True, blank=True)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class SiteMetrics(AreaMetrics):
+    site = models.OneToOneField(
+        "devices.Site", on_delete=models.CASCADE, primary_key=True, related_name="metrics"
+    )
+    energy_source = models.CharField(
+        max_length=8, default="devices", help_text="'meter' when the utility meter's data is used."
+    )
+
+    class Meta:
+        verbose_name_plural = "site metrics"
+
+    def __str__(self) -> str:
+        return f"metrics of site {self.site_id} on {self.day}"
+
+
+class RoomMetrics(AreaMetrics):
+    room = models.OneToOneField(
+        "devices.Room", on_delete=models.CASCADE, primary_key=True, related_name="metrics"
+    )
+    site = models.ForeignKey("devices.Site", on_delete=models.CASCADE, related_name="room_metrics")
+
+    class Meta:
+        verbose_name_plural = "room metrics"
+
+    def __str__(self) -> str:
+        return f"metrics of room {self.room_id} on {self.day}"

@@ -1,5 +1,7 @@
 """Celery and beat: JSON only, bounded run times, schedules kept in the database."""
 
+from celery.schedules import crontab
+
 from energy_portal.settings.base import ENV, TIME_ZONE
 
 CELERY_BROKER_URL = ENV.redis_url
@@ -25,6 +27,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
     },
     "commands-expire": {"task": "devices.tasks.commands_expire", "schedule": 15.0},
+    # Rollups of the quarter-hours written since the last run (a no-op on TimescaleDB).
+    "telemetry-rollups-refresh": {"task": "telemetry.tasks.rollups_refresh", "schedule": 60.0},
+    "telemetry-area-metrics": {"task": "telemetry.tasks.area_metrics_refresh", "schedule": 300.0},
+    # Raw-data retention on plain PostgreSQL, at night (TimescaleDB drops chunks by policy).
+    "telemetry-readings-retention": {
+        "task": "telemetry.tasks.readings_retention",
+        "schedule": crontab(hour=3, minute=17),
+    },
 }
 BEAT_STALE_AFTER = ENV.beat_stale_after_s
 INGEST_LAG_LIMIT = ENV.ingest_lag_limit_s
