@@ -29,6 +29,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
+# A WASM TimescaleDB (PGlite) served on the PostgreSQL protocol, for the TimescaleDB tests.
+tests/timescale/pglite/node_modules/.installed: tests/timescale/pglite/package.json tests/timescale/pglite/package-lock.json
+	npm ci --prefix tests/timescale/pglite --no-audit --no-fund --silent
+	touch $@
+
 # Debian's Chromium drives the browser tests (Playwright cannot download its own browser here).
 system-deps:
 	@command -v chromium >/dev/null || { \
@@ -38,7 +43,7 @@ system-deps:
 run: $(VENV)/.runtime node_modules/.installed
 	$(BIN)/python -m energy_portal.run
 
-test: $(VENV)/.dev node_modules/.installed system-deps
+test: $(VENV)/.dev node_modules/.installed tests/timescale/pglite/node_modules/.installed system-deps
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -51,4 +56,4 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) var node_modules
+	rm -rf $(VENV) var node_modules tests/timescale/pglite/node_modules
