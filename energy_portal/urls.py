@@ -8,6 +8,7 @@ from django.urls import include, path
 from devices import views as device_views
 from energy_portal.apis import HealthApi
 from telemetry.apis import IngestApi, SourcesApi
+from telemetry.history_apis import GridEnergyApi, NotReportingApi, SiteEnergyApi
 from telemetry.query_apis import AggregatesApi, ReadingsApi, StatsApi
 
 api_v1 = [
@@ -20,6 +21,9 @@ api_v1 = [
     path("readings/", ReadingsApi.as_view(), name="api-readings"),
     path("aggregates/", AggregatesApi.as_view(), name="api-aggregates"),
     path("stats/", StatsApi.as_view(), name="api-stats"),
+    path("sites/<int:site_id>/energy/", SiteEnergyApi.as_view(), name="api-site-energy"),
+    path("analytics/energy/", GridEnergyApi.as_view(), name="api-analytics-energy"),
+    path("analytics/not-reporting/", NotReportingApi.as_view(), name="api-analytics-not-reporting"),
     path("", include("devices.urls")),
 ]
 
@@ -35,4 +39,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("", include("telemetry.urls")),
 ]

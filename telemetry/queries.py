@@ -15,6 +15,7 @@ On TimescaleDB the rollups are real-time continuous aggregates and answer the sa
 # SQL here is assembled from constant fragments only; every value is a bound parameter.
 # ruff: noqa: S608
 
+import re
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,9 +25,9 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
-from devices.models import DeviceKind, Room, Sensor, SensorKind, Site
+from devices.models import Device, DeviceKind, Feeder, Room, Sensor, SensorKind, Site, Transformer
 from devices.selectors import room_list, sensor_list, site_list
 from telemetry.models import PolledAppliance, RoomMetrics, SiteMetrics
 from telemetry.timescale import is_timescale
@@ -498,3 +499,448 @@ def rooms_of(*, site_ids: list[int]) -> dict[int, list[int]]:
     for room_id, site_id in Room.objects.filter(site_id__in=site_ids).values_list("id", "site_id"):
         rooms[site_id].append(room_id)
     return rooms
+
+
+# --- a site's history and the operators' analytics ----------------------------------------
+#
+# A period is a local day, an ISO week (Monday first), a calendar month or a calendar year in
+# the site's time zone, shown per hour, day, day and month: a DST day has 23 or 25 hours.
+
+PERIOD_UNITS = {"day": "hour", "week": "day", "month": "day", "year": "month"}
+ANALYTICS_PERIODS = ("day", "week", "month")
+EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2099, 12, 31)
+_ISO_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+SUM_MODES = ("meter", "interval")  # sensors whose values are energy per interval
+KIND_LABELS = dict(DeviceKind.choices)
+
+
+def local_midnight(day: date, tz: zoneinfo.ZoneInfo) -> datetime:
+    """The UTC instant a local day of zone `tz` begins."""
+    return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+
+
+class PeriodError(ValueError):
+    """A period or date that cannot be read; the message says what to send instead."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Period:
+    """The local days [first, end) of one day, week, month or year."""
+
+    kind: str
+    first: date
+    end: date
+
+    @property
+    def unit(self) -> str:
+        return PERIOD_UNITS[self.kind]
+
+    def previous(self) -> "Period":
+        return period_containing(kind=self.kind, day=self.first - timedelta(days=1))
+
+    def next(self) -> "Period":
+        return period_containing(kind=self.kind, day=self.end)
+
+    def bounds(self, tz: zoneinfo.ZoneInfo) -> tuple[datetime, datetime]:
+        """The period as UTC instants, from its first local midnight to the one after it."""
+        return local_midnight(self.first, tz), local_midnight(self.end, tz)
+
+    def slots(self, tz: zoneinfo.ZoneInfo) -> list[datetime]:
+        """Local start of each hour, day or month of the period: 23 or 25 hours on DST days."""
+        if self.unit == "hour":
+            lo, hi = self.bounds(tz)
+            hours = []
+            while lo < hi:
+                hours.append(lo.astimezone(tz))
+                lo += timedelta(hours=1)
+            return hours
+        if self.unit == "day":
+            days = (self.end - self.first).days
+            return [
+                datetime.combine(self.first + timedelta(days=n), datetime.min.time(), tz)
+                for n in range(days)
+            ]
+        return [datetime(self.first.year, month, 1, tzinfo=tz) for month in range(1, 13)]
+
+
+def period_containing(*, kind: str, day: date) -> Period:
+    """The day, ISO week (Monday first), calendar month or calendar year containing `day`."""
+    if kind == "day":
+        return Period(kind, day, day + timedelta(days=1))
+    if kind == "week":
+        monday = day - timedelta(days=day.weekday())
+        return Period(kind, monday, monday + timedelta(days=7))
+    if kind == "month":
+        first = day.replace(day=1)
+        return Period(kind, first, (first + timedelta(days=32)).replace(day=1))
+    if kind == "year":
+        return Period(kind, date(day.year, 1, 1), date(day.year + 1, 1, 1))
+    raise ValueError(f"unknown period {kind!r}")
+
+
+def period_parse(
+    *,
+    kind: str | None,
+    day: str | None,
+    today: date,
+    kinds: tuple[str, ...] = tuple(PERIOD_UNITS),
+) -> Period:
+    """The period that `?period=&date=` ask for: the day, week, month or year containing the
+    date (YYYY-MM-DD; today when absent). Raises PeriodError saying what to send instead."""
+    kind = kind or "day"
+    if kind not in kinds:
+        choices = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+        raise PeriodError("period", f"{kind[:20]!r} is not a period; use {choices}.")
+    value = today
+    if day:
+        if not _ISO_DAY.match(day):
+            raise PeriodError(
+                "date", f"{day[:20]!r} is not a date; use YYYY-MM-DD, e.g. 2026-10-25."
+            )
+        try:
+            value = date.fromisoformat(day)
+        except ValueError:
+            raise PeriodError("date", f"{day!r} is not a day of the calendar.") from None
+    if not EARLIEST_DAY <= value <= LATEST_DAY:
+        raise PeriodError(
+            "date", f"Pick a date between {EARLIEST_DAY.isoformat()} and {LATEST_DAY.isoformat()}."
+        )
+    return period_containing(kind=kind, day=value)
+
+
+def site_for_user(*, user: AbstractBaseUser, site_id: int) -> Site | None:
+    """The site if this user may see it: a resident their own, an operator any."""
+    return site_list(user=user).prefetch_related(None).filter(pk=site_id).first()
+
+
+def _slot_key(start: datetime, unit: str) -> object:
+    """What identifies an hour (its instant), a day (its local date) or a month."""
+    if unit == "hour":
+        return start.astimezone(UTC)
+    if unit == "day":
+        return start.date()
+    return (start.year, start.month)
+
+
+def _slots_with_energy(starts: list[datetime], end: datetime, entries: dict, unit: str) -> list:
+    slots = []
+    for n, start in enumerate(starts):
+        entry = entries.get(_slot_key(start, unit))
+        slots.append(
+            {
+                "start": start,
+                "end": starts[n + 1] if n + 1 < len(starts) else end,
+                "energy_kwh": entry["energy_kwh"] if entry else None,
+                "cost": entry["cost"] if entry else None,
+                "source": entry["source"] if entry else None,
+                "devices": entry["devices"] if entry else {},
+                "rooms": entry["rooms"] if entry else {},
+            }
+        )
+    return slots
+
+
+def _total(slots: list[dict]) -> tuple[float, Decimal]:
+    kwh = sum(s["energy_kwh"] for s in slots if s["energy_kwh"] is not None)
+    cost = sum((s["cost"] for s in slots if s["cost"] is not None), Decimal("0.0000"))
+    return kwh, cost
+
+
+def _shares(kwh_by_id: dict, names: dict, total: float, tariff: Decimal) -> list[dict]:
+    return sorted(
+        (
+            {
+                **names[key],
+                "energy_kwh": kwh,
+                "cost": money(kwh, tariff),
+                "share_pct": 100 * kwh / total if total > 0 else None,
+            }
+            for key, kwh in kwh_by_id.items()
+        ),
+        key=lambda row: (-row["energy_kwh"], row["name"]),
+    )
+
+
+def site_history(*, site: Site, period: Period, now: datetime) -> dict:
+    """Energy and cost of a site in each hour, day or month of `period` and of the period before
+    it, the comparison of the two, and the period's energy by device and by room.
+
+    Slots without data have `energy_kwh` None. While the period is in progress (or still to
+    come) it is compared with the previous period's slots up to the same one (`basis`
+    'to_date'), else with the whole previous period. Energy the meter measured beyond what the
+    devices did is `unattributed_kwh`. Four queries, whatever the period.
+    """
+    tz = zoneinfo.ZoneInfo(site.timezone)
+    previous = period.previous()
+    entries = {
+        _slot_key(entry["start"], period.unit): entry
+        for entry in site_energy(site=site, start=previous.first, end=period.end, unit=period.unit)
+    }
+    lo, hi = period.bounds(tz)
+    slots = _slots_with_energy(period.slots(tz), hi.astimezone(tz), entries, period.unit)
+    before = _slots_with_energy(previous.slots(tz), lo.astimezone(tz), entries, period.unit)
+    kwh, cost = _total(slots)
+    previous_kwh, previous_cost = _total(before)
+
+    basis, compared_kwh = "whole", previous_kwh
+    if now < hi:
+        elapsed = sum(1 for s in slots if s["start"] <= now)
+        basis, compared_kwh = "to_date", _total(before[:elapsed])[0]
+    change = 100 * (kwh - compared_kwh) / compared_kwh if compared_kwh > 0 else None
+
+    device_kwh: dict[int, float] = defaultdict(float)
+    room_kwh: dict[int | None, float] = defaultdict(float)
+    for slot in slots:
+        for device_id, value in slot["devices"].items():
+            device_kwh[device_id] += value
+        for room_id, value in slot["rooms"].items():
+            room_kwh[room_id] += value
+    device_names, room_names = {}, {None: {"id": None, "name": "No room"}}
+    for row in Device.objects.filter(site=site).values(
+        "id", "uid", "name", "kind", "room_id", "room__name"
+    ):
+        device_names[row["id"]] = {
+            "id": row["id"],
+            "uid": row["uid"],
+            "name": row["name"] or row["uid"],
+            "kind": KIND_LABELS.get(row["kind"], row["kind"]),
+            "room": row["room__name"],
+        }
+        if row["room_id"] is not None:
+            room_names[row["room_id"]] = {"id": row["room_id"], "name": row["room__name"]}
+
+    for slot in (*slots, *before):
+        del slot["devices"], slot["rooms"]
+    return {
+        "period": period,
+        "slots": slots,
+        "energy_kwh": kwh,
+        "cost": cost,
+        "in_progress": lo <= now < hi,
+        "previous": {"period": previous, "slots": before, "energy_kwh": previous_kwh,
+                     "cost": previous_cost},
+        "comparison": {"basis": basis, "previous_kwh": compared_kwh, "change_pct": change},
+        "devices": _shares(device_kwh, device_names, kwh, site.tariff_per_kwh),
+        "rooms": _shares(room_kwh, room_names, kwh, site.tariff_per_kwh),
+        "unattributed_kwh": max(0.0, kwh - sum(device_kwh.values())),
+    }  # fmt: skip
+
+
+def _plan_where(plan: EnergyPlan, keep) -> EnergyPlan:
+    """The part of a plan whose sensors `keep(sensor_id)` accepts."""
+    return EnergyPlan(
+        modes={i: mode for i, mode in plan.modes.items() if keep(i)},
+        factors=plan.factors,
+        device_of=plan.device_of,
+        devices=plan.devices,
+    )
+
+
+def energy_by_device_from_rollups(
+    *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str
+) -> list[tuple[datetime, int, str, float]]:
+    """What `energy_by_device` answers, with the sensors whose values are energy per interval
+    (meters, summing appliances) read from the largest rollups that nest in the hours or days
+    of `tz`: a day of a meter is 24 hourly rows or one daily row instead of 96. Counters and
+    integrated power need their quarter-hours and take `energy_by_device`'s path."""
+    sums = [i for i, mode in plan.modes.items() if mode in SUM_MODES]
+    rest = _plan_where(plan, lambda i: plan.modes[i] not in SUM_MODES)
+    rows = list(energy_by_device(plan=rest, lo=lo, hi=hi, tz=tz, unit=unit)) if rest.modes else []
+    if not sums:
+        return rows
+    try:
+        source = _source_level("1h" if unit == "hour" else "1d", zoneinfo.ZoneInfo(tz), lo, hi)
+    except RangeError:
+        source = "15m"
+    q = _Sql()
+    union = _union(q, sums, lo, hi, LEVELS[LEVELS.index(source) :])
+    sql = f"""
+        SELECT date_trunc({q.p(unit)}, x.bucket, {q.p(tz)}) AS period, m.device_id, m.mode,
+               sum(m.factor * x.sum)
+        FROM ({union}) x
+        JOIN unnest({q.p(sums)}::bigint[], {q.p([plan.modes[i] for i in sums])}::text[],
+                    {q.p([plan.factors[i] for i in sums])}::float8[],
+                    {q.p([plan.device_of[i] for i in sums])}::bigint[])
+             AS m(sensor_id, mode, factor, device_id)
+          ON m.sensor_id = x.sensor_id
+        GROUP BY 1, 2, 3"""
+    return sorted(rows + _fetch(sql, q.params), key=lambda row: (row[0], row[1]))
+
+
+def _most_energy_first(row: dict) -> tuple:
+    return (-row["energy_kwh"], row["code"] or "")
+
+
+def _zone_energy_by_day(
+    *, plan: EnergyPlan, site_ids: set[int], zone: str, period: Period, now: datetime
+) -> dict[tuple[int, date], dict[str, float]]:
+    """(site, local day) -> {'meter': kWh, 'devices': kWh} for sites of one time zone.
+
+    Meters (and summing appliances) are read from the largest rollups. Devices count only on
+    days without meter data, so their quarter-hours are read only for the sites that have
+    such a day (up to today), and only from the first such day on: where the meters are
+    complete, no quarter-hour is read at all."""
+    tz = zoneinfo.ZoneInfo(zone)
+    lo, hi = period.bounds(tz)
+    days: dict[tuple[int, date], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def site_of(sensor_id: int) -> int:
+        return plan.devices[plan.device_of[sensor_id]][0]
+
+    def add(rows) -> None:
+        for start, device_id, mode, kwh in rows:
+            source = "meter" if mode == "meter" else "devices"
+            days[plan.devices[device_id][0], start.astimezone(tz).date()][source] += kwh
+
+    summed = _plan_where(plan, lambda i: plan.modes[i] in SUM_MODES and site_of(i) in site_ids)
+    if summed.modes:
+        add(energy_by_device_from_rollups(plan=summed, lo=lo, hi=hi, tz=zone, unit="day"))
+    until = min(period.end, now.astimezone(tz).date() + timedelta(days=1))
+    past = [period.first + timedelta(days=n) for n in range((until - period.first).days)]
+    first_gap = {}
+    for site_id in site_ids:
+        gap = next((d for d in past if "meter" not in days.get((site_id, d), {})), None)
+        if gap is not None:
+            first_gap[site_id] = gap
+    counted = _plan_where(
+        plan, lambda i: plan.modes[i] not in SUM_MODES and site_of(i) in first_gap
+    )
+    if counted.modes:
+        start = local_midnight(min(first_gap.values()), tz)
+        add(energy_by_device(plan=counted, lo=start, hi=hi, tz=zone, unit="day"))
+    return days
+
+
+def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) -> dict:
+    """Energy of every site over the day, week or month containing `day`, each in its own local
+    time, summed by feeder and by transformer, with the `top` sites that used the most.
+
+    A site's energy of a local day is its meter's when the meter has data that day, else its
+    devices' (the rule above); a period sums its days. Sites without a feeder are counted under
+    a feeder None. Queries: 5, plus at most 2 per time zone the sites are in.
+    """
+    period = period_containing(kind=period_kind, day=day)
+    sites = list(
+        Site.objects.order_by("id").values(
+            "id", "name", "timezone", "tariff_per_kwh", "currency", "feeder_id"
+        )
+    )
+    plan = energy_plan(site_ids=[site["id"] for site in sites])
+    zones: dict[str, set[int]] = defaultdict(set)
+    for site in sites:
+        zones[site["timezone"]].add(site["id"])
+    days: dict[tuple[int, date], dict[str, float]] = {}
+    for zone, site_ids in sorted(zones.items()):
+        days |= _zone_energy_by_day(plan=plan, site_ids=site_ids, zone=zone, period=period, now=now)
+
+    site_kwh: dict[int, float] = defaultdict(float)
+    site_sources: dict[int, set[str]] = defaultdict(set)
+    for (site_id, _day), by_source in days.items():
+        source = "meter" if "meter" in by_source else "devices"
+        site_kwh[site_id] += by_source[source]
+        site_sources[site_id].add(source)
+
+    transformers = {
+        row["id"]: {**row, "feeders": 0, "sites": 0, "energy_kwh": 0.0}
+        for row in Transformer.objects.values(
+            "id", "code", "name", "capacity_kva", substation_code=F("substation__code")
+        )
+    }
+    feeders = {
+        row["id"]: {**row, "sites": 0, "energy_kwh": 0.0}
+        for row in Feeder.objects.values(
+            "id", "code", "name", "transformer_id", transformer_code=F("transformer__code")
+        )
+    }
+    unassigned = {"id": None, "code": None, "name": "No feeder", "transformer_id": None,
+                  "transformer_code": None, "sites": 0, "energy_kwh": 0.0}  # fmt: skip
+    for site in sites:
+        feeder = feeders.get(site["feeder_id"], unassigned)
+        feeder["sites"] += 1
+        feeder["energy_kwh"] += site_kwh.get(site["id"], 0.0)
+    for feeder in feeders.values():
+        transformer = transformers[feeder["transformer_id"]]
+        transformer["feeders"] += 1
+        transformer["sites"] += feeder["sites"]
+        transformer["energy_kwh"] += feeder["energy_kwh"]
+    feeder_rows = list(feeders.values()) + ([unassigned] if unassigned["sites"] else [])
+
+    by_energy = sorted(
+        (site for site in sites if site_kwh.get(site["id"], 0.0) > 0),
+        key=lambda site: (-site_kwh[site["id"]], site["name"], site["id"]),
+    )
+    feeder_codes = {feeder_id: feeder["code"] for feeder_id, feeder in feeders.items()}
+    top_sites = [
+        {
+            "id": site["id"],
+            "name": site["name"],
+            "feeder_code": feeder_codes.get(site["feeder_id"]),
+            "energy_kwh": site_kwh[site["id"]],
+            "cost": money(site_kwh[site["id"]], site["tariff_per_kwh"]),
+            "currency": site["currency"],
+            "source": "+".join(sorted(site_sources[site["id"]])),
+        }
+        for site in by_energy[:top]
+    ]
+    return {
+        "period": period,
+        "energy_kwh": sum(site_kwh.values()),
+        "sites": len(sites),
+        "sites_with_data": len(by_energy),
+        "feeders": sorted(feeder_rows, key=_most_energy_first),
+        "transformers": sorted(transformers.values(), key=_most_energy_first),
+        "top_sites": top_sites,
+    }
+
+
+def devices_not_reporting(*, now: datetime, silent_for: timedelta, limit: int = 100) -> dict:
+    """Devices with sensors but no reading for `silent_for`: those still online (a live socket
+    and nothing measured) first, then the offline ones, longest silent first; each with its
+    last reading and its last sign of life. One query, one index probe per sensor.
+    """
+    device, site, feeder, sensor = (
+        model._meta.db_table for model in (Device, Site, Feeder, Sensor)
+    )
+    sql = f"""
+    WITH latest AS (
+        SELECT s.device_id, max(r.time) AS last_reading
+        FROM {sensor} s
+        LEFT JOIN LATERAL (SELECT e.time FROM energy_readings e WHERE e.sensor_id = s.id
+                           ORDER BY e.time DESC LIMIT 1) r ON true
+        GROUP BY s.device_id
+    )
+    SELECT d.uid, d.name, d.kind, d.online, d.last_seen, l.last_reading,
+           st.id, st.name, f.code,
+           count(*) OVER (), count(*) FILTER (WHERE d.online) OVER ()
+    FROM latest l
+    JOIN {device} d ON d.id = l.device_id
+    JOIN {site} st ON st.id = d.site_id
+    LEFT JOIN {feeder} f ON f.id = st.feeder_id
+    WHERE l.last_reading IS NULL OR l.last_reading < %(cutoff)s
+    ORDER BY d.online DESC, l.last_reading ASC NULLS FIRST, d.uid
+    LIMIT %(limit)s"""
+    rows = _fetch(sql, {"cutoff": now - silent_for, "limit": limit})
+    total, online = (rows[0][9], rows[0][10]) if rows else (0, 0)
+    return {
+        "count": total,
+        "online_silent": online,
+        "offline": total - online,
+        "devices": [
+            {
+                "uid": uid,
+                "name": name or uid,
+                "kind": KIND_LABELS.get(kind, kind),
+                "state": "silent" if is_online else "offline",
+                "last_seen": last_seen,
+                "last_reading": last_reading,
+                "site": {"id": site_id, "name": site_name},
+                "feeder_code": feeder_code,
+            }
+            for uid, name, kind, is_online, last_seen, last_reading, site_id, site_name,
+            feeder_code, _total, _online in rows
+        ],
+    }  # fmt: skip

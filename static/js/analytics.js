@@ -1,0 +1,139 @@
+// Operators' analytics: energy by feeder and transformer, the top sites and the devices that
+// stopped reporting, fetched from the JSON API and drawn here (helpers from history.js).
+(function () {
+  "use strict";
+
+  const charts = window.EnergyCharts;
+  const { el, bar, fillBody, formatKwh, formatMoney, formatTime } = charts;
+  const FEEDERS_CHARTED = 30;
+  const root = document.querySelector("[data-analytics]");
+  if (!root) return;
+
+  function share(value, total) {
+    return total > 0 ? (100 * value) / total : 0;
+  }
+
+  function detail(text) {
+    return el("span", { class: "muted small detail" }, text);
+  }
+
+  function renderFeeders(data) {
+    const charted = data.feeders.filter((f) => f.energy_kwh > 0).slice(0, FEEDERS_CHARTED);
+    const chart = root.querySelector("[data-feeder-chart]");
+    chart.hidden = charted.length === 0;
+    if (charted.length) {
+      charts.barChart(chart, {
+        labels: charted.map((f) => f.code || "none"),
+        series: [
+          { label: "Energy", values: charted.map((f) => f.energy_kwh), color: charts.ACCENT },
+        ],
+        height: 220,
+        minLabelPx: 64,
+        legend: false,
+      });
+    }
+    const rows = data.feeders.map((f) =>
+      el(
+        "tr",
+        { dataset: { feeder: f.code || "" } },
+        el("th", { scope: "row" }, f.code || "No feeder", detail(f.name),
+          bar(share(f.energy_kwh, data.energy_kwh))),
+        el("td", {}, f.transformer_code || "—"),
+        el("td", { class: "num" }, f.sites),
+        el("td", { class: "num" }, formatKwh(f.energy_kwh))
+      )
+    );
+    fillBody(root.querySelector("[data-feeders]"), rows, "No feeders registered.", 4);
+  }
+
+  function renderTransformers(data) {
+    const rows = data.transformers.map((t) => {
+      const capacity = t.capacity_kva ? t.capacity_kva + " kVA" : null;
+      return el(
+        "tr",
+        { dataset: { transformer: t.code } },
+        el("th", { scope: "row" }, t.code,
+          detail([t.substation_code, capacity].filter(Boolean).join(" · ")),
+          bar(share(t.energy_kwh, data.energy_kwh))),
+        el("td", { class: "num" }, t.feeders),
+        el("td", { class: "num" }, t.sites),
+        el("td", { class: "num" }, formatKwh(t.energy_kwh))
+      );
+    });
+    fillBody(root.querySelector("[data-transformers]"), rows, "No transformers registered.", 4);
+  }
+
+  function renderTopSites(data) {
+    const rows = data.top_sites.map((s, i) =>
+      el(
+        "tr",
+        { dataset: { site: s.id } },
+        el("td", { class: "muted" }, i + 1),
+        el("th", { scope: "row" }, el("a", { href: s.history_url }, s.name),
+          detail(s.feeder_code || "no feeder")),
+        el("td", { class: "num" }, formatKwh(s.energy_kwh)),
+        el("td", { class: "num" }, formatMoney(s.cost, s.currency))
+      )
+    );
+    fillBody(root.querySelector("[data-top-sites]"), rows, "No site used energy then.", 4);
+  }
+
+  function renderNotReporting(data) {
+    root.querySelector("[data-not-reporting-count]").textContent = data.count;
+    const more = data.count > data.results.length;
+    const shown = more ? " (the first " + data.results.length + " shown)" : "";
+    root.querySelector("[data-not-reporting-summary]").textContent = data.count
+      ? data.online_silent + " online but silent, " + data.offline + " offline" + shown
+      : "Every device sent a reading in this time.";
+    const rows = data.results.map((d) => {
+      const silent = d.state === "silent";
+      const badge = el("span", { class: "badge " + (silent ? "silent" : "offline") },
+        silent ? "online, silent" : "offline");
+      return el(
+        "tr",
+        { dataset: { device: d.uid } },
+        el("th", { scope: "row" }, el("code", {}, d.uid), detail(d.name + " · " + d.kind)),
+        el("td", {}, d.site.name, detail(d.feeder_code || "no feeder")),
+        el("td", {}, badge),
+        el("td", {}, formatTime(d.last_reading)),
+        el("td", {}, formatTime(d.last_seen))
+      );
+    });
+    fillBody(root.querySelector("[data-not-reporting]"), rows, "No device to show.", 5);
+  }
+
+  function fail(target, error) {
+    target.classList.add("error");
+    target.textContent =
+      "Could not load the figures: " + error.message + ". Reload the page to try again.";
+  }
+
+  const status = root.querySelector("[data-status]");
+  charts
+    .fetchJson(root.dataset.energyApi)
+    .then((data) => {
+      root.querySelector("[data-grid-energy]").textContent = formatKwh(data.energy_kwh);
+      root.querySelector("[data-grid-sites]").textContent =
+        data.sites_with_data + " / " + data.sites;
+      renderFeeders(data);
+      renderTransformers(data);
+      renderTopSites(data);
+      status.textContent = "";
+      root.dataset.energyLoaded = "true";
+    })
+    .catch((error) => fail(status, error));
+
+  const minutes = root.querySelector("[data-silent-minutes]");
+  function loadNotReporting() {
+    const url = root.dataset.notReportingApi + "?minutes=" + encodeURIComponent(minutes.value);
+    charts
+      .fetchJson(url)
+      .then((data) => {
+        renderNotReporting(data);
+        root.dataset.notReportingLoaded = minutes.value;
+      })
+      .catch((error) => fail(root.querySelector("[data-not-reporting-summary]"), error));
+  }
+  minutes.addEventListener("change", loadNotReporting);
+  loadNotReporting();
+})();
