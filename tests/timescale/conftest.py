@@ -2,8 +2,9 @@
 
 `timescale_server` starts `node tests/timescale/pglite/server.mjs` once per test session and
 yields a URL psycopg connects to (`postgres://postgres:x@127.0.0.1:PORT/postgres?sslmode=disable`;
-for Django, `timescale://` in place of `postgres://`). The server serves one connection at a
-time: close a connection before opening the next. See server.mjs for what it can't do.
+for Django, `timescale://` in place of `postgres://`). It runs one transaction at a time over
+one shared session, and switches database only while no connection is open: see
+pglite/server.mjs for that and for what it can't do (COPY FROM STDIN).
 
 The npm packages come from `npm ci --prefix tests/timescale/pglite`; when they are missing the
 fixture runs that itself, and skips only if it cannot.

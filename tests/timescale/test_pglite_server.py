@@ -1,14 +1,17 @@
 """The PGlite TimescaleDB server answers psycopg 3 as a TimescaleDB 2.23 server would.
 
 No Django here: these tests connect with psycopg directly, so they run with or without
-pytest-django. The server serves one connection at a time, so every test closes a connection
-before it opens the next one.
+pytest-django. The server runs one transaction at a time over a single shared session (see
+pglite/server.mjs); the last tests pin down what that means for concurrent connections.
 """
 
+import socket
+import struct
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -270,36 +273,103 @@ def test_copy_to_stdout_works_and_copy_from_stdin_is_refused(readings):
         assert _count(conn, table) == 1
 
 
-def test_connections_are_served_one_at_a_time_with_a_clean_session(readings_url):
-    waited: list[float] = []
+def test_an_open_transaction_makes_other_connections_wait_their_turn(readings_url):
     seen: list[tuple] = []
+    waited: list[float] = []
 
     def second_client() -> None:
-        started = time.monotonic()
-        with psycopg.connect(readings_url) as conn:
+        with psycopg.connect(readings_url, autocommit=True) as conn:
+            started = time.monotonic()
+            seen.append(conn.execute("SELECT to_regclass('left_uncommitted')").fetchone())
             waited.append(time.monotonic() - started)
-            seen.append(
-                conn.execute(
-                    "SELECT current_setting('TimeZone'), to_regclass('pg_temp.scratch'), "
-                    "(SELECT count(*) FROM pg_prepared_statements), "
-                    "to_regclass('left_uncommitted')"
-                ).fetchone()
-            )
 
     first = psycopg.connect(readings_url)
+    thread = threading.Thread(target=second_client)
     try:
-        first.execute("SET TimeZone TO 'Asia/Tokyo'")
-        first.execute("CREATE TEMP TABLE scratch (x int)")
-        first.execute("PREPARE leftover AS SELECT 1")
-        first.commit()
-        first.execute("CREATE TABLE left_uncommitted (x int)")  # transaction left open
-        thread = threading.Thread(target=second_client)
+        first.execute("CREATE TABLE left_uncommitted (x int)")  # a transaction, left open
         thread.start()
         time.sleep(1.0)
-        assert thread.is_alive(), "the second connection should wait for the first"
+        assert thread.is_alive(), "the second connection should wait for the transaction"
     finally:
         first.pgconn.finish()  # goes away without COMMIT, as a crashed client would
         first.close()
     thread.join(timeout=30)
     assert waited and waited[0] >= 0.9
-    assert seen == [("GMT", None, 0, None)]
+    assert seen == [(None,)]  # rolled back for it
+
+
+def test_idle_connections_take_turns_and_keep_their_own_prepared_statements(readings_url):
+    with (
+        psycopg.connect(readings_url, autocommit=True) as one,
+        psycopg.connect(readings_url, autocommit=True) as two,
+    ):
+        for i in range(8):
+            # prepare=True: both connections name theirs _pg3_0, which the server keeps apart
+            assert one.execute("SELECT %s::int * 2", [i], prepare=True).fetchone() == (2 * i,)
+            assert two.execute("SELECT %s::text || 'x'", [str(i)], prepare=True).fetchone() == (
+                f"{i}x",
+            )
+        with one.transaction():
+            one.execute("CREATE TABLE made_by_one (x int)")
+        assert two.execute("SELECT to_regclass('made_by_one') IS NOT NULL").fetchone() == (True,)
+
+
+def test_the_session_is_reset_once_every_connection_has_gone(readings_url):
+    with psycopg.connect(readings_url, autocommit=True) as conn:
+        conn.execute("SET TimeZone TO 'Asia/Tokyo'")
+        conn.execute("CREATE TEMP TABLE scratch (x int)")
+        conn.execute("PREPARE leftover AS SELECT 1")
+    with psycopg.connect(readings_url) as conn:
+        assert conn.execute(
+            "SELECT current_setting('TimeZone'), to_regclass('pg_temp.scratch'), "
+            "(SELECT count(*) FROM pg_prepared_statements), current_setting('search_path')"
+        ).fetchone() == ("GMT", None, 0, '"$user", public')
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", 4 + len(body)) + body
+
+
+def _until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """Backend messages up to and including ReadyForQuery."""
+    data = b""
+    messages: list[tuple[bytes, bytes]] = []
+    while True:
+        while len(data) >= 5 and len(data) >= 1 + struct.unpack("!i", data[1:5])[0]:
+            end = 1 + struct.unpack("!i", data[1:5])[0]
+            messages.append((data[:1], data[5:end]))
+            data = data[end:]
+            if messages[-1][0] == b"Z":
+                return messages
+        chunk = sock.recv(65536)
+        assert chunk, f"server closed the connection after {messages}"
+        data += chunk
+
+
+def test_input_ending_on_pglites_8_kib_read_boundary_is_not_lost(readings_url):
+    """256 Bind+Execute pairs of 32 bytes fill PGlite's 8 KiB input buffer exactly; given in one
+    piece, PGlite would stop there and drop the Sync after them (the client waits forever)."""
+    url = urlsplit(readings_url)
+    params = b"user\0postgres\0database\0" + url.path[1:].encode() + b"\0\0"
+    assert url.hostname and url.port
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        assert _until_ready(sock)[0] == (b"R", struct.pack("!i", 0))  # AuthenticationOk
+        sock.sendall(_message(b"Q", b"CREATE TABLE boundary (x int)\0"))
+        _until_ready(sock)
+
+        parse = _message(b"P", b"\0INSERT INTO boundary VALUES ($1)\0\0\0")
+        # portal "", statement "", no parameter formats, 1 parameter '12345', no result formats
+        bind = _message(b"B", b"\0\0" + struct.pack("!hhi", 0, 1, 5) + b"12345" + b"\0\0")
+        execute = _message(b"E", b"\0" + struct.pack("!i", 0))
+        assert len(bind) + len(execute) == 32
+        sock.sendall(parse + _message(b"S", b""))
+        _until_ready(sock)
+        sock.sendall((bind + execute) * 256 + _message(b"S", b""))
+        answers = _until_ready(sock)
+        assert [kind for kind, _ in answers].count(b"C") == 256
+
+        sock.sendall(_message(b"Q", b"SELECT count(*) FROM boundary\0"))
+        rows = [body for kind, body in _until_ready(sock) if kind == b"D"]
+        assert rows == [struct.pack("!hi", 1, 3) + b"256"]
+        sock.sendall(_message(b"X", b""))

@@ -13,20 +13,27 @@
 // Why not @electric-sql/pglite-socket's server: it hands every TCP read to PGlite as it
 // arrives. A protocol message split over two reads (anything over ~64 KiB) makes PostgreSQL
 // read past the end of its input, which it takes for a lost client, and the WASM instance
-// dies. This server frames whole messages first and only then hands them over.
+// dies. This server frames whole messages first and only hands PGlite complete ones.
 //
-// What PGlite is, and what follows for this server:
-// - One PostgreSQL backend in single-user mode: one session at a time. Connections are served
-//   one after the other; the others wait in a queue (and are refused after --queue-timeout).
-//   Between two clients the session is reset (Sync, ROLLBACK, DISCARD ALL).
-// - The backend is bound to one database when the instance starts, and ignores the database
-//   named in the startup packet. So the data lives in a directory (a temporary one unless
-//   --data-dir is given) and, when a client asks for another database than the open one, the
-//   instance is closed and reopened on that database (about a second).
+// PGlite is one PostgreSQL backend (single-user mode), bound at start to one database. So:
+// - Connections share that one session, like PgBouncer's transaction pooling onto a single
+//   server connection: one client at a time owns the backend, from its first message until
+//   PostgreSQL is idle again (ReadyForQuery 'I': the transaction is over). Others wait their
+//   turn, and are refused with SQLSTATE 53300 after --queue-timeout seconds (default 60).
+//   An open transaction therefore blocks every other connection until it ends.
+// - Session state is shared between connections open at the same time: SET, temporary
+//   tables, advisory locks, LISTEN, SQL PREPARE and WITH HOLD cursors. Prepared statements of
+//   the extended protocol are renamed per connection, so psycopg's `_pg3_N` don't collide.
+//   When a connection goes away its open transaction is rolled back and its prepared
+//   statements closed; when the last one goes, the session is reset (DISCARD ALL).
+// - The database named in the startup packet is honoured by reopening PGlite on it (about a
+//   second, data kept in the data directory), which can only happen while no connection is
+//   open: a connection to another database waits until the current ones have closed.
 // - COPY ... FROM STDIN aborts the WASM instance: it is refused with SQLSTATE 0A000 before it
-//   reaches PostgreSQL. Should the instance die anyway, the client gets a FATAL error and the
-//   instance is restarted from the data directory (PostgreSQL's crash recovery).
+//   reaches PostgreSQL. COPY ... TO STDOUT works. Should the instance die anyway, every client
+//   gets a FATAL error and PGlite restarts from the data directory (PostgreSQL's recovery).
 // - Any user name and password are accepted; the session always runs as superuser "postgres".
+//   Startup parameters (application_name, TimeZone, options=-c ...) are ignored.
 // - No TLS: SSLRequest and GSSENCRequest are answered 'N' (clients need sslmode=disable or
 //   prefer). CancelRequest is ignored (a running statement cannot be interrupted).
 
@@ -42,6 +49,7 @@ import { timescaledb } from '@electric-sql/pglite/timescaledb'
 const SSL_REQUEST = 80877103
 const GSSENC_REQUEST = 80877104
 const CANCEL_REQUEST = 80877102
+const PROTOCOL_3_0 = 196608
 const MAX_STARTUP_PACKET = 10000
 const MAX_MESSAGE = 1 << 30
 
@@ -62,8 +70,8 @@ const debug = opts.debug ? log : () => {}
 // ---------------------------------------------------------------------------------------------
 // Protocol helpers
 
-/** One backend message: type byte, int32 length, body. */
-function backendMessage(type, body) {
+/** A message as both sides frame them after startup: type byte, int32 length, body. */
+function message(type, body) {
   const out = Buffer.alloc(5 + body.length)
   out[0] = type.charCodeAt(0)
   out.writeInt32BE(4 + body.length, 1)
@@ -71,32 +79,26 @@ function backendMessage(type, body) {
   return out
 }
 
-/** A frontend message of the same shape (what a client would send). */
-const frontendMessage = backendMessage
-
 const cstr = (text) => Buffer.from(`${text}\0`, 'utf8')
+const query = (sql) => message('Q', cstr(sql))
+const SYNC = message('S', Buffer.alloc(0))
 
 /** ErrorResponse with severity, SQLSTATE and message. */
-function errorResponse(severity, code, message) {
-  return backendMessage(
-    'E',
-    Buffer.concat([
-      cstr(`S${severity}`),
-      cstr(`V${severity}`),
-      cstr(`C${code}`),
-      cstr(`M${message}`),
-      Buffer.from([0]),
-    ]),
-  )
+function errorResponse(severity, code, text) {
+  const fields = [`S${severity}`, `V${severity}`, `C${code}`, `M${text}`].map(cstr)
+  return message('E', Buffer.concat([...fields, Buffer.from([0])]))
 }
 
-const query = (sql) => frontendMessage('Q', cstr(sql))
-
-// PGlite starts PostgreSQL with search_path=pg_catalog and client_min_messages=debug3 on its
-// command line (and ignores per-role settings), so every session gets PostgreSQL's defaults
-// back as session settings. A client's own RESET ALL / DISCARD ALL returns to PGlite's values.
-const SESSION_DEFAULTS = 'SET search_path TO "$user", public; SET client_min_messages TO notice'
-const SYNC = frontendMessage('S', Buffer.alloc(0))
+function startupPacket(params) {
+  const body = Buffer.concat([
+    ...Object.entries(params).map(([key, value]) => cstr(`${key}\0${value}`)),
+    Buffer.from([0]),
+  ])
+  const head = Buffer.alloc(8)
+  head.writeInt32BE(8 + body.length, 0)
+  head.writeInt32BE(PROTOCOL_3_0, 4)
+  return Buffer.concat([head, body])
+}
 
 /** Startup packet parameters (user, database, options...). */
 function startupParams(packet) {
@@ -108,42 +110,47 @@ function startupParams(packet) {
   return params
 }
 
+// PGlite starts PostgreSQL with search_path=pg_catalog and client_min_messages=debug3 on its
+// command line (and ignores per-role settings), so the session gets PostgreSQL's defaults
+// back as session settings. A client's own RESET ALL / DISCARD ALL returns to PGlite's values.
+const SESSION_DEFAULTS = 'SET search_path TO "$user", public; SET client_min_messages TO notice'
+
 /**
- * Walk the backend messages PGlite answered: drop the DEBUG notices that its command line
- * (client_min_messages=debug3) makes it send, and note the last ReadyForQuery status.
+ * Walk the backend messages of one PGlite answer: drop DEBUG notices (PGlite's command line
+ * asks for them), and tell whether it ends idle, i.e. with ReadyForQuery 'I'.
  */
-function filterBackendOutput(data) {
-  // A copy: PGlite reuses the buffer behind `data` for its next answer, and socket.write()
+function backendOutput(data) {
+  // A copy: PGlite reuses the buffer behind `data` for its next answer, while socket.write()
   // may still hold on to what it was given.
   const buf = Buffer.from(data)
   const keep = []
-  let status = null
   let dropped = false
+  let last = null
+  let status = null
   let offset = 0
   while (offset + 5 <= buf.length) {
     const type = buf[offset]
-    const length = buf.readInt32BE(offset + 1)
-    const end = offset + 1 + length
-    if (length < 4 || end > buf.length) break
+    const end = offset + 1 + buf.readInt32BE(offset + 1)
+    if (end > buf.length || end < offset + 5) break
+    last = type
     if (type === 0x5a /* Z */) status = String.fromCharCode(buf[offset + 5])
-    if (type === 0x4e /* N */ && isDebugNotice(buf, offset + 5, end)) {
-      dropped = true
-    } else {
-      keep.push(buf.subarray(offset, end))
-    }
+    if (type === 0x4e /* N */ && isDebugNotice(buf, offset + 5, end)) dropped = true
+    else keep.push(buf.subarray(offset, end))
     offset = end
   }
-  if (offset < buf.length) keep.push(buf.subarray(offset)) // never seen; pass through as is
-  return { output: dropped ? Buffer.concat(keep) : buf, status }
+  if (offset < buf.length) keep.push(buf.subarray(offset)) // never seen; passed on as it is
+  return {
+    output: dropped ? Buffer.concat(keep) : buf,
+    idle: last === 0x5a && status === 'I',
+    status,
+  }
 }
 
 function isDebugNotice(buf, start, end) {
-  let i = start
-  while (i < end && buf[i] !== 0) {
-    const field = buf[i]
+  for (let i = start; i < end && buf[i] !== 0; ) {
     const stop = buf.indexOf(0, i + 1)
     if (stop < 0 || stop >= end) return false
-    if (field === 0x56 /* V: non-localized severity */ || field === 0x53 /* S */) {
+    if (buf[i] === 0x56 /* V */ || buf[i] === 0x53 /* S */) {
       return buf.toString('latin1', i + 1, stop).startsWith('DEBUG')
     }
     i = stop + 1
@@ -162,31 +169,97 @@ const COPY_REFUSAL =
   "MESSAGE = 'COPY FROM STDIN is not supported by the PGlite test server', " +
   "HINT = 'Use INSERT (executemany or multi-row VALUES) instead.'; END $pglite$"
 
-function refuseCopyFromStdin(message) {
-  const type = String.fromCharCode(message[0])
-  if (type === 'Q') {
-    const sql = message.toString('utf8', 5, message.length - 1)
-    if (isCopyFromStdin(sql)) return query(COPY_REFUSAL)
-  } else if (type === 'P') {
-    const nameEnd = message.indexOf(0, 5)
-    const sqlEnd = message.indexOf(0, nameEnd + 1)
-    if (nameEnd < 0 || sqlEnd < 0) return message
-    const sql = message.toString('utf8', nameEnd + 1, sqlEnd)
-    if (isCopyFromStdin(sql)) {
-      return frontendMessage(
-        'P',
-        Buffer.concat([
-          message.subarray(5, nameEnd + 1),
-          cstr(COPY_REFUSAL),
-          message.subarray(sqlEnd + 1),
-        ]),
-      )
-    }
+/** Split a message body into its leading NUL-terminated strings and the rest. */
+function cstrings(msg, count, start = 5) {
+  const strings = []
+  let offset = start
+  for (let i = 0; i < count; i++) {
+    const stop = msg.indexOf(0, offset)
+    if (stop < 0) return null
+    strings.push(msg.toString('utf8', offset, stop))
+    offset = stop + 1
   }
-  return message
+  return { strings, rest: msg.subarray(offset) }
 }
 
-/** Bytes received but not yet framed; framing needs no copy until a message is complete. */
+/**
+ * A client's message as the shared backend must see it: the names of its prepared statements
+ * made its own (psycopg names them _pg3_0, _pg3_1... on every connection), and COPY FROM STDIN
+ * swapped for an error. Portal names stay: portals end with their transaction, and those
+ * that outlive it are SQL cursors (DECLARE ... WITH HOLD), which are named in SQL too.
+ */
+function rewrite(msg, connection) {
+  const own = (name) => (name === '' ? '' : `${connection.prefix}${name}`)
+  switch (String.fromCharCode(msg[0])) {
+    case 'Q': {
+      const sql = msg.toString('utf8', 5, msg.length - 1)
+      return isCopyFromStdin(sql) ? query(COPY_REFUSAL) : msg
+    }
+    case 'P': {
+      // Parse: statement name, query, parameter types
+      const parts = cstrings(msg, 2)
+      if (!parts) return msg
+      const [name, sql] = parts.strings
+      if (name) connection.statements.add(own(name))
+      const text = isCopyFromStdin(sql) ? COPY_REFUSAL : sql
+      if (!name && text === sql) return msg
+      return message('P', Buffer.concat([cstr(own(name)), cstr(text), parts.rest]))
+    }
+    case 'B': {
+      // Bind: portal name, statement name, parameters
+      const parts = cstrings(msg, 2)
+      if (!parts || !parts.strings[1]) return msg
+      const [portal, statement] = parts.strings
+      return message('B', Buffer.concat([cstr(portal), cstr(own(statement)), parts.rest]))
+    }
+    case 'D':
+    case 'C': {
+      // Describe / Close: 'S' (statement) or 'P' (portal), then a name
+      if (msg[5] !== 0x53 /* S */) return msg
+      const parts = cstrings(msg, 1, 6)
+      if (!parts || !parts.strings[0]) return msg
+      const name = own(parts.strings[0])
+      if (msg[0] === 0x43 /* C */) connection.statements.delete(name)
+      return message(String.fromCharCode(msg[0]), Buffer.concat([Buffer.from('S'), cstr(name)]))
+    }
+    default:
+      return msg
+  }
+}
+
+// PostgreSQL in PGlite reads its input into an 8 KiB buffer and, once the messages in it are
+// done, returns without reading more if that buffer ended exactly at a message boundary: the
+// rest of a longer input is silently dropped (e.g. 300 Bind+Execute pairs of 32 bytes: 256
+// run, the Sync is lost and the client waits forever). So PGlite gets at most CHUNK bytes of
+// whole messages per call, or a single longer message (which it reads to its end).
+const CHUNK = 4096
+
+function* chunks(messages) {
+  let run = []
+  let size = 0
+  for (const msg of messages) {
+    if (run.length && size + msg.length > CHUNK) {
+      yield Buffer.concat(run, size)
+      run = []
+      size = 0
+    }
+    run.push(msg)
+    size += msg.length
+  }
+  if (run.length) yield Buffer.concat(run, size)
+}
+
+/** The type letters of a run of messages, for the debug log. */
+function types(buf) {
+  let letters = ''
+  for (let offset = 0; offset + 5 <= buf.length; offset += 1 + buf.readInt32BE(offset + 1)) {
+    letters += String.fromCharCode(buf[offset])
+  }
+  if (letters.length <= 40) return letters
+  return `${letters.slice(0, 12)}...(${letters.length})...${letters.slice(-12)}`
+}
+
+/** Bytes received but not yet framed; framing copies only when a message spans reads. */
 class ByteQueue {
   chunks = []
   length = 0
@@ -203,14 +276,8 @@ class ByteQueue {
   }
 
   take(n) {
-    let out
-    if (this.chunks[0].length >= n) {
-      out = this.chunks[0].subarray(0, n)
-    } else {
-      const all = Buffer.concat(this.chunks, this.length)
-      out = all.subarray(0, n)
-      this.chunks = [all]
-    }
+    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks, this.length)]
+    const out = this.chunks[0].subarray(0, n)
     const rest = this.chunks[0].subarray(n)
     if (rest.length) this.chunks[0] = rest
     else this.chunks.shift()
@@ -220,27 +287,24 @@ class ByteQueue {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The PGlite instance: one database open at a time, every call to it serialized.
+// The PGlite instance: one database open at a time.
 
 class Engine {
   db = null
   database = null
-  #tail = Promise.resolve()
+  greeting = null // AuthenticationOk ... ReadyForQuery, as PGlite answers a new connection
 
   constructor(dataDir) {
     this.dataDir = dataDir
   }
 
-  /** Run fn after everything queued before it; fn's errors go to the caller only. */
-  serial(fn) {
-    const run = this.#tail.then(fn)
-    this.#tail = run.catch(() => {})
-    return run
+  #create(database) {
+    return PGlite.create({ dataDir: this.dataDir, database, extensions: { timescaledb } })
   }
 
   async open(database) {
     const started = Date.now()
-    if (this.db) await this.close()
+    await this.close()
     this.db = await this.#create(database)
     // Right after initdb the session stays in template1 whatever was asked: open it again.
     const { rows } = await this.db.query('SELECT current_database() AS name')
@@ -250,11 +314,12 @@ class Engine {
     }
     this.database = database
     await this.db.exec(SESSION_DEFAULTS)
+    // PGlite answers a startup packet with a password request, and the password message
+    // with AuthenticationOk, ParameterStatus..., BackendKeyData, ReadyForQuery. Clients get a
+    // copy of that answer; the exchange itself is done once, here.
+    await this.exec(startupPacket({ user: 'postgres', database }))
+    this.greeting = backendOutput(await this.exec(message('p', cstr('x')))).output
     debug(`opened database ${database} in ${Date.now() - started} ms`)
-  }
-
-  #create(database) {
-    return PGlite.create({ dataDir: this.dataDir, database, extensions: { timescaledb } })
   }
 
   async close() {
@@ -270,93 +335,99 @@ class Engine {
     }
   }
 
-  /** After a crash: a new instance on the same data directory (PostgreSQL recovers from WAL). */
+  /** After a crash: a new instance on the same data directory (PostgreSQL recovers). */
   async restart() {
     const database = this.database ?? 'postgres'
-    this.db = null // the dead instance is not closed: its WASM state is gone
+    this.db = null // the dead instance is dropped, not closed: its WASM state is gone
     this.database = null
     log(`restarting PGlite on database ${database}`)
     await this.open(database)
   }
 
-  /** Pass framed frontend messages to PostgreSQL; its raw answer. */
+  /** Framed frontend messages in (at most CHUNK bytes, or one message), raw answer out. */
   async exec(messages) {
     return await this.db.execProtocolRaw(messages)
   }
 
+  /** A list of messages, chunk by chunk; each answer goes to onAnswer as it comes. */
+  async execAll(messages, onAnswer) {
+    for (const chunk of chunks(messages)) onAnswer(backendOutput(await this.exec(chunk)), chunk)
+  }
+
   /** pg_database row of a database, or null. */
   async databaseInfo(name) {
-    const result = await this.db.query(
+    const { rows } = await this.db.query(
       'SELECT datallowconn FROM pg_database WHERE datname = $1',
       [name],
     )
-    return result.rows[0] ?? null
+    return rows[0] ?? null
   }
 
   /** Leave the session as a new connection expects it: no transaction, no session state. */
   async resetSession() {
-    let status = null
-    for (const message of [
-      SYNC,
-      query('ROLLBACK'),
-      query('DISCARD ALL'),
-      query(SESSION_DEFAULTS),
-    ]) {
-      status = filterBackendOutput(await this.exec(message)).status
+    let result = null
+    for (const msg of [SYNC, query('ROLLBACK'), query('DISCARD ALL'), query(SESSION_DEFAULTS)]) {
+      result = backendOutput(await this.exec(msg))
     }
-    if (status !== 'I') throw new Error(`session reset left status ${status}`)
+    if (!result.idle) throw new Error(`session reset left status ${result.status}`)
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Connections: startup negotiation at once, then one session at a time.
+// Connections
 
 class Connection {
   static nextId = 1
 
   constructor(socket, server) {
     this.id = Connection.nextId++
+    this.prefix = `_c${this.id}_`
     this.socket = socket
     this.server = server
     this.input = new ByteQueue()
-    this.phase = 'startup' // startup -> queued -> active -> closed
-    this.startupPacket = null
+    this.phase = 'startup' // startup -> waiting (for its database) -> open -> closed
     this.params = {}
-    this.closed = false
-    this.status = 'I'
-    this.queueTimer = null
+    this.database = null
+    this.pending = [] // framed messages for the backend
+    this.statements = new Set() // its prepared statements, by their name in the backend
+    this.since = Date.now() // when it started to wait (admission, or its turn)
     socket.setNoDelay(true)
     socket.on('data', (chunk) => this.onData(chunk))
     socket.on('error', (err) => debug(`#${this.id} socket error: ${err.message}`))
     socket.on('close', () => this.onClose())
   }
 
+  get closed() {
+    return this.phase === 'closed'
+  }
+
   write(data) {
     if (!this.closed && this.socket.writable && data.length) this.socket.write(data)
   }
 
-  fatal(code, message) {
-    this.write(errorResponse('FATAL', code, message))
+  /** FATAL error, then the connection ends (and the server cleans up after it). */
+  fatal(code, text) {
+    this.write(errorResponse('FATAL', code, text))
     this.socket.end()
+    this.onClose()
   }
 
   onData(chunk) {
+    if (this.closed) return
     this.input.push(chunk)
     if (this.phase === 'startup') this.readStartup()
-    else if (this.phase === 'active') this.readMessages()
-    // queued: keep the bytes until the session starts
+    else if (this.phase === 'open') this.readMessages()
   }
 
   onClose() {
     if (this.closed) return
-    this.closed = true
-    clearTimeout(this.queueTimer)
-    debug(`#${this.id} closed in phase ${this.phase}`)
-    if (this.phase === 'queued') this.server.dequeue(this)
-    else if (this.phase === 'active') this.server.sessionEnded(this)
+    const phase = this.phase
+    this.phase = 'closed'
+    debug(`#${this.id} closed (was ${phase})`)
+    this.server.disconnected(this, phase)
   }
 
-  /** Packets before the session: 4-byte length, 4-byte code, no type byte. */
+  /** Packets before the session: int32 length, int32 code, no type byte. */
   readStartup() {
     while (this.phase === 'startup' && this.input.length >= 8) {
       const head = this.input.peek(8)
@@ -364,7 +435,6 @@ class Connection {
       const code = head.readInt32BE(4)
       if (length < 8 || length > MAX_STARTUP_PACKET) {
         this.fatal('08P01', `invalid startup packet length ${length}`)
-        this.phase = 'closed'
         return
       }
       if (this.input.length < length) return
@@ -375,170 +445,247 @@ class Connection {
         this.socket.end() // nothing can interrupt a statement running inside the WASM instance
         this.phase = 'closed'
       } else if (code >> 16 === 3) {
-        this.startupPacket = packet
         this.params = startupParams(packet)
-        this.phase = 'queued'
+        this.database = this.params.database || this.params.user || 'postgres'
+        this.phase = 'waiting'
+        this.since = Date.now()
         debug(`#${this.id} startup ${JSON.stringify(this.params)}`)
-        this.server.enqueue(this)
+        this.server.admit(this)
       } else {
         this.fatal('0A000', `unsupported frontend protocol ${code >> 16}.${code & 0xffff}`)
-        this.phase = 'closed'
       }
     }
   }
 
-  /** The session starts: open the asked-for database if need be, then the startup packet. */
-  async activate() {
-    clearTimeout(this.queueTimer)
-    this.phase = 'active'
-    const engine = this.server.engine
-    const database = this.params.database || this.params.user || 'postgres'
-    try {
-      await engine.serial(async () => {
-        if (this.closed) return
-        if (database !== engine.database) {
-          const info = await engine.databaseInfo(database)
-          if (!info) {
-            this.fatal('3D000', `database "${database}" does not exist`)
-            return
-          }
-          if (!info.datallowconn) {
-            this.fatal('55000', `database "${database}" is not currently accepting connections`)
-            return
-          }
-          const previous = engine.database
-          try {
-            await engine.open(database)
-          } catch (err) {
-            log(`opening database ${database} failed:`, err?.message ?? err)
-            await engine.open(previous)
-            this.fatal('XX000', `PGlite could not open database "${database}": ${err?.message}`)
-            return
-          }
-        }
-        this.respond(await engine.exec(this.startupPacket))
-      })
-    } catch (err) {
-      await this.crashed(err)
-      return
-    }
-    if (!this.closed && this.phase === 'active') this.readMessages()
+  /** The session is open: answer as PostgreSQL would have, then read what came meanwhile. */
+  opened(greeting) {
+    this.phase = 'open'
+    this.write(greeting)
+    this.readMessages()
   }
 
-  /** Frame whole messages (type byte + 4-byte length) and pass each batch on as one piece. */
+  /** Frame whole messages (type byte + int32 length) for the backend. */
   readMessages() {
-    const batch = []
-    let terminate = false
-    while (this.input.length >= 5) {
-      const head = this.input.peek(5)
-      const length = head.readInt32BE(1)
+    let added = false
+    while (this.phase === 'open' && this.input.length >= 5) {
+      const length = this.input.peek(5).readInt32BE(1)
       if (length < 4 || length > MAX_MESSAGE) {
         this.fatal('08P01', `invalid message length ${length}`)
-        terminate = true
-        break
+        return
       }
       if (this.input.length < 1 + length) break
-      const message = this.input.take(1 + length)
-      if (message[0] === 0x58 /* X: Terminate */) {
-        terminate = true
+      const msg = this.input.take(1 + length)
+      if (msg[0] === 0x58 /* X: Terminate */) {
+        this.socket.end()
+        this.onClose()
         break
       }
-      batch.push(refuseCopyFromStdin(message))
+      this.pending.push(rewrite(msg, this))
+      added = true
     }
-    if (batch.length) this.send(Buffer.concat(batch))
-    if (terminate) {
-      this.phase = 'terminating'
-      this.socket.end()
-      this.server.sessionEnded(this) // the reset queues behind the batch just sent
-    }
-  }
-
-  send(messages) {
-    this.server.engine
-      .serial(async () => {
-        if (this.phase !== 'active' && this.phase !== 'terminating') return
-        this.respond(await this.server.engine.exec(messages))
-      })
-      .catch((err) => this.crashed(err))
-  }
-
-  respond(data) {
-    const { output, status } = filterBackendOutput(data)
-    if (status) this.status = status
-    this.write(output)
-  }
-
-  async crashed(err) {
-    if (this.phase === 'crashed') return
-    this.phase = 'crashed'
-    log(`#${this.id}: PGlite failed, restarting it:`, err?.stack ?? err)
-    this.fatal('XX000', `PGlite crashed: ${err?.message ?? err}`)
-    this.socket.destroy()
-    await this.server.recover()
-    this.server.sessionEnded(this)
+    if (added) this.server.ready(this)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The server: who may use the backend next. All PGlite calls happen in pump(), one at a time.
+
 class Server {
-  queue = []
-  active = null
-  resetting = Promise.resolve()
+  connections = new Set() // open, on engine.database
+  admissions = [] // waiting for their database to be opened
+  runnable = [] // open, with messages waiting for their turn
+  cleanups = [] // closed; their transaction and prepared statements still to be undone
+  owner = null // the connection whose transaction (or message sequence) is in progress
+  dirty = false // the session was used since the last full reset
+  busy = false
 
   constructor(engine, queueTimeoutMs) {
     this.engine = engine
     this.queueTimeoutMs = queueTimeoutMs
+    if (queueTimeoutMs > 0) setInterval(() => this.expire(), 500).unref()
   }
 
-  enqueue(connection) {
-    if (this.queueTimeoutMs > 0) {
-      connection.queueTimer = setTimeout(() => {
-        this.dequeue(connection)
-        connection.fatal(
-          '53300',
-          `the PGlite test server serves one connection at a time and another one was ` +
-            `still open after ${this.queueTimeoutMs / 1000} s`,
-        )
-        connection.phase = 'closed'
-      }, this.queueTimeoutMs)
+  admit(connection) {
+    this.admissions.push(connection)
+    this.pump()
+  }
+
+  ready(connection) {
+    if (connection !== this.owner && !this.runnable.includes(connection)) {
+      connection.since = Date.now()
+      this.runnable.push(connection)
     }
-    this.queue.push(connection)
-    this.next()
+    this.pump()
   }
 
-  dequeue(connection) {
-    this.queue = this.queue.filter((c) => c !== connection)
+  disconnected(connection, phase) {
+    this.admissions = this.admissions.filter((c) => c !== connection)
+    this.runnable = this.runnable.filter((c) => c !== connection)
+    if (phase === 'open') {
+      this.connections.delete(connection)
+      this.cleanups.push(connection)
+    }
+    this.pump()
   }
 
-  next() {
-    if (this.active) return
-    const connection = this.queue.shift()
-    if (!connection) return
-    this.active = connection
-    debug(`#${connection.id} active (${this.queue.length} waiting)`)
-    connection.activate()
+  /** Refuse whoever waited too long, for a database or for the backend. */
+  expire() {
+    const now = Date.now()
+    const seconds = this.queueTimeoutMs / 1000
+    for (const c of this.admissions.filter((c) => now - c.since > this.queueTimeoutMs)) {
+      c.fatal(
+        '53300',
+        `the PGlite test server has database "${this.engine.database}" open and can only ` +
+          `switch to "${c.database}" once all its connections have closed; waited ${seconds} s`,
+      )
+    }
+    for (const c of this.runnable.filter((c) => now - c.since > this.queueTimeoutMs)) {
+      c.fatal(
+        '53300',
+        `the PGlite test server runs one transaction at a time, and another connection ` +
+          `kept it busy (an open transaction or a long statement) for over ${seconds} s`,
+      )
+    }
   }
 
-  /** Called once per session (close, Terminate or crash); resets PostgreSQL for the next. */
-  sessionEnded(connection) {
-    if (this.active !== connection || connection.ended) return
-    connection.ended = true
-    this.engine
-      .serial(() => this.engine.resetSession())
-      .catch(async (err) => {
-        log('session reset failed, restarting PGlite:', err?.message ?? err)
-        await this.recover()
-      })
-      .finally(() => {
-        if (this.active === connection) this.active = null
-        this.next()
-      })
-  }
-
-  async recover() {
+  async pump() {
+    if (this.busy) return
+    this.busy = true
     try {
-      await this.engine.serial(() => this.engine.restart())
+      while (await this.step()) {
+        // keep going while there is work
+      }
     } catch (err) {
-      log('PGlite could not be restarted:', err?.stack ?? err)
+      await this.crashed(err)
+      this.busy = false
+      this.pump()
+      return
+    }
+    this.busy = false
+  }
+
+  /** Do the next thing that can be done; false when there is nothing. */
+  async step() {
+    // 1. Undo what closed connections left: the owner's transaction first, the others'
+    //    prepared statements when no transaction is in progress.
+    const cleanup = this.cleanups.find((c) => c === this.owner) ?? (!this.owner && this.cleanups[0])
+    if (cleanup) {
+      this.cleanups = this.cleanups.filter((c) => c !== cleanup)
+      await this.cleanUp(cleanup)
+      return true
+    }
+    // 2. Everyone left: a fresh session before anyone comes in.
+    if (this.connections.size === 0 && this.dirty) {
+      this.dirty = false
+      await this.engine.resetSession()
+      return true
+    }
+    // 3. Connections to the open database come in at once, even during a transaction.
+    const admitted = this.admissions.filter((c) => c.database === this.engine.database)
+    if (admitted.length) {
+      this.admissions = this.admissions.filter((c) => !admitted.includes(c))
+      for (const c of admitted) {
+        this.connections.add(c)
+        c.opened(this.engine.greeting)
+      }
+      return true
+    }
+    // 4. The owner's transaction goes on while it has something to say.
+    if (this.owner) {
+      if (!this.owner.pending.length) return false
+      await this.run(this.owner)
+      return true
+    }
+    // 5. No connection left and one waits for another database: open that one.
+    if (this.connections.size === 0 && this.admissions.length) {
+      await this.switchTo(this.admissions[0])
+      return true
+    }
+    // 6. The next connection with something to say takes the backend.
+    const next = this.runnable.shift()
+    if (next) {
+      await this.run(next)
+      return true
+    }
+    return false
+  }
+
+  async run(connection) {
+    const messages = connection.pending
+    connection.pending = []
+    this.owner = connection
+    this.dirty = true
+    let idle = false
+    await this.engine.execAll(messages, (answer, chunk) => {
+      if (opts.debug) {
+        debug(`#${connection.id} ${types(chunk)} -> ${types(answer.output)} ${answer.status}`)
+      }
+      connection.write(answer.output)
+      idle = answer.idle
+    })
+    if (idle && this.owner === connection) {
+      this.owner = null
+      if (connection.pending.length) this.ready(connection)
+    }
+  }
+
+  /** Roll back what a closed connection left open and close its prepared statements. */
+  async cleanUp(connection) {
+    const messages = []
+    if (this.owner === connection) messages.push(SYNC, query('ROLLBACK'))
+    for (const name of connection.statements) {
+      messages.push(message('C', Buffer.concat([Buffer.from('S'), cstr(name)])))
+    }
+    if (messages.length) {
+      messages.push(SYNC)
+      let last = null
+      await this.engine.execAll(messages, (answer) => {
+        last = answer
+      })
+      if (!last.idle) throw new Error(`cleaning up after #${connection.id}: status ${last.status}`)
+    }
+    if (this.owner === connection) this.owner = null
+  }
+
+  async switchTo(connection) {
+    const info = await this.engine.databaseInfo(connection.database)
+    if (!info) {
+      connection.fatal('3D000', `database "${connection.database}" does not exist`)
+      return
+    }
+    if (!info.datallowconn) {
+      const name = connection.database
+      connection.fatal('55000', `database "${name}" is not currently accepting connections`)
+      return
+    }
+    const previous = this.engine.database
+    try {
+      await this.engine.open(connection.database)
+    } catch (err) {
+      log(`opening database ${connection.database} failed:`, err?.message ?? err)
+      await this.engine.open(previous)
+      connection.fatal('XX000', `PGlite could not open "${connection.database}": ${err?.message}`)
+    }
+  }
+
+  /** PGlite died (a WASM abort): drop every connection, start again from the data directory. */
+  async crashed(err) {
+    log('PGlite failed, restarting it:', err?.stack ?? err)
+    const victims = [...this.connections, ...this.cleanups]
+    this.connections.clear()
+    this.runnable = []
+    this.cleanups = []
+    this.owner = null
+    this.dirty = false
+    for (const c of victims) {
+      c.phase = 'dropped'
+      c.write(errorResponse('FATAL', 'XX000', `PGlite crashed: ${err?.message ?? err}`))
+      c.socket.destroy()
+    }
+    try {
+      await this.engine.restart()
+    } catch (restartErr) {
+      log('PGlite could not be restarted:', restartErr?.stack ?? restartErr)
       process.exit(1)
     }
   }
@@ -559,9 +706,9 @@ async function shutdown(code = 0) {
   if (stopping) return
   stopping = true
   listener.close()
-  for (const c of [server.active, ...server.queue]) c?.socket.destroy()
+  for (const c of [...server.connections, ...server.admissions]) c.socket.destroy()
   try {
-    await engine.serial(() => engine.close())
+    await engine.close()
   } finally {
     if (ownDataDir) rmSync(dataDir, { recursive: true, force: true })
     process.exit(code)
