@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/energy_portal
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint format bench-live system-deps clean
+.PHONY: run test lint format bench-live bench-ingest bench-query system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,17 @@ lint: $(VENV)/.dev
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Benchmarks run on demand, never in the test suite; each prints its figures and ratios to the
+# baseline it measures in the same run, and writes JSON to var/ (see bench/*/README.md).
+bench-live: $(VENV)/.dev
+	$(BIN)/python -m bench.live.run $(BENCH_ARGS)
+
+bench-ingest: $(VENV)/.dev
+	$(BIN)/python -m bench.ingest.run $(BENCH_ARGS)
+
+bench-query: $(VENV)/.dev
+	$(BIN)/python -m bench.query.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules tests/timescale/pglite/node_modules
