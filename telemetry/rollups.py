@@ -285,6 +285,9 @@ class RefreshResult:
     more: bool = False
 
 
+_ANALYZE_AFTER = 50_000
+
+
 def rollups_refresh(
     *,
     now: datetime | None = None,
@@ -337,6 +340,11 @@ def rollups_refresh(
                     result.more = True
                     return result
         finally:
+            if result.buckets >= _ANALYZE_AFTER:
+                # After a big catch-up the planner's idea of rollup_dirty (large, or empty) is
+                # stale until autovacuum comes, and a stale one made it scan whole rollup tables
+                # in queries; refresh the statistics now.
+                cursor.execute("ANALYZE rollup_dirty")
             cursor.execute("SELECT pg_advisory_unlock(%s)", [_REFRESH_LOCK])
 
 
