@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
 from asgiref.sync import async_to_sync
 
 from django.db import connection
@@ -238,10 +239,17 @@ ON CONFLICT (sensor_id, time) DO NOTHING
 """
 
 
+_INSERT_BATCH_BINARY = _INSERT_BATCH.replace("%s::", "%b::")
+
+
 def readings_insert(*, sensor_ids: list[int], times_us: list[int], values: list[float]) -> int:
     """Write a batch of readings in one statement; returns how many rows were new."""
     if not sensor_ids:
         return 0
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_BATCH, [sensor_ids, times_us, values])
+    connection.ensure_connection()
+    # Django's cursor binds parameters client-side, rendering each array as text in Python (about
+    # half the writer's CPU, bench/ingest); a plain psycopg cursor on the same connection, hence
+    # the same transaction, sends the three arrays in binary instead.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_INSERT_BATCH_BINARY, [sensor_ids, times_us, values])
         return cursor.rowcount
