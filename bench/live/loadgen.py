@@ -238,20 +238,31 @@ class Processes:
         return times.user + times.system
 
     def snapshot(self) -> dict:
+        machine = psutil.cpu_times()
         return {
             "t": time.monotonic(),
             "server": self._cpu(self.server),
             "redis": self._cpu(self.redis),
             "loadgen": self._cpu(self.me),
+            "machine": machine.user
+            + machine.system
+            + machine.nice
+            + getattr(machine, "irq", 0)
+            + getattr(machine, "softirq", 0),
         }
 
     def since(self, before: dict) -> dict:
+        """CPU used since `before`, in cores; `others_cpu` is everything else on the machine
+        (other people's work, the kernel's share not charged to our processes)."""
         now = self.snapshot()
         wall = max(now["t"] - before["t"], 1e-6)
-        return {
+        used = {
             f"{name}_cpu": round((now[name] - before[name]) / wall, 3)
             for name in ("server", "redis", "loadgen")
         }
+        machine = (now["machine"] - before["machine"]) / wall
+        used["others_cpu"] = round(max(0.0, machine - sum(used.values())), 3)
+        return used
 
     def server_rss_mb(self) -> float:
         return round(self.server.memory_info().rss / 2**20, 1)
@@ -277,6 +288,14 @@ class Device:
         self.pending: dict[int, float] = {}  # seq -> send time, until delivered
 
 
+class Viewer:
+    __slots__ = ("conn", "entry")
+
+    def __init__(self, entry: dict):
+        self.entry = entry
+        self.conn: Conn | None = None
+
+
 class Fleet:
     def __init__(self, plan: dict):
         self.plan = plan
@@ -285,7 +304,7 @@ class Fleet:
         self.entries = plan["entries"]
         self.devices: list[Device] = []
         self.by_site: dict[int, Device] = {}
-        self.viewers: list[Conn] = []
+        self.viewers: list[Viewer] = []
         self.acks: dict[tuple[int, str], float] = {}
         self.window = Window()
         self.closes: Counter = Counter()
@@ -450,18 +469,33 @@ class Fleet:
             failed = sum(failures.values())
             log(f"[{self.label}]   {what}: {len(durations)}/{total} open, {failed} failed")
 
+    def _viewer_job(self, viewer: "Viewer") -> tuple:
+        entry = viewer.entry
+        if self.kind == "relay":
+            path, headers = f"/ws/live/?site={entry['site']}", {}
+        else:
+            path = "/ws/live/"
+            headers = {
+                "Cookie": f"sessionid={entry['session']}",
+                "Origin": f"http://127.0.0.1:{self.port}",
+            }
+
+        def done(conn, viewer=viewer):
+            viewer.conn = conn
+
+        return (path, headers, self.on_viewer_text, done)
+
+    def _device_job(self, device: Device) -> tuple:
+        def done(conn, device=device):
+            device.conn = conn
+
+        headers = {"Authorization": f"Bearer {device.entry['token']}"}
+        return ("/ws/devices/", headers, self.on_device_text, done)
+
     async def open_viewers(self, entries: list[dict]) -> dict:
-        jobs = []
-        for entry in entries:
-            if self.kind == "relay":
-                path, headers = f"/ws/live/?site={entry['site']}", {}
-            else:
-                path = "/ws/live/"
-                headers = {
-                    "Cookie": f"sessionid={entry['session']}",
-                    "Origin": f"http://127.0.0.1:{self.port}",
-                }
-            jobs.append((path, headers, self.on_viewer_text, self.viewers.append))
+        viewers = [Viewer(entry) for entry in entries]
+        self.viewers.extend(viewers)
+        jobs = [self._viewer_job(v) for v in viewers]
         return await self._open_many(f"{len(entries)} viewers", jobs, timeout=30)
 
     async def open_devices(self, entries: list[dict]) -> dict:
@@ -470,13 +504,31 @@ class Fleet:
             device = Device(entry)
             self.devices.append(device)
             self.by_site[device.site] = device
-
-            def done(conn, device=device):
-                device.conn = conn
-
-            headers = {"Authorization": f"Bearer {entry['token']}"}
-            jobs.append(("/ws/devices/", headers, self.on_device_text, done))
+            jobs.append(self._device_job(device))
         return await self._open_many(f"{len(entries)} devices", jobs, timeout=30)
+
+    async def reconnect(self) -> dict | None:
+        """Reopen sockets the server closed (as a Pi or a browser would), viewers first."""
+        viewers = [v for v in self.viewers if v.conn is None or not v.conn.open]
+        devices = [d for d in self.devices if d.conn is None or not d.conn.open]
+        if not viewers and not devices:
+            return None
+        log(
+            f"[{self.label}] reopening {len(viewers)} viewers, {len(devices)} devices "
+            "closed by the server"
+        )
+        result: dict = {"viewers": len(viewers), "devices": len(devices)}
+        if viewers:
+            jobs = [self._viewer_job(v) for v in viewers]
+            result["viewers_connect"] = await self._open_many(
+                f"{len(viewers)} viewers (again)", jobs, timeout=30
+            )
+        if devices:
+            jobs = [self._device_job(d) for d in devices]
+            result["devices_connect"] = await self._open_many(
+                f"{len(devices)} devices (again)", jobs, timeout=30
+            )
+        return result
 
     async def close_all(self) -> None:
         self.unschedule(self.devices)
@@ -484,12 +536,19 @@ class Fleet:
             if device.conn is not None:
                 device.conn.close()
         for viewer in self.viewers:
-            viewer.close()
+            if viewer.conn is not None:
+                viewer.conn.close()
         self.devices, self.viewers, self.by_site, self.acks = [], [], {}, {}
         await asyncio.sleep(0.5)
 
     def connected_devices(self) -> list[Device]:
         return [d for d in self.devices if d.conn is not None and d.conn.open]
+
+    def open_counts(self) -> dict:
+        return {
+            "devices_open": len(self.connected_devices()),
+            "viewers_open": sum(1 for v in self.viewers if v.conn is not None and v.conn.open),
+        }
 
     # ---- helpers
 
@@ -532,6 +591,8 @@ class Fleet:
         self.acks.clear()
         self.window.reset()
         self.lags.clear()
+        self.closes.clear()
+        open_at_start = self.open_counts()
         t0 = time.time()
         self.window.start, self.window.end = t0 + warmup, t0 + duration
         self.schedule(devices, rate_hz)
@@ -582,7 +643,9 @@ class Fleet:
             "send_failed": w.send_failed,
             "unmatched": w.unmatched,
             "other_frames": dict(w.other),
-            "closes": dict(self.closes),
+            "closed_by_server": dict(self.closes),
+            "open_at_start": open_at_start,
+            "open_at_end": self.open_counts(),
             "drain_s": round(time.monotonic() - drain_start, 2),
             "loadgen_lag_ms_p99": round((pct(lags, 99) or 0) * 1000, 1),
             **cpu,
@@ -592,7 +655,9 @@ class Fleet:
             f"[{self.label}] {tag}: sent {w.sent} ({result['sent_per_s']}/s) delivered "
             f"{result['delivered_ratio']} p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms; "
             f"cpu server {cpu.get('server_cpu')} redis {cpu.get('redis_cpu')} "
-            f"loadgen {cpu.get('loadgen_cpu')}" + (f"; errors {dict(w.errors)}" if w.errors else "")
+            f"loadgen {cpu.get('loadgen_cpu')} others {cpu.get('others_cpu')}"
+            + (f"; errors {dict(w.errors)}" if w.errors else "")
+            + (f"; closed by server {dict(self.closes)}" if self.closes else "")
         )
         for device in devices:
             device.pending.clear()
@@ -618,7 +683,7 @@ def passes(step: dict, rules: dict) -> tuple[bool, str]:
 
 async def sustained(fleet: Fleet, spec: dict) -> dict:
     n = spec["n"]
-    devices = fleet.connected_devices()[:n]
+    devices = fleet.devices[:n]
     rules = {
         "min_delivered": spec.get("min_delivered", 0.99),
         "max_p99_ms": spec.get("max_p99_ms", 250),
@@ -629,6 +694,7 @@ async def sustained(fleet: Fleet, spec: dict) -> dict:
 
     async def run_step(total: float) -> dict:
         await fleet.settle(max_s=10)
+        reopened = await fleet.reconnect()
         step = await fleet.measure(
             devices,
             total / len(devices),
@@ -638,7 +704,7 @@ async def sustained(fleet: Fleet, spec: dict) -> dict:
             tag=f"sustained {total:.0f} msg/s",
         )
         ok, why = passes(step, rules)
-        step.update(target_total=total, passed=ok, verdict=why)
+        step.update(target_total=total, passed=ok, verdict=why, reopened_before=reopened)
         steps.append(step)
         return step
 
@@ -757,8 +823,11 @@ async def run(plan: dict) -> dict:
                 opened = n
                 gc.collect()
                 gc.freeze()
-            devices = fleet.connected_devices()[:n]
             await fleet.settle()
+            reopened = await fleet.reconnect()
+            if reopened:
+                await fleet.settle()
+            devices = fleet.devices[:n]
             step = await fleet.measure(
                 devices,
                 sweep.get("rate_hz", 1.0),
@@ -767,7 +836,12 @@ async def run(plan: dict) -> dict:
                 drain_s=sweep.get("drain_s", 5),
                 tag=f"N={n}",
             )
-            step.update(n=n, viewers=len(fleet.viewers), server_rss_mb=fleet.procs.server_rss_mb())
+            step.update(
+                n=n,
+                viewers=len(fleet.viewers),
+                server_rss_mb=fleet.procs.server_rss_mb(),
+                reopened_before=reopened,
+            )
             result["sweep"].append(step)
             if plan.get("sustained") and n == plan["sustained"]["n"]:
                 result["sustained"] = await sustained(fleet, plan["sustained"])
@@ -783,6 +857,9 @@ async def run(plan: dict) -> dict:
                 result["connect"].append(await fleet.open_viewers(fleet.entries[: spec["n"]]))
                 result["connect"].append(await fleet.open_devices(fleet.entries[: spec["n"]]))
             devices = fleet.connected_devices()[: spec["n"]]
+            if spec.get("ready_file"):
+                with open(spec["ready_file"], "w") as f:
+                    f.write("load on\n")
             result["hold"] = await fleet.measure(
                 devices,
                 spec["rate_per_s"] / len(devices),

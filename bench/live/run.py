@@ -127,12 +127,22 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
             str(common.RELAY_TOKENS),
         ]
         return cmd, common.portal_env()
-    base, _, patch = config.partition("+")
+    base, *variants = config.split("+")
     server, _, layer = base.partition("-")
-    if layer not in ("core", "pubsub") or patch not in ("", "fast"):
-        raise SystemExit(f"unknown server config {config!r}; known: {', '.join(CONFIGS)} (+fast)")
+    if layer not in ("core", "pubsub") or not set(variants) <= {"pool", "nolock"}:
+        raise SystemExit(
+            f"unknown server config {config!r}; known: {', '.join(CONFIGS)} (+pool, +nolock)"
+        )
     env = common.portal_env(channel_layer=layer)
-    app = "bench.live.patched_asgi:application" if patch else "energy_portal.asgi:application"
+    app = "energy_portal.asgi:application"
+    if "pool" in variants:
+        # What-if: redis-py's asyncio pools allow 100 connections and then *raise*
+        # MaxConnectionsError; a larger pool (channel layer and the portal's own client alike,
+        # both built from REDIS_URL) shows what that limit costs.
+        env["REDIS_URL"] += ("&" if "?" in env["REDIS_URL"] else "?") + "max_connections=5000"
+    if "nolock" in variants:
+        env["BENCH_WHATIF"] = "nolock"
+        app = "bench.live.whatif_asgi:application"
     if server == "daphne":
         cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
     elif server == "uvicorn":
@@ -482,6 +492,8 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
         }
         with tempfile.TemporaryDirectory() as tmp:
             plan_path, out_path = Path(tmp, "plan.json"), Path(tmp, "out.json")
+            ready = Path(tmp, "ready")
+            plan["hold"]["ready_file"] = str(ready)
             plan_path.write_text(json.dumps(plan))
             loadgen = spawn(
                 [
@@ -495,14 +507,18 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
                 ],
                 env={**os.environ, "PYTHONPATH": str(common.ROOT)},
             )
+            # The load generator creates the ready file when the sockets are open and the load
+            # starts; profile from 2 s later.
+            deadline = time.monotonic() + 180
+            while not ready.exists() and time.monotonic() < deadline and loadgen.poll() is None:
+                time.sleep(0.2)
             time.sleep(2)
-            # Wait until the sockets are open and the load is on (the loadgen says so on stderr).
-            _wait_busy(server.pid, timeout=120)
             svg = common.VAR / f"profile-live-{config}.svg"
             raw = common.VAR / f"profile-live-{config}.txt"
             pyspy = str(Path(common.PYTHON).with_name("py-spy"))
+            result["pyspy"] = []
             for fmt, out in (("flamegraph", svg), ("raw", raw)):
-                subprocess.run(
+                done = subprocess.run(
                     [
                         pyspy,
                         "record",
@@ -520,6 +536,10 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
                     check=False,
                     timeout=seconds + 30,
                     capture_output=True,
+                    text=True,
+                )
+                result["pyspy"].append(
+                    {"format": fmt, "exit": done.returncode, "output": done.stderr[-600:]}
                 )
             _follow(loadgen, 120)
             _stop(loadgen)
@@ -537,18 +557,6 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
     return result
 
 
-def _wait_busy(pid: int, timeout: float) -> None:
-    import psutil
-
-    proc = psutil.Process(pid)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.cpu_percent(interval=1.0) > 50:
-            time.sleep(2)  # past the connect burst, into the steady load
-            return
-    log("server never got busy; profiling anyway")
-
-
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -556,6 +564,12 @@ def _ms(summary: dict) -> str:
     if not summary or summary.get("p50") is None:
         return "—"
     return f"{summary['p50']:.1f}/{summary['p95']:.1f}/{summary['p99']:.1f}"
+
+
+def _flag(step: dict) -> str:
+    lost = sum((step.get("closed_by_server") or {}).values())
+    short = step.get("sent_per_s", 0) < 0.95 * step.get("target_per_s", 0)
+    return "!" if lost or short else ""
 
 
 def report(results: dict) -> str:
@@ -575,9 +589,34 @@ def report(results: dict) -> str:
         row = f"{config:20}"
         for n in ns:
             s = cells.get(n)
-            cell = f"{_ms(s['latency_ms'])} ({s['delivered_ratio'] or 0:.3f})" if s else "—"
+            cell = (
+                f"{_ms(s['latency_ms'])} ({s['delivered_ratio'] or 0:.3f}){_flag(s)}" if s else "—"
+            )
             row += f"{cell:>34}"
         out.append(row)
+    out.append(
+        "  ! = the server closed sockets during the step or < 95 % of the target rate was sent "
+        "(see details)"
+    )
+    out.append("")
+    out.append("Sweep details: sent/s of target, server CPU, sockets closed by the server, errors")
+    for config, run in runs.items():
+        for s in run.get("sweep", []):
+            closed = sum((s.get("closed_by_server") or {}).values())
+            reopened = s.get("reopened_before") or {}
+            out.append(
+                f"  {config:20}N={s['n']:<5} sent {s['sent_per_s']:>7}/{s['target_per_s']:<7} "
+                f"cpu srv {s.get('server_cpu', 0):.2f} redis {s.get('redis_cpu', 0):.2f} "
+                f"gen {s.get('loadgen_cpu', 0):.2f} others {s.get('others_cpu', 0):.2f}  "
+                f"closed {closed}"
+                + (
+                    f" (reopened before: {reopened.get('devices', 0)} dev, "
+                    f"{reopened.get('viewers', 0)} viewers)"
+                    if reopened
+                    else ""
+                )
+                + (f"  errors {s['errors']}" if s.get("errors") else "")
+            )
     out.append("")
     sn = (results["phases"].get("sustained") or {}).get("n", "?")
     out.append(
@@ -589,7 +628,8 @@ def report(results: dict) -> str:
     )
     out.append(
         f"{'config':20}{'msg/s':>9}{'p99 ms':>9}{'xrelay':>8}{'1st fail':>10}"
-        f"{'srv cpu':>9}{'ms cpu/msg':>11}{'redis':>7}{'loadgen':>9}  why the next step failed"
+        f"{'srv cpu':>9}{'ms cpu/msg':>11}{'redis':>7}{'loadgen':>9}{'others':>8}"
+        "  why the next step failed"
     )
     for config, run in runs.items():
         s = run.get("sustained")
@@ -605,7 +645,8 @@ def report(results: dict) -> str:
             f"{best.get('latency_ms', {}).get('p99') or 0:>9.1f}"
             f"{ratio:>8}{s['first_failing_target_per_s'] or '—':>10}"
             f"{best.get('server_cpu', 0):>9.2f}{per_msg:>11}{best.get('redis_cpu', 0):>7.2f}"
-            f"{best.get('loadgen_cpu', 0):>9.2f}  {fail.get('verdict', '')}"
+            f"{best.get('loadgen_cpu', 0):>9.2f}{best.get('others_cpu', 0):>8.2f}"
+            f"  {fail.get('verdict', '')}"
         )
     out.append("")
     out.append("Idle device sockets (heartbeat every 15 s): server CPU and memory")
@@ -798,7 +839,7 @@ def main() -> None:
     out_path = common.VAR / f"bench-live-{started}.json"
     # The relay first: its figures are the yardstick for the others.
     for config in sorted(configs, key=lambda c: c != "relay"):
-        # A "+fast" variant only shows what the proposed dispatch fix changes on the hot path.
+        # A "+variant" only shows what a proposed fix changes on the hot path.
         config_phases = {**phases, "idle": None} if "+" in config else phases
         results["runs"][config] = run_config(config, config_phases, entries, args, redis_pid)
         out_path.write_text(json.dumps(results, indent=1))

@@ -1,0 +1,1 @@
+"""Ingestion benchmark: HTTP batch -> Redis stream -> writer -> energy_readings. See README.md."""

@@ -1,0 +1,99 @@
+"""Paths and environment shared by the driver, the data set-up, the load generator and the
+processes under test.
+
+The benchmark TRUNCATEs `energy_readings` and flushes its Redis DB, so it never reads the caller's
+DATABASE_URL / REDIS_URL (they usually point at a dev or test database): it uses
+BENCH_INGEST_DATABASE_URL / BENCH_INGEST_REDIS_URL (or --database-url / --redis-url), or the
+defaults below.
+"""
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VAR = ROOT / "var"
+WORK = VAR / "bench-ingest"  # data set, secret key, logs, profiles
+DATA_FILE = WORK / "data.json"
+LOG_DIR = WORK / "logs"
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/energy_portal_bench_ingest"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
+
+PYTHON = sys.executable
+
+# The data set: DEVICES devices of SENSOR_KEYS each (1,000 sensors), one site each; plus
+# CPE_SITES sites with a CPE (the first DEVICES of them are the devices' sites) for `.sgl_v2`.
+PREFIX = "bench-ingest-"
+SENSOR_KEYS = [
+    ("power_w", "power", "W"),
+    ("energy_kwh", "energy", "kWh"),
+    ("voltage_v", "voltage", "V"),
+    ("current_a", "current", "A"),
+    ("temperature_c", "temperature", "°C"),
+]
+CPE_PREFIX = "PTBENCH"
+
+
+def set_urls(database_url: str | None, redis_url: str | None) -> None:
+    """Command-line overrides; children get them through their environment."""
+    if database_url:
+        os.environ["BENCH_INGEST_DATABASE_URL"] = database_url
+    if redis_url:
+        os.environ["BENCH_INGEST_REDIS_URL"] = redis_url
+
+
+def database_url() -> str:
+    return os.environ.get("BENCH_INGEST_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def redis_url() -> str:
+    return os.environ.get("BENCH_INGEST_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def psycopg_url() -> str:
+    """The database URL as libpq takes it (postgres:// and postgresql:// only)."""
+    url = database_url()
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgres", "postgresql"):
+        raise SystemExit(
+            f"the benchmark needs plain PostgreSQL (postgres://...), not {scheme}:// "
+            "(COPY baselines and psycopg connections)"
+        )
+    return f"postgresql://{rest}"
+
+
+def secret_key() -> str:
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def portal_env() -> dict[str, str]:
+    """Environment of a portal process under test (server, writers, the driver's own Django):
+    production-like (DEBUG off), the benchmark's database and Redis."""
+    env = dict(os.environ)
+    for name in ("DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER"):
+        env.pop(name, None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="energy_portal.settings",
+        DATABASE_URL=database_url(),
+        REDIS_URL=redis_url(),
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=secret_key(),
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        CHANNEL_LAYER="core",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def django_setup() -> None:
+    """Set up Django in this process against the benchmark's database and Redis."""
+    os.environ.update(portal_env())
+    import django
+
+    django.setup()

@@ -1,0 +1,234 @@
+"""Processes under test (server, writers, load generator): start, stop, CPU accounting, py-spy."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from bench.ingest import common
+
+_children: list[subprocess.Popen] = []
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def spawn(args: list[str], *, env: dict, log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "w") if log_path else None  # noqa: SIM115
+    proc = subprocess.Popen(
+        args,
+        cwd=common.ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,  # its own process group: stopped as a whole, by its id
+    )
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 15.0) -> int | None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+    if proc in _children:
+        _children.remove(proc)
+    return proc.returncode
+
+
+def cleanup() -> None:
+    for proc in reversed(list(_children)):
+        stop(proc, grace=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def server_commands(kind: str, procs: int, fast: bool = False) -> list[tuple[list[str], int]]:
+    """(command, port) per server process. Daphne: one process per port (clients are spread
+    over them); uvicorn: one command with --workers sharing one port. `fast`: the portal with
+    the proposed changes patched in (bench/ingest/patched.py)."""
+    py = common.PYTHON
+    app = "bench.ingest.patched_asgi:application" if fast else "energy_portal.asgi:application"
+    if kind == "daphne":
+        out = []
+        for _ in range(procs):
+            port = free_port()
+            out.append(([py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app], port))
+        return out
+    if kind == "uvicorn":
+        port = free_port()
+        cmd = [
+            py,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(procs),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        return [(cmd, port)]
+    raise SystemExit(f"unknown server {kind!r}: daphne or uvicorn")
+
+
+def writer_command(name: str, max_rows: int, max_age: float, fast: bool = False) -> list[str]:
+    start = (
+        [common.PYTHON, "-m", "bench.ingest.patched_writer"]
+        if fast
+        else [common.PYTHON, str(common.ROOT / "manage.py"), "run_ingest_writer"]
+    )
+    return [*start, "--max-rows", str(max_rows), "--max-age", str(max_age), "--name", name]
+
+
+# -- CPU ------------------------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class CpuMeter:
+    """CPU seconds per component between two snapshots, as cores (CPU seconds / wall seconds).
+
+    Components: named process trees (server, writers, load generator), Redis, PostgreSQL
+    backends of the benchmark's database, its autovacuum, the WAL writer/checkpointer/bgwriter,
+    other databases' sessions (other people's work on the shared server), this driver, and the
+    whole machine (so other people's work outside PostgreSQL shows as "others")."""
+
+    def __init__(self, db_name: str, redis_pid: int | None):
+        self.db_name = db_name
+        self.redis_pid = redis_pid
+        self.trees: dict[str, list[int]] = {}
+
+    def track(self, label: str, pids: list[int]) -> None:
+        self.trees[label] = pids
+
+    def snapshot(self) -> dict:
+        per_pid: dict[int, tuple[str, float]] = {}
+
+        def add(label: str, proc: psutil.Process) -> None:
+            try:
+                t = proc.cpu_times()
+                per_pid[proc.pid] = (label, t.user + t.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+        for label, pids in self.trees.items():
+            for pid in pids:
+                for proc in _tree(pid):
+                    add(label, proc)
+        if self.redis_pid:
+            for proc in _tree(self.redis_pid):
+                add("redis", proc)
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            if proc.info["name"] not in ("postgres", "postmaster") or proc.pid in per_pid:
+                continue
+            add(self._pg_label(" ".join(proc.info["cmdline"] or []) + " "), proc)
+        add("driver", psutil.Process())
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0)
+        return {"t": time.monotonic(), "pids": per_pid, "machine": busy}
+
+    def _pg_label(self, title: str) -> str:
+        """What a PostgreSQL process is, from its process title."""
+        ours = f" {self.db_name} " in title
+        if "autovacuum worker" in title:
+            return "postgres autovacuum (bench db)" if ours else "postgres autovacuum (other dbs)"
+        if ours:
+            return "postgres (bench db backends)"
+        if any(w in title for w in ("walwriter", "checkpointer", "background writer")):
+            return "postgres (wal writer, checkpointer, bgwriter)"
+        return "postgres (other databases' sessions)"
+
+    @staticmethod
+    def cores(a: dict, b: dict) -> dict:
+        wall = b["t"] - a["t"]
+        if wall <= 0:
+            return {}
+        used: Counter = Counter()
+        for pid, (label, cpu) in b["pids"].items():
+            before = a["pids"].get(pid)
+            used[label] += cpu - (before[1] if before else 0.0)
+        out = {k: round(v / wall, 3) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+        out["machine (all processes)"] = round((b["machine"] - a["machine"]) / wall, 3)
+        out["others (machine - listed)"] = round(
+            out["machine (all processes)"] - sum(used.values()) / wall, 3
+        )
+        return out
+
+
+# -- py-spy ---------------------------------------------------------------------------------------
+
+
+def pyspy_start(pid: int, out: Path, seconds: float, rate: int = 100) -> subprocess.Popen:
+    """py-spy record of one process (and its children), collapsed stacks to `out`; idle threads
+    are not sampled, so samples are where the process spends CPU."""
+    pyspy = str(Path(common.PYTHON).with_name("py-spy"))
+    cmd = [
+        pyspy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--subprocesses",
+        "--threads",
+        "-o",
+        str(out),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
