@@ -89,6 +89,14 @@ def telemetry_items(frame: dict) -> tuple[list[Item], list[dict]]:
     return items, rejected
 
 
+def db(function):
+    """Run ORM code from a consumer in the thread pool rather than the one thread-sensitive
+    thread: when a fleet reconnects at once (a server restart), thousands of handshakes each make
+    a few queries, and queued behind one thread they took seconds (bench/live). Each pool thread
+    has its own database connection; these calls share no state between them."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 class NoIdleDatabaseHop:
     """Skip Channels' `aclose_old_connections()` before every message.
 
@@ -114,7 +122,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     async def connect(self):
         token = bearer_token(self.scope)
         found = (
-            await database_sync_to_async(selectors.device_for_socket)(token=token)
+            await db(selectors.device_for_socket)(token=token)
             if token
             else None
         )
@@ -130,12 +138,12 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         if previous and previous != self.channel_name:
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
-        await database_sync_to_async(services.device_set_online)(
+        await db(services.device_set_online)(
             device_id=self.device.id, online=True
         )
         await socket_registry.touch(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
-        for command_id in await database_sync_to_async(selectors.open_commands)(
+        for command_id in await db(selectors.open_commands)(
             device_id=self.device.id
         ):
             await self._deliver(command_id)
@@ -146,7 +154,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         self.watchdog.cancel()
         await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
         if await socket_registry.release(self.device.id, self.channel_name):
-            await database_sync_to_async(services.device_set_online)(
+            await db(services.device_set_online)(
                 device_id=self.device.id, online=False
             )
 
@@ -202,7 +210,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         result = readings_validate(items=items, sensors=self.sensors)
         if any(r["error"] == "unknown sensor" for r in result.rejected):
             # A sensor added since connect: look again before refusing it.
-            self.sensors = await database_sync_to_async(selectors.sensor_refs)(device=self.device)
+            self.sensors = await db(selectors.sensor_refs)(device=self.device)
             result = readings_validate(items=items, sensors=self.sensors)
         result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.get("index", -1))
         if not result.readings and frame.get("batch") is None and _frame_level_error(result):
@@ -219,7 +227,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             at = parse_timestamp(frame.get("ts"), now=timezone.now())
         except ValueError as exc:
             raise FrameError("invalid_payload", str(exc)) from None
-        await database_sync_to_async(power_event_record)(
+        await db(power_event_record)(
             device_id=self.device.id,
             site_id=self.device.site_id,
             device_uid=self.device.uid,
@@ -234,7 +242,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         if not isinstance(frame.get("status"), str):  # a list or object would not even hash
             raise FrameError("invalid_payload", "status must be done, failed or rejected")
         try:
-            await database_sync_to_async(services.command_complete)(
+            await db(services.command_complete)(
                 command_id=_uuid(frame.get("id")),
                 device_id=self.device.id,
                 status=frame.get("status"),
@@ -267,7 +275,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         # announced to its group: send it once per socket (a new socket gets it again).
         if str(command_id) in self.delivered:
             return
-        command = await database_sync_to_async(services.command_mark_sent)(
+        command = await db(services.command_mark_sent)(
             command_id=command_id, device_id=self.device.id
         )
         if command is not None:
@@ -313,7 +321,7 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             await self.close()
             return
         site_id = _query_int(self.scope, "site")
-        self.groups_joined = await database_sync_to_async(selectors.live_groups)(
+        self.groups_joined = await db(selectors.live_groups)(
             user=user, site_id=site_id
         )
         for group in self.groups_joined:

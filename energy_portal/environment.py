@@ -113,7 +113,7 @@ def load() -> Environment:
         heartbeat_timeout_s=_int("DEVICE_HEARTBEAT_TIMEOUT", 60),
         device_rate_per_s=_int("DEVICE_RATE_PER_S", 20),
         device_rate_burst=_int("DEVICE_RATE_BURST", 100),
-        channel_layer=_choice("CHANNEL_LAYER", "core", {"core", "pubsub"}),
+        channel_layer=_choice("CHANNEL_LAYER", "pubsub", {"core", "pubsub"}),
         timescale_chunk_interval=os.environ.get("TIMESCALE_CHUNK_INTERVAL", "1 day"),
         readings_compress_after=os.environ.get("READINGS_COMPRESS_AFTER", "7 days"),
         readings_retention=os.environ.get("READINGS_RETENTION", "730 days"),

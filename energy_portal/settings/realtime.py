@@ -5,7 +5,9 @@ from energy_portal.settings.base import ENV
 # `core` (lists per channel) or `pubsub` (Redis PUB/SUB); bench/live measures both.
 # redis-py 8 reads with a 5 s socket timeout by default, the same as the core layer's blocking
 # BZPOPMIN: every idle receive would die with "Timeout reading". Give reads more room than that.
-_LAYER_HOST = {"address": ENV.redis_url, "socket_timeout": 30}
+# redis-py 8 also caps an asyncio pool at 100 connections, and the core layer holds one per
+# socket waiting in BZPOPMIN: past 100 sockets a process failed with "Too many connections".
+_LAYER_HOST = {"address": ENV.redis_url, "socket_timeout": 30, "max_connections": 20_000}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
