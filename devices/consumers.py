@@ -121,11 +121,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
 
     async def connect(self):
         token = bearer_token(self.scope)
-        found = (
-            await db(selectors.device_for_socket)(token=token)
-            if token
-            else None
-        )
+        found = await db(selectors.device_for_socket)(token=token) if token else None
         if found is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
@@ -138,14 +134,10 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         if previous and previous != self.channel_name:
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
-        await db(services.device_set_online)(
-            device_id=self.device.id, online=True
-        )
+        await db(services.device_set_online)(device_id=self.device.id, online=True)
         await socket_registry.touch(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
-        for command_id in await db(selectors.open_commands)(
-            device_id=self.device.id
-        ):
+        for command_id in await db(selectors.open_commands)(device_id=self.device.id):
             await self._deliver(command_id)
 
     async def disconnect(self, code):
@@ -154,9 +146,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         self.watchdog.cancel()
         await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
         if await socket_registry.release(self.device.id, self.channel_name):
-            await db(services.device_set_online)(
-                device_id=self.device.id, online=False
-            )
+            await db(services.device_set_online)(device_id=self.device.id, online=False)
 
     async def _watch_silence(self):
         """Close a socket that has gone quiet: a hung link looks open from this side."""
@@ -321,9 +311,7 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             await self.close()
             return
         site_id = _query_int(self.scope, "site")
-        self.groups_joined = await db(selectors.live_groups)(
-            user=user, site_id=site_id
-        )
+        self.groups_joined = await db(selectors.live_groups)(user=user, site_id=site_id)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
