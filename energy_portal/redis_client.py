@@ -24,8 +24,15 @@ def async_client() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2
+        # redis-py 8 caps a pool at 100 connections and then raises MaxConnectionsError, which
+        # closed device sockets under load (bench/live); wait for a free one instead.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=500,
+            timeout=5,
+            socket_timeout=5,
+            socket_connect_timeout=2,
         )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client

@@ -125,7 +125,8 @@ class Conn(asyncio.Protocol):
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 if self.open:
                     self._frame(0x88, payload[:2])
-                self.open = False
+                    self.open = False
+                    self.on_close(self)  # closed by the server (a close we started is not open)
                 self.transport.close()
                 break
         del buf[:pos]

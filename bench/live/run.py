@@ -95,6 +95,27 @@ def spawn(args: list[str], *, env: dict, log_path: Path | None = None) -> subpro
     return proc
 
 
+def code_state() -> dict:
+    """The commit and the uncommitted changes to the portal's code when a server starts."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=common.ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.rstrip("\n")
+
+    dirty = [
+        line[3:]
+        for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if line[3:].endswith(".py") and not line[3:].startswith(("bench/", "tests/"))
+    ]
+    head = git("rev-parse", "--short", "HEAD").strip()
+    return {"head": head, "uncommitted": dirty, "at": time.time()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,6 +251,7 @@ def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) 
     common.LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = common.LOG_DIR / f"{config}.log"
     log(f"== {config}: {' '.join(cmd[1:])} (log {log_path.relative_to(common.ROOT)})")
+    code = code_state()  # the code under test may change between configurations of one run
     started = time.monotonic()
     server = spawn(cmd, env=env, log_path=log_path)
     try:
@@ -273,7 +295,9 @@ def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) 
     finally:
         crashed = server.poll()
         _stop(server)
-    result.update(config=config, command=cmd[1:], seconds=round(time.monotonic() - started, 1))
+    result.update(
+        config=config, command=cmd[1:], seconds=round(time.monotonic() - started, 1), code=code
+    )
     if crashed is not None:
         result.setdefault("errors", []).append(f"server exited by itself with code {crashed}")
     # -9: it did not stop within 10 s of SIGTERM (busy closing thousands of sockets).
