@@ -76,6 +76,7 @@ def portal_env() -> dict[str, str]:
     """Environment of a portal process under test (server, writers, the driver's own Django):
     production-like (DEBUG off), the benchmark's database and Redis."""
     env = dict(os.environ)
+    # The channel layer is the portal's default unless a pipeline spec asks for one.
     for name in ("DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER"):
         env.pop(name, None)
     env.update(
@@ -85,7 +86,6 @@ def portal_env() -> dict[str, str]:
         DJANGO_DEBUG="0",
         DJANGO_SECRET_KEY=secret_key(),
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        CHANNEL_LAYER="core",
         PYTHONPATH=str(ROOT),
     )
     return env

@@ -25,11 +25,12 @@ _BINARY_INSERT = None
 
 def _listened(groups: list[str]) -> set[str]:
     from channels.layers import get_channel_layer
+    from channels_redis.core import RedisChannelLayer
 
     from energy_portal.redis_client import sync_client
 
     layer = get_channel_layer()
-    if hasattr(layer, "_group_key"):  # core layer: one sorted set of members per group
+    if isinstance(layer, RedisChannelLayer):  # core layer: one sorted set of members per group
         pipe = sync_client().pipeline(transaction=False)
         for group in groups:
             pipe.zcard(layer._group_key(group))

@@ -407,13 +407,16 @@ class Bench:
         duration: float,
         profile: bool = False,
     ) -> dict:
-        """opts: "" or "+"-joined of "pubsub" (the Redis pub/sub channel layer) and "fast" (the
-        proposed changes patched into the server and the writers, see patched.py)."""
+        """opts: "" or "+"-joined of "core" / "pubsub" (that channel layer instead of the
+        portal's default) and "fast" (the proposed changes patched into the server and the
+        writers, see patched.py)."""
         label = f"{server}x{server_procs}+{n_writers}w" + (f"-{opts}" if opts else "")
-        fast = "fast" in opts.split("+")
+        options = opts.split("+")
+        fast = "fast" in options
         env = dict(self.env)
-        if "pubsub" in opts.split("+"):
-            env["CHANNEL_LAYER"] = "pubsub"
+        layer = next((o for o in options if o in ("core", "pubsub")), None)
+        if layer:
+            env["CHANNEL_LAYER"] = layer
         self.reset()
         first_step = self.next_step
         commands = procs.server_commands(server, server_procs, fast)
@@ -425,6 +428,7 @@ class Bench:
             "server": server,
             "server_procs": server_procs,
             "options": opts,
+            "channel_layer": layer or f"portal default ({_default_layer()})",
             "writers": n_writers,
             "clients": self.args.clients,
             "batch_items": self.args.batch_items,
@@ -1036,6 +1040,28 @@ def evaluate_targets(results: dict) -> list[dict]:
 # -- main -----------------------------------------------------------------------------------------
 
 
+def _default_layer() -> str:
+    from django.conf import settings
+
+    backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    return "pubsub" if "pubsub" in backend.lower() else "core"
+
+
+def _git_state() -> dict:
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=common.ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_files": changed}
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -1091,7 +1117,7 @@ def main() -> None:
         "--pipelines",
         type=_pipelines,
         default=None,
-        help="server:processes:writers[:pubsub|fast|pubsub+fast],... "
+        help="server:processes:writers[:core|pubsub|fast|pubsub+fast|...],... "
         "(default daphne:1:1,daphne:1:2)",
     )
     parser.add_argument("--clients", type=int, default=4)
@@ -1167,6 +1193,7 @@ def main() -> None:
                 ).fetchall()
             ),
         },
+        "portal": _git_state(),
         "quiet": quiet,
         "args": {k: v for k, v in vars(args).items()},
         "data_set": {

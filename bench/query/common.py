@@ -15,8 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
-WORK = VAR / "bench-query"  # data set description, secret key, migrations fingerprint
-DATA_FILE = WORK / "data.json"
+WORK = VAR / "bench-query"  # secret key, EXPLAIN files, logs; per database: <name>/data.json
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/energy_portal_bench_query"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/4"
@@ -42,6 +41,20 @@ def database_url() -> str:
 
 def redis_url() -> str:
     return os.environ.get("BENCH_QUERY_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def database_name(url: str | None = None) -> str:
+    return (url or database_url()).rsplit("/", 1)[1].split("?")[0]
+
+
+def db_dir(name: str | None = None) -> Path:
+    """Files of one benchmark database: data.json (the fleet's ids, what is loaded) and the
+    migrations fingerprint it was made with."""
+    return WORK / (name or database_name())
+
+
+def data_file(name: str | None = None) -> Path:
+    return db_dir(name) / "data.json"
 
 
 def psycopg_url() -> str:

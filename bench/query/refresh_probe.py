@@ -67,7 +67,7 @@ def main() -> None:
 
     from telemetry import rollups
 
-    data = json.loads(common.DATA_FILE.read_text())
+    data = json.loads(common.data_file().read_text())
     t0 = datetime.fromisoformat(data["load"]["t0"])
     steps = data["load"]["steps"]
     end = t0 + timedelta(minutes=15) * steps

@@ -120,9 +120,9 @@ def load_state(db: Db, data: dict, sensors: list[dict]) -> tuple[datetime | None
     return t0, steps
 
 
-def save_state(data: dict, t0: datetime, steps: int) -> None:
+def save_state(data: dict, t0: datetime, steps: int, name: str | None = None) -> None:
     data["load"] = {"t0": t0.isoformat(), "steps": steps}
-    common.DATA_FILE.write_text(json.dumps(data))
+    common.data_file(name).write_text(json.dumps(data))
 
 
 # -- rollups ------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def measure_size(label: str, kinds, args, seed: int, client) -> dict:
             f"  (db p50 {r['db_p50']:.2f}, {r['statements']} stmt, {r['rows_avg']} rows){flag}")  # fmt: skip
     for kind in kinds:
         rng = random.Random(f"{seed}-{kind.name}-explain")
-        path = common.WORK / "explain" / f"{label}-{kind.name}.txt"
+        path = common.WORK / "explain" / args.started / f"{label}-{kind.name}.txt"
         out["explain"][kind.name] = explain_kind(kind, rng, timer, path)
     for kind in kinds:
         rng = random.Random(f"{seed}-{kind.name}-http")
@@ -597,8 +597,10 @@ def use_database(name: str) -> None:
     conn.settings_dict["NAME"] = name
 
 
-def measure_one(label, size, span, args, data, results, client, *, first: bool) -> None:
+def measure_one(label, size, span, args, data, results, *, first: bool) -> None:
+    from django.contrib.auth import get_user_model
     from django.db import connection
+    from django.test import Client
 
     from bench.query import fleet
     from bench.query import kinds as kinds_mod
@@ -606,15 +608,16 @@ def measure_one(label, size, span, args, data, results, client, *, first: bool) 
     entry = results["sizes"][label]
     if args.no_wait:
         quiet = {"quiet": None, "note": "not waited for (--no-wait)", "load1": common.load1()}
-    elif first:
+    else:
+        if not first:
+            # Our own measuring of the previous size holds the 1-minute load up for a while.
+            log("  cool-down: 90 s for our own load to fade from the 1-minute average")
+            time.sleep(90)
         log(f"== waiting for a quiet machine before measuring {label}")
         quiet = common.wait_quiet(max_wait_s=args.wait_max * 60)
-    else:
-        # Right after measuring the previous size our own work holds the load average up:
-        # only other benchmarks are waited for here.
-        quiet = common.wait_quiet(max_wait_s=args.wait_max * 60, threshold=float("inf"))
-        quiet["note"] += " (load not checked: right after measuring the previous size)"
     log(f"  {quiet['note']}")
+    client = Client()  # a session of this database's operator
+    client.force_login(get_user_model().objects.get(username=data["operator"]))
     fleet_fns = find_fleet_function()
     entry["database"] = connection.settings_dict["NAME"]
     entry["site_day_table"] = fleet.site_day_build()
@@ -627,13 +630,45 @@ def measure_one(label, size, span, args, data, results, client, *, first: bool) 
     log(f"== {label}: measuring {len(kinds)} kinds x {args.repeat} on {entry['database']} "
         f"(project fleet functions found: {fleet_fns or 'none'})")  # fmt: skip
     m_started = time.monotonic()
+    measure_clock = time.strftime("%H:%M:%S")
     entry["measure"] = measure_size(label, kinds, args, args.seed + size, client)
+    entry["measure"]["started_at"] = measure_clock
     entry["measure"]["quiet"] = quiet
     entry["measure"]["loadavg_before"] = [str(quiet.get("load1"))]
     entry["measure"]["fleet_functions_found"] = fleet_fns
     entry["measure"]["seconds"] = round(time.monotonic() - m_started, 1)
     entry["measure"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     entry["measure"]["others_after"] = common.other_benchmarks()
+
+
+def measure_existing(args, results: dict, save) -> None:
+    """--measure-only: each SIZE=DB in turn, with the fleet and load state of that database."""
+    from bench.query import kinds as kinds_mod
+    from bench.query.loader import STEP
+
+    targets = []
+    for item in args.measure_only.split(","):
+        size_text, _, name = item.partition("=")
+        targets.append((parse_size(size_text), name.strip() or common.database_name()))
+    for n, (size, name) in enumerate(targets):
+        label = size_label(size)
+        data = json.loads(common.data_file(name).read_text())
+        t0 = datetime.fromisoformat(data["load"]["t0"])
+        steps = data["load"]["steps"]
+        if steps * len(data["sensors"]) != size:
+            raise SystemExit(
+                f"{name} holds {steps * len(data['sensors']):,} readings, not {size:,}"
+            )
+        use_database(name)
+        end = t0 + STEP * steps
+        results["sizes"][label] = {
+            "rows": size,
+            "database": name,
+            "span": {"from": t0.isoformat(), "to": end.isoformat(),
+                     "days": round((end - t0).total_seconds() / 86400, 1)},
+        }  # fmt: skip
+        measure_one(label, size, kinds_mod.Span(t0, end), args, data, results, first=n == 0)
+        save()
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -662,6 +697,11 @@ def main() -> None:
                         help="measure each size right after loading it, on the growing database "
                         "(default: snapshot each smaller size, measure all sizes at the end in "
                         "one quiet window)")  # fmt: skip
+    parser.add_argument("--load-only", action="store_true",
+                        help="load (and snapshot) the sizes, measure nothing; keeps the snapshots")  # fmt: skip
+    parser.add_argument("--measure-only", metavar="SIZE=DB,...",
+                        help="measure databases loaded earlier, e.g. 1M=energy_portal_bench_query_1m,"
+                        "50M=energy_portal_bench_query, in one quiet window; nothing is loaded")  # fmt: skip
     parser.add_argument("--keep-snapshots", action="store_true",
                         help="keep the snapshot databases of the smaller sizes")  # fmt: skip
     parser.add_argument("--database-url", help=f"default {common.DEFAULT_DATABASE_URL}")
@@ -678,12 +718,10 @@ def main() -> None:
 
     run_started = time.monotonic()
     started = time.strftime("%Y%m%d-%H%M%S")
+    args.started = started
     log(f"query benchmark: sizes {', '.join(size_label(s) for s in sizes)}, {args.repeat} calls "
         f"per kind; load average {Path('/proc/loadavg').read_text().strip()}")  # fmt: skip
     data = setup_data.ensure(args.sites)  # also sets Django up here
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
     from bench.query import kinds as kinds_mod
     from telemetry import queries
 
@@ -718,6 +756,23 @@ def main() -> None:
         results["targets"] = evaluate_targets(results)
         out_path.write_text(json.dumps(results, indent=1, default=str))
 
+    if args.measure_only:
+        results["mode"] = "measure only"
+        results["kinds"] = {}
+        try:
+            measure_existing(args, results, save)
+        finally:
+            use_database(db.name)
+            results["finished"] = time.strftime("%Y%m%d-%H%M%S")
+            results["run_minutes"] = round((time.monotonic() - run_started) / 60, 1)
+            results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+            save()
+        text = report(results)
+        print(text)
+        (common.VAR / f"bench-query-{started}.txt").write_text(text + "\n")
+        log(f"results: {out_path.relative_to(common.ROOT)}; took {results['run_minutes']} min")
+        return
+
     t0, steps = (None, 0) if args.fresh else load_state(db, data, sensors)
     first_steps = sizes[0] // n_sensors
     if t0 is None or steps > first_steps:
@@ -735,9 +790,6 @@ def main() -> None:
     from bench.query.loader import STEP, Loader
 
     loader = Loader(db.conn, sensors, t0)
-    user = get_user_model().objects.get(username=data["operator"])
-    client = Client()
-    client.force_login(user)
     results["kinds"] = {}
     results["mode"] = "in place" if args.in_place else "snapshots"
     measured_dbs: dict[str, str] = {}  # size label -> database to measure it on
@@ -775,12 +827,18 @@ def main() -> None:
             save()
             if args.in_place:
                 measured_dbs[label] = db.name
-                measure_one(label, size, span, args, data, results, client, first=True)
+                measure_one(label, size, span, args, data, results, first=True)
                 save()
             elif n < len(sizes) - 1:
                 # Keep this size as it is (a file-level copy) and measure it later, in the same
                 # quiet window as the others: loading needs no quiet machine, measuring does.
                 db, snap, seconds = snapshot(db, label)
+                snap_dir = common.db_dir(snap)
+                snap_dir.mkdir(parents=True, exist_ok=True)
+                (snap_dir / "migrations-fingerprint").write_text(
+                    (common.db_dir() / "migrations-fingerprint").read_text()
+                )
+                save_state(dict(data), t0, steps, name=snap)
                 entry["snapshot"] = {"database": snap, "seconds": round(seconds, 1)}
                 measured_dbs[label] = snap
                 loader.conn = db.conn
@@ -789,16 +847,19 @@ def main() -> None:
             else:
                 measured_dbs[label] = db.name
         results["load_phase_minutes"] = round((time.monotonic() - run_started) / 60, 1)
-        if not args.in_place:
+        if args.load_only:
+            log("load only: measure with --measure-only "
+                + ",".join(f"{lb}={name}" for lb, name in measured_dbs.items()))  # fmt: skip
+        elif not args.in_place:
             for n, size in enumerate(sizes):
                 label = size_label(size)
                 use_database(measured_dbs[label])
                 end = loader.time_of(size // n_sensors)
                 span = kinds_mod.Span(t0, end)
-                measure_one(label, size, span, args, data, results, client, first=n == 0)
+                measure_one(label, size, span, args, data, results, first=n == 0)
                 save()
     finally:
-        if not args.in_place and not args.keep_snapshots:
+        if not args.in_place and not args.keep_snapshots and not args.load_only:
             use_database(db.name)
             for name in measured_dbs.values():
                 if name != db.name:

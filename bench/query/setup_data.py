@@ -49,7 +49,7 @@ def ensure_database(url: str, fingerprint: str) -> bool:
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
     admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    marker = common.WORK / "migrations-fingerprint"
+    marker = common.db_dir(name) / "migrations-fingerprint"
     with psycopg.connect(admin, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         stale = found and (not marker.exists() or marker.read_text().strip() != fingerprint)
@@ -59,10 +59,10 @@ def ensure_database(url: str, fingerprint: str) -> bool:
         if not found or stale:
             common.log(f"creating database {name}")
             conn.execute(f'CREATE DATABASE "{name}"')
-            common.WORK.mkdir(parents=True, exist_ok=True)
+            marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(fingerprint)
-            if common.DATA_FILE.exists():
-                common.DATA_FILE.unlink()
+            if common.data_file(name).exists():
+                common.data_file(name).unlink()
             return True
     return False
 
@@ -158,12 +158,13 @@ def ensure(sites_n: int = 500) -> dict:
     call_command("migrate", verbosity=0, interactive=False)
     if new:
         common.log(f"  migrated in {time.monotonic() - started:.1f}s")
-    data = json.loads(common.DATA_FILE.read_text()) if common.DATA_FILE.exists() else {}
+    path = common.data_file()
+    data = json.loads(path.read_text()) if path.exists() else {}
     if not _valid(data, sites_n):
         common.log(f"creating the fleet: {sites_n} sites, {2 * sites_n} sensors")
         data = _create(sites_n)
-        common.WORK.mkdir(parents=True, exist_ok=True)
-        common.DATA_FILE.write_text(json.dumps(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
     return data
 
 
@@ -189,7 +190,7 @@ def drop_database(url: str, *, name: str | None = None) -> None:
     admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name or main}" WITH (FORCE)')
-    if name is None or name == main:
-        for path in (common.WORK / "migrations-fingerprint", common.DATA_FILE):
-            if path.exists():
-                path.unlink()
+    for path in (common.db_dir(name or main) / "migrations-fingerprint",
+                 common.data_file(name or main)):  # fmt: skip
+        if path.exists():
+            path.unlink()
