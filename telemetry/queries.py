@@ -29,7 +29,7 @@ from django.db.models import F, QuerySet
 
 from devices.models import Device, DeviceKind, Feeder, Room, Sensor, SensorKind, Site, Transformer
 from devices.selectors import room_list, sensor_list, site_list
-from telemetry.models import PolledAppliance, RoomMetrics, SiteMetrics
+from telemetry.models import PolledAppliance, RoomMetrics, SiteDay, SiteMetrics
 from telemetry.timescale import is_timescale
 
 # time_bucket's default origin (a Monday at midnight UTC); date_bin gets it explicitly, so both
@@ -815,13 +815,106 @@ def _zone_energy_by_day(
     return days
 
 
+def _day_energy(by_source: dict[str, float]) -> tuple[str, float]:
+    """(source, kWh) of a site's day: the meter's when it measured that day, else the devices'."""
+    if "meter" in by_source:
+        return "meter", by_source["meter"]
+    return "devices", by_source.get("devices", 0.0)
+
+
+def site_days_compute(*, site_ids: list[int], zone: str, day: date) -> dict[int, tuple[str, float]]:
+    """(source, kWh) of one local day of sites of time zone `zone`, for those with data."""
+    period = Period(kind="day", first=day, end=day + timedelta(days=1))
+    plan = energy_plan(site_ids=site_ids)
+    tz = zoneinfo.ZoneInfo(zone)
+    days = _zone_energy_by_day(
+        plan=plan, site_ids=set(site_ids), zone=zone, period=period,
+        now=local_midnight(period.end, tz),
+    )  # fmt: skip
+    return {site_id: _day_energy(by_source) for (site_id, _), by_source in days.items()}
+
+
+def _pending_site_days(*, plan: EnergyPlan, zones: dict[int, str], period: Period) -> set:
+    """(site, local day) of the period that readings not yet rolled up change: the day of each
+    marked quarter-hour and, for a counter, the day of its next reading (see rollups.py)."""
+    counters = [i for i, mode in plan.modes.items() if mode == "counter"]
+    lo = local_midnight(period.first, UTC) - timedelta(days=1)  # every zone's day inside
+    hi = local_midnight(period.end, UTC) + timedelta(days=1)
+    sql = """
+        SELECT m.sensor_id, m.bucket,
+               CASE WHEN m.sensor_id = ANY(%(counters)s) THEN
+                   (SELECT e.time FROM energy_readings e
+                    WHERE e.sensor_id = m.sensor_id AND e.time >= m.bucket + interval '15 minutes'
+                    ORDER BY e.time LIMIT 1) END
+        FROM rollup_dirty m
+        WHERE m.bucket < %(hi)s AND (m.bucket >= %(lo)s OR m.sensor_id = ANY(%(counters)s))"""
+    pending = set()
+    for sensor_id, *instants in _fetch(sql, {"counters": counters, "lo": lo, "hi": hi}):
+        if sensor_id not in plan.modes:
+            continue
+        site_id = plan.devices[plan.device_of[sensor_id]][0]
+        tz = zoneinfo.ZoneInfo(zones[site_id])
+        for instant in instants:
+            if instant is not None and period.first <= instant.astimezone(tz).date() < period.end:
+                pending.add((site_id, instant.astimezone(tz).date()))
+    return pending
+
+
+def _stored_site_days(
+    *, plan: EnergyPlan, zones: dict[int, str], period: Period, now: datetime
+) -> tuple[dict[tuple[int, date], tuple[str, float]], dict[int, date]]:
+    """The `SiteDay` rows of the period that are current, and for every site with a day that
+    is not (over yet, computed, or untouched since), the first such day: from there on its
+    days are computed from the rollups and raw data. Plain PostgreSQL only."""
+    sql = f"""
+        SELECT r.site_id, r.day, r.source, r.energy_kwh FROM {SiteDay._meta.db_table} r
+        WHERE r.day >= %(first)s AND r.day < %(end)s AND NOT EXISTS (
+            SELECT 1 FROM rollup_site_day_dirty x WHERE x.site_id = r.site_id AND x.day = r.day)"""
+    rows = _fetch(sql, {"first": period.first, "end": period.end})
+    stored = {(site_id, day): (source, kwh) for site_id, day, source, kwh in rows}
+    for key in _pending_site_days(plan=plan, zones=zones, period=period):
+        stored.pop(key, None)
+    days = [period.first + timedelta(days=n) for n in range((period.end - period.first).days)]
+    first_live = {}
+    for site_id, zone in zones.items():
+        today = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
+        gap = next((d for d in days if d >= today or (site_id, d) not in stored), None)
+        if gap is not None:
+            first_live[site_id] = gap
+    return stored, first_live
+
+
+def _site_energy_by_day(
+    *, plan: EnergyPlan, zones: dict[int, str], period: Period, now: datetime
+) -> dict[tuple[int, date], tuple[str, float]]:
+    """(site, local day) -> (source, kWh) for every day of the period a site has data: stored
+    site days where current (plain PostgreSQL), the rest computed per time zone."""
+    result: dict[tuple[int, date], tuple[str, float]] = {}
+    first_live = dict.fromkeys(zones, period.first)
+    if not is_timescale(connection):
+        stored, first_live = _stored_site_days(plan=plan, zones=zones, period=period, now=now)
+        result = {key: value for key, value in stored.items() if value[0]}
+    by_zone: dict[str, set[int]] = defaultdict(set)
+    for site_id, first in first_live.items():
+        by_zone[zones[site_id]].add(site_id)
+    for zone, site_ids in sorted(by_zone.items()):
+        live = Period(kind="day", first=min(first_live[i] for i in site_ids), end=period.end)
+        days = _zone_energy_by_day(plan=plan, site_ids=site_ids, zone=zone, period=live, now=now)
+        for (site_id, day), by_source in days.items():
+            if day >= first_live[site_id]:
+                result[site_id, day] = _day_energy(by_source)
+    return result
+
+
 def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) -> dict:
     """Energy of every site over the day, week or month containing `day`, each in its own local
     time, summed by feeder and by transformer, with the `top` sites that used the most.
 
     A site's energy of a local day is its meter's when the meter has data that day, else its
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
-    a feeder None. Queries: 5, plus at most 2 per time zone the sites are in.
+    a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
+    are current; days not over yet or with readings not rolled up yet are computed. Queries: 7,
+    plus at most 2 per time zone whose sites have such days.
     """
     period = period_containing(kind=period_kind, day=day)
     sites = list(
@@ -830,18 +923,12 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
         )
     )
     plan = energy_plan(site_ids=[site["id"] for site in sites])
-    zones: dict[str, set[int]] = defaultdict(set)
-    for site in sites:
-        zones[site["timezone"]].add(site["id"])
-    days: dict[tuple[int, date], dict[str, float]] = {}
-    for zone, site_ids in sorted(zones.items()):
-        days |= _zone_energy_by_day(plan=plan, site_ids=site_ids, zone=zone, period=period, now=now)
-
+    zones = {site["id"]: site["timezone"] for site in sites}
     site_kwh: dict[int, float] = defaultdict(float)
     site_sources: dict[int, set[str]] = defaultdict(set)
-    for (site_id, _day), by_source in days.items():
-        source = "meter" if "meter" in by_source else "devices"
-        site_kwh[site_id] += by_source[source]
+    days = _site_energy_by_day(plan=plan, zones=zones, period=period, now=now)
+    for (site_id, _day), (source, kwh) in days.items():
+        site_kwh[site_id] += kwh
         site_sources[site_id].add(source)
 
     transformers = {

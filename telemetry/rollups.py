@@ -57,7 +57,7 @@ from django.utils import timezone
 
 from devices.models import Site
 from telemetry import queries
-from telemetry.models import RoomMetrics, SiteMetrics
+from telemetry.models import RoomMetrics, SiteDay, SiteDayDirty, SiteMetrics
 from telemetry.timescale import is_timescale
 from telemetry.validation import MAX_PAST
 
@@ -277,10 +277,31 @@ WHERE d.sensor_id = done.sensor_id AND d.bucket = done.bucket
 """
 
 
+# The local days of the sites whose energy the processed marks change: the day of each marked
+# quarter-hour and, since a counter's quarter-hour counts the difference to its previous reading,
+# the day of the sensor's next quarter-hour with readings (normally the same day, but not after a
+# gap). Only energy and power sensors count towards a site's energy.
+_MARK_SITE_DAYS = """
+INSERT INTO rollup_site_day_dirty (site_id, day)
+SELECT DISTINCT d.site_id, (t.at AT TIME ZONE s.timezone)::date
+FROM unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[]) AS m(sensor_id, bucket)
+JOIN devices_sensor se ON se.id = m.sensor_id AND se.kind IN ('energy', 'power')
+JOIN devices_device d ON d.id = se.device_id
+JOIN devices_site s ON s.id = d.site_id
+CROSS JOIN LATERAL (VALUES (m.bucket), ((
+    SELECT c.bucket FROM rollup_15m c WHERE c.sensor_id = m.sensor_id AND c.bucket > m.bucket
+    ORDER BY c.bucket LIMIT 1))) AS t(at)
+WHERE t.at IS NOT NULL
+ORDER BY 1, 2
+ON CONFLICT DO NOTHING
+"""
+
+
 @dataclass
 class RefreshResult:
     buckets: int = 0
     batches: int = 0
+    site_days: int = 0
     skipped: bool = False
     more: bool = False
 
@@ -329,16 +350,26 @@ def rollups_refresh(
                         "buckets": [m[1] for m in marks],
                         "seqs": [m[2] for m in marks],
                     }
-                    for statement in (_RECOMPUTE_15M, _DERIVE_1H, _DERIVE_1D, _UNMARK):
+                    for statement in (
+                        _RECOMPUTE_15M,
+                        _DERIVE_1H,
+                        _DERIVE_1D,
+                        _MARK_SITE_DAYS,
+                        _UNMARK,
+                    ):
                         cursor.execute(statement, params)
                 result.buckets += len(marks)
                 result.batches += 1
                 key = marks[-1][:2]
                 if len(marks) < batch:
-                    return result
+                    break
                 if time.monotonic() - started > time_budget_s:
                     result.more = True
                     return result
+            left = time_budget_s - (time.monotonic() - started)
+            days = site_days_refresh(settled=settled, time_budget_s=max(left, 1.0))
+            result.site_days, result.more = days.site_days, days.more
+            return result
         finally:
             if result.buckets >= _ANALYZE_AFTER:
                 # After a big catch-up the planner's idea of rollup_dirty (large, or empty) is
@@ -346,6 +377,63 @@ def rollups_refresh(
                 # in queries; refresh the statistics now.
                 cursor.execute("ANALYZE rollup_dirty")
             cursor.execute("SELECT pg_advisory_unlock(%s)", [_REFRESH_LOCK])
+
+
+# --- per-site local days (plain PostgreSQL) ------------------------------------------------
+
+
+@dataclass
+class SiteDaysResult:
+    site_days: int = 0
+    more: bool = False
+
+
+_DIRTY_SITE_DAYS = """
+SELECT d.site_id, d.day, s.timezone, s.tariff_per_kwh, s.currency
+FROM rollup_site_day_dirty d JOIN devices_site s ON s.id = d.site_id
+ORDER BY s.timezone, d.day, d.site_id
+"""
+
+
+def site_days_refresh(*, settled: datetime, time_budget_s: float = 45.0) -> SiteDaysResult:
+    """Recompute the `SiteDay` rows marked dirty whose local day ended before `settled` (all of
+    its quarter-hours rolled up), one (time zone, day) at a time: the sites of one zone share
+    the day's bounds, so one pass of the site-energy code does them all. Days not over yet stay
+    marked: queries compute them from the rollups and raw data. Runs inside `rollups_refresh`,
+    under its lock, which is also the only writer of the marks."""
+    result = SiteDaysResult()
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute(_DIRTY_SITE_DAYS)
+        groups: dict[tuple[str, object], list[tuple]] = defaultdict(list)
+        for site_id, day, zone, tariff, currency in cursor.fetchall():
+            tz = zoneinfo.ZoneInfo(zone)
+            if queries.local_midnight(day + timedelta(days=1), tz) <= settled:
+                groups[zone, day].append((site_id, tariff, currency))
+    for (zone, day), sites in groups.items():
+        if time.monotonic() - started > time_budget_s:
+            result.more = True
+            break
+        site_ids = [site_id for site_id, _, _ in sites]
+        energy = queries.site_days_compute(site_ids=site_ids, zone=zone, day=day)
+        now = timezone.now()
+        rows = []
+        for site_id, tariff, currency in sites:
+            source, kwh = energy.get(site_id, ("", 0.0))
+            rows.append(
+                SiteDay(site_id=site_id, day=day, energy_kwh=kwh, source=source,
+                        cost=queries.money(kwh, tariff), currency=currency, computed_at=now)
+            )  # fmt: skip
+        with transaction.atomic():
+            SiteDay.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["site", "day"],
+                update_fields=["energy_kwh", "source", "cost", "currency", "computed_at"],
+            )
+            SiteDayDirty.objects.filter(site_id__in=site_ids, day=day).delete()
+        result.site_days += len(rows)
+    return result
 
 
 # --- raw retention (plain PostgreSQL) -----------------------------------------------------
