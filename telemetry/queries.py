@@ -895,7 +895,7 @@ def _site_energy_by_day(
         stored, first_live = _stored_site_days(plan=plan, zones=zones, period=period, now=now)
         result = {key: value for key, value in stored.items() if value[0]}
     by_zone: dict[str, set[int]] = defaultdict(set)
-    for site_id, first in first_live.items():
+    for site_id in first_live:
         by_zone[zones[site_id]].add(site_id)
     for zone, site_ids in sorted(by_zone.items()):
         live = Period(kind="day", first=min(first_live[i] for i in site_ids), end=period.end)
