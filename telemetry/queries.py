@@ -302,16 +302,18 @@ class EnergyPlan:
     devices: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # -> (site, room)
 
 
-def energy_plan(*, site_ids: list[int]) -> EnergyPlan:
+def energy_plan(*, site_ids: list[int] | None) -> EnergyPlan:
+    """The plan of the given sites; None: of every site (no id list to send)."""
     plan = EnergyPlan()
+    of_sites = {} if site_ids is None else {"device__site_id__in": site_ids}
     per_interval = set(
         PolledAppliance.objects.filter(
-            device__site_id__in=site_ids, store_type__in=["sum", "consumption"]
+            store_type__in=["sum", "consumption"], **of_sites
         ).values_list("device_id", flat=True)
     )
     sensors = list(
         Sensor.objects.filter(
-            device__site_id__in=site_ids, kind__in=[SensorKind.ENERGY, SensorKind.POWER]
+            kind__in=[SensorKind.ENERGY, SensorKind.POWER], **of_sites
         ).values_list(
             "id", "kind", "unit", "device_id", "device__kind", "device__site_id", "device__room_id"
         )
@@ -836,28 +838,31 @@ def site_days_compute(*, site_ids: list[int], zone: str, day: date) -> dict[int,
 
 def _pending_site_days(*, plan: EnergyPlan, zones: dict[int, str], period: Period) -> set:
     """(site, local day) of the period that readings not yet rolled up change: the day of each
-    marked quarter-hour and, for a counter, the day of its next reading (see rollups.py)."""
+    marked quarter-hour and, for a counter marked before the period, the day of its next
+    reading. (A counter marked inside the period changes at most later days of it, which the
+    caller computes anyway: everything after a site's first changed day is computed.)"""
     counters = [i for i, mode in plan.modes.items() if mode == "counter"]
-    lo = local_midnight(period.first, UTC) - timedelta(days=1)  # every zone's day inside
-    hi = local_midnight(period.end, UTC) + timedelta(days=1)
+    # Every zone's local days of the period lie inside [lo, hi); a local day starts at most
+    # 14 h before and 12 h after its UTC midnight.
+    lo = local_midnight(period.first, UTC) - timedelta(hours=14)
+    hi = local_midnight(period.end, UTC) + timedelta(hours=12)
     sql = """
-        SELECT m.sensor_id, m.bucket,
-               CASE WHEN m.sensor_id = ANY(%(counters)s) THEN
-                   (SELECT e.time FROM energy_readings e
-                    WHERE e.sensor_id = m.sensor_id AND e.time >= m.bucket + interval '15 minutes'
-                    ORDER BY e.time LIMIT 1) END
+        SELECT DISTINCT d.site_id, (t.at AT TIME ZONE s.timezone)::date AS day
         FROM rollup_dirty m
-        WHERE m.bucket < %(hi)s AND (m.bucket >= %(lo)s OR m.sensor_id = ANY(%(counters)s))"""
-    pending = set()
-    for sensor_id, *instants in _fetch(sql, {"counters": counters, "lo": lo, "hi": hi}):
-        if sensor_id not in plan.modes:
-            continue
-        site_id = plan.devices[plan.device_of[sensor_id]][0]
-        tz = zoneinfo.ZoneInfo(zones[site_id])
-        for instant in instants:
-            if instant is not None and period.first <= instant.astimezone(tz).date() < period.end:
-                pending.add((site_id, instant.astimezone(tz).date()))
-    return pending
+        JOIN devices_sensor se ON se.id = m.sensor_id AND se.kind IN ('energy', 'power')
+        JOIN devices_device d ON d.id = se.device_id
+        JOIN devices_site s ON s.id = d.site_id
+        CROSS JOIN LATERAL (VALUES (m.bucket), (
+            CASE WHEN m.bucket < %(latest_start)s AND m.sensor_id = ANY(%(counters)s) THEN
+                (SELECT e.time FROM energy_readings e
+                 WHERE e.sensor_id = m.sensor_id AND e.time >= m.bucket + interval '15 minutes'
+                 ORDER BY e.time LIMIT 1) END)) AS t(at)
+        WHERE m.bucket < %(hi)s AND (m.bucket >= %(lo)s OR m.sensor_id = ANY(%(counters)s))
+          AND (t.at AT TIME ZONE s.timezone)::date >= %(first)s
+          AND (t.at AT TIME ZONE s.timezone)::date < %(end)s"""
+    params = {"counters": counters, "lo": lo, "hi": hi, "latest_start": lo + timedelta(hours=26),
+              "first": period.first, "end": period.end}  # fmt: skip
+    return {(site_id, day) for site_id, day in _fetch(sql, params) if site_id in zones}
 
 
 def _stored_site_days(
@@ -922,7 +927,7 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
             "id", "name", "timezone", "tariff_per_kwh", "currency", "feeder_id"
         )
     )
-    plan = energy_plan(site_ids=[site["id"] for site in sites])
+    plan = energy_plan(site_ids=None)
     zones = {site["id"]: site["timezone"] for site in sites}
     site_kwh: dict[int, float] = defaultdict(float)
     site_sources: dict[int, set[str]] = defaultdict(set)

@@ -42,7 +42,10 @@ def is_flat(first: float, last: float) -> bool:
     return last <= first * FLAT_RATIO or last - first <= FLAT_NOISE_MS
 
 
-ROLLUP_TABLES = ("rollup_15m", "rollup_1h", "rollup_1d", "rollup_dirty")
+ROLLUP_TABLES = (
+    "rollup_15m", "rollup_1h", "rollup_1d", "rollup_dirty", "rollup_site_day",
+    "rollup_site_day_dirty",
+)  # fmt: skip
 ORIGIN_SQL = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"  # telemetry.queries.ORIGIN_SQL (checked)
 
 
@@ -230,8 +233,36 @@ def refresh(db: Db, *, now: datetime, lo: datetime, budget_s: float, label: str)
         log(f"  {left:,} marks left: extrapolated {left / rate / 60:.0f} more min at that rate; "
             f"rolling up the rest set-based")  # fmt: skip
         out["bulk_seconds"] = round(bulk_rollups(db, lo, settled, label=label), 1)
+        # The marks the bulk SQL dropped would have marked their sites' days: mark every day.
+        db.conn.execute(
+            "INSERT INTO rollup_site_day_dirty (site_id, day) "
+            "SELECT s.id, d::date FROM devices_site s, generate_series(%s::date - 1, "
+            "%s::date + 1, interval '1 day') d ON CONFLICT DO NOTHING",
+            [lo, settled],
+        )
     out["marks_after"] = db.one("SELECT count(*) FROM rollup_dirty")[0]
+    out["site_days"] = site_days(db, now=now, label=label)
     return out
+
+
+def site_days(db: Db, *, now: datetime, label: str) -> dict:
+    """The project's per-site local days (`rollups.site_days_refresh`) for every marked day
+    that is over, in slices of <= 15 s to show progress."""
+    from telemetry import rollups
+    from telemetry.queries import STEPS
+
+    marked = db.one("SELECT count(*) FROM rollup_site_day_dirty")[0]
+    started = time.monotonic()
+    done, more = 0, True
+    while more:
+        r = rollups.site_days_refresh(settled=now - STEPS["15m"], time_budget_s=15.0)
+        done += r.site_days
+        more = r.more
+        el = time.monotonic() - started
+        log(f"  site days {label}: {done:,}/{marked:,} stored, {el:.0f}s")
+    seconds = time.monotonic() - started
+    return {"marked": marked, "stored": done, "seconds": round(seconds, 1),
+            "per_s": round(done / seconds) if seconds else None}  # fmt: skip
 
 
 def check_rollups(data: dict, span, rng: random.Random, n: int = 3) -> list[dict]:
@@ -602,7 +633,6 @@ def measure_one(label, size, span, args, data, results, *, first: bool) -> None:
     from django.db import connection
     from django.test import Client
 
-    from bench.query import fleet
     from bench.query import kinds as kinds_mod
 
     entry = results["sizes"][label]
@@ -620,9 +650,8 @@ def measure_one(label, size, span, args, data, results, *, first: bool) -> None:
     client.force_login(get_user_model().objects.get(username=data["operator"]))
     fleet_fns = find_fleet_function()
     entry["database"] = connection.settings_dict["NAME"]
-    entry["site_day_table"] = fleet.site_day_build()
-    log(f"  what-if site-day table on {entry['database']}: {entry['site_day_table']}")
-    kinds = kinds_mod.build(data, span, site_day_table=True)
+    # The project stores site days now (rollup_site_day); the what-if TEMP table is not built.
+    kinds = kinds_mod.build(data, span)
     for kind in kinds:
         results["kinds"][kind.name] = {"label": kind.label, "target": kind.target,
                                        "note": kind.note, "calls": kind.func,
