@@ -118,6 +118,7 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     """One Pi's socket. The bearer token alone names the device."""
 
     device = None
+    watchdog: asyncio.Task | None = None
 
     async def connect(self):
         token = bearer_token(self.scope)
@@ -141,12 +142,24 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             await self._deliver(command_id)
 
     async def disconnect(self, code):
+        """Leave the device's group, give up its registry entry and mark it offline. Each step
+        runs even when an earlier one failed: a registry entry left behind would keep the device
+        "connected" (and online) for good."""
         if self.device is None:
             return
-        self.watchdog.cancel()
-        await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
-        if await socket_registry.release(self.device.id, self.channel_name):
-            await db(services.device_set_online)(device_id=self.device.id, online=False)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        # When the registry cannot answer, still try: device_set_online looks at it again and
+        # leaves the device online if another socket holds it.
+        released = True
+        try:
+            await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
+        finally:
+            try:
+                released = await socket_registry.release(self.device.id, self.channel_name)
+            finally:
+                if released:
+                    await db(services.device_set_online)(device_id=self.device.id, online=False)
 
     async def _watch_silence(self):
         """Close a socket that has gone quiet: a hung link looks open from this side."""

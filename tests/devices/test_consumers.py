@@ -494,6 +494,35 @@ async def test_connect_marks_the_device_online_and_disconnect_offline(alice_home
     assert await socket_registry.connected_channel(device.id) is None
 
 
+@pytest.fixture
+def leaving_groups_fails():
+    """The channel layer fails to leave a group, as when Redis drops the connection mid-close."""
+    layer = get_channel_layer()
+
+    async def group_discard(group, channel):
+        raise ConnectionError("Redis connection lost")
+
+    layer.group_discard = group_discard  # on the instance only, so the class's comes back below
+    yield
+    del layer.group_discard
+
+
+async def test_disconnect_releases_the_socket_and_goes_offline_even_if_leaving_the_group_fails(
+    alice_home, leaving_groups_fails
+):
+    device = alice_home["device"]
+    pi = device_communicator(alice_home["token"])
+    connected, _ = await pi.connect()
+    assert connected
+    await settle(pi)
+
+    with pytest.raises(ConnectionError):  # the failure is still reported, after the cleanup
+        await pi.disconnect()
+
+    assert await socket_registry.connected_channel(device.id) is None
+    assert await device_online(device) is False
+
+
 async def test_second_connection_of_a_device_closes_the_first_and_it_stays_online(alice_home):
     device = alice_home["device"]
 
