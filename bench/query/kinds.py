@@ -60,7 +60,7 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(data: dict, span: Span, *, site_day_table: bool = False) -> list[Kind]:
+def build(data: dict, span: Span) -> list[Kind]:
     """The kinds for the data loaded so far. Imports the project lazily (Django is set up)."""
     from bench.query import fleet
     from devices.models import Site
@@ -281,20 +281,6 @@ def build(data: dict, span: Span, *, site_day_table: bool = False) -> list[Kind]
                 None,
                 "session settings only",
                 func="queries.grid_energy under SET LOCAL",
-            )
-        )
-    if site_day_table:
-        kinds.append(
-            Kind(
-                "fleet_day_siteday",
-                "what-if: fleet by feeder from a site-day table",
-                False,
-                fleet_params,
-                lambda p: fleet.fleet_by_feeder_from_site_days(day=p["day"]),
-                len,
-                None,
-                "a per-site per-local-day table (TEMP here), one statement",
-                func="bench.query.fleet.fleet_by_feeder_from_site_days",
             )
         )
     if has_grid:
