@@ -24,6 +24,10 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
 # Front-end libraries (uPlot) from npm, served from static/vendor/ by Django.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
@@ -57,13 +61,13 @@ format: $(VENV)/.dev
 
 # Benchmarks run on demand, never in the test suite; each prints its figures and ratios to the
 # baseline it measures in the same run, and writes JSON to var/ (see bench/*/README.md).
-bench-live: $(VENV)/.dev
+bench-live: $(VENV)/.bench
 	$(BIN)/python -m bench.live.run $(BENCH_ARGS)
 
-bench-ingest: $(VENV)/.dev
+bench-ingest: $(VENV)/.bench
 	$(BIN)/python -m bench.ingest.run $(BENCH_ARGS)
 
-bench-query: $(VENV)/.dev
+bench-query: $(VENV)/.bench
 	$(BIN)/python -m bench.query.run $(BENCH_ARGS)
 
 clean:
