@@ -48,7 +48,7 @@ from devices import services as device_services
 from devices.models import Device, DeviceKind, Sensor, SensorKind, Site
 from energy_portal.redis_client import sync_client
 from telemetry.models import FileStatus, FtpSource, IngestedFile
-from telemetry.services import Item, readings_ingest, readings_validate
+from telemetry.services import Item, cyclic_gc_paused, readings_ingest, readings_validate
 from telemetry.sgl_parser import MAX_ERRORS, SglRow, parse_sgl_rows
 from telemetry.validation import SensorRef
 
@@ -238,6 +238,9 @@ def _ingested_with(checksum: str) -> IngestedFile | None:
     )
 
 
+# The file's rows stay alive while millions of short-lived objects come and go; they are freed
+# (by reference counting) on return, before the collector resumes.
+@cyclic_gc_paused()
 def ftp_file_ingest(
     *, source: FtpSource, name: str, data: bytes, now: datetime | None = None
 ) -> IngestedFile:

@@ -1,5 +1,6 @@
 """FTP ingestion of `.sgl_v2` files, against a real FTP server (pyftpdlib), PostgreSQL and Redis."""
 
+import gc
 import json
 import shutil
 import socket
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from devices.models import Device, Site
 from energy_portal.celery import app as celery_app
-from telemetry import tasks
+from telemetry import ftp_ingest, tasks
 from telemetry.ftp_ingest import (
     FtpUnavailable,
     ftp_file_ingest,
@@ -475,6 +476,67 @@ def test_workers_racing_on_the_same_content_ingest_it_once(ingest_stream):
     stored = dict(IngestedFile.objects.values_list("name", "status"))
     assert sorted(stored.values()) == [FileStatus.DUPLICATE, FileStatus.INGESTED]
     assert len(stream_rows(ingest_stream)) == _expected(DAY)["records"]
+    assert gc.isenabled()  # the last of the overlapping ingests turned the collector back on
+
+
+# --- cyclic garbage collection -------------------------------------------------------------
+
+
+def _gc_state_while_enqueueing(monkeypatch, *, fail: bool = False) -> list[bool]:
+    """Whether the cyclic GC was on each time the file's readings reached the pipeline."""
+    seen = []
+    enqueue = ftp_ingest.readings_ingest
+
+    def watched(**kwargs):
+        seen.append(gc.isenabled())
+        if fail:
+            raise ConnectionError("Redis went away")
+        enqueue(**kwargs)
+
+    monkeypatch.setattr(ftp_ingest, "readings_ingest", watched)
+    return seen
+
+
+@pytest.mark.django_db
+def test_cyclic_gc_is_off_while_a_file_is_ingested_and_on_again_after(
+    monkeypatch, sample_sites, ingest_stream
+):
+    seen = _gc_state_while_enqueueing(monkeypatch)
+    source = FtpSource.objects.create(name="gc", host="127.0.0.1")
+    data = (SAMPLES / f"{DAY}.sgl_v2").read_bytes()
+    assert gc.isenabled()
+    record = ftp_file_ingest(source=source, name="a.sgl_v2", data=data, now=NOW)
+    assert record.status == FileStatus.INGESTED
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+@pytest.mark.django_db
+def test_cyclic_gc_is_on_again_after_an_ingest_that_failed(monkeypatch, sample_sites):
+    seen = _gc_state_while_enqueueing(monkeypatch, fail=True)
+    source = FtpSource.objects.create(name="gc", host="127.0.0.1")
+    data = (SAMPLES / f"{DAY}.sgl_v2").read_bytes()
+    with pytest.raises(ConnectionError):
+        ftp_file_ingest(source=source, name="a.sgl_v2", data=data, now=NOW)
+    assert seen == [False]
+    assert gc.isenabled()
+    assert not IngestedFile.objects.exists()  # rolled back: the next poll tries it again
+
+
+@pytest.mark.django_db
+def test_cyclic_gc_a_caller_turned_off_stays_off_after_an_ingest(
+    monkeypatch, sample_sites, ingest_stream
+):
+    seen = _gc_state_while_enqueueing(monkeypatch)
+    source = FtpSource.objects.create(name="gc", host="127.0.0.1")
+    data = (SAMPLES / f"{DAY}.sgl_v2").read_bytes()
+    gc.disable()
+    try:
+        ftp_file_ingest(source=source, name="a.sgl_v2", data=data, now=NOW)
+        assert seen == [False]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # --- schedule ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """POST /api/v1/ingest/: device tokens, API tokens with the ingest permission, per-item errors."""
 
+import gc
 from datetime import UTC, datetime
 
 import pytest
@@ -7,6 +8,7 @@ from rest_framework.test import APIClient
 
 from django.contrib.auth.models import Permission
 
+from telemetry import apis
 from tests.telemetry.conftest import stream_rows
 
 URL = "/api/v1/ingest/"
@@ -121,6 +123,26 @@ def test_malformed_bodies_are_400_with_a_reason(
     response = api_client_for(ingester).post(URL, body, content_type=content_type)
     assert response.status_code == 400
     assert message in str(response.json())
+    assert gc.isenabled()  # the view paused the cyclic GC and resumed it on the way out
+
+
+@pytest.mark.django_db
+def test_cyclic_gc_is_off_while_a_batch_is_validated_and_on_again_after(
+    monkeypatch, ingester, alice_home, api_client_for, ingest_stream
+):
+    seen = []
+    validate = apis.readings_validate
+
+    def watched(**kwargs):
+        seen.append(gc.isenabled())
+        return validate(**kwargs)
+
+    monkeypatch.setattr(apis, "readings_validate", watched)
+    body = [{"sensor_id": "pi-a1.power_w", "timestamp": _ts(i), "value": i} for i in range(50)]
+    response = api_client_for(ingester).post(URL, body, format="json")
+    assert response.json()["accepted"] == 50
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 @pytest.mark.django_db
