@@ -119,6 +119,8 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
 
     device = None
     watchdog: asyncio.Task | None = None
+    last_frame = 0.0  # when the last frame arrived, shifted on by time spent busy (see dispatch)
+    busy = False
 
     async def connect(self):
         token = bearer_token(self.scope)
@@ -161,12 +163,27 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
                 if released:
                     await db(services.device_set_online)(device_id=self.device.id, online=False)
 
+    async def dispatch(self, message):
+        """Handle one message at a time, as Channels does, with the silence clock stopped.
+
+        Frames that arrive while a message is handled wait in the queue, unseen until it is
+        done: time spent busy is not the device's silence. Under load (a slow database or Redis)
+        a talking device would otherwise be closed for frames it did send.
+        """
+        started = time.monotonic()
+        self.busy = True
+        try:
+            await super().dispatch(message)
+        finally:
+            self.busy = False
+            self.last_frame += time.monotonic() - started
+
     async def _watch_silence(self):
         """Close a socket that has gone quiet: a hung link looks open from this side."""
         timeout = settings.DEVICE_HEARTBEAT_TIMEOUT
         while True:
             await asyncio.sleep(min(timeout / 4, 5))
-            if time.monotonic() - self.last_frame > timeout:
+            if not self.busy and time.monotonic() - self.last_frame > timeout:
                 logger.info("device %s silent for %ss; closing", self.device.uid, timeout)
                 await self.close(code=CLOSE_SILENT)
                 return

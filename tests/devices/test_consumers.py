@@ -1,11 +1,13 @@
 """The device protocol at /ws/devices/ and the browsers' live feed at /ws/live/, driven through
 the project's ASGI application with the Redis channel layer, PostgreSQL and the ingest stream."""
 
+import asyncio
 import json
 import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 import pytest_asyncio
 from channels.db import database_sync_to_async
@@ -564,6 +566,47 @@ async def test_heartbeats_keep_a_socket_open_past_the_timeout(alice_home, settin
             await pi.send_json_to({"type": "heartbeat"})
             assert await pi.receive_nothing(timeout=0.3)
         await assert_acked(pi, telemetry("hb", recent()[0], power_w=1), accepted=1)
+
+
+@asynccontextmanager
+async def table_locked(table: str):
+    """Another session holds a lock on `table` that blocks inserts until the block ends: a
+    database slow to take writes."""
+    params = connections["default"].settings_dict
+    holder = await asyncio.to_thread(
+        psycopg.connect,
+        dbname=params["NAME"],
+        host=params["HOST"],
+        port=params["PORT"] or None,
+        user=params["USER"],
+        password=params["PASSWORD"] or None,
+    )
+    try:
+        await asyncio.to_thread(holder.execute, f"LOCK TABLE {table} IN SHARE MODE")
+        yield
+    finally:
+        await asyncio.to_thread(holder.rollback)
+        await asyncio.to_thread(holder.close)
+
+
+async def test_frames_queued_behind_a_slow_frame_keep_the_socket_open(alice_home, settings):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 1
+    lost = {"type": "power", "msg_id": "p1", "state": "lost", "ts": recent()[0]}
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        async with table_locked("outages_powerevent"):
+            # given a frame whose write waits on the database for longer than the timeout
+            await pi.send_json_to(lost)
+            # when the device goes on talking meanwhile (its frames wait behind that one)
+            for _ in range(8):
+                await pi.send_json_to({"type": "heartbeat"})
+                await asyncio.sleep(0.3)
+        # then the slow frame is acked once the database takes it, and the socket is open
+        ack = await pi.receive_json_from(timeout=5)
+        await assert_acked(pi, telemetry("t1", recent()[0], power_w=1), accepted=1)
+
+    assert (ack["type"], ack["msg_id"]) == ("ack", "p1")
 
 
 # --- power -------------------------------------------------------------------------------------
