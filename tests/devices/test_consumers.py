@@ -6,6 +6,7 @@ import json
 import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.test import Client
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from devices import services, socket_registry
 from devices.consumers import CLOSE_FLOOD, CLOSE_REPLACED, CLOSE_SILENT, MAX_FRAME_BYTES
@@ -24,6 +26,7 @@ from devices.groups import device_group
 from devices.models import Command, CommandStatus, Device
 from energy_portal.asgi import application
 from energy_portal.redis_client import sync_client
+from energy_portal.settings.realtime import channel_layer_config
 from outages.models import PowerEvent
 from telemetry.services import INGEST_STREAM
 
@@ -855,3 +858,34 @@ async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):
         "invalid_payload",
         "status must be done, failed or rejected",
     )
+
+
+# --- channel layer -----------------------------------------------------------------------------
+
+
+def pubsub_layer(redis_url: str):
+    config = channel_layer_config(redis_url, "pubsub")
+    return import_string(config["BACKEND"])(**config["CONFIG"])
+
+
+async def test_portals_on_two_databases_of_one_redis_do_not_hear_each_others_groups(settings):
+    # given two portals on one Redis server, on its databases n and n + 1
+    url = urlsplit(settings.REDIS_URL)
+    other_db = int(url.path.strip("/") or 0) + 1
+    ours = pubsub_layer(settings.REDIS_URL)
+    theirs = pubsub_layer(url._replace(path=f"/{other_db}").geturl())
+    group = f"crosstalk.{uuid.uuid4().hex}"  # the same name on both, and nobody else's
+    channel = await theirs.new_channel()
+    await theirs.group_add(group, channel)
+    try:
+        # when each sends to the group of that name, ours first
+        await ours.group_send(group, {"type": "live.message", "text": "ours"})
+        await theirs.group_send(group, {"type": "live.message", "text": "theirs"})
+        first = await asyncio.wait_for(theirs.receive(channel), timeout=5)
+    finally:
+        await theirs.group_discard(group, channel)
+        await ours.flush()
+        await theirs.flush()
+
+    # then their member hears only their own message
+    assert first["text"] == "theirs"
