@@ -14,4 +14,4 @@ COPY . .
 RUN useradd --system --home /app portal && mkdir -p /app/var && chown portal /app/var
 USER portal
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "energy_portal.asgi:application"]
+CMD ["python", "-m", "energy_portal.asgi_server", "--host", "0.0.0.0", "--port", "8000"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
+from energy_portal import asgi_server
 from energy_portal.environment import BASE_DIR, load
 
 DEMO_TOKENS = "demo-device-tokens.json"
@@ -28,8 +29,7 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "energy_portal"]
     commands = {
-        "web": [python, "-m", "daphne", "-b", host, "-p", str(port),
-                "energy_portal.asgi:application"],
+        "web": asgi_server.command(host=host, port=port),
         "worker": [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-gossip",
                    "--without-mingle"],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(data_dir / "celerybeat")],

@@ -1,4 +1,4 @@
-"""Real ASGI servers for end-to-end tests: Daphne processes serving the project.
+"""Real ASGI servers for end-to-end tests: the portal's server (energy_portal.asgi_server).
 
 Each server is a subprocess with the test process's environment, pointed at the database
 pytest-django created and at the same Redis, so several of them share state the way production
@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from energy_portal import asgi_server
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30
@@ -71,20 +72,19 @@ def _answers(port: int) -> bool:
 
 
 def spawn(*, database_url: str, redis_url: str, log_dir: Path, port: int | None = None) -> Server:
-    """Start one Daphne (on a free port unless given); `wait_until_answering` tells when it
+    """Start one ASGI server (on a free port unless given); `wait_until_answering` tells when it
     serves."""
     port = port or free_port()
-    log = log_dir / f"daphne-{port}.log"
+    log = log_dir / f"asgi-{port}.log"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*command, "energy_portal.asgi:application"],
+            asgi_server.command(host="127.0.0.1", port=port),
             cwd=BASE_DIR,
             env=env,
             stdout=out,
@@ -97,7 +97,9 @@ def wait_until_answering(server: Server, timeout: float = START_TIMEOUT_S) -> No
     deadline = time.monotonic() + timeout
     while not _answers(server.port):
         if server.process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"Daphne on port {server.port} did not start:\n{server.output()}")
+            raise RuntimeError(
+                f"ASGI server on port {server.port} did not start:\n{server.output()}"
+            )
         time.sleep(0.05)
 
 
@@ -114,8 +116,8 @@ def stop(server: Server) -> None:
 
 @contextmanager
 def running(count: int, *, database_url: str, redis_url: str) -> Iterator[list[Server]]:
-    """`count` Daphne servers sharing the database and Redis, stopped however the block ends."""
-    with tempfile.TemporaryDirectory(prefix="ep-daphne-") as log_dir, ExitStack() as stack:
+    """`count` ASGI servers sharing the database and Redis, stopped however the block ends."""
+    with tempfile.TemporaryDirectory(prefix="ep-asgi-") as log_dir, ExitStack() as stack:
         servers = []
         for _ in range(count):  # all start at once: each takes a second or two to load
             server = spawn(database_url=database_url, redis_url=redis_url, log_dir=Path(log_dir))

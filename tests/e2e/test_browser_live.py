@@ -1,5 +1,5 @@
-"""The live dashboard in a real Chromium against a real Daphne: a reading sent by a device shows
-up on its resident's page, and the page reconnects by itself after the server restarts."""
+"""The live dashboard in a real Chromium against a real ASGI server: a reading sent by a device
+shows up on its resident's page, and the page reconnects by itself after the server restarts."""
 
 import json
 import tempfile

@@ -1,4 +1,4 @@
-"""Whole flows through real Daphne servers: a Pi and a browser on real sockets, and two servers
+"""Whole flows through real ASGI servers: a Pi and a browser on real sockets, and two servers
 sharing PostgreSQL and Redis the way production instances do."""
 
 import asyncio
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.fixture(scope="module")
-def daphnes(django_db_setup):
+def portals(django_db_setup):
     """Two servers for the module's tests (starting them is the slow part), on the test database
     and the test Redis."""
     with servers.running(
@@ -101,11 +101,11 @@ async def api(server: servers.Server, method: str, path: str, token: str, body=N
 
 
 async def test_telemetry_over_a_real_socket_is_acked_and_lands_in_the_stream(
-    daphnes, alice_home, alice_sensor_ids
+    portals, alice_home, alice_sensor_ids
 ):
     ts, epoch_us = recent()
 
-    async with pi(daphnes[0], alice_home["token"]) as socket:
+    async with pi(portals[0], alice_home["token"]) as socket:
         await send_json(socket, telemetry("m1", ts, power_w=512.3, voltage_v=230, bogus=1))
         ack = await receive_json(socket)
 
@@ -127,9 +127,9 @@ async def test_telemetry_over_a_real_socket_is_acked_and_lands_in_the_stream(
 
 
 @pytest.mark.parametrize("headers", [{"Authorization": "Bearer wrong-token"}, {}])
-async def test_device_handshake_without_a_valid_token_gets_http_403(daphnes, alice_home, headers):
+async def test_device_handshake_without_a_valid_token_gets_http_403(portals, alice_home, headers):
     with pytest.raises(InvalidStatus) as refused:
-        async with connect(f"{daphnes[0].ws}/ws/devices/", additional_headers=headers):
+        async with connect(f"{portals[0].ws}/ws/devices/", additional_headers=headers):
             pass
 
     assert refused.value.response.status_code == 403
@@ -139,9 +139,9 @@ async def test_device_handshake_without_a_valid_token_gets_http_403(daphnes, ali
 
 
 async def test_command_issued_through_one_server_reaches_the_device_on_another(
-    daphnes, alice_home, operator_token
+    portals, alice_home, operator_token
 ):
-    server_a, server_b = daphnes
+    server_a, server_b = portals
 
     async with pi(server_a, alice_home["token"]) as socket:
         await settle(socket)
@@ -172,9 +172,9 @@ async def test_command_issued_through_one_server_reaches_the_device_on_another(
 
 
 async def test_dashboard_on_one_server_gets_readings_from_a_device_on_another(
-    daphnes, alice_home, alice_cookie
+    portals, alice_home, alice_cookie
 ):
-    server_a, server_b = daphnes
+    server_a, server_b = portals
     ts, _ = recent()
 
     async with dashboard(server_b, alice_cookie) as browser:
@@ -193,9 +193,9 @@ async def test_dashboard_on_one_server_gets_readings_from_a_device_on_another(
 
 
 async def test_device_connecting_to_a_second_server_closes_its_socket_on_the_first(
-    daphnes, alice_home, operator_token
+    portals, alice_home, operator_token
 ):
-    server_a, server_b = daphnes
+    server_a, server_b = portals
 
     async with pi(server_a, alice_home["token"]) as on_a:
         await settle(on_a)
