@@ -198,14 +198,26 @@ class _Scanner:
             add(1, problem)
 
     def body(self, lines: Iterable[str], first_number: int, last_number: int) -> list[SglRow]:
-        """The readings after the header; the hot loop is inlined because it runs per record."""
+        """The readings after the header; the hot loop is inlined because it runs per record.
+
+        Files list each meter's day in order, so the loop keeps the current CPE+date (columns
+        3-30) in locals and touches its per-day and per-meter tables only when that changes.
+        """
         add = self.errors.add
         utc_of = self.utc_of
         bad_stamps = self.bad_stamps
-        last_time: dict[str, str] = {}  # CPE+date (columns 3-30) -> last local time seen
+        kwh_of: dict[str, float] = {}  # energy text -> kWh: meters repeat their values
+        last_stamp: dict[str, str] = {}  # CPE+date -> its last date+time seen (when not current)
         went_back: set[str] = set()  # CPE+date whose local times went backwards: second pass
-        first_line_of: dict[tuple[str, datetime], int] = {}
+        latest_of: dict[str, datetime] = {}  # CPE -> its latest start (when not current)
+        # CPE+date of the reading before, its date+time, its CPE and that CPE's latest start.
+        # "\n" matches no line (lines are split on it), so the first reading starts a new day.
+        day, stamp_before, day_cpe, latest = "\n", "", "", None
+        # (CPE, start) -> line: made only once a meter's starts stop increasing (a duplicate or an
+        # unsorted file); until then a start later than its meter's latest cannot be a repeat.
+        first_line_of: dict[tuple[str, datetime], int] | None = None
         rows: list[SglRow] = []
+        keep = rows.append
         readings = 0
         trailer_at = 0
 
@@ -218,27 +230,43 @@ class _Scanner:
                     utc = self.convert(stamp)
                 cpe = line[2:22].strip()
                 energy = line[34:44]
+                kwh = kwh_of.get(energy)
+                if kwh is None and energy.isdecimal():
+                    kwh = kwh_of[energy] = int(energy) / 100
                 flag = line[44]
                 tail = line[45:]
                 if (
                     utc is not None
                     and cpe
-                    and energy.isdecimal()
+                    and kwh is not None
                     and (flag == "R" or flag == "E")
                     and (not tail or tail.isspace())
                 ):
-                    day = line[2:30]
-                    clock = line[30:34]
-                    previous = last_time.get(day)
-                    last_time[day] = clock
-                    if previous is not None and clock < previous:
+                    if line.startswith(day, 2):
+                        previous = stamp_before
+                    else:
+                        if day_cpe:
+                            last_stamp[day] = stamp_before
+                            latest_of[day_cpe] = latest
+                        day, day_cpe = line[2:30], cpe
+                        previous = last_stamp.get(day)
+                        latest = latest_of.get(cpe)
+                    stamp_before = stamp
+                    # Same CPE and date, so comparing date+time compares the times of day.
+                    if previous is not None and stamp < previous:
                         went_back.add(day)
                     start, second_pass = utc
                     if second_pass is not None and day in went_back:
                         start = second_pass
+                    if first_line_of is None:
+                        if latest is None or start > latest:
+                            latest = start
+                            keep((cpe, start, kwh, flag == "E", number))
+                            continue
+                        first_line_of = {(row[0], row[1]): row[4] for row in rows}
                     first_line = first_line_of.setdefault((cpe, start), number)
                     if first_line == number:
-                        rows.append((cpe, start, int(energy) / 100, flag == "E", number))
+                        keep((cpe, start, kwh, flag == "E", number))
                     else:
                         add(number, self.duplicate(cpe, stamp, start, first_line))
                 else:

@@ -66,7 +66,10 @@ def _readings_ingest_listened(*, result, source: str, live: str = "points") -> N
             )
         ]
         async_to_sync(services._send_all)(messages)
-    sync_client().xadd(services.INGEST_STREAM, services._stream_fields(result.readings, source))
+    pipe = sync_client().pipeline(transaction=False)
+    for entry in services._stream_entries(result.readings, source):
+        pipe.xadd(services.INGEST_STREAM, entry)
+    pipe.execute()
 
 
 def _readings_insert_binary(*, sensor_ids, times_us, values) -> int:

@@ -52,7 +52,7 @@ STAGES = {
             "    live broadcast: view thread waits for the loop (async_to_sync)",
             ("readings_ingest (telemetry/services.py",),
         ),
-        ("    stream entry JSON (_stream_fields)", ("_stream_fields",)),
+        ("    stream entry JSON (_stream_entries)", ("_stream_entries",)),
         ("    XADD", ("xadd (",)),
         (
             "live broadcast on the event loop (_send_all -> group_send)",

@@ -63,7 +63,7 @@ STAGES = [
     ("services", "_point_messages", "  enqueue: live messages built", "call"),
     ("services", "async_to_sync", LIVE, "factory"),
     ("services", "group_send", LIVE, "call"),
-    ("services", "_stream_fields", "  enqueue: stream entry JSON (_stream_fields)", "call"),
+    ("services", "_stream_entries", "  enqueue: stream entry JSON (_stream_entries)", "call"),
 ]
 
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from devices.models import Device, Site
 from energy_portal.celery import app as celery_app
-from telemetry import ftp_ingest, tasks
+from telemetry import ftp_ingest, services, tasks
 from telemetry.ftp_ingest import (
     FtpUnavailable,
     ftp_file_ingest,
@@ -477,6 +477,30 @@ def test_workers_racing_on_the_same_content_ingest_it_once(ingest_stream):
     assert sorted(stored.values()) == [FileStatus.DUPLICATE, FileStatus.INGESTED]
     assert len(stream_rows(ingest_stream)) == _expected(DAY)["records"]
     assert gc.isenabled()  # the last of the overlapping ingests turned the collector back on
+
+
+@pytest.mark.django_db
+def test_a_file_goes_through_the_pipeline_in_chunks_and_bounded_stream_entries(
+    monkeypatch, sample_sites, ingest_stream
+):
+    # given a file read whole, and the same file with small chunks and stream entries
+    source = FtpSource.objects.create(name="chunks", host="127.0.0.1")
+    data = (SAMPLES / f"{DAY}.sgl_v2").read_bytes()
+    ftp_file_ingest(source=source, name="whole.sgl_v2", data=data, now=NOW)
+    whole = stream_rows(ingest_stream)
+    ingest_stream.delete(INGEST_STREAM)
+    IngestedFile.objects.all().delete()
+    monkeypatch.setattr(ftp_ingest, "CHUNK_ROWS", 100)
+    monkeypatch.setattr(services, "STREAM_ENTRY_ROWS", 40)
+    # when
+    record = ftp_file_ingest(source=source, name="chunked.sgl_v2", data=data, now=NOW)
+    # then the same rows, in entries of at most 40 rows, cut again at each 100-row chunk
+    sizes = [
+        len(json.loads(fields[b"rows"])) for _id, fields in ingest_stream.xrange(INGEST_STREAM)
+    ]
+    assert sizes == [40, 40, 20, 40, 40, 20, 40, 40, 8]
+    assert stream_rows(ingest_stream) == whole
+    assert (record.status, record.rows, len(whole)) == (FileStatus.INGESTED, 288, 288)
 
 
 # --- cyclic garbage collection -------------------------------------------------------------

@@ -445,6 +445,44 @@ def test_same_time_for_two_cpes_is_not_a_duplicate():
     assert sgl_file.valid
 
 
+def test_duplicate_after_other_meters_and_days_names_the_first_line():
+    # given each meter's days in order, then a line of the first meter again
+    days = ["20261120", "20261121"]
+    lines = [
+        reading(t, day=d, cpe=c) for c in (CPE, OTHER_CPE) for d in days for t in ("0000", "0015")
+    ]
+    lines.append(reading("0015", day="20261120", energy="0000000099"))
+
+    sgl_file = parse_sgl(sgl(*lines))
+
+    assert [error.message for error in sgl_file.errors] == [
+        f"line 10: duplicate reading for CPE {CPE} at local 20261120 0015 (2026-11-20T00:15Z); "
+        "line 3 already has it"
+    ]
+    assert len(sgl_file.records) == 8
+
+
+def test_unsorted_readings_are_all_kept_and_a_repeat_among_them_is_a_duplicate():
+    times = ["0100", "0030", "0045", "0000", "0115", "0030", "0015"]
+
+    sgl_file = parse_sgl(sgl(*(reading(t) for t in times)))
+
+    assert error_lines(sgl_file) == [7]
+    assert "line 3 already has it" in sgl_file.errors[0].message
+    assert sorted(record.start for record in sgl_file.records) == [
+        utc(2026, 11, 21, 0, 15 * i) if i < 4 else utc(2026, 11, 21, 1, 15 * (i - 4))
+        for i in range(6)
+    ]
+
+
+def test_cpe_padded_differently_is_the_same_meter():
+    # columns 3-22 are trimmed: " PT1" and "PT1 " name one meter, so the same time is a repeat
+    sgl_file = parse_sgl(sgl(reading("0000", cpe="PT1"), reading("0000", cpe=" PT1")))
+
+    assert error_lines(sgl_file) == [3]
+    assert "duplicate reading for CPE PT1 " in sgl_file.errors[0].message
+
+
 # --- clock changes (Europe/Lisbon: 2026-03-29 01:00 -> 02:00, 2026-10-25 02:00 -> 01:00) --------
 
 AUTUMN_TIMES = ["0045", "0100", "0115", "0130", "0145", "0100", "0115", "0130", "0145", "0200"]
