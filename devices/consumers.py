@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from redis.exceptions import RedisError
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,6 +23,7 @@ from django.utils import timezone
 from devices import selectors, services, socket_registry
 from devices.groups import device_group
 from devices.rate_limit import TokenBucket
+from energy_portal import realtime
 from outages.services import power_event_record
 from telemetry.services import IngestResult, Item, areadings_ingest, readings_validate
 from telemetry.validation import parse_timestamp
@@ -334,6 +336,15 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     operators get the fleet, or one site with `?site=<id>`."""
 
     groups_joined: list[str] = []
+    renewer: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the consumer ends (a cancelled task too), it stops renewing its count.
+            if self.renewer is not None:
+                self.renewer.cancel()
 
     async def connect(self):
         user = self.scope.get("user")
@@ -344,11 +355,29 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         self.groups_joined = await db(selectors.live_groups)(user=user, site_id=site_id)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # Counted once subscribed: senders skip groups nobody watches.
+        await realtime.viewers_join(self.groups_joined, self.channel_name)
+        if self.groups_joined:
+            self.renewer = asyncio.create_task(self._stay_counted())
         await self.accept()
 
     async def disconnect(self, code):
-        for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if self.renewer is not None:
+            self.renewer.cancel()
+        try:
+            await realtime.viewers_leave(self.groups_joined, self.channel_name)
+        finally:
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _stay_counted(self):
+        """Renew this viewer's count before it expires; a process that died stops renewing."""
+        while True:
+            await asyncio.sleep(realtime.VIEWER_RENEW_S)
+            try:
+                await realtime.viewers_join(self.groups_joined, self.channel_name)
+            except RedisError:
+                logger.warning("cannot renew a live viewer's count; trying again", exc_info=True)
 
     async def receive(self, text_data=None, bytes_data=None):
         """Browsers only listen; changes go through the API."""

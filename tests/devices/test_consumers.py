@@ -33,9 +33,9 @@ from telemetry.services import INGEST_STREAM
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# The ingest stream and what it remembers of each device's samples, the socket registry, and
-# the channel layer's queues and groups.
-REDIS_PATTERNS = [f"{INGEST_STREAM}*", "ep:devices:*", "ep:asgi*"]
+# The ingest stream and what it remembers of each device's samples, the socket registry, the
+# channel layer's queues and groups, and the count of live viewers per group.
+REDIS_PATTERNS = [f"{INGEST_STREAM}*", "ep:devices:*", "ep:asgi*", "ep:live:*"]
 
 
 @pytest.fixture(autouse=True)
