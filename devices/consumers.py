@@ -195,7 +195,15 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         self.last_frame = now
         if now - self.last_touch >= TOUCH_EVERY_S:
             self.last_touch = now
-            await socket_registry.touch(self.device.id)
+            # The sign of life and the frame's own work need not wait for each other: the frame's
+            # answer (an ack) goes out without a round trip for last-seen before it.
+            await asyncio.gather(
+                socket_registry.touch(self.device.id), self._handle_frame(text_data, bytes_data)
+            )
+        else:
+            await self._handle_frame(text_data, bytes_data)
+
+    async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         msg_id = None
         try:
             if not self.bucket.allow():

@@ -7,6 +7,7 @@ when it leaves; one whose process died simply stops being counted once its time 
 Senders ask Redis which groups have viewers at most once a second per group and process.
 """
 
+import asyncio
 import json
 import logging
 import math
@@ -107,12 +108,12 @@ async def viewers_leave(groups: list[str], channel_name: str) -> None:
 
 
 async def agroup_send(groups: list[str], message: dict) -> None:
-    """Send `message` to each of `groups`; a live message only to the groups someone watches."""
+    """Send `message` to each of `groups` at once; a live message only to the groups someone
+    watches."""
     if message.get("type") == LIVE_MESSAGE:
         groups = await watched_groups.among(groups)
     layer = get_channel_layer()
-    for group in groups:
-        await layer.group_send(group, message)
+    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
 
 
 def group_send(groups: list[str], message: dict) -> None:

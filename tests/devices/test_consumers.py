@@ -20,7 +20,7 @@ from django.test import Client
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from devices import services, socket_registry
+from devices import consumers, services, socket_registry
 from devices.consumers import CLOSE_FLOOD, CLOSE_REPLACED, CLOSE_SILENT, MAX_FRAME_BYTES
 from devices.groups import device_group
 from devices.models import Command, CommandStatus, Device
@@ -610,6 +610,45 @@ async def test_frames_queued_behind_a_slow_frame_keep_the_socket_open(alice_home
         await assert_acked(pi, telemetry("t1", recent()[0], power_w=1), accepted=1)
 
     assert (ack["type"], ack["msg_id"]) == ("ack", "p1")
+
+
+@pytest.fixture
+def last_seen_held(monkeypatch):
+    """Every frame notes a sign of life, and once `hold` is set, noting it waits until `release`
+    is: a slow Redis call for last-seen."""
+    monkeypatch.setattr(consumers, "TOUCH_EVERY_S", 0)
+    hold, release = asyncio.Event(), asyncio.Event()
+    touch = socket_registry.touch
+
+    async def held_touch(device_id, at=None):
+        if hold.is_set():
+            await release.wait()
+        await touch(device_id, at)
+
+    monkeypatch.setattr(socket_registry, "touch", held_touch)
+    yield hold, release
+    release.set()
+
+
+async def test_a_frames_ack_does_not_wait_for_its_last_seen_note(alice_home, last_seen_held):
+    hold, release = last_seen_held
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        sync_client().hdel(socket_registry.LAST_SEEN_KEY, alice_home["device"].id)
+        hold.set()
+        try:
+            await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
+            noted_before_ack = sync_client().hget(
+                socket_registry.LAST_SEEN_KEY, alice_home["device"].id
+            )
+        finally:
+            release.set()
+        await settle(pi)
+        noted = sync_client().hget(socket_registry.LAST_SEEN_KEY, alice_home["device"].id)
+
+    assert noted_before_ack is None
+    assert noted is not None
 
 
 # --- power -------------------------------------------------------------------------------------

@@ -34,19 +34,34 @@ def fresh_watched_groups(monkeypatch):
     monkeypatch.setattr(realtime, "watched_groups", realtime.WatchedGroups())
 
 
+class Published:
+    """What the channel layer is asked to send: the groups in order, and the most sends that
+    were in flight at once."""
+
+    def __init__(self):
+        self.groups: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+
 @pytest_asyncio.fixture
 async def published():
-    """The groups the channel layer is asked to send to, in order; the sends still happen."""
+    """Watches the channel layer's group sends; the sends still happen."""
     layer = get_channel_layer()
     send = layer.group_send
-    groups = []
+    seen = Published()
 
     async def group_send(group, message):
-        groups.append(group)
-        await send(group, message)
+        seen.groups.append(group)
+        seen.in_flight += 1
+        seen.most_in_flight = max(seen.most_in_flight, seen.in_flight)
+        try:
+            await send(group, message)
+        finally:
+            seen.in_flight -= 1
 
     layer.group_send = group_send  # on the instance only, so the class's comes back below
-    yield groups
+    yield seen
     del layer.group_send
 
 
@@ -59,7 +74,7 @@ async def test_a_devices_messages_are_not_published_when_nobody_watches(alice_ho
     async with device_socket(alice_home["token"]) as pi:
         await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
 
-    assert published == []
+    assert published.groups == []
     assert len(stream_rows()) == 1  # the readings are buffered all the same
 
 
@@ -69,13 +84,13 @@ async def test_a_viewer_who_joins_gets_the_next_readings(alice_home, alice, publ
 
     async with device_socket(alice_home["token"]) as pi:
         await assert_acked(pi, telemetry("m1", recent(2)[0], power_w=1), accepted=1)
-        unpublished = list(published)
+        unpublished = list(published.groups)
         async with live_socket(alice) as browser:
             await assert_acked(pi, telemetry("m2", ts, power_w=2), accepted=1)
             readings = await browser.receive_json_from()
 
     assert unpublished == []
-    assert published[0] == site
+    assert published.groups[0] == site
     assert (readings["type"], readings["points"]) == (
         "readings",
         [{"ts": ts, "values": {"power_w": 2.0}}],
@@ -134,3 +149,24 @@ async def test_a_viewer_that_vanished_without_leaving_stops_counting_once_expire
     counted_after_expiry = await viewers_counted([site])
 
     assert (counted_at_once, counted_after_expiry) == ([site], [])
+
+
+async def test_a_reading_goes_to_its_site_and_the_fleet_at_once(
+    alice_home, alice, operator, published
+):
+    async with (
+        live_socket(alice) as residents_browser,
+        live_socket(operator) as operators_browser,
+        device_socket(alice_home["token"]) as pi,
+    ):
+        await residents_browser.receive_json_from()  # the device's status: online
+        await operators_browser.receive_json_from()
+        published.most_in_flight = 0
+        await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
+        at_residents = await residents_browser.receive_json_from()
+        at_operators = await operators_browser.receive_json_from()
+        most_for_the_reading = published.most_in_flight
+
+    assert most_for_the_reading == 2
+    assert at_residents == at_operators
+    assert at_residents["type"] == "readings"
