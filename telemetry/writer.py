@@ -1,10 +1,11 @@
 """The batch writer: empties the Redis ingest stream into `energy_readings`.
 
 It reads the stream as a member of a consumer group, so several writers share the work and
-each entry goes to one of them. A batch is bounded by rows and by age; it is written in one
-transaction and its entries are acknowledged (and deleted from the stream) only after the
-commit, so a writer killed at any moment loses nothing: its unacknowledged entries stay pending
-and another writer (or itself, restarted) claims them once they have been idle long enough.
+each entry goes to one of them. A batch is bounded by rows (an entry is never split: one larger
+than the bound makes a batch of its own) and by age; it is written in one transaction and its
+entries are acknowledged (and deleted from the stream) only after the commit, so a writer
+killed at any moment loses nothing: its unacknowledged entries stay pending and another writer
+(or itself, restarted) claims them once they have been idle long enough.
 Duplicates from such a replay are dropped by the table's primary key. Entries that cannot be
 parsed go to a dead-letter stream with the reason, instead of blocking the rest.
 """
@@ -14,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import redis
@@ -79,7 +81,13 @@ class Writer:
         self.dead = 0
         self._stopping = False
         self._last_claim = 0.0
-        self._rows_per_entry = 1.0
+        self._claim_from: str | bytes | None = None  # where an unfinished claim pass goes on
+        # Rows per entry, for how many entries to ask for. A start between a socket frame's few
+        # rows and a file's STREAM_ENTRY_ROWS, so the first read after a restart is not hundreds
+        # of big entries; what is read beyond the batch waits in `_held`, never in the batch.
+        self._rows_per_entry = 1000.0
+        # Entries read (pending to this writer) that did not fit the batch: the next one's.
+        self._held: deque[tuple[bytes, list[list]]] = deque()
 
     def ensure_group(self) -> None:
         try:
@@ -93,6 +101,7 @@ class Writer:
         self._stopping = True
 
     def _add(self, batch: Batch, entries) -> None:
+        """Parse the entries read and move them into the batch while they fit."""
         for entry_id, fields in entries:
             if fields is None:  # deleted while pending (acked by another writer): forget it
                 self.client.xack(INGEST_STREAM, GROUP, entry_id)
@@ -102,14 +111,31 @@ class Writer:
             except ValueError as exc:
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
+            # Up at once on a large entry, down slowly: reads stay sized for the large ones.
+            size = max(1, len(rows))
+            self._rows_per_entry = max(size, 0.9 * self._rows_per_entry + 0.1 * size)
+            self._held.append((entry_id, rows))
+        self._fill(batch)
+
+    def _fill(self, batch: Batch) -> None:
+        """Move held entries into the batch, in order, until the next one would take it past
+        max_rows; a batch always takes its first entry, however large."""
+        while self._held:
+            entry_id, rows = self._held[0]
+            if batch.ids and len(batch) + len(rows) > self.max_rows:
+                return
+            self._held.popleft()
             if not batch.ids:
                 batch.started = time.monotonic()
-            self._rows_per_entry = 0.9 * self._rows_per_entry + 0.1 * max(1, len(rows))
             batch.ids.append(entry_id)
             for sensor_id, us, value in rows:
                 batch.sensor_ids.append(sensor_id)
                 batch.times_us.append(us)
                 batch.values.append(float(value))
+
+    def _room(self, batch: Batch, most: int) -> int:
+        """How many entries to ask for: about as many as fit the batch, at least one."""
+        return max(1, min(most, int((self.max_rows - len(batch)) / self._rows_per_entry)))
 
     def _dead_letter(self, entry_id: bytes, fields: dict, reason: str) -> None:
         logger.warning("entry %s moved to %s: %s", entry_id, DEAD_LETTER_STREAM, reason)
@@ -122,18 +148,24 @@ class Writer:
         self.dead += 1
 
     def _claim(self, batch: Batch) -> None:
-        """Take over entries another writer read but never acknowledged (it died)."""
-        start = "0-0"
-        while True:
-            count = max(1, min(1000, int((self.max_rows - len(batch)) / self._rows_per_entry)))
-            start, entries, *_ = self.client.xautoclaim(
-                INGEST_STREAM, GROUP, self.name, self.claim_idle_ms, start, count=count
+        """Take over entries another writer read but never acknowledged (it died). A pass that
+        fills the batch goes on with the next one."""
+        while not self._held and len(batch) < self.max_rows:
+            cursor, entries, *_ = self.client.xautoclaim(
+                INGEST_STREAM,
+                GROUP,
+                self.name,
+                self.claim_idle_ms,
+                self._claim_from,
+                count=self._room(batch, 1000),
             )
             if entries:
                 logger.info("claimed %d pending entries of a stopped writer", len(entries))
                 self._add(batch, entries)
-            if start in (b"0-0", "0-0") or len(batch) >= self.max_rows:
+            if cursor in (b"0-0", "0-0"):
+                self._claim_from = None
                 return
+            self._claim_from = cursor
 
     def _flush(self, batch: Batch) -> None:
         """Write the batch; retry on database trouble until it is in, then acknowledge it."""
@@ -162,20 +194,23 @@ class Writer:
     def run_once(self, batch: Batch, block_ms: int) -> Batch:
         """Read what is there (waiting up to block_ms), and write the batch when it is due."""
         now = time.monotonic()
-        if now - self._last_claim > self.claim_idle_ms / 1000:
+        if self._claim_from is None and now - self._last_claim > self.claim_idle_ms / 1000:
             self._last_claim = now
+            self._claim_from = "0-0"
+        self._fill(batch)
+        if self._claim_from is not None:
             self._claim(batch)
-        room = self.max_rows - len(batch)
-        if room > 0:
-            # Entries carry from one to a thousand rows: read about as many as fit the batch.
-            count = max(1, min(500, int(room / self._rows_per_entry)))
+        if not self._held and len(batch) < self.max_rows:
+            # Entries carry from one to STREAM_ENTRY_ROWS rows: read about as many as fit.
             response = self.client.xreadgroup(
-                GROUP, self.name, {INGEST_STREAM: ">"}, count=count, block=block_ms
+                GROUP, self.name, {INGEST_STREAM: ">"}, count=self._room(batch, 500), block=block_ms
             )
             for _stream, entries in response or []:
                 self._add(batch, entries)
-        due = len(batch) >= self.max_rows or (
-            batch.ids and time.monotonic() - batch.started >= self.max_age_s
+        due = (
+            self._held
+            or len(batch) >= self.max_rows
+            or (batch.ids and time.monotonic() - batch.started >= self.max_age_s)
         )
         if due:
             self._flush(batch)
@@ -201,6 +236,8 @@ class Writer:
                     raise
                 logger.warning("ingest stream or group missing (%s); recreating", exc)
                 self.ensure_group()
-        if batch.ids:
+        while batch.ids:  # what was read is written before leaving, in batches as always
             self._flush(batch)
+            batch = Batch()
+            self._fill(batch)
         logger.info("ingest writer %s stopped; %d readings written", self.name, self.written)

@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from devices.models import Sensor
+from telemetry import writer as writer_module
 from telemetry.models import Reading
 from telemetry.services import INGEST_STREAM
 from telemetry.writer import DEAD_LETTER_STREAM, GROUP, Batch, Writer
@@ -125,6 +126,92 @@ def test_a_live_writer_claims_the_entries_a_dead_writer_left_pending(power_senso
     _drain(alive)
     # then
     assert Reading.objects.count() == 100
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch) -> list[int]:
+    """Rows of each batch the writers write, in order."""
+    sizes = []
+    insert = writer_module.readings_insert
+
+    def recorded(**kwargs):
+        sizes.append(len(kwargs["sensor_ids"]))
+        return insert(**kwargs)
+
+    monkeypatch.setattr(writer_module, "readings_insert", recorded)
+    return sizes
+
+
+def _run(writer: Writer, batch: Batch, rounds: int = 100) -> Batch:
+    for _ in range(rounds):
+        batch = writer.run_once(batch, block_ms=5)
+    return batch
+
+
+@pytest.mark.django_db
+def test_a_batch_is_bounded_by_rows_and_takes_whole_entries(
+    power_sensor, ingest_stream, batch_sizes
+):
+    # given entries of 300 rows and a writer that takes 1,000 rows a batch (and is in no hurry)
+    _enqueue(ingest_stream, power_sensor.id, 0, 3000, per_entry=300)
+    writer = Writer(name="w1", max_rows=1000, max_age_s=3600)
+    writer.ensure_group()
+    # when
+    batch = _run(writer, Batch())
+    # then as many whole entries as fit, never more rows; the rest waits for its age
+    assert batch_sizes == [900, 900, 900]
+    writer.max_age_s = 0
+    writer.run_once(batch, block_ms=5)
+    assert batch_sizes == [900, 900, 900, 300]
+    assert Reading.objects.filter(sensor=power_sensor).count() == 3000
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
+@pytest.mark.django_db
+def test_first_read_after_a_restart_takes_a_batch_of_rows_not_hundreds_of_entries(
+    power_sensor, ingest_stream, batch_sizes
+):
+    # given a backlog of big entries (HTTP batches) and a writer that has read nothing yet
+    _enqueue(ingest_stream, power_sensor.id, 0, 60_000, per_entry=5000)
+    writer = Writer(name="w1", max_rows=12_000, max_age_s=3600)
+    writer.ensure_group()
+    # when
+    batch = _run(writer, Batch())
+    writer.max_age_s = 0
+    writer.run_once(batch, block_ms=5)
+    # then (it used to take 500 entries at once: all 60,000 rows in one statement)
+    assert batch_sizes == [10_000] * 6
+    assert Reading.objects.filter(sensor=power_sensor).count() == 60_000
+
+
+@pytest.mark.django_db
+def test_entry_larger_than_a_batch_is_written_alone(power_sensor, ingest_stream, batch_sizes):
+    _enqueue(ingest_stream, power_sensor.id, 0, 100, per_entry=100)
+    _enqueue(ingest_stream, power_sensor.id, 100, 2500, per_entry=2500)
+    _enqueue(ingest_stream, power_sensor.id, 2600, 100, per_entry=100)
+    writer = Writer(name="w1", max_rows=1000, max_age_s=0)
+    writer.ensure_group()
+    _drain(writer)
+    assert batch_sizes == [100, 2500, 100]
+    assert Reading.objects.filter(sensor=power_sensor).count() == 2700
+
+
+@pytest.mark.django_db
+def test_entries_claimed_from_a_dead_writer_are_written_in_bounded_batches(
+    power_sensor, ingest_stream, batch_sizes
+):
+    # given a writer that read 20 entries of 1,000 rows and died
+    _enqueue(ingest_stream, power_sensor.id, 0, 20_000, per_entry=1000)
+    ingest_stream.xgroup_create(INGEST_STREAM, GROUP, id="0")
+    ingest_stream.xreadgroup(GROUP, "dead", {INGEST_STREAM: ">"}, count=100)
+    time.sleep(0.05)
+    # when another writer claims them
+    alive = Writer(name="alive", max_rows=2500, max_age_s=0, claim_idle_ms=10)
+    _drain(alive)
+    # then
+    assert batch_sizes == [2000] * 10
+    assert Reading.objects.filter(sensor=power_sensor).count() == 20_000
     assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
 
 
