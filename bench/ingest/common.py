@@ -8,11 +8,11 @@ defaults below.
 """
 
 import os
-import secrets
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench import common as shared
+
+ROOT = shared.ROOT
 VAR = ROOT / "var"
 WORK = VAR / "bench-ingest"  # data set, secret key, logs, profiles
 DATA_FILE = WORK / "data.json"
@@ -64,36 +64,9 @@ def psycopg_url() -> str:
     return f"postgresql://{rest}"
 
 
-def secret_key() -> str:
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "secret-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
-
-
 def portal_env() -> dict[str, str]:
-    """Environment of a portal process under test (server, writers, the driver's own Django):
-    production-like (DEBUG off), the benchmark's database and Redis."""
-    env = dict(os.environ)
-    # The channel layer is the portal's default unless a pipeline spec asks for one.
-    for name in ("DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER"):
-        env.pop(name, None)
-    env.update(
-        DJANGO_SETTINGS_MODULE="energy_portal.settings",
-        DATABASE_URL=database_url(),
-        REDIS_URL=redis_url(),
-        DJANGO_DEBUG="0",
-        DJANGO_SECRET_KEY=secret_key(),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        PYTHONPATH=str(ROOT),
+    """Environment of a portal process under test (server, writers, the driver's own Django);
+    the channel layer is the portal's default unless a pipeline spec asks for one."""
+    return shared.portal_env(
+        database_url=database_url(), redis_url=redis_url(), secret_key=shared.secret_key(WORK)
     )
-    return env
-
-
-def django_setup() -> None:
-    """Set up Django in this process against the benchmark's database and Redis."""
-    os.environ.update(portal_env())
-    import django
-
-    django.setup()

@@ -1,78 +1,15 @@
-"""Processes under test (server, writers, load generator): start, stop, CPU accounting, py-spy."""
+"""Processes under test (server, writers): their commands, CPU accounting, py-spy. Starting and
+stopping them is `bench.common`'s."""
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 
+from bench.common import daphne_command, free_port, uvicorn_command
 from bench.ingest import common
-
-_children: list[subprocess.Popen] = []
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
-
-
-def spawn(args: list[str], *, env: dict, log_path: Path | None = None) -> subprocess.Popen:
-    out = open(log_path, "w") if log_path else None  # noqa: SIM115
-    proc = subprocess.Popen(
-        args,
-        cwd=common.ROOT,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
-        start_new_session=True,  # its own process group: stopped as a whole, by its id
-    )
-    _children.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen, grace: float = 15.0) -> int | None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-    if proc in _children:
-        _children.remove(proc)
-    return proc.returncode
-
-
-def cleanup() -> None:
-    for proc in reversed(list(_children)):
-        stop(proc, grace=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        with socket.socket() as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
-
 
 # -- commands -------------------------------------------------------------------------------------
 
@@ -81,38 +18,13 @@ def server_commands(kind: str, procs: int, fast: bool = False) -> list[tuple[lis
     """(command, port) per server process. Daphne: one process per port (clients are spread
     over them); uvicorn: one command with --workers sharing one port. `fast`: the portal with
     the proposed changes patched in (bench/ingest/patched.py)."""
-    py = common.PYTHON
     app = "bench.ingest.patched_asgi:application" if fast else "energy_portal.asgi:application"
     if kind == "daphne":
-        out = []
-        for _ in range(procs):
-            port = free_port()
-            out.append(([py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app], port))
-        return out
+        ports = [free_port() for _ in range(procs)]
+        return [(daphne_command(app, port), port) for port in ports]
     if kind == "uvicorn":
         port = free_port()
-        cmd = [
-            py,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(procs),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "off",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        return [(cmd, port)]
+        return [(uvicorn_command(app, port, "--workers", str(procs)), port)]
     raise SystemExit(f"unknown server {kind!r}: daphne or uvicorn")
 
 

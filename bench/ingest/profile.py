@@ -11,6 +11,8 @@ whose stack passes through the named function, waits included.
 from collections import Counter
 from pathlib import Path
 
+from bench.common import collapsed_stacks
+
 WAITS = [
     ("wait: view thread blocked on the event loop (async_to_sync hop)", ("Condition.wait",)),
     (
@@ -180,11 +182,7 @@ def summarise(raw: Path, name: str, seconds: float | None = None, rate: int = 10
     stages = STAGES[kind]
     groups: dict[str, _Group] = {}
     whole = _Group()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in collapsed_stacks(raw):
         frames = stack.split(";")
         thread = "MainThread"
         # "process PID:cmd" and "thread (TID): NAME" come first.

@@ -20,18 +20,17 @@ var/bench-ingest-<timestamp>.json (+ .txt). See bench/ingest/README.md.
 """
 
 import argparse
-import atexit
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import common as shared
+from bench.common import log
 from bench.ingest import common, procs
-from bench.ingest.procs import log
 from bench.ingest.rows import RowSet
 
 STREAM = "ep:ingest"  # telemetry.services.INGEST_STREAM (checked at start)
@@ -40,31 +39,6 @@ PYSPY_RATE = 100
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _on_signal(signum, _frame):
-    log(f"signal {signum}: stopping the processes under test")
-    procs.cleanup()
-    sys.exit(130)
-
-
-def wait_quiet(max_wait_s: float, threshold: float) -> str:
-    started = time.monotonic()
-    while True:
-        load1 = float(Path("/proc/loadavg").read_text().split()[0])
-        waited = time.monotonic() - started
-        if load1 < threshold:
-            return f"machine quiet (1-min load {load1} < {threshold}) after {waited / 60:.1f} min"
-        if waited >= max_wait_s:
-            return (
-                f"started after {waited / 60:.1f} min of waiting regardless "
-                f"(1-min load still {load1})"
-            )
-        log(
-            f"waiting for a quiet machine: 1-min load {load1} (≥ {threshold}), "
-            f"{waited / 60:.0f} min waited"
-        )
-        time.sleep(60)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -321,7 +295,7 @@ class Bench:
         for i in range(n):
             name = f"bench-{tag}-w{i}"
             writers.append(
-                procs.spawn(
+                shared.spawn(
                     procs.writer_command(
                         name, self.args.writer_max_rows, self.args.writer_max_age, fast
                     ),
@@ -384,7 +358,7 @@ class Bench:
             log(f"  writer alone x{n_writers}: {exc}")
         finally:
             for w in writers:
-                procs.stop(w)
+                shared.stop(w)
         result["landed"] = self.count_range(rs.start_us)
         if "rows_per_s" in result:
             ok = "" if result["landed"] == len(rs) else f"  (!! {result['landed']:,} in table)"
@@ -438,10 +412,10 @@ class Bench:
         try:
             for i, (cmd, _port) in enumerate(commands):
                 servers.append(
-                    procs.spawn(cmd, env=env, log_path=common.LOG_DIR / f"{label}-server{i}.log")
+                    shared.spawn(cmd, env=env, log_path=common.LOG_DIR / f"{label}-server{i}.log")
                 )
             for proc, (_cmd, port) in zip(servers, commands, strict=True):
-                procs.wait_port(port, proc)
+                shared.wait_port(port, proc)
             writers = self.start_writers(n_writers, label, fast=fast, env=env)
             meter.track("server", [s.pid for s in servers])
             meter.track("writers", [w.pid for w in writers])
@@ -459,20 +433,7 @@ class Bench:
                 "first_step": first_step,
             }
             with tempfile.TemporaryDirectory() as tmp:
-                plan_path, out_path = Path(tmp, "plan.json"), Path(tmp, "out.json")
-                plan_path.write_text(json.dumps(plan))
-                loadgen = procs.spawn(
-                    [
-                        common.PYTHON,
-                        "-m",
-                        "bench.ingest.loadgen",
-                        "--plan",
-                        str(plan_path),
-                        "--out",
-                        str(out_path),
-                    ],
-                    env={**os.environ, "PYTHONPATH": str(common.ROOT)},
-                )
+                loadgen, out_path = shared.start_loadgen("bench.ingest.loadgen", plan, Path(tmp))
                 meter.track("loadgen", [loadgen.pid])
                 load_t0 = time.monotonic()
                 samples, snaps, spies = self._follow_load(
@@ -493,7 +454,7 @@ class Bench:
             log(f"  pipeline {label}: {exc}")
         finally:
             for p in writers + servers:
-                code = procs.stop(p)
+                code = shared.stop(p)
                 if code not in (0, -15, None) and p in servers:
                     result.setdefault("exit_codes", []).append(code)
         landed = self.count_range(RowSet(self.sensor_ids, self.base_us, first_step, 1).start_us)
@@ -554,7 +515,7 @@ class Bench:
             now = time.monotonic()
             if now > deadline:
                 log("  load generator over its time budget; stopping it")
-                procs.stop(loadgen)
+                shared.stop(loadgen)
                 break
             t = now - load_t0
             try:
@@ -580,7 +541,7 @@ class Bench:
             try:
                 _o, err = spy.communicate(timeout=60)
             except Exception:
-                procs.stop(spy)
+                shared.stop(spy)
                 err = b"timeout"
             spies[name] = {
                 "raw": str(out.relative_to(common.ROOT)),
@@ -1164,11 +1125,9 @@ def main() -> None:
     )
     common.set_urls(args.database_url, args.redis_url)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    atexit.register(procs.cleanup)
+    shared.stop_children_on_exit()
 
-    quiet = wait_quiet(args.wait_minutes * 60, 1.0) if args.wait_quiet else "not waited for"
+    quiet = shared.wait_quiet(args.wait_minutes * 60, 1.0) if args.wait_quiet else "not waited for"
     log(f"start: {quiet}; load average {Path('/proc/loadavg').read_text().strip()}")
     from bench.ingest import setup_data
 

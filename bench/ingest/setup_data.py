@@ -18,49 +18,12 @@ in var/bench-ingest/data.json. A second run reuses what is there.
 """
 
 import argparse
-import hashlib
 import json
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
+from bench import common as shared
 from bench.ingest import common
-
-
-def migrations_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(common.ROOT.glob("*/migrations/*.py")):
-        if ".venv" in path.parts:
-            continue
-        digest.update(str(path.relative_to(common.ROOT)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def ensure_database(url: str, fingerprint: str) -> bool:
-    """Create the database if missing, or drop and re-create it when the migrations changed.
-    Returns whether it is new."""
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    marker = common.WORK / "migrations-fingerprint"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        stale = found and (not marker.exists() or marker.read_text().strip() != fingerprint)
-        if stale:
-            print(f"migration files changed: dropping database {name}", file=sys.stderr)
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        if not found or stale:
-            print(f"creating database {name}", file=sys.stderr)
-            conn.execute(f'CREATE DATABASE "{name}"')
-            common.WORK.mkdir(parents=True, exist_ok=True)
-            marker.write_text(fingerprint)
-            if common.DATA_FILE.exists():
-                common.DATA_FILE.unlink()
-            return True
-    return False
 
 
 def cpe_of(index: int) -> str:
@@ -136,8 +99,12 @@ def _valid(data: dict, devices: int, cpe_sites: int) -> bool:
 
 
 def ensure(devices: int = 200, cpe_sites: int = 1000) -> dict:
-    new = ensure_database(common.database_url(), migrations_fingerprint())
-    common.django_setup()
+    new = shared.ensure_database(
+        common.database_url(), fingerprint_file=common.WORK / "migrations-fingerprint"
+    )
+    if new:
+        common.DATA_FILE.unlink(missing_ok=True)
+    shared.django_setup(common.portal_env())
     from django.core.management import call_command
 
     started = time.monotonic()

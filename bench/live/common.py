@@ -5,11 +5,11 @@ database): it uses BENCH_DATABASE_URL / BENCH_REDIS_URL, or the defaults below.
 """
 
 import os
-import secrets
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench import common as shared
+
+ROOT = shared.ROOT
 VAR = ROOT / "var"
 WORK = VAR / "bench-live"  # data set, secret key, relay token map, server logs
 DATA_FILE = WORK / "data.json"
@@ -30,32 +30,15 @@ def redis_url() -> str:
     return os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
 
 
-def secret_key() -> str:
-    """A key of the benchmark's own, kept so the stored sessions stay valid between runs."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "secret-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
-
-
 def portal_env(*, channel_layer: str = "core") -> dict[str, str]:
     """Environment of a portal process under test (and of the data set-up): production-like
     (DEBUG off), the benchmark's database and Redis, and a device rate limit that never bites."""
-    env = dict(os.environ)
-    for name in ("DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER"):
-        env.pop(name, None)
-    env.update(
-        DJANGO_SETTINGS_MODULE="energy_portal.settings",
-        DATABASE_URL=database_url(),
-        REDIS_URL=redis_url(),
-        DJANGO_DEBUG="0",
-        DJANGO_SECRET_KEY=secret_key(),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+    return shared.portal_env(
+        database_url=database_url(),
+        redis_url=redis_url(),
+        secret_key=shared.secret_key(WORK),
         CHANNEL_LAYER=channel_layer,
         DEVICE_RATE_PER_S="1000000",
         DEVICE_RATE_BURST="1000000",
         DEVICE_HEARTBEAT_TIMEOUT="60",
-        PYTHONPATH=str(ROOT),
     )
-    return env

@@ -12,12 +12,9 @@ and writes everything to var/bench-live-<timestamp>.json. See bench/live/README.
 """
 
 import argparse
-import atexit
 import json
 import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench import common as shared
+from bench.common import collapsed_stacks, log
 from bench.live import common
 
 CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "relay"]
@@ -46,53 +45,9 @@ FULL_RATES = [
     40000,
     48000,
 ]
-_children: list[subprocess.Popen] = []
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 # -- processes ------------------------------------------------------------------------------------
-
-
-def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own process group, started by us
-        proc.wait(grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-
-
-def _cleanup() -> None:
-    for proc in reversed(_children):
-        _stop(proc, grace=5)
-
-
-def _on_signal(signum, _frame):
-    log(f"signal {signum}: stopping servers and load generator")
-    _cleanup()
-    sys.exit(130)
-
-
-def spawn(args: list[str], *, env: dict, log_path: Path | None = None) -> subprocess.Popen:
-    out = open(log_path, "w") if log_path else None  # noqa: SIM115
-    proc = subprocess.Popen(
-        args,
-        cwd=common.ROOT,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
-        start_new_session=True,
-    )
-    _children.append(proc)
-    return proc
 
 
 def code_state() -> dict:
@@ -114,25 +69,6 @@ def code_state() -> dict:
     ]
     head = git("rev-parse", "--short", "HEAD").strip()
     return {"head": head, "uncommitted": dirty, "at": time.time()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        with socket.socket() as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
 
 
 def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], dict]:
@@ -165,29 +101,9 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
         env["BENCH_WHATIF"] = "nolock"
         app = "bench.live.whatif_asgi:application"
     if server == "daphne":
-        cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+        cmd = shared.daphne_command(app, port)
     elif server == "uvicorn":
-        cmd = [
-            py,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            uvicorn_ws,
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "off",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        cmd = shared.uvicorn_command(app, port, "--ws", uvicorn_ws)
     else:
         raise SystemExit(f"unknown server config {config!r}; known: {', '.join(CONFIGS)}")
     return cmd, env
@@ -245,7 +161,7 @@ def build_plans(args) -> dict:
 
 
 def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) -> dict:
-    port = free_port()
+    port = shared.free_port()
     redis_client().flushdb()
     cmd, env = server_command(config, port, args.uvicorn_ws)
     common.LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -253,9 +169,9 @@ def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) 
     log(f"== {config}: {' '.join(cmd[1:])} (log {log_path.relative_to(common.ROOT)})")
     code = code_state()  # the code under test may change between configurations of one run
     started = time.monotonic()
-    server = spawn(cmd, env=env, log_path=log_path)
+    server = shared.spawn(cmd, env=env, log_path=log_path)
     try:
-        wait_port(port, server)
+        shared.wait_port(port, server)
         plan = {
             "label": config,
             "kind": "relay" if config == "relay" else "portal",
@@ -268,24 +184,11 @@ def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) 
             **phases,
         }
         with tempfile.TemporaryDirectory() as tmp:
-            plan_path, out_path = Path(tmp, "plan.json"), Path(tmp, "out.json")
-            plan_path.write_text(json.dumps(plan))
-            loadgen = spawn(
-                [
-                    common.PYTHON,
-                    "-m",
-                    "bench.live.loadgen",
-                    "--plan",
-                    str(plan_path),
-                    "--out",
-                    str(out_path),
-                ],
-                env={**os.environ, "PYTHONPATH": str(common.ROOT)},
-            )
+            loadgen, out_path = shared.start_loadgen("bench.live.loadgen", plan, Path(tmp))
             try:
                 _follow(loadgen, args.config_timeout)
             finally:
-                _stop(loadgen)
+                shared.stop(loadgen, grace=10)
             result = (
                 json.loads(out_path.read_text()) if out_path.exists() else {"errors": ["no result"]}
             )
@@ -294,7 +197,7 @@ def run_config(config: str, phases: dict, entries: list[dict], args, redis_pid) 
         result = {"errors": [repr(exc)]}
     finally:
         crashed = server.poll()
-        _stop(server)
+        shared.stop(server, grace=10)
     result.update(
         config=config, command=cmd[1:], seconds=round(time.monotonic() - started, 1), code=code
     )
@@ -447,11 +350,7 @@ def summarise_profile(raw: Path, expected: int | None = None) -> dict:
     stages: Counter = Counter()
     components: Counter = Counter()
     leaves: Counter = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in collapsed_stacks(raw):
         frames = stack.split(";")
         leaf = frames[-1].strip()
         idle = any(x in leaf for x in IDLE_LEAVES)
@@ -493,14 +392,14 @@ PROFILE_HZ = 50  # py-spy pauses the server to sample (exact stacks); keep the c
 
 
 def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_pid) -> dict:
-    port = free_port()
+    port = shared.free_port()
     redis_client().flushdb()
     cmd, env = server_command(config, port, args.uvicorn_ws)
     log(f"== profile {config} at {rate:.0f} msg/s ({n} devices + {n} viewers)")
-    server = spawn(cmd, env=env, log_path=common.LOG_DIR / f"profile-{config}.log")
+    server = shared.spawn(cmd, env=env, log_path=common.LOG_DIR / f"profile-{config}.log")
     result: dict = {"config": config, "rate_per_s": rate}
     try:
-        wait_port(port, server)
+        shared.wait_port(port, server)
         seconds = args.profile_seconds
         plan = {
             "label": f"profile {config}",
@@ -515,22 +414,9 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
             "hold": {"n": n, "rate_per_s": rate, "seconds": 2 * seconds + 8},
         }
         with tempfile.TemporaryDirectory() as tmp:
-            plan_path, out_path = Path(tmp, "plan.json"), Path(tmp, "out.json")
             ready = Path(tmp, "ready")
             plan["hold"]["ready_file"] = str(ready)
-            plan_path.write_text(json.dumps(plan))
-            loadgen = spawn(
-                [
-                    common.PYTHON,
-                    "-m",
-                    "bench.live.loadgen",
-                    "--plan",
-                    str(plan_path),
-                    "--out",
-                    str(out_path),
-                ],
-                env={**os.environ, "PYTHONPATH": str(common.ROOT)},
-            )
+            loadgen, out_path = shared.start_loadgen("bench.live.loadgen", plan, Path(tmp))
             # The load generator creates the ready file when the sockets are open and the load
             # starts; profile from 2 s later.
             deadline = time.monotonic() + 180
@@ -566,7 +452,7 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
                     {"format": fmt, "exit": done.returncode, "output": done.stderr[-600:]}
                 )
             _follow(loadgen, 120)
-            _stop(loadgen)
+            shared.stop(loadgen, grace=10)
             if out_path.exists():
                 result["hold"] = json.loads(out_path.read_text()).get("hold")
             result.update(
@@ -577,7 +463,7 @@ def profile(config: str, rate: float, n: int, entries: list[dict], args, redis_p
                 if config == "daphne-core":
                     (common.VAR / "profile-live.svg").write_bytes(svg.read_bytes())
     finally:
-        _stop(server)
+        shared.stop(server, grace=10)
     return result
 
 
@@ -756,22 +642,6 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def wait_quiet(max_wait_s: float, threshold: float) -> str:
-    started = time.monotonic()
-    while True:
-        load1 = float(Path("/proc/loadavg").read_text().split()[0])
-        waited = time.monotonic() - started
-        if load1 < threshold:
-            return f"machine quiet (1-min load {load1}) after {waited / 60:.1f} min"
-        if waited >= max_wait_s:
-            return f"started after {waited / 60:.1f} min of waiting regardless (1-min load {load1})"
-        log(
-            f"waiting for a quiet machine: 1-min load {load1} (≥ {threshold}), "
-            f"{waited / 60:.0f} min waited"
-        )
-        time.sleep(60)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=_ints, help="N sweep, e.g. 100,500,1000,2000")
@@ -812,15 +682,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    atexit.register(_cleanup)
+    shared.stop_children_on_exit()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and loadgen
     if hard < 10000:
         log(f"warning: RLIMIT_NOFILE hard limit is {hard}; large N may run out of sockets")
 
-    quiet = wait_quiet(35 * 60, 0.8) if args.wait_quiet else "not waited for"
+    quiet = shared.wait_quiet(35 * 60, 0.8) if args.wait_quiet else "not waited for"
     log(f"start: {quiet}; load average {Path('/proc/loadavg').read_text().strip()}")
     configs = [c.strip() for c in args.servers.split(",") if c.strip()]
     phases = build_plans(args)

@@ -12,35 +12,14 @@ can open the device socket (`Authorization: Bearer <token>`) and the resident's 
 
 import argparse
 import json
-import os
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
+from bench import common as shared
 from bench.live import common
 
 PREFIX = "bench-live-"
 SENSORS = [{"key": "power_w", "kind": "power", "unit": "W"}]
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not found:
-            print(f"creating database {name}", file=sys.stderr)
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def _django():
-    os.environ.update(common.portal_env())
-    import django
-
-    django.setup()
 
 
 def _valid(entries: list[dict]) -> bool:
@@ -138,8 +117,8 @@ def _create(start: int, stop: int) -> list[dict]:
 
 
 def ensure(count: int) -> list[dict]:
-    ensure_database(common.database_url())
-    _django()
+    shared.ensure_database(common.database_url())
+    shared.django_setup(common.portal_env())
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
