@@ -136,14 +136,20 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         self.delivered: set[str] = set()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
-        if previous and previous != self.channel_name:
-            await self.channel_layer.send(previous, {"type": "device.replaced"})
-        await self.accept()
-        await db(services.device_set_online)(device_id=self.device.id, online=True)
-        await socket_registry.touch(self.device.id)
-        self.watchdog = asyncio.create_task(self._watch_silence())
-        for command_id in await db(selectors.open_commands)(device_id=self.device.id):
-            await self._deliver(command_id)
+        try:
+            if previous and previous != self.channel_name:
+                await self.channel_layer.send(previous, {"type": "device.replaced"})
+            await self.accept()
+            await db(services.device_set_online)(device_id=self.device.id, online=True)
+            await socket_registry.touch(self.device.id)
+            self.watchdog = asyncio.create_task(self._watch_silence())
+            for command_id in await db(selectors.open_commands)(device_id=self.device.id):
+                await self._deliver(command_id)
+        except Exception:
+            # The server will not call disconnect for a consumer whose connect failed: give
+            # the registry entry back now, or the device would look connected to a dead socket.
+            await self.disconnect(None)
+            raise
 
     async def disconnect(self, code):
         """Leave the device's group, give up its registry entry and mark it offline. Each step

@@ -528,6 +528,24 @@ async def test_disconnect_releases_the_socket_and_goes_offline_even_if_leaving_t
     assert await device_online(device) is False
 
 
+async def test_a_connect_that_fails_after_claiming_gives_the_registry_entry_back(
+    alice_home, monkeypatch
+):
+    device = alice_home["device"]
+
+    def open_commands_fail(**kwargs):
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(consumers.selectors, "open_commands", open_commands_fail)
+    pi = device_communicator(alice_home["token"])
+    with pytest.raises(ConnectionError):
+        await pi.connect()
+        await pi.receive_output(timeout=1)
+
+    assert await socket_registry.connected_channel(device.id) is None
+    assert await device_online(device) is False
+
+
 async def test_second_connection_of_a_device_closes_the_first_and_it_stays_online(alice_home):
     device = alice_home["device"]
 
