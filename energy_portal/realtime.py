@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from energy_portal.redis_client import async_client
+from energy_portal.redis_client import async_client, sync_client
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +49,51 @@ class WatchedGroups:
         self.max_age = max_age
         self._known: dict[str, tuple[float, bool]] = {}  # group: (when asked, watched)
 
-    async def among(self, groups: list[str]) -> list[str]:
-        now = time.monotonic()
-        stale = [
+    def _stale(self, groups: list[str], now: float) -> list[str]:
+        return [
             group
             for group in groups
             if (known := self._known.get(group)) is None or now - known[0] >= self.max_age
         ]
+
+    def _count(self, pipe, stale: list[str]):
+        alive_after = time.time()
+        for group in stale:
+            pipe.zcount(_viewers_key(group), f"({alive_after}", "+inf")
+        return pipe
+
+    def _answer(self, groups: list[str], stale: list[str], counts: list[int], now: float):
+        for group, count in zip(stale, counts, strict=True):
+            self._known[group] = (now, count > 0)
+        return [group for group in groups if self._known[group][1]]
+
+    async def among(self, groups: list[str]) -> list[str]:
+        now = time.monotonic()
+        stale = self._stale(groups, now)
+        counts = []
         if stale:
-            pipe = async_client().pipeline(transaction=False)
-            alive_after = time.time()
-            for group in stale:
-                pipe.zcount(_viewers_key(group), f"({alive_after}", "+inf")
             try:
+                pipe = self._count(async_client().pipeline(transaction=False), stale)
                 counts = await pipe.execute()
             except RedisError:
                 # Better a publish nobody hears than a viewer missing readings.
                 logger.warning("cannot count live viewers; sending to every group", exc_info=True)
                 return list(groups)
-            for group, count in zip(stale, counts, strict=True):
-                self._known[group] = (now, count > 0)
-        return [group for group in groups if self._known[group][1]]
+        return self._answer(groups, stale, counts, now)
+
+    def among_sync(self, groups: list[str]) -> list[str]:
+        """`among` for sync code (HTTP ingest, file ingest): decides before any hop to an event
+        loop, so a batch nobody watches never makes one."""
+        now = time.monotonic()
+        stale = self._stale(groups, now)
+        counts = []
+        if stale:
+            try:
+                counts = self._count(sync_client().pipeline(transaction=False), stale).execute()
+            except RedisError:
+                logger.warning("cannot count live viewers; sending to every group", exc_info=True)
+                return list(groups)
+        return self._answer(groups, stale, counts, now)
 
     def note_watched(self, groups: list[str]) -> None:
         """A viewer joined `groups` in this process: send to them from now on."""

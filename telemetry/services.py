@@ -21,6 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
+from energy_portal import realtime
 from energy_portal.realtime import agroup_send, live_event
 from energy_portal.redis_client import async_client, sync_client
 from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
@@ -228,11 +229,19 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
     """
     if not result.readings:
         return
-    if live == "summary":
-        messages = _summary_messages(result.readings, source)
-    else:
-        messages = _point_messages(result.readings)
-    async_to_sync(_send_all)(messages)  # one hop to the event loop for the whole batch
+    sites = sorted({reading.sensor.site_id for reading in result.readings})
+    watched = set(realtime.watched_groups.among_sync([*map(site_group, sites), fleet_group()]))
+    if watched:  # nobody watching: no messages built, no hop to an event loop
+        if live == "summary":
+            messages = _summary_messages(result.readings, source)
+        else:
+            messages = _point_messages(result.readings)
+        messages = [
+            (heard, message)
+            for groups, message in messages
+            if (heard := [group for group in groups if group in watched])
+        ]
+        async_to_sync(_send_all)(messages)  # one hop to the event loop for the whole batch
     pipe = sync_client().pipeline(transaction=False)  # every entry in one round trip
     for entry in _stream_entries(result.readings, source):
         pipe.xadd(INGEST_STREAM, entry)

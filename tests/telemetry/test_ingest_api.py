@@ -4,11 +4,14 @@ import gc
 from datetime import UTC, datetime
 
 import pytest
+from asgiref.sync import async_to_sync
 from rest_framework.test import APIClient
 
 from django.contrib.auth.models import Permission
 
-from telemetry import apis
+from devices.groups import site_group
+from energy_portal import realtime
+from telemetry import apis, services
 from tests.telemetry.conftest import stream_rows
 
 URL = "/api/v1/ingest/"
@@ -171,3 +174,38 @@ def test_the_same_batch_posted_twice_is_buffered_twice_and_stored_once(
     assert Reading.objects.filter(sensor__device__uid="pi-a1").count() == 50
     assert ingest_stream.xlen("ep:ingest") == 0
     del writer_batch
+
+
+@pytest.mark.django_db
+def test_live_messages_of_a_batch_go_only_to_groups_someone_watches(
+    alice_home, bob_home, ingest_stream, monkeypatch
+):
+    # given a fresh process memory of watched groups, and the live sends recorded
+    monkeypatch.setattr(realtime, "watched_groups", realtime.WatchedGroups())
+    hops = []
+
+    async def send_all(messages):
+        hops.append(messages)
+
+    monkeypatch.setattr(services, "_send_all", send_all)
+    alice_site = alice_home["site"].id
+
+    def post(token: str, sensor: str, seconds_ago: int):
+        body = [{"sensor_id": sensor, "timestamp": _ts(seconds_ago), "value": 1.0}]
+        assert _device_client(token).post(URL, body, format="json").status_code == 202
+
+    # when nobody watches: no message is built, no hop made; the readings are buffered
+    post(alice_home["token"], "pi-a1.power_w", 5)
+    assert hops == []
+    assert len(stream_rows(ingest_stream)) == 1
+
+    # when a viewer of Alice's site joins (in this process), her next batch reaches that group
+    # only, and Bob's still goes nowhere
+    async_to_sync(realtime.viewers_join)([site_group(alice_site)], "viewer-of-alice")
+    try:
+        post(alice_home["token"], "pi-a1.power_w", 4)
+        post(bob_home["token"], "pi-b1.power_w", 4)
+    finally:
+        async_to_sync(realtime.viewers_leave)([site_group(alice_site)], "viewer-of-alice")
+    assert [[groups for groups, _ in messages] for messages in hops] == [[[site_group(alice_site)]]]
+    assert len(stream_rows(ingest_stream)) == 3
