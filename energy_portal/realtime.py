@@ -131,14 +131,25 @@ async def viewers_leave(groups: list[str], channel_name: str) -> None:
     await pipe.execute()
 
 
+async def apublish(groups: list[str], message: dict) -> None:
+    """Send `message` to each of `groups` at once, watched or not."""
+    layer = get_channel_layer()
+    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+
+
 async def agroup_send(groups: list[str], message: dict) -> None:
     """Send `message` to each of `groups` at once; a live message only to the groups someone
     watches."""
     if message.get("type") == LIVE_MESSAGE:
         groups = await watched_groups.among(groups)
-    layer = get_channel_layer()
-    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+    await apublish(groups, message)
 
 
 def group_send(groups: list[str], message: dict) -> None:
-    async_to_sync(agroup_send)(groups, message)
+    """`agroup_send` for sync code. The watched groups are looked up here, with the sync Redis
+    client: from a thread without an event loop (Celery) each `async_to_sync` call runs a new
+    loop, and an async Redis client made in it would be one more connection per call."""
+    if message.get("type") == LIVE_MESSAGE:
+        groups = watched_groups.among_sync(groups)
+    if groups:
+        async_to_sync(apublish)(groups, message)

@@ -277,6 +277,8 @@ class SiteDay(models.Model):
 
     class Meta:
         db_table = "rollup_site_day"
+        # The fleet view reads one day (week, month) of every site.
+        indexes = [models.Index(fields=["day"], name="rollup_site_day_day")]
 
     def __str__(self) -> str:
         return f"site {self.site_id} on {self.day}: {self.energy_kwh:.3f} kWh"

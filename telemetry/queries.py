@@ -869,24 +869,36 @@ def _stored_site_days(
     *, plan: EnergyPlan, zones: dict[int, str], period: Period, now: datetime
 ) -> tuple[dict[tuple[int, date], tuple[str, float]], dict[int, date]]:
     """The `SiteDay` rows of the period that are current, and for every site with a day that
-    is not (over yet, computed, or untouched since), the first such day: from there on its
-    days are computed from the rollups and raw data. Plain PostgreSQL only."""
+    is not (not over yet, marked dirty, or with readings waiting in `rollup_dirty`), the first
+    such day: from there on its days are computed from the rollups and raw data. Plain
+    PostgreSQL only.
+
+    A past day without a row and without marks had no readings: every inserted reading marks
+    its quarter-hour, the refresh turns that mark into a site-day mark in the same transaction,
+    and the site-day mark goes only when its row is written. The waiting readings are read
+    before the rows and marks (a later snapshot), so a refresh committing in between leaves
+    either its site-day mark or the recomputed row to be seen."""
+    pending = _pending_site_days(plan=plan, zones=zones, period=period)
     sql = f"""
-        SELECT r.site_id, r.day, r.source, r.energy_kwh FROM {SiteDay._meta.db_table} r
-        WHERE r.day >= %(first)s AND r.day < %(end)s AND NOT EXISTS (
-            SELECT 1 FROM rollup_site_day_dirty x WHERE x.site_id = r.site_id AND x.day = r.day)"""
-    rows = _fetch(sql, {"first": period.first, "end": period.end})
-    stored = {(site_id, day): (source, kwh) for site_id, day, source, kwh in rows}
-    for key in _pending_site_days(plan=plan, zones=zones, period=period):
-        stored.pop(key, None)
+        SELECT site_id, day, source, energy_kwh FROM {SiteDay._meta.db_table}
+        WHERE day >= %(first)s AND day < %(end)s
+        UNION ALL
+        SELECT site_id, day, NULL, NULL FROM rollup_site_day_dirty
+        WHERE day >= %(first)s AND day < %(end)s"""
+    stored: dict[tuple[int, date], tuple[str, float]] = {}
+    for site_id, day, source, kwh in _fetch(sql, {"first": period.first, "end": period.end}):
+        if source is None:
+            pending.add((site_id, day))
+        else:
+            stored[site_id, day] = (source, kwh)
     days = [period.first + timedelta(days=n) for n in range((period.end - period.first).days)]
     first_live = {}
     for site_id, zone in zones.items():
         today = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
-        gap = next((d for d in days if d >= today or (site_id, d) not in stored), None)
+        gap = next((d for d in days if d >= today or (site_id, d) in pending), None)
         if gap is not None:
             first_live[site_id] = gap
-    return stored, first_live
+    return {key: value for key, value in stored.items() if key not in pending}, first_live
 
 
 def _site_energy_by_day(
@@ -899,15 +911,14 @@ def _site_energy_by_day(
     if not is_timescale(connection):
         stored, first_live = _stored_site_days(plan=plan, zones=zones, period=period, now=now)
         result = {key: value for key, value in stored.items() if value[0]}
-    by_zone: dict[str, set[int]] = defaultdict(set)
-    for site_id in first_live:
-        by_zone[zones[site_id]].add(site_id)
-    for zone, site_ids in sorted(by_zone.items()):
-        live = Period(kind="day", first=min(first_live[i] for i in site_ids), end=period.end)
+    # Sites computed together share a zone and their first computed day (usually today).
+    groups: dict[tuple[str, date], set[int]] = defaultdict(set)
+    for site_id, first in first_live.items():
+        groups[zones[site_id], first].add(site_id)
+    for (zone, first), site_ids in sorted(groups.items()):
+        live = Period(kind="day", first=first, end=period.end)
         days = _zone_energy_by_day(plan=plan, site_ids=site_ids, zone=zone, period=live, now=now)
-        for (site_id, day), by_source in days.items():
-            if day >= first_live[site_id]:
-                result[site_id, day] = _day_energy(by_source)
+        result |= {key: _day_energy(by_source) for key, by_source in days.items()}
     return result
 
 
@@ -919,7 +930,7 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
     a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
     are current; days not over yet or with readings not rolled up yet are computed. Queries: 7,
-    plus at most 2 per time zone whose sites have such days.
+    plus at most 2 per (time zone, first computed day) of the sites with such days.
     """
     period = period_containing(kind=period_kind, day=day)
     sites = list(

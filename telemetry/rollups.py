@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from devices.models import Site
@@ -344,7 +344,7 @@ def rollups_refresh(
                     )
                     marks = cursor.fetchall()
                     if not marks:
-                        return result
+                        break
                     params = {
                         "sensor_ids": [m[0] for m in marks],
                         "buckets": [m[1] for m in marks],
@@ -415,25 +415,36 @@ def site_days_refresh(*, settled: datetime, time_budget_s: float = 45.0) -> Site
             result.more = True
             break
         site_ids = [site_id for site_id, _, _ in sites]
-        energy = queries.site_days_compute(site_ids=site_ids, zone=zone, day=day)
-        now = timezone.now()
-        rows = []
-        for site_id, tariff, currency in sites:
-            source, kwh = energy.get(site_id, ("", 0.0))
-            rows.append(
-                SiteDay(site_id=site_id, day=day, energy_kwh=kwh, source=source,
-                        cost=queries.money(kwh, tariff), currency=currency, computed_at=now)
-            )  # fmt: skip
-        with transaction.atomic():
-            SiteDay.objects.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["site", "day"],
-                update_fields=["energy_kwh", "source", "cost", "currency", "computed_at"],
-            )
-            SiteDayDirty.objects.filter(site_id__in=site_ids, day=day).delete()
-        result.site_days += len(rows)
+        try:
+            _site_day_store(sites=sites, zone=zone, day=day)
+        except (DatabaseError, ArithmeticError, ValueError):
+            # One bad day (e.g. a counter value whose cost overflows) must not stop the rest;
+            # it stays marked, so queries keep computing it and the log says why.
+            logger.exception("site days of %s in %s not stored; left marked", day, zone)
+            continue
+        result.site_days += len(site_ids)
     return result
+
+
+def _site_day_store(*, sites: list[tuple], zone: str, day) -> None:
+    site_ids = [site_id for site_id, _, _ in sites]
+    energy = queries.site_days_compute(site_ids=site_ids, zone=zone, day=day)
+    now = timezone.now()
+    rows = []
+    for site_id, tariff, currency in sites:
+        source, kwh = energy.get(site_id, ("", 0.0))
+        rows.append(
+            SiteDay(site_id=site_id, day=day, energy_kwh=kwh, source=source,
+                    cost=queries.money(kwh, tariff), currency=currency, computed_at=now)
+        )  # fmt: skip
+    with transaction.atomic():
+        SiteDay.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["site", "day"],
+            update_fields=["energy_kwh", "source", "cost", "currency", "computed_at"],
+        )
+        SiteDayDirty.objects.filter(site_id__in=site_ids, day=day).delete()
 
 
 # --- raw retention (plain PostgreSQL) -----------------------------------------------------

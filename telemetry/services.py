@@ -221,6 +221,12 @@ async def _send_all(messages: list[tuple[list[str], dict]]) -> None:
         await agroup_send(groups, message)
 
 
+async def _publish_all(messages: list[tuple[list[str], dict]]) -> None:
+    """Messages whose groups were already narrowed to the watched ones."""
+    for groups, message in messages:
+        await realtime.apublish(groups, message)
+
+
 def readings_ingest(*, result: IngestResult, source: str, live: str = "points") -> None:
     """Broadcast validated readings to live viewers, then put them in the durable buffer.
 
@@ -241,7 +247,7 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
             for groups, message in messages
             if (heard := [group for group in groups if group in watched])
         ]
-        async_to_sync(_send_all)(messages)  # one hop to the event loop for the whole batch
+        async_to_sync(_publish_all)(messages)  # one hop to the event loop for the whole batch
     pipe = sync_client().pipeline(transaction=False)  # every entry in one round trip
     for entry in _stream_entries(result.readings, source):
         pipe.xadd(INGEST_STREAM, entry)

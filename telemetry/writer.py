@@ -236,6 +236,7 @@ class Writer:
                     raise
                 logger.warning("ingest stream or group missing (%s); recreating", exc)
                 self.ensure_group()
+        self._fill(batch)  # entries read but held back for the next batch are written too
         while batch.ids:  # what was read is written before leaving, in batches as always
             self._flush(batch)
             batch = Batch()

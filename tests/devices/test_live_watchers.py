@@ -170,3 +170,23 @@ async def test_a_reading_goes_to_its_site_and_the_fleet_at_once(
     assert most_for_the_reading == 2
     assert at_residents == at_operators
     assert at_residents["type"] == "readings"
+
+
+async def test_sync_live_sends_from_a_thread_without_a_loop_open_no_redis_connections(
+    monkeypatch,
+):
+    # given a sender that asks Redis every time (as Celery tasks a second apart do)
+    from energy_portal import redis_client
+
+    monkeypatch.setattr(realtime, "watched_groups", realtime.WatchedGroups(max_age=0))
+    before = len(redis_client._async_clients)
+
+    # when a plain thread (no event loop: each async_to_sync runs a new one) sends five times
+    def send_five():
+        for _ in range(5):
+            realtime.group_send([site_group(987654)], realtime.live_event({"type": "x"}))
+
+    await asyncio.to_thread(send_five)
+
+    # then no async client (one connection pool per loop, never closed) was made for them
+    assert len(redis_client._async_clients) == before

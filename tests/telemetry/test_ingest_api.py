@@ -187,7 +187,7 @@ def test_live_messages_of_a_batch_go_only_to_groups_someone_watches(
     async def send_all(messages):
         hops.append(messages)
 
-    monkeypatch.setattr(services, "_send_all", send_all)
+    monkeypatch.setattr(services, "_publish_all", send_all)
     alice_site = alice_home["site"].id
 
     def post(token: str, sensor: str, seconds_ago: int):

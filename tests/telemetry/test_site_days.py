@@ -130,3 +130,73 @@ def test_week_with_stored_days_and_today_sums_both(metered):
     answer = queries.grid_energy(period_kind="week", day=first, now=NOW)
     assert answer["energy_kwh"] == pytest.approx(24.0 * 4 + 12.0)
     assert SiteDay.objects.count() == 4
+
+
+@pytest.mark.django_db
+def test_a_day_is_stored_by_a_refresh_that_finds_no_new_marks(metered):
+    # given the 18th's readings rolled up while the day was not over
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(date(2026, 11, 18), 1)])
+    rollups.rollups_refresh(now=datetime(2026, 11, 19, 0, 1, tzinfo=UTC))
+    assert not SiteDay.objects.exists()
+
+    # when the next run, after midnight, finds no marks at all
+    result = rollups.rollups_refresh(now=datetime(2026, 11, 19, 0, 30, tzinfo=UTC))
+
+    # then it still stores the day that ended
+    assert result.buckets == 0
+    assert SiteDay.objects.get(site=metered["site"]).energy_kwh == pytest.approx(24.0)
+
+
+@pytest.mark.django_db
+def test_a_site_without_readings_does_not_send_the_others_back_to_raw_data(
+    metered, counting, monkeypatch
+):
+    # given Alice's stored week (tampered, to tell the paths apart) and Bob with no data at all
+    first = date(2026, 11, 9)
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(first, 7)])
+    rollups.rollups_refresh(now=NOW)
+    SiteDay.objects.filter(site=metered["site"]).update(energy_kwh=1.0)
+
+    # then the week is read from the stored days only
+    computed = []
+    monkeypatch.setattr(queries, "_zone_energy_by_day", lambda **kw: computed.append(kw) or {})
+    answer = queries.grid_energy(period_kind="week", day=first, now=NOW)
+    assert answer["energy_kwh"] == pytest.approx(7.0)
+    assert computed == []
+
+
+@pytest.mark.django_db
+def test_a_refresh_between_the_querys_reads_never_lets_a_stale_day_through(metered, monkeypatch):
+    # given a stored day, then a late reading for it waiting in the marks
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(date(2026, 11, 18), 1)])
+    rollups.rollups_refresh(now=NOW)
+    insert([(metered["meter"], datetime(2026, 11, 18, 12, 7, tzinfo=UTC), 1.0)])
+
+    # when the refresh commits just before the query looks at the waiting readings (after
+    # the stored rows, were they read first)
+    pending = queries._pending_site_days
+
+    def refresh_in_between(**kwargs):
+        rollups.rollups_refresh(now=NOW)
+        return pending(**kwargs)
+
+    monkeypatch.setattr(queries, "_pending_site_days", refresh_in_between)
+
+    # then the answer has the late reading
+    assert grid_kwh(date(2026, 11, 18)) == {metered["site"].name: pytest.approx(25.0)}
+
+
+@pytest.mark.django_db
+def test_a_day_that_cannot_be_stored_stays_marked_and_the_others_are_stored(counting, metered):
+    # given a counter that jumps so far that the day's cost does not fit, and a normal day
+    insert([(counting["counter"], datetime(2026, 11, 17, 1, tzinfo=UTC), 0.0),
+            (counting["counter"], datetime(2026, 11, 17, 2, tzinfo=UTC), 1e11)])  # fmt: skip
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(date(2026, 11, 18), 1)])
+
+    # when
+    rollups.rollups_refresh(now=NOW)
+
+    # then the 17th stays marked (computed by queries) and the 18th is stored
+    assert list(SiteDayDirty.objects.values_list("day", flat=True)) == [date(2026, 11, 17)]
+    assert SiteDay.objects.get(day=date(2026, 11, 18)).site == metered["site"]
+    assert grid_kwh(date(2026, 11, 17)) == {counting["site"].name: pytest.approx(1e11)}

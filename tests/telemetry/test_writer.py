@@ -334,3 +334,25 @@ def test_writer_waits_for_a_restarted_database_and_resumes_losing_nothing(ingest
         writer.wait(10)
         server.cleanup()
         shutil.rmtree(server.pgdata.parent, ignore_errors=True)
+
+
+@pytest.mark.django_db
+def test_a_stopping_writer_writes_the_entries_it_held_back(power_sensor, ingest_stream):
+    # given a writer that read more entries than its batch took (the rest held for the next)
+    _enqueue(ingest_stream, power_sensor.id, 0, 3000, per_entry=300)
+    writer = Writer(name="w1", max_rows=1000, max_age_s=0)
+    writer.ensure_group()
+    writer._rows_per_entry = 100  # it expects small entries, so it reads too many at once
+    writer.run_once(Batch(), block_ms=5)
+    read = ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"]
+    assert writer._held and read
+    written_before = Reading.objects.filter(sensor=power_sensor).count()
+
+    # when it is told to stop
+    writer.stop()
+    writer.run()
+
+    # then nothing it read stays pending: everything it took is in the table
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+    written = Reading.objects.filter(sensor=power_sensor).count()
+    assert written == written_before + 300 * read
