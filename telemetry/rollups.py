@@ -426,6 +426,21 @@ def site_days_refresh(*, settled: datetime, time_budget_s: float = 45.0) -> Site
     return result
 
 
+def site_days_invalidate(*, site_ids: list[int] | None = None) -> int:
+    """Mark every stored day of the given sites (None: all) to be computed again, after a
+    change of what their energy is made of: a time zone, a device moved or deleted, a meter
+    added, a sensor's kind or unit. Queries compute marked days from the rollups at once; the
+    refresh stores them again. Returns the number of days marked."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO rollup_site_day_dirty (site_id, day) SELECT site_id, day "
+            "FROM rollup_site_day WHERE %(all)s OR site_id = ANY(%(ids)s) "
+            "ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+            {"all": site_ids is None, "ids": site_ids or []},
+        )
+        return cursor.rowcount
+
+
 def _site_day_store(*, sites: list[tuple], zone: str, day) -> None:
     site_ids = [site_id for site_id, _, _ in sites]
     energy = queries.site_days_compute(site_ids=site_ids, zone=zone, day=day)

@@ -1,11 +1,14 @@
 """Stored per-site local days (`SiteDay`): kept by the rollup refresh, used by the fleet view
 only while current, so its answers equal the computation from rollups and raw data."""
 
+import io
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+
+from django.core.management import CommandError, call_command
 
 from devices import services as device_services
 from telemetry import queries, rollups
@@ -200,3 +203,25 @@ def test_a_day_that_cannot_be_stored_stays_marked_and_the_others_are_stored(coun
     assert list(SiteDayDirty.objects.values_list("day", flat=True)) == [date(2026, 11, 17)]
     assert SiteDay.objects.get(day=date(2026, 11, 18)).site == metered["site"]
     assert grid_kwh(date(2026, 11, 17)) == {counting["site"].name: pytest.approx(1e11)}
+
+
+@pytest.mark.django_db
+def test_rebuild_command_has_stored_days_computed_again(metered, counting):
+    # given stored days, one of them stale after a configuration change (here: tampered)
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(date(2026, 11, 18), 1)])
+    insert([(counting["counter"], datetime(2026, 11, 18, h, tzinfo=UTC), h) for h in (1, 5)])
+    rollups.rollups_refresh(now=NOW)
+    SiteDay.objects.update(energy_kwh=99.0)
+
+    # when
+    out = io.StringIO()
+    call_command("rebuild_site_days", "--site", str(metered["site"].id), stdout=out)
+
+    # then the site's days are computed at once, and stored again by the next refresh
+    assert "1 stored site days marked" in out.getvalue()
+    assert grid_kwh(date(2026, 11, 18))[metered["site"].name] == pytest.approx(24.0)
+    rollups.rollups_refresh(now=NOW)
+    assert SiteDay.objects.get(site=metered["site"]).energy_kwh == pytest.approx(24.0)
+    assert SiteDay.objects.get(site=counting["site"]).energy_kwh == 99.0  # not asked for
+    with pytest.raises(CommandError, match="No site with id 999999"):
+        call_command("rebuild_site_days", "--site", "999999")
