@@ -15,6 +15,7 @@ On TimescaleDB the rollups are real-time continuous aggregates and answer the sa
 # SQL here is assembled from constant fragments only; every value is a bound parameter.
 # ruff: noqa: S608
 
+import functools
 import re
 import zoneinfo
 from collections import defaultdict
@@ -195,18 +196,31 @@ class RangeError(ValueError):
     """A question the rollups cannot answer as asked (e.g. a zone off the 15-minute grid)."""
 
 
+def _offset_fits(tz: zoneinfo.ZoneInfo, instant: datetime, step: timedelta) -> bool:
+    return not (instant.astimezone(tz).utcoffset() or timedelta(0)) % step
+
+
+@functools.lru_cache(maxsize=100_000)
+def _day_offsets_fit(tz_key: str, day: date, step: timedelta) -> bool:
+    """The zone's offset at 00:00 and 12:00 UTC of `day` is a whole number of `step` (cached:
+    a year's check is 730 zone conversions, and questions repeat)."""
+    tz = zoneinfo.ZoneInfo(tz_key)
+    midnight = datetime.combine(day, datetime.min.time(), UTC)
+    return _offset_fits(tz, midnight, step) and _offset_fits(
+        tz, midnight + timedelta(hours=12), step
+    )
+
+
 def _offsets_fit(tz: zoneinfo.ZoneInfo, start: datetime, end: datetime, step: timedelta) -> bool:
-    """True when the zone's UTC offset is a whole number of `step` all over [start, end)."""
+    """True when the zone's UTC offset is a whole number of `step` all over [start, end)
+    (checked at both ends and twice a day between: offsets change at most once a day)."""
     if tz.key == "UTC":
         return True
-    instant = start
-    while True:
-        offset = instant.astimezone(tz).utcoffset() or timedelta(0)
-        if offset % step:
-            return False
-        if instant >= end:
-            return True
-        instant = min(instant + timedelta(hours=12), end)
+    if not (_offset_fits(tz, start, step) and _offset_fits(tz, end, step)):
+        return False
+    first, last = start.astimezone(UTC).date(), end.astimezone(UTC).date()
+    days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+    return all(_day_offsets_fit(tz.key, day, step) for day in days)
 
 
 def _source_level(bucket: str, tz: zoneinfo.ZoneInfo, start: datetime, end: datetime) -> str:
@@ -836,12 +850,12 @@ def site_days_compute(*, site_ids: list[int], zone: str, day: date) -> dict[int,
     return {site_id: _day_energy(by_source) for (site_id, _), by_source in days.items()}
 
 
-def _pending_site_days(*, plan: EnergyPlan, zones: dict[int, str], period: Period) -> set:
+def _pending_site_days(*, zones: dict[int, str], period: Period) -> set:
     """(site, local day) of the period that readings not yet rolled up change: the day of each
-    marked quarter-hour and, for a counter marked before the period, the day of its next
-    reading. (A counter marked inside the period changes at most later days of it, which the
-    caller computes anyway: everything after a site's first changed day is computed.)"""
-    counters = [i for i, mode in plan.modes.items() if mode == "counter"]
+    marked quarter-hour and, for an energy sensor (a counter, or not: a few probes more)
+    marked before the period, the day of its next reading. (A counter marked inside the period
+    changes at most later days of it, which the caller computes anyway: everything after a
+    site's first changed day is computed.)"""
     # Every zone's local days of the period lie inside [lo, hi); a local day starts at most
     # 14 h before and 12 h after its UTC midnight.
     lo = local_midnight(period.first, UTC) - timedelta(hours=14)
@@ -853,20 +867,20 @@ def _pending_site_days(*, plan: EnergyPlan, zones: dict[int, str], period: Perio
         JOIN devices_device d ON d.id = se.device_id
         JOIN devices_site s ON s.id = d.site_id
         CROSS JOIN LATERAL (VALUES (m.bucket), (
-            CASE WHEN m.bucket < %(latest_start)s AND m.sensor_id = ANY(%(counters)s) THEN
+            CASE WHEN m.bucket < %(latest_start)s AND se.kind = 'energy' THEN
                 (SELECT e.time FROM energy_readings e
                  WHERE e.sensor_id = m.sensor_id AND e.time >= m.bucket + interval '15 minutes'
                  ORDER BY e.time LIMIT 1) END)) AS t(at)
-        WHERE m.bucket < %(hi)s AND (m.bucket >= %(lo)s OR m.sensor_id = ANY(%(counters)s))
+        WHERE m.bucket < %(hi)s AND (m.bucket >= %(lo)s OR se.kind = 'energy')
           AND (t.at AT TIME ZONE s.timezone)::date >= %(first)s
           AND (t.at AT TIME ZONE s.timezone)::date < %(end)s"""
-    params = {"counters": counters, "lo": lo, "hi": hi, "latest_start": lo + timedelta(hours=26),
+    params = {"lo": lo, "hi": hi, "latest_start": lo + timedelta(hours=26),
               "first": period.first, "end": period.end}  # fmt: skip
     return {(site_id, day) for site_id, day in _fetch(sql, params) if site_id in zones}
 
 
 def _stored_site_days(
-    *, plan: EnergyPlan, zones: dict[int, str], period: Period, now: datetime
+    *, zones: dict[int, str], period: Period, now: datetime
 ) -> tuple[dict[tuple[int, date], tuple[str, float]], dict[int, date]]:
     """The `SiteDay` rows of the period that are current, and for every site with a day that
     is not (not over yet, marked dirty, or with readings waiting in `rollup_dirty`), the first
@@ -878,7 +892,7 @@ def _stored_site_days(
     and the site-day mark goes only when its row is written. The waiting readings are read
     before the rows and marks (a later snapshot), so a refresh committing in between leaves
     either its site-day mark or the recomputed row to be seen."""
-    pending = _pending_site_days(plan=plan, zones=zones, period=period)
+    pending = _pending_site_days(zones=zones, period=period)
     sql = f"""
         SELECT site_id, day, source, energy_kwh FROM {SiteDay._meta.db_table}
         WHERE day >= %(first)s AND day < %(end)s
@@ -902,19 +916,20 @@ def _stored_site_days(
 
 
 def _site_energy_by_day(
-    *, plan: EnergyPlan, zones: dict[int, str], period: Period, now: datetime
+    *, zones: dict[int, str], period: Period, now: datetime
 ) -> dict[tuple[int, date], tuple[str, float]]:
     """(site, local day) -> (source, kWh) for every day of the period a site has data: stored
     site days where current (plain PostgreSQL), the rest computed per time zone."""
     result: dict[tuple[int, date], tuple[str, float]] = {}
     first_live = dict.fromkeys(zones, period.first)
     if not is_timescale(connection):
-        stored, first_live = _stored_site_days(plan=plan, zones=zones, period=period, now=now)
+        stored, first_live = _stored_site_days(zones=zones, period=period, now=now)
         result = {key: value for key, value in stored.items() if value[0]}
     # Sites computed together share a zone and their first computed day (usually today).
     groups: dict[tuple[str, date], set[int]] = defaultdict(set)
     for site_id, first in first_live.items():
         groups[zones[site_id], first].add(site_id)
+    plan = energy_plan(site_ids=None) if groups else EnergyPlan()  # not needed for stored days
     for (zone, first), site_ids in sorted(groups.items()):
         live = Period(kind="day", first=first, end=period.end)
         days = _zone_energy_by_day(plan=plan, site_ids=site_ids, zone=zone, period=live, now=now)
@@ -929,7 +944,8 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     A site's energy of a local day is its meter's when the meter has data that day, else its
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
     a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
-    are current; days not over yet or with readings not rolled up yet are computed. Queries: 7,
+    are current; days not over yet or with readings not rolled up yet are computed. Queries: 6
+    (8 when some days are computed: the energy plan),
     plus at most 2 per (time zone, first computed day) of the sites with such days.
     """
     period = period_containing(kind=period_kind, day=day)
@@ -938,11 +954,10 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
             "id", "name", "timezone", "tariff_per_kwh", "currency", "feeder_id"
         )
     )
-    plan = energy_plan(site_ids=None)
     zones = {site["id"]: site["timezone"] for site in sites}
     site_kwh: dict[int, float] = defaultdict(float)
     site_sources: dict[int, set[str]] = defaultdict(set)
-    days = _site_energy_by_day(plan=plan, zones=zones, period=period, now=now)
+    days = _site_energy_by_day(zones=zones, period=period, now=now)
     for (site_id, _day), (source, kwh) in days.items():
         site_kwh[site_id] += kwh
         site_sources[site_id].add(source)
