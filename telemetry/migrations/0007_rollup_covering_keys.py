@@ -7,33 +7,27 @@ readings a year of one sensor's hours (8,760 rows) read 16 ms of scattered heap 
 from django.db import migrations
 
 TABLES = ("rollup_1h", "rollup_1d")
-COLUMNS = "sum, count, min, max, last"
+
+
+def _primary_keys(schema_editor, include: str) -> None:
+    from telemetry.timescale import is_timescale
+
+    if is_timescale(schema_editor.connection):
+        return
+    with schema_editor.connection.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute(
+                f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, "
+                f"ADD CONSTRAINT {table}_pkey PRIMARY KEY (sensor_id, bucket) {include}"
+            )
 
 
 def cover(apps, schema_editor):
-    from telemetry.timescale import is_timescale
-
-    if is_timescale(schema_editor.connection):
-        return
-    with schema_editor.connection.cursor() as cursor:
-        for table in TABLES:
-            cursor.execute(
-                f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, "
-                f"ADD CONSTRAINT {table}_pkey PRIMARY KEY (sensor_id, bucket) INCLUDE ({COLUMNS})"
-            )
+    _primary_keys(schema_editor, "INCLUDE (sum, count, min, max, last)")
 
 
 def uncover(apps, schema_editor):
-    from telemetry.timescale import is_timescale
-
-    if is_timescale(schema_editor.connection):
-        return
-    with schema_editor.connection.cursor() as cursor:
-        for table in TABLES:
-            cursor.execute(
-                f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, "
-                f"ADD CONSTRAINT {table}_pkey PRIMARY KEY (sensor_id, bucket)"
-            )
+    _primary_keys(schema_editor, "")
 
 
 class Migration(migrations.Migration):
