@@ -24,6 +24,7 @@ from devices import selectors, services, socket_registry
 from devices.groups import device_group
 from devices.rate_limit import TokenBucket
 from energy_portal import realtime
+from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_record
 from telemetry.services import IngestResult, Item, areadings_ingest, readings_validate
 from telemetry.validation import parse_timestamp
@@ -34,9 +35,11 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_BATCH = 1000
 MAX_MSG_ID = 64
 TOUCH_EVERY_S = 5.0
+CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
 CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4008
 CLOSE_FLOOD = 4029
+CLOSE_TOO_SLOW = 4013  # a live socket that does not keep up with its messages
 
 
 class FrameError(Exception):
@@ -251,7 +254,14 @@ class DeviceConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
         result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.get("index", -1))
         if not result.readings and frame.get("batch") is None and _frame_level_error(result):
             raise FrameError("invalid_payload", result.rejected[0]["error"])
-        await areadings_ingest(result=result, source="socket", device_id=self.device.id)
+        try:
+            await areadings_ingest(result=result, source="socket", device_id=self.device.id)
+        except RedisError as exc:
+            # Not in the buffer, so no ack. No error code says "try later": the socket closes,
+            # and the Pi reconnects and resends what was not acked.
+            logger.warning("device %s: cannot buffer readings (%s); closing", self.device.uid, exc)
+            await self.close(code=CLOSE_BUFFER_DOWN)
+            return
         await self._ack(msg_id, result)
 
     async def _power(self, frame: dict) -> None:
@@ -347,18 +357,26 @@ def _uuid(raw) -> uuid.UUID:
 
 class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
     """A browser's live feed, authenticated by its session. Residents get their own sites;
-    operators get the fleet, or one site with `?site=<id>`."""
+    operators get the fleet, or one site with `?site=<id>`.
 
+    Its messages come from the process's live hub (one Redis subscription per group for all the
+    process's browsers), not from the channel layer: it has no channel of its own.
+    """
+
+    channel_layer_alias = "live-sockets-use-the-hub"  # not a configured layer: none is made
     groups_joined: list[str] = []
+    viewer_id = ""
+    hub: LiveHub | None = None
     renewer: asyncio.Task | None = None
+    writer: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            # However the consumer ends (a cancelled task too), it stops renewing its count.
-            if self.renewer is not None:
-                self.renewer.cancel()
+            # However the consumer ends (a cancelled task too), it stops getting messages and
+            # renewing its count.
+            self._stop()
 
     async def connect(self):
         user = self.scope.get("user")
@@ -367,37 +385,56 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             return
         site_id = _query_int(self.scope, "site")
         self.groups_joined = await db(selectors.live_groups)(user=user, site_id=site_id)
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
-        # Counted once subscribed: senders skip groups nobody watches.
-        await realtime.viewers_join(self.groups_joined, self.channel_name)
+        self.viewer_id = f"live.{uuid.uuid4().hex}"  # its name among the viewer counts
+        self.outbox = Outbox()
         if self.groups_joined:
+            self.hub = live_hub()
+            await self.hub.join(self, self.groups_joined)
+            # Counted once subscribed: senders skip groups nobody watches.
+            await realtime.viewers_join(self.groups_joined, self.viewer_id)
             self.renewer = asyncio.create_task(self._stay_counted())
         await self.accept()
+        self.writer = asyncio.create_task(self._write())
 
     async def disconnect(self, code):
-        if self.renewer is not None:
-            self.renewer.cancel()
-        try:
-            await realtime.viewers_leave(self.groups_joined, self.channel_name)
-        finally:
-            for group in self.groups_joined:
-                await self.channel_layer.group_discard(group, self.channel_name)
+        self._stop()
+        await realtime.viewers_leave(self.groups_joined, self.viewer_id)
+
+    def _stop(self) -> None:
+        for task in (self.renewer, self.writer):
+            if task is not None:
+                task.cancel()
+        if self.hub is not None:
+            self.hub.leave(self, self.groups_joined)
+
+    def deliver(self, text: str) -> None:
+        """A live message from the hub: queued for this socket, never waited for."""
+        if not self.outbox.put(text):
+            self.hub.leave(self, self.groups_joined)
+
+    async def _write(self):
+        await self.outbox.drain(self._send_text)
+        # Only an overflow ends the drain: the browser does not keep up. Closed, it reconnects
+        # and starts from the current state rather than from a backlog.
+        logger.warning(
+            "live socket %s fell %d messages behind; closing", self.viewer_id, self.outbox.limit
+        )
+        await self.close(code=CLOSE_TOO_SLOW)
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def _stay_counted(self):
         """Renew this viewer's count before it expires; a process that died stops renewing."""
         while True:
             await asyncio.sleep(realtime.VIEWER_RENEW_S)
             try:
-                await realtime.viewers_join(self.groups_joined, self.channel_name)
+                await realtime.viewers_join(self.groups_joined, self.viewer_id)
             except RedisError:
                 logger.warning("cannot renew a live viewer's count; trying again", exc_info=True)
 
     async def receive(self, text_data=None, bytes_data=None):
         """Browsers only listen; changes go through the API."""
-
-    async def live_message(self, event):
-        await self.send(text_data=event["text"])
 
 
 def _query_int(scope, name: str) -> int | None:

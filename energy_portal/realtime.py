@@ -1,21 +1,31 @@
 """Pushing messages to groups of sockets from sync and async code alike.
 
-Live messages (`live_event`) go only to groups someone watches. Each live viewer counts itself in
-Redis for the groups it joined: one sorted set per group, a member per viewer socket, scored with
-the time the membership expires. A viewer renews its membership while connected and removes it
-when it leaves; one whose process died simply stops being counted once its time runs out.
-Senders ask Redis which groups have viewers at most once a second per group and process.
+Live messages (`live_event`: readings, device status, commands, outages) are JSON texts for
+browsers. They travel as plain Redis PUBLISHes on one channel per group (`live_channel`), which
+each process's live hub (`energy_portal.live_hub`) subscribes to once for all its browser sockets
+and writes straight to them. Everything else (commands for a device's socket, "you were
+replaced") goes through the Channels layer to one consumer, wherever it runs.
+
+Live messages go only to groups someone watches. Each live viewer counts itself in Redis for the
+groups it joined: one sorted set per group, a member per viewer socket, scored with the time the
+membership expires. A viewer renews its membership while connected and removes it when it
+leaves; one whose process died simply stops being counted once its time runs out. Senders ask
+Redis which groups have viewers at most once a second per group and process (the device sockets'
+path asks inside the script that publishes, see `telemetry.services.areadings_ingest`).
 """
 
-import asyncio
 import json
 import logging
 import math
 import time
+from functools import cache
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from redis.connection import parse_url
 from redis.exceptions import RedisError
+
+from django.conf import settings
 
 from energy_portal.redis_client import async_client, sync_client
 
@@ -29,12 +39,24 @@ VIEWER_RENEW_S = 10.0
 
 
 def live_event(payload: dict) -> dict:
-    """A group message carrying a JSON text that viewers forward as is (encoded once, not per
-    viewer)."""
+    """A live message: the JSON text viewers get as is (encoded once, not per viewer)."""
     return {"type": LIVE_MESSAGE, "text": json.dumps(payload, separators=(",", ":"))}
 
 
-def _viewers_key(group: str) -> str:
+@cache
+def _live_channel_prefix(redis_url: str) -> str:
+    # PUB/SUB channels belong to the whole Redis server, not to one of its databases: the
+    # database number keeps portals (or test runs) on other databases from hearing each other.
+    return f"ep:live.{parse_url(redis_url).get('db') or 0}."
+
+
+def live_channel(group: str) -> str:
+    """The Redis PUB/SUB channel carrying `group`'s live messages."""
+    return _live_channel_prefix(settings.REDIS_URL) + group
+
+
+def viewers_key(group: str) -> str:
+    """The sorted set counting `group`'s live viewers."""
     return VIEWERS_KEY.format(group=group)
 
 
@@ -42,7 +64,7 @@ class WatchedGroups:
     """Which groups have live viewers, as Redis said at most `max_age` seconds ago.
 
     Each process keeps one, so a group nobody watches costs one Redis round trip a second, not
-    two publishes per message. A viewer joining in another process is heard of within `max_age`.
+    a message per reading. A viewer joining in another process is heard of within `max_age`.
     """
 
     def __init__(self, max_age: float = 1.0):
@@ -59,7 +81,7 @@ class WatchedGroups:
     def _count(self, pipe, stale: list[str]):
         alive_after = time.time()
         for group in stale:
-            pipe.zcount(_viewers_key(group), f"({alive_after}", "+inf")
+            pipe.zcount(viewers_key(group), f"({alive_after}", "+inf")
         return pipe
 
     def _answer(self, groups: list[str], stale: list[str], counts: list[int], now: float):
@@ -67,23 +89,9 @@ class WatchedGroups:
             self._known[group] = (now, count > 0)
         return [group for group in groups if self._known[group][1]]
 
-    async def among(self, groups: list[str]) -> list[str]:
-        now = time.monotonic()
-        stale = self._stale(groups, now)
-        counts = []
-        if stale:
-            try:
-                pipe = self._count(async_client().pipeline(transaction=False), stale)
-                counts = await pipe.execute()
-            except RedisError:
-                # Better a publish nobody hears than a viewer missing readings.
-                logger.warning("cannot count live viewers; sending to every group", exc_info=True)
-                return list(groups)
-        return self._answer(groups, stale, counts, now)
-
     def among_sync(self, groups: list[str]) -> list[str]:
-        """`among` for sync code (HTTP ingest, file ingest): decides before any hop to an event
-        loop, so a batch nobody watches never makes one."""
+        """Those of `groups` that have viewers, for sync code (HTTP ingest, file ingest, status
+        changes); asks Redis about the ones not asked for `max_age`."""
         now = time.monotonic()
         stale = self._stale(groups, now)
         counts = []
@@ -91,65 +99,82 @@ class WatchedGroups:
             try:
                 counts = self._count(sync_client().pipeline(transaction=False), stale).execute()
             except RedisError:
+                # Better a publish nobody hears than a viewer missing readings.
                 logger.warning("cannot count live viewers; sending to every group", exc_info=True)
                 return list(groups)
         return self._answer(groups, stale, counts, now)
 
+    def perhaps_watched(self, groups: list[str]) -> list[str]:
+        """`groups` less those known, as of less than `max_age` ago, to have no viewers; for a
+        sender that lets Redis decide the rest (see `learn`)."""
+        now = time.monotonic()
+        return [
+            group
+            for group in groups
+            if (known := self._known.get(group)) is None
+            or known[1]
+            or now - known[0] >= self.max_age
+        ]
+
+    def learn(self, group: str, watched: bool) -> None:
+        """What Redis just said of `group`."""
+        self._known[group] = (time.monotonic(), watched)
+
     def note_watched(self, groups: list[str]) -> None:
         """A viewer joined `groups` in this process: send to them from now on."""
-        now = time.monotonic()
         for group in groups:
-            self._known[group] = (now, True)
+            self.learn(group, True)
 
 
 watched_groups = WatchedGroups()
 
 
-async def viewers_join(groups: list[str], channel_name: str) -> None:
-    """Count the socket `channel_name` as a viewer of `groups` for the next `VIEWER_TTL_S`
+async def viewers_join(groups: list[str], viewer: str) -> None:
+    """Count the socket named `viewer` as a viewer of `groups` for the next `VIEWER_TTL_S`
     seconds; calling again renews it."""
     if not groups:
         return
     now = time.time()
     pipe = async_client().pipeline(transaction=False)
     for group in groups:
-        key = _viewers_key(group)
+        key = viewers_key(group)
         pipe.zremrangebyscore(key, "-inf", now)  # viewers of processes that died
-        pipe.zadd(key, {channel_name: now + VIEWER_TTL_S})
+        pipe.zadd(key, {viewer: now + VIEWER_TTL_S})
         pipe.expire(key, math.ceil(VIEWER_TTL_S))  # the whole set, once its last viewer is gone
     await pipe.execute()
     watched_groups.note_watched(groups)
 
 
-async def viewers_leave(groups: list[str], channel_name: str) -> None:
-    """Stop counting the socket `channel_name` as a viewer of `groups`."""
+async def viewers_leave(groups: list[str], viewer: str) -> None:
+    """Stop counting the socket named `viewer` as a viewer of `groups`."""
     if not groups:
         return
     pipe = async_client().pipeline(transaction=False)
     for group in groups:
-        pipe.zrem(_viewers_key(group), channel_name)
+        pipe.zrem(viewers_key(group), viewer)
     await pipe.execute()
 
 
-async def apublish(groups: list[str], message: dict) -> None:
-    """Send `message` to each of `groups` at once, watched or not."""
+def publish_live(pipe, groups: list[str], message: dict) -> None:
+    """Queue a live message's PUBLISH to each of `groups` on a Redis pipeline (sync or async)."""
+    for group in groups:
+        pipe.publish(live_channel(group), message["text"])
+
+
+async def _channel_layer_send(groups: list[str], message: dict) -> None:
     layer = get_channel_layer()
-    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
-
-
-async def agroup_send(groups: list[str], message: dict) -> None:
-    """Send `message` to each of `groups` at once; a live message only to the groups someone
-    watches."""
-    if message.get("type") == LIVE_MESSAGE:
-        groups = await watched_groups.among(groups)
-    await apublish(groups, message)
+    for group in groups:
+        await layer.group_send(group, message)
 
 
 def group_send(groups: list[str], message: dict) -> None:
-    """`agroup_send` for sync code. The watched groups are looked up here, with the sync Redis
-    client: from a thread without an event loop (Celery) each `async_to_sync` call runs a new
-    loop, and an async Redis client made in it would be one more connection per call."""
-    if message.get("type") == LIVE_MESSAGE:
-        groups = watched_groups.among_sync(groups)
+    """Send `message` to each of `groups` from sync code; a live message only to the groups
+    someone watches, in one Redis round trip and without a hop to an event loop."""
+    if message.get("type") != LIVE_MESSAGE:
+        async_to_sync(_channel_layer_send)(groups, message)
+        return
+    groups = watched_groups.among_sync(groups)
     if groups:
-        async_to_sync(apublish)(groups, message)
+        pipe = sync_client().pipeline(transaction=False)
+        publish_live(pipe, groups, message)
+        pipe.execute()

@@ -6,8 +6,11 @@ validation and build the same messages; they differ only in how they reach Redis
 write happens later, in batches, in the writer that reads the buffer stream.
 """
 
+import asyncio
 import gc
 import threading
+import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,14 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
-from asgiref.sync import async_to_sync
 
 from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from energy_portal import realtime
-from energy_portal.realtime import agroup_send, live_event
+from energy_portal.realtime import live_event
 from energy_portal.redis_client import async_client, sync_client
 from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
 
@@ -216,15 +218,10 @@ def _stream_entries(readings: list[Reading], source: str) -> list[dict[str, str]
     ]
 
 
-async def _send_all(messages: list[tuple[list[str], dict]]) -> None:
+def _publish_all(pipe, messages: list[tuple[list[str], dict]]) -> None:
+    """Queue live messages on `pipe`, their groups already narrowed to the watched ones."""
     for groups, message in messages:
-        await agroup_send(groups, message)
-
-
-async def _publish_all(messages: list[tuple[list[str], dict]]) -> None:
-    """Messages whose groups were already narrowed to the watched ones."""
-    for groups, message in messages:
-        await realtime.apublish(groups, message)
+        realtime.publish_live(pipe, groups, message)
 
 
 def readings_ingest(*, result: IngestResult, source: str, live: str = "points") -> None:
@@ -235,9 +232,10 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
     """
     if not result.readings:
         return
+    pipe = sync_client().pipeline(transaction=False)  # broadcast and every entry: one round trip
     sites = sorted({reading.sensor.site_id for reading in result.readings})
     watched = set(realtime.watched_groups.among_sync([*map(site_group, sites), fleet_group()]))
-    if watched:  # nobody watching: no messages built, no hop to an event loop
+    if watched:  # nobody watching: no messages built
         if live == "summary":
             messages = _summary_messages(result.readings, source)
         else:
@@ -247,8 +245,7 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
             for groups, message in messages
             if (heard := [group for group in groups if group in watched])
         ]
-        async_to_sync(_publish_all)(messages)  # one hop to the event loop for the whole batch
-    pipe = sync_client().pipeline(transaction=False)  # every entry in one round trip
+        _publish_all(pipe, messages)  # ahead of the buffer: viewers first
     for entry in _stream_entries(result.readings, source):
         pipe.xadd(INGEST_STREAM, entry)
     pipe.execute()
@@ -259,47 +256,198 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
 # remembered, and buffering a frame adds only the samples not seen before — in one script, so
 # "remembered" and "buffered" can never disagree. Only the last few hundred samples per device
 # need remembering: a device has at most a few frames in flight when a connection breaks.
-_BUFFER_ONCE = """
-local seen, stream = KEYS[1], KEYS[2]
-local keep = tonumber(ARGV[2])
-local seq = redis.call('INCRBY', seen .. ':seq', (#ARGV - 2) / 2)
-local fresh = {}
-for i = 3, #ARGV, 2 do
-  if redis.call('ZADD', seen, 'NX', seq + i, ARGV[i]) == 1 then
-    fresh[#fresh + 1] = ARGV[i + 1]
+#
+# One call carries every frame of this process's sockets that was waiting (see `_SocketBuffer`):
+# first their live messages, each published to the groups someone watches (the viewer counts of
+# `energy_portal.realtime`, asked here rather than in a round trip of their own), then their
+# samples, whose fresh rows go into as few stream entries as `entry_rows` allows.
+#
+# KEYS: the stream; each frame's set of seen samples; the viewer counts of the groups named.
+# ARGV: keep, entry_rows, alive_after, frames, messages; per message its text, its number of
+# groups and per group the KEYS index of its viewer count and its channel; per frame its source,
+# its number of samples and per sample its identity, its rows and their number.
+# Returns, per viewer count in KEYS, 1 if the group has viewers, else 0.
+_BROADCAST_AND_BUFFER = """
+local stream = KEYS[1]
+local keep, entry_rows, alive_after = tonumber(ARGV[1]), tonumber(ARGV[2]), '(' .. ARGV[3]
+local frames, messages = tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = 6
+local watched = {}
+for _ = 1, messages do
+  local text, groups = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, groups do
+    local key = KEYS[tonumber(ARGV[a])]
+    local heard = watched[key]
+    if heard == nil then
+      heard = redis.call('ZCOUNT', key, alive_after, '+inf') > 0
+      watched[key] = heard
+    end
+    if heard then
+      redis.call('PUBLISH', ARGV[a + 1], text)
+    end
+    a = a + 2
   end
 end
-redis.call('ZREMRANGEBYRANK', seen, 0, -(keep + 1))
-if #fresh > 0 then
-  redis.call('XADD', stream, '*', 'src', ARGV[1], 'rows', '[' .. table.concat(fresh, ',') .. ']')
+local pending = {}
+local function flush(src, entry)
+  redis.call('XADD', stream, '*', 'src', src, 'rows', '[' .. table.concat(entry.rows, ',') .. ']')
 end
-return #fresh
+for f = 1, frames do
+  local seen, src, samples = KEYS[1 + f], ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local base = redis.call('INCRBY', seen .. ':seq', samples) - samples
+  local entry = pending[src]
+  if entry == nil then
+    entry = {rows = {}, count = 0}
+    pending[src] = entry
+  end
+  for s = 1, samples do
+    if redis.call('ZADD', seen, 'NX', base + s, ARGV[a]) == 1 then
+      local count = tonumber(ARGV[a + 2])
+      if entry.count > 0 and entry.count + count > entry_rows then
+        flush(src, entry)
+        entry.rows, entry.count = {}, 0
+      end
+      entry.rows[#entry.rows + 1] = ARGV[a + 1]
+      entry.count = entry.count + count
+    end
+    a = a + 3
+  end
+  redis.call('ZREMRANGEBYRANK', seen, 0, -(keep + 1))
+end
+for src, entry in pairs(pending) do
+  if entry.count > 0 then
+    flush(src, entry)
+  end
+end
+local answer = {}
+for k = 2 + frames, #KEYS do
+  answer[#answer + 1] = watched[KEYS[k]] and 1 or 0
+end
+return answer
 """
 SAMPLES_REMEMBERED = 1000
 
 
-def _samples(readings: list[Reading]) -> list[str]:
-    """Script arguments: per sample (one instant of one device), its identity and its rows."""
+def _samples(readings: list[Reading]) -> list[str | int]:
+    """Script arguments: per sample (one instant of one device), its identity, its rows and
+    their number."""
     by_instant: dict[int, list[str]] = defaultdict(list)
     for r in readings:
         by_instant[_epoch_us(r.ts)].append(f"[{r.sensor.sensor_id},{_epoch_us(r.ts)},{r.value!r}]")
     args = []
     for us, rows in by_instant.items():
         ids = ",".join(sorted(row[1 : row.index(",")] for row in rows))
-        args += [f"{us}:{ids}", ",".join(rows)]
+        args += [f"{us}:{ids}", ",".join(rows), len(rows)]
     return args
+
+
+@dataclass(slots=True)
+class _Frame:
+    """What one socket frame hands to Redis: its live messages (text, groups) and its samples."""
+
+    device_id: int
+    source: str
+    messages: list[tuple[str, list[str]]]
+    samples: list[str | int]
+    done: asyncio.Future
+
+
+class _SocketBuffer:
+    """The frames of this process's device sockets on their way to Redis.
+
+    Every frame waiting when a trip starts goes in that trip: one script call
+    (`_BROADCAST_AND_BUFFER`), one round trip, whatever the number of sockets. One trip is under
+    way at a time and the next takes everything that arrived meanwhile, so under load trips grow
+    rather than multiply. A frame is done (its socket may ack) once its trip is back; a trip that
+    fails fails its own frames only, with the error its sockets would have had alone.
+    """
+
+    def __init__(self):
+        self._waiting: list[_Frame] = []
+        self._trips: asyncio.Task | None = None
+        self._script = async_client().register_script(_BROADCAST_AND_BUFFER)
+
+    async def put(self, frame: _Frame) -> None:
+        """Returns once the frame's samples are in the stream (raises if they could not be)."""
+        self._waiting.append(frame)
+        if self._trips is None:
+            self._trips = asyncio.create_task(self._travel())
+        await frame.done
+
+    async def _travel(self) -> None:
+        frames: list[_Frame] = []
+        try:
+            while self._waiting:
+                frames, self._waiting = self._waiting, []
+                try:
+                    await self._trip(frames)
+                except Exception as exc:  # raised again in each frame's socket
+                    for frame in frames:
+                        if not frame.done.done():
+                            frame.done.set_exception(exc)
+                else:
+                    for frame in frames:
+                        if not frame.done.done():
+                            frame.done.set_result(None)
+        finally:
+            self._trips = None
+            for frame in [*frames, *self._waiting]:  # cancelled: the loop is closing
+                frame.done.cancel()
+
+    async def _trip(self, frames: list[_Frame]) -> None:
+        seen = [f"ep:ingest:seen:{int(frame.device_id)}" for frame in frames]
+        groups: dict[str, int] = {}  # group: KEYS index (1-based) of its viewer count
+        message_args: list[str | int] = []
+        messages = 0
+        for frame in frames:
+            for text, heard in frame.messages:
+                messages += 1
+                message_args += [text, len(heard)]
+                for group in heard:
+                    index = groups.setdefault(group, 2 + len(frames) + len(groups))
+                    message_args += [index, realtime.live_channel(group)]
+        frame_args: list[str | int] = []
+        for frame in frames:
+            frame_args += [frame.source, len(frame.samples) // 3, *frame.samples]
+        keys = [INGEST_STREAM, *seen, *map(realtime.viewers_key, groups)]
+        args = [SAMPLES_REMEMBERED, STREAM_ENTRY_ROWS, time.time(), len(frames), messages]
+        watched = await self._script(keys=keys, args=[*args, *message_args, *frame_args])
+        for group, heard in zip(groups, watched, strict=True):
+            realtime.watched_groups.learn(group, bool(heard))
+
+
+_socket_buffers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SocketBuffer]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _socket_buffer() -> _SocketBuffer:
+    loop = asyncio.get_running_loop()
+    buffer = _socket_buffers.get(loop)
+    if buffer is None:
+        buffer = _socket_buffers[loop] = _SocketBuffer()
+    return buffer
 
 
 async def areadings_ingest(*, result: IngestResult, source: str, device_id: int) -> None:
     """`readings_ingest` for a device's socket: the same validation and broadcast, and a buffer
-    that takes a resent sample of that device only once."""
+    that takes a resent sample of that device only once. Returns once the readings are in the
+    buffer; the frames of all this process's sockets travel to Redis together (`_SocketBuffer`).
+    """
     if not result.readings:
         return
-    await _send_all(_point_messages(result.readings))
-    seen = f"ep:ingest:seen:{int(device_id)}"
-    await async_client().eval(
-        _BUFFER_ONCE, 2, seen, INGEST_STREAM, source, SAMPLES_REMEMBERED, *_samples(result.readings)
-    )
+    sites = {reading.sensor.site_id for reading in result.readings}
+    perhaps = realtime.watched_groups.perhaps_watched([*map(site_group, sites), fleet_group()])
+    messages = []
+    if perhaps:  # nobody known to watch: no message built
+        for groups, message in _point_messages(result.readings):
+            if heard := [group for group in groups if group in perhaps]:
+                messages.append((message["text"], heard))
+    done = asyncio.get_running_loop().create_future()
+    frame = _Frame(device_id, source, messages, _samples(result.readings), done)
+    await _socket_buffer().put(frame)
 
 
 # Set-based insert of a whole batch: three arrays unnested into rows, readings of sensors that no

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import pytest_asyncio
+import redis.exceptions
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -21,13 +22,20 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from devices import consumers, services, socket_registry
-from devices.consumers import CLOSE_FLOOD, CLOSE_REPLACED, CLOSE_SILENT, MAX_FRAME_BYTES
+from devices.consumers import (
+    CLOSE_BUFFER_DOWN,
+    CLOSE_FLOOD,
+    CLOSE_REPLACED,
+    CLOSE_SILENT,
+    MAX_FRAME_BYTES,
+)
 from devices.groups import device_group
 from devices.models import Command, CommandStatus, Device
 from energy_portal.asgi import application
 from energy_portal.redis_client import sync_client
 from energy_portal.settings.realtime import channel_layer_config
 from outages.models import PowerEvent
+from telemetry import services as telemetry_services
 from telemetry.services import INGEST_STREAM
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -445,6 +453,105 @@ async def test_each_bad_frame_gets_an_error_and_the_socket_keeps_working(alice_h
         assert words in error["detail"], (name, error)
         assert acked == f"ok-{name}"
     assert len(stream_rows()) == len(BAD_FRAMES)  # only the valid frames' readings
+
+
+# --- the ingest buffer: frames of one moment travel together --------------------------------
+
+
+class Trips:
+    """The socket buffer's trips to Redis: the devices whose frames each carried. While `open` is
+    clear, trips wait before reaching Redis; `failure`, if set, is what the next trip raises."""
+
+    def __init__(self):
+        self.devices: list[list[int]] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.failure: Exception | None = None
+
+
+@pytest.fixture
+def trips(monkeypatch):
+    record = Trips()
+    trip = telemetry_services._SocketBuffer._trip
+
+    async def recorded_trip(self, frames):
+        record.devices.append([frame.device_id for frame in frames])
+        await record.open.wait()
+        if record.failure is not None:
+            failure, record.failure = record.failure, None
+            raise failure
+        await trip(self, frames)
+
+    monkeypatch.setattr(telemetry_services._SocketBuffer, "_trip", recorded_trip)
+    return record
+
+
+async def test_a_frame_is_acked_only_once_its_readings_are_in_the_stream(alice_home, trips):
+    ts, epoch_us = recent()
+
+    async with device_socket(alice_home["token"]) as pi:
+        trips.open.clear()
+        await pi.send_json_to(telemetry("m1", ts, power_w=1))
+        no_ack_while_on_the_way = await pi.receive_nothing(timeout=0.3)
+        rows_while_on_the_way = stream_rows()
+        trips.open.set()
+        await pi.receive_json_from()
+        rows_at_ack = stream_rows()
+
+    assert no_ack_while_on_the_way
+    assert rows_while_on_the_way == []
+    assert [[us for _, us, _ in rows] for _, rows in rows_at_ack] == [[epoch_us]]
+
+
+async def test_frames_of_two_sockets_in_one_moment_share_one_trip(alice_home, bob_home, trips):
+    ts, _ = recent()
+    alices, bobs = alice_home["device"].id, bob_home["device"].id
+
+    async with (
+        device_socket(alice_home["token"]) as alices_pi,
+        device_socket(bob_home["token"]) as bobs_pi,
+    ):
+        await settle(alices_pi)
+        await settle(bobs_pi)
+        await alices_pi.send_json_to(telemetry("a1", ts, power_w=1))
+        await bobs_pi.send_json_to(telemetry("b1", ts, power_w=2))
+        acks = [await alices_pi.receive_json_from(), await bobs_pi.receive_json_from()]
+
+    assert [ack["msg_id"] for ack in acks] == ["a1", "b1"]
+    assert [sorted(devices) for devices in trips.devices] == [sorted([alices, bobs])]
+    # one stream entry for both: the entry format is the same, the rows are the two frames'
+    assert sorted(value for _, rows in stream_rows() for _, _, value in rows) == [1.0, 2.0]
+
+
+async def test_a_failed_trip_fails_its_own_frames_only(alice_home, bob_home, trips):
+    ts, _ = recent()
+    bobs_ids = await sensor_ids(bob_home["device"])
+    alices_pi = device_communicator(alice_home["token"])
+    assert (await alices_pi.connect())[0]
+
+    async with device_socket(bob_home["token"]) as bobs_pi:
+        await settle(alices_pi)
+        await settle(bobs_pi)
+        # given Alice's frame on a trip that will fail, and Bob's waiting for the next trip
+        trips.open.clear()
+        trips.failure = redis.exceptions.ConnectionError("Connection lost")
+        await alices_pi.send_json_to(telemetry("a1", ts, power_w=1))
+        await alices_pi.receive_nothing(timeout=0.2)
+        await bobs_pi.send_json_to(telemetry("b1", ts, power_w=2))
+        await bobs_pi.receive_nothing(timeout=0.2)
+        # when the trip fails
+        trips.open.set()
+        # then Alice's socket is closed unacked (her Pi resends after reconnecting); Bob's frame
+        # goes on the next trip and is acked
+        alices_close = await receive_close(alices_pi, timeout=5)
+        await alices_pi.disconnect()
+        bobs_ack = await bobs_pi.receive_json_from()
+
+    assert alices_close == CLOSE_BUFFER_DOWN
+    assert bobs_ack["msg_id"] == "b1"
+    assert [len(devices) for devices in trips.devices] == [1, 1]
+    assert [[row[0] for row in rows] for _, rows in stream_rows()] == [[bobs_ids["power_w"]]]
+    assert await device_online(alice_home["device"]) is False
 
 
 # --- rate limiting -----------------------------------------------------------------------------

@@ -2,15 +2,19 @@
 viewers in Redis, and senders skip the groups nobody counts."""
 
 import asyncio
+import json
+import os
 from contextlib import suppress
 
 import pytest
 import pytest_asyncio
+import redis.asyncio
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 
+from devices import consumers
 from devices.groups import fleet_group, site_group
-from energy_portal import realtime
+from energy_portal import live_hub, realtime
+from energy_portal.redis_client import sync_client
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     assert_acked,
     clean_redis,
@@ -35,47 +39,53 @@ def fresh_watched_groups(monkeypatch):
 
 
 class Published:
-    """What the channel layer is asked to send: the groups in order, and the most sends that
-    were in flight at once."""
+    """Live messages as Redis carries them: (group, message) in the order published, heard on
+    every live channel of this portal."""
 
-    def __init__(self):
-        self.groups: list[str] = []
-        self.in_flight = 0
-        self.most_in_flight = 0
+    def __init__(self, pubsub, prefix: str):
+        self.pubsub = pubsub
+        self.prefix = prefix
+
+    async def next(self, timeout: float = 5) -> tuple[str, dict]:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    group = message["channel"].decode().removeprefix(self.prefix)
+                    return group, json.loads(message["data"])
+
+    async def nothing(self, timeout: float = 0.5) -> bool:
+        message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        return message is None
 
 
 @pytest_asyncio.fixture
-async def published():
-    """Watches the channel layer's group sends; the sends still happen."""
-    layer = get_channel_layer()
-    send = layer.group_send
-    seen = Published()
-
-    async def group_send(group, message):
-        seen.groups.append(group)
-        seen.in_flight += 1
-        seen.most_in_flight = max(seen.most_in_flight, seen.in_flight)
-        try:
-            await send(group, message)
-        finally:
-            seen.in_flight -= 1
-
-    layer.group_send = group_send  # on the instance only, so the class's comes back below
-    yield seen
-    del layer.group_send
+async def published(settings):
+    """Listens to every live channel of the portal (a pattern subscription of its own)."""
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    pubsub = client.pubsub()
+    prefix = realtime.live_channel("")
+    await pubsub.psubscribe(prefix + "*")
+    assert (await pubsub.get_message(timeout=5))["type"] == "psubscribe"
+    try:
+        yield Published(pubsub, prefix)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
 
 
 async def viewers_counted(groups: list[str]) -> list[str]:
     """The groups Redis counts viewers of now, as a process that never asked before sees it."""
-    return await realtime.WatchedGroups().among(groups)
+    return realtime.WatchedGroups().among_sync(groups)
 
 
 async def test_a_devices_messages_are_not_published_when_nobody_watches(alice_home, published):
     async with device_socket(alice_home["token"]) as pi:
-        await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
+        await assert_acked(pi, telemetry("m1", recent(2)[0], power_w=1), accepted=1)
+        await assert_acked(pi, telemetry("m2", recent(1)[0], power_w=2), accepted=1)
 
-    assert published.groups == []
-    assert len(stream_rows()) == 1  # the readings are buffered all the same
+    assert await published.nothing()
+    assert len(stream_rows()) == 2  # the readings are buffered all the same
 
 
 async def test_a_viewer_who_joins_gets_the_next_readings(alice_home, alice, published):
@@ -84,13 +94,14 @@ async def test_a_viewer_who_joins_gets_the_next_readings(alice_home, alice, publ
 
     async with device_socket(alice_home["token"]) as pi:
         await assert_acked(pi, telemetry("m1", recent(2)[0], power_w=1), accepted=1)
-        unpublished = list(published.groups)
+        unpublished = await published.nothing()
         async with live_socket(alice) as browser:
             await assert_acked(pi, telemetry("m2", ts, power_w=2), accepted=1)
             readings = await browser.receive_json_from()
+        first_published = await published.next()
 
-    assert unpublished == []
-    assert published.groups[0] == site
+    assert unpublished
+    assert first_published == (site, readings)  # to the site only: nobody watches the fleet
     assert (readings["type"], readings["points"]) == (
         "readings",
         [{"ts": ts, "values": {"power_w": 2.0}}],
@@ -100,12 +111,12 @@ async def test_a_viewer_who_joins_gets_the_next_readings(alice_home, alice, publ
 async def test_a_sender_elsewhere_hears_of_a_new_viewer_within_its_cache_time(alice_home, alice):
     site = site_group(alice_home["site"].id)
     elsewhere = realtime.WatchedGroups()  # another process's memory
-    before = await elsewhere.among([site])
+    before = elsewhere.among_sync([site])
 
     async with live_socket(alice):
-        remembered = await elsewhere.among([site])
+        remembered = elsewhere.among_sync([site])
         await asyncio.sleep(elsewhere.max_age)
-        asked_again = await elsewhere.among([site])
+        asked_again = elsewhere.among_sync([site])
 
     assert (before, remembered, asked_again) == ([], [], [site])
 
@@ -151,9 +162,7 @@ async def test_a_viewer_that_vanished_without_leaving_stops_counting_once_expire
     assert (counted_at_once, counted_after_expiry) == ([site], [])
 
 
-async def test_a_reading_goes_to_its_site_and_the_fleet_at_once(
-    alice_home, alice, operator, published
-):
+async def test_a_reading_goes_to_its_site_and_the_fleet(alice_home, alice, operator, published):
     async with (
         live_socket(alice) as residents_browser,
         live_socket(operator) as operators_browser,
@@ -161,15 +170,18 @@ async def test_a_reading_goes_to_its_site_and_the_fleet_at_once(
     ):
         await residents_browser.receive_json_from()  # the device's status: online
         await operators_browser.receive_json_from()
-        published.most_in_flight = 0
+        status = [await published.next(), await published.next()]
         await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
         at_residents = await residents_browser.receive_json_from()
         at_operators = await operators_browser.receive_json_from()
-        most_for_the_reading = published.most_in_flight
+        reading = [await published.next(), await published.next()]
 
-    assert most_for_the_reading == 2
+    both = sorted([site_group(alice_home["site"].id), fleet_group()])
     assert at_residents == at_operators
     assert at_residents["type"] == "readings"
+    assert sorted(group for group, _ in status) == both
+    assert sorted(group for group, _ in reading) == both
+    assert [message for _, message in reading] == [at_residents, at_residents]
 
 
 async def test_sync_live_sends_from_a_thread_without_a_loop_open_no_redis_connections(
@@ -190,3 +202,84 @@ async def test_sync_live_sends_from_a_thread_without_a_loop_open_no_redis_connec
 
     # then no async client (one connection pool per loop, never closed) was made for them
     assert len(redis_client._async_clients) == before
+
+
+# --- the process's live hub --------------------------------------------------------------------
+
+
+def publish_to(group: str, payload: dict) -> None:
+    """What a sender anywhere does: PUBLISH on the group's live channel."""
+    sync_client().publish(realtime.live_channel(group), json.dumps(payload))
+
+
+async def test_a_viewer_that_falls_behind_is_closed_and_gets_nothing_more(
+    alice_home, alice, monkeypatch
+):
+    # given a browser whose socket takes nothing until it is more than 5 messages behind
+    monkeypatch.setattr(live_hub, "OUTBOX_LIMIT", 5)
+
+    async def send_once_behind(self, text):
+        while not self.outbox.overflowed:
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(consumers.LiveConsumer, "_send_text", send_once_behind)
+    site = site_group(alice_home["site"].id)
+
+    async with live_socket(alice) as browser:
+        hub = live_hub.live_hub()
+        watched_before = hub.groups
+        # when 7 messages come for it: one being sent, 5 queued, one too many
+        for n in range(7):
+            publish_to(site, {"type": "x", "n": n})
+        closed = await browser.receive_output(timeout=5)
+        watched_after = hub.groups
+
+    # then it is closed as too slow, and the hub no longer holds anything for it
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_TOO_SLOW}
+    assert (watched_before, watched_after) == ([site], [])
+
+
+async def test_the_hub_resubscribes_after_losing_its_redis_connection(alice_home, alice, caplog):
+    site = site_group(alice_home["site"].id)
+
+    async with live_socket(alice) as browser:
+        hub = live_hub.live_hub()
+        # when Redis drops the hub's connection
+        killed = sync_client().client_kill_filter(
+            _type="pubsub", skipme=True, _id=hub_connection_id()
+        )
+        async with asyncio.timeout(5):
+            while hub.connections < 2:
+                await asyncio.sleep(0.05)
+        probe = PassiveViewer()
+        await hub.join(probe, [site])  # returns once the new subscription is confirmed
+        hub.leave(probe, [site])
+        publish_to(site, {"type": "after"})
+        heard = await browser.receive_json_from(timeout=5)
+
+    assert killed == 1
+    assert heard == {"type": "after"}
+    assert "resubscribing 1 groups" in caplog.text
+
+
+class PassiveViewer:
+    def deliver(self, text: str) -> None:
+        pass
+
+
+def hub_connection_id() -> int:
+    """The Redis client id of this process's live hub (it names its connection)."""
+    name = f"ep-live-hub-{os.getpid()}"
+    (found,) = [c["id"] for c in sync_client().client_list() if c["name"] == name]
+    return int(found)
+
+
+async def test_viewers_of_a_group_in_one_process_share_one_subscription(alice_home, alice):
+    async with live_socket(alice) as first, live_socket(alice) as second:
+        site = site_group(alice_home["site"].id)
+        subscribers = sync_client().pubsub_numsub(realtime.live_channel(site))
+        publish_to(site, {"type": "x"})
+        heard = [await first.receive_json_from(), await second.receive_json_from()]
+
+    assert subscribers == [(realtime.live_channel(site).encode(), 1)]
+    assert heard == [{"type": "x"}, {"type": "x"}]

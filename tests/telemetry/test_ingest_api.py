@@ -184,7 +184,7 @@ def test_live_messages_of_a_batch_go_only_to_groups_someone_watches(
     monkeypatch.setattr(realtime, "watched_groups", realtime.WatchedGroups())
     hops = []
 
-    async def send_all(messages):
+    def send_all(pipe, messages):
         hops.append(messages)
 
     monkeypatch.setattr(services, "_publish_all", send_all)
