@@ -297,11 +297,25 @@ ON CONFLICT DO NOTHING
 """
 
 
+# The stored beginnings of today (`rollup_site_today`) that a processed mark falls inside: the
+# readings it stands for were not in them. Dropped in the transaction that removes the mark, so
+# a query sees either the mark or no row. (A counter's next quarter-hour is later than its
+# mark, so the mark alone decides.)
+_DROP_SITES_TODAY = """
+DELETE FROM rollup_site_today t
+USING unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[]) AS m(sensor_id, bucket),
+      devices_sensor se, devices_device d
+WHERE se.id = m.sensor_id AND se.kind IN ('energy', 'power') AND d.id = se.device_id
+  AND t.site_id = d.site_id AND m.bucket < t.through
+"""
+
+
 @dataclass
 class RefreshResult:
     buckets: int = 0
     batches: int = 0
     site_days: int = 0
+    sites_today: int = 0
     skipped: bool = False
     more: bool = False
 
@@ -355,6 +369,7 @@ def rollups_refresh(
                         _DERIVE_1H,
                         _DERIVE_1D,
                         _MARK_SITE_DAYS,
+                        _DROP_SITES_TODAY,
                         _UNMARK,
                     ):
                         cursor.execute(statement, params)
@@ -369,6 +384,7 @@ def rollups_refresh(
             left = time_budget_s - (time.monotonic() - started)
             days = site_days_refresh(settled=settled, time_budget_s=max(left, 1.0))
             result.site_days, result.more = days.site_days, days.more
+            result.sites_today = sites_today_refresh(now=now, through=ceil_to_quarter(settled))
             return result
         finally:
             if result.buckets >= _ANALYZE_AFTER:
@@ -426,12 +442,64 @@ def site_days_refresh(*, settled: datetime, time_budget_s: float = 45.0) -> Site
     return result
 
 
+def ceil_to_quarter(instant: datetime) -> datetime:
+    return queries.ceil_to(instant, queries.STEPS["15m"])
+
+
+def sites_today_refresh(*, now: datetime, through: datetime) -> int:
+    """Store every site's energy of its local day in progress from its start up to `through`
+    (a quarter-hour whose readings before it are rolled up) in `rollup_site_today`, by source,
+    with the digest of the site's energy plan. The fleet view adds what came since (see
+    telemetry/queries.py: `_site_energy_by_day`). Runs at the end of `rollups_refresh`, under
+    its lock, after the marks before `through` were processed: the rollups it reads are
+    current, and a reading arriving later marks its quarter-hour, which makes queries ignore
+    the row until a refresh drops it (`_DROP_SITES_TODAY`). Returns the number of sites."""
+    sites = list(Site.objects.order_by("id").values_list("id", "timezone"))
+    zones = dict(sites)
+    by_zone: dict[str, list[int]] = defaultdict(list)
+    for site_id, zone in sites:
+        by_zone[zone].append(site_id)
+    plan = queries.energy_plan(site_ids=None)
+    keys = queries.plan_keys(plan, zones)
+    rows = []
+    for zone, site_ids in by_zone.items():
+        tz = zoneinfo.ZoneInfo(zone)
+        day = now.astimezone(tz).date()
+        if through <= queries.local_midnight(day, tz):
+            continue
+        energy = queries.site_today_compute(
+            plan=plan, site_ids=set(site_ids), zone=zone, day=day, through=through
+        )
+        for site_id in site_ids:
+            by_source = energy.get(site_id, {})
+            rows.append((site_id, day, through, keys[site_id], by_source.get("meter"),
+                         by_source.get("devices")))  # fmt: skip
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM rollup_site_today")
+        cursor.execute(
+            "INSERT INTO rollup_site_today (site_id, day, through, plan_key, meter_kwh, "
+            "devices_kwh, computed_at) SELECT *, %(now)s FROM unnest(%(ids)s::bigint[], "
+            "%(days)s::date[], %(through)s::timestamptz[], %(keys)s::text[], "
+            "%(meter)s::float8[], %(devices)s::float8[])",
+            {"now": timezone.now(), **dict(zip(
+                ("ids", "days", "through", "keys", "meter", "devices"),
+                (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 6,
+                strict=True,
+            ))},
+        )  # fmt: skip
+    return len(rows)
+
+
 def site_days_invalidate(*, site_ids: list[int] | None = None) -> int:
     """Mark every stored day of the given sites (None: all) to be computed again, after a
     change of what their energy is made of: a time zone, a device moved or deleted, a meter
     added, a sensor's kind or unit. Queries compute marked days from the rollups at once; the
     refresh stores them again. Returns the number of days marked."""
     with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM rollup_site_today WHERE %(all)s OR site_id = ANY(%(ids)s)",
+            {"all": site_ids is None, "ids": site_ids or []},
+        )
         cursor.execute(
             "INSERT INTO rollup_site_day_dirty (site_id, day) SELECT site_id, day "
             "FROM rollup_site_day WHERE %(all)s OR site_id = ANY(%(ids)s) "

@@ -9,8 +9,10 @@ from decimal import Decimal
 import pytest
 
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from devices import services as device_services
+from devices.models import Sensor, Site
 from telemetry import queries, rollups
 from telemetry.models import SiteDay, SiteDayDirty
 from tests.telemetry.test_history_apis import insert, meter_of, quarter_hours
@@ -225,3 +227,195 @@ def test_rebuild_command_has_stored_days_computed_again(metered, counting):
     assert SiteDay.objects.get(site=counting["site"]).energy_kwh == 99.0  # not asked for
     with pytest.raises(CommandError, match="No site with id 999999"):
         call_command("rebuild_site_days", "--site", "999999")
+
+
+# --- the day in progress: its stored beginning (rollup_site_today) plus what came since ---------
+
+
+def today_answer(site, day: date, now: datetime) -> tuple[str, float] | None:
+    """(source, kWh) of one site's day as the fleet view has it, None without data."""
+    days = queries._site_energy_by_day(zones={site.id: site.timezone},
+                                       period=queries.period_containing(kind="day", day=day),
+                                       now=now)  # fmt: skip
+    return days.get((site.id, day))
+
+
+def stored_today(site) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT day, through, meter_kwh, devices_kwh FROM rollup_site_today WHERE site_id = %s",
+            [site.id],
+        )
+        return cursor.fetchone()
+
+
+def tamper_today(site, **values) -> None:
+    """Change a stored beginning of today, so tests can tell whether an answer used it."""
+    sets = ", ".join(f"{name} = %({name})s" for name in values)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE rollup_site_today SET {sets} WHERE site_id = %(site)s",  # noqa: S608
+            {**values, "site": site.id},
+        )
+
+
+@pytest.fixture
+def powered(make_user, feeder):
+    """Carol's site: a Pi measuring power only, integrated into energy."""
+    site = Site.objects.create(name="Carol home", timezone="Europe/Lisbon", feeder=feeder)
+    device, _ = device_services.device_create(
+        uid="pi-c1", site=site, sensors=[{"key": "power_w", "kind": "power", "unit": "W"}]
+    )
+    return {"site": site, "power": device.sensors.get().id}
+
+
+def day_so_far(first: date, until: datetime, tz=LISBON):
+    return [t for t in quarter_hours(first, 1, tz) if t < until]
+
+
+@pytest.mark.django_db
+def test_today_is_its_stored_beginning_plus_what_came_since_for_every_kind_of_site(
+    metered, counting, powered
+):
+    # given the three kinds of site reporting since midnight, a refresh at 11:00 UTC, and
+    # readings after it (the current quarter-hours, not rolled up yet)
+    today = date(2026, 11, 20)
+    refreshed = datetime(2026, 11, 20, 11, 0, tzinfo=UTC)
+    times = day_so_far(today, NOW)
+    insert([(metered["meter"], t, 0.25) for t in times])
+    insert([(counting["counter"], t + timedelta(minutes=7), 100 + n * 0.3)
+            for n, t in enumerate(times)])  # fmt: skip
+    insert([(powered["power"], t + timedelta(minutes=m), 400.0 + 10 * n + m)
+            for n, t in enumerate(times) for m in (0, 5, 10)])  # fmt: skip
+    rollups.rollups_refresh(now=refreshed)
+
+    # then the beginning of today is stored up to the quarter-hour the refresh rolled up
+    sites = (metered["site"], counting["site"], powered["site"])
+    for site in sites:
+        day, through, _meter, _devices = stored_today(site)
+        assert (day, through) == (today, datetime(2026, 11, 20, 10, 45, tzinfo=UTC))
+
+    # and the fleet view's today equals the direct computation from the quarter-hours
+    expected = {site.name: history_kwh(site, today) for site in sites}
+    assert all(kwh > 0 for kwh in expected.values())
+    answer = grid_kwh(today)
+    assert answer == {name: pytest.approx(kwh) for name, kwh in expected.items()}
+    assert today_answer(metered["site"], today, NOW)[0] == "meter"
+    assert today_answer(counting["site"], today, NOW)[0] == "devices"
+
+    # and it reads the stored beginning (tampered on purpose to tell the paths apart)
+    tamper_today(metered["site"], meter_kwh=1000.0)
+    tamper_today(counting["site"], devices_kwh=1000.0)
+    tampered = grid_kwh(today)
+    assert tampered[metered["site"].name] > 1000 and tampered[counting["site"].name] > 1000
+
+
+@pytest.mark.django_db
+def test_a_late_reading_before_the_stored_beginning_of_today_is_counted_at_once(metered, counting):
+    # given today so far, rolled up and its beginning stored
+    today = date(2026, 11, 20)
+    times = day_so_far(today, NOW)
+    insert([(metered["meter"], t, 0.25) for t in times])
+    insert([(counting["counter"], t, 100 + n) for n, t in enumerate(times) if n % 4 == 0])
+    rollups.rollups_refresh(now=NOW)
+    before = grid_kwh(today)
+    assert before == {metered["site"].name: pytest.approx(12.0),
+                      counting["site"].name: pytest.approx(44.0)}  # fmt: skip
+    tamper_today(metered["site"], meter_kwh=1000.0)
+    tamper_today(counting["site"], devices_kwh=1000.0)
+
+    # when late readings arrive for the morning: a second meter value in a quarter-hour, and a
+    # counter reading between two others (its increase is split, the total stays)
+    insert([(metered["meter"], datetime(2026, 11, 20, 3, 7, tzinfo=UTC), 1.0),
+            (counting["counter"], datetime(2026, 11, 20, 2, 30, tzinfo=UTC), 110.5)])  # fmt: skip
+
+    # then the stored beginnings are not used until the refresh, and the answer is current
+    expected = {metered["site"].name: pytest.approx(13.0),
+                counting["site"].name: pytest.approx(44.0)}  # fmt: skip
+    assert grid_kwh(today) == expected
+    rollups.rollups_refresh(now=NOW)
+    assert grid_kwh(today) == expected
+    assert stored_today(metered["site"])[2] == pytest.approx(11.75 + 1.0)  # up to 11:45
+
+
+@pytest.mark.django_db
+def test_a_late_counter_reading_of_yesterday_changes_the_first_increase_of_today(counting):
+    # given a counter read at 23:00 yesterday and through today, today's beginning stored
+    site, counter = counting["site"], counting["counter"]
+    today = date(2026, 11, 20)
+    insert([(counter, datetime(2026, 11, 19, 23, tzinfo=UTC), 10.0)])
+    insert([(counter, t, 20.0 + n / 4) for n, t in enumerate(day_so_far(today, NOW)) if n % 4 == 0])
+    rollups.rollups_refresh(now=NOW)
+    assert grid_kwh(today) == {site.name: pytest.approx(21.0)}  # 10 from 23:00, then 11 hours
+
+    # when a reading of yesterday 23:30 arrives late: today's first increase counts from it
+    insert([(counter, datetime(2026, 11, 19, 23, 30, tzinfo=UTC), 16.0)])
+
+    # then today has it before and after the refresh, as the site's history has
+    for refreshed in (False, True):
+        if refreshed:
+            rollups.rollups_refresh(now=NOW)
+        assert grid_kwh(today) == {site.name: pytest.approx(15.0)}
+        assert history_kwh(site, today) == pytest.approx(15.0)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("day", "hours"), [(date(2026, 10, 25), 25), (date(2026, 3, 29), 23)], ids=["25h", "23h"]
+)
+def test_a_clock_change_day_in_progress_equals_the_direct_computation(
+    metered, counting, powered, day, hours
+):
+    # given a clock-change day in Lisbon, every site reporting until late evening
+    now = queries.local_midnight(day, LISBON) + timedelta(hours=hours - 2, minutes=10)
+    times = day_so_far(day, now)
+    assert len(list(quarter_hours(day, 1))) == 4 * hours
+    insert([(metered["meter"], t, 0.25) for t in times])
+    insert([(counting["counter"], t, 5.0 + 0.5 * n) for n, t in enumerate(times)])
+    insert([(powered["power"], t + timedelta(minutes=1), 1000.0) for t in times])
+
+    # when the refresh stores its beginning
+    rollups.rollups_refresh(now=now)
+    assert stored_today(metered["site"])[:2] == (day, now - timedelta(minutes=10))
+
+    # then the fleet view's day equals the site history's, hour by hour summed
+    sites = (metered["site"], counting["site"], powered["site"])
+    assert grid_kwh(day, now) == {s.name: pytest.approx(history_kwh(s, day)) for s in sites}
+    assert grid_kwh(day, now)[powered["site"].name] == pytest.approx(len(times) * 0.25)
+
+
+@pytest.mark.django_db
+def test_a_stored_beginning_of_today_is_ignored_once_the_site_is_made_otherwise(metered):
+    # given today's beginning stored from Alice's Pi only (its power integrated)
+    site = metered["site"]
+    power = site.devices.get(uid="pi-a1").sensors.get(key="power_w").id
+    SiteDay.objects.all().delete()
+    times = day_so_far(date(2026, 11, 20), NOW)
+    insert([(power, t, 2000.0) for t in times])
+    rollups.rollups_refresh(now=NOW)
+    assert grid_kwh(date(2026, 11, 20)) == {site.name: pytest.approx(0.5 * len(times))}
+
+    # when the power sensor's unit changes to kW (what its values mean is another energy)
+    Sensor.objects.filter(id=power).update(unit="kW")
+
+    # then today is computed again from the quarter-hours, not from the stored figure
+    assert grid_kwh(date(2026, 11, 20)) == {site.name: pytest.approx(500 * len(times))}
+
+
+@pytest.mark.django_db
+def test_a_query_between_a_refresh_s_batches_and_its_end_never_sees_a_stale_today(
+    metered, monkeypatch
+):
+    # given today's beginning stored, then a late morning reading waiting in the marks
+    today = date(2026, 11, 20)
+    insert([(metered["meter"], t, 0.25) for t in day_so_far(today, NOW)])
+    rollups.rollups_refresh(now=NOW)
+    insert([(metered["meter"], datetime(2026, 11, 20, 8, 7, tzinfo=UTC), 1.0)])
+
+    # when a refresh has rolled it up (its mark is gone) but not yet stored today again
+    monkeypatch.setattr(rollups, "sites_today_refresh", lambda **kwargs: 0)
+    rollups.rollups_refresh(now=NOW)
+
+    # then the answer has the late reading once
+    assert stored_today(metered["site"]) is None
+    assert grid_kwh(today) == {metered["site"].name: pytest.approx(13.0)}
