@@ -101,11 +101,17 @@ def load1() -> float:
 
 
 def other_benchmarks() -> list[str]:
-    """Command lines of the other benchmarks running now (bench.live / bench.ingest)."""
+    """Command lines of the other benchmarks running now (bench.live / bench.ingest). One
+    queued behind the shared benchmark lock (`flock <lock> python -m bench...`, which this
+    run may be holding) does not run yet and is not counted."""
     found = subprocess.run(
         ["pgrep", "-af", OTHER_BENCHMARKS], capture_output=True, text=True, check=False
     ).stdout
-    return [line for line in found.splitlines() if line.strip()]
+    return [
+        line
+        for line in found.splitlines()
+        if line.strip() and line.split()[1:2] != ["flock"] and "/flock " not in line
+    ]
 
 
 def wait_quiet(*, max_wait_s: float = 30 * 60, threshold: float = 1.0, poll_s: float = 30) -> dict:

@@ -138,6 +138,16 @@ def build(data: dict, span: Span) -> list[Kind]:
     def grid_url(p):
         return f"{_reverse('api-analytics-energy')}?period=day&date={p['day'].isoformat()}"
 
+    # the day in progress at the data's end, as a live dashboard asks it (extras: `now` is the
+    # data's end, so the readings of "today" so far are all there is)
+    today = (span.end - timedelta(microseconds=1)).astimezone(LISBON).date()
+
+    def today_params(rng):
+        return {"day": today}
+
+    def site_today_params(rng):
+        return {"site": sites[rng.choice(site_ids)], "day": today}
+
     def fleet_sql_call(p):
         return fleet.fleet_by_feeder(day=p["day"])
 
@@ -267,6 +277,34 @@ def build(data: dict, span: Span) -> list[Kind]:
                 None,
                 "no endpoint of its own",
                 func="queries.site_energy",
+            )
+        )
+    if has_history:
+        kinds.append(
+            Kind(
+                "site_today",
+                "extra: site_day for the day in progress",
+                False,
+                site_today_params,
+                site_history_call,
+                lambda r: len(r["slots"]),
+                site_http,
+                "the local day containing the data's end",
+                func="queries.site_history",
+            )
+        )
+    if has_grid:
+        kinds.append(
+            Kind(
+                "fleet_today",
+                "extra: fleet_day for the day in progress",
+                False,
+                today_params,
+                grid_call,
+                lambda r: len(r["feeders"]),
+                grid_http,
+                "the local day containing the data's end",
+                func="queries.grid_energy",
             )
         )
     if has_grid:
