@@ -268,13 +268,17 @@ def aggregates(
         unit = "hour" if bucket == "1h" else "day"
         target = f"date_trunc('{unit}', x.bucket, {q.p(tz.key)})"
     union = _union(q, [sensor_id], start, end, levels)
+    # Buckets travel as whole epoch seconds: turning 720 timestamps into aware datetimes in
+    # the driver took longer than the query itself (bench/query hourly_30d: 2.2 of 5 ms).
     sql = f"""
-        SELECT {target} AS b, sum(x.sum), sum(x.count)::bigint, min(x.min), max(x.max)
+        SELECT extract(epoch FROM {target})::bigint AS b, sum(x.sum), sum(x.count)::bigint,
+               min(x.min), max(x.max)
         FROM ({union}) x GROUP BY 1 ORDER BY 1"""
     return [
-        {"bucket": b, "avg": total / count, "min": low, "max": high, "sum": total, "count": count}
+        {"bucket": datetime.fromtimestamp(b, UTC), "avg": total / count, "min": low,
+         "max": high, "sum": total, "count": count}
         for b, total, count, low, high in _fetch(sql, q.params)
-    ]
+    ]  # fmt: skip
 
 
 def stats(*, sensor_id: int, start: datetime, end: datetime) -> dict:
