@@ -253,6 +253,31 @@ def build(data: dict, span: Span) -> list[Kind]:
                 func="bench.query.fleet.fleet_by_feeder",
             )
         )
+    # The same questions over a window every size holds (the 1M data spans 10.4 days): the
+    # target kinds return fewer buckets at the small sizes, so their growth mixes table size
+    # with work; these compare equal work.
+    kinds += [
+        Kind(
+            "hourly_10d",
+            "extra: 10 days hourly, one sensor (equal work at every size)",
+            False,
+            agg_params(10 * DAY),
+            agg_call("1h", LISBON),
+            len,
+            None,
+            func="queries.aggregates",
+        ),
+        Kind(
+            "daily_10d",
+            "extra: 10 days daily, one sensor (equal work at every size)",
+            False,
+            agg_params(10 * DAY),
+            agg_call("1d", LISBON),
+            len,
+            None,
+            func="queries.aggregates",
+        ),
+    ]
     kinds.append(
         Kind(
             "daily_1y_utc",
