@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from devices import services as device_services
 from devices.models import Room
@@ -240,6 +241,35 @@ def test_the_quarter_hour_still_filling_is_left_marked_and_read_from_raw(sensors
     assert marks(sensors) == 1  # the quarter-hour of `now`
     got = answered(sensors[0], "1h", T0, T0 + timedelta(hours=1))
     assert got == {(sensors[0], T0): (4.0, 2, 1.0, 3.0)}
+
+
+@pytest.mark.django_db
+def test_local_days_across_both_clock_changes_read_winter_days_from_daily_rollups(sensors):
+    # given a reading every 40 minutes (so hours and days hold different counts) from
+    # December 2025 to December 2026 in Lisbon: winter days (UTC+0), summer days (UTC+1), and
+    # the two clock changes
+    rng = random.Random(7)
+    start = datetime(2025, 12, 30, 22, 13, tzinfo=UTC)
+    end = datetime(2026, 12, 2, 3, 31, tzinfo=UTC)
+    rows, t = [], start
+    while t < end:
+        rows.append((sensors[0], t, rng.randint(-50, 500) / 10))
+        t += timedelta(minutes=40)
+    insert(rows)
+    lisbon = zoneinfo.ZoneInfo("Europe/Lisbon")
+    expected = without_last(direct(raw_rows(sensors[:1]), "1d", lisbon, start, end))
+    assert len(expected) == 338
+    for refreshed in (False, True):
+        if refreshed:
+            rollups.rollups_refresh(now=end + timedelta(days=1))
+
+        # when
+        with CaptureQueriesContext(connection) as run:
+            actual = answered(sensors[0], "1d", start, end, lisbon)
+
+        # then every local day (23 and 25 hours on the change days) equals the direct sums
+        assert_same(actual, expected, f"days, refreshed={refreshed}")
+        assert "FROM rollup_1d" in run.captured_queries[0]["sql"]
 
 
 @pytest.mark.django_db
