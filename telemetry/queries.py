@@ -43,7 +43,6 @@ INTERVALS = {"1d": "1 day", "1h": "1 hour", "15m": "15 minutes"}
 TABLES = {"1d": "rollup_1d", "1h": "rollup_1h", "15m": "rollup_15m"}
 LEVELS = ("1d", "1h", "15m")  # largest first
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 
 # Aggregates of one 15-minute bucket `m` (columns sensor_id, bucket) recomputed from raw data.
 # Shared by the refresh job and by reads of marked buckets.
@@ -248,47 +247,6 @@ def _source_level(bucket: str, tz: zoneinfo.ZoneInfo, start: datetime, end: date
     )
 
 
-@functools.lru_cache(maxsize=100_000)
-def _day_level(tz_key: str, day: date, bucket: str) -> str | None:
-    """The largest rollup whose buckets nest inside the `bucket`s of zone `tz_key` all over
-    the UTC `day` (its offset fits at 00:00, 12:00 and the next 00:00: offsets change at most
-    once a day); None when not even quarter-hours do."""
-    tz = zoneinfo.ZoneInfo(tz_key)
-    next_midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-    for level in LEVELS[LEVELS.index(bucket) :]:
-        step = STEPS[level]
-        if _day_offsets_fit(tz_key, day, step) and _offset_fits(tz, next_midnight, step):
-            return level
-    return None
-
-
-def _source_pieces(
-    bucket: str, tz: zoneinfo.ZoneInfo, start: datetime, end: datetime
-) -> list[tuple[str, datetime, datetime]]:
-    """[start, end) cut at UTC midnights into pieces, each with the largest rollup that nests
-    inside the asked buckets of zone `tz` all over it: Lisbon's winter days (offset 0) are
-    read from rollup_1d, its summer days from rollup_1h."""
-    if tz.key == "UTC" or start >= end:
-        return [(_source_level(bucket, tz, start, end), start, end)]
-    first, last = start.astimezone(UTC).date(), (end - MICROSECOND).astimezone(UTC).date()
-    pieces: list[tuple[str, datetime, datetime]] = []
-    for n in range((last - first).days + 1):
-        day = first + timedelta(days=n)
-        level = _day_level(tz.key, day, bucket)
-        if level is None:
-            raise RangeError(
-                f"time zone {tz.key} has UTC offsets off the 15-minute grid in this range; "
-                "ask in UTC instead"
-            )
-        lo = max(start, datetime.combine(day, datetime.min.time(), UTC))
-        hi = min(end, datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC))
-        if pieces and pieces[-1][0] == level:
-            pieces[-1] = (level, pieces[-1][1], hi)
-        else:
-            pieces.append((level, lo, hi))
-    return pieces
-
-
 def aggregates(
     *,
     sensor_id: int,
@@ -301,18 +259,15 @@ def aggregates(
     count of the readings in [start, end); buckets without readings are left out. The first and
     last bucket cover only the part of them inside the range."""
     tz = tz or zoneinfo.ZoneInfo("UTC")
-    pieces = _source_pieces(bucket, tz, start, end)
+    source = _source_level(bucket, tz, start, end)
+    levels = LEVELS[LEVELS.index(source) :]
     q = _Sql()
     if bucket == "15m":
         target = f"date_bin(interval '15 minutes', x.bucket, {ORIGIN_SQL})"
     else:
         unit = "hour" if bucket == "1h" else "day"
         target = f"date_trunc('{unit}', x.bucket, {q.p(tz.key)})"
-    union = "\n UNION ALL ".join(
-        _union(q, [sensor_id], lo, hi, LEVELS[LEVELS.index(level) :])
-        for level, lo, hi in pieces
-        if lo < hi
-    )
+    union = _union(q, [sensor_id], start, end, levels)
     # Buckets travel as whole epoch seconds: turning 720 timestamps into aware datetimes in
     # the driver took longer than the query itself (bench/query hourly_30d: 2.2 of 5 ms).
     sql = f"""
