@@ -66,16 +66,39 @@ def ceil_to(ts: datetime, step: timedelta) -> datetime:
     return floored if floored == ts else floored + step
 
 
+def array_literal(values) -> str:
+    """PostgreSQL's text form of a one-dimensional array of ints, floats or strings."""
+
+    def element(value) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+    return "{" + ",".join(element(value) for value in values) + "}"
+
+
 class _Sql:
     """Named parameters for one statement."""
 
     def __init__(self) -> None:
         self.params: dict[str, object] = {}
+        self._arrays: dict[tuple[int, str], tuple[object, str]] = {}
 
     def p(self, value: object) -> str:
         name = f"p{len(self.params)}"
         self.params[name] = value
         return f"%({name})s"
+
+    def array(self, values: list, sql_type: str) -> str:
+        """A list as one array parameter (`sql_type`[]), sent as its text form and cast by the
+        server, once per statement however often it is used: the driver binds a Python list
+        client-side at about 4 µs an element (1 ms for 250 sensor ids, every time)."""
+        key = (id(values), sql_type)
+        if key not in self._arrays:  # the list is kept, so its id cannot be reused meanwhile
+            self._arrays[key] = (values, f"{self.p(array_literal(values))}::{sql_type}[]")
+        return self._arrays[key][1]
 
 
 def _segments(
@@ -101,7 +124,7 @@ def _rows(q: _Sql, level: str, ids: list[int], lo: datetime, hi: datetime) -> st
     """SQL for rows (sensor_id, bucket, sum, count, min, max, last) covering the readings of the
     sensors `ids` in [lo, hi), which is aligned to `level` buckets. Rows are `level` buckets or
     smaller pieces of them (a marked bucket's quarter-hours, raw readings)."""
-    ids_p, lo_p, hi_p = q.p(ids), q.p(lo), q.p(hi)
+    ids_p, lo_p, hi_p = q.array(ids, "bigint"), q.p(lo), q.p(hi)
     if level == "raw":
         return f"""
         SELECT e.sensor_id, e.time AS bucket, e.value AS sum, 1::bigint AS count,
@@ -388,9 +411,10 @@ def energy_by_device(
     q = _Sql()
     rows = _quarter_hours(q, ids, lo, hi)
     modes = (
-        f"SELECT * FROM unnest({q.p(ids)}::bigint[], {q.p([plan.modes[i] for i in ids])}::text[], "
-        f"{q.p([plan.factors[i] for i in ids])}::float8[], "
-        f"{q.p([plan.device_of[i] for i in ids])}::bigint[]) "
+        f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
+        f"{q.array([plan.modes[i] for i in ids], 'text')}, "
+        f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
+        f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
         "AS m(sensor_id, mode, factor, device_id)"
     )
     lo_p = q.p(lo)
@@ -474,7 +498,7 @@ def latest_power(*, plan: EnergyPlan, now: datetime) -> dict[int, tuple[datetime
         return {}
     q = _Sql()
     sql = f"""
-        SELECT s.id, r.time, r.value FROM unnest({q.p(plan.power_sensors)}::bigint[]) AS s(id)
+        SELECT s.id, r.time, r.value FROM unnest({q.array(plan.power_sensors, "bigint")}) AS s(id)
         CROSS JOIN LATERAL (SELECT e.time, e.value FROM energy_readings e
                             WHERE e.sensor_id = s.id AND e.time <= {q.p(now)}
                               AND e.time > {q.p(now - POWER_FRESH)}
@@ -501,8 +525,9 @@ def power_by_quarter(
         SELECT date_bin(interval '15 minutes', x.bucket, {ORIGIN_SQL}) AS quarter, f.device_id,
                sum(x.sum / x.count * f.factor)
         FROM ({rows}) x
-        JOIN unnest({q.p(ids)}::bigint[], {q.p([plan.device_of[i] for i in ids])}::bigint[],
-                    {q.p([plan.factors[i] for i in ids])}::float8[])
+        JOIN unnest({q.array(ids, "bigint")},
+                    {q.array([plan.device_of[i] for i in ids], "bigint")},
+                    {q.array([plan.factors[i] for i in ids], "float8")})
              AS f(sensor_id, device_id, factor)
           ON f.sensor_id = x.sensor_id
         GROUP BY 1, 2"""
@@ -792,9 +817,9 @@ def energy_by_device_from_rollups(
         SELECT date_trunc({q.p(unit)}, x.bucket, {q.p(tz)}) AS period, m.device_id, m.mode,
                sum(m.factor * x.sum)
         FROM ({union}) x
-        JOIN unnest({q.p(sums)}::bigint[], {q.p([plan.modes[i] for i in sums])}::text[],
-                    {q.p([plan.factors[i] for i in sums])}::float8[],
-                    {q.p([plan.device_of[i] for i in sums])}::bigint[])
+        JOIN unnest({q.array(sums, "bigint")}, {q.array([plan.modes[i] for i in sums], "text")},
+                    {q.array([plan.factors[i] for i in sums], "float8")},
+                    {q.array([plan.device_of[i] for i in sums], "bigint")})
              AS m(sensor_id, mode, factor, device_id)
           ON m.sensor_id = x.sensor_id
         GROUP BY 1, 2, 3"""
@@ -898,20 +923,20 @@ def site_today_compute(
     return {site_id: dict(days[site_id, day]) for site_id in site_ids if (site_id, day) in days}
 
 
-def _pending_site_days(
-    *, zones: dict[int, str], period: Period
-) -> dict[tuple[int, date], datetime]:
+def _pending_site_days(*, zones: dict[int, str], period: Period) -> dict[tuple[int, date], float]:
     """(site, local day) of the period that readings not yet rolled up change, each with the
-    earliest instant changed: the start of each marked quarter-hour and, for an energy sensor
-    (a counter, or not: a few probes more) marked before the period, the time of its next
-    reading. (A counter marked inside the period changes at most later days of it, which the
-    caller computes anyway: everything after a site's first changed day is computed.)"""
+    earliest instant changed, in epoch seconds (cheaper to load than 500 datetimes): the start
+    of each marked quarter-hour and, for an energy sensor (a counter, or not: a few probes
+    more) marked before the period, the time of its next reading. (A counter marked inside
+    the period changes at most later days of it, which the caller computes anyway:
+    everything after a site's first changed day is computed.)"""
     # Every zone's local days of the period lie inside [lo, hi); a local day starts at most
     # 14 h before and 12 h after its UTC midnight.
     lo = local_midnight(period.first, UTC) - timedelta(hours=14)
     hi = local_midnight(period.end, UTC) + timedelta(hours=12)
     sql = """
-        SELECT d.site_id, (t.at AT TIME ZONE s.timezone)::date AS day, min(t.at)
+        SELECT d.site_id, (t.at AT TIME ZONE s.timezone)::date AS day,
+               extract(epoch FROM min(t.at))::float8
         FROM rollup_dirty m
         JOIN devices_sensor se ON se.id = m.sensor_id AND se.kind IN ('energy', 'power')
         JOIN devices_device d ON d.id = se.device_id
@@ -935,7 +960,7 @@ def _stored_site_days(
 ) -> tuple[
     dict[tuple[int, date], tuple[str, float]],
     dict[int, date],
-    dict[tuple[int, date], datetime],
+    dict[tuple[int, date], float],
 ]:
     """The `SiteDay` rows of the period that are current; for every site with a day that is
     not (not over yet, marked dirty, or with readings waiting in `rollup_dirty`), the first
@@ -1004,24 +1029,26 @@ class SiteToday:
 
 def _sites_today(
     *, site_ids: set[int], zones: dict[int, str], plan: EnergyPlan, now: datetime,
-    pending: dict[tuple[int, date], datetime],
+    pending: dict[tuple[int, date], float],
 ) -> dict[int, SiteToday]:  # fmt: skip
     """The stored beginnings of today of these sites that are current: of their local today,
     made under the plan they have now, and with no reading waiting in `rollup_dirty` that
     changes a quarter-hour before `through` (`pending`, read before this, so a refresh that
     rolls such a reading up in between has dropped the row in the same transaction)."""
     keys = plan_keys(plan, {site_id: zones[site_id] for site_id in site_ids})
-    sql = """SELECT site_id, day, through, plan_key, meter_kwh, devices_kwh
-             FROM rollup_site_today WHERE site_id = ANY(%(ids)s)"""
+    sql = """SELECT site_id, day, extract(epoch FROM through)::bigint, plan_key, meter_kwh,
+                    devices_kwh
+             FROM rollup_site_today WHERE site_id = ANY(%(ids)s::bigint[])"""
     current = {}
-    for site_id, day, through, key, meter, devices in _fetch(sql, {"ids": list(site_ids)}):
+    ids = array_literal(sorted(site_ids))
+    for site_id, day, through, key, meter, devices in _fetch(sql, {"ids": ids}):
         waiting = pending.get((site_id, day))
         if (
             key == keys[site_id]
             and day == now.astimezone(zoneinfo.ZoneInfo(zones[site_id])).date()
             and (waiting is None or waiting >= through)
         ):
-            current[site_id] = SiteToday(day, through, meter, devices)
+            current[site_id] = SiteToday(day, datetime.fromtimestamp(through, UTC), meter, devices)
     return current
 
 
@@ -1033,7 +1060,7 @@ def _site_energy_by_day(
     today from its stored beginning (`rollup_site_today`) plus what came since."""
     result: dict[tuple[int, date], tuple[str, float]] = {}
     first_live = dict.fromkeys(zones, period.first)
-    pending: dict[tuple[int, date], datetime] = {}
+    pending: dict[tuple[int, date], float] = {}
     timescale = is_timescale(connection)
     if not timescale:
         stored, first_live, pending = _stored_site_days(zones=zones, period=period, now=now)
