@@ -413,7 +413,10 @@ class LiveConsumer(NoIdleDatabaseHop, AsyncWebsocketConsumer):
             self.hub.leave(self, self.groups_joined)
 
     async def _write(self):
-        await self.outbox.drain(self._send_text)
+        try:
+            await self.outbox.drain(self._send_text)
+        except OSError:
+            return  # the connection is gone (Uvicorn's ClientDisconnected): disconnect() follows
         # Only an overflow ends the drain: the browser does not keep up. Closed, it reconnects
         # and starts from the current state rather than from a backlog.
         logger.warning(

@@ -343,6 +343,10 @@ def _samples(readings: list[Reading]) -> list[str | int]:
     return args
 
 
+# At most a thousand trips a second: a frame waits at most this long for its trip to start.
+TRIP_GAP_S = 0.001
+
+
 @dataclass(slots=True)
 class _Frame:
     """What one socket frame hands to Redis: its live messages (text, groups) and its samples."""
@@ -359,14 +363,17 @@ class _SocketBuffer:
 
     Every frame waiting when a trip starts goes in that trip: one script call
     (`_BROADCAST_AND_BUFFER`), one round trip, whatever the number of sockets. One trip is under
-    way at a time and the next takes everything that arrived meanwhile, so under load trips grow
-    rather than multiply. A frame is done (its socket may ack) once its trip is back; a trip that
-    fails fails its own frames only, with the error its sockets would have had alone.
+    way at a time, trips start at least `TRIP_GAP_S` apart, and each takes everything that
+    arrived meanwhile: under load trips grow rather than multiply (a trip's socket write and
+    wake-up of Redis cost more than the script's work per frame, bench/live). A frame is done
+    (its socket may ack) once its trip is back; a trip that fails fails its own frames only,
+    with the error its sockets would have had alone.
     """
 
     def __init__(self):
         self._waiting: list[_Frame] = []
         self._trips: asyncio.Task | None = None
+        self._next_trip = 0.0  # event-loop time
         self._script = async_client().register_script(_BROADCAST_AND_BUFFER)
 
     async def put(self, frame: _Frame) -> None:
@@ -378,8 +385,12 @@ class _SocketBuffer:
 
     async def _travel(self) -> None:
         frames: list[_Frame] = []
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
+                if (wait := self._next_trip - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                self._next_trip = loop.time() + TRIP_GAP_S
                 frames, self._waiting = self._waiting, []
                 try:
                     await self._trip(frames)

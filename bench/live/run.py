@@ -261,7 +261,7 @@ CATEGORIES = [
     ("Django (ORM, close_old_connections)", ("django/",)),
     ("portal: devices/consumers.py", ("devices/consumers",)),
     ("portal: telemetry (validation, ingest)", ("telemetry/",)),
-    ("portal: energy_portal.realtime / redis_client", ("energy_portal/",)),
+    ("portal: energy_portal (realtime, live_hub, redis_client)", ("energy_portal/",)),
 ]
 # Where a sample's CPU goes, by the innermost frame that belongs to a known component.
 COMPONENTS = [
@@ -302,10 +302,10 @@ STAGES = [
         "device frame: json.loads + validation",
         _any("json/decoder", "readings_validate", "telemetry_items"),
     ),
-    ("ingest: group_send to site + fleet groups", _any("agroup_send")),
+    ("ingest: live message and sample rows built", _any("_point_messages", "_samples")),
     (
-        "ingest: durable buffer (XADD / buffer script)",
-        lambda st: "areadings_ingest" in st and "agroup_send" not in st and "redis/" in st,
+        "ingest: socket buffer trip (one script: live publishes + durable buffer)",
+        _any("_SocketBuffer"),
     ),
     ("ack to the device (json + socket send)", _any("DeviceConsumer._ack")),
     (
@@ -318,7 +318,8 @@ STAGES = [
             "RedisPubSubChannelLayer.receive",
         ),
     ),
-    ("viewer: live_message -> socket send", _any("LiveConsumer.live_message")),
+    ("viewer: live hub reads Redis and fills outboxes", _any("LiveHub._serve")),
+    ("viewer: outbox -> socket send", _any("Outbox.drain")),
     (
         "device liveness: watchdog + socket_registry.touch",
         _any("_watch_silence", "socket_registry"),
