@@ -230,13 +230,21 @@ class Processes:
 
     @staticmethod
     def _cpu(proc) -> float:
+        """CPU time of `proc` and of its live child processes (Uvicorn's workers)."""
         if proc is None:
             return 0.0
+        total = 0.0
         try:
-            times = proc.cpu_times()
+            family = [proc, *proc.children(recursive=True)]
         except psutil.Error:
             return 0.0
-        return times.user + times.system
+        for member in family:
+            try:
+                times = member.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
 
     def snapshot(self) -> dict:
         machine = psutil.cpu_times()

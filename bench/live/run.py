@@ -86,9 +86,9 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
         return cmd, common.portal_env()
     base, *variants = config.split("+")
     server, _, layer = base.partition("-")
-    if layer not in ("core", "pubsub") or not set(variants) <= {"pool", "nolock"}:
+    if layer not in ("core", "pubsub") or not set(variants) <= {"pool", "nolock", "w2"}:
         raise SystemExit(
-            f"unknown server config {config!r}; known: {', '.join(CONFIGS)} (+pool, +nolock)"
+            f"unknown server config {config!r}; known: {', '.join(CONFIGS)} (+pool, +nolock, +w2)"
         )
     env = common.portal_env(channel_layer=layer)
     app = "energy_portal.asgi:application"
@@ -103,7 +103,9 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
     if server == "daphne":
         cmd = shared.daphne_command(app, port)
     elif server == "uvicorn":
-        cmd = shared.uvicorn_command(app, port, "--ws", uvicorn_ws)
+        # +w2: two worker processes (one per core) behind one listening socket
+        workers = ["--workers", "2"] if "w2" in variants else []
+        cmd = shared.uvicorn_command(app, port, "--ws", uvicorn_ws, *workers)
     else:
         raise SystemExit(f"unknown server config {config!r}; known: {', '.join(CONFIGS)}")
     return cmd, env
