@@ -1121,9 +1121,10 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     A site's energy of a local day is its meter's when the meter has data that day, else its
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
     a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
-    are current; days not over yet or with readings not rolled up yet are computed. Queries: 6
-    (8 when some days are computed: the energy plan),
-    plus at most 2 per (time zone, first computed day) of the sites with such days.
+    are current; days not over yet or with readings not rolled up yet are computed, today from
+    its stored beginning (`rollup_site_today`) where current. Queries: 6 (8 when some days are
+    computed: the energy plan; 9 when today is: its stored beginnings), plus at most 2 per
+    (time zone, first computed day, end of the stored beginning) of the sites with such days.
     """
     period = period_containing(kind=period_kind, day=day)
     sites = list(
