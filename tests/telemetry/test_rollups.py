@@ -270,6 +270,27 @@ def test_a_year_of_local_days_across_both_clock_changes_equals_the_direct_sums(s
 
 
 @pytest.mark.django_db
+def test_a_refresh_finding_a_backlog_refreshes_the_planner_s_statistics_first(sensors, monkeypatch):
+    # given a backlog of 33 marks, none settled yet (so the refresh processes none of them)
+    monkeypatch.setattr(rollups, "_ANALYZE_AFTER", 20)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO rollup_dirty (sensor_id, bucket) SELECT %s, b FROM generate_series("
+            "%s::timestamptz, %s::timestamptz, interval '15 minutes') b",
+            [sensors[0], T0, T0 + timedelta(hours=8)],
+        )
+
+    # when
+    result = rollups.rollups_refresh(now=T0 + timedelta(hours=8), settle=timedelta(days=1))
+
+    # then the marks' statistics count them
+    assert result.buckets == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'rollup_dirty'")
+        assert cursor.fetchone()[0] == 33
+
+
+@pytest.mark.django_db
 def test_a_refresh_already_running_makes_another_skip(sensors):
     # a second session holds the lock
     other = psycopg.connect(_url(), autocommit=True)
