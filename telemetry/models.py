@@ -16,8 +16,8 @@ class Reading(models.Model):
     pk = models.CompositePrimaryKey("sensor_id", "time")
     # The primary key's leading column already indexes sensor_id; a second index would only slow
     # every insert. No constraint in the database: checking it was 43 % of a writer batch, and
-    # every insert already joins devices_sensor (telemetry.services.readings_insert), so a reading
-    # of an unknown sensor is never written. Deleting a sensor deletes its readings through
+    # every insert already joins devices_sensor (telemetry.services.readings_insert_rows), so a
+    # reading of an unknown sensor is never written. Deleting a sensor deletes its readings through
     # Django's cascade (one DELETE, readings have no signals).
     sensor = models.ForeignKey(
         Sensor,

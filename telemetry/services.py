@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import psycopg
-
 from django.db import connection
 from django.utils import timezone
 
@@ -461,29 +459,49 @@ async def areadings_ingest(*, result: IngestResult, source: str, device_id: int)
     await _socket_buffer().put(frame)
 
 
-# Set-based insert of a whole batch: three arrays unnested into rows, readings of sensors that no
-# longer exist dropped by the join, duplicates of (sensor, time) dropped by the primary key.
-# Times travel as integer microseconds and are added to the epoch exactly (no float rounding).
-_INSERT_BATCH = """
+# Set-based insert of a whole batch, sent as ONE text parameter: a two-dimensional array literal
+# `{{sensor_id,epoch_us,value},...}`. The batch writer makes it from the stream entries' JSON with
+# byte-level replacements (no Python work per row) and PostgreSQL's number parser does the rest:
+# 1.2-1.3x the rows a second of three binary arrays built from parsed JSON, with the writer's own
+# CPU near zero (bench/ingest). double precision holds every integer below 2^53 exactly (epoch
+# microseconds stay below it until the year 2255); an id or time that is not such an integer is
+# cast from its text instead, which fails the statement (DataError) rather than rounding it.
+# Readings of sensors that no longer exist are dropped by the join, duplicates of (sensor, time)
+# by the primary key. Times are added to the epoch as integer microseconds (no float rounding).
+_INSERT_ROWS = """
 INSERT INTO energy_readings (sensor_id, time, value)
 SELECT r.sensor_id, 'epoch'::timestamptz + r.us * interval '1 microsecond', r.value
-FROM unnest(%s::integer[], %s::bigint[], %s::double precision[]) AS r(sensor_id, us, value)
+FROM (
+    SELECT
+        CASE WHEN e.sensor_id = trunc(e.sensor_id) THEN e.sensor_id::integer
+             ELSE e.sensor_id::text::integer END AS sensor_id,
+        CASE WHEN e.us = trunc(e.us) AND abs(e.us) < 9007199254740992 THEN e.us::bigint
+             ELSE e.us::text::bigint END AS us,
+        e.value
+    FROM (SELECT %s::double precision[] AS a) AS p,
+         generate_subscripts(p.a, 1) AS i,
+         LATERAL (SELECT p.a[i][1] AS sensor_id, p.a[i][2] AS us, p.a[i][3] AS value) AS e
+) AS r
 JOIN devices_sensor s ON s.id = r.sensor_id
 ON CONFLICT (sensor_id, time) DO NOTHING
 """
 
 
-_INSERT_BATCH_BINARY = _INSERT_BATCH.replace("%s::", "%b::")
+def readings_insert_rows(*, rows: str) -> int:
+    """Write a batch given as an array literal `{{sensor_id,epoch_us,value},...}` in one
+    statement; returns how many rows were new. Raises django.db.DataError (nothing written) if a
+    row is malformed."""
+    if rows in ("", "{}"):
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_ROWS, [rows])
+        return cursor.rowcount
 
 
 def readings_insert(*, sensor_ids: list[int], times_us: list[int], values: list[float]) -> int:
-    """Write a batch of readings in one statement; returns how many rows were new."""
-    if not sensor_ids:
-        return 0
-    connection.ensure_connection()
-    # Django's cursor binds parameters client-side, rendering each array as text in Python (about
-    # half the writer's CPU, bench/ingest); a plain psycopg cursor on the same connection, hence
-    # the same transaction, sends the three arrays in binary instead.
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(_INSERT_BATCH_BINARY, [sensor_ids, times_us, values])
-        return cursor.rowcount
+    """Write readings given as three parallel lists (see readings_insert_rows)."""
+    rows = ",".join(
+        f"{{{int(sensor_id)},{int(us)},{float(value)!r}}}"
+        for sensor_id, us, value in zip(sensor_ids, times_us, values, strict=True)
+    )
+    return readings_insert_rows(rows="{" + rows + "}")

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from django.db import OperationalError, close_old_connections, connection, transaction
+from django.db import DataError, OperationalError, close_old_connections, connection, transaction
 
 from energy_portal.redis_client import sync_client
-from telemetry.services import INGEST_STREAM, readings_insert
+from telemetry.services import INGEST_STREAM, readings_insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,17 @@ DEAD_LETTER_STREAM = "ep:ingest:dead"
 
 @dataclass
 class Batch:
-    ids: list[bytes] = field(default_factory=list)
-    sensor_ids: list[int] = field(default_factory=list)
-    times_us: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    # One item per entry: (id, fields as read, its rows as array-literal elements, row count).
+    entries: list[tuple[bytes, dict, str, int]] = field(default_factory=list)
+    rows: int = 0
     started: float = 0.0
 
+    @property
+    def ids(self) -> list[bytes]:
+        return [entry[0] for entry in self.entries]
+
     def __len__(self) -> int:
-        return len(self.sensor_ids)
+        return self.rows
 
 
 def parse_rows(raw: bytes | None) -> list[list]:
@@ -60,6 +63,39 @@ def parse_rows(raw: bytes | None) -> list[list]:
         ):
             raise ValueError(f"bad row {str(row)[:80]}")
     return rows
+
+
+_COMPACT_ROW_BYTES = b"0123456789+-.eE,[]"
+_BRACKETS_TO_BRACES = bytes.maketrans(b"[]", b"{}")
+
+
+def entry_rows(raw: bytes | None) -> tuple[str, int]:
+    """An entry's rows as elements of a PostgreSQL array literal (`{1,2,3.5},{...}`) and how
+    many there are; ValueError saying why if they are not [[sensor_id, epoch_us, value], ...].
+
+    Entries in the compact JSON the portal writes (no spaces, two levels of brackets, three
+    numbers a row) become the literal by swapping brackets for braces, with no Python work per
+    row; PostgreSQL then checks each number as it casts it (readings_insert_rows). Anything
+    else is parsed and checked as JSON here.
+    """
+    if raw == b"[]":
+        return "", 0
+    if raw is not None and raw.startswith(b"[[") and raw.endswith(b"]]"):
+        count = raw.count(b"[") - 1
+        if (
+            not raw.translate(None, _COMPACT_ROW_BYTES)
+            and b"[[" not in raw[1:]
+            and b"]]" not in raw[:-1]
+            and raw.count(b"]") == count + 1
+            and raw.count(b",") == 3 * count - 1
+        ):
+            return raw[1:-1].translate(_BRACKETS_TO_BRACES).decode("ascii"), count
+    rows = parse_rows(raw)
+    return ",".join(f"{{{s},{us},{float(v)!r}}}" for s, us, v in rows), len(rows)
+
+
+def _array_literal(entries: list[tuple[bytes, dict, str, int]]) -> str:
+    return "{" + ",".join(rows for _id, _fields, rows, count in entries if count) + "}"
 
 
 class Writer:
@@ -87,7 +123,7 @@ class Writer:
         # of big entries; what is read beyond the batch waits in `_held`, never in the batch.
         self._rows_per_entry = 1000.0
         # Entries read (pending to this writer) that did not fit the batch: the next one's.
-        self._held: deque[tuple[bytes, list[list]]] = deque()
+        self._held: deque[tuple[bytes, dict, str, int]] = deque()
 
     def ensure_group(self) -> None:
         try:
@@ -107,31 +143,27 @@ class Writer:
                 self.client.xack(INGEST_STREAM, GROUP, entry_id)
                 continue
             try:
-                rows = parse_rows(fields.get(b"rows"))
+                rows, count = entry_rows(fields.get(b"rows"))
             except ValueError as exc:
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
             # Up at once on a large entry, down slowly: reads stay sized for the large ones.
-            size = max(1, len(rows))
+            size = max(1, count)
             self._rows_per_entry = max(size, 0.9 * self._rows_per_entry + 0.1 * size)
-            self._held.append((entry_id, rows))
+            self._held.append((entry_id, fields, rows, count))
         self._fill(batch)
 
     def _fill(self, batch: Batch) -> None:
         """Move held entries into the batch, in order, until the next one would take it past
         max_rows; a batch always takes its first entry, however large."""
         while self._held:
-            entry_id, rows = self._held[0]
-            if batch.ids and len(batch) + len(rows) > self.max_rows:
+            count = self._held[0][3]
+            if batch.entries and len(batch) + count > self.max_rows:
                 return
-            self._held.popleft()
-            if not batch.ids:
+            if not batch.entries:
                 batch.started = time.monotonic()
-            batch.ids.append(entry_id)
-            for sensor_id, us, value in rows:
-                batch.sensor_ids.append(sensor_id)
-                batch.times_us.append(us)
-                batch.values.append(float(value))
+            batch.entries.append(self._held.popleft())
+            batch.rows += count
 
     def _room(self, batch: Batch, most: int) -> int:
         """How many entries to ask for: about as many as fit the batch, at least one."""
@@ -172,10 +204,7 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                with transaction.atomic():
-                    inserted = readings_insert(
-                        sensor_ids=batch.sensor_ids, times_us=batch.times_us, values=batch.values
-                    )
+                inserted = self._write(batch)
                 break
             except OperationalError as exc:
                 logger.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
@@ -190,6 +219,25 @@ class Writer:
         pipe.execute()
         self.written += inserted
         logger.debug("wrote %d new of %d readings", inserted, len(batch))
+
+    def _write(self, batch: Batch) -> int:
+        """The batch in one transaction; if PostgreSQL refuses a row, each entry in its own,
+        the refused ones moved to the dead-letter stream (and out of the batch)."""
+        try:
+            with transaction.atomic():
+                return readings_insert_rows(rows=_array_literal(batch.entries))
+        except DataError:
+            logger.warning("a batch holds a row the database refuses; writing entry by entry")
+        inserted = 0
+        for entry in list(batch.entries):
+            entry_id, fields, _rows, _count = entry
+            try:
+                with transaction.atomic():
+                    inserted += readings_insert_rows(rows=_array_literal([entry]))
+            except DataError as exc:
+                self._dead_letter(entry_id, fields, f"refused by the database: {exc}")
+                batch.entries.remove(entry)
+        return inserted
 
     def run_once(self, batch: Batch, block_ms: int) -> Batch:
         """Read what is there (waiting up to block_ms), and write the batch when it is due."""

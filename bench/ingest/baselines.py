@@ -9,7 +9,7 @@ can take, to measure the pipeline against.
 - `per_row`: one `INSERT ... ON CONFLICT DO NOTHING` per reading in autocommit (a commit, so a
   WAL flush, per reading: the simple design of seed prototypes), on a sample, extrapolated as a
   per-row rate.
-- diagnostics: the writer's own `unnest` statement (`telemetry.services._INSERT_BATCH`) run
+- diagnostics: the writer's own statement (`telemetry.services._INSERT_ROWS`) run
   directly in the same batches (the writer minus Redis and Python), and raw COPY with the table's
   triggers off (foreign-key check and rollup marks; `session_replication_role = replica`), which
   shows what those cost per row.
@@ -74,29 +74,21 @@ def copy_dedup(conn: psycopg.Connection, batches: list[bytes], sensor_sql_type: 
 
 
 def writer_statement(conn: psycopg.Connection, rows: RowSet, rows_per_batch: int) -> float:
-    """The writer's INSERT ... unnest(...) JOIN devices_sensor ON CONFLICT DO NOTHING, in batches
-    of about `rows_per_batch`, one transaction each; arrays built before timing."""
-    from telemetry.services import _INSERT_BATCH
+    """The writer's INSERT ... FROM (array literal) JOIN devices_sensor ON CONFLICT DO NOTHING,
+    in batches of about `rows_per_batch`, one transaction each; literals built before timing."""
+    from telemetry.services import _INSERT_ROWS
 
     steps = max(1, rows_per_batch // len(rows.sensor_ids))
-    batches = []
-    for first in range(rows.first_step, rows.first_step + rows.steps, steps):
-        part = RowSet(
-            rows.sensor_ids,
-            rows.base_us,
-            first,
-            min(steps, rows.first_step + rows.steps - first),
-        )
-        sensor_ids, times_us, values = [], [], []
-        for sensor_id, us, value in part.tuples():
-            sensor_ids.append(sensor_id)
-            times_us.append(us)
-            values.append(value)
-        batches.append([sensor_ids, times_us, values])
+    batches = [
+        RowSet(
+            rows.sensor_ids, rows.base_us, first, min(steps, rows.first_step + rows.steps - first)
+        ).array_literal()
+        for first in range(rows.first_step, rows.first_step + rows.steps, steps)
+    ]
     started = time.perf_counter()
-    for params in batches:
+    for literal in batches:
         with conn.transaction():
-            conn.execute(_INSERT_BATCH, params)
+            conn.execute(_INSERT_ROWS, [literal])
     return time.perf_counter() - started
 
 

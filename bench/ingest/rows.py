@@ -92,6 +92,10 @@ class RowSet:
 
     # -- writer stream entries --------------------------------------------------------------
 
+    def array_literal(self) -> str:
+        """The writer's statement parameter (telemetry.services.readings_insert_rows)."""
+        return "{" + ",".join(f"{{{s},{us},{v!r}}}" for s, us, v in self.tuples()) + "}"
+
     def stream_entries(self, rows_per_entry: int = 500, src: str = "bench") -> Iterator[dict]:
         """Entries shaped like the pipeline's: {"src": ..., "rows": "[[sensor_id, us, value]..]"}"""
         rows: list[list] = []

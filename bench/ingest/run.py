@@ -236,19 +236,16 @@ class Bench:
     def explain_writer_statement(self) -> dict:
         """EXPLAIN ANALYZE of the writer's statement on one batch, with the deferred FK check made
         immediate so its trigger time shows; rolled back."""
-        from telemetry.services import _INSERT_BATCH
+        from telemetry.services import _INSERT_ROWS
 
         self.reset()
         rs = self.rows(self.args.batch_rows)
-        cols = [[], [], []]
-        for row in rs.tuples():
-            for col, v in zip(cols, row, strict=True):
-                col.append(v)
         try:
             with self.conn.transaction(force_rollback=True):
                 self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 plan = self.conn.execute(
-                    "EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + _INSERT_BATCH, cols
+                    "EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + _INSERT_ROWS,
+                    [rs.array_literal()],
                 ).fetchone()[0][0]
         except Exception as exc:
             return {"error": repr(exc)}

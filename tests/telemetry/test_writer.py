@@ -19,7 +19,7 @@ from devices.models import Sensor
 from telemetry import writer as writer_module
 from telemetry.models import Reading
 from telemetry.services import INGEST_STREAM
-from telemetry.writer import DEAD_LETTER_STREAM, GROUP, Batch, Writer
+from telemetry.writer import DEAD_LETTER_STREAM, GROUP, Batch, Writer, entry_rows
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 T0 = 1_795_392_000_000_000  # 2026-11-22T21:20:00Z in epoch microseconds
@@ -32,7 +32,8 @@ def _enqueue(client, sensor_id: int, start: int, count: int, per_entry: int = 50
             [sensor_id, T0 + i * 1_000_000, float(i)]
             for i in range(first, min(first + per_entry, start + count))
         ]
-        pipe.xadd(INGEST_STREAM, {"src": "test", "rows": json.dumps(rows)})
+        # compact, as the portal's producers write entries
+        pipe.xadd(INGEST_STREAM, {"src": "test", "rows": json.dumps(rows, separators=(",", ":"))})
     pipe.execute()
 
 
@@ -97,6 +98,68 @@ def test_unparseable_entries_go_to_the_dead_letter_stream_and_the_rest_is_writte
     assert any("no 'rows'" in r for r in reasons)
 
 
+@pytest.mark.parametrize(
+    "raw, rows, count",
+    [
+        (b"[]", "", 0),
+        (b"[[7,1795392000000000,512.25]]", "{7,1795392000000000,512.25}", 1),
+        (b"[[7,1,-2.5e-3],[8,2,3]]", "{7,1,-2.5e-3},{8,2,3}", 2),
+        # other JSON spacing is parsed as JSON and written out compact
+        (b"[[7, 1, 2.5], [8, 2, 3]]", "{7,1,2.5},{8,2,3.0}", 2),
+        (b" [ [7,1,2.5] ] ", "{7,1,2.5}", 1),
+    ],
+)
+def test_entry_rows_become_array_literal_elements(raw, rows, count):
+    assert entry_rows(raw) == (rows, count)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (None, "no 'rows'"),
+        (b"[[7,1,2.5]", "Expecting"),  # truncated
+        (b"[[7,1]]", "bad row"),  # two numbers
+        (b"[[7,1,2,3]]", "bad row"),  # four numbers
+        (b"[[[7,1,2]]]", "bad row"),  # three levels
+        (b"[[7,1,2],3]", "bad row"),
+        (b'[[7,1,"2"]]', "bad row"),
+        (b"[[7,1,2],[8,2,3]", "Expecting"),
+        (b'{"a":1}', "not a list"),
+    ],
+)
+def test_entry_rows_refuse_what_is_not_rows_of_three_numbers(raw, reason):
+    with pytest.raises(ValueError, match=reason):
+        entry_rows(raw)
+
+
+@pytest.mark.django_db
+def test_rows_the_database_refuses_go_to_the_dead_letter_stream_and_their_batch_is_written(
+    power_sensor, ingest_stream
+):
+    # given compact entries PostgreSQL refuses to cast (a fractional id, a time past 2^53 µs,
+    # an id out of range) between good ones, all in one batch
+    _enqueue(ingest_stream, power_sensor.id, 0, 10)
+    for bad in (
+        f"[[{power_sensor.id}.5,{T0},1.0]]",
+        f"[[{power_sensor.id},9007199254740993123,1.0]]",
+        f"[[99999999999,{T0},1.0]]",
+    ):
+        ingest_stream.xadd(INGEST_STREAM, {"src": "test", "rows": bad})
+    _enqueue(ingest_stream, power_sensor.id, 10, 10)
+    writer = Writer(name="w1", max_age_s=0)
+    writer.ensure_group()
+    # when
+    _drain(writer)
+    # then the good rows are in, exactly once, and each bad entry is set aside with the reason
+    assert Reading.objects.filter(sensor=power_sensor).count() == 20
+    assert writer.written == 20
+    dead = ingest_stream.xrange(DEAD_LETTER_STREAM)
+    assert len(dead) == 3
+    assert all(b"refused by the database" in fields[b"reason"] for _id, fields in dead)
+    assert ingest_stream.xlen(INGEST_STREAM) == 0
+    assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
 @pytest.mark.django_db
 def test_readings_of_a_deleted_sensor_are_dropped_without_blocking_the_batch(
     alice_home, power_sensor, ingest_stream
@@ -133,13 +196,13 @@ def test_a_live_writer_claims_the_entries_a_dead_writer_left_pending(power_senso
 def batch_sizes(monkeypatch) -> list[int]:
     """Rows of each batch the writers write, in order."""
     sizes = []
-    insert = writer_module.readings_insert
+    insert = writer_module.readings_insert_rows
 
-    def recorded(**kwargs):
-        sizes.append(len(kwargs["sensor_ids"]))
-        return insert(**kwargs)
+    def recorded(*, rows: str):
+        sizes.append(rows.count("{") - 1)
+        return insert(rows=rows)
 
-    monkeypatch.setattr(writer_module, "readings_insert", recorded)
+    monkeypatch.setattr(writer_module, "readings_insert_rows", recorded)
     return sizes
 
 
