@@ -486,6 +486,9 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
             by_source = energy.get(site_id, {})
             rows.append((site_id, day, through, keys[site_id], by_source.get("meter"),
                          by_source.get("devices")))  # fmt: skip
+    names = ("ids", "days", "through", "keys", "meter", "devices")
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 6
+    params = {"now": timezone.now(), **dict(zip(names, columns, strict=True))}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM rollup_site_today")
         cursor.execute(
@@ -493,12 +496,8 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
             "devices_kwh, computed_at) SELECT *, %(now)s FROM unnest(%(ids)s::bigint[], "
             "%(days)s::date[], %(through)s::timestamptz[], %(keys)s::text[], "
             "%(meter)s::float8[], %(devices)s::float8[])",
-            {"now": timezone.now(), **dict(zip(
-                ("ids", "days", "through", "keys", "meter", "devices"),
-                (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 6,
-                strict=True,
-            ))},
-        )  # fmt: skip
+            params,
+        )
     return len(rows)
 
 
