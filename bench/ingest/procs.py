@@ -14,11 +14,10 @@ from bench.ingest import common
 # -- commands -------------------------------------------------------------------------------------
 
 
-def server_commands(kind: str, procs: int, fast: bool = False) -> list[tuple[list[str], int]]:
+def server_commands(kind: str, procs: int) -> list[tuple[list[str], int]]:
     """(command, port) per server process. Daphne: one process per port (clients are spread
-    over them); uvicorn: one command with --workers sharing one port. `fast`: the portal with
-    the proposed changes patched in (bench/ingest/patched.py)."""
-    app = "bench.ingest.patched_asgi:application" if fast else "energy_portal.asgi:application"
+    over them); uvicorn: one command with --workers sharing one port."""
+    app = "energy_portal.asgi:application"
     if kind == "daphne":
         ports = [free_port() for _ in range(procs)]
         return [(daphne_command(app, port), port) for port in ports]
@@ -28,13 +27,9 @@ def server_commands(kind: str, procs: int, fast: bool = False) -> list[tuple[lis
     raise SystemExit(f"unknown server {kind!r}: daphne or uvicorn")
 
 
-def writer_command(name: str, max_rows: int, max_age: float, fast: bool = False) -> list[str]:
-    start = (
-        [common.PYTHON, "-m", "bench.ingest.patched_writer"]
-        if fast
-        else [common.PYTHON, str(common.ROOT / "manage.py"), "run_ingest_writer"]
-    )
-    return [*start, "--max-rows", str(max_rows), "--max-age", str(max_age), "--name", name]
+def writer_command(name: str, max_rows: int, max_age: float) -> list[str]:
+    manage = [common.PYTHON, str(common.ROOT / "manage.py"), "run_ingest_writer"]
+    return [*manage, "--max-rows", str(max_rows), "--max-age", str(max_age), "--name", name]
 
 
 # -- CPU ------------------------------------------------------------------------------------------

@@ -219,8 +219,8 @@ class Bench:
             rs,
             lambda r: b.writer_statement(conn, r, batch),
             rs,
-            f"the writer's INSERT … unnest … JOIN … ON CONFLICT statement alone (psycopg, "
-            f"{batch:,} rows a transaction; no Redis, no Python parsing)",
+            f"the writer's statement alone (one array literal, generate_subscripts, JOIN, ON "
+            f"CONFLICT; psycopg, {batch:,} rows a transaction; no Redis, no Python parsing)",
         )
         rs = self.rows(n)
         measure(
@@ -287,22 +287,20 @@ class Bench:
                 return g
         return None
 
-    def start_writers(self, n: int, tag: str, *, fast: bool = False, env=None) -> list:
+    def start_writers(self, n: int, tag: str, *, env=None) -> list:
         writers = []
         for i in range(n):
             name = f"bench-{tag}-w{i}"
             writers.append(
                 shared.spawn(
-                    procs.writer_command(
-                        name, self.args.writer_max_rows, self.args.writer_max_age, fast
-                    ),
+                    procs.writer_command(name, self.args.writer_max_rows, self.args.writer_max_age),
                     env=env or self.env,
                     log_path=common.LOG_DIR / f"{name}.log",
                 )
             )
         return writers
 
-    def writer_alone(self, n_writers: int, fast: bool = False) -> dict:
+    def writer_alone(self, n_writers: int) -> dict:
         self.reset()
         rs = self.rows(self.args.rows)
         t0 = time.monotonic()
@@ -311,9 +309,7 @@ class Bench:
         self.conn.execute("CHECKPOINT")
         meter = procs.CpuMeter(self.db_name, self.redis_pid)
         spawned = time.monotonic()
-        writers = self.start_writers(
-            n_writers, f"alone{n_writers}{'-fast' if fast else ''}", fast=fast
-        )
+        writers = self.start_writers(n_writers, f"alone{n_writers}")
         meter.track("writers", [w.pid for w in writers])
         deadline = spawned + 60 + len(rs) / 5_000
         started = snap_a = None
@@ -344,9 +340,7 @@ class Bench:
                 startup_s=round(started - spawned, 2),
                 with_startup_rows_per_s=round(len(rs) / (done - spawned)),
                 cpu_cores=procs.CpuMeter.cores(snap_a, snap_b),
-                note=f"{n_writers} run_ingest_writer process(es)"
-                f"{' (patched: fast)' if fast else ''}"
-                f", --max-rows "
+                note=f"{n_writers} run_ingest_writer process(es), --max-rows "
                 f"{self.args.writer_max_rows} --max-age {self.args.writer_max_age}; timed from the "
                 "first read to an empty stream (all acked after commit)",
             )
@@ -360,7 +354,7 @@ class Bench:
         if "rows_per_s" in result:
             ok = "" if result["landed"] == len(rs) else f"  (!! {result['landed']:,} in table)"
             log(
-                f"  {'writer x' + str(n_writers) + (' fast' if fast else ''):28} "
+                f"  {'writer x' + str(n_writers):28} "
                 f"{len(rs):>10,} rows "
                 f"{result['seconds']:7.2f}s {result['rows_per_s']:>10,}/s{ok}"
             )
@@ -378,19 +372,15 @@ class Bench:
         duration: float,
         profile: bool = False,
     ) -> dict:
-        """opts: "" or "+"-joined of "core" / "pubsub" (that channel layer instead of the
-        portal's default) and "fast" (the proposed changes patched into the server and the
-        writers, see patched.py)."""
+        """opts: "", "core" or "pubsub" (that channel layer instead of the portal's default)."""
         label = f"{server}x{server_procs}+{n_writers}w" + (f"-{opts}" if opts else "")
-        options = opts.split("+")
-        fast = "fast" in options
         env = dict(self.env)
-        layer = next((o for o in options if o in ("core", "pubsub")), None)
+        layer = opts or None
         if layer:
             env["CHANNEL_LAYER"] = layer
         self.reset()
         first_step = self.next_step
-        commands = procs.server_commands(server, server_procs, fast)
+        commands = procs.server_commands(server, server_procs)
         servers = []
         writers = []
         meter = procs.CpuMeter(self.db_name, self.redis_pid)
@@ -413,7 +403,7 @@ class Bench:
                 )
             for proc, (_cmd, port) in zip(servers, commands, strict=True):
                 shared.wait_port(port, proc)
-            writers = self.start_writers(n_writers, label, fast=fast, env=env)
+            writers = self.start_writers(n_writers, label, env=env)
             meter.track("server", [s.pid for s in servers])
             meter.track("writers", [w.pid for w in writers])
             urls = [f"http://127.0.0.1:{port}/api/v1/ingest/" for _cmd, port in commands]
@@ -671,18 +661,6 @@ class Bench:
             f"  instrumented run: {staged['seconds']:.2f}s; stages: "
             + ", ".join(f"{k.strip()} {v:.2f}s" for k, v in staged["stages_s"].items())
         )
-        fast = sgl.run(
-            source_id=self.data["ftp_source_id"],
-            data=data,
-            redis_client=self.redis,
-            stream=STREAM,
-            instrument=False,
-            fast=True,
-        )
-        log(
-            f"  what-if (live messages only for listened groups): {fast['records_per_s']:,} "
-            "records/s"
-        )
         best = max(runs, key=lambda r: r["records_per_s"] or 0)
         out = {
             "file": info,
@@ -690,7 +668,6 @@ class Bench:
             "records_per_s": best["records_per_s"],
             "median_records_per_s": round(statistics.median(r["records_per_s"] for r in runs)),
             "instrumented": staged,
-            "what_if_fast": fast,
         }
         if self.args.profile:
             out["cprofile"] = self._sgl_cprofile(data)
@@ -729,13 +706,12 @@ class Bench:
         log(f"== phase '{name}': (a) baselines, {self.args.rows:,} rows each")
         out["baselines"] = self.baselines()
         out["writer_alone"] = {}
-        for spec in self.args.writers:
-            n, fast = int(spec.rstrip("f")), spec.endswith("f")
+        for n in self.args.writers:
             log(
-                f"== phase '{name}': (b) writer alone, {n} process(es){' (fast)' if fast else ''}, "
+                f"== phase '{name}': (b) writer alone, {n} process(es), "
                 f"{self.args.rows:,} rows pre-filled in the stream"
             )
-            out["writer_alone"][spec] = self.writer_alone(n, fast)
+            out["writer_alone"][str(n)] = self.writer_alone(n)
         out["pipeline"] = {}
         for server, sp, nw, opts in pipelines:
             log(
@@ -821,7 +797,7 @@ def report(results: dict) -> str:
         line("raw COPY (ceiling)", base.get("copy_raw", {}))
         line("COPY staging + ON CONFLICT (dedup ceiling)", base.get("copy_dedup", {}))
         line("INSERT per reading, autocommit (extrap.)", base.get("per_row", {}))
-        line("  diag: writer's unnest statement alone", base.get("diag_writer_sql", {}))
+        line("  diag: writer's statement alone", base.get("diag_writer_sql", {}))
         line("  diag: raw COPY, triggers off (no FK)", base.get("diag_copy_no_triggers", {}))
         for n, r in ph.get("writer_alone", {}).items():
             line(f"writer alone, {n} process(es)", r)
@@ -881,12 +857,6 @@ def report(results: dict) -> str:
             f"best {s['records_per_s']:,} records/s, median {s['median_records_per_s']:,} "
             f"of {len(s['runs'])} runs"
         )
-        wf = s.get("what_if_fast") or {}
-        if wf:
-            out.append(
-                f"  what-if, proposed readings_ingest patched in (live messages only for groups "
-                f"someone listens to): {wf.get('records_per_s'):,} records/s (one run)"
-            )
         out.append(f"  where the time goes (instrumented run, {st['seconds']:.2f}s):")
         for k, v in st.get("stages_s", {}).items():
             out.append(f"    {k:64}{v:7.2f}s {100 * v / st['seconds']:5.1f}%")
@@ -923,12 +893,7 @@ def report(results: dict) -> str:
     out.append("")
     out.append("Targets")
     for t in targets:
-        verdict = (
-            ("would be met" if t["met"] else "still missed")
-            if t.get("what_if")
-            else ("MET" if t["met"] else "MISSED")
-        )
-        out.append(f"  {t['what']}: {t['value']} -> {verdict}")
+        out.append(f"  {t['what']}: {t['value']} -> {'MET' if t['met'] else 'MISSED'}")
     return "\n".join(out)
 
 
@@ -936,12 +901,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     out = []
     for phase_name, ph in results["phases"].items():
         ceiling = ph["baselines"].get("copy_dedup", {}).get("rows_per_s")
-        # The portal as it is (channel layer either way); "fast" variants are proposals.
-        pipes = [
-            p
-            for p in ph.get("pipeline", {}).values()
-            if not p.get("error") and "fast" not in p.get("options", "")
-        ]
+        pipes = [p for p in ph.get("pipeline", {}).values() if not p.get("error")]
         if not pipes:
             continue
         best = max(pipes, key=lambda p: min(p["landed_per_s"], p["end_to_end_per_s"] or 0))
@@ -962,25 +922,6 @@ def evaluate_targets(results: dict) -> list[dict]:
                     "what": f"[{phase_name}] pipeline ≥ 60% of the dedup ceiling ({ceiling:,}/s)",
                     "value": f"{sustained / ceiling:.0%} (end to end {e2e / ceiling:.0%})",
                     "met": sustained >= 0.6 * ceiling and e2e >= 0.6 * ceiling,
-                }
-            )
-        fast = [
-            p
-            for p in ph.get("pipeline", {}).values()
-            if not p.get("error") and "fast" in p.get("options", "")
-        ]
-        for p in fast:
-            rate = min(p["accepted_per_s"], p["landed_per_s"])
-            out.append(
-                {
-                    "what": f"[{phase_name}] what-if {p['config']} (proposed changes patched in, "
-                    "not the portal as it is): ≥ 100,000/s and ≥ 60% of the dedup ceiling",
-                    "value": f"{rate:,}/s = {rate / ceiling:.0%} (end to end "
-                    f"{p['end_to_end_per_s'] or 0:,}/s)"
-                    if ceiling
-                    else f"{rate:,}/s",
-                    "met": rate >= 100_000 and bool(ceiling) and rate >= 0.6 * ceiling,
-                    "what_if": True,
                 }
             )
     s = results.get("sgl")
@@ -1030,16 +971,11 @@ def _pipelines(text: str) -> list[tuple[str, int, int, str]]:
         if not spec.strip():
             continue
         server, procs_, writers, *opts = spec.strip().split(":")
-        out.append((server, int(procs_), int(writers), opts[0] if opts else ""))
+        layer = opts[0] if opts else ""
+        if len(opts) > 1 or layer not in ("", "core", "pubsub"):
+            raise argparse.ArgumentTypeError(f"{spec!r}: server:processes:writers[:core|pubsub]")
+        out.append((server, int(procs_), int(writers), layer))
     return out
-
-
-def _writer_specs(text: str) -> list[str]:
-    specs = [x.strip() for x in text.split(",") if x.strip()]
-    for x in specs:
-        if not x.rstrip("f").isdigit():
-            raise argparse.ArgumentTypeError(f"{x!r}: a number of writers, 'f' for patched")
-    return specs
 
 
 def main() -> None:
@@ -1065,9 +1001,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--writers",
-        type=_writer_specs,
-        default=["1", "2"],
-        help="writer-alone runs: processes each, suffix f = patched (fast)",
+        type=_ints,
+        default=[1, 2],
+        help="writer-alone runs: processes each (1,2)",
     )
     parser.add_argument("--writer-max-rows", type=int, default=20_000)
     parser.add_argument("--writer-max-age", type=float, default=0.5)
@@ -1075,8 +1011,7 @@ def main() -> None:
         "--pipelines",
         type=_pipelines,
         default=None,
-        help="server:processes:writers[:core|pubsub|fast|pubsub+fast|...],... "
-        "(default daphne:1:1,daphne:1:2)",
+        help="server:processes:writers[:core|pubsub],... (default daphne:1:1,daphne:1:2)",
     )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch-items", type=int, default=5000)

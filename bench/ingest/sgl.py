@@ -137,10 +137,8 @@ def run(
     redis_client,
     stream: str,
     instrument: bool,
-    fast: bool = False,
 ) -> dict:
-    """One ftp_file_ingest of `data` under a new name; the stream is emptied afterwards.
-    `fast`: with the proposed `readings_ingest` (bench/ingest/patched.py) patched in."""
+    """One ftp_file_ingest of `data` under a new name; the stream is emptied afterwards."""
     from telemetry import ftp_ingest, services
     from telemetry.models import FtpSource, IngestedFile
 
@@ -149,11 +147,6 @@ def run(
     IngestedFile.objects.filter(source=source).delete()
     redis_client.delete(stream)
     timers = _Timers()
-    if fast:
-        from bench.ingest.patched import _readings_ingest_listened
-
-        original_ingest = ftp_ingest.readings_ingest
-        ftp_ingest.readings_ingest = _readings_ingest_listened
     if instrument:
         for module, name, label, kind in STAGES:
             timers.wrap(module_of[module], name, label, kind)
@@ -164,8 +157,6 @@ def run(
         seconds = time.perf_counter() - started
     finally:
         timers.restore()
-        if fast:
-            ftp_ingest.readings_ingest = original_ingest
     entries = redis_client.xlen(stream)
     redis_client.delete(stream)
     result = {
