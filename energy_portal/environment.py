@@ -24,6 +24,7 @@ class Environment:
     allowed_hosts: list[str]
     csrf_trusted_origins: list[str]
     database_url: str
+    database_pool_size: int
     redis_url: str
     data_dir: Path
     embedded: bool
@@ -105,6 +106,7 @@ def load() -> Environment:
         allowed_hosts=_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
         csrf_trusted_origins=_list("DJANGO_CSRF_TRUSTED_ORIGINS", ""),
         database_url=database_url,
+        database_pool_size=_int("DATABASE_POOL_SIZE", 0),
         redis_url=redis_url,
         data_dir=data_dir,
         embedded=embedded_used,

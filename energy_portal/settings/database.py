@@ -6,6 +6,18 @@ from energy_portal.settings.base import ENV
 
 DATABASES = {"default": dj_database_url.parse(ENV.database_url, conn_max_age=60)}
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if ENV.database_pool_size:
+    # A process that runs sync code on a new thread per request (ASGI: Django's views, Channels'
+    # database calls) would otherwise open a PostgreSQL connection, so fork a backend, for every
+    # request, and leave it open until the thread's objects are collected. Django's own pool
+    # (psycopg_pool) hands the connection back at the end of the request instead; it excludes
+    # persistent connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": ENV.database_pool_size,
+        "timeout": 10,
+    }
 TIMESCALE_ENABLED = DATABASES["default"]["ENGINE"].startswith("timescale.")
 
 # TimescaleDB only (see telemetry/timescale.py for the reasoning behind the chunk interval).

@@ -84,7 +84,8 @@ def spawn(*, database_url: str, redis_url: str, log_dir: Path, port: int | None 
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            asgi_server.command(host="127.0.0.1", port=port),
+            # one process each: tests that need two processes start two servers
+            asgi_server.command(host="127.0.0.1", port=port, workers=1),
             cwd=BASE_DIR,
             env=env,
             stdout=out,
