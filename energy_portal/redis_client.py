@@ -1,8 +1,8 @@
 """Shared Redis connections for code outside Channels and Celery (health, ingest buffer)."""
 
 import asyncio
+import threading
 import weakref
-from functools import cache
 
 import redis
 import redis.asyncio
@@ -14,9 +14,29 @@ _async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyn
 )
 
 
-@cache
+_sync_client: redis.Redis | None = None
+_sync_client_lock = threading.Lock()
+
+
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+    """One client (thread-safe, with its pool) per process. Made under a lock: threads racing to
+    make it would each get a client, and the ones dropped close their connections when collected,
+    under a thread still using them (bench/live saw it in connect storms)."""
+    global _sync_client
+    if _sync_client is None:
+        with _sync_client_lock:
+            if _sync_client is None:
+                _sync_client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2
+                )
+    return _sync_client
+
+
+def sync_client_reset() -> None:
+    """Forget the client, so the next sync_client() reads settings.REDIS_URL again (tests)."""
+    global _sync_client
+    with _sync_client_lock:
+        _sync_client = None
 
 
 def async_client() -> redis.asyncio.Redis:

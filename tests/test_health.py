@@ -7,7 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from energy_portal.health import BEAT_KEY, beat_heartbeat_record
-from energy_portal.redis_client import sync_client
+from energy_portal.redis_client import sync_client, sync_client_reset
 from telemetry.services import INGEST_STREAM
 
 URL = "/api/v1/health/"
@@ -29,9 +29,9 @@ def unreachable_redis(settings, db):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
-    sync_client.cache_clear()
+    sync_client_reset()
     yield
-    sync_client.cache_clear()
+    sync_client_reset()
 
 
 def get_health():
