@@ -13,6 +13,7 @@ parsed go to a dead-letter stream with the reason, instead of blocking the rest.
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -20,7 +21,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from django.db import DataError, OperationalError, close_old_connections, connection, transaction
+from django.db import (
+    DataError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    reset_queries,
+    transaction,
+)
 
 from energy_portal.redis_client import sync_client
 from telemetry.services import INGEST_STREAM, readings_insert_rows
@@ -65,7 +73,10 @@ def parse_rows(raw: bytes | None) -> list[list]:
     return rows
 
 
-_COMPACT_ROW_BYTES = b"0123456789+-.eE,[]"
+# Compact rows: ids and times as integer text (a double would round 7.0000000000000001 to 7
+# before PostgreSQL could refuse it), values as any number text PostgreSQL then parses.
+_ROW = rb"\[-?\d+,-?\d+,[-+0-9.eE]+\]"
+_COMPACT_ROWS = re.compile(rb"\[" + _ROW + rb"(?:," + _ROW + rb")*\]")
 _BRACKETS_TO_BRACES = bytes.maketrans(b"[]", b"{}")
 
 
@@ -73,25 +84,20 @@ def entry_rows(raw: bytes | None) -> tuple[str, int]:
     """An entry's rows as elements of a PostgreSQL array literal (`{1,2,3.5},{...}`) and how
     many there are; ValueError saying why if they are not [[sensor_id, epoch_us, value], ...].
 
-    Entries in the compact JSON the portal writes (no spaces, two levels of brackets, three
-    numbers a row) become the literal by swapping brackets for braces, with no Python work per
-    row; PostgreSQL then checks each number as it casts it (readings_insert_rows). Anything
+    Entries in the compact JSON the portal writes (no spaces, rows of two integers and a
+    number) become the literal by swapping brackets for braces, with no Python work per row;
+    PostgreSQL then parses each number and checks its range (readings_insert_rows). Anything
     else is parsed and checked as JSON here.
     """
     if raw == b"[]":
         return "", 0
-    if raw is not None and raw.startswith(b"[[") and raw.endswith(b"]]"):
-        count = raw.count(b"[") - 1
-        if (
-            not raw.translate(None, _COMPACT_ROW_BYTES)
-            and b"[[" not in raw[1:]
-            and b"]]" not in raw[:-1]
-            and raw.count(b"]") == count + 1
-            and raw.count(b",") == 3 * count - 1
-        ):
-            return raw[1:-1].translate(_BRACKETS_TO_BRACES).decode("ascii"), count
-    rows = parse_rows(raw)
-    return ",".join(f"{{{s},{us},{float(v)!r}}}" for s, us, v in rows), len(rows)
+    if raw is not None and _COMPACT_ROWS.fullmatch(raw):
+        return raw[1:-1].translate(_BRACKETS_TO_BRACES).decode("ascii"), raw.count(b"[") - 1
+    try:
+        rows = parse_rows(raw)
+        return ",".join(f"{{{s},{us},{float(v)!r}}}" for s, us, v in rows), len(rows)
+    except (OverflowError, RecursionError) as exc:  # a 400-digit number, brackets nested deep
+        raise ValueError(f"rows cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def _array_literal(entries: list[tuple[bytes, dict, str, int]]) -> str:
@@ -273,6 +279,7 @@ class Writer:
             try:
                 # Drops a connection the server closed (e.g. PostgreSQL restarted) before use.
                 close_old_connections()
+                reset_queries()  # with DEBUG on, Django logs every batch's SQL, literal included
                 batch = self.run_once(batch, block_ms=int(self.max_age_s * 1000) or 1)
             except redis.ConnectionError as exc:
                 logger.warning("Redis unavailable (%s); retrying", exc)

@@ -125,6 +125,10 @@ def test_entry_rows_become_array_literal_elements(raw, rows, count):
         (b'[[7,1,"2"]]', "bad row"),
         (b"[[7,1,2],[8,2,3]", "Expecting"),
         (b'{"a":1}', "not a list"),
+        # ids and times must be integer text: a double would round these to whole numbers
+        (b"[[7.0000000000000001,1795392000000000.1,1]]", "bad row"),
+        (b"[[7, 1, 1" + b"0" * 400 + b"]]", "OverflowError"),
+        (b"[" * 100_000, "RecursionError"),
     ],
 )
 def test_entry_rows_refuse_what_is_not_rows_of_three_numbers(raw, reason):
@@ -136,11 +140,11 @@ def test_entry_rows_refuse_what_is_not_rows_of_three_numbers(raw, reason):
 def test_rows_the_database_refuses_go_to_the_dead_letter_stream_and_their_batch_is_written(
     power_sensor, ingest_stream
 ):
-    # given compact entries PostgreSQL refuses to cast (a fractional id, a time past 2^53 µs,
-    # an id out of range) between good ones, all in one batch
+    # given compact entries PostgreSQL refuses to cast (a value past double range, a time past
+    # 2^53 µs, an id out of range) between good ones, all in one batch
     _enqueue(ingest_stream, power_sensor.id, 0, 10)
     for bad in (
-        f"[[{power_sensor.id}.5,{T0},1.0]]",
+        f"[[{power_sensor.id},{T0},1e999]]",
         f"[[{power_sensor.id},9007199254740993123,1.0]]",
         f"[[99999999999,{T0},1.0]]",
     ):
