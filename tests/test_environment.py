@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 
 from energy_portal import environment
 from energy_portal.settings import base
@@ -109,3 +110,11 @@ def test_postgres_url_selects_the_stock_backend(env):
     assert database["ENGINE"] == "django.db.backends.postgresql"
     assert database["CONN_HEALTH_CHECKS"] is True
     assert settings.TIMESCALE_ENABLED is False
+
+
+@pytest.mark.django_db
+def test_database_sessions_run_without_jit():
+    # JIT compiling cost more than the statements it compiled once tables were large
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "off"
