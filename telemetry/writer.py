@@ -241,7 +241,8 @@ class Writer:
                 with transaction.atomic():
                     inserted += readings_insert_rows(rows=_array_literal([entry]))
             except DataError as exc:
-                self._dead_letter(entry_id, fields, f"refused by the database: {exc}")
+                # PostgreSQL's message can quote the whole literal: its start says enough
+                self._dead_letter(entry_id, fields, f"refused by the database: {str(exc)[:300]}")
                 batch.entries.remove(entry)
         return inserted
 
