@@ -419,3 +419,39 @@ def test_a_query_between_a_refresh_s_batches_and_its_end_never_sees_a_stale_toda
     # then the answer has the late reading once
     assert stored_today(metered["site"]) is None
     assert grid_kwh(today) == {metered["site"].name: pytest.approx(13.0)}
+
+
+@pytest.mark.django_db
+def test_the_rest_of_today_read_as_quarter_hours_equals_the_plain_reading(metered, counting):
+    # given today so far, rolled up at 11:00, and readings since then waiting in the marks
+    today = date(2026, 11, 20)
+    refreshed = datetime(2026, 11, 20, 11, 0, tzinfo=UTC)
+    times = day_so_far(today, NOW)
+    insert(
+        [(metered["meter"], t + timedelta(minutes=3), 0.25 + n / 100) for n, t in enumerate(times)]
+    )
+    insert([(counting["counter"], t + timedelta(minutes=7), 100 + n * 0.3)
+            for n, t in enumerate(times)])  # fmt: skip
+    rollups.rollups_refresh(now=refreshed)
+    plan = queries.energy_plan(site_ids=[metered["site"].id, counting["site"].id])
+    lo = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # rolled-up quarter-hours and marked ones
+    hi = queries.local_midnight(today + timedelta(days=1), LISBON)
+
+    # when the rest of today is read as quarter-hours (the fleet view's today) and plainly
+    rows = {
+        recent: queries.energy_by_device_from_rollups(
+            plan=plan, lo=lo, hi=hi, tz=LISBON.key, unit="day", recent=recent
+        )
+        for recent in (True, False)
+    }
+
+    # then both have the same day, an aware UTC instant, and the same energy per device
+    direct = queries.energy_by_device(plan=plan, lo=lo, hi=hi, tz=LISBON.key, unit="day")
+    assert len(rows[True]) == 2
+    for answer in (rows[False], direct):
+        assert [row[:3] for row in rows[True]] == [row[:3] for row in answer]
+        assert [row[3] for row in rows[True]] == pytest.approx([row[3] for row in answer])
+    assert {row[0] for row in rows[True]} == {queries.local_midnight(today, LISBON)}
+    assert all(row[0].tzinfo is UTC for row in rows[True])
+    meter_row = next(row for row in rows[True] if row[2] == "meter")
+    assert meter_row[3] == pytest.approx(sum(0.25 + n / 100 for n in range(40, len(times))))
