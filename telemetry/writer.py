@@ -244,6 +244,7 @@ class Writer:
                 # PostgreSQL's message can quote the whole literal: its start says enough
                 self._dead_letter(entry_id, fields, f"refused by the database: {str(exc)[:300]}")
                 batch.entries.remove(entry)
+                batch.rows -= entry[3]
         return inserted
 
     def run_once(self, batch: Batch, block_ms: int) -> Batch:
