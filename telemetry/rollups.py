@@ -297,16 +297,21 @@ ON CONFLICT DO NOTHING
 """
 
 
-# The stored beginnings of today (`rollup_site_today`) that a processed mark falls inside: the
-# readings it stands for were not in them. Dropped in the transaction that removes the mark, so
-# a query sees either the mark or no row. (A counter's next quarter-hour is later than its
-# mark, so the mark alone decides.)
+# The stored beginnings of today (`rollup_site_today`) that a processed mark falls before: the
+# readings it stands for were not in them. Dropped, with their counters' last readings
+# (`rollup_counter_today`), in the transaction that removes the mark, so a query sees either
+# the mark or no row. (A counter's next quarter-hour is later than its mark, so the mark alone
+# decides.)
 _DROP_SITES_TODAY = """
-DELETE FROM rollup_site_today t
-USING unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[]) AS m(sensor_id, bucket),
-      devices_sensor se, devices_device d
-WHERE se.id = m.sensor_id AND se.kind IN ('energy', 'power') AND d.id = se.device_id
-  AND t.site_id = d.site_id AND m.bucket < t.through
+WITH dropped AS (
+    DELETE FROM rollup_site_today t
+    USING unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[]) AS m(sensor_id, bucket),
+          devices_sensor se, devices_device d
+    WHERE se.id = m.sensor_id AND se.kind IN ('energy', 'power') AND d.id = se.device_id
+      AND t.site_id = d.site_id AND m.bucket < t.through
+    RETURNING t.site_id
+)
+DELETE FROM rollup_counter_today c USING dropped WHERE c.site_id = dropped.site_id
 """
 
 
@@ -458,12 +463,23 @@ def ceil_to_quarter(instant: datetime) -> datetime:
     return queries.ceil_to(instant, queries.STEPS["15m"])
 
 
+# Each counter's last reading before `through`: what its first quarter-hour after it counts from.
+_STORE_COUNTERS_TODAY = """
+INSERT INTO rollup_counter_today (sensor_id, site_id, through, last)
+SELECT c.sensor_id, c.site_id, %(through)s,
+       (SELECT e.value FROM energy_readings e WHERE e.sensor_id = c.sensor_id
+          AND e.time < %(through)s ORDER BY e.time DESC LIMIT 1)
+FROM unnest(%(counters)s::bigint[], %(counter_sites)s::bigint[]) AS c(sensor_id, site_id)
+"""
+
+
 def sites_today_refresh(*, now: datetime, through: datetime) -> int:
     """Store every site's energy of its local day in progress from its start up to `through`
     (a quarter-hour whose readings before it are rolled up) in `rollup_site_today`, by source,
-    with the digest of the site's energy plan. The fleet view adds what came since (see
-    telemetry/queries.py: `_site_energy_by_day`). Runs at the end of `rollups_refresh`, under
-    its lock, after the marks before `through` were processed: the rollups it reads are
+    with the digest of the site's energy plan, and the last reading before `through` of each
+    of its cumulative counters in `rollup_counter_today`. The fleet view adds what came since
+    (see telemetry/queries.py: `_site_energy_by_day`). Runs at the end of `rollups_refresh`,
+    under its lock, after the marks before `through` were processed: the rollups it reads are
     current, and a reading arriving later marks its quarter-hour, which makes queries ignore
     the row until a refresh drops it (`_DROP_SITES_TODAY`). Returns the number of sites."""
     sites = list(Site.objects.order_by("id").values_list("id", "timezone"))
@@ -489,8 +505,17 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
     names = ("ids", "days", "through", "keys", "meter", "devices")
     columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 6
     params = {"now": timezone.now(), **dict(zip(names, columns, strict=True))}
+    stored = {row[0] for row in rows}
+    counters = sorted(
+        (sensor_id, plan.devices[plan.device_of[sensor_id]][0])
+        for sensor_id, mode in plan.modes.items()
+        if mode == "counter" and plan.devices[plan.device_of[sensor_id]][0] in stored
+    )
+    counter_params = {"through": through, "counters": [c[0] for c in counters],
+                      "counter_sites": [c[1] for c in counters]}  # fmt: skip
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM rollup_site_today")
+        cursor.execute("DELETE FROM rollup_counter_today")
         cursor.execute(
             "INSERT INTO rollup_site_today (site_id, day, through, plan_key, meter_kwh, "
             "devices_kwh, computed_at) SELECT *, %(now)s FROM unnest(%(ids)s::bigint[], "
@@ -498,6 +523,7 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
             "%(meter)s::float8[], %(devices)s::float8[])",
             params,
         )
+        cursor.execute(_STORE_COUNTERS_TODAY, counter_params)
     return len(rows)
 
 
@@ -507,10 +533,11 @@ def site_days_invalidate(*, site_ids: list[int] | None = None) -> int:
     added, a sensor's kind or unit. Queries compute marked days from the rollups at once; the
     refresh stores them again. Returns the number of days marked."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "DELETE FROM rollup_site_today WHERE %(all)s OR site_id = ANY(%(ids)s)",
-            {"all": site_ids is None, "ids": site_ids or []},
-        )
+        for table in ("rollup_site_today", "rollup_counter_today"):
+            cursor.execute(
+                f"DELETE FROM {table} WHERE %(all)s OR site_id = ANY(%(ids)s)",
+                {"all": site_ids is None, "ids": site_ids or []},
+            )
         cursor.execute(
             "INSERT INTO rollup_site_day_dirty (site_id, day) SELECT site_id, day "
             "FROM rollup_site_day WHERE %(all)s OR site_id = ANY(%(ids)s) "

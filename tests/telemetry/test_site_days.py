@@ -7,9 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from devices import services as device_services
 from devices.models import Sensor, Site
@@ -177,15 +179,14 @@ def test_a_refresh_between_the_querys_reads_never_lets_a_stale_day_through(meter
     rollups.rollups_refresh(now=NOW)
     insert([(metered["meter"], datetime(2026, 11, 18, 12, 7, tzinfo=UTC), 1.0)])
 
-    # when the refresh commits just before the query looks at the waiting readings (after
-    # the stored rows, were they read first)
-    pending = queries._pending_site_days
+    # when the refresh commits just before the query reads what is stored and marked
+    stored_state = queries._stored_site_days
 
     def refresh_in_between(**kwargs):
         rollups.rollups_refresh(now=NOW)
-        return pending(**kwargs)
+        return stored_state(**kwargs)
 
-    monkeypatch.setattr(queries, "_pending_site_days", refresh_in_between)
+    monkeypatch.setattr(queries, "_stored_site_days", refresh_in_between)
 
     # then the answer has the late reading
     assert grid_kwh(date(2026, 11, 18)) == {metered["site"].name: pytest.approx(25.0)}
@@ -455,3 +456,183 @@ def test_the_rest_of_today_read_as_quarter_hours_equals_the_plain_reading(metere
     assert all(row[0].tzinfo is UTC for row in rows[True])
     meter_row = next(row for row in rows[True] if row[2] == "meter")
     assert meter_row[3] == pytest.approx(sum(0.25 + n / 100 for n in range(40, len(times))))
+
+
+@pytest.mark.django_db
+def test_a_later_beginning_of_today_stored_while_the_query_runs_is_not_taken_unchecked(
+    metered, monkeypatch
+):
+    # given today so far and its beginning stored up to 10:45
+    today = date(2026, 11, 20)
+    insert([(metered["meter"], t, 0.25) for t in day_so_far(today, NOW)])
+    rollups.rollups_refresh(now=datetime(2026, 11, 20, 11, 0, tzinfo=UTC))
+
+    # when, after the query read the latest stored end (10:45, which bounds the marks it
+    # reads), a refresh stores today up to 11:45 and then a late reading of 11:07 arrives
+    fetch = queries._fetch
+
+    def refresh_in_between(sql, params):
+        rows = fetch(sql, params)
+        if "max(through)" in sql:
+            rollups.rollups_refresh(now=NOW)
+            insert([(metered["meter"], datetime(2026, 11, 20, 11, 7, tzinfo=UTC), 1.0)])
+        return rows
+
+    monkeypatch.setattr(queries, "_fetch", refresh_in_between)
+
+    # then the answer has the late reading: the beginning stored past the bound is not used
+    assert grid_kwh(today) == {metered["site"].name: pytest.approx(13.0)}
+
+
+# --- counters: their last reading before the stored beginning of today (rollup_counter_today) --
+
+
+def stored_counters() -> dict[int, tuple[datetime, float | None]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sensor_id, through, last FROM rollup_counter_today")
+        return {sensor_id: (through, last) for sensor_id, through, last in cursor.fetchall()}
+
+
+def last_before(sensor_id: int, instant: datetime) -> float | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT value FROM energy_readings WHERE sensor_id = %s AND time < %s "
+            "ORDER BY time DESC LIMIT 1",
+            [sensor_id, instant],
+        )
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+
+@pytest.mark.django_db
+def test_the_counters_last_readings_are_stored_with_today_and_counted_from(counting, metered):
+    # given a counter reporting at 7 past every quarter-hour, a second one (on Alice's Pi)
+    # that never reported, and today's beginning stored up to 10:45
+    today = date(2026, 11, 20)
+    site, counter = counting["site"], counting["counter"]
+    silent = device_services.sensor_create(
+        device=metered["site"].devices.get(uid="pi-a1"), key="energy_kwh", kind="energy",
+        unit="kWh",
+    ).id  # fmt: skip
+    insert([(counter, t + timedelta(minutes=7), 100 + n * 0.3)
+            for n, t in enumerate(day_so_far(today, NOW))])  # fmt: skip
+    through = datetime(2026, 11, 20, 10, 45, tzinfo=UTC)
+    rollups.rollups_refresh(now=datetime(2026, 11, 20, 11, 0, tzinfo=UTC))
+
+    # then each counter's last reading before 10:45 is stored (None: it has none)
+    assert stored_counters() == {
+        counter: (through, pytest.approx(last_before(counter, through))),
+        silent: (through, None),
+    }
+    assert stored_counters()[counter][1] == pytest.approx(100 + 42 * 0.3)  # the 10:37 reading
+
+    # and today counts its first quarter-hour after 10:45 from it (tampered: 5 kWh lower)
+    expected = history_kwh(site, today)
+    assert grid_kwh(today)[site.name] == pytest.approx(expected)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE rollup_counter_today SET last = last - 5 WHERE sensor_id = %s",
+                       [counter])  # fmt: skip
+    assert grid_kwh(today)[site.name] == pytest.approx(expected + 5)
+
+
+@pytest.mark.django_db
+def test_a_late_reading_before_the_stored_last_counter_reading_is_counted_at_once(counting):
+    # given a counter read yesterday at 20:00, then today only from 11:00 on, and today's
+    # beginning stored up to 10:45, so its first increase today counts from yesterday's value
+    today = date(2026, 11, 20)
+    site, counter = counting["site"], counting["counter"]
+    insert([(counter, datetime(2026, 11, 19, 20, tzinfo=UTC), 10.0)])
+    insert([(counter, datetime(2026, 11, 20, 11, 15 * n, tzinfo=UTC), 20.0 + n) for n in range(4)])
+    rollups.rollups_refresh(now=datetime(2026, 11, 20, 11, 0, tzinfo=UTC))
+    assert stored_counters()[counter][1] == 10.0
+    assert grid_kwh(today) == {site.name: pytest.approx(13.0)}
+
+    # when a reading of yesterday 23:00 arrives late: its next reading is after 10:45, so
+    # nothing stored of today is wrong but the counter's last reading before it
+    insert([(counter, datetime(2026, 11, 19, 23, tzinfo=UTC), 15.0)])
+
+    # then today counts from it, before and after the refresh, as the site's history does
+    for refreshed in (False, True):
+        if refreshed:
+            rollups.rollups_refresh(now=NOW)
+        assert grid_kwh(today) == {site.name: pytest.approx(8.0)}
+        assert history_kwh(site, today) == pytest.approx(8.0)
+
+
+@pytest.mark.django_db
+def test_a_refresh_drops_the_stored_counters_with_their_site_s_beginning_of_today(
+    counting, metered, monkeypatch
+):
+    # given today's beginning stored for both sites, then a late reading of Bob's counter
+    today = date(2026, 11, 20)
+    counter = counting["counter"]
+    insert([(counter, t, 100 + n) for n, t in enumerate(day_so_far(today, NOW))])
+    insert([(metered["meter"], t, 0.25) for t in day_so_far(today, NOW)])
+    rollups.rollups_refresh(now=NOW)
+    assert set(stored_counters()) == {counter}
+    insert([(counter, datetime(2026, 11, 20, 8, 7, tzinfo=UTC), 132.5)])
+
+    # when a refresh rolls it up but has not stored today again
+    monkeypatch.setattr(rollups, "sites_today_refresh", lambda **kwargs: 0)
+    rollups.rollups_refresh(now=NOW)
+
+    # then Bob's counters went with his row; Alice's row stays
+    assert stored_counters() == {}
+    assert stored_today(counting["site"]) is None
+    assert stored_today(metered["site"]) is not None
+    assert grid_kwh(today)[counting["site"].name] == pytest.approx(
+        history_kwh(counting["site"], today)
+    )
+
+
+# Property: whatever arrives when (late, out of order, a counter reset), with refreshes at any
+# quarter-hour of today in between, the fleet's today equals the site history's computation and
+# every stored counter reading is the counter's last reading before its `through`.
+counter_reading = st.tuples(
+    st.integers(0, 4 * 13),  # quarter-hours since yesterday 23:00 UTC, up to NOW
+    st.sampled_from([0, 7, 14]),  # minutes into it
+    st.integers(0, 400),  # value / 4: ups and downs (resets)
+)
+arrivals = st.lists(
+    st.tuples(
+        st.lists(counter_reading, min_size=1, max_size=12),
+        st.lists(st.tuples(st.integers(0, 4 * 13), st.integers(0, 14)), max_size=6),  # meter
+        st.one_of(st.none(), st.integers(1, 4 * 12)),  # a refresh at that quarter-hour of today
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(arrivals=arrivals)
+def test_the_fleet_s_today_equals_the_direct_computation_whatever_arrives_when(
+    counting, metered, arrivals
+):
+    today = date(2026, 11, 20)
+    start = datetime(2026, 11, 19, 23, 0, tzinfo=UTC)
+    sites = (counting["site"], metered["site"])
+    with transaction.atomic():
+        for counters, meters, refresh_at in arrivals:
+            at = {start + timedelta(minutes=15 * q + m): v / 4 for q, m, v in counters}
+            insert([(counting["counter"], t, v) for t, v in at.items() if t < NOW])
+            times = {start + timedelta(minutes=15 * q + m) for q, m in meters}
+            insert([(metered["meter"], t, 0.25) for t in times if t < NOW])
+            if refresh_at is not None:
+                rollups.rollups_refresh(
+                    now=queries.local_midnight(today, LISBON) + timedelta(minutes=15 * refresh_at)
+                )
+                # (a later arrival may make one stale: its mark keeps the site's stored today
+                # out of use until the next refresh drops both)
+                for sensor_id, (through, last) in stored_counters().items():
+                    assert last == last_before(sensor_id, through)
+            for site in sites:
+                answer = today_answer(site, today, NOW)
+                kwh = answer[1] if answer else 0.0
+                assert kwh == pytest.approx(history_kwh(site, today), abs=1e-9)
+        transaction.set_rollback(True)
