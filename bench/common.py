@@ -104,6 +104,13 @@ def uvicorn_command(app: str, port: int, *options: str) -> list[str]:
     return [PYTHON, "-m", "uvicorn", app, *where, *options, *fixed, "--log-level", "warning"]
 
 
+def granian_command(app: str, port: int, *options: str) -> list[str]:
+    """Granian as the benchmarks run it: ASGI without lifespan events, uvloop, no access log."""
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    fixed = ["--interface", "asginl", "--loop", "uvloop", "--log-level", "warning"]
+    return [PYTHON, "-m", "granian", *where, *options, *fixed, app]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

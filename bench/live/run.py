@@ -27,6 +27,7 @@ from bench.common import collapsed_stacks, log
 from bench.live import common
 
 CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "relay"]
+# Also accepted: granian-core, granian-pubsub (Granian, a Rust ASGI server; +w2 as for Uvicorn).
 FULL_RATES = [
     250,
     500,
@@ -102,6 +103,9 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
         app = "bench.live.whatif_asgi:application"
     if server == "daphne":
         cmd = shared.daphne_command(app, port)
+    elif server == "granian":
+        workers = ["--workers", "2"] if "w2" in variants else []
+        cmd = shared.granian_command(app, port, *workers)
     elif server == "uvicorn":
         # +w2: two worker processes (one per core) behind one listening socket
         workers = ["--workers", "2"] if "w2" in variants else []
