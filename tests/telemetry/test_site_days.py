@@ -469,16 +469,16 @@ def test_a_later_beginning_of_today_stored_while_the_query_runs_is_not_taken_unc
 
     # when, after the query read the latest stored end (10:45, which bounds the marks it
     # reads), a refresh stores today up to 11:45 and then a late reading of 11:07 arrives
-    fetch = queries._fetch
+    fetch_each = queries._fetch_each
 
-    def refresh_in_between(sql, params):
-        rows = fetch(sql, params)
-        if "max(through)" in sql:
+    def refresh_in_between(statements):
+        results = fetch_each(statements)
+        if any("max(through)" in sql for sql, _ in statements):
             rollups.rollups_refresh(now=NOW)
             insert([(metered["meter"], datetime(2026, 11, 20, 11, 7, tzinfo=UTC), 1.0)])
-        return rows
+        return results
 
-    monkeypatch.setattr(queries, "_fetch", refresh_in_between)
+    monkeypatch.setattr(queries, "_fetch_each", refresh_in_between)
 
     # then the answer has the late reading: the beginning stored past the bound is not used
     assert grid_kwh(today) == {metered["site"].name: pytest.approx(13.0)}
