@@ -636,3 +636,22 @@ def test_the_fleet_s_today_equals_the_direct_computation_whatever_arrives_when(
                 kwh = answer[1] if answer else 0.0
                 assert kwh == pytest.approx(history_kwh(site, today), abs=1e-9)
         transaction.set_rollback(True)
+
+
+@pytest.mark.django_db
+def test_the_energy_plan_is_made_again_when_what_it_is_made_of_changes(metered):
+    # given the plan of every site, asked twice with nothing changed: the plan made first
+    site = metered["site"]
+    power = site.devices.get(uid="pi-a1").sensors.get(key="power_w").id
+    first = queries.energy_plan(site_ids=None)
+    assert queries.energy_plan(site_ids=None) is first
+    keys = queries.plan_keys(first, {site.id: site.timezone})
+    assert queries.plan_keys(first, {site.id: site.timezone}) is keys
+
+    # when a sensor's unit changes (its values are kW now)
+    Sensor.objects.filter(id=power).update(unit="kW")
+
+    # then the plan is made again, with the new factor and another key for the site
+    second = queries.energy_plan(site_ids=None)
+    assert (first.factors[power], second.factors[power]) == (1.0, 1000.0)
+    assert queries.plan_keys(second, {site.id: site.timezone})[site.id] != keys[site.id]
