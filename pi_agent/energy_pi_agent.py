@@ -637,6 +637,7 @@ class AgentStats:
     acked: int = 0  # queued rows the portal acknowledged, hence deleted
     dropped: int = 0  # queued rows the portal refused for good, hence deleted
     rejected_keys: int = 0  # values the portal refused inside acknowledged frames
+    same_instant: int = 0  # samples not kept: taken in the same millisecond as the one before
     connections: int = 0
     commands: int = 0  # commands executed (a repeated command id is answered, not re-run)
 
@@ -726,6 +727,7 @@ class Agent:
         self._in_flight: dict[str, _InFlight] = {}
         self._frame_budget = max_frame_bytes
         self._last_sent = 0.0
+        self._last_reading_ts = ""  # formatted time of the last reading kept
         self._pause_until = 0.0
         self._rate_delay = 0.0
         self._running_commands: set[str] = set()
@@ -817,7 +819,15 @@ class Agent:
         return mains, None if result is None else Sample(result.ts, clean_values(result.values))
 
     def _record_reading(self, sample: Sample) -> None:
-        row = self.queue.add(TELEMETRY, format_ts(sample.ts), sample.values)
+        ts = format_ts(sample.ts)
+        if ts <= self._last_reading_ts:
+            # After a stall the next tick comes at once, and can fall in the same millisecond:
+            # times go out in milliseconds, and a second reading of a sensor at the same instant
+            # is the same reading to the portal (it keeps one).
+            self.stats.same_instant += 1
+            return
+        self._last_reading_ts = ts
+        row = self.queue.add(TELEMETRY, ts, sample.values)
         self.stats.produced += 1
         self.produced.append(Reading(row.msg_id, row.ts, sample.values))
         self._wake.set()

@@ -331,13 +331,16 @@ SAMPLES_REMEMBERED = 1000
 def _samples(readings: list[Reading]) -> list[str | int]:
     """Script arguments: per sample (one instant of one device), its identity, its rows and
     their number."""
-    by_instant: dict[int, list[str]] = defaultdict(list)
+    by_instant: dict[int, dict[int, str]] = defaultdict(dict)
     for r in readings:
-        by_instant[_epoch_us(r.ts)].append(f"[{r.sensor.sensor_id},{_epoch_us(r.ts)},{r.value!r}]")
+        us = _epoch_us(r.ts)
+        # A sensor twice at one instant in one frame is one sample: the first is kept, as a
+        # resent sample is in a later frame (the table would keep one row either way).
+        by_instant[us].setdefault(r.sensor.sensor_id, f"[{r.sensor.sensor_id},{us},{r.value!r}]")
     args = []
     for us, rows in by_instant.items():
-        ids = ",".join(sorted(row[1 : row.index(",")] for row in rows))
-        args += [f"{us}:{ids}", ",".join(rows), len(rows)]
+        ids = ",".join(sorted(map(str, rows)))
+        args += [f"{us}:{ids}", ",".join(rows.values()), len(rows)]
     return args
 
 

@@ -27,6 +27,7 @@ from bench.common import collapsed_stacks, log
 from bench.live import common
 
 CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "relay"]
+WHATIFS = ("nolock", "nogc", "gcfreeze")  # patched in by bench/live/whatif_asgi.py
 # Also accepted: granian-core, granian-pubsub (Granian, a Rust ASGI server; +w2 as for Uvicorn).
 FULL_RATES = [
     250,
@@ -87,9 +88,10 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
         return cmd, common.portal_env()
     base, *variants = config.split("+")
     server, _, layer = base.partition("-")
-    if layer not in ("core", "pubsub") or not set(variants) <= {"pool", "nolock", "w2"}:
+    if layer not in ("core", "pubsub") or not set(variants) <= {"pool", *WHATIFS, "w2", "rt2"}:
         raise SystemExit(
-            f"unknown server config {config!r}; known: {', '.join(CONFIGS)} (+pool, +nolock, +w2)"
+            f"unknown server config {config!r}; known: {', '.join(CONFIGS)} "
+            f"(+pool, +w2, +{', +'.join(WHATIFS)})"
         )
     env = common.portal_env(channel_layer=layer)
     app = "energy_portal.asgi:application"
@@ -98,14 +100,16 @@ def server_command(config: str, port: int, uvicorn_ws: str) -> tuple[list[str], 
         # MaxConnectionsError; a larger pool (channel layer and the portal's own client alike,
         # both built from REDIS_URL) shows what that limit costs.
         env["REDIS_URL"] += ("&" if "?" in env["REDIS_URL"] else "?") + "max_connections=5000"
-    if "nolock" in variants:
-        env["BENCH_WHATIF"] = "nolock"
+    if patches := [variant for variant in variants if variant in WHATIFS]:
+        env["BENCH_WHATIF"] = ",".join(patches)
         app = "bench.live.whatif_asgi:application"
     if server == "daphne":
         cmd = shared.daphne_command(app, port)
     elif server == "granian":
         workers = ["--workers", "2"] if "w2" in variants else []
-        cmd = shared.granian_command(app, port, *workers)
+        # +rt2: two Rust runtime threads (socket I/O and framing) beside the Python thread
+        threads = ["--runtime-threads", "2"] if "rt2" in variants else []
+        cmd = shared.granian_command(app, port, *workers, *threads)
     elif server == "uvicorn":
         # +w2: two worker processes (one per core) behind one listening socket
         workers = ["--workers", "2"] if "w2" in variants else []

@@ -250,6 +250,28 @@ async def test_frame_resent_after_a_lost_ack_is_acked_again_but_buffered_once(al
     ]
 
 
+async def test_a_sample_twice_in_one_batch_is_buffered_once_and_its_resend_not_at_all(alice_home):
+    # A Pi whose clock gave two readings the same millisecond: one instant of one sensor is
+    # one sample, whether the copies come in one frame or in two.
+    ids = await sensor_ids(alice_home["device"])
+    ts, epoch_us = recent()
+    twice = {
+        "type": "telemetry",
+        "msg_id": "b1",
+        "batch": [
+            {"ts": ts, "values": {"power_w": 512.3, "voltage_v": 231}},
+            {"ts": ts, "values": {"power_w": 600.0, "voltage_v": 232}},
+        ],
+    }
+    async with device_socket(alice_home["token"]) as pi:
+        await assert_acked(pi, twice, accepted=4)
+        await assert_acked(pi, telemetry("m2", ts, power_w=512.3, voltage_v=231), accepted=2)
+
+    assert stream_rows() == [
+        ("socket", [[ids["power_w"], epoch_us, 512.3], [ids["voltage_v"], epoch_us, 231.0]])
+    ]
+
+
 async def test_batch_frame_is_acked_with_bad_entries_reported_by_index(alice_home):
     ids = await sensor_ids(alice_home["device"])
     ts0, us0 = recent(120)
