@@ -481,7 +481,9 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
     (see telemetry/queries.py: `_site_energy_by_day`). Runs at the end of `rollups_refresh`,
     under its lock, after the marks before `through` were processed: the rollups it reads are
     current, and a reading arriving later marks its quarter-hour, which makes queries ignore
-    the row until a refresh drops it (`_DROP_SITES_TODAY`). Returns the number of sites."""
+    the row until a refresh drops it (`_DROP_SITES_TODAY`). First, the stored days of a site
+    whose energy plan changed since the last refresh are marked to be computed again
+    (`_site_plans_follow`). Returns the number of sites."""
     sites = list(Site.objects.order_by("id").values_list("id", "timezone"))
     zones = dict(sites)
     by_zone: dict[str, list[int]] = defaultdict(list)
@@ -514,6 +516,9 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
     counter_params = {"through": through, "counters": [c[0] for c in counters],
                       "counter_sites": [c[1] for c in counters]}  # fmt: skip
     with transaction.atomic(), connection.cursor() as cursor:
+        if changed := _site_plans_follow(cursor, keys):
+            logger.info("sites made otherwise, stored days to compute again: %s", changed)
+            site_days_invalidate(site_ids=changed)
         cursor.execute("DELETE FROM rollup_site_today")
         cursor.execute("DELETE FROM rollup_counter_today")
         cursor.execute(
@@ -525,6 +530,26 @@ def sites_today_refresh(*, now: datetime, through: datetime) -> int:
         )
         cursor.execute(_STORE_COUNTERS_TODAY, counter_params)
     return len(rows)
+
+
+def _site_plans_follow(cursor, keys: dict[int, str]) -> list[int]:
+    """Store each site's plan key (`rollup_site_plan`) and return the sites whose key changed
+    since the last refresh: their time zone, sensors or the way one counts changed, so their
+    stored days may be stale. A site seen for the first time has nothing stored to compare."""
+    params = {"ids": list(keys), "keys": list(keys.values())}
+    cursor.execute(
+        "SELECT n.site_id FROM unnest(%(ids)s::bigint[], %(keys)s::text[]) AS n(site_id, key) "
+        "JOIN rollup_site_plan AS o USING (site_id) WHERE o.plan_key <> n.key ORDER BY 1",
+        params,
+    )
+    changed = [row[0] for row in cursor.fetchall()]
+    cursor.execute("DELETE FROM rollup_site_plan")
+    cursor.execute(
+        "INSERT INTO rollup_site_plan (site_id, plan_key) "
+        "SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[])",
+        params,
+    )
+    return changed
 
 
 def site_days_invalidate(*, site_ids: list[int] | None = None) -> int:

@@ -386,6 +386,43 @@ def test_a_clock_change_day_in_progress_equals_the_direct_computation(
 
 
 @pytest.mark.django_db
+def test_a_refresh_has_the_stored_days_of_a_site_made_otherwise_computed_again(metered, counting):
+    # given stored days of two sites, Alice's from her Pi's power alone
+    site = metered["site"]
+    power = site.devices.get(uid="pi-a1").sensors.get(key="power_w").id
+    insert([(power, t, 2000.0) for t in quarter_hours(date(2026, 11, 18), 1)])
+    insert([(counting["counter"], datetime(2026, 11, 18, h, tzinfo=UTC), h) for h in (1, 5)])
+    rollups.rollups_refresh(now=NOW)
+    assert SiteDay.objects.get(site=site).energy_kwh == pytest.approx(48.0)
+    bob = SiteDay.objects.get(site=counting["site"])
+
+    # when her power sensor's unit is changed behind the services' back (admin, shell): kW
+    Sensor.objects.filter(id=power).update(unit="kW")
+    rollups.rollups_refresh(now=NOW)
+
+    # then her stored days are computed at once, and stored again by the next refresh; Bob's
+    # are left as they were
+    assert grid_kwh(date(2026, 11, 18))[site.name] == pytest.approx(48_000.0)
+    rollups.rollups_refresh(now=NOW)
+    assert SiteDay.objects.get(site=site).energy_kwh == pytest.approx(48_000.0)
+    assert not SiteDayDirty.objects.exists()
+    assert SiteDay.objects.get(site=counting["site"]).computed_at == bob.computed_at
+
+
+@pytest.mark.django_db
+def test_a_refresh_marks_no_stored_day_when_no_site_changed(metered, counting):
+    insert([(metered["meter"], t, 0.25) for t in quarter_hours(date(2026, 11, 18), 1)])
+    rollups.rollups_refresh(now=NOW)
+    rollups.rollups_refresh(now=NOW)  # the first refresh had no keys to compare with
+    stored = {day.site_id: day.computed_at for day in SiteDay.objects.all()}
+
+    rollups.rollups_refresh(now=NOW + timedelta(minutes=1))
+
+    assert not SiteDayDirty.objects.exists()
+    assert {day.site_id: day.computed_at for day in SiteDay.objects.all()} == stored
+
+
+@pytest.mark.django_db
 def test_a_stored_beginning_of_today_is_ignored_once_the_site_is_made_otherwise(metered):
     # given today's beginning stored from Alice's Pi only (its power integrated)
     site = metered["site"]
