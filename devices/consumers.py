@@ -5,7 +5,6 @@ services; readings go straight to the ingest pipeline (hot path), never to the d
 """
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -122,6 +121,8 @@ class LeanDispatch:
       its last is handled (the socket's flow control still works).
 
     An exception in either side ends the consumer, as in Channels; StopConsumer ends it cleanly.
+    As in Channels, a message being handled is never interrupted by the other side's failure:
+    the consumer stops once it is handled (or at once, if it was only waiting for the socket).
     """
 
     async def __call__(self, scope, receive, send):
@@ -131,6 +132,7 @@ class LeanDispatch:
         turn = asyncio.Lock()
         main = asyncio.current_task()
         failure: list[BaseException] = []
+        handling = False  # the consumer's own task is handling a socket message
 
         async def from_layer():
             try:
@@ -139,10 +141,20 @@ class LeanDispatch:
                     async with turn:
                         await self.dispatch(message)
             except asyncio.CancelledError:
+                if not self_cancelled():
+                    failure.append(RuntimeError("the channel-layer listener was cancelled"))
+                    wake()
                 raise
             except BaseException as exc:  # handed to the consumer's own task, which stops
                 failure.append(exc)
-                main.cancel()
+                wake()
+
+        def self_cancelled() -> bool:
+            return side is not None and side.cancelling() > 0
+
+        def wake() -> None:
+            if not handling:
+                main.cancel()  # it waits for the socket (or the turn): stop waiting
 
         side = None
         if self.channel_layer is not None:
@@ -150,22 +162,31 @@ class LeanDispatch:
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             side = asyncio.create_task(from_layer())
         try:
-            while True:
+            while not failure:
                 message = await receive()
                 async with turn:
-                    await self.dispatch(message)
+                    handling = True
+                    try:
+                        await self.dispatch(message)
+                    finally:
+                        handling = False
         except StopConsumer:
             pass
         except asyncio.CancelledError:
-            if not failure:
+            # Woken by the other side's failure: that is not a cancellation of this task, unless
+            # someone else (the server) cancelled it too.
+            if not failure or main.uncancel() > 0:
                 raise
-            if not isinstance(failure[0], StopConsumer):
-                raise failure[0] from None
         finally:
-            if side is not None:
+            if side is not None and not side.done():
                 side.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await side
+                except asyncio.CancelledError:
+                    if main.cancelling():  # the server cancelled this task meanwhile
+                        raise
+        if failure and not isinstance(failure[0], StopConsumer):
+            raise failure[0]
 
     async def dispatch(self, message):
         handler = getattr(self, get_handler_name(message), None)

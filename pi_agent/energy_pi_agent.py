@@ -820,10 +820,11 @@ class Agent:
 
     def _record_reading(self, sample: Sample) -> None:
         ts = format_ts(sample.ts)
-        if ts <= self._last_reading_ts:
+        if ts == self._last_reading_ts:
             # After a stall the next tick comes at once, and can fall in the same millisecond:
             # times go out in milliseconds, and a second reading of a sensor at the same instant
-            # is the same reading to the portal (it keeps one).
+            # is the same reading to the portal (it keeps one). An earlier time (the clock was
+            # set back) is a reading of its own and is kept.
             self.stats.same_instant += 1
             return
         self._last_reading_ts = ts

@@ -149,7 +149,9 @@ def _point_messages(readings: list[Reading]) -> list[tuple[list[str], dict]]:
     devices: dict[int, SensorRef] = {}
     for reading in readings:
         devices[reading.sensor.device_id] = reading.sensor
-        by_device[reading.sensor.device_id][reading.ts][reading.sensor.key] = reading.value
+        # A sensor twice at one instant: the first value, the one buffered (see `_samples`).
+        instant = by_device[reading.sensor.device_id][reading.ts]
+        instant.setdefault(reading.sensor.key, reading.value)
     messages = []
     for device_id, points in by_device.items():
         sensor = devices[device_id]

@@ -250,9 +250,12 @@ async def test_frame_resent_after_a_lost_ack_is_acked_again_but_buffered_once(al
     ]
 
 
-async def test_a_sample_twice_in_one_batch_is_buffered_once_and_its_resend_not_at_all(alice_home):
+async def test_a_sample_twice_in_one_batch_is_buffered_once_and_its_resend_not_at_all(
+    alice_home, alice
+):
     # A Pi whose clock gave two readings the same millisecond: one instant of one sensor is
-    # one sample, whether the copies come in one frame or in two.
+    # one sample, whether the copies come in one frame or in two, and viewers see the value
+    # that is stored.
     ids = await sensor_ids(alice_home["device"])
     ts, epoch_us = recent()
     twice = {
@@ -263,10 +266,14 @@ async def test_a_sample_twice_in_one_batch_is_buffered_once_and_its_resend_not_a
             {"ts": ts, "values": {"power_w": 600.0, "voltage_v": 232}},
         ],
     }
-    async with device_socket(alice_home["token"]) as pi:
+    async with live_socket(alice) as browser, device_socket(alice_home["token"]) as pi:
         await assert_acked(pi, twice, accepted=4)
         await assert_acked(pi, telemetry("m2", ts, power_w=512.3, voltage_v=231), accepted=2)
+        live = await browser.receive_json_from()
+        while live["type"] != "readings":
+            live = await browser.receive_json_from()
 
+    assert [point["values"] for point in live["points"]] == [{"power_w": 512.3, "voltage_v": 231}]
     assert stream_rows() == [
         ("socket", [[ids["power_w"], epoch_us, 512.3], [ids["voltage_v"], epoch_us, 231.0]])
     ]

@@ -52,6 +52,14 @@ async def probe():
     await communicator.disconnect()
 
 
+async def connected() -> tuple[WebsocketCommunicator, Probe]:
+    """A probe for a test that ends it itself (no disconnect afterwards)."""
+    Probe.instances.clear()
+    communicator = WebsocketCommunicator(Probe.as_asgi(), "/probe/")
+    assert (await communicator.connect())[0]
+    return communicator, Probe.instances[-1]
+
+
 async def test_socket_and_layer_messages_are_both_handled(probe):
     communicator, consumer = probe
     await communicator.send_to(text_data="one")
@@ -92,23 +100,50 @@ async def test_socket_messages_are_handled_in_order_one_at_a_time(probe):
 
 
 async def test_an_error_in_a_layer_handler_ends_the_consumer_with_it():
-    Probe.instances.clear()
-    communicator = WebsocketCommunicator(Probe.as_asgi(), "/probe/")
-    assert (await communicator.connect())[0]
-    consumer = Probe.instances[-1]
+    communicator, consumer = await connected()
     await consumer.channel_layer.send(consumer.channel_name, {"type": "probe.fail"})
     with pytest.raises(RuntimeError, match="a channel-layer handler failed"):
         await communicator.wait(timeout=3)
 
 
+async def test_a_layer_failure_lets_the_socket_message_being_handled_finish_then_ends():
+    # given the channel layer's next receive fails while a slow socket message is handled
+    communicator, consumer = await connected()
+    broken = asyncio.Event()
+
+    async def failing_receive():
+        await broken.wait()
+        raise ConnectionError("the channel layer's Redis went away")
+
+    consumer.channel_receive = failing_receive  # taken by the listener's next receive
+    await consumer.channel_layer.send(consumer.channel_name, {"type": "probe.note", "text": "a"})
+    assert await communicator.receive_from() == "layer a"
+    await communicator.send_to(text_data="slow")
+    await asyncio.sleep(0.05)
+    broken.set()
+
+    # then the message is handled to its end, as in Channels, and the consumer ends with it
+    assert await communicator.receive_from() == "echo slow"
+    with pytest.raises(ConnectionError, match="went away"):
+        await communicator.wait(timeout=3)
+    assert consumer.log[-1] == "socket slow ends"
+    assert not asyncio.current_task().cancelling()
+
+
+async def test_a_layer_failure_while_waiting_for_the_socket_ends_the_consumer_at_once():
+    communicator, consumer = await connected()
+    await consumer.channel_layer.send(consumer.channel_name, {"type": "probe.fail"})
+    with pytest.raises(RuntimeError, match="a channel-layer handler failed"):
+        await communicator.wait(timeout=3)
+    assert communicator.future.done()
+
+
 async def test_stop_consumer_from_a_layer_handler_ends_the_consumer_cleanly():
-    Probe.instances.clear()
-    communicator = WebsocketCommunicator(Probe.as_asgi(), "/probe/")
-    assert (await communicator.connect())[0]
-    consumer = Probe.instances[-1]
+    communicator, consumer = await connected()
     await consumer.channel_layer.send(consumer.channel_name, {"type": "probe.stop"})
     await communicator.wait(timeout=3)
     assert communicator.future.done() and communicator.future.exception() is None
+    assert not communicator.future.cancelled()
 
 
 def _layer_listeners() -> list[asyncio.Task]:

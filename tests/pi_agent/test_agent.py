@@ -228,18 +228,21 @@ async def test_readings_are_sent_as_single_frames_and_leave_the_queue_when_acked
 
 def test_a_sample_in_the_same_millisecond_as_the_last_is_not_kept(tmp_path):
     # After a stall the next tick comes at once: two samples can share the millisecond that
-    # the readings' times are sent with, and the portal would see one instant twice.
+    # the readings' times are sent with, and the portal would see one instant twice. Samples
+    # after the clock was set back (five minutes here) are readings of their own: kept.
     agent = Agent("ws://127.0.0.1:9/ws/devices/", TOKEN, "pi-test", ManualSource(), tmp_path / "q")
     start = datetime(2026, 11, 24, 10, 0, 0, 250_000, tzinfo=UTC)
-    for offset_us in (0, 400, 999, 1_000, 1_000, 250_000):
+    for offset_us in (0, 400, 999, 1_000, 1_000, 250_000, -300_000_000, -299_990_000):
         agent._record_reading(Sample(start + timedelta(microseconds=offset_us), {"power_w": 1.0}))
 
     assert [reading.ts for reading in agent.produced] == [
         "2026-11-24T10:00:00.250Z",
         "2026-11-24T10:00:00.251Z",
         "2026-11-24T10:00:00.500Z",
+        "2026-11-24T09:55:00.250Z",
+        "2026-11-24T09:55:00.260Z",
     ]
-    assert (agent.stats.produced, agent.stats.same_instant, agent.queue_length()) == (3, 3, 3)
+    assert (agent.stats.produced, agent.stats.same_instant, agent.queue_length()) == (5, 3, 5)
     agent.close()
 
 
