@@ -11,6 +11,10 @@ import argparse
 import os
 import sys
 
+from django.core.exceptions import ImproperlyConfigured
+
+from energy_portal.environment import int_setting
+
 APPLICATION = "energy_portal.asgi:application"
 OPTIONS = [
     "--ws", "websockets-sansio",
@@ -24,8 +28,12 @@ OPTIONS = [
 def default_workers() -> int:
     """Server processes: WEB_CONCURRENCY, else one per core. One event loop runs Python on one
     core; bench/live measured two processes on two cores at 1.45x one's sustained rate."""
-    raw = os.environ.get("WEB_CONCURRENCY", "")
-    return int(raw) if raw.strip() else os.cpu_count() or 1
+    if not os.environ.get("WEB_CONCURRENCY", "").strip():
+        return os.cpu_count() or 1
+    workers = int_setting("WEB_CONCURRENCY", 1)
+    if workers < 1:
+        raise ImproperlyConfigured(f"WEB_CONCURRENCY must be at least 1, got {workers}")
+    return workers
 
 
 def command(
@@ -47,11 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=None, help="processes (default: WEB_CONCURRENCY or cores)"
     )
     options = parser.parse_args(argv)
+    try:
+        workers = options.workers or default_workers()
+    except ImproperlyConfigured as exc:
+        parser.error(str(exc))
     line = command(
         host=options.host,
         port=options.port,
         access_log=not options.no_access_log,
-        workers=options.workers,
+        workers=workers,
     )
     os.execv(line[0], line)  # noqa: S606 - a fixed argument list, no shell
 

@@ -51,7 +51,8 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-def _int(name: str, default: int) -> int:
+def int_setting(name: str, default: int) -> int:
+    """The whole number in environment variable `name` (`default` when unset), or a clear error."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -106,20 +107,20 @@ def load() -> Environment:
         allowed_hosts=_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
         csrf_trusted_origins=_list("DJANGO_CSRF_TRUSTED_ORIGINS", ""),
         database_url=database_url,
-        database_pool_size=_int("DATABASE_POOL_SIZE", 0),
+        database_pool_size=int_setting("DATABASE_POOL_SIZE", 0),
         redis_url=redis_url,
         data_dir=data_dir,
         embedded=embedded_used,
         time_zone=os.environ.get("ENERGY_PORTAL_TIME_ZONE", "UTC"),
         celery_eager=_flag("CELERY_TASK_ALWAYS_EAGER", False),
-        heartbeat_timeout_s=_int("DEVICE_HEARTBEAT_TIMEOUT", 60),
-        device_rate_per_s=_int("DEVICE_RATE_PER_S", 20),
-        device_rate_burst=_int("DEVICE_RATE_BURST", 100),
+        heartbeat_timeout_s=int_setting("DEVICE_HEARTBEAT_TIMEOUT", 60),
+        device_rate_per_s=int_setting("DEVICE_RATE_PER_S", 20),
+        device_rate_burst=int_setting("DEVICE_RATE_BURST", 100),
         channel_layer=_choice("CHANNEL_LAYER", "pubsub", {"core", "pubsub"}),
         timescale_chunk_interval=os.environ.get("TIMESCALE_CHUNK_INTERVAL", "1 day"),
         readings_compress_after=os.environ.get("READINGS_COMPRESS_AFTER", "7 days"),
         readings_retention=os.environ.get("READINGS_RETENTION", "730 days"),
-        beat_stale_after_s=_int("BEAT_STALE_AFTER", 180),
-        ingest_lag_limit_s=_int("INGEST_LAG_LIMIT", 300),
-        ingest_claim_idle_ms=_int("INGEST_CLAIM_IDLE_MS", 30_000),
+        beat_stale_after_s=int_setting("BEAT_STALE_AFTER", 180),
+        ingest_lag_limit_s=int_setting("INGEST_LAG_LIMIT", 300),
+        ingest_claim_idle_ms=int_setting("INGEST_CLAIM_IDLE_MS", 30_000),
     )

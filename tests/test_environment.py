@@ -4,13 +4,14 @@ Both DATABASE_URL and REDIS_URL are always set here, so `load()` never starts em
 """
 
 import importlib.util
+import os
 
 import pytest
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from energy_portal import environment
+from energy_portal import asgi_server, environment
 from energy_portal.settings import base
 
 VARIABLES = [
@@ -118,3 +119,22 @@ def test_database_sessions_run_without_jit():
     with connection.cursor() as cursor:
         cursor.execute("SHOW jit")
         assert cursor.fetchone()[0] == "off"
+
+
+def test_server_processes_come_from_web_concurrency_else_one_per_core(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert asgi_server.default_workers() == (os.cpu_count() or 1)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert asgi_server.default_workers() == 3
+    line = asgi_server.command(host="127.0.0.1", port=8000)
+    assert line[line.index("--workers") + 1] == "3"
+
+
+@pytest.mark.parametrize(("raw", "problem"), [("abc", "whole number"), ("0", "at least 1")])
+def test_a_bad_web_concurrency_is_refused_with_its_name(monkeypatch, capsys, raw, problem):
+    monkeypatch.setenv("WEB_CONCURRENCY", raw)
+    with pytest.raises(SystemExit):
+        asgi_server.main([])
+    assert "WEB_CONCURRENCY" in capsys.readouterr().err
+    with pytest.raises(ImproperlyConfigured, match=problem):
+        asgi_server.default_workers()
