@@ -388,6 +388,18 @@ class EnergyPlan:
     devices: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # -> (site, room)
     # plan_keys' answers by time zones of the sites asked (the plan is never changed once made)
     keys: dict[frozenset, dict[int, str]] = field(default_factory=dict, repr=False, compare=False)
+    _by_site: dict[int, list[tuple[int, str]]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def sensors_of_site(self) -> dict[int, list[tuple[int, str]]]:
+        """site id -> [(sensor id, mode)], in the plan's order; made once per plan."""
+        if self._by_site is None:
+            by_site: dict[int, list[tuple[int, str]]] = defaultdict(list)
+            for sensor_id, mode in self.modes.items():
+                by_site[self.devices[self.device_of[sensor_id]][0]].append((sensor_id, mode))
+            self._by_site = dict(by_site)  # replaced, not changed: other threads may read it
+        return self._by_site
 
 
 _PLAN_SQL = """
@@ -484,16 +496,30 @@ def energy_by_device(
     return _periods_as_instants(_fetch(sql, q.params))
 
 
+def _raw_quarter_hours(q: _Sql, ids: list[int], lo: datetime, hi: datetime) -> str:
+    """What `_quarter_hours` answers, straight from the readings: for a short [lo, hi) that
+    nothing rolled up covers yet, the rollups and marks would only be probed for nothing."""
+    return f"""
+        SELECT e.sensor_id, date_bin(interval '15 minutes', e.time, {ORIGIN_SQL}) AS bucket,
+               sum(e.value) AS sum, count(*) AS count, min(e.value) AS min,
+               max(e.value) AS max, (array_agg(e.value ORDER BY e.time DESC))[1] AS last
+        FROM energy_readings e
+        WHERE e.sensor_id = ANY({q.array(ids, "bigint")})
+          AND e.time >= {q.p(lo)} AND e.time < {q.p(hi)}
+        GROUP BY 1, 2"""
+
+
 def _energy_sql(
     q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str,
-    stored_last: bool,
+    stored_last: bool, raw: bool = False,
 ) -> str:  # fmt: skip
     """The statement of `energy_by_device`. `stored_last`: `lo` is the end of stored
     beginnings of today that are current (`rollup_site_today`), so a counter's last reading
     before it is taken from `rollup_counter_today` where it was stored for this `lo`, instead
-    of one probe of the readings per counter (250 at bench/query's fleet)."""
+    of one probe of the readings per counter (250 at bench/query's fleet). `raw`: the
+    quarter-hours are summed from the readings (`_raw_quarter_hours`)."""
     ids = list(plan.modes)
-    rows = _quarter_hours(q, ids, lo, hi)
+    rows = (_raw_quarter_hours if raw else _quarter_hours)(q, ids, lo, hi)
     lo_p = q.p(lo)
     modes = (
         f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
@@ -898,59 +924,35 @@ def _plan_where(plan: EnergyPlan, keep) -> EnergyPlan:
 
 
 def energy_by_device_from_rollups(
-    *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str, recent: bool = False
+    *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str
 ) -> list[tuple[datetime, int, str, float]]:
     """What `energy_by_device` answers, with the sensors whose values are energy per interval
     (meters, summing appliances) read from the largest rollups that nest in the hours or days
     of `tz`: a day of a meter is 24 hourly rows or one daily row instead of 96. Counters and
-    integrated power need their quarter-hours and take `energy_by_device`'s path. `recent`:
-    [lo, hi) holds data only in its first minutes (the rest of today), so quarter-hours alone
-    are read: one rollup level, half the statement's parts."""
+    integrated power need their quarter-hours and take `energy_by_device`'s path."""
     sums = [i for i, mode in plan.modes.items() if mode in SUM_MODES]
     rest = _plan_where(plan, lambda i: plan.modes[i] not in SUM_MODES)
     rows = list(energy_by_device(plan=rest, lo=lo, hi=hi, tz=tz, unit=unit)) if rest.modes else []
     if not sums:
         return rows
-    q = _Sql()
-    sql = _summed_energy_sql(q, plan=plan, sums=sums, lo=lo, hi=hi, tz=tz, unit=unit, recent=recent)
-    rows += _periods_as_instants(_fetch(sql, q.params))
-    return sorted(rows, key=lambda row: (row[0], row[1]))
-
-
-def _summed_energy_sql(
-    q: _Sql, *, plan: EnergyPlan, sums: list[int], lo: datetime, hi: datetime, tz: str,
-    unit: str, recent: bool,
-) -> str:  # fmt: skip
-    """The statement of `energy_by_device_from_rollups` for the sensors `sums`."""
     try:
-        source = (
-            "15m"
-            if recent
-            else _source_level("1h" if unit == "hour" else "1d", zoneinfo.ZoneInfo(tz), lo, hi)
-        )
+        source = _source_level("1h" if unit == "hour" else "1d", zoneinfo.ZoneInfo(tz), lo, hi)
     except RangeError:
         source = "15m"
+    q = _Sql()
     union = _union(q, sums, lo, hi, LEVELS[LEVELS.index(source) :])
-    rows_sql = f"SELECT u.sensor_id, u.bucket, u.sum FROM ({union}) u"
-    # The rest of today: planned with the sensors, its raw quarter-hours' guessed cost (250
-    # readings each) dwarfs the join's, and the planner took a nested loop comparing every row
-    # with every sensor as cheap (within 1 %) and quicker to start: 62,500 comparisons, 4 of
-    # 6 ms at 250 meters. Planned apart (MATERIALIZED), the few rows are hash-joined. Not for
-    # whole days: there the plain join is right, and storing a week of hours costs 30 %.
-    with_rows, rows_from = (
-        (f"WITH x AS MATERIALIZED ({rows_sql})", "x") if recent else ("", f"({rows_sql}) x")
-    )
-    sql = f"""{with_rows}
+    sql = f"""
         SELECT extract(epoch FROM date_trunc({q.p(unit)}, x.bucket, {q.p(tz)}))::bigint AS period,
                m.device_id, m.mode, sum(m.factor * x.sum)
-        FROM {rows_from}
+        FROM (SELECT u.sensor_id, u.bucket, u.sum FROM ({union}) u) x
         JOIN unnest({q.array(sums, "bigint")}, {q.array([plan.modes[i] for i in sums], "text")},
                     {q.array([plan.factors[i] for i in sums], "float8")},
                     {q.array([plan.device_of[i] for i in sums], "bigint")})
              AS m(sensor_id, mode, factor, device_id)
           ON m.sensor_id = x.sensor_id
         GROUP BY 1, 2, 3"""
-    return sql
+    rows += _periods_as_instants(_fetch(sql, q.params))
+    return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
 def _most_energy_first(row: dict) -> tuple:
@@ -998,13 +1000,13 @@ def _zone_energy_by_day(
             source = "meter" if mode == "meter" else "devices"
             days[plan.devices[device_id][0], local_day[start]][source] += kwh
 
-    summed = _plan_where(plan, lambda i: plan.modes[i] in SUM_MODES and site_of(i) in site_ids)
     if since is not None:
         _add_rest_of_today(
-            add, plan=plan, summed=summed, site_ids=site_ids, day=period.first, metered=metered,
-            lo=lo, hi=hi, zone=zone,
+            add, plan=plan, site_ids=site_ids, day=period.first, metered=metered, lo=lo, hi=hi,
+            zone=zone, now=now,
         )  # fmt: skip
         return days
+    summed = _plan_where(plan, lambda i: plan.modes[i] in SUM_MODES and site_of(i) in site_ids)
     if summed.modes:
         add(energy_by_device_from_rollups(plan=summed, lo=lo, hi=hi, tz=zone, unit="day"))
     until = min(period.end, now.astimezone(tz).date() + timedelta(days=1))
@@ -1030,45 +1032,39 @@ def _zone_energy_by_day(
     return days
 
 
+# The rest of today is summed straight from the readings while it is this short. The readings
+# are the truth; rollups after a stored end of today exist only while a refresh that stores a
+# later end runs, so the rollups and marks were probed for nothing (2 of 9 ms at 50M readings).
+# Longer, the refresh has fallen behind (a catch-up over several runs stores no beginnings of
+# today), and the rollups it made are worth reading.
+RAW_REST_MAX = timedelta(hours=1)
+
+
 def _add_rest_of_today(
-    add, *, plan: EnergyPlan, summed: EnergyPlan, site_ids: set[int], day: date,
-    metered: frozenset[tuple[int, date]], lo: datetime, hi: datetime, zone: str,
+    add, *, plan: EnergyPlan, site_ids: set[int], day: date,
+    metered: frozenset[tuple[int, date]], lo: datetime, hi: datetime, zone: str, now: datetime,
 ) -> None:  # fmt: skip
     """`add` the energy of the sites' `day` in [lo, hi), after stored beginnings that are
-    current: the meters (quarter-hours only) and the devices of the sites whose meter has no
-    data in the beginning, two statements in one round trip. (A site whose meter starts in
-    [lo, hi) has its devices read too, for nothing: its day is the meter's, see _day_energy.)"""
-
-    def site_of(sensor_id: int) -> int:
-        return plan.devices[plan.device_of[sensor_id]][0]
-
-    counted = _plan_where(
-        plan,
-        lambda i: (
-            plan.modes[i] not in SUM_MODES
-            and site_of(i) in site_ids
-            and (site_of(i), day) not in metered
-        ),
-    )
-    statements, sorts = [], []
-    if summed.modes:
-        q = _Sql("m")
-        sql = _summed_energy_sql(
-            q, plan=summed, sums=list(summed.modes), lo=lo, hi=hi, tz=zone, unit="day",
-            recent=True,
-        )  # fmt: skip
-        statements.append((sql, q.params))
-        sorts.append(True)  # as energy_by_device_from_rollups returns them
-    if counted.modes:
-        q = _Sql("c")
-        sql = _energy_sql(q, plan=counted, lo=lo, hi=hi, tz=zone, unit="day", stored_last=True)
-        statements.append((sql, q.params))
-        sorts.append(False)
-    if not statements:
+    current, in one statement: the meters (and summing appliances) of every site, and the
+    devices of the sites whose meter has no data in the beginning. (A site whose meter starts
+    in [lo, hi) has its devices read too, for nothing: its day is the meter's, see
+    _day_energy.)"""
+    sensors = [
+        sensor_id
+        for site_id in site_ids
+        for sensor_id, mode in plan.sensors_of_site().get(site_id, ())
+        if mode in SUM_MODES or (site_id, day) not in metered
+    ]
+    if not sensors:
         return
-    for rows, sort in zip(_fetch_each(statements), sorts, strict=True):
-        rows = _periods_as_instants(rows)
-        add(sorted(rows, key=lambda row: (row[0], row[1])) if sort else rows)
+    rest = EnergyPlan(modes={i: plan.modes[i] for i in sensors}, factors=plan.factors,
+                      device_of=plan.device_of, devices=plan.devices)  # fmt: skip
+    q = _Sql()
+    sql = _energy_sql(
+        q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day", stored_last=True,
+        raw=now - lo <= RAW_REST_MAX,
+    )  # fmt: skip
+    add(_periods_as_instants(_fetch(sql, q.params)))
 
 
 def _day_energy(by_source: dict[str, float]) -> tuple[str, float]:

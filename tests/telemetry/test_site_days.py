@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from devices import services as device_services
 from devices.models import Sensor, Site
@@ -460,39 +461,41 @@ def test_a_query_between_a_refresh_s_batches_and_its_end_never_sees_a_stale_toda
 
 
 @pytest.mark.django_db
-def test_the_rest_of_today_read_as_quarter_hours_equals_the_plain_reading(metered, counting):
-    # given today so far, rolled up at 11:00, and readings since then waiting in the marks
+def test_the_rest_of_today_from_the_readings_equals_the_rollups_even_mid_refresh(
+    metered, counting, powered, monkeypatch
+):
+    # given today so far with its beginning stored up to 10:45 UTC (a refresh at 11:00), then
+    # a refresh that rolled up the next hour but has not stored a later beginning (mid-run)
     today = date(2026, 11, 20)
-    refreshed = datetime(2026, 11, 20, 11, 0, tzinfo=UTC)
     times = day_so_far(today, NOW)
     insert(
         [(metered["meter"], t + timedelta(minutes=3), 0.25 + n / 100) for n, t in enumerate(times)]
     )
-    insert([(counting["counter"], t + timedelta(minutes=7), 100 + n * 0.3)
-            for n, t in enumerate(times)])  # fmt: skip
-    rollups.rollups_refresh(now=refreshed)
-    plan = queries.energy_plan(site_ids=[metered["site"].id, counting["site"].id])
-    lo = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # rolled-up quarter-hours and marked ones
-    hi = queries.local_midnight(today + timedelta(days=1), LISBON)
+    insert([(counting["counter"], t + timedelta(minutes=m), 100 + n * 0.3 + m / 100)
+            for n, t in enumerate(times) for m in (2, 9)])  # fmt: skip
+    insert([(powered["power"], t + timedelta(minutes=m), 400.0 + 10 * n + m)
+            for n, t in enumerate(times) for m in (0, 5, 10)])  # fmt: skip
+    rollups.rollups_refresh(now=datetime(2026, 11, 20, 11, 0, tzinfo=UTC))
+    with monkeypatch.context() as patched:
+        patched.setattr(rollups, "sites_today_refresh", lambda **kwargs: 0)
+        rollups.rollups_refresh(now=NOW)
+    sites = (metered["site"], counting["site"], powered["site"])
+    assert {stored_today(site)[1] for site in sites} == {datetime(2026, 11, 20, 10, 45, tzinfo=UTC)}
 
-    # when the rest of today is read as quarter-hours (the fleet view's today) and plainly
-    rows = {
-        recent: queries.energy_by_device_from_rollups(
-            plan=plan, lo=lo, hi=hi, tz=LISBON.key, unit="day", recent=recent
-        )
-        for recent in (True, False)
-    }
+    # when the fleet's today sums what came after it from the readings, and from the rollups
+    answers, statements = {}, {}
+    for limit in (timedelta(hours=2), timedelta(0)):
+        monkeypatch.setattr(queries, "RAW_REST_MAX", limit)
+        with CaptureQueriesContext(connection) as captured:
+            answers[limit] = grid_kwh(today)
+        statements[limit] = captured[-1]["sql"]
 
-    # then both have the same day, an aware UTC instant, and the same energy per device
-    direct = queries.energy_by_device(plan=plan, lo=lo, hi=hi, tz=LISBON.key, unit="day")
-    assert len(rows[True]) == 2
-    for answer in (rows[False], direct):
-        assert [row[:3] for row in rows[True]] == [row[:3] for row in answer]
-        assert [row[3] for row in rows[True]] == pytest.approx([row[3] for row in answer])
-    assert {row[0] for row in rows[True]} == {queries.local_midnight(today, LISBON)}
-    assert all(row[0].tzinfo is UTC for row in rows[True])
-    meter_row = next(row for row in rows[True] if row[2] == "meter")
-    assert meter_row[3] == pytest.approx(sum(0.25 + n / 100 for n in range(40, len(times))))
+    # then it took each path, and both equal the direct computation
+    assert "rollup_15m" not in statements[timedelta(hours=2)]
+    assert "rollup_15m" in statements[timedelta(0)]
+    expected = {site.name: pytest.approx(history_kwh(site, today)) for site in sites}
+    assert answers[timedelta(hours=2)] == expected
+    assert answers[timedelta(0)] == expected
 
 
 @pytest.mark.django_db
