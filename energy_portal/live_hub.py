@@ -7,7 +7,10 @@ message and socket, no re-encoding.
 
 - A socket joins only the groups `devices.selectors.live_groups` allows it; the hub knows nothing
   of users.
-- Each socket has a bounded `Outbox`. A socket that falls `OUTBOX_LIMIT` messages behind (a
+- Each socket has a bounded `Outbox`. Messages that wait for a socket together leave as one
+  frame, a JSON array of them in order (at most `BATCH_MAX`): under load a socket's frames grow
+  rather than multiply, and a socket that keeps up gets every message as a frame of its own.
+- A socket that falls `OUTBOX_LIMIT` messages behind (a
   browser that stopped reading, a link too slow for its feed) stops getting messages and is
   closed by its consumer; the browser reconnects and starts afresh. Memory per socket is bounded
   by the outbox and by the server's own write buffer (Uvicorn stops writing past its high-water
@@ -38,6 +41,7 @@ from energy_portal.realtime import live_channel
 logger = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 500
+BATCH_MAX = 100  # messages in one frame to a socket
 SUBSCRIBE_TIMEOUT_S = 5.0
 RECONNECT_MAX_S = 5.0
 # No byte from Redis for this long: ask (PING); for twice as long: the connection is dead.
@@ -76,11 +80,15 @@ class Outbox:
         return not self.overflowed
 
     async def drain(self, send: Callable[[str], Awaitable[None]]) -> None:
-        """Send what is queued, in order, as it comes, until the box overflows."""
+        """Send what is queued, in order, as it comes, until the box overflows: a message alone
+        as it is, several waiting as one JSON array of up to `BATCH_MAX` of them."""
         texts = self._texts
         loop = asyncio.get_running_loop()
         while not self.overflowed:
-            if texts:
+            if len(texts) > 1 and BATCH_MAX > 1:
+                batch = [texts.popleft() for _ in range(min(len(texts), BATCH_MAX))]
+                await send("[" + ",".join(batch) + "]")
+            elif texts:
                 await send(texts.popleft())
             else:
                 self._wakeup = loop.create_future()

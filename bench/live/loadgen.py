@@ -349,6 +349,14 @@ class Fleet:
         except ValueError:
             self.window.errors["bad_json_from_server"] += 1
             return
+        if isinstance(frame, list):  # the portal's messages that waited together
+            self.window.other["viewer:batched_frames"] += 1
+            for message in frame:
+                self._on_viewer_message(message, now)
+        else:
+            self._on_viewer_message(frame, now)
+
+    def _on_viewer_message(self, frame: dict, now: float) -> None:
         if frame.get("type") != "readings":
             self.window.other[f"viewer:{frame.get('type')}"] += 1
             return

@@ -27,7 +27,7 @@ from bench.common import collapsed_stacks, log
 from bench.live import common
 
 CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "relay"]
-WHATIFS = ("nolock", "nogc", "gcfreeze")  # patched in by bench/live/whatif_asgi.py
+WHATIFS = ("nolock", "nogc", "gcfreeze", "nobatch")  # patched in by bench/live/whatif_asgi.py
 # Also accepted: granian-core, granian-pubsub (Granian, a Rust ASGI server; +w2 as for Uvicorn).
 FULL_RATES = [
     250,

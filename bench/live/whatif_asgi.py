@@ -8,6 +8,9 @@ handles concurrency). Only the benchmark's server process is patched; the portal
 
 `nogc`: the cyclic garbage collector off (after freezing the start-up heap); `gcfreeze`: start-up
 heap frozen and young collections ten times rarer.
+
+`nobatch`: every live message its own frame to a browser, as before messages that wait for a
+socket together left as one (`energy_portal.live_hub.BATCH_MAX` = 1).
 """
 
 import gc
@@ -39,7 +42,18 @@ def _gc_frozen() -> None:
     gc.set_threshold(7000, 10, 10)
 
 
-PATCHES = {"nolock": _publish_without_lock, "nogc": _no_gc, "gcfreeze": _gc_frozen}
+def _no_batch() -> None:
+    from energy_portal import live_hub
+
+    live_hub.BATCH_MAX = 1
+
+
+PATCHES = {
+    "nolock": _publish_without_lock,
+    "nogc": _no_gc,
+    "gcfreeze": _gc_frozen,
+    "nobatch": _no_batch,
+}
 for name in filter(None, os.environ.get("BENCH_WHATIF", "").split(",")):
     PATCHES[name]()
 __all__ = ["application"]

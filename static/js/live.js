@@ -143,9 +143,12 @@
       setIndicator("live", "live");
     };
     socket.onmessage = (event) => {
-      const msg = JSON.parse(event.data);
-      const handler = handlers[msg.type];
-      if (handler) handler(msg);
+      // One message, or several in order as an array (sent so when they waited together).
+      const data = JSON.parse(event.data);
+      (Array.isArray(data) ? data : [data]).forEach((msg) => {
+        const handler = handlers[msg.type];
+        if (handler) handler(msg);
+      });
     };
     socket.onclose = () => {
       // Reconnect by itself (server restarts, network blips) with capped, jittered backoff.

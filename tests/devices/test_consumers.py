@@ -4,6 +4,7 @@ the project's ASGI application with the Redis channel layer, PostgreSQL and the 
 import asyncio
 import json
 import uuid
+from collections import deque
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -108,13 +109,34 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
+class LiveFeed(WebsocketCommunicator):
+    """A browser's live socket, read message by message: a frame holding several (a JSON array,
+    as the server sends those that waited together) gives them one at a time. `frames` counts
+    the frames received."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: deque = deque()
+        self.frames = 0
+
+    async def receive_json_from(self, timeout=1):
+        if not self.pending:
+            frame = await super().receive_json_from(timeout)
+            self.frames += 1
+            self.pending.extend(frame if isinstance(frame, list) else [frame])
+        return self.pending.popleft()
+
+    async def receive_nothing(self, timeout=0.1, interval=0.01):
+        return not self.pending and await super().receive_nothing(timeout, interval)
+
+
 def live_communicator(
     cookie: str | None, *, origin: bytes = b"http://127.0.0.1", query: str = ""
-) -> WebsocketCommunicator:
+) -> LiveFeed:
     headers = [(b"origin", origin)]
     if cookie is not None:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    return WebsocketCommunicator(application, f"/ws/live/{query}", headers=headers)
+    return LiveFeed(application, f"/ws/live/{query}", headers=headers)
 
 
 @asynccontextmanager

@@ -239,6 +239,53 @@ async def test_a_viewer_that_falls_behind_is_closed_and_gets_nothing_more(
     assert (watched_before, watched_after) == ([site], [])
 
 
+async def test_messages_that_wait_for_a_socket_together_leave_as_one_frame_in_order(
+    alice_home, alice, monkeypatch
+):
+    # given a browser whose socket is busy with a first message until three more have come
+    monkeypatch.setattr(live_hub, "BATCH_MAX", 2)
+    site = site_group(alice_home["site"].id)
+    sent: list[str] = []
+    busy, release = asyncio.Event(), asyncio.Event()
+    consumer = []
+    plain_send = consumers.LiveConsumer._send_text
+
+    async def send_busy_once(self, text):
+        if not sent:
+            consumer.append(self)
+            busy.set()
+            await release.wait()
+        sent.append(text)
+        await plain_send(self, text)
+
+    monkeypatch.setattr(consumers.LiveConsumer, "_send_text", send_busy_once)
+
+    async with live_socket(alice) as browser:
+        publish_to(site, {"type": "x", "n": 0})
+        await asyncio.wait_for(busy.wait(), 5)
+        # when three more come meanwhile, then a fifth once it has caught up
+        for n in range(1, 4):
+            publish_to(site, {"type": "x", "n": n})
+        async with asyncio.timeout(5):
+            while len(consumer[0].outbox._texts) < 3:
+                await asyncio.sleep(0.01)
+        release.set()
+        first_four = [await browser.receive_json_from(timeout=5) for _ in range(4)]
+        publish_to(site, {"type": "x", "n": 4})
+        fifth = await browser.receive_json_from(timeout=5)
+
+    # then the three that waited together left as frames of at most two, in order, and a
+    # message that waits alone leaves as it is
+    assert [m["n"] for m in [*first_four, fifth]] == [0, 1, 2, 3, 4]
+    assert [json.loads(text) for text in sent] == [
+        {"type": "x", "n": 0},
+        [{"type": "x", "n": 1}, {"type": "x", "n": 2}],
+        {"type": "x", "n": 3},
+        {"type": "x", "n": 4},
+    ]
+    assert browser.frames == 4
+
+
 async def test_the_hub_resubscribes_after_losing_its_redis_connection(alice_home, alice, caplog):
     site = site_group(alice_home["site"].id)
 

@@ -3,7 +3,7 @@ shows up on its resident's page, and the page reconnects by itself after the ser
 
 import json
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,9 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client
 
+from devices.groups import site_group
+from energy_portal import realtime
+from energy_portal.redis_client import sync_client
 from tests.e2e import servers
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -25,8 +28,12 @@ def _device_socket(server: servers.Server, token: str):
     return connect(f"{server.ws}/ws/devices/", additional_headers=headers, open_timeout=10)
 
 
+def _iso(instant: datetime) -> str:
+    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _send_reading(ws, values: dict, msg_id: str) -> dict:
-    ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = _iso(datetime.now(UTC))
     ws.send(json.dumps({"type": "telemetry", "msg_id": msg_id, "ts": ts, "values": values}))
     return json.loads(ws.recv(timeout=10))
 
@@ -86,6 +93,18 @@ def test_a_devices_reading_appears_live_on_its_residents_dashboard(
             with _device_socket(server, alice_home["token"]) as pi:
                 _send_reading(pi, {"power_w": 87.0}, "m2")
                 expect(power).to_have_text("87.0")
+
+            # when messages that waited together come as one frame (a JSON array, in order)
+            def readings(ts: str, watts: float) -> dict:
+                return {"type": "readings", "device": "pi-a1", "site": alice_home["site"].id,
+                        "points": [{"ts": ts, "values": {"power_w": watts}}]}  # fmt: skip
+
+            channel = realtime.live_channel(site_group(alice_home["site"].id))
+            now = datetime.now(UTC)
+            frame = [readings(_iso(now - timedelta(seconds=1)), 55.0), readings(_iso(now), 66.0)]
+            sync_client().publish(channel, json.dumps(frame))
+            # then each is shown in turn: the page ends on the later one
+            expect(power).to_have_text("66.0")
             context.close()
         finally:
             servers.stop(server)

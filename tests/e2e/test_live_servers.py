@@ -67,6 +67,16 @@ async def receive_json(ws: ClientConnection, timeout: float = 5) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def live_messages(ws: ClientConnection, count: int, timeout: float = 5) -> list[dict]:
+    """The next `count` messages of a browser's live socket; a frame may hold several (a JSON
+    array, as the server sends those that waited together)."""
+    messages: list[dict] = []
+    while len(messages) < count:
+        frame = await receive_json(ws, timeout)
+        messages.extend(frame if isinstance(frame, list) else [frame])
+    return messages
+
+
 async def send_json(ws: ClientConnection, frame: dict) -> None:
     await ws.send(json.dumps(frame))
 
@@ -181,7 +191,7 @@ async def test_dashboard_on_one_server_gets_readings_from_a_device_on_another(
         async with pi(server_a, alice_home["token"]) as socket:
             await send_json(socket, telemetry("m1", ts, power_w=512.3))
             ack = await receive_json(socket)
-        seen = [await receive_json(browser) for _ in range(3)]
+        seen = await live_messages(browser, 3)
 
     assert ack["accepted"] == 1
     assert [(m["type"], m["device"], m.get("online")) for m in seen] == [
