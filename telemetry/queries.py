@@ -415,37 +415,72 @@ def energy_plan(*, site_ids: list[int] | None) -> EnergyPlan:
     """The plan of the given sites; None: of every site (no id list to send). One statement
     in plain SQL: through the ORM, building the query and its 1,000 rows took 3 ms of the
     fleet view."""
-    return _plan_of(_fetch(*_plan_sql(site_ids=site_ids)))
+    return _plan_of(_fetch(*_plan_sql(site_ids=site_ids, digested=True)))
 
 
-def _plan_sql(*, site_ids: list[int] | None) -> tuple[str, dict]:
+def _plan_sql(*, site_ids: list[int] | None, digested: bool) -> tuple[str, dict]:
+    """`_PLAN_SQL`'s rows each with their digest last (`_with_digest`), or only that digest."""
     # Whether a device is an appliance polled for energy per interval, in the same statement.
     sql = _PLAN_SQL.format(
         polled=PolledAppliance._meta.db_table,
         sensor=Sensor._meta.db_table,
         device=Device._meta.db_table,
     )
-    return sql, {"all": site_ids is None, "ids": array_literal(site_ids or [])}
+    params = {"all": site_ids is None, "ids": array_literal(site_ids or [])}
+    return (_with_digest(sql) if digested else _digest(sql)), params
 
 
-# The last plan made, with the rows it was made from: the fleet view reads the same 1,000 rows on
-# every call, and making the plan and its keys from them took 1.5 ms of its time.
-_LAST_PLAN: dict[str, tuple[tuple, "EnergyPlan"]] = {}
+# A digest of a statement's rows, the same whichever way it is asked: alone, or with every row
+# (each with the digest last). The statement orders its rows; should PostgreSQL ever aggregate
+# them in another order, the digests differ and the rows are read again: slower, never wrong.
+# (Ordering by the rows' text inside the aggregate cost 1 ms of the fleet view.)
+_DIGEST = "md5(string_agg(t::text, '|'))"
+_DIGEST_OVER = "md5(string_agg(t::text, '|') OVER ())"
+
+
+def _digest(sql: str) -> str:
+    return f"SELECT {_DIGEST} FROM ({sql}) t"
+
+
+def _with_digest(sql: str) -> str:
+    return f"SELECT t.*, {_DIGEST_OVER} FROM ({sql}) t"
+
+
+# What was last made from rows that are read again and again (the energy plan of every site,
+# the grid), by name: (digest of the rows, what was made). The fleet view asks only the rows'
+# digest and reads the rows when it changed: fetching and comparing the plan's 1,000 rows and the
+# grid's 500 took 2.5 ms of its time, making the plan and its keys from them 1.5 ms.
+_MADE: dict[str, tuple[str | None, object]] = {}
+
+
+def _made_from(name: str, digest: str | None, rows_sql: tuple[str, dict], make):
+    """What `make(rows)` gives for the rows of `rows_sql` (`_with_digest`), made again only
+    when `digest` (read before, maybe in another snapshot) is not the last rows'. The result
+    is kept under the digest of the rows it was made from, read with them."""
+    last = _MADE.get(name)
+    if last is not None and digest is not None and last[0] == digest:
+        return last[1]
+    rows = _fetch(*rows_sql)
+    return _made(name, rows, make)
+
+
+def _made(name: str, rows: list[tuple], make):
+    digest = rows[0][-1] if rows else None
+    last = _MADE.get(name)
+    if last is not None and rows and last[0] == digest:
+        return last[1]
+    value = make([row[:-1] for row in rows])
+    _MADE[name] = (digest, value)  # replaced, not changed: other threads may be reading it
+    return value
 
 
 def _plan_of(sensors: list[tuple]) -> EnergyPlan:
-    """The plan from the rows of `_PLAN_SQL`; the last one made when the rows are the same
-    (every input of the plan is in them)."""
-    rows = tuple(sensors)
-    last = _LAST_PLAN.get("plan")
-    if last is not None and last[0] == rows:
-        return last[1]
-    plan = _plan_made(rows)
-    _LAST_PLAN["plan"] = (rows, plan)
-    return plan
+    """The plan from the rows of `_plan_sql(digested=True)`; the last one made when the rows
+    are the same (every input of the plan is in them)."""
+    return _made("plan", sensors, _plan_made)
 
 
-def _plan_made(sensors: tuple) -> EnergyPlan:
+def _plan_made(sensors: list[tuple]) -> EnergyPlan:
     plan = EnergyPlan()
     with_energy = {row[3] for row in sensors if row[1] == SensorKind.ENERGY}
     for sensor_id, kind, unit, device_id, device_kind, site_id, room_id, polled in sensors:
@@ -496,30 +531,16 @@ def energy_by_device(
     return _periods_as_instants(_fetch(sql, q.params))
 
 
-def _raw_quarter_hours(q: _Sql, ids: list[int], lo: datetime, hi: datetime) -> str:
-    """What `_quarter_hours` answers, straight from the readings: for a short [lo, hi) that
-    nothing rolled up covers yet, the rollups and marks would only be probed for nothing."""
-    return f"""
-        SELECT e.sensor_id, date_bin(interval '15 minutes', e.time, {ORIGIN_SQL}) AS bucket,
-               sum(e.value) AS sum, count(*) AS count, min(e.value) AS min,
-               max(e.value) AS max, (array_agg(e.value ORDER BY e.time DESC))[1] AS last
-        FROM energy_readings e
-        WHERE e.sensor_id = ANY({q.array(ids, "bigint")})
-          AND e.time >= {q.p(lo)} AND e.time < {q.p(hi)}
-        GROUP BY 1, 2"""
-
-
 def _energy_sql(
     q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str,
-    stored_last: bool, raw: bool = False,
+    stored_last: bool,
 ) -> str:  # fmt: skip
     """The statement of `energy_by_device`. `stored_last`: `lo` is the end of stored
     beginnings of today that are current (`rollup_site_today`), so a counter's last reading
     before it is taken from `rollup_counter_today` where it was stored for this `lo`, instead
-    of one probe of the readings per counter (250 at bench/query's fleet). `raw`: the
-    quarter-hours are summed from the readings (`_raw_quarter_hours`)."""
+    of one probe of the readings per counter (250 at bench/query's fleet)."""
     ids = list(plan.modes)
-    rows = (_raw_quarter_hours if raw else _quarter_hours)(q, ids, lo, hi)
+    rows = _quarter_hours(q, ids, lo, hi)
     lo_p = q.p(lo)
     modes = (
         f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
@@ -534,7 +555,7 @@ def _energy_sql(
         LEFT JOIN rollup_counter_today c ON c.sensor_id = m.sensor_id AND c.through = {lo_p}"""
     else:
         modes = f"SELECT m.*, false AS stored, NULL::float8 AS stored_last FROM ({modes}) m"
-    sql = f"""
+    return f"""
     WITH m AS ({modes}),
     x AS (
         SELECT x.*, m.mode, m.factor, m.device_id,
@@ -546,14 +567,58 @@ def _energy_sql(
                                    ORDER BY e.time DESC LIMIT 1) END) AS prev
         FROM ({rows}) x JOIN m ON m.sensor_id = x.sensor_id
     )
-    SELECT extract(epoch FROM date_trunc({q.p(unit)}, bucket, {q.p(tz)}))::bigint AS period,
+    {_ENERGY_OF_QUARTERS.format(unit=q.p(unit), tz=q.p(tz))}"""
+
+
+# The energy per period, device and mode of the quarter-hours `x` (sensor_id, bucket, sum, count,
+# min, max, last, mode, factor, device_id, prev: the sensor's reading before the quarter-hour).
+_ENERGY_OF_QUARTERS = """
+    SELECT extract(epoch FROM date_trunc({unit}, bucket, {tz}))::bigint AS period,
            device_id, mode, sum(factor * CASE mode
                WHEN 'counter' THEN CASE WHEN prev IS NOT NULL AND last >= prev THEN last - prev
                                         ELSE last - min END
                WHEN 'power' THEN sum / count / 4000.0
                ELSE sum END)
     FROM x GROUP BY 1, 2, 3 ORDER BY 1, 2"""
-    return sql
+
+
+def _recent_energy_sql(
+    q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str
+) -> str:
+    """What `_energy_sql(stored_last=True)` answers, with the quarter-hours summed straight from
+    the readings: for a short [lo, hi) after a stored end of today, which nothing rolled up
+    covers as a rule (the rollups and marks would be probed for nothing). The readings are read
+    by time (the BRIN index), the plan's sensors picked among them by a JSON object of their
+    mode, factor and device: by sensor, the planner cannot know how few readings a recent range
+    holds (it guessed 1 row at 50M readings), and joined with the sensors afterwards it compared
+    every row with every sensor (250,000 comparisons, 42 ms)."""
+    sensors = (
+        "{" + ",".join(f'"{i}":["{plan.modes[i]}",{plan.factors[i]!r},{plan.device_of[i]}]'
+                       for i in plan.modes) + "}"
+    )  # fmt: skip
+    sensors_p, lo_p = q.p(sensors), q.p(lo)
+    return f"""
+    WITH r AS (
+        SELECT e.sensor_id, date_bin(interval '15 minutes', e.time, {ORIGIN_SQL}) AS bucket,
+               sum(e.value) AS sum, count(*) AS count, min(e.value) AS min,
+               max(e.value) AS max, (array_agg(e.value ORDER BY e.time DESC))[1] AS last
+        FROM energy_readings e
+        WHERE e.time >= {lo_p} AND e.time < {q.p(hi)} AND {sensors_p}::jsonb ? e.sensor_id::text
+        GROUP BY 1, 2
+    ),
+    x AS (
+        SELECT r.*, s.a ->> 0 AS mode, (s.a ->> 1)::float8 AS factor,
+               (s.a ->> 2)::bigint AS device_id,
+               coalesce(lag(r.last) OVER (PARTITION BY r.sensor_id ORDER BY r.bucket),
+                        CASE WHEN s.a ->> 0 <> 'counter' THEN NULL
+                             WHEN c.sensor_id IS NOT NULL THEN c.last
+                             ELSE (SELECT e.value FROM energy_readings e
+                                   WHERE e.sensor_id = r.sensor_id AND e.time < {lo_p}
+                                   ORDER BY e.time DESC LIMIT 1) END) AS prev
+        FROM r CROSS JOIN LATERAL (SELECT {sensors_p}::jsonb -> r.sensor_id::text AS a) s
+        LEFT JOIN rollup_counter_today c ON c.sensor_id = r.sensor_id AND c.through = {lo_p}
+    )
+    {_ENERGY_OF_QUARTERS.format(unit=q.p(unit), tz=q.p(tz))}"""
 
 
 def _periods_as_instants(rows: list[tuple]) -> list[tuple]:
@@ -1060,10 +1125,10 @@ def _add_rest_of_today(
     rest = EnergyPlan(modes={i: plan.modes[i] for i in sensors}, factors=plan.factors,
                       device_of=plan.device_of, devices=plan.devices)  # fmt: skip
     q = _Sql()
-    sql = _energy_sql(
-        q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day", stored_last=True,
-        raw=now - lo <= RAW_REST_MAX,
-    )  # fmt: skip
+    if now - lo <= RAW_REST_MAX:
+        sql = _recent_energy_sql(q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day")
+    else:
+        sql = _energy_sql(q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day", stored_last=True)
     add(_periods_as_instants(_fetch(sql, q.params)))
 
 
@@ -1183,33 +1248,53 @@ SELECT 'transformer', t.id, t.code, t.name, t.capacity_kva, s.code, NULL
 FROM {transformer} t JOIN {substation} s ON s.id = t.substation_id
 UNION ALL
 SELECT 'feeder', f.id, f.code, f.name, NULL, t.code, f.transformer_id
-FROM {feeder} f JOIN {transformer} t ON t.id = f.transformer_id"""
+FROM {feeder} f JOIN {transformer} t ON t.id = f.transformer_id
+ORDER BY 1, 2"""
 
 
 @dataclass
 class _Fleet:
     """What the fleet view reads first: sites (by id), transformers and feeders (by code) with
-    its counters at zero, the latest end of a stored beginning of today, and the energy plan's
-    rows when asked for."""
+    its counters at zero, the latest end of a stored beginning of today, and, when asked for
+    (`with_plan`), the digest of the energy plan's rows."""
 
     sites: list[dict]
     transformers: dict[int, dict]
     feeders: dict[int, dict]
     latest_through: datetime | None
-    plan_rows: list[tuple] | None
+    with_plan: bool
+    plan_digest: str | None
 
 
 def _fleet(*, with_plan: bool) -> _Fleet:
-    """One round trip (three statements through the ORM and two more took 3.5 ms of the
-    fleet's today)."""
-    statements = [
-        (_GRID.format(site=Site._meta.db_table, transformer=Transformer._meta.db_table,
-                      substation=Substation._meta.db_table, feeder=Feeder._meta.db_table), {}),
-        ("SELECT max(through) FROM rollup_site_today", {}),
-    ]  # fmt: skip
+    """One round trip, of digests (three statements through the ORM and two more took 3.5 ms
+    of the fleet's today), and one more for the rows of the grid when it changed."""
+    grid_sql = _GRID.format(
+        site=Site._meta.db_table,
+        transformer=Transformer._meta.db_table,
+        substation=Substation._meta.db_table,
+        feeder=Feeder._meta.db_table,
+    )
+    statements = [(_digest(grid_sql), {}), ("SELECT max(through) FROM rollup_site_today", {})]
     if with_plan:
-        statements.append(_plan_sql(site_ids=None))
-    grid, [(latest,)], *plan_rows = _fetch_each(statements)
+        statements.append(_plan_sql(site_ids=None, digested=False))
+    [(grid_digest,)], [(latest,)], *plan = _fetch_each(statements)
+    sites, transformers, feeders = _made_from(
+        "grid", grid_digest, (_with_digest(grid_sql), {}), _grid_made
+    )
+    return _Fleet(
+        sites=sites,
+        transformers={row["id"]: dict(row) for row in transformers},
+        feeders={row["id"]: dict(row) for row in feeders},
+        latest_through=latest,
+        with_plan=with_plan,
+        plan_digest=plan[0][0][0] if plan else None,
+    )
+
+
+def _grid_made(grid: list[tuple]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Sites by id, transformers and feeders by code, from the rows of `_GRID`. The sites are
+    shared by every call (read only); the others are copied, their counters set per call."""
     sites, transformers, feeders = [], [], []
     for tag, row_id, a, b, amount, c, ref in grid:
         if tag == "site":
@@ -1225,13 +1310,7 @@ def _fleet(*, with_plan: bool) -> _Fleet:
     sites.sort(key=lambda site: site["id"])
     transformers.sort(key=lambda row: row["code"])
     feeders.sort(key=lambda row: row["code"])
-    return _Fleet(
-        sites=sites,
-        transformers={row["id"]: row for row in transformers},
-        feeders={row["id"]: row for row in feeders},
-        latest_through=latest,
-        plan_rows=plan_rows[0] if plan_rows else None,
-    )
+    return sites, transformers, feeders
 
 
 _UNREAD = object()
@@ -1361,8 +1440,12 @@ def _site_energy_by_day(
     if not first_live:
         return result
     # not needed for stored days
-    plan = _plan_of(fleet.plan_rows) if fleet and fleet.plan_rows is not None else (
-        energy_plan(site_ids=None))  # fmt: skip
+    if fleet is not None and fleet.with_plan:
+        plan = _made_from(
+            "plan", fleet.plan_digest, _plan_sql(site_ids=None, digested=True), _plan_made
+        )
+    else:
+        plan = energy_plan(site_ids=None)
     # A stored beginning of today counts for a site computed from today on, made under the
     # plan the site has now.
     from_today = {
@@ -1407,11 +1490,12 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
     a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
     are current; days not over yet or with readings not rolled up yet are computed, today from
-    its stored beginning (`rollup_site_today`) where current. Queries: 2 (the fleet, the
-    latest stored end of today and, for a period around today, the energy plan in one round
-    trip; what is stored and marked), 1 more when some days are computed and the plan was not
-    read with the fleet, plus 1 per (time zone, first computed day, end of the stored
-    beginning) of the sites with such days (2 when it is not today's rest after stored
+    its stored beginning (`rollup_site_today`) where current. Queries: 2 (the digests of the
+    grid and, for a period around today, of the energy plan with the latest stored end of
+    today in one round trip; what is stored and marked), 1 more for the grid's and 1 for the
+    plan's rows when they changed since the last call (or when some days are computed and the
+    plan was not asked with the fleet), plus 1 per (time zone, first computed day, end of the
+    stored beginning) of the sites with such days (2 when it is not today's rest after stored
     beginnings).
     """
     period = period_containing(kind=period_kind, day=day)

@@ -695,3 +695,28 @@ def test_the_energy_plan_is_made_again_when_what_it_is_made_of_changes(metered):
     second = queries.energy_plan(site_ids=None)
     assert (first.factors[power], second.factors[power]) == (1.0, 1000.0)
     assert queries.plan_keys(second, {site.id: site.timezone})[site.id] != keys[site.id]
+
+
+@pytest.mark.django_db
+def test_the_fleet_view_reads_the_grid_and_plan_rows_again_only_when_they_changed(metered):
+    # given today's meter readings rolled up, and the fleet view asked once
+    today = date(2026, 11, 20)
+    site = metered["site"]
+    insert([(metered["meter"], t, 0.25) for t in day_so_far(today, NOW)])
+    rollups.rollups_refresh(now=NOW)
+    first = queries.grid_energy(period_kind="day", day=today, now=NOW)
+    with CaptureQueriesContext(connection) as unchanged:
+        again = queries.grid_energy(period_kind="day", day=today, now=NOW)
+
+    # when the site is renamed and its meter counts Wh from now on
+    Site.objects.filter(id=site.id).update(name="Renamed home")
+    Sensor.objects.filter(id=metered["meter"]).update(unit="Wh")
+    with CaptureQueriesContext(connection) as changed:
+        answer = queries.grid_energy(period_kind="day", day=today, now=NOW)
+
+    # then the unchanged call read digests only, and the changed one the rows too
+    assert again == first
+    assert len(changed) == len(unchanged) + 2
+    assert [(row["name"], row["energy_kwh"]) for row in answer["top_sites"]] == [
+        ("Renamed home", pytest.approx(first["energy_kwh"] / 1000))
+    ]
