@@ -391,6 +391,17 @@ class EnergyPlan:
     _by_site: dict[int, list[tuple[int, str]]] | None = field(
         default=None, repr=False, compare=False
     )
+    _json_members: dict[int, str] | None = field(default=None, repr=False, compare=False)
+
+    def json_members(self) -> dict[int, str]:
+        """sensor id -> `"<id>":["<mode>",<factor>,<device id>]`, a member of the JSON object
+        `_recent_energy_sql` describes sensors with; made once per plan."""
+        if self._json_members is None:
+            self._json_members = {
+                i: f'"{i}":["{mode}",{self.factors[i]!r},{self.device_of[i]}]'
+                for i, mode in self.modes.items()
+            }
+        return self._json_members
 
     def sensors_of_site(self) -> dict[int, list[tuple[int, str]]]:
         """site id -> [(sensor id, mode)], in the plan's order; made once per plan."""
@@ -583,7 +594,7 @@ _ENERGY_OF_QUARTERS = """
 
 
 def _recent_energy_sql(
-    q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str
+    q: _Sql, *, plan: EnergyPlan, ids: list[int], lo: datetime, hi: datetime, tz: str, unit: str
 ) -> str:
     """What `_energy_sql(stored_last=True)` answers, with the quarter-hours summed straight from
     the readings: for a short [lo, hi) after a stored end of today, which nothing rolled up
@@ -591,12 +602,10 @@ def _recent_energy_sql(
     by time (the BRIN index), the plan's sensors picked among them by a JSON object of their
     mode, factor and device: by sensor, the planner cannot know how few readings a recent range
     holds (it guessed 1 row at 50M readings), and joined with the sensors afterwards it compared
-    every row with every sensor (250,000 comparisons, 42 ms)."""
-    sensors = (
-        "{" + ",".join(f'"{i}":["{plan.modes[i]}",{plan.factors[i]!r},{plan.device_of[i]}]'
-                       for i in plan.modes) + "}"
-    )  # fmt: skip
-    sensors_p, lo_p = q.p(sensors), q.p(lo)
+    every row with every sensor (250,000 comparisons, 42 ms). `ids`: the sensors of `plan`
+    counted."""
+    members = plan.json_members()
+    sensors_p, lo_p = q.p("{" + ",".join([members[i] for i in ids]) + "}"), q.p(lo)
     return f"""
     WITH r AS (
         SELECT e.sensor_id, date_bin(interval '15 minutes', e.time, {ORIGIN_SQL}) AS bucket,
@@ -1051,7 +1060,10 @@ def _zone_energy_by_day(
     tz = zoneinfo.ZoneInfo(zone)
     lo, hi = period.bounds(tz)
     lo, hi = max(lo, since or lo), min(hi, until or hi)
-    days: dict[tuple[int, date], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    # (partial, not a lambda: no Python call per (site, day), 0.3 ms of the fleet's today)
+    days: dict[tuple[int, date], dict[str, float]] = defaultdict(
+        functools.partial(defaultdict, float)
+    )
 
     def site_of(sensor_id: int) -> int:
         return plan.devices[plan.device_of[sensor_id]][0]
@@ -1122,12 +1134,12 @@ def _add_rest_of_today(
     ]
     if not sensors:
         return
-    rest = EnergyPlan(modes={i: plan.modes[i] for i in sensors}, factors=plan.factors,
-                      device_of=plan.device_of, devices=plan.devices)  # fmt: skip
     q = _Sql()
     if now - lo <= RAW_REST_MAX:
-        sql = _recent_energy_sql(q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day")
+        sql = _recent_energy_sql(q, plan=plan, ids=sensors, lo=lo, hi=hi, tz=zone, unit="day")
     else:
+        rest = EnergyPlan(modes={i: plan.modes[i] for i in sensors}, factors=plan.factors,
+                          device_of=plan.device_of, devices=plan.devices)  # fmt: skip
         sql = _energy_sql(q, plan=rest, lo=lo, hi=hi, tz=zone, unit="day", stored_last=True)
     add(_periods_as_instants(_fetch(sql, q.params)))
 
