@@ -430,7 +430,7 @@ def energy_plan(*, site_ids: list[int] | None) -> EnergyPlan:
 
 
 def _plan_sql(*, site_ids: list[int] | None, digested: bool) -> tuple[str, dict]:
-    """`_PLAN_SQL`'s rows each with their digest last (`_with_digest`), or only that digest."""
+    """`_PLAN_SQL`, its rows each with the md5 of all of them last when `digested`."""
     # Whether a device is an appliance polled for energy per interval, in the same statement.
     sql = _PLAN_SQL.format(
         polled=PolledAppliance._meta.db_table,
@@ -438,57 +438,43 @@ def _plan_sql(*, site_ids: list[int] | None, digested: bool) -> tuple[str, dict]
         device=Device._meta.db_table,
     )
     params = {"all": site_ids is None, "ids": array_literal(site_ids or [])}
-    return (_with_digest(sql) if digested else _digest(sql)), params
+    if digested:
+        sql = f"SELECT t.*, md5(string_agg(t::text, '|') OVER ()) FROM ({sql}) t"
+    return sql, params
 
 
-# A digest of a statement's rows, the same whichever way it is asked: alone, or with every row
-# (each with the digest last). The statement orders its rows; should PostgreSQL ever aggregate
-# them in another order, the digests differ and the rows are read again: slower, never wrong.
-# (Ordering by the rows' text inside the aggregate cost 1 ms of the fleet view.)
-_DIGEST = "md5(string_agg(t::text, '|'))"
-_DIGEST_OVER = "md5(string_agg(t::text, '|') OVER ())"
+# What was last made from rows read again and again (the energy plan of every site, the grid),
+# by name: (a key of the rows, what was made from them). Fetching and comparing the plan's
+# 1,000 rows and the grid's 500 took 2.5 ms of the fleet view, making the plan and its keys from
+# them 1.5 ms. The fleet view keys them by `fleet_version` (migration 0012: a number that moves
+# on with every change they are made of), read before their rows, and reads the rows only when
+# it moved; `energy_plan` keys its rows by their md5, read with them.
+_MADE: dict[str, tuple[object, object]] = {}
 
 
-def _digest(sql: str) -> str:
-    return f"SELECT {_DIGEST} FROM ({sql}) t"
-
-
-def _with_digest(sql: str) -> str:
-    return f"SELECT t.*, {_DIGEST_OVER} FROM ({sql}) t"
-
-
-# What was last made from rows that are read again and again (the energy plan of every site,
-# the grid), by name: (digest of the rows, what was made). The fleet view asks only the rows'
-# digest and reads the rows when it changed: fetching and comparing the plan's 1,000 rows and the
-# grid's 500 took 2.5 ms of its time, making the plan and its keys from them 1.5 ms.
-_MADE: dict[str, tuple[str | None, object]] = {}
-
-
-def _made_from(name: str, digest: str | None, rows_sql: tuple[str, dict], make):
-    """What `make(rows)` gives for the rows of `rows_sql` (`_with_digest`), made again only
-    when `digest` (read before, maybe in another snapshot) is not the last rows'. The result
-    is kept under the digest of the rows it was made from, read with them."""
+def _made_from(name: str, version: int | None, rows_sql: tuple[str, dict], make):
+    """What `make(rows)` gives for the rows of `rows_sql`, made again only when `version` (the
+    `fleet_version` read before) is not the one the last rows were read under. (Rows read after
+    the version may be newer than it; the next call then reads a newer version and reads them
+    again: slower, never stale.)"""
     last = _MADE.get(name)
-    if last is not None and digest is not None and last[0] == digest:
+    if last is not None and version is not None and last[0] == version:
         return last[1]
-    rows = _fetch(*rows_sql)
-    return _made(name, rows, make)
-
-
-def _made(name: str, rows: list[tuple], make):
-    digest = rows[0][-1] if rows else None
-    last = _MADE.get(name)
-    if last is not None and rows and last[0] == digest:
-        return last[1]
-    value = make([row[:-1] for row in rows])
-    _MADE[name] = (digest, value)  # replaced, not changed: other threads may be reading it
+    value = make(_fetch(*rows_sql))
+    _MADE[name] = (version, value)  # replaced, not changed: other threads may be reading it
     return value
 
 
 def _plan_of(sensors: list[tuple]) -> EnergyPlan:
     """The plan from the rows of `_plan_sql(digested=True)`; the last one made when the rows
     are the same (every input of the plan is in them)."""
-    return _made("plan", sensors, _plan_made)
+    digest = sensors[0][-1] if sensors else None
+    last = _MADE.get("plan")
+    if last is not None and sensors and last[0] == digest:
+        return last[1]
+    plan = _plan_made([row[:-1] for row in sensors])
+    _MADE["plan"] = (digest, plan)  # replaced, not changed: other threads may be reading it
+    return plan
 
 
 def _plan_made(sensors: list[tuple]) -> EnergyPlan:
@@ -1260,47 +1246,43 @@ SELECT 'transformer', t.id, t.code, t.name, t.capacity_kva, s.code, NULL
 FROM {transformer} t JOIN {substation} s ON s.id = t.substation_id
 UNION ALL
 SELECT 'feeder', f.id, f.code, f.name, NULL, t.code, f.transformer_id
-FROM {feeder} f JOIN {transformer} t ON t.id = f.transformer_id
-ORDER BY 1, 2"""
+FROM {feeder} f JOIN {transformer} t ON t.id = f.transformer_id"""
 
 
 @dataclass
 class _Fleet:
     """What the fleet view reads first: sites (by id), transformers and feeders (by code) with
-    its counters at zero, the latest end of a stored beginning of today, and, when asked for
-    (`with_plan`), the digest of the energy plan's rows."""
+    its counters at zero, the latest end of a stored beginning of today, and the
+    `fleet_version` they were read under (the energy plan is kept under it too)."""
 
     sites: list[dict]
     transformers: dict[int, dict]
     feeders: dict[int, dict]
     latest_through: datetime | None
-    with_plan: bool
-    plan_digest: str | None
+    version: int
 
 
-def _fleet(*, with_plan: bool) -> _Fleet:
-    """One round trip, of digests (three statements through the ORM and two more took 3.5 ms
-    of the fleet's today), and one more for the rows of the grid when it changed."""
+def _fleet() -> _Fleet:
+    """One round trip for `fleet_version` and the latest stored end of today (three statements
+    through the ORM and two more took 3.5 ms of the fleet's today), and one more for the
+    grid's rows when the version moved."""
     grid_sql = _GRID.format(
         site=Site._meta.db_table,
         transformer=Transformer._meta.db_table,
         substation=Substation._meta.db_table,
         feeder=Feeder._meta.db_table,
     )
-    statements = [(_digest(grid_sql), {}), ("SELECT max(through) FROM rollup_site_today", {})]
-    if with_plan:
-        statements.append(_plan_sql(site_ids=None, digested=False))
-    [(grid_digest,)], [(latest,)], *plan = _fetch_each(statements)
-    sites, transformers, feeders = _made_from(
-        "grid", grid_digest, (_with_digest(grid_sql), {}), _grid_made
-    )
+    [(version,)], [(latest,)] = _fetch_each(
+        [("SELECT version FROM fleet_version", {}),
+         ("SELECT max(through) FROM rollup_site_today", {})]
+    )  # fmt: skip
+    sites, transformers, feeders = _made_from("grid", version, (grid_sql, {}), _grid_made)
     return _Fleet(
         sites=sites,
         transformers={row["id"]: dict(row) for row in transformers},
         feeders={row["id"]: dict(row) for row in feeders},
         latest_through=latest,
-        with_plan=with_plan,
-        plan_digest=plan[0][0][0] if plan else None,
+        version=version,
     )
 
 
@@ -1452,9 +1434,9 @@ def _site_energy_by_day(
     if not first_live:
         return result
     # not needed for stored days
-    if fleet is not None and fleet.with_plan:
+    if fleet is not None:
         plan = _made_from(
-            "plan", fleet.plan_digest, _plan_sql(site_ids=None, digested=True), _plan_made
+            "fleet-plan", fleet.version, _plan_sql(site_ids=None, digested=False), _plan_made
         )
     else:
         plan = energy_plan(site_ids=None)
@@ -1502,20 +1484,15 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
     a feeder None. On plain PostgreSQL the days come from the stored `SiteDay` rows where they
     are current; days not over yet or with readings not rolled up yet are computed, today from
-    its stored beginning (`rollup_site_today`) where current. Queries: 2 (the digests of the
-    grid and, for a period around today, of the energy plan with the latest stored end of
-    today in one round trip; what is stored and marked), 1 more for the grid's and 1 for the
-    plan's rows when they changed since the last call (or when some days are computed and the
-    plan was not asked with the fleet), plus 1 per (time zone, first computed day, end of the
-    stored beginning) of the sites with such days (2 when it is not today's rest after stored
-    beginnings).
+    its stored beginning (`rollup_site_today`) where current. Queries: 2 (`fleet_version` and
+    the latest stored end of today in one round trip; what is stored and marked), 1 more for
+    the grid's and 1 for the energy plan's rows when the version moved since they were last
+    read (the plan only when some days are computed), plus 1 per (time zone, first computed
+    day, end of the stored beginning) of the sites with such days (2 when it is not today's
+    rest after stored beginnings).
     """
     period = period_containing(kind=period_kind, day=day)
-    # The energy plan comes along when a site's today may lie in the period (local dates are
-    # within a day of UTC's): today is always computed. Finished periods are mostly stored.
-    utc_today = now.astimezone(UTC).date()
-    fleet = _fleet(with_plan=period.first <= utc_today + timedelta(days=1)
-                   and period.end > utc_today - timedelta(days=1))  # fmt: skip
+    fleet = _fleet()
     sites, transformers, feeders = fleet.sites, fleet.transformers, fleet.feeders
     zones = {site["id"]: site["timezone"] for site in sites}
     site_kwh: dict[int, float] = defaultdict(float)

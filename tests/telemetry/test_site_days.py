@@ -714,7 +714,7 @@ def test_the_fleet_view_reads_the_grid_and_plan_rows_again_only_when_they_change
     with CaptureQueriesContext(connection) as changed:
         answer = queries.grid_energy(period_kind="day", day=today, now=NOW)
 
-    # then the unchanged call read digests only, and the changed one the rows too
+    # then the unchanged call read the fleet's version only, and the changed one the rows too
     assert again == first
     assert len(changed) == len(unchanged) + 2
     assert [(row["name"], row["energy_kwh"]) for row in answer["top_sites"]] == [
