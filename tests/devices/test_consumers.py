@@ -79,9 +79,11 @@ def clean_redis():
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def recent(seconds_ago: float = 60) -> tuple[str, int]:
-    """A time a little in the past as a device writes it (RFC 3339, ms, Z) and in epoch µs."""
-    at = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).replace(microsecond=250_000)
+def recent(seconds_ago: float = 60, now: datetime | None = None) -> tuple[str, int]:
+    """A time a little in the past as a device writes it (RFC 3339, ms, Z) and in epoch µs: in
+    a whole second of `now` (default: the clock) less `seconds_ago`, so calls that must give
+    distinct instants pass the same `now`."""
+    at = ((now or datetime.now(UTC)) - timedelta(seconds=seconds_ago)).replace(microsecond=250_000)
     text = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return text, (at - EPOCH) // timedelta(microseconds=1)
 
@@ -484,6 +486,7 @@ BAD_FRAMES = {
 
 async def test_each_bad_frame_gets_an_error_and_the_socket_keeps_working(alice_home):
     answers = {}
+    start = datetime.now(UTC)
 
     async with device_socket(alice_home["token"]) as pi:
         for name, (make, *_) in BAD_FRAMES.items():
@@ -494,7 +497,8 @@ async def test_each_bad_frame_gets_an_error_and_the_socket_keeps_working(alice_h
                 await pi.send_to(text_data=frame)
             error = await pi.receive_json_from()
             # Each at its own instant: a sample seen before is acked but not buffered again.
-            ts = recent(seconds_ago=len(answers) + 1)[0]
+            # (Counted from one start: a loop crossing a second would give one instant twice.)
+            ts = recent(seconds_ago=len(answers) + 1, now=start)[0]
             ack = await assert_acked(pi, telemetry(f"ok-{name}", ts, power_w=1), accepted=1)
             answers[name] = (error, ack["msg_id"])
 
