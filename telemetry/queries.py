@@ -426,21 +426,17 @@ def energy_plan(*, site_ids: list[int] | None) -> EnergyPlan:
     """The plan of the given sites; None: of every site (no id list to send). One statement
     in plain SQL: through the ORM, building the query and its 1,000 rows took 3 ms of the
     fleet view."""
-    return _plan_of(_fetch(*_plan_sql(site_ids=site_ids, digested=True)))
+    return _plan_of(_fetch(*_plan_sql(site_ids=site_ids)))
 
 
-def _plan_sql(*, site_ids: list[int] | None, digested: bool) -> tuple[str, dict]:
-    """`_PLAN_SQL`, its rows each with the md5 of all of them last when `digested`."""
+def _plan_sql(*, site_ids: list[int] | None) -> tuple[str, dict]:
     # Whether a device is an appliance polled for energy per interval, in the same statement.
     sql = _PLAN_SQL.format(
         polled=PolledAppliance._meta.db_table,
         sensor=Sensor._meta.db_table,
         device=Device._meta.db_table,
     )
-    params = {"all": site_ids is None, "ids": array_literal(site_ids or [])}
-    if digested:
-        sql = f"SELECT t.*, md5(string_agg(t::text, '|') OVER ()) FROM ({sql}) t"
-    return sql, params
+    return sql, {"all": site_ids is None, "ids": array_literal(site_ids or [])}
 
 
 # What was last made from rows read again and again (the energy plan of every site, the grid),
@@ -448,17 +444,17 @@ def _plan_sql(*, site_ids: list[int] | None, digested: bool) -> tuple[str, dict]
 # 1,000 rows and the grid's 500 took 2.5 ms of the fleet view, making the plan and its keys from
 # them 1.5 ms. The fleet view keys them by `fleet_version` (migration 0012: a number that moves
 # on with every change they are made of), read before their rows, and reads the rows only when
-# it moved; `energy_plan` keys its rows by their md5, read with them.
+# it moved; `energy_plan` keeps the rows themselves, which it reads anyway.
 _MADE: dict[str, tuple[object, object]] = {}
 
 
-def _made_from(name: str, version: int | None, rows_sql: tuple[str, dict], make):
+def _made_from(name: str, version: int, rows_sql: tuple[str, dict], make):
     """What `make(rows)` gives for the rows of `rows_sql`, made again only when `version` (the
     `fleet_version` read before) is not the one the last rows were read under. (Rows read after
     the version may be newer than it; the next call then reads a newer version and reads them
     again: slower, never stale.)"""
     last = _MADE.get(name)
-    if last is not None and version is not None and last[0] == version:
+    if last is not None and last[0] == version:
         return last[1]
     value = make(_fetch(*rows_sql))
     _MADE[name] = (version, value)  # replaced, not changed: other threads may be reading it
@@ -466,14 +462,14 @@ def _made_from(name: str, version: int | None, rows_sql: tuple[str, dict], make)
 
 
 def _plan_of(sensors: list[tuple]) -> EnergyPlan:
-    """The plan from the rows of `_plan_sql(digested=True)`; the last one made when the rows
-    are the same (every input of the plan is in them)."""
-    digest = sensors[0][-1] if sensors else None
+    """The plan from the rows of `_PLAN_SQL`; the last one made when the rows are the same
+    (every input of the plan is in them)."""
+    rows = tuple(sensors)
     last = _MADE.get("plan")
-    if last is not None and sensors and last[0] == digest:
+    if last is not None and last[0] == rows:
         return last[1]
-    plan = _plan_made([row[:-1] for row in sensors])
-    _MADE["plan"] = (digest, plan)  # replaced, not changed: other threads may be reading it
+    plan = _plan_made(list(rows))
+    _MADE["plan"] = (rows, plan)  # replaced, not changed: other threads may be reading it
     return plan
 
 
@@ -1436,9 +1432,7 @@ def _site_energy_by_day(
         return result
     # not needed for stored days
     if fleet is not None:
-        plan = _made_from(
-            "fleet-plan", fleet.version, _plan_sql(site_ids=None, digested=False), _plan_made
-        )
+        plan = _made_from("fleet-plan", fleet.version, _plan_sql(site_ids=None), _plan_made)
     else:
         plan = energy_plan(site_ids=None)
     # A stored beginning of today counts for a site computed from today on, made under the
