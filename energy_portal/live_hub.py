@@ -24,19 +24,17 @@ message and socket, no re-encoding.
 
 import asyncio
 import logging
-import os
-import ssl
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import hiredis
-from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 from django.conf import settings
 
 from energy_portal.realtime import live_channel
+from energy_portal.redis_client import open_raw, resp_command
 
 logger = logging.getLogger(__name__)
 
@@ -95,42 +93,6 @@ class Outbox:
                 await self._wakeup
 
 
-def _command(*parts: str | bytes) -> bytes:
-    """A Redis command in RESP."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection to the Redis of `url`, authenticated. PUB/SUB ignores the database."""
-    options = parse_url(url)
-    connection_class = options.get("connection_class")
-    if connection_class is UnixDomainSocketConnection:
-        opening = asyncio.open_unix_connection(options["path"])
-    else:
-        tls = ssl.create_default_context() if connection_class is SSLConnection else None
-        opening = asyncio.open_connection(
-            options.get("host", "localhost"), options.get("port", 6379), ssl=tls
-        )
-    reader, writer = await asyncio.wait_for(opening, timeout=2)
-    if options.get("password"):
-        credentials = [options.get("username") or "default", options["password"]]
-        writer.write(_command("AUTH", *credentials))
-        parser = hiredis.Reader()
-        while (reply := parser.gets()) is False:
-            data = await asyncio.wait_for(reader.read(4096), timeout=5)
-            if not data:
-                raise ConnectionError("Redis closed the connection during AUTH")
-            parser.feed(data)
-        if isinstance(reply, Exception):
-            writer.close()
-            raise ConnectionError(f"Redis refused AUTH: {reply}")
-    return reader, writer
-
-
 class LiveHub:
     """This process's subscriptions to live groups, shared by all its sockets (see module)."""
 
@@ -158,7 +120,7 @@ class LiveHub:
                 watching = self._viewers[group] = set()
                 self._groups[live_channel(group).encode()] = group
                 if self._writer is not None:
-                    self._writer.write(_command("SUBSCRIBE", live_channel(group)))
+                    self._writer.write(resp_command("SUBSCRIBE", live_channel(group)))
             watching.add(viewer)
             if group not in self._confirmed:
                 waits.append(self._confirmation(group))
@@ -186,7 +148,7 @@ class LiveHub:
             self._confirmed.discard(group)
             self._confirming.pop(group, None)
             if self._writer is not None:
-                self._writer.write(_command("UNSUBSCRIBE", channel))
+                self._writer.write(resp_command("UNSUBSCRIBE", channel))
         if not self._viewers and self._runner is not None:
             self._runner.cancel()  # closes the connection
             self._runner = None
@@ -207,13 +169,15 @@ class LiveHub:
         pause = 0.1
         while self._viewers:
             try:
-                reader, writer = await _open(self.url)
+                reader, writer, parser = await open_raw(
+                    self.url, name="ep-live-hub", select_db=False
+                )
             except OSError as exc:  # refused, timed out, AUTH refused (ConnectionError)
                 logger.warning("live hub cannot reach Redis (%s); again in %.1f s", exc, pause)
             else:
                 pause = 0.1
                 try:
-                    await self._serve(reader, writer)
+                    await self._serve(reader, writer, parser)
                     reason = "Redis closed it"
                 except (OSError, hiredis.ProtocolError) as exc:
                     reason = str(exc) or type(exc).__name__
@@ -231,14 +195,15 @@ class LiveHub:
             await asyncio.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX_S)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: hiredis.Reader
+    ) -> None:
         """Subscribe to every watched group and hand out what arrives until the connection
         ends."""
         if not self._viewers:  # all left while it connected
             return
         self.connections += 1
-        writer.write(_command("CLIENT", "SETNAME", f"ep-live-hub-{os.getpid()}"))
-        writer.write(_command("SUBSCRIBE", *(live_channel(group) for group in self._viewers)))
+        writer.write(resp_command("SUBSCRIBE", *(live_channel(group) for group in self._viewers)))
         self._writer = writer
         loop = asyncio.get_running_loop()
         heard = loop.time()
@@ -252,10 +217,9 @@ class LiveHub:
                     writer.transport.abort()
                     return
                 if quiet >= QUIET_S:
-                    writer.write(_command("PING"))
+                    writer.write(resp_command("PING"))
 
         watchdog = asyncio.create_task(watch_quiet())
-        parser = hiredis.Reader()
         groups, viewers = self._groups, self._viewers
         try:
             while data := await reader.read(1 << 16):

@@ -1,11 +1,21 @@
-"""Shared Redis connections for code outside Channels and Celery (health, ingest buffer)."""
+"""Shared Redis connections for code outside Channels and Celery (health, ingest buffer), and
+raw connections for the two hot paths that redis-py's asyncio client made slow: the live hub's
+subscription (`energy_portal.live_hub`) and the device sockets' trips (`ScriptLink`)."""
 
 import asyncio
+import hashlib
+import os
+import ssl
 import threading
 import weakref
 
+import hiredis
 import redis
 import redis.asyncio
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from django.conf import settings
 
@@ -56,3 +66,121 @@ def async_client() -> redis.asyncio.Redis:
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
+
+
+def resp_command(*parts: str | bytes) -> bytes:
+    """A Redis command in RESP."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+async def read_reply(reader: asyncio.StreamReader, parser: hiredis.Reader):
+    """The next reply on a raw connection; a Redis error comes back as `hiredis.ReplyError`."""
+    while (reply := parser.gets()) is False:
+        data = await reader.read(1 << 16)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        parser.feed(data)
+    return reply
+
+
+async def open_raw(
+    url: str, *, name: str, select_db: bool = True
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader]:
+    """A raw connection to the Redis of `url`: authenticated, named `name`-<pid> (CLIENT LIST
+    tells whose it is) and, unless `select_db` is false (PUB/SUB ignores databases), on the
+    url's database. Raises ConnectionError if Redis refuses any of it."""
+    options = parse_url(url)
+    connection_class = options.get("connection_class")
+    if connection_class is UnixDomainSocketConnection:
+        opening = asyncio.open_unix_connection(options["path"])
+    else:
+        tls = ssl.create_default_context() if connection_class is SSLConnection else None
+        opening = asyncio.open_connection(
+            options.get("host", "localhost"), options.get("port", 6379), ssl=tls
+        )
+    reader, writer = await asyncio.wait_for(opening, timeout=2)
+    commands = []
+    if options.get("password"):
+        commands.append(("AUTH", options.get("username") or "default", options["password"]))
+    commands.append(("CLIENT", "SETNAME", f"{name}-{os.getpid()}"))
+    if select_db and options.get("db"):
+        commands.append(("SELECT", str(options["db"])))
+    parser = hiredis.Reader()
+    try:
+        writer.write(b"".join(resp_command(*command) for command in commands))
+        for command in commands:
+            reply = await asyncio.wait_for(read_reply(reader, parser), timeout=5)
+            if isinstance(reply, Exception):
+                raise ConnectionError(f"Redis refused {command[0]}: {reply}")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, parser
+
+
+class ScriptLink:
+    """Calls of one Lua script over one raw connection of its own, one call at a time.
+
+    For the device sockets' trips (`telemetry.services._SocketBuffer`): through redis-py's
+    asyncio client a call went through a connection pool with its condition, retries, timeouts
+    and per-argument encoding in Python, which was a quarter of the device path's CPU at a
+    thousand frames a second (bench/live). Here a call is one write of a command that hiredis
+    packs in C and one read that hiredis parses.
+
+    Failures raise redis-py's exceptions, as the client did: a lost, refused or silent
+    connection (`timeout` seconds) `ConnectionError` / `TimeoutError`, after which the next call
+    connects again; an error of the script `ResponseError`. A script Redis does not know (a
+    restarted Redis, SCRIPT FLUSH) is sent whole once and called by its digest again after.
+    """
+
+    def __init__(self, url: str, script: str, *, name: str, timeout: float = 5.0):
+        self.url = url
+        self.name = name
+        self.timeout = timeout
+        self.script = script.encode()
+        # Redis names scripts by their SHA-1 (EVALSHA): an identifier, not security.
+        self.sha = hashlib.sha1(self.script, usedforsecurity=False).hexdigest()
+        self._connection: tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader] | None
+        self._connection = None
+        self._lock = asyncio.Lock()
+        self.connections = 0  # made so far
+
+    async def __call__(self, *, keys: list, args: list):
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reply = await self._call(keys, args)
+            except TimeoutError as exc:  # the reply may still come: the connection is spoilt
+                self.close()
+                raise RedisTimeoutError(f"no answer from Redis in {self.timeout} s") from exc
+            except (OSError, hiredis.ProtocolError) as exc:
+                self.close()
+                raise RedisConnectionError(f"Redis connection lost: {exc}") from exc
+            except BaseException:  # cancelled mid-call: the reply would be read as the next one's
+                self.close()
+                raise
+        if isinstance(reply, hiredis.ReplyError):
+            raise ResponseError(str(reply))
+        return reply
+
+    async def _call(self, keys: list, args: list):
+        if self._connection is None:
+            self._connection = await open_raw(self.url, name=self.name)
+            self.connections += 1
+        reader, writer, parser = self._connection
+        writer.write(hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)))
+        reply = await read_reply(reader, parser)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            writer.write(hiredis.pack_command(("EVAL", self.script, len(keys), *keys, *args)))
+            reply = await read_reply(reader, parser)
+        return reply
+
+    def close(self) -> None:
+        """Drop the connection (the next call makes a new one)."""
+        if self._connection is not None:
+            self._connection[1].close()
+            self._connection = None

@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from energy_portal import realtime
 from energy_portal.realtime import live_event
-from energy_portal.redis_client import async_client, sync_client
+from energy_portal.redis_client import ScriptLink, sync_client
 from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
 
 INGEST_STREAM = "ep:ingest"
@@ -377,7 +378,9 @@ class _SocketBuffer:
         self._waiting: list[_Frame] = []
         self._trips: asyncio.Task | None = None
         self._next_trip = 0.0  # event-loop time
-        self._script = async_client().register_script(_BROADCAST_AND_BUFFER)
+        self._script = ScriptLink(
+            settings.REDIS_URL, _BROADCAST_AND_BUFFER, name="ep-socket-buffer"
+        )
 
     async def put(self, frame: _Frame) -> None:
         """Returns once the frame's samples are in the stream (raises if they could not be)."""
