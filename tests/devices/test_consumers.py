@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import connections
 from django.test import Client
 from django.utils import timezone
@@ -955,6 +956,27 @@ async def test_operator_asking_for_one_site_hears_only_that_site(alice_home, bob
 
 async def test_anonymous_live_socket_is_refused():
     communicator = live_communicator(None)
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+
+
+async def test_live_socket_with_a_session_that_does_not_exist_is_refused():
+    communicator = live_communicator("no-such-session-key-0123456789")
+
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is False
+
+
+async def test_live_socket_of_a_logged_out_session_is_refused(alice):
+    # given a session cookie whose session has since ended (logged out elsewhere)
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    await database_sync_to_async(SessionStore(cookie).delete)()
+    communicator = live_communicator(cookie)
 
     connected, _ = await communicator.connect()
     await communicator.disconnect()

@@ -222,7 +222,7 @@ async def test_a_viewer_that_falls_behind_is_closed_and_gets_nothing_more(
         while not self.outbox.overflowed:
             await asyncio.sleep(0.01)
 
-    monkeypatch.setattr(consumers.LiveConsumer, "_send_text", send_once_behind)
+    monkeypatch.setattr(consumers.LiveConsumer, "send_text", send_once_behind)
     site = site_group(alice_home["site"].id)
 
     async with live_socket(alice) as browser:
@@ -248,7 +248,7 @@ async def test_messages_that_wait_for_a_socket_together_leave_as_one_frame_in_or
     sent: list[str] = []
     busy, release = asyncio.Event(), asyncio.Event()
     consumer = []
-    plain_send = consumers.LiveConsumer._send_text
+    plain_send = consumers.LiveConsumer.send_text
 
     async def send_busy_once(self, text):
         if not sent:
@@ -258,7 +258,7 @@ async def test_messages_that_wait_for_a_socket_together_leave_as_one_frame_in_or
         sent.append(text)
         await plain_send(self, text)
 
-    monkeypatch.setattr(consumers.LiveConsumer, "_send_text", send_busy_once)
+    monkeypatch.setattr(consumers.LiveConsumer, "send_text", send_busy_once)
 
     async with live_socket(alice) as browser:
         publish_to(site, {"type": "x", "n": 0})
