@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -29,7 +30,7 @@ from devices.rate_limit import TokenBucket
 from energy_portal import realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_record
-from telemetry.services import IngestResult, Item, areadings_ingest, readings_validate
+from telemetry.services import IngestResult, Item, readings_enqueue, readings_validate
 from telemetry.validation import parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_BATCH = 1000
 MAX_MSG_ID = 64
 TOUCH_EVERY_S = 5.0
+# Frames of one socket answered late at most (acks waiting for their trip to the buffer); past
+# that the socket's next frame is read once the oldest is answered.
+MAX_UNANSWERED = 32
 CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
 CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4008
@@ -201,10 +205,18 @@ class LeanDispatch:
 
 
 class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
-    """One Pi's socket. The bearer token alone names the device."""
+    """One Pi's socket. The bearer token alone names the device.
+
+    Frames are read on while earlier ones travel to the buffer: a frame's readings are handed to
+    the socket buffer and the next frame is read at once; its ack goes out when that trip is
+    back. Answers (acks, errors) leave in the order of their frames. So a Pi that sends faster
+    than one trip per frame has several frames on one trip, and its viewers get their messages
+    together (one frame, see `Outbox`), instead of one trip and one message per frame.
+    """
 
     device = None
     watchdog: asyncio.Task | None = None
+    answering: asyncio.Task | None = None
     last_frame = 0.0  # when the last frame arrived, shifted on by time spent busy (see dispatch)
     busy = False
 
@@ -218,6 +230,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
         self.last_frame = self.last_touch = time.monotonic()
         self.delivered: set[str] = set()
+        # (the trip it waits for, or None; its text), in the order of the frames
+        self.answers: deque[tuple[asyncio.Future | None, str]] = deque()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
         try:
@@ -243,6 +257,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         if self.watchdog is not None:
             self.watchdog.cancel()
+        if self.answering is not None:
+            self.answering.cancel()
+        self._drop_answers()
         # When the registry cannot answer, still try: device_set_online looks at it again and
         # leaves the device online if another socket holds it.
         released = True
@@ -322,7 +339,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             answer = {"type": "error", "code": error.code, "detail": error.detail}
             if msg_id is not None:
                 answer["msg_id"] = msg_id
-            await self.send_text(json.dumps(answer))
+            await self._answer(json.dumps(answer))
 
     async def _telemetry(self, frame: dict) -> None:
         msg_id = _msg_id(frame)
@@ -335,15 +352,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.get("index", -1))
         if not result.readings and frame.get("batch") is None and _frame_level_error(result):
             raise FrameError("invalid_payload", result.rejected[0]["error"])
-        try:
-            await areadings_ingest(result=result, source="socket", device_id=self.device.id)
-        except RedisError as exc:
-            # Not in the buffer, so no ack. No error code says "try later": the socket closes,
-            # and the Pi reconnects and resends what was not acked.
-            logger.warning("device %s: cannot buffer readings (%s); closing", self.device.uid, exc)
-            await self.close(code=CLOSE_BUFFER_DOWN)
-            return
-        await self._ack(msg_id, result)
+        trip = readings_enqueue(result=result, source="socket", device_id=self.device.id)
+        ack = _ack_text(msg_id, accepted=result.accepted, rejected=result.rejected)
+        await self._answer(ack, after=trip)
 
     async def _power(self, frame: dict) -> None:
         msg_id = _msg_id(frame)
@@ -361,7 +372,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             state=state,
             at=at,
         )
-        await self.send_text(_ack_text(msg_id, accepted=1, rejected=[]))
+        await self._answer(_ack_text(msg_id, accepted=1, rejected=[]))
 
     async def _command_result(self, frame: dict) -> None:
         if not isinstance(frame.get("status"), str):  # a list or object would not even hash
@@ -386,8 +397,53 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         "heartbeat": _heartbeat,
     }
 
-    async def _ack(self, msg_id: str, result: IngestResult) -> None:
-        await self.send_text(_ack_text(msg_id, accepted=result.accepted, rejected=result.rejected))
+    async def _answer(self, text: str, *, after: asyncio.Future | None = None) -> None:
+        """Send a frame's answer once `after` (its readings' trip to the buffer) is done and
+        the answers of earlier frames have gone; at once when nothing waits."""
+        answers = self.answers
+        if after is None and not answers:
+            await self.send_text(text)
+            return
+        answers.append((after, text))
+        if self.answering is None:
+            self.answering = asyncio.create_task(self._send_answers())
+        elif len(answers) > MAX_UNANSWERED:
+            # Read no further until the oldest is answered: frames wait in the socket instead.
+            oldest = answers[0][0]
+            if oldest is not None:
+                await asyncio.wait([oldest])
+
+    async def _send_answers(self) -> None:
+        answers = self.answers
+        try:
+            while answers:
+                trip, text = answers[0]
+                if trip is not None:
+                    try:
+                        await trip
+                    except RedisError as exc:
+                        # Not in the buffer, so no ack, for this frame nor any after it. No error
+                        # code says "try later": the socket closes, and the Pi reconnects and
+                        # resends what was not acked.
+                        logger.warning(
+                            "device %s: cannot buffer readings (%s); closing", self.device.uid, exc
+                        )
+                        self._drop_answers()
+                        await self.close(code=CLOSE_BUFFER_DOWN)
+                        return
+                answers.popleft()
+                await self.send_text(text)
+        except OSError:
+            self._drop_answers()  # the connection is gone (Uvicorn's ClientDisconnected)
+        finally:
+            self.answering = None
+
+    def _drop_answers(self) -> None:
+        """Forget the answers not sent; a trip still under way ends unheard."""
+        for trip, _ in self.answers:
+            if trip is not None:
+                trip.add_done_callback(_unheard)
+        self.answers.clear()
 
     async def _deliver(self, command_id) -> None:
         # A command issued while this socket connects is both among its open commands and
@@ -414,6 +470,12 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def device_replaced(self, event):
         await self.close(code=CLOSE_REPLACED)
+
+
+def _unheard(trip: asyncio.Future) -> None:
+    """A trip nobody waits for any more: its failure was the socket's business, now gone."""
+    if not trip.cancelled():
+        trip.exception()
 
 
 def _ack_text(msg_id: str, *, accepted: int, rejected: list[dict]) -> str:

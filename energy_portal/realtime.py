@@ -11,7 +11,7 @@ groups it joined: one sorted set per group, a member per viewer socket, scored w
 membership expires. A viewer renews its membership while connected and removes it when it
 leaves; one whose process died simply stops being counted once its time runs out. Senders ask
 Redis which groups have viewers at most once a second per group and process (the device sockets'
-path asks inside the script that publishes, see `telemetry.services.areadings_ingest`).
+path asks inside the script that publishes, see `telemetry.services.readings_enqueue`).
 """
 
 import json

@@ -1,7 +1,7 @@
 """The one ingest pipeline: validate → broadcast to live viewers → durable buffer.
 
 Device sockets, HTTP batch ingest, FTP files and HTTP polling all hand their readings to
-`readings_ingest` (sync callers) or `areadings_ingest` (async callers). Both run the same
+`readings_ingest` (sync callers) or `readings_enqueue` (device sockets). Both run the same
 validation and build the same messages; they differ only in how they reach Redis. The database
 write happens later, in batches, in the writer that reads the buffer stream.
 """
@@ -382,12 +382,12 @@ class _SocketBuffer:
             settings.REDIS_URL, _BROADCAST_AND_BUFFER, name="ep-socket-buffer"
         )
 
-    async def put(self, frame: _Frame) -> None:
-        """Returns once the frame's samples are in the stream (raises if they could not be)."""
+    def add(self, frame: _Frame) -> None:
+        """Put the frame on the next trip; `frame.done` completes once its samples are in the
+        stream (or fails with the reason they could not be)."""
         self._waiting.append(frame)
         if self._trips is None:
             self._trips = asyncio.create_task(self._travel())
-        await frame.done
 
     async def _travel(self) -> None:
         frames: list[_Frame] = []
@@ -448,13 +448,14 @@ def _socket_buffer() -> _SocketBuffer:
     return buffer
 
 
-async def areadings_ingest(*, result: IngestResult, source: str, device_id: int) -> None:
-    """`readings_ingest` for a device's socket: the same validation and broadcast, and a buffer
-    that takes a resent sample of that device only once. Returns once the readings are in the
-    buffer; the frames of all this process's sockets travel to Redis together (`_SocketBuffer`).
-    """
+def readings_enqueue(*, result: IngestResult, source: str, device_id: int) -> asyncio.Future | None:
+    """`readings_ingest` for a device's socket, from its event loop: the same validation and
+    broadcast, and a buffer that takes a resent sample of that device only once. Returns at once
+    the future that completes when the readings are in the buffer, or fails with the RedisError
+    that kept them out (None: nothing to buffer). The frames of all this process's sockets travel
+    to Redis together (`_SocketBuffer`)."""
     if not result.readings:
-        return
+        return None
     sites = {reading.sensor.site_id for reading in result.readings}
     perhaps = realtime.watched_groups.perhaps_watched([*map(site_group, sites), fleet_group()])
     messages = []
@@ -463,8 +464,8 @@ async def areadings_ingest(*, result: IngestResult, source: str, device_id: int)
             if heard := [group for group in groups if group in perhaps]:
                 messages.append((message["text"], heard))
     done = asyncio.get_running_loop().create_future()
-    frame = _Frame(device_id, source, messages, _samples(result.readings), done)
-    await _socket_buffer().put(frame)
+    _socket_buffer().add(_Frame(device_id, source, messages, _samples(result.readings), done))
+    return done
 
 
 # Set-based insert of a whole batch, sent as ONE text parameter: a two-dimensional array literal

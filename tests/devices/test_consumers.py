@@ -524,6 +524,12 @@ class Trips:
         self.open.set()
         self.failure: Exception | None = None
 
+    async def started(self, count: int, timeout: float = 5) -> None:
+        """Wait until `count` trips have started."""
+        async with asyncio.timeout(timeout):
+            while len(self.devices) < count:
+                await asyncio.sleep(0.005)
+
 
 @pytest.fixture
 def trips(monkeypatch):
@@ -608,6 +614,91 @@ async def test_a_failed_trip_fails_its_own_frames_only(alice_home, bob_home, tri
     assert [len(devices) for devices in trips.devices] == [1, 1]
     assert [[row[0] for row in rows] for _, rows in stream_rows()] == [[bobs_ids["power_w"]]]
     assert await device_online(alice_home["device"]) is False
+
+
+async def test_frames_read_while_an_earlier_one_travels_share_the_next_trip_acked_in_order(
+    alice_home, trips
+):
+    ts, _ = recent()
+    device_id = alice_home["device"].id
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        # given a first frame whose trip to the buffer is held on the way
+        trips.open.clear()
+        await pi.send_json_to(telemetry("m1", ts, power_w=1))
+        await trips.started(1)
+        # when two more frames come meanwhile
+        await pi.send_json_to(telemetry("m2", recent(50)[0], power_w=2))
+        await pi.send_json_to(telemetry("m3", recent(40)[0], power_w=3))
+        acked_early = not await pi.receive_nothing(timeout=0.3)
+        trips.open.set()
+        acks = [await pi.receive_json_from(timeout=5) for _ in range(3)]
+
+    # then they were read at once and went on the next trip together; the acks keep the order
+    assert not acked_early
+    assert trips.devices == [[device_id], [device_id, device_id]]
+    assert [(ack["type"], ack["msg_id"]) for ack in acks] == [("ack", f"m{n}") for n in (1, 2, 3)]
+    assert sorted(value for _, rows in stream_rows() for _, _, value in rows) == [1.0, 2.0, 3.0]
+
+
+async def test_an_error_for_a_later_frame_waits_behind_an_earlier_frames_ack(alice_home, trips):
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        trips.open.clear()
+        await pi.send_json_to(telemetry("m1", recent()[0], power_w=1))
+        await pi.send_to(text_data="{not json")
+        answered_early = not await pi.receive_nothing(timeout=0.3)
+        trips.open.set()
+        answers = [await pi.receive_json_from(timeout=5) for _ in range(2)]
+
+    assert not answered_early
+    assert [answer["type"] for answer in answers] == ["ack", "error"]
+    assert (answers[0]["msg_id"], answers[1]["code"]) == ("m1", "invalid_json")
+
+
+async def test_a_failed_trip_leaves_it_and_every_later_frame_unacked(alice_home, trips):
+    pi = device_communicator(alice_home["token"])
+    assert (await pi.connect())[0]
+    await settle(pi)
+    # given a frame on a trip that will fail, and a second frame waiting for the next trip
+    trips.open.clear()
+    trips.failure = redis.exceptions.ConnectionError("Connection lost")
+    await pi.send_json_to(telemetry("m1", recent()[0], power_w=1))
+    await pi.send_json_to(telemetry("m2", recent(50)[0], power_w=2))
+    await pi.receive_nothing(timeout=0.2)
+    # when the trip fails
+    trips.open.set()
+    # then the socket closes with nothing acked: the Pi resends both after reconnecting
+    output = await pi.receive_output(timeout=5)
+    await pi.disconnect()
+
+    assert output == {"type": "websocket.close", "code": CLOSE_BUFFER_DOWN}
+
+
+async def test_a_socket_reads_no_further_while_too_many_of_its_frames_wait_for_answers(
+    alice_home, trips, monkeypatch
+):
+    monkeypatch.setattr(consumers, "MAX_UNANSWERED", 1)
+    device_id = alice_home["device"].id
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        # given a first frame held on its trip and a second waiting for the next trip
+        trips.open.clear()
+        await pi.send_json_to(telemetry("m1", recent()[0], power_w=1))
+        await trips.started(1)
+        await pi.send_json_to(telemetry("m2", recent(50)[0], power_w=2))
+        # when a third comes
+        await pi.send_json_to(telemetry("m3", recent(40)[0], power_w=3))
+        await pi.receive_nothing(timeout=0.3)
+        waiting = [frame.device_id for frame in telemetry_services._socket_buffer()._waiting]
+        trips.open.set()
+        acks = [await pi.receive_json_from(timeout=5) for _ in range(3)]
+
+    # then it stays unread (in the socket) until the oldest is answered, and is then handled
+    assert waiting == [device_id]
+    assert [ack["msg_id"] for ack in acks] == ["m1", "m2", "m3"]
 
 
 # --- rate limiting -----------------------------------------------------------------------------
