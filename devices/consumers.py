@@ -39,8 +39,8 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_BATCH = 1000
 MAX_MSG_ID = 64
 TOUCH_EVERY_S = 5.0
-# Frames of one socket answered late at most (acks waiting for their trip to the buffer); past
-# that the socket's next frame is read once the oldest is answered.
+# Frames of one socket whose answers wait at most (acks waiting for their trip to the buffer,
+# answers behind them); past that the socket's next frame is read once the oldest is sent.
 MAX_UNANSWERED = 32
 CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
 CLOSE_REPLACED = 4000
@@ -216,7 +216,15 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     device = None
     watchdog: asyncio.Task | None = None
-    answering: asyncio.Task | None = None
+    answering: asyncio.Task | None = None  # sends the answers that wait (see _answer)
+    closing = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # (the trip it waits for, or None; its text), in the order of the frames
+        self.answers: deque[tuple[asyncio.Future | None, str]] = deque()
+        self.room = asyncio.Event()  # set when answers were sent or dropped
+
     last_frame = 0.0  # when the last frame arrived, shifted on by time spent busy (see dispatch)
     busy = False
 
@@ -230,8 +238,6 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
         self.last_frame = self.last_touch = time.monotonic()
         self.delivered: set[str] = set()
-        # (the trip it waits for, or None; its text), in the order of the frames
-        self.answers: deque[tuple[asyncio.Future | None, str]] = deque()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
         try:
@@ -257,6 +263,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         if self.watchdog is not None:
             self.watchdog.cancel()
+        self.closing = True  # the client left: nothing more to send
         if self.answering is not None:
             self.answering.cancel()
         self._drop_answers()
@@ -397,21 +404,34 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         "heartbeat": _heartbeat,
     }
 
+    async def close(self, code=None, reason=None):
+        """Close the socket, once. Answers not sent by then are dropped (their frames stay
+        unacked and the Pi resends them), and nothing is sent after the close."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.answering is not None and self.answering is not asyncio.current_task():
+            self.answering.cancel()
+        self._drop_answers()
+        await super().close(code=code, reason=reason)
+
     async def _answer(self, text: str, *, after: asyncio.Future | None = None) -> None:
         """Send a frame's answer once `after` (its readings' trip to the buffer) is done and
         the answers of earlier frames have gone; at once when nothing waits."""
+        if self.closing:
+            return
         answers = self.answers
-        if after is None and not answers:
+        if after is None and not answers and self.answering is None:
             await self.send_text(text)
             return
         answers.append((after, text))
         if self.answering is None:
             self.answering = asyncio.create_task(self._send_answers())
-        elif len(answers) > MAX_UNANSWERED:
-            # Read no further until the oldest is answered: frames wait in the socket instead.
-            oldest = answers[0][0]
-            if oldest is not None:
-                await asyncio.wait([oldest])
+        while len(answers) > MAX_UNANSWERED:
+            # Read no further until the oldest is answered (sent): frames wait in the socket,
+            # and a Pi that does not read its answers is held back by TCP, not by our memory.
+            self.room.clear()
+            await self.room.wait()
 
     async def _send_answers(self) -> None:
         answers = self.answers
@@ -421,22 +441,34 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 if trip is not None:
                     try:
                         await trip
-                    except RedisError as exc:
-                        # Not in the buffer, so no ack, for this frame nor any after it. No error
-                        # code says "try later": the socket closes, and the Pi reconnects and
-                        # resends what was not acked.
-                        logger.warning(
-                            "device %s: cannot buffer readings (%s); closing", self.device.uid, exc
-                        )
-                        self._drop_answers()
-                        await self.close(code=CLOSE_BUFFER_DOWN)
+                    except asyncio.CancelledError:
+                        if asyncio.current_task().cancelling():
+                            raise  # this task is stopped (the socket closes)
+                        await self._buffer_failed(RuntimeError("the trip was cancelled"))
+                        return
+                    except Exception as exc:
+                        await self._buffer_failed(exc)
                         return
                 answers.popleft()
-                await self.send_text(text)
-        except OSError:
-            self._drop_answers()  # the connection is gone (Uvicorn's ClientDisconnected)
+                self.room.set()
+                try:
+                    await self.send_text(text)
+                except OSError:  # the connection is gone (Uvicorn's ClientDisconnected)
+                    self._drop_answers()
+                    return
         finally:
             self.answering = None
+            self.room.set()
+
+    async def _buffer_failed(self, exc: BaseException) -> None:
+        """A trip failed: its frame is not in the buffer, so no ack for it nor any frame after
+        it. No error code says "try later": the socket closes, and the Pi reconnects and
+        resends what was not acked."""
+        if isinstance(exc, RedisError):
+            logger.warning("device %s: cannot buffer readings (%s); closing", self.device.uid, exc)
+        else:  # a defect, not an outage: with its traceback
+            logger.error("device %s: buffering failed; closing", self.device.uid, exc_info=exc)
+        await self.close(code=CLOSE_BUFFER_DOWN)
 
     def _drop_answers(self) -> None:
         """Forget the answers not sent; a trip still under way ends unheard."""
@@ -444,11 +476,12 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             if trip is not None:
                 trip.add_done_callback(_unheard)
         self.answers.clear()
+        self.room.set()
 
     async def _deliver(self, command_id) -> None:
         # A command issued while this socket connects is both among its open commands and
         # announced to its group: send it once per socket (a new socket gets it again).
-        if str(command_id) in self.delivered:
+        if str(command_id) in self.delivered or self.closing:
             return
         command = await db(services.command_mark_sent)(
             command_id=command_id, device_id=self.device.id

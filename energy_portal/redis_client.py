@@ -103,19 +103,25 @@ async def open_raw(
             options.get("host", "localhost"), options.get("port", 6379), ssl=tls
         )
     reader, writer = await asyncio.wait_for(opening, timeout=2)
-    commands = []
+    commands: list[tuple[tuple[str, ...], bool]] = []  # (command, whether a refusal is fatal)
     if options.get("password"):
-        commands.append(("AUTH", options.get("username") or "default", options["password"]))
-    commands.append(("CLIENT", "SETNAME", f"{name}-{os.getpid()}"))
+        username = options.get("username")
+        credentials = (username, options["password"]) if username else (options["password"],)
+        commands.append((("AUTH", *credentials), True))
+    # Only a label: an ACL user that may not name itself still gets its connection.
+    commands.append((("CLIENT", "SETNAME", f"{name}-{os.getpid()}"), False))
     if select_db and options.get("db"):
-        commands.append(("SELECT", str(options["db"])))
+        commands.append((("SELECT", str(options["db"])), True))
     parser = hiredis.Reader()
     try:
-        writer.write(b"".join(resp_command(*command) for command in commands))
-        for command in commands:
+        writer.write(b"".join(resp_command(*command) for command, _ in commands))
+        for command, fatal in commands:
             reply = await asyncio.wait_for(read_reply(reader, parser), timeout=5)
-            if isinstance(reply, Exception):
+            if fatal and isinstance(reply, Exception):
                 raise ConnectionError(f"Redis refused {command[0]}: {reply}")
+    except hiredis.ProtocolError as exc:
+        writer.close()
+        raise ConnectionError(f"not a Redis server, or a broken reply: {exc}") from exc
     except BaseException:
         writer.close()
         raise
@@ -133,8 +139,10 @@ class ScriptLink:
 
     Failures raise redis-py's exceptions, as the client did: a lost, refused or silent
     connection (`timeout` seconds) `ConnectionError` / `TimeoutError`, after which the next call
-    connects again; an error of the script `ResponseError`. A script Redis does not know (a
-    restarted Redis, SCRIPT FLUSH) is sent whole once and called by its digest again after.
+    connects again; an error of the script `ResponseError`. A connection Redis closed while it
+    was idle is noticed before a call and made again, as redis-py's pool did. A script Redis
+    does not know (a restarted Redis, SCRIPT FLUSH) is sent whole once and called by its digest
+    again after.
     """
 
     def __init__(self, url: str, script: str, *, name: str, timeout: float = 5.0):
@@ -168,6 +176,10 @@ class ScriptLink:
         return reply
 
     async def _call(self, keys: list, args: list):
+        if self._connection is not None:
+            reader, writer, _ = self._connection
+            if reader.at_eof() or writer.is_closing():  # closed while idle: Redis restarted,
+                self.close()  # its idle timeout, a proxy
         if self._connection is None:
             self._connection = await open_raw(self.url, name=self.name)
             self.connections += 1

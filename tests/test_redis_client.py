@@ -178,31 +178,51 @@ async def test_a_script_error_raises_response_error_and_the_link_keeps_its_conne
 
 
 @pytest.mark.asyncio
-async def test_a_connection_killed_by_redis_fails_the_next_call_and_the_one_after_reconnects(
+async def test_a_connection_redis_closed_while_idle_is_made_again_before_the_next_call(
     links, redis_sync
 ):
-    # given a link whose connection Redis has dropped
+    # given a link whose idle connection Redis has dropped (a restart, its idle timeout)
     link = links(FAIL_ON_DEMAND)
     assert await link(keys=[], args=["before"]) == b"before"
     assert redis_sync.client_kill_filter(_id=link_client(redis_sync, link)["id"]) == 1
+    async with asyncio.timeout(5):
+        while not link._connection[0].at_eof():  # the event loop has seen it close
+            await asyncio.sleep(0.01)
 
-    # when it calls twice: the first reads the closed connection
-    with pytest.raises(redis.exceptions.ConnectionError, match="Redis connection lost"):
-        await link(keys=[], args=["lost"])
+    # when it calls again
     after = await link(keys=[], args=["after"])
 
-    # then the second ran on a new connection
+    # then the call ran on a new connection instead of failing on the dead one
     assert after == b"after"
+    assert link.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_during_a_call_raises_and_the_next_call_connects_again(links):
+    hanging_up = SilentRedis(hang_up=True)
+    server = await asyncio.start_server(hanging_up.serve, "127.0.0.1", 0)
+    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/1"
+    async with server:
+        link = links(FAIL_ON_DEMAND, url=url)
+
+        with pytest.raises(redis.exceptions.ConnectionError, match="Redis connection lost"):
+            await link(keys=[], args=["first"])
+        with pytest.raises(redis.exceptions.ConnectionError, match="Redis connection lost"):
+            await link(keys=[], args=["second"])
+
+    assert hanging_up.connections == [["CLIENT", "SELECT", "EVALSHA"]] * 2
     assert link.connections == 2
 
 
 class SilentRedis:
     """A TCP server that answers a connection's handshake (CLIENT SETNAME, SELECT) as Redis does
-    and nothing after: a Redis gone silent. Keeps the commands each connection sent."""
+    and nothing after: a Redis gone silent, or with `hang_up` one that closes the connection on
+    the next command. Keeps the commands each connection sent."""
 
-    def __init__(self):
+    def __init__(self, hang_up: bool = False):
         self.connections: list[list[str]] = []
         self.url = ""
+        self.hang_up = hang_up
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         commands = []
@@ -215,6 +235,8 @@ class SilentRedis:
                     commands.append(command[0].decode().upper())
                     if commands[-1] in ("CLIENT", "SELECT"):
                         writer.write(b"+OK\r\n")
+                    elif self.hang_up:
+                        return
         finally:
             writer.close()
 

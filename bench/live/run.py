@@ -271,7 +271,7 @@ CATEGORIES = [
     ("Django (ORM, close_old_connections)", ("django/",)),
     ("portal: devices/consumers.py", ("devices/consumers",)),
     ("portal: telemetry (validation, ingest)", ("telemetry/",)),
-    ("portal: energy_portal (realtime, live_hub, redis_client)", ("energy_portal/",)),
+    ("portal: energy_portal (realtime, live_hub, redis_client: ScriptLink)", ("energy_portal/",)),
 ]
 # Where a sample's CPU goes, by the innermost frame that belongs to a known component.
 COMPONENTS = [
@@ -317,7 +317,10 @@ STAGES = [
         "ingest: socket buffer trip (one script: live publishes + durable buffer)",
         _any("_SocketBuffer"),
     ),
-    ("ack to the device (json + socket send)", _any("DeviceConsumer._ack")),
+    (
+        "answers to the device (acks in frame order + socket send)",
+        _any("DeviceConsumer._answer", "DeviceConsumer._send_answers", "_ack_text"),
+    ),
     (
         "channel-layer receive (core: BZPOPMIN loop; pubsub: reader task)",
         _any(

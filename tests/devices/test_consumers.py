@@ -676,6 +676,67 @@ async def test_a_failed_trip_leaves_it_and_every_later_frame_unacked(alice_home,
     assert output == {"type": "websocket.close", "code": CLOSE_BUFFER_DOWN}
 
 
+async def test_a_trip_failing_on_a_defect_closes_the_socket_unacked(alice_home, trips, caplog):
+    pi = device_communicator(alice_home["token"])
+    assert (await pi.connect())[0]
+    await settle(pi)
+    trips.failure = ValueError("a defect in the trip")
+
+    await pi.send_json_to(telemetry("m1", recent()[0], power_w=1))
+    output = await pi.receive_output(timeout=5)
+    await pi.disconnect()
+
+    assert output == {"type": "websocket.close", "code": CLOSE_BUFFER_DOWN}
+    assert "buffering failed" in caplog.text and "a defect in the trip" in caplog.text
+
+
+async def test_a_socket_closed_while_acks_wait_sends_none_of_them(alice_home, trips):
+    async with device_socket(alice_home["token"]) as first:
+        await settle(first)
+        # given an ack waiting for its trip
+        trips.open.clear()
+        await first.send_json_to(telemetry("m1", recent()[0], power_w=1))
+        await trips.started(1)
+        # when the device connects again (the first socket is replaced) and the trip comes back
+        async with device_socket(alice_home["token"]) as second:
+            close_code = await receive_close(first)
+            trips.open.set()
+            await settle(second)
+            nothing_after_close = await first.receive_nothing(timeout=0.3)
+
+    # then the replaced socket got its close and nothing after it: the Pi resends m1
+    assert close_code == CLOSE_REPLACED
+    assert nothing_after_close
+
+
+async def test_a_pi_that_does_not_read_its_acks_is_read_no_further(alice_home, trips, monkeypatch):
+    # given a socket whose answers cannot be sent (the Pi stopped reading) until `reading` is set
+    monkeypatch.setattr(consumers, "MAX_UNANSWERED", 1)
+    reading = asyncio.Event()
+    send_text = consumers.DeviceConsumer.send_text
+
+    async def stuck_send_text(self, text):
+        await reading.wait()
+        await send_text(self, text)
+
+    monkeypatch.setattr(consumers.DeviceConsumer, "send_text", stuck_send_text)
+    device_id = alice_home["device"].id
+
+    async with device_socket(alice_home["token"]) as pi:
+        # when it sends four frames, each trip done at once
+        for n in range(1, 5):
+            await pi.send_json_to(telemetry(f"m{n}", recent(60 - n)[0], power_w=n))
+        await pi.receive_nothing(timeout=0.3)
+        buffered_while_stuck = sum(len(devices) for devices in trips.devices)
+        reading.set()
+        acks = [await pi.receive_json_from(timeout=5) for _ in range(4)]
+
+    # then the fourth waited in the socket while three answers waited to be sent
+    assert buffered_while_stuck == 3
+    assert [ack["msg_id"] for ack in acks] == ["m1", "m2", "m3", "m4"]
+    assert trips.devices and all(set(devices) == {device_id} for devices in trips.devices)
+
+
 async def test_a_socket_reads_no_further_while_too_many_of_its_frames_wait_for_answers(
     alice_home, trips, monkeypatch
 ):
