@@ -245,7 +245,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 await self.channel_layer.send(previous, {"type": "device.replaced"})
             await self.accept()
             await db(services.device_set_online)(device_id=self.device.id, online=True)
-            await socket_registry.touch(self.device.id)
+            await self._note_alive()
             self.watchdog = asyncio.create_task(self._watch_silence())
             for command_id in await db(selectors.open_commands)(device_id=self.device.id):
                 await self._deliver(command_id)
@@ -311,11 +311,19 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             self.last_touch = now
             # The sign of life and the frame's own work need not wait for each other: the frame's
             # answer (an ack) goes out without a round trip for last-seen before it.
-            await asyncio.gather(
-                socket_registry.touch(self.device.id), self._handle_frame(text_data, bytes_data)
-            )
+            await asyncio.gather(self._note_alive(), self._handle_frame(text_data, bytes_data))
         else:
             await self._handle_frame(text_data, bytes_data)
+
+    async def _note_alive(self) -> None:
+        """Note a sign of life for last-seen. Best effort: a note that fails (Redis down, or its
+        connections all busy under overload) is made again at the next frame, and must not
+        end the socket, whose frames are handled all the same."""
+        try:
+            await socket_registry.touch(self.device.id)
+        except RedisError as exc:
+            self.last_touch = 0.0
+            logger.warning("device %s: cannot note a sign of life (%s)", self.device.uid, exc)
 
     async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         msg_id = None

@@ -984,6 +984,24 @@ async def test_a_frames_ack_does_not_wait_for_its_last_seen_note(alice_home, las
     assert noted is not None
 
 
+async def test_a_sign_of_life_that_cannot_be_noted_does_not_end_the_socket(alice_home, monkeypatch):
+    # given a Redis whose every last-seen note fails (its connections all busy under overload)
+    monkeypatch.setattr(consumers, "TOUCH_EVERY_S", 0)
+
+    async def failing_touch(device_id, at=None):
+        raise redis.exceptions.ConnectionError("No connection available.")
+
+    monkeypatch.setattr(socket_registry, "touch", failing_touch)
+
+    async with device_socket(alice_home["token"]) as pi:
+        # when frames come, each trying to note a sign of life
+        first = await assert_acked(pi, telemetry("m1", recent(50)[0], power_w=1), accepted=1)
+        second = await assert_acked(pi, telemetry("m2", recent(40)[0], power_w=2), accepted=1)
+
+    # then each is handled and acked, the socket open throughout
+    assert [first["msg_id"], second["msg_id"]] == ["m1", "m2"]
+
+
 # --- power -------------------------------------------------------------------------------------
 
 
