@@ -68,13 +68,9 @@ def async_client() -> redis.asyncio.Redis:
     return client
 
 
-def resp_command(*parts: str | bytes) -> bytes:
-    """A Redis command in RESP."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def resp_command(*parts: str | bytes | int | float) -> bytes:
+    """A Redis command in RESP, packed by hiredis (in C)."""
+    return hiredis.pack_command(parts)
 
 
 async def read_reply(reader: asyncio.StreamReader, parser: hiredis.Reader):
@@ -184,10 +180,10 @@ class ScriptLink:
             self._connection = await open_raw(self.url, name=self.name)
             self.connections += 1
         reader, writer, parser = self._connection
-        writer.write(hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)))
+        writer.write(resp_command("EVALSHA", self.sha, len(keys), *keys, *args))
         reply = await read_reply(reader, parser)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            writer.write(hiredis.pack_command(("EVAL", self.script, len(keys), *keys, *args)))
+            writer.write(resp_command("EVAL", self.script, len(keys), *keys, *args))
             reply = await read_reply(reader, parser)
         return reply
 
