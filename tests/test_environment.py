@@ -4,7 +4,10 @@ Both DATABASE_URL and REDIS_URL are always set here, so `load()` never starts em
 """
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -138,3 +141,29 @@ def test_a_bad_web_concurrency_is_refused_with_its_name(monkeypatch, capsys, raw
     assert "WEB_CONCURRENCY" in capsys.readouterr().err
     with pytest.raises(ImproperlyConfigured, match=problem):
         asgi_server.default_workers()
+
+
+def _collector_after_import(code: str) -> list:
+    """What a fresh interpreter's cyclic collector looks like after `code` (run in a subprocess:
+    the module tunes the collector of the process that starts Django through it)."""
+    probe = (
+        f"{code}\nimport gc, json\nprint(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_server_process_freezes_its_start_up_heap_and_collects_young_objects_less_often():
+    threshold, frozen = _collector_after_import("import energy_portal.asgi")
+    assert threshold == [7000, 10, 10]
+    assert frozen > 50_000  # Django and the apps, out of every full collection's walk
+
+
+def test_a_process_that_set_django_up_first_keeps_its_collector():
+    threshold, frozen = _collector_after_import(
+        "import django; django.setup(); import energy_portal.asgi"
+    )
+    assert threshold == [700, 10, 10]
+    assert frozen == 0

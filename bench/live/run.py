@@ -27,7 +27,13 @@ from bench.common import collapsed_stacks, log
 from bench.live import common
 
 CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "relay"]
-WHATIFS = ("nolock", "nogc", "gcfreeze", "nobatch")  # patched in by bench/live/whatif_asgi.py
+WHATIFS = (
+    "nolock",
+    "nogc",
+    "gcfreeze",
+    "nobatch",
+    "probe",
+)  # patched in by bench/live/whatif_asgi.py
 # Also accepted: granian-core, granian-pubsub (Granian, a Rust ASGI server; +w2 as for Uvicorn).
 FULL_RATES = [
     250,
@@ -226,6 +232,8 @@ LOG_SIGNS = {
     "core layer: channels over capacity (messages dropped)": "over capacity",
     "ChannelFull": "ChannelFull",
     "handshake/app timeouts": "took too long",
+    "+probe: event loop late > 30 ms": "ms; gc ",
+    "+probe: full collections": " full collection ",
 }
 
 

@@ -2,6 +2,7 @@
 
 from redis.connection import parse_url
 
+from energy_portal.redis_client import DRIVER_INFO
 from energy_portal.settings.base import ENV
 
 
@@ -19,7 +20,13 @@ def channel_layer_config(redis_url: str, kind: str) -> dict:
     # that. redis-py 8 also caps an asyncio pool at 100 connections, and the core layer holds one
     # per socket waiting in BZPOPMIN: past 100 sockets a process failed with "Too many
     # connections".
-    host = {"address": redis_url, "socket_timeout": 30, "max_connections": 20_000}
+    # The client's description is made once, not per new connection (see DRIVER_INFO).
+    host = {
+        "address": redis_url,
+        "socket_timeout": 30,
+        "max_connections": 20_000,
+        "driver_info": DRIVER_INFO,
+    }
     if kind == "core":
         return {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
