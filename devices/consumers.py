@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 64 * 1024
 MAX_BATCH = 1000
 MAX_MSG_ID = 64
-TOUCH_EVERY_S = 5.0
 # Frames of one socket whose answers wait at most (acks waiting for their trip to the buffer,
 # answers behind them); past that the socket's next frame is read once the oldest is sent.
 MAX_UNANSWERED = 32
@@ -236,7 +235,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         self.device, self.sensors = found
         self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
-        self.last_frame = self.last_touch = time.monotonic()
+        self.last_frame = time.monotonic()
         self.delivered: set[str] = set()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
@@ -245,7 +244,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 await self.channel_layer.send(previous, {"type": "device.replaced"})
             await self.accept()
             await db(services.device_set_online)(device_id=self.device.id, online=True)
-            await self._note_alive()
+            socket_registry.note_seen(self.device.id)
             self.watchdog = asyncio.create_task(self._watch_silence())
             for command_id in await db(selectors.open_commands)(device_id=self.device.id):
                 await self._deliver(command_id)
@@ -305,25 +304,11 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 return
 
     async def receive(self, text_data=None, bytes_data=None):
-        now = time.monotonic()
-        self.last_frame = now
-        if now - self.last_touch >= TOUCH_EVERY_S:
-            self.last_touch = now
-            # The sign of life and the frame's own work need not wait for each other: the frame's
-            # answer (an ack) goes out without a round trip for last-seen before it.
-            await asyncio.gather(self._note_alive(), self._handle_frame(text_data, bytes_data))
-        else:
-            await self._handle_frame(text_data, bytes_data)
-
-    async def _note_alive(self) -> None:
-        """Note a sign of life for last-seen. Best effort: a note that fails (Redis down, or its
-        connections all busy under overload) is made again at the next frame, and must not
-        end the socket, whose frames are handled all the same."""
-        try:
-            await socket_registry.touch(self.device.id)
-        except RedisError as exc:
-            self.last_touch = 0.0
-            logger.warning("device %s: cannot note a sign of life (%s)", self.device.uid, exc)
+        self.last_frame = time.monotonic()
+        # A sign of life for last-seen: gathered with the process's others and written once a
+        # second, so neither this frame nor the socket waits for (or fails with) Redis.
+        socket_registry.note_seen(self.device.id)
+        await self._handle_frame(text_data, bytes_data)
 
     async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         msg_id = None

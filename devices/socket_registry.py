@@ -3,11 +3,21 @@
 A device has at most one live socket: `claim` records the new one and returns the one it
 replaces; `release` forgets a socket only if it is still the registered one, so a replaced
 socket closing late cannot mark the device offline under its successor.
+
+Signs of life (`note_seen`) are gathered per event loop and written together about once a
+second: one HSET for all of a process's talking devices rather than a Redis call per device.
 """
 
+import asyncio
+import logging
 import time
+import weakref
+
+from redis.exceptions import RedisError
 
 from energy_portal.redis_client import async_client
+
+logger = logging.getLogger(__name__)
 
 SOCKETS_KEY = "ep:devices:sockets"
 LAST_SEEN_KEY = "ep:devices:last-seen"
@@ -40,6 +50,68 @@ async def connected_channel(device_id: int) -> str | None:
     return channel.decode() if channel else None
 
 
-async def touch(device_id: int, at: float | None = None) -> None:
-    """Note a sign of life; the beat job copies these into `Device.last_seen` in bulk."""
-    await async_client().hset(LAST_SEEN_KEY, device_id, f"{at or time.time():.3f}")
+# How often a loop's gathered signs of life are written. `Device.last_seen` lags by this much more
+# (the beat job copies the hash into the table in bulk, and far less often).
+WRITE_EVERY_S = 1.0
+
+
+class SeenNotes:
+    """One event loop's signs of life not yet in Redis: device id -> when (epoch seconds).
+
+    Noting costs a dict write, never a wait. A writer task, alive while notes are pending,
+    writes them all in one HSET every `WRITE_EVERY_S`. A write that fails (Redis down, or its
+    connections all busy under overload) keeps its notes for the next one; a newer note of the
+    same device replaces an older one. Notes pending when the process stops are lost: at most
+    `WRITE_EVERY_S` of last-seen, which the device's next frame (to whichever server) renews.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[int, float] = {}
+        self.writer: asyncio.Task | None = None
+
+    def note(self, device_id: int, at: float | None = None) -> None:
+        self.pending[device_id] = time.time() if at is None else at
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write_while_pending())
+
+    async def _write_while_pending(self) -> None:
+        try:
+            while self.pending:
+                await asyncio.sleep(WRITE_EVERY_S)
+                await self.write()
+        finally:
+            self.writer = None
+
+    async def write(self) -> None:
+        """Write the pending notes now (the writer does this every `WRITE_EVERY_S`)."""
+        notes, self.pending = self.pending, {}
+        if not notes:
+            return
+        try:
+            await async_client().hset(
+                LAST_SEEN_KEY, mapping={device: f"{at:.3f}" for device, at in notes.items()}
+            )
+        except RedisError as exc:
+            # Noted meanwhile means newer: those win over the ones kept for the next write.
+            self.pending = notes | self.pending
+            logger.warning("cannot write %d devices' last-seen; trying again (%s)", len(notes), exc)
+
+
+_notes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SeenNotes]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def seen_notes() -> SeenNotes:
+    """The running event loop's notes (a task and a Redis client belong to one loop)."""
+    loop = asyncio.get_running_loop()
+    notes = _notes.get(loop)
+    if notes is None:
+        notes = _notes[loop] = SeenNotes()
+    return notes
+
+
+def note_seen(device_id: int, at: float | None = None) -> None:
+    """Note a sign of life; it reaches Redis within `WRITE_EVERY_S`, and the beat job copies
+    the hash into `Device.last_seen` in bulk."""
+    seen_notes().note(device_id, at)

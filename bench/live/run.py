@@ -342,7 +342,7 @@ STAGES = [
     ("viewer: live hub reads Redis and fills outboxes", _any("LiveHub._serve")),
     ("viewer: outbox -> socket send", _any("Outbox.drain")),
     (
-        "device liveness: watchdog + socket_registry.touch",
+        "device liveness: watchdog + last-seen notes (socket_registry)",
         _any("_watch_silence", "socket_registry"),
     ),
 ]
