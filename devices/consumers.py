@@ -236,6 +236,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.device, self.sensors = found
         self.bucket = TokenBucket(rate=settings.DEVICE_RATE_PER_S, burst=settings.DEVICE_RATE_BURST)
         self.last_frame = time.monotonic()
+        self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
@@ -244,7 +245,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 await self.channel_layer.send(previous, {"type": "device.replaced"})
             await self.accept()
             await db(services.device_set_online)(device_id=self.device.id, online=True)
-            socket_registry.note_seen(self.device.id)
+            self.seen.note(self.device.id)
             self.watchdog = asyncio.create_task(self._watch_silence())
             for command_id in await db(selectors.open_commands)(device_id=self.device.id):
                 await self._deliver(command_id)
@@ -307,7 +308,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.last_frame = time.monotonic()
         # A sign of life for last-seen: gathered with the process's others and written once a
         # second, so neither this frame nor the socket waits for (or fails with) Redis.
-        socket_registry.note_seen(self.device.id)
+        self.seen.note(self.device.id)
         await self._handle_frame(text_data, bytes_data)
 
     async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:

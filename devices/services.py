@@ -244,17 +244,29 @@ def commands_expire(*, now: datetime | None = None) -> int:
     return len(expired)
 
 
+def _epoch(at: datetime | None) -> float:
+    return at.timestamp() if at else 0.0
+
+
 def devices_mark_silent_offline(*, now: float | None = None) -> int:
     """Mark offline the devices still shown online whose socket has shown no life for twice the
     heartbeat timeout: the server holding it died, so its own watchdog never ran."""
     now = now or time.time()
     limit = settings.DEVICE_HEARTBEAT_TIMEOUT * 2
-    ids = list(Device.objects.filter(online=True).values_list("id", flat=True))
-    if not ids:
+    online = dict(Device.objects.filter(online=True).values_list("id", "last_seen"))
+    if not online:
         return 0
+    ids = list(online)
     client = sync_client()
-    seen = client.hmget(socket_registry.LAST_SEEN_KEY, ids)
-    silent = [i for i, at in zip(ids, seen, strict=True) if at is None or now - float(at) > limit]
+    noted = client.hmget(socket_registry.LAST_SEEN_KEY, ids)
+    # The latest of Redis' note and the database's: a socket's notes reach Redis about a second
+    # after they are taken (socket_registry.SeenNotes), and going online writes the database at
+    # once, so a device that just connected has no note yet but is not silent.
+    silent = [
+        device_id
+        for device_id, at in zip(ids, noted, strict=True)
+        if now - max(float(at) if at else 0.0, _epoch(online[device_id])) > limit
+    ]
     for device_id in silent:
         client.hdel(socket_registry.SOCKETS_KEY, device_id)
         device_set_online(device_id=device_id, online=False)

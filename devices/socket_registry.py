@@ -59,10 +59,12 @@ class SeenNotes:
     """One event loop's signs of life not yet in Redis: device id -> when (epoch seconds).
 
     Noting costs a dict write, never a wait. A writer task, alive while notes are pending,
-    writes them all in one HSET every `WRITE_EVERY_S`. A write that fails (Redis down, or its
-    connections all busy under overload) keeps its notes for the next one; a newer note of the
-    same device replaces an older one. Notes pending when the process stops are lost: at most
-    `WRITE_EVERY_S` of last-seen, which the device's next frame (to whichever server) renews.
+    writes them all in one HSET every `WRITE_EVERY_S`, so a note reaches Redis about that long
+    after it is taken while Redis takes writes. A write that fails (Redis down, or its
+    connections all busy under overload) keeps its notes for the next one; a note taken
+    meanwhile is newer and wins over a kept one of the same device. Notes pending when the
+    process stops are lost; the disconnect writes `Device.last_seen` itself, and the device's
+    next frame, to whichever server, notes it again.
     """
 
     def __init__(self) -> None:
@@ -70,6 +72,7 @@ class SeenNotes:
         self.writer: asyncio.Task | None = None
 
     def note(self, device_id: int, at: float | None = None) -> None:
+        """Note that `device_id` showed life `at` (default: now); written with the next batch."""
         self.pending[device_id] = time.time() if at is None else at
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_while_pending())
@@ -91,9 +94,13 @@ class SeenNotes:
             await async_client().hset(
                 LAST_SEEN_KEY, mapping={device: f"{at:.3f}" for device, at in notes.items()}
             )
-        except RedisError as exc:
+        except Exception as exc:
             # Noted meanwhile means newer: those win over the ones kept for the next write.
             self.pending = notes | self.pending
+            if not isinstance(exc, RedisError):
+                # unforeseen: still kept and retried, with the traceback for whoever reads logs
+                logger.exception("cannot write %d devices' last-seen; trying again", len(notes))
+                return
             logger.warning("cannot write %d devices' last-seen; trying again (%s)", len(notes), exc)
 
 
@@ -112,6 +119,6 @@ def seen_notes() -> SeenNotes:
 
 
 def note_seen(device_id: int, at: float | None = None) -> None:
-    """Note a sign of life; it reaches Redis within `WRITE_EVERY_S`, and the beat job copies
-    the hash into `Device.last_seen` in bulk."""
+    """Note a sign of life; it reaches Redis about `WRITE_EVERY_S` later (see SeenNotes), and
+    the beat job copies the hash into `Device.last_seen` in bulk."""
     seen_notes().note(device_id, at)

@@ -30,7 +30,6 @@ CONFIGS = ["daphne-core", "daphne-pubsub", "uvicorn-core", "uvicorn-pubsub", "re
 WHATIFS = (
     "nolock",
     "nogc",
-    "gcfreeze",
     "nobatch",
     "probe",
 )  # patched in by bench/live/whatif_asgi.py

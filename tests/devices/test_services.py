@@ -1,5 +1,7 @@
 """Registry services and the selectors that scope reads to a user."""
 
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -7,8 +9,9 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 
-from devices import selectors, services
+from devices import selectors, services, socket_registry
 from devices.models import Device, Sensor, hash_token
+from energy_portal.redis_client import sync_client
 from tests.conftest import SENSORS
 
 
@@ -131,3 +134,57 @@ def test_fleet_devices_filters_and_counts(alice_home, bob_home, feeder):
     assert selectors.fleet_devices(feeder_id=feeder.id).count() == 2
     assert [d.uid for d in selectors.fleet_devices(site_id=bob_home["site"].id)] == ["pi-b1"]
     assert selectors.fleet_counts() == {"total": 2, "online": 1, "offline": 1}
+
+
+@pytest.fixture
+def registry_keys():
+    client = sync_client()
+    keys = (socket_registry.LAST_SEEN_KEY, socket_registry.SOCKETS_KEY)
+    client.delete(*keys)
+    yield client
+    client.delete(*keys)
+
+
+def test_silent_devices_go_offline_by_the_latest_of_redis_and_the_database(
+    alice_home, bob_home, settings, registry_keys
+):
+    # given two devices shown online, each with a registered socket, the heartbeat timeout 10 s
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 10
+    now = time.time()
+    alice_id, bob_id = alice_home["device"].id, bob_home["device"].id
+    for device_id in (alice_id, bob_id):
+        registry_keys.hset(socket_registry.SOCKETS_KEY, device_id, f"channel-{device_id}")
+    # Alice's Pi just connected: the database says so, its first note is not in Redis yet.
+    Device.objects.filter(pk=alice_id).update(
+        online=True, last_seen=datetime.fromtimestamp(now - 1, tz=UTC)
+    )
+    # Bob's Pi was last heard of 30 s ago (Redis), 60 s ago by the database.
+    Device.objects.filter(pk=bob_id).update(
+        online=True, last_seen=datetime.fromtimestamp(now - 60, tz=UTC)
+    )
+    registry_keys.hset(socket_registry.LAST_SEEN_KEY, bob_id, f"{now - 30:.3f}")
+
+    # when the beat job looks for silent devices
+    marked = services.devices_mark_silent_offline(now=now)
+
+    # then only Bob's goes offline and loses its registry entry
+    assert marked == 1
+    assert Device.objects.get(pk=alice_id).online is True
+    assert Device.objects.get(pk=bob_id).online is False
+    assert registry_keys.hget(socket_registry.SOCKETS_KEY, alice_id) is not None
+    assert registry_keys.hget(socket_registry.SOCKETS_KEY, bob_id) is None
+
+
+def test_a_recent_note_in_redis_keeps_a_device_online_whatever_the_database_says(
+    alice_home, settings, registry_keys
+):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 10
+    now = time.time()
+    device_id = alice_home["device"].id
+    Device.objects.filter(pk=device_id).update(
+        online=True, last_seen=datetime.fromtimestamp(now - 3600, tz=UTC)
+    )
+    registry_keys.hset(socket_registry.LAST_SEEN_KEY, device_id, f"{now - 2:.3f}")
+
+    assert services.devices_mark_silent_offline(now=now) == 0
+    assert Device.objects.get(pk=device_id).online is True
