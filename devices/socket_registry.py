@@ -11,10 +11,10 @@ second: one HSET for all of a process's talking devices rather than a Redis call
 import asyncio
 import logging
 import time
-import weakref
 
 from redis.exceptions import RedisError
 
+from energy_portal.per_loop import per_loop
 from energy_portal.redis_client import async_client
 
 logger = logging.getLogger(__name__)
@@ -104,18 +104,8 @@ class SeenNotes:
             logger.warning("cannot write %d devices' last-seen; trying again (%s)", len(notes), exc)
 
 
-_notes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SeenNotes]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def seen_notes() -> SeenNotes:
-    """The running event loop's notes (a task and a Redis client belong to one loop)."""
-    loop = asyncio.get_running_loop()
-    notes = _notes.get(loop)
-    if notes is None:
-        notes = _notes[loop] = SeenNotes()
-    return notes
+# The running event loop's notes (a task and a Redis client belong to one loop).
+seen_notes = per_loop(SeenNotes)
 
 
 def note_seen(device_id: int, at: float | None = None) -> None:

@@ -24,7 +24,6 @@ message and socket, no re-encoding.
 
 import asyncio
 import logging
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -33,6 +32,7 @@ import hiredis
 
 from django.conf import settings
 
+from energy_portal.per_loop import per_loop
 from energy_portal.realtime import live_channel
 from energy_portal.redis_client import open_raw, resp_command
 
@@ -242,13 +242,5 @@ class LiveHub:
             watchdog.cancel()
 
 
-_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub]" = weakref.WeakKeyDictionary()
-
-
-def live_hub() -> LiveHub:
-    """This event loop's hub (one per process in a server; tests run a loop each)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = LiveHub(settings.REDIS_URL)
-    return hub
+# This event loop's hub (one per process in a server; tests run a loop each).
+live_hub = per_loop(lambda: LiveHub(settings.REDIS_URL))

@@ -10,7 +10,6 @@ import asyncio
 import gc
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from energy_portal import realtime
+from energy_portal.per_loop import per_loop
 from energy_portal.realtime import live_event
 from energy_portal.redis_client import ScriptLink, sync_client
 from telemetry.validation import Reading, SensorRef, parse_timestamp, parse_value
@@ -435,17 +435,8 @@ class _SocketBuffer:
             realtime.watched_groups.learn(group, bool(heard))
 
 
-_socket_buffers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SocketBuffer]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _socket_buffer() -> _SocketBuffer:
-    loop = asyncio.get_running_loop()
-    buffer = _socket_buffers.get(loop)
-    if buffer is None:
-        buffer = _socket_buffers[loop] = _SocketBuffer()
-    return buffer
+# This event loop's buffer (its trips' futures and connection belong to the loop).
+_socket_buffer = per_loop(_SocketBuffer)
 
 
 def readings_enqueue(*, result: IngestResult, source: str, device_id: int) -> asyncio.Future | None:
