@@ -4,8 +4,9 @@ A device has at most one live socket: `claim` records the new one and returns th
 replaces; `release` forgets a socket only if it is still the registered one, so a replaced
 socket closing late cannot mark the device offline under its successor.
 
-Signs of life (`note_seen`) are gathered per event loop and written together about once a
-second: one HSET for all of a process's talking devices rather than a Redis call per device.
+Signs of life (`seen_notes().note(device_id)`) are gathered per event loop and written together
+about once a second: one HSET for all of a process's talking devices rather than a Redis call per
+device; the beat job copies the hash into `Device.last_seen` in bulk.
 """
 
 import asyncio
@@ -106,9 +107,3 @@ class SeenNotes:
 
 # The running event loop's notes (a task and a Redis client belong to one loop).
 seen_notes = per_loop(SeenNotes)
-
-
-def note_seen(device_id: int, at: float | None = None) -> None:
-    """Note a sign of life; it reaches Redis about `WRITE_EVERY_S` later (see SeenNotes), and
-    the beat job copies the hash into `Device.last_seen` in bulk."""
-    seen_notes().note(device_id, at)
