@@ -89,7 +89,8 @@ class _Probe:
         while True:
             time.sleep(0.005)
             now = time.monotonic()
-            if now - self.tick > self.LATE_S:
+            # (not before the first request starts the beat: nothing would clear the samples)
+            if self.started and now - self.tick > self.LATE_S:
                 frame = frames().get(self.main)
                 if frame is not None:
                     stack = traceback.extract_stack(frame)[-12:]
