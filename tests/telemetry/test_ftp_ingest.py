@@ -33,14 +33,10 @@ from telemetry.models import FileStatus, FtpSource, IngestedFile, Reading
 from telemetry.services import INGEST_STREAM
 from telemetry.writer import Batch, Writer
 from tests.conftest import PASSWORD as USER_PASSWORD
+from tests.fixtures.sample_files import AUTUMN, DAY, MALFORMED, RESEND, SAMPLES
 from tests.telemetry.conftest import stream_rows
 from tests.telemetry.ftp_server import PASSWORD, USER, FtpServer
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
-DAY = "SA4CPS_20261121_0001"  # three CPEs, a whole day
-RESEND = "SA4CPS_20261121_0001_resend"  # the same bytes under another name
-AUTUMN = "SA4CPS_20261025_0002"  # the autumn clock change: 25 local hours, 100 intervals
-MALFORMED = "SA4CPS_20261122_0003_malformed"
 # The samples' readings are judged as of the day after the latest of them, so the tests do not
 # start failing once the samples are older than the pipeline accepts.
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -272,7 +268,7 @@ def test_malformed_file_is_quarantined_with_errors_by_line_and_the_good_ones_go_
     assert (bad.status, bad.rows) == (FileStatus.QUARANTINED, 0)
     assert [e["line"] for e in bad.errors] == [4, 6, 8, 10]
     assert all(e["message"].startswith(f"line {e['line']}: ") for e in bad.errors)
-    assert "energy '00000X1234' is not a number" in bad.errors[0]["message"]
+    assert "energy '00000O0012' is not a number" in bad.errors[0]["message"]
     good = IngestedFile.objects.get(name=f"{DAY}.sgl_v2")
     assert (good.status, good.rows) == (FileStatus.INGESTED, 288)
     assert len(stream_rows(ingest_stream)) == 288
@@ -382,11 +378,12 @@ def test_file_over_the_size_limit_is_quarantined_unread_and_the_rest_go_on(
     source, folder, sample_sites, ingest_stream
 ):
     cpe = _day_cpes()[0]
-    _upload(folder, DAY)  # 29,290 bytes
+    _upload(folder, DAY)
+    size = (SAMPLES / f"{DAY}.sgl_v2").stat().st_size
     (folder / "small.sgl_v2").write_bytes(_sgl([(cpe, datetime(2026, 11, 20, 0, 0), 5)]))
     summary = _poll(source, max_file_bytes=10_000)
     big = IngestedFile.objects.get(name=f"{DAY}.sgl_v2")
-    assert (big.status, big.size, big.rows) == (FileStatus.QUARANTINED, 29_290, 0)
+    assert (big.status, big.size, big.rows) == (FileStatus.QUARANTINED, size, 0)
     assert "files over 10,000 bytes are not fetched" in big.errors[0]["message"]
     assert IngestedFile.objects.get(name="small.sgl_v2").status == FileStatus.INGESTED
     assert summary["rows"] == 1
@@ -620,8 +617,8 @@ def test_admin_pages_render_and_show_a_quarantined_files_errors(
         response = admin_client.get(url)
         assert response.status_code == 200, page
         body[page] = response.content.decode()
-    assert "line 4: energy &#x27;00000X1234&#x27; is not a number" in body["file"]
-    assert "line 10: trailer counts 99 reading records" in body["file"]
+    assert "line 4: energy &#x27;00000O0012&#x27; is not a number" in body["file"]
+    assert "line 10: trailer counts 97 reading records" in body["file"]
     assert f"{MALFORMED}.sgl_v2" in body["source"]  # the inline of recent files
     assert PASSWORD not in body["source"]
     assert "Quarantined" in body["file list"]

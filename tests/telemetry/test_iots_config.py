@@ -1,9 +1,8 @@
-"""`iots-right.json`: the shared samples, each validation rule, `pick` and `aggregate`."""
+"""`iots-right.json`: the sample files, each validation rule, `pick` and `aggregate`."""
 
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,8 @@ from telemetry.iots_config import (
     parse_iots_config,
     pick,
 )
+from tests.fixtures.sample_files import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 VALID = SAMPLES / "iots-right.json"
 INVALID = SAMPLES / "iots-right.invalid.json"
 BASE = "http://127.0.0.1:30000/api/realtime/H_01"
@@ -34,7 +33,7 @@ def problems_of(data) -> list[tuple[str, str]]:
     return caught.value.problems
 
 
-# --- the shared samples ------------------------------------------------------------------------
+# --- the sample files -------------------------------------------------------------------------
 
 
 def test_valid_sample_parses_to_its_appliances():

@@ -7,7 +7,6 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,10 +27,10 @@ from telemetry.polling import (
     samples_key,
 )
 from telemetry.tasks import poll_source
+from tests.fixtures.sample_files import SAMPLES
 from tests.telemetry.appliance_servers import appliance_server
 from tests.telemetry.conftest import stream_rows
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 # A minute boundary in the recent past: store windows of 5 and 10 s start on it.
 BASE = datetime.fromtimestamp(math.floor(time.time() / 60) * 60 - 120, UTC)
 BASE_US = int(BASE.timestamp()) * 1_000_000

@@ -1,16 +1,15 @@
-"""The `.sgl_v2` parser: the shared samples with their expected figures, then each rule."""
+"""The `.sgl_v2` parser: the sample files with their expected figures, then each rule."""
 
 import json
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 
 from telemetry.sgl_parser import MAX_ERRORS, SglRecord, parse_sgl, parse_sgl_rows
+from tests.fixtures.sample_files import AUTUMN, DAY, ENTITY, MALFORMED, RESEND, SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 SGL_SAMPLES = sorted(SAMPLES.glob("*.sgl_v2"))
 EXPECTED = sorted(SAMPLES.glob("*.expected.json"))
 
@@ -42,7 +41,7 @@ def error_lines(sgl_file) -> list[int]:
     return [error.line for error in sgl_file.errors]
 
 
-# --- the shared samples ------------------------------------------------------------------------
+# --- the sample files --------------------------------------------------------------------------
 
 
 def test_samples_folder_is_found_and_holds_sgl_files_with_expected_figures():
@@ -56,7 +55,7 @@ def test_every_sample_is_valid_unless_named_malformed(path):
     sgl_file = parse_sgl(path.read_bytes())
 
     assert sgl_file.valid is ("malformed" not in path.name), sgl_file.errors
-    assert sgl_file.entity == "GECAD01"
+    assert sgl_file.entity == ENTITY
 
 
 @pytest.mark.parametrize("expected_path", EXPECTED, ids=lambda p: p.name)
@@ -105,7 +104,7 @@ def test_sample_gives_the_figures_in_its_expected_json(expected_path):
 
 
 def test_autumn_sample_maps_its_25_hour_day_to_distinct_consecutive_utc_instants():
-    sgl_file = parse_sgl((SAMPLES / "SA4CPS_20261025_0002.sgl_v2").read_bytes())
+    sgl_file = parse_sgl((SAMPLES / f"{AUTUMN}.sgl_v2").read_bytes())
     starts = [record.start for record in sgl_file.records]
 
     assert len(starts) == 100  # 25 hours of quarter hours
@@ -124,8 +123,8 @@ def test_autumn_sample_maps_its_25_hour_day_to_distinct_consecutive_utc_instants
 
 
 def test_resend_sample_is_the_same_content_under_another_name_and_parses_the_same():
-    original = SAMPLES / "SA4CPS_20261121_0001.sgl_v2"
-    resend = SAMPLES / "SA4CPS_20261121_0001_resend.sgl_v2"
+    original = SAMPLES / f"{DAY}.sgl_v2"
+    resend = SAMPLES / f"{RESEND}.sgl_v2"
 
     assert resend.name != original.name
     assert resend.read_bytes() == original.read_bytes()
@@ -133,17 +132,17 @@ def test_resend_sample_is_the_same_content_under_another_name_and_parses_the_sam
 
 
 def test_malformed_sample_names_each_bad_line_and_keeps_the_good_ones():
-    sgl_file = parse_sgl((SAMPLES / "SA4CPS_20261122_0003_malformed.sgl_v2").read_bytes())
+    sgl_file = parse_sgl((SAMPLES / f"{MALFORMED}.sgl_v2").read_bytes())
 
     assert not sgl_file.valid
     messages = [error.message for error in sgl_file.errors]
     assert messages == [
-        "line 4: energy '00000X1234' is not a number (columns 35-44); "
+        "line 4: energy '00000O0012' is not a number (columns 35-44); "
         "it must be 10 digits in hundredths of kWh",
-        "line 6: date '20261341' is not a date YYYYMMDD (columns 23-30)",
-        "line 8: reading record is 20 characters long; it needs 45 "
+        "line 6: date '20261131' is not a date YYYYMMDD (columns 23-30)",
+        "line 8: reading record is 31 characters long; it needs 45 "
         "(type, CPE, date, time, energy, flag)",
-        "line 10: trailer counts 99 reading records (columns 13-20) but the file has 8",
+        "line 10: trailer counts 97 reading records (columns 13-20) but the file has 8",
     ]
     assert error_lines(sgl_file) == [4, 6, 8, 10]
     assert [record.line for record in sgl_file.records] == [2, 3, 5, 7, 9]
