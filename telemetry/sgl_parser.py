@@ -158,6 +158,8 @@ class _Scanner:
         lines = text.split("\n")
         while lines and not lines[-1].strip():
             lines.pop()
+        if "\x00" in text:
+            lines = self.without_nul(lines)
 
         sgl_file = SglFile(entity="", file_date=None, sequence=None)
         if not lines:
@@ -178,6 +180,21 @@ class _Scanner:
         rows = self.body(islice(lines, first, None), first + 1, len(lines))
         sgl_file.errors = self.errors.final()
         return sgl_file, rows
+
+    def without_nul(self, lines: list[str]) -> list[str]:
+        """Lines holding a NUL byte are named, their NULs shown as U+FFFD: a NUL is no part of
+        this text format, and no column holding one could be stored (PostgreSQL text refuses
+        it). Lines and columns keep their numbers, so the other checks still point right."""
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if "\x00" in line:
+                column = line.index("\x00") + 1
+                self.errors.add(
+                    number, f"holds a NUL byte (column {column}); the file must be text"
+                )
+                line = line.replace("\x00", "\ufffd")
+            kept.append(line)
+        return kept
 
     def header(self, line: str, sgl_file: SglFile) -> None:
         add = self.errors.add

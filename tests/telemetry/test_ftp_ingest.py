@@ -276,6 +276,29 @@ def test_malformed_file_is_quarantined_with_errors_by_line_and_the_good_ones_go_
 
 
 @pytest.mark.django_db
+def test_file_with_a_nul_byte_is_quarantined_with_its_line_named(
+    source, folder, sample_sites, ingest_stream
+):
+    # given a file whose known CPE has a NUL in it (PostgreSQL text cannot hold one)
+    cpe = _day_cpes()[0]
+    data = _sgl([(cpe, datetime(2026, 11, 21, 0, 0), 7), (cpe, datetime(2026, 11, 21, 0, 15), 8)])
+    (folder / "nul.sgl_v2").write_bytes(
+        data.replace(cpe.encode(), cpe[:10].encode() + b"\0" + cpe[11:].encode(), 1)
+    )
+    # when
+    summary = _poll(source)
+    # then
+    bad = IngestedFile.objects.get(name="nul.sgl_v2")
+    assert (bad.status, bad.rows) == (FileStatus.QUARANTINED, 0)
+    assert bad.errors[0] == {
+        "line": 2,
+        "message": "line 2: holds a NUL byte (column 13); the file must be text",
+    }
+    assert summary["quarantined"] == 1
+    assert stream_rows(ingest_stream) == []
+
+
+@pytest.mark.django_db
 def test_second_poll_of_the_same_folder_ingests_nothing_new(
     source, folder, sample_sites, ingest_stream
 ):

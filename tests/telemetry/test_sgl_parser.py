@@ -549,3 +549,21 @@ def test_autumn_line_repeated_at_once_is_a_duplicate_not_the_winter_hour():
 
     assert error_lines(sgl_file) == [4]
     assert "duplicate reading" in sgl_file.errors[0].message
+
+
+# --- bytes that are not text -------------------------------------------------------------------
+
+
+def test_a_nul_byte_is_named_by_line_and_column_and_no_record_carries_it():
+    # given a reading whose CPE holds a NUL, between two good ones
+    bad = reading("0015", cpe="PT00020000\x001110001AA")
+    sgl_file = parse_sgl(sgl(reading("0000"), bad, reading("0030")))
+
+    # then the file is refused, the line named, and no text anywhere holds the NUL
+    assert not sgl_file.valid
+    assert error_lines(sgl_file)[0] == 3
+    assert sgl_file.errors[0].message == (
+        "line 3: holds a NUL byte (column 13); the file must be text"
+    )
+    assert not any("\x00" in e.message for e in sgl_file.errors)
+    assert not any("\x00" in r.cpe for r in sgl_file.records)
