@@ -5,6 +5,7 @@ gets a close frame, 1011), and the server shuts down (1012)."""
 
 import asyncio
 import json
+import signal
 import socket
 import struct
 import tempfile
@@ -25,6 +26,8 @@ from devices.models import Device
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     clean_redis,
     fast_passwords,
+    recent,
+    table_locked,
 )
 from tests.e2e import servers
 
@@ -154,3 +157,34 @@ async def test_server_shutdown_closes_the_socket_and_leaves_the_device_offline(a
     assert closed.value.rcvd is not None and closed.value.rcvd.code == SERVER_SHUTDOWN
     assert await left(device) == (False, None)  # at once: the server had finished stopping
     assert "Traceback" not in log
+
+
+async def test_a_consumer_still_busy_when_ctrl_c_stops_the_server_leaves_the_device_offline(
+    alice_home,
+):
+    # Uvicorn waits 5 s (asgi_server) for consumers still busy, then cancels them: the cleanup
+    # runs on that cancellation. (On SIGTERM Uvicorn ends the process in the same step as it
+    # cancels them, so a consumer busy that long leaves its device to the silent-devices job.)
+    device = alice_home["device"]
+    lost = {"type": "power", "msg_id": "p1", "state": "lost", "ts": recent()[0]}
+    with tempfile.TemporaryDirectory(prefix="ep-asgi-") as log_dir:
+        server = servers.spawn(
+            database_url=servers.database_url(connection.settings_dict),
+            redis_url=settings.REDIS_URL,
+            log_dir=Path(log_dir),
+        )
+        try:
+            servers.wait_until_answering(server)
+            async with pi(server, alice_home["token"]) as ws:
+                await settle(ws)
+                # given a consumer waiting on the database (its write blocked by a lock)
+                async with table_locked("outages_powerevent"):
+                    await ws.send(json.dumps(lost))
+                    # when Ctrl-C stops the server, and its grace time passes
+                    server.process.send_signal(signal.SIGINT)
+                    # then the device leaves, though the consumer never finished its frame
+                    while_busy = await until_left(device, timeout=servers.STOP_TIMEOUT_S)
+        finally:
+            servers.stop(server)
+
+    assert while_busy == (False, None)
