@@ -383,9 +383,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 raise FrameError("rate_limited", "too many frames; slow down and resend later")
             if bytes_data is not None:
                 raise FrameError("invalid_json", "frames must be JSON text, not binary")
-            # bytes, not characters ("surrogatepass": a frame from the ASGI test client can
-            # hold a lone surrogate, which has no UTF-8 form; from the network it cannot)
-            if len(text_data.encode(errors="surrogatepass")) > MAX_FRAME_BYTES:
+            if len(text_data.encode()) > MAX_FRAME_BYTES:  # bytes, not characters
                 raise FrameError("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
             try:
                 frame = json.loads(text_data)
