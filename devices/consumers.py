@@ -5,10 +5,12 @@ services; readings go straight to the ingest pipeline (hot path), never to the d
 """
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections import deque
 from urllib.parse import parse_qs
@@ -42,6 +44,9 @@ MAX_MSG_ID = 64
 # answers behind them); past that the socket's next frame is read once the oldest is sent.
 MAX_UNANSWERED = 32
 CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
+# Handling a message failed (a defect, or the database down): the Pi reconnects and resends what
+# was not acked. RFC 6455's "Internal Error".
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4008
 CLOSE_FLOOD = 4029
@@ -216,6 +221,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
     device = None
     watchdog: asyncio.Task | None = None
     answering: asyncio.Task | None = None  # sends the answers that wait (see _answer)
+    leaving: asyncio.Task | None = None  # gives the socket's place up (see _leave)
+    accepted = False
     closing = False
 
     def __init__(self, *args, **kwargs):
@@ -226,6 +233,40 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     last_frame = 0.0  # when the last frame arrived, shifted on by time spent busy (see dispatch)
     busy = False
+
+    async def __call__(self, scope, receive, send):
+        """However the socket ends, the device leaves it (`_leave`): the client closed or
+        vanished (the server's disconnect), handling a message failed, or the server cancelled
+        the consumer on shutdown.
+
+        A failure while handling a message is a defect or an outage (database, Redis), never the
+        device's fault: it is logged in one line and the socket closed with a close frame (1011),
+        so the Pi reconnects and resends what was not acked. Uncaught, the server would log a
+        traceback and drop the connection without a close frame.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if not self.accepted:
+                raise  # during the handshake: the server refuses it (HTTP 500)
+            self._log_failure(exc)
+            await self.close(code=CLOSE_INTERNAL_ERROR)
+        finally:
+            await self._leave()
+
+    def _log_failure(self, exc: Exception) -> None:
+        """One line: what failed and where it was raised (a traceback would be many)."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        message = " ".join(str(exc).split())[:500]  # psycopg's messages span several lines
+        logger.error(
+            "device %s: handling its socket failed (%s: %s%s); closing with %d",
+            self.device.uid,
+            type(exc).__name__,
+            message,
+            where,
+            CLOSE_INTERNAL_ERROR,
+        )
 
     async def connect(self):
         token = bearer_token(self.scope)
@@ -238,46 +279,67 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.last_frame = time.monotonic()
         self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
+        # If anything below fails, __call__ gives the registry entry back (`_leave`).
         await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
         previous = await socket_registry.claim(self.device.id, self.channel_name)
-        try:
-            if previous and previous != self.channel_name:
-                await self.channel_layer.send(previous, {"type": "device.replaced"})
-            await self.accept()
-            await db(services.device_set_online)(device_id=self.device.id, online=True)
-            self.seen.note(self.device.id)
-            self.watchdog = asyncio.create_task(self._watch_silence())
-            for command_id in await db(selectors.open_commands)(device_id=self.device.id):
-                await self._deliver(command_id)
-        except Exception:
-            # The server will not call disconnect for a consumer whose connect failed: give
-            # the registry entry back now, or the device would look connected to a dead socket.
-            await self.disconnect(None)
-            raise
+        if previous and previous != self.channel_name:
+            await self.channel_layer.send(previous, {"type": "device.replaced"})
+        await self.accept()
+        self.accepted = True
+        await db(services.device_set_online)(device_id=self.device.id, online=True)
+        self.seen.note(self.device.id)
+        self.watchdog = asyncio.create_task(self._watch_silence())
+        for command_id in await db(selectors.open_commands)(device_id=self.device.id):
+            await self._deliver(command_id)
 
     async def disconnect(self, code):
-        """Leave the device's group, give up its registry entry and mark it offline. Each step
-        runs even when an earlier one failed: a registry entry left behind would keep the device
-        "connected" (and online) for good."""
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """End the socket's tasks, leave the device's group, give up its registry entry and
+        mark it offline; once, however often it is called.
+
+        The steps run in a task of their own, so a cancellation of the consumer (the server
+        shutting down) does not cut them short, and each runs even when an earlier one failed:
+        a registry entry left behind would keep the device "connected" (and online) for good.
+        """
         if self.device is None:
             return
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-        self.closing = True  # the client left: nothing more to send
-        if self.answering is not None:
-            self.answering.cancel()
-        self._drop_answers()
+        if self.leaving is None:
+            self.closing = True  # nothing more is sent
+            for task in (self.watchdog, self.answering):
+                if task is not None:
+                    task.cancel()
+            self._drop_answers()
+            self.leaving = asyncio.create_task(self._give_up_place())
+        await asyncio.shield(self.leaving)
+
+    async def _give_up_place(self) -> None:
+        device_id, failed = self.device.id, []
+        try:
+            await self.channel_layer.group_discard(device_group(device_id), self.channel_name)
+        except Exception as exc:
+            failed.append(("leaving its group", exc))
         # When the registry cannot answer, still try: device_set_online looks at it again and
         # leaves the device online if another socket holds it.
         released = True
         try:
-            await self.channel_layer.group_discard(device_group(self.device.id), self.channel_name)
-        finally:
+            released = await socket_registry.release(device_id, self.channel_name)
+        except Exception as exc:
+            failed.append(("releasing its registry entry", exc))
+        if released:
             try:
-                released = await socket_registry.release(self.device.id, self.channel_name)
-            finally:
-                if released:
-                    await db(services.device_set_online)(device_id=self.device.id, online=False)
+                await db(services.device_set_online)(device_id=device_id, online=False)
+            except Exception as exc:
+                failed.append(("marking it offline", exc))
+        if failed:
+            # An outage (Redis, the database) as a rule: one line. The silent-devices job marks
+            # the device offline later if this could not.
+            logger.warning(
+                "device %s: leaving its socket failed in part: %s",
+                self.device.uid,
+                "; ".join(f"{step}: {type(exc).__name__}: {exc}" for step, exc in failed),
+            )
 
     async def dispatch(self, message):
         """Handle one message at a time, as Channels does, with the silence clock stopped.
@@ -331,7 +393,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 raise FrameError("invalid_payload", "a frame must be a JSON object")
             if isinstance(frame.get("msg_id"), str):
                 msg_id = frame["msg_id"][:MAX_MSG_ID]
-            handler = self.HANDLERS.get(frame.get("type"))
+            kind = frame.get("type")
+            # a list or object as the type cannot even be looked up (unhashable)
+            handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 known = ", ".join(self.HANDLERS)
                 raise FrameError("unknown_type", f"unknown frame type; known types: {known}")
@@ -376,14 +440,20 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         await self._answer(_ack_text(msg_id, accepted=1, rejected=[]))
 
     async def _command_result(self, frame: dict) -> None:
-        if not isinstance(frame.get("status"), str):  # a list or object would not even hash
+        status, detail = frame.get("status"), frame.get("detail")
+        if not isinstance(status, str):  # a list or object would not even hash
             raise FrameError("invalid_payload", "status must be done, failed or rejected")
+        if detail is None:
+            detail = ""
+        elif not isinstance(detail, str):
+            raise FrameError("invalid_payload", "detail must be a string")
         try:
+            # The service makes the detail storable (storable_text): NUL, lone surrogates.
             await db(services.command_complete)(
                 command_id=_uuid(frame.get("id")),
                 device_id=self.device.id,
-                status=frame.get("status"),
-                detail=str(frame.get("detail", "")),
+                status=status,
+                detail=detail,
             )
         except ValidationError as exc:
             raise FrameError("invalid_payload", "; ".join(exc.messages)) from None
@@ -407,7 +477,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         if self.answering is not None and self.answering is not asyncio.current_task():
             self.answering.cancel()
         self._drop_answers()
-        await super().close(code=code, reason=reason)
+        with contextlib.suppress(OSError):  # the client is gone (Uvicorn's ClientDisconnected)
+            await super().close(code=code, reason=reason)
 
     async def _answer(self, text: str, *, after: asyncio.Future | None = None) -> None:
         """Send a frame's answer once `after` (its readings' trip to the buffer) is done and
@@ -416,7 +487,10 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         answers = self.answers
         if after is None and not answers and self.answering is None:
-            await self.send_text(text)
+            try:
+                await self.send_text(text)
+            except OSError:  # the client is gone (Uvicorn's ClientDisconnected): disconnect follows
+                self.closing = True
             return
         answers.append((after, text))
         if self.answering is None:
@@ -480,7 +554,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         command = await db(services.command_mark_sent)(
             command_id=command_id, device_id=self.device.id
         )
-        if command is not None:
+        if command is not None and not self.closing:  # (closed while the database answered)
             self.delivered.add(str(command.id))
             frame = {
                 "type": "command",
@@ -489,7 +563,10 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 "args": command.args,
                 "expires_at": command.expires_at.isoformat(),
             }
-            await self.send_text(json.dumps(frame))
+            try:
+                await self.send_text(json.dumps(frame))
+            except OSError:  # the client is gone: the command is sent again when it reconnects
+                self.closing = True
 
     # Channel-layer events
     async def device_command(self, event):
@@ -522,7 +599,9 @@ def _frame_level_error(result: IngestResult) -> bool:
 
 def _uuid(raw) -> uuid.UUID:
     try:
-        return uuid.UUID(str(raw))
+        if not isinstance(raw, str):  # str() of a deeply nested list can exceed the stack
+            raise ValueError
+        return uuid.UUID(raw)
     except ValueError:
         raise FrameError("invalid_payload", "id must be the command's UUID") from None
 

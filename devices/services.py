@@ -14,6 +14,7 @@ from django.utils import timezone
 from devices import socket_registry
 from devices.groups import device_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
+from devices.storable_text import storable_text
 from energy_portal.realtime import group_send, live_event
 from energy_portal.redis_client import sync_client
 
@@ -212,7 +213,9 @@ def command_mark_sent(*, command_id, device_id: int) -> Command | None:
 
 
 def command_complete(*, command_id, device_id: int, status: str, detail: str = "") -> Command:
-    """Record the device's result for a command it was sent."""
+    """Record the device's result for a command it was sent. `detail` is the device's own text:
+    what PostgreSQL cannot store (NUL, lone surrogates) is replaced, and it is cut at 2000
+    characters."""
     final = {CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED}
     if status not in final:
         raise ValidationError({"status": "status must be done, failed or rejected"})
@@ -222,7 +225,7 @@ def command_complete(*, command_id, device_id: int, status: str, detail: str = "
     if command is None:
         raise ValidationError({"id": "no such command for this device"})
     if command.status in Command.OPEN_STATUSES:
-        command.status, command.detail = status, detail[:2000]
+        command.status, command.detail = status, storable_text(detail[:2000])
         command.completed_at = timezone.now()
         command.save(update_fields=["status", "detail", "completed_at"])
         _command_changed(command)

@@ -28,6 +28,7 @@ from devices import consumers, services, socket_registry
 from devices.consumers import (
     CLOSE_BUFFER_DOWN,
     CLOSE_FLOOD,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_REPLACED,
     CLOSE_SILENT,
     MAX_FRAME_BYTES,
@@ -483,6 +484,32 @@ BAD_FRAMES = {
         None,
         "UUID",
     ),
+    "type-a-list": (
+        lambda: json.dumps({"type": ["telemetry"], "msg_id": "t1"}),
+        "unknown_type",
+        "t1",
+        "known types",
+    ),
+    "type-an-object": (
+        lambda: json.dumps({"type": {"telemetry": 1}, "msg_id": "t2"}),
+        "unknown_type",
+        "t2",
+        "known types",
+    ),
+    "command-result-id-nested": (  # (str() of one nested near the recursion limit fails)
+        lambda: '{"type": "command_result", "status": "done", "id": ' + "[" * 500 + "]" * 500 + "}",
+        "invalid_payload",
+        None,
+        "UUID",
+    ),
+    "command-result-detail-not-a-string": (
+        lambda: json.dumps(
+            {"type": "command_result", "id": str(uuid.uuid4()), "status": "done", "detail": [1]}
+        ),
+        "invalid_payload",
+        None,
+        "detail must be a string",
+    ),
 }
 
 
@@ -829,7 +856,7 @@ def leaving_groups_fails():
 
 
 async def test_disconnect_releases_the_socket_and_goes_offline_even_if_leaving_the_group_fails(
-    alice_home, leaving_groups_fails
+    alice_home, leaving_groups_fails, caplog
 ):
     device = alice_home["device"]
     pi = device_communicator(alice_home["token"])
@@ -837,15 +864,30 @@ async def test_disconnect_releases_the_socket_and_goes_offline_even_if_leaving_t
     assert connected
     await settle(pi)
 
-    with pytest.raises(ConnectionError):  # the failure is still reported, after the cleanup
-        await pi.disconnect()
+    await pi.disconnect()
 
     assert await socket_registry.connected_channel(device.id) is None
     assert await device_online(device) is False
+    # the failure is reported, in one line
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "device pi-a1: leaving its socket failed in part: "
+            "leaving its group: ConnectionError: Redis connection lost",
+        )
+    ]
 
 
-async def test_a_connect_that_fails_after_claiming_gives_the_registry_entry_back(
-    alice_home, monkeypatch
+def one_line_failure(caplog) -> str:
+    """The message of the one record logged, checked to be a single line without a traceback."""
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+    record = caplog.records[0]
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    return record.getMessage()
+
+
+async def test_a_connect_that_fails_after_accepting_closes_with_1011_and_gives_its_place_back(
+    alice_home, monkeypatch, caplog
 ):
     device = alice_home["device"]
 
@@ -854,12 +896,80 @@ async def test_a_connect_that_fails_after_claiming_gives_the_registry_entry_back
 
     monkeypatch.setattr(consumers.selectors, "open_commands", open_commands_fail)
     pi = device_communicator(alice_home["token"])
-    with pytest.raises(ConnectionError):
-        await pi.connect()
-        await pi.receive_output(timeout=1)
+    connected, _ = await pi.connect()
+    close_code = await receive_close(pi)
+    await pi.wait()
 
+    assert connected
+    assert close_code == CLOSE_INTERNAL_ERROR
     assert await socket_registry.connected_channel(device.id) is None
     assert await device_online(device) is False
+    assert "pi-a1: handling its socket failed (ConnectionError: database went away at " in (
+        one_line_failure(caplog)
+    )
+
+
+async def test_a_defect_handling_a_frame_closes_with_1011_logs_one_line_and_gives_its_place_back(
+    alice_home, monkeypatch, caplog
+):
+    device = alice_home["device"]
+    command = await issue_command(device=device, name="ping")
+
+    def command_complete_fails(**kwargs):
+        raise KeyError("a defect")
+
+    async with device_socket(alice_home["token"]) as pi:
+        await pi.receive_json_from()  # the command
+        monkeypatch.setattr(consumers.services, "command_complete", command_complete_fails)
+        await pi.send_json_to({"type": "command_result", "id": str(command.id), "status": "done"})
+        close_code = await receive_close(pi)
+        await pi.wait()
+
+    assert close_code == CLOSE_INTERNAL_ERROR
+    assert await socket_registry.connected_channel(device.id) is None
+    assert await device_online(device) is False
+    assert "handling its socket failed (KeyError: 'a defect' at " in one_line_failure(caplog)
+
+
+async def test_a_channel_message_it_cannot_handle_closes_with_1011_and_gives_its_place_back(
+    alice_home, caplog
+):
+    # A message of a type the consumer has no handler for, sent to the device's group through the
+    # real channel layer: a defect on the layer's side of the consumer, not the socket's.
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        await get_channel_layer().group_send(device_group(device.id), {"type": "device.bogus"})
+        close_code = await receive_close(pi, timeout=5)
+        await pi.wait()
+
+    assert close_code == CLOSE_INTERNAL_ERROR
+    assert await socket_registry.connected_channel(device.id) is None
+    assert await device_online(device) is False
+    assert "(ValueError: No handler for message type device.bogus at " in one_line_failure(caplog)
+
+
+async def test_a_consumer_cancelled_by_the_server_still_gives_its_place_back(alice_home):
+    # The server cancels what is left of its consumers when it shuts down past its grace time.
+    device = alice_home["device"]
+    pi = device_communicator(alice_home["token"])
+    connected, _ = await pi.connect()
+    await settle(pi)
+    watchdog = consumer_tasks_named("_watch_silence")
+
+    pi.future.cancel()
+    await pi.wait(timeout=5)
+
+    assert connected
+    assert await socket_registry.connected_channel(device.id) is None
+    assert await device_online(device) is False
+    assert len(watchdog) == 1 and watchdog[0].done()
+
+
+def consumer_tasks_named(name: str) -> list[asyncio.Task]:
+    """The running tasks whose coroutine is a consumer's method `name`."""
+    return [task for task in asyncio.all_tasks() if task.get_coro().__name__ == name]
 
 
 async def test_second_connection_of_a_device_closes_the_first_and_it_stays_online(alice_home):
@@ -1276,6 +1386,34 @@ async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):
         "invalid_payload",
         "status must be done, failed or rejected",
     )
+
+
+@pytest.mark.parametrize(
+    ("detail", "stored"),
+    [
+        ("relay\u0000off", "relay\ufffdoff"),
+        ("relay \ud800off\udfff", "relay \ufffdoff\ufffd"),
+        ("relay off \U0001f50c", "relay off \U0001f50c"),  # a whole character stays as it is
+    ],
+    ids=["nul", "lone-surrogates", "astral-character"],
+)
+async def test_command_result_detail_postgresql_cannot_store_is_recorded_cleaned(
+    alice_home, detail, stored
+):
+    # JSON escapes (\u0000, \ud800) reach the consumer as these characters; psycopg refused
+    # them (DataError, UnicodeEncodeError) and the socket died.
+    command = await issue_command(device=alice_home["device"], name="ping")
+
+    async with device_socket(alice_home["token"]) as pi:
+        await pi.receive_json_from()
+        await pi.send_json_to(
+            {"type": "command_result", "id": str(command.id), "status": "done", "detail": detail}
+        )
+        await settle(pi)
+        await assert_acked(pi, telemetry("m1", recent()[0], power_w=1), accepted=1)
+
+    done = await command_fresh(command)
+    assert (done.status, done.detail) == (CommandStatus.DONE, stored)
 
 
 # --- channel layer -----------------------------------------------------------------------------
