@@ -19,3 +19,8 @@ def storable_text(text: str) -> str:
     """`text` with each character PostgreSQL cannot store (NUL, a lone surrogate) replaced by
     U+FFFD, so the rest is kept and the reader sees where something was dropped."""
     return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def is_storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text` as it is (it holds no NUL and no lone surrogate)."""
+    return _UNSTORABLE.search(text) is None

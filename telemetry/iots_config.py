@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from urllib.parse import urlsplit
 
+from devices.storable_text import is_storable
+
 STORE_TYPES = ("avg", "sum", "last", "consumption")
 DATA_TYPES = ("DOUBLE", "FLOAT", "INTEGER", "LONG", "BOOLEAN")
 
@@ -69,6 +71,7 @@ def parse_iots_config(data: bytes | str | dict) -> IotsConfig:
     """
     document = data if isinstance(data, dict) else _decode(data)
     check = _Checker()
+    check.storable(document)
     root = check.object(document, "$")
     app = check.field(root, "$", "app", check.object)
     monitoring = check.field(app, "$.app", "monitoring", check.boolean)
@@ -173,6 +176,8 @@ def _decode(data: bytes | str) -> object:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise IotsConfigError([("$", f"invalid JSON at {where}: {exc.msg}")]) from None
+    except RecursionError:
+        raise IotsConfigError([("$", "the JSON is nested too deeply to read")]) from None
 
 
 def _shown(value: object) -> str:
@@ -192,6 +197,23 @@ class _Checker:
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))
+
+    def storable(self, document: object) -> None:
+        """Every key and string in the document must be text PostgreSQL can store: names, units
+        and tags are saved as they are. Walked with a stack, as documents may nest deeply."""
+        stack = [("$", document)]
+        while stack:
+            path, node = stack.pop()
+            if isinstance(node, str) and not is_storable(node):
+                self.problem(path, "holds a NUL character or a lone surrogate (\\u0000, \\ud800)")
+            elif isinstance(node, dict):
+                for key, value in reversed(node.items()):
+                    if not is_storable(key):
+                        self.problem(path, "has a key holding a NUL character or a lone surrogate")
+                    else:
+                        stack.append((f"{path}.{key}", value))
+            elif isinstance(node, list):
+                stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(node))))
 
     def field(
         self, parent: dict | None, path: str, key: str, check: Callable[[object, str], object]

@@ -558,3 +558,32 @@ def test_consumption_is_none_for_one_sample_or_a_counter_that_went_down(samples)
 def test_aggregate_refuses_an_unknown_store_type():
     with pytest.raises(ValueError, match="'median' is not one of avg, sum, last, consumption"):
         aggregate("median", [1.0])
+
+
+# --- text PostgreSQL cannot store, and documents too deep to read --------------------------------
+
+
+def test_nul_and_lone_surrogates_are_refused_by_their_path():
+    # given names, units and keys holding what a text column cannot store
+    document = valid_document()
+    iots = document["resources"]["iots"]
+    iots[0]["name"] = "AC\u00001"
+    iots[1]["values"][0]["unit"] = "W\ud800"
+    iots[3]["store"]["bad\u0000key"] = 1
+
+    # when
+    problems = problems_of(json.dumps(document).encode())
+
+    # then each is named where it is, and the file is refused whole
+    unstorable = [p for p in problems if "NUL character or a lone surrogate" in p[1]]
+    assert [path for path, _ in unstorable] == [
+        "$.resources.iots[0].name",
+        "$.resources.iots[1].values[0].unit",
+        "$.resources.iots[3].store",
+    ]
+
+
+def test_a_document_nested_too_deeply_is_refused_with_a_reason():
+    assert problems_of(b"[" * 100_000 + b"]" * 100_000) == [
+        ("$", "the JSON is nested too deeply to read")
+    ]
