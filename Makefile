@@ -44,8 +44,9 @@ system-deps:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
+# RUN_ARGS passes options on, e.g. `make run RUN_ARGS="--port 8077"`.
 run: $(VENV)/.runtime node_modules/.installed
-	$(BIN)/python -m energy_portal.run
+	$(BIN)/python -m energy_portal.run $(RUN_ARGS)
 
 test: $(VENV)/.dev node_modules/.installed tests/timescale/pglite/node_modules/.installed system-deps
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
