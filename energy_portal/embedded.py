@@ -58,27 +58,30 @@ def _port_answers(port: int) -> bool:
 def redis_url(data_dir: Path) -> str:
     """Start (or join) the embedded Valkey server and return its URL."""
     port = int(os.environ.get("EMBEDDED_VALKEY_PORT", DEFAULT_VALKEY_PORT))
-    url = f"redis://127.0.0.1:{port}/0"
-    if _port_answers(port):
-        return url
+    if not _port_answers(port):
+        atexit.register(valkey_stop, valkey_start(port, data_dir / "valkey"))
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def valkey_start(port: int, data_dir: Path) -> subprocess.Popen:
+    """Start Valkey on `port` in a session of its own (`valkey_serve`); return once it listens."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "energy_portal.embedded", str(port), str(data_dir / "valkey")],
+        [sys.executable, "-m", "energy_portal.embedded", str(port), str(data_dir)],
         start_new_session=True,
     )
     deadline = time.monotonic() + VALKEY_START_TIMEOUT_S
     while not _port_answers(port):
         if server.poll() is not None or time.monotonic() > deadline:
-            _valkey_stop(server)
+            valkey_stop(server)
             raise RuntimeError(
                 f"Embedded Valkey did not start on port {port}: see its log, "
-                f"{data_dir / 'valkey' / 'valkey.log'}"
+                f"{data_dir / 'valkey.log'}"
             )
         time.sleep(0.05)
-    atexit.register(_valkey_stop, server)
-    return url
+    return server
 
 
-def _valkey_stop(server: subprocess.Popen) -> None:
+def valkey_stop(server: subprocess.Popen) -> None:
     """Ask the Valkey session to stop (it saves its append-only file) and wait for it."""
     if server.poll() is None:
         server.terminate()
