@@ -46,6 +46,7 @@ PORTAL_IMAGE = "energy-portal:latest"
 PORTAL_SERVICES = {"migrate", "web", "writer", "worker", "beat"}
 REQUIRED_ENV = ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG")
 READY_TIMEOUT_S = 90
+WRITER_READY = r"ingest writer \S+ started"
 STOP_TIMEOUT_S = 20
 # What a container's environment has before compose adds to it (PATH points at this checkout's
 # virtual environment, standing in for the image's Python).
@@ -380,7 +381,10 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
 
     def process(name: str, command: list[str], compose_env: dict[str, str]) -> Process:
         data_dir = tmp_path / f"{name}-var"
-        shutil.copytree(image_data, data_dir) if image_data.exists() else data_dir.mkdir()
+        if image_data.exists():
+            shutil.copytree(image_data, data_dir)
+        else:
+            data_dir.mkdir()
         env = {**BASE_ENV, **image.env, **local.environment(compose_env)}
         env["ENERGY_PORTAL_DATA_DIR"] = str(data_dir)
         return Process(name, command, env, log=tmp_path / f"{name}.log")
@@ -436,13 +440,13 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
             lambda: http_status(image_port, "/api/v1/health/") == 200,
             running,
         )
-        # the writer, worker and beat are up and connected
-        wait_for(
-            "the ingest writer", lambda: "ingest writer" in by_name["writer"].output(), running
-        )
+        # the writer reads the stream, the worker answers a ping, beat sends its tasks to Redis
+        writer_log = by_name["writer"].output
+        wait_for("the ingest writer", lambda: re.search(WRITER_READY, writer_log()), running)
         ping = ["celery", "-A", "energy_portal", "inspect", "ping", "--timeout", "5"]
         wait_for("the worker answering", lambda: succeeds(ping, by_name["worker"].env), running)
-        wait_for("beat", lambda: "beat: Starting" in by_name["beat"].output(), running)
+        beat_log = by_name["beat"].output
+        wait_for("beat sending a task", lambda: "Sending due task" in beat_log(), running)
     finally:
         for each in running:
             each.stop()
