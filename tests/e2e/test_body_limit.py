@@ -119,6 +119,7 @@ def test_a_chunked_body_over_the_limit_is_refused_with_413_while_it_arrives(port
         < settings.REQUEST_MAX_BODY_BYTES + SOCKET_BUFFERS_SLACK
     )
     assert peak_memory_bytes(portal) - peak_before < settings.REQUEST_MAX_BODY_BYTES
+    assert "Traceback" not in portal.output()
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(portal):
@@ -135,6 +136,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(por
     assert body.startswith(b"Request body too large: at most")  # text, not JSON, off the API
     assert sent < SOCKET_BUFFERS_SLACK
     assert peak_memory_bytes(portal) - peak_before < settings.REQUEST_MAX_BODY_BYTES
+    assert "Traceback" not in portal.output()
 
 
 def test_a_batch_under_the_limit_is_ingested(portal, alice_home, clean_redis):  # noqa: F811
