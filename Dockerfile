@@ -11,6 +11,10 @@ COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 COPY --from=assets /app/node_modules ./node_modules
 COPY . .
+# Static files are part of the image: every container of it serves the same, hashed names
+# (WhiteNoise's manifest). Settings load with placeholders here; nothing connects at build time.
+RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@127.0.0.1/build \
+    REDIS_URL=redis://127.0.0.1:6379/0 python manage.py collectstatic --no-input
 RUN useradd --system --home /app portal && mkdir -p /app/var && chown portal /app/var
 USER portal
 EXPOSE 8000

@@ -38,14 +38,19 @@ tests/timescale/pglite/node_modules/.installed: tests/timescale/pglite/package.j
 	npm ci --prefix tests/timescale/pglite --no-audit --no-fund --silent
 	touch $@
 
-# Debian's Chromium drives the browser tests (Playwright cannot download its own browser here).
+# Debian's Chromium drives the browser tests (Playwright cannot download its own browser here);
+# Debian's docker-compose renders compose.yaml for tests/test_compose.py (no engine needed).
+SYSTEM_PACKAGES := chromium docker-compose
 system-deps:
-	@command -v chromium >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	@missing=""; for command in $(SYSTEM_PACKAGES); do \
+		command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; fi; fi
 
+# RUN_ARGS passes options on, e.g. `make run RUN_ARGS="--port 8077"`.
 run: $(VENV)/.runtime node_modules/.installed
-	$(BIN)/python -m energy_portal.run
+	$(BIN)/python -m energy_portal.run $(RUN_ARGS)
 
 test: $(VENV)/.dev node_modules/.installed tests/timescale/pglite/node_modules/.installed system-deps
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \

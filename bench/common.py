@@ -175,6 +175,8 @@ def portal_env(*, database_url: str, redis_url: str, secret_key: str, **extra: s
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         DJANGO_DEBUG="0",
+        # Production settings, but plain http on the loopback: no TLS proxy in front.
+        DJANGO_SECURE_SSL_REDIRECT="0",
         DJANGO_SECRET_KEY=secret_key,
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         PYTHONPATH=str(ROOT),

@@ -20,9 +20,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from devices.routing import websocket_urlpatterns  # noqa: E402
+from energy_portal.body_limit import BodyLimitMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
-    {"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)}
+    {
+        # Bodies are bounded before Django reads them, on every route (see body_limit.py).
+        "http": BodyLimitMiddleware(django_asgi_app),
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
 )
 
 if _server_process:

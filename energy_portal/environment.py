@@ -40,6 +40,13 @@ class Environment:
     beat_stale_after_s: int
     ingest_lag_limit_s: int
     ingest_claim_idle_ms: int
+    request_max_body_bytes: int
+    secure_ssl_redirect: bool
+    secure_cookies: bool
+    secure_proxy_ssl_header: str
+    secure_hsts_seconds: int
+    secure_hsts_include_subdomains: bool
+    secure_hsts_preload: bool
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -95,6 +102,13 @@ def load() -> Environment:
     database_url = os.environ.get("DATABASE_URL", "")
     redis_url = os.environ.get("REDIS_URL", "")
     embedded_used = not database_url or not redis_url
+    if embedded_used and not debug:
+        # Production never falls back to servers under the data folder: a deployment that forgot
+        # a URL would otherwise run healthy on an empty database of its own.
+        raise ImproperlyConfigured(
+            "DATABASE_URL and REDIS_URL are required when DJANGO_DEBUG is off; "
+            "the embedded servers are for development only."
+        )
     if not database_url:
         database_url = embedded.database_url(data_dir)
         os.environ["DATABASE_URL"] = database_url  # child processes reuse the same server
@@ -123,4 +137,17 @@ def load() -> Environment:
         beat_stale_after_s=int_setting("BEAT_STALE_AFTER", 180),
         ingest_lag_limit_s=int_setting("INGEST_LAG_LIMIT", 300),
         ingest_claim_idle_ms=int_setting("INGEST_CLAIM_IDLE_MS", 30_000),
+        # Any request body, any route: the batch ingest limit (8 MiB) and 1 MiB to spare, so the
+        # ingest endpoint still answers with its own message up to a little past its limit.
+        request_max_body_bytes=int_setting("REQUEST_MAX_BODY_BYTES", 9 * 1024 * 1024),
+        # HTTPS (settings/security.py): on by default in production, which runs behind a proxy
+        # that terminates TLS and says so in X-Forwarded-Proto; off while developing over http.
+        secure_ssl_redirect=_flag("DJANGO_SECURE_SSL_REDIRECT", not debug),
+        secure_cookies=_flag("DJANGO_SECURE_COOKIES", not debug),
+        secure_proxy_ssl_header=os.environ.get(
+            "DJANGO_SECURE_PROXY_SSL_HEADER", "" if debug else "X-Forwarded-Proto"
+        ).strip(),
+        secure_hsts_seconds=int_setting("DJANGO_SECURE_HSTS_SECONDS", 0 if debug else 31_536_000),
+        secure_hsts_include_subdomains=_flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True),
+        secure_hsts_preload=_flag("DJANGO_SECURE_HSTS_PRELOAD", True),
     )

@@ -2,8 +2,10 @@
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
 migrates, seeds the demo, then runs the ASGI server, the ingest writer, a Celery worker, beat
-and a few simulated Pis under one supervisor. Ctrl-C stops every process; the embedded servers
-stop when this process exits.
+and a few simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's
+first, then, once they have all exited, the embedded servers (they run in sessions of their own,
+out of the terminal's reach, and stop when this process exits), so nothing loses its database or
+Redis while it shuts down.
 """
 
 import argparse
@@ -44,6 +46,14 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before the supervisor runs (during migrate or seeding): stop without a traceback.
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

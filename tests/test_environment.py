@@ -24,6 +24,13 @@ VARIABLES = [
     "DJANGO_CSRF_TRUSTED_ORIGINS",
     "BEAT_STALE_AFTER",
     "CHANNEL_LAYER",
+    "REQUEST_MAX_BODY_BYTES",
+    "DJANGO_SECURE_SSL_REDIRECT",
+    "DJANGO_SECURE_COOKIES",
+    "DJANGO_SECURE_PROXY_SSL_HEADER",
+    "DJANGO_SECURE_HSTS_SECONDS",
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "DJANGO_SECURE_HSTS_PRELOAD",
 ]
 
 
@@ -68,6 +75,47 @@ def test_production_with_a_secret_key_uses_the_given_services(env):
     assert loaded.database_url == "postgres://portal:pw@db.example:5432/portal"
     assert loaded.redis_url == "redis://cache.example:6379/0"
     assert loaded.allowed_hosts == ["portal.example", "api.example"]
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
+def test_production_without_a_service_url_is_refused_rather_than_embedded(env, tmp_path, missing):
+    env.setenv("DJANGO_DEBUG", "0")
+    env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+    env.delenv(missing)
+
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL and REDIS_URL are required"):
+        environment.load()
+    assert list(tmp_path.iterdir()) == []  # no embedded server was started
+
+
+def test_production_serves_https_only_by_default(env):
+    env.setenv("DJANGO_DEBUG", "0")
+    env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+
+    loaded = environment.load()
+
+    assert loaded.secure_ssl_redirect is True
+    assert loaded.secure_cookies is True
+    assert loaded.secure_proxy_ssl_header == "X-Forwarded-Proto"
+    assert loaded.secure_hsts_seconds == 365 * 24 * 3600
+    assert loaded.secure_hsts_include_subdomains is True
+    assert loaded.secure_hsts_preload is True
+
+
+def test_development_serves_plain_http_and_each_https_setting_can_be_set(env):
+    development = environment.load()
+    env.setenv("DJANGO_SECURE_SSL_REDIRECT", "1")
+    env.setenv("DJANGO_SECURE_PROXY_SSL_HEADER", "X-Scheme")
+    env.setenv("DJANGO_SECURE_HSTS_SECONDS", "60")
+    configured = environment.load()
+
+    assert development.secure_ssl_redirect is False
+    assert development.secure_cookies is False
+    assert development.secure_proxy_ssl_header == ""
+    assert development.secure_hsts_seconds == 0
+    assert configured.secure_ssl_redirect is True
+    assert configured.secure_proxy_ssl_header == "X-Scheme"
+    assert configured.secure_hsts_seconds == 60
 
 
 def test_development_keeps_one_generated_secret_key_in_the_data_folder(env, tmp_path):

@@ -85,6 +85,8 @@ def django_setup() -> None:
         DATABASE_URL=database_url(),
         REDIS_URL=redis_url(),
         DJANGO_DEBUG="0",
+        # Production settings, but plain http on the loopback: no TLS proxy in front.
+        DJANGO_SECURE_SSL_REDIRECT="0",
         DJANGO_SECRET_KEY=secret_key(),
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
     )

@@ -4,4 +4,5 @@ from energy_portal.settings.api import *  # noqa: F403
 from energy_portal.settings.base import *  # noqa: F403
 from energy_portal.settings.database import *  # noqa: F403
 from energy_portal.settings.realtime import *  # noqa: F403
+from energy_portal.settings.security import *  # noqa: F403
 from energy_portal.settings.tasks import *  # noqa: F403
