@@ -16,12 +16,17 @@ from django.core.exceptions import ImproperlyConfigured
 from energy_portal.environment import int_setting
 
 APPLICATION = "energy_portal.asgi:application"
+# Largest WebSocket message the server reads. The device socket refuses frames over its own
+# 64 KiB limit with a `too_large` error frame; past this size the server stops reading and closes
+# with 1009 (message too big), so a hostile frame cannot make it buffer megabytes (default 16 MiB).
+WS_MAX_BYTES = 256 * 1024
 OPTIONS = [
     "--ws", "websockets-sansio",
     "--loop", "uvloop",
     "--http", "httptools",
     "--lifespan", "off",  # Django's ASGI handler has no lifespan events
     "--timeout-graceful-shutdown", "5",  # open sockets are closed (1012) after at most 5 s
+    "--ws-max-size", str(WS_MAX_BYTES),
 ]  # fmt: skip
 
 

@@ -17,3 +17,23 @@ class RefusalWithoutTraceback(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+class ClientFaultWithoutTraceback(logging.Filter):
+    """A client's malformed WebSocket text is one warning line, not an error with a traceback.
+
+    Uvicorn logs a text frame that is not UTF-8 with `logger.exception` and closes the socket
+    with 1007: the fault is the client's, and the close code already tells it so.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UnicodeDecodeError):
+            record.msg = (
+                f"{record.getMessage()} ({exc.reason} at byte {exc.start}); closed with 1007"
+            )
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -100,7 +100,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"refusals": {"()": "energy_portal.log_filters.RefusalWithoutTraceback"}},
+    "filters": {
+        "refusals": {"()": "energy_portal.log_filters.RefusalWithoutTraceback"},
+        "client_faults": {"()": "energy_portal.log_filters.ClientFaultWithoutTraceback"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -115,6 +118,8 @@ LOGGING = {
         "django": {"handlers": [], "level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
+        # Uvicorn's own handlers stay; a client's malformed frame loses its traceback.
+        "uvicorn.error": {"filters": ["client_faults"]},
         # One INFO line per polled appliance request is noise.
         "httpx": {"level": "WARNING"},
     },

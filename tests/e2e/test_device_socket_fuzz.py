@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from django.conf import settings
 from django.db import connection
@@ -24,6 +25,7 @@ from django.db import connection
 from devices import services
 from devices.consumers import MAX_FRAME_BYTES
 from devices.models import Command, CommandStatus
+from energy_portal.asgi_server import WS_MAX_BYTES
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     clean_redis,
     fast_passwords,
@@ -336,6 +338,40 @@ async def test_a_hostile_device_gets_an_answer_to_every_frame_and_the_socket_hol
     # Bob's command untouched; Alice's finished, its detail storable
     assert commands[foreign.id] == (CommandStatus.PENDING, "")
     assert commands[own.id][0] in FINAL_STATUSES
+
+
+@pytest.mark.parametrize(
+    ("frame", "close_code", "log_line"),
+    [
+        (b'{"type": "heartbeat", "x": "\xff\xfe"}', 1007, "Invalid UTF-8 sequence"),
+        (b"x" * (WS_MAX_BYTES + 1), 1009, None),
+    ],
+    ids=["text-not-utf8", "over-the-servers-read-limit"],
+)
+async def test_frames_the_server_cannot_read_close_with_a_code_and_one_line_at_most(
+    portal, alice_home, frame, close_code, log_line
+):
+    # given a device socket
+    log_start = len(portal.output())
+    async with connect(
+        f"{portal.ws}/ws/devices/",
+        additional_headers={"Authorization": f"Bearer {alice_home['token']}"},
+        max_size=None,
+    ) as ws:
+        # when it sends a text frame the server cannot take as text
+        await ws.send(frame, text=True)
+        # then the server closes with the protocol's code, not a dropped connection
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == close_code
+    await asyncio.sleep(0.2)  # the server's log line, if any, is written after the close
+    log = portal.output()[log_start:]
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    if log_line:
+        assert [line for line in log.splitlines() if log_line in line] == [
+            next(line for line in log.splitlines() if log_line in line)
+        ]
+        assert "WARNING" in next(line for line in log.splitlines() if log_line in line)
 
 
 def _issue_ping(device) -> Command:
