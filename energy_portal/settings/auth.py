@@ -16,7 +16,7 @@ CACHES = {
 # django-axes counts failed logins per user name and, apart, per client address, in the cache
 # above; the first backend refuses a locked-out login before the password is even checked.
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "devices.auth_backends.LockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
@@ -28,8 +28,10 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "devices.lockout.lockout_response"
 # The cache handler keeps nothing in axes' tables, so their admin pages would only ever be empty.
 AXES_ENABLE_ADMIN = False
-# One log line per failure naming only the user and address, and no banner at start-up.
+# One log line per failure naming the address but not the user name typed (people type their
+# password there by mistake), and no banner at start-up.
 AXES_VERBOSE = False
+AXES_SENSITIVE_PARAMETERS = ["username"]
 
 # API tokens (django-rest-knox): only a SHA-512 of each is stored; one token per sign-in, so each
 # client can be signed out alone.

@@ -110,5 +110,7 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         # One INFO line per polled appliance request is noise.
         "httpx": {"level": "WARNING"},
+        # Failures and lockouts are warnings; a line per successful sign-in is noise.
+        "axes": {"level": "WARNING"},
     },
 }
