@@ -28,8 +28,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "devices.lockout.lockout_response"
 # The cache handler keeps nothing in axes' tables, so their admin pages would only ever be empty.
 AXES_ENABLE_ADMIN = False
-# One log line per failure naming the address but not the user name typed (people type their
-# password there by mistake), and no banner at start-up.
+# No banner at start-up; if axes' log (ERROR and above, see LOGGING) names a client, it names the
+# address but not the user name typed (people type their password there by mistake).
 AXES_VERBOSE = False
 AXES_SENSITIVE_PARAMETERS = ["username"]
 

@@ -110,7 +110,8 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         # One INFO line per polled appliance request is noise.
         "httpx": {"level": "WARNING"},
-        # Failures and lockouts are warnings; a line per successful sign-in is noise.
-        "axes": {"level": "WARNING"},
+        # A refused sign-in is already one line from django.request (400, or 429 when locked
+        # out); axes would add one or two more per attempt, and one per successful sign-in.
+        "axes": {"level": "ERROR"},
     },
 }
