@@ -12,8 +12,10 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY --from=assets /app/node_modules ./node_modules
 COPY . .
 # Static files are part of the image: every container of it serves the same, hashed names
-# (WhiteNoise's manifest). Settings load with placeholders here; nothing connects at build time.
-RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@127.0.0.1/build \
+# (WhiteNoise's manifest). Settings load with placeholders here (a throwaway encryption key made
+# for this step); nothing connects at build time.
+RUN FIELD_ENCRYPTION_KEY=$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
+    DJANGO_DEBUG=0 DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@127.0.0.1/build \
     REDIS_URL=redis://127.0.0.1:6379/0 python manage.py collectstatic --no-input
 RUN useradd --system --home /app portal && mkdir -p /app/var && chown portal /app/var
 USER portal

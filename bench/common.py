@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cryptography.fernet import Fernet
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
@@ -178,6 +180,7 @@ def portal_env(*, database_url: str, redis_url: str, secret_key: str, **extra: s
         # Production settings, but plain http on the loopback: no TLS proxy in front.
         DJANGO_SECURE_SSL_REDIRECT="0",
         DJANGO_SECRET_KEY=secret_key,
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         PYTHONPATH=str(ROOT),
         **extra,

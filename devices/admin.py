@@ -1,5 +1,8 @@
+from knox.models import AuthToken
+
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from devices import services
 from devices.models import Device, Feeder, Room, Sensor, Site, Substation, Transformer
@@ -119,3 +122,28 @@ class SensorAdmin(admin.ModelAdmin):
     list_filter = ["kind"]
     search_fields = ["key", "device__uid"]
     list_select_related = ["device"]
+
+
+# knox's own admin lists each token's digest and searches by the token's first characters; this
+# one shows whose token it is and until when, never any part of it.
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["user", "created", "expiry", "active"]
+    list_filter = ["created", "expiry"]
+    search_fields = ["user__username"]
+    list_select_related = ["user"]
+    fields = readonly_fields = ["user", "created", "expiry"]
+    ordering = ["-created"]
+
+    @admin.display(boolean=True)
+    def active(self, obj) -> bool:
+        return obj.expiry is None or obj.expiry > timezone.now()
+
+    def has_add_permission(self, request):
+        return False  # tokens come from signing in (POST /api/v1/auth/token/)
+
+    def has_change_permission(self, request, obj=None):
+        return False  # deleting one revokes it; nothing else about a token may change

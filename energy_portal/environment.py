@@ -47,6 +47,10 @@ class Environment:
     secure_hsts_seconds: int
     secure_hsts_include_subdomains: bool
     secure_hsts_preload: bool
+    login_failure_limit: int
+    login_lockout_minutes: int
+    api_token_ttl_days: int
+    field_encryption_keys: list[str]
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -91,6 +95,48 @@ def _secret_key(debug: bool, data_dir: Path) -> str:
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(50))
     return key_file.read_text().strip()
+
+
+def _positive(name: str, default: int) -> int:
+    value = int_setting(name, default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name} must be 1 or more, got {value}")
+    return value
+
+
+def _field_encryption_keys(debug: bool, data_dir: Path) -> list[str]:
+    """Fernet keys for secrets stored in the database (FTP passwords), newest first.
+
+    `FIELD_ENCRYPTION_KEY` may list several keys, comma-separated: the first encrypts, all
+    decrypt, so a key is rotated by putting the new one in front.
+    """
+    from cryptography.fernet import Fernet
+
+    keys = _list("FIELD_ENCRYPTION_KEY", "")
+    if not keys:
+        if not debug:
+            raise ImproperlyConfigured(
+                "FIELD_ENCRYPTION_KEY is required when DJANGO_DEBUG is off; make one with "
+                '`python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())"` and keep it safe: without it the '
+                "stored FTP passwords cannot be read."
+            )
+        # A development key kept under the data folder, like the secret key.
+        key_file = data_dir / "dev-field-encryption-key"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not key_file.exists():
+            key_file.write_text(Fernet.generate_key().decode())
+            key_file.chmod(0o600)
+        keys = [key_file.read_text().strip()]
+    for key in keys:
+        try:
+            Fernet(key)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                "FIELD_ENCRYPTION_KEY must be Fernet keys (32 url-safe base64-encoded bytes), "
+                "comma-separated."
+            ) from exc
+    return keys
 
 
 def load() -> Environment:
@@ -150,4 +196,8 @@ def load() -> Environment:
         secure_hsts_seconds=int_setting("DJANGO_SECURE_HSTS_SECONDS", 0 if debug else 31_536_000),
         secure_hsts_include_subdomains=_flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True),
         secure_hsts_preload=_flag("DJANGO_SECURE_HSTS_PRELOAD", True),
+        login_failure_limit=_positive("LOGIN_FAILURE_LIMIT", 5),
+        login_lockout_minutes=_positive("LOGIN_LOCKOUT_MINUTES", 15),
+        api_token_ttl_days=int_setting("API_TOKEN_TTL_DAYS", 30),
+        field_encryption_keys=_field_encryption_keys(debug, data_dir),
     )

@@ -1,18 +1,20 @@
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import ObtainAuthToken
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from devices import views as device_views
+from devices.auth_apis import LogoutAllApi, LogoutApi, ObtainTokenApi
 from energy_portal.apis import HealthApi
 from telemetry.apis import IngestApi, SourcesApi
 from telemetry.history_apis import GridEnergyApi, NotReportingApi, SiteEnergyApi
 from telemetry.query_apis import AggregatesApi, ReadingsApi, StatsApi
 
 api_v1 = [
-    path("auth/token/", ObtainAuthToken.as_view(), name="api-token"),
+    path("auth/token/", ObtainTokenApi.as_view(), name="api-token"),
+    path("auth/logout/", LogoutApi.as_view(), name="api-logout"),
+    path("auth/logout-all/", LogoutAllApi.as_view(), name="api-logout-all"),
     path("health/", HealthApi.as_view(), name="api-health"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -248,10 +248,13 @@ MIN_FTP_INTERVAL_S = 10
 
 
 class FtpSourceForm(forms.ModelForm):
+    # Write-only: PasswordInput never renders the stored value back into the page.
     password = forms.CharField(
         required=False,
-        widget=forms.PasswordInput,
-        help_text="Leave empty to keep the current password.",
+        max_length=255,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted and never shown. Leave empty to keep the current password.",
     )
 
     class Meta:

@@ -2,13 +2,14 @@
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, status
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from django.conf import settings
 
+from devices.api_tokens import ApiTokenAuthentication
 from devices.authentication import DeviceTokenAuthentication
 from devices.models import Device
 from devices.permissions import IsOperator
@@ -40,7 +41,7 @@ class IngestApi(APIView):
 
     authentication_classes = [
         DeviceTokenAuthentication,
-        TokenAuthentication,
+        ApiTokenAuthentication,
         SessionAuthentication,
     ]
     permission_classes = [CanIngest]

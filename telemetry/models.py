@@ -10,6 +10,7 @@ from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 
 from devices.models import Sensor, validate_timezone
+from energy_portal.field_encryption import EncryptedTextField
 
 
 class Reading(models.Model):
@@ -53,8 +54,9 @@ class FtpSource(models.Model):
     host = models.CharField(max_length=255)
     port = models.PositiveIntegerField(default=21)
     username = models.CharField(max_length=120, default="anonymous")
-    # Needed in clear to log in to the server; keep admin access to this model restricted.
-    password = models.CharField(max_length=255, blank=True)
+    # Needed in clear to log in to the server, so encrypted (FIELD_ENCRYPTION_KEY), not hashed;
+    # never shown back, in the admin or the API.
+    password = EncryptedTextField(blank=True)
     folder = models.CharField(max_length=255, default="/")
     timezone = models.CharField(
         max_length=64,

@@ -3,7 +3,6 @@
 from decimal import Decimal
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from django.conf import settings
@@ -11,7 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from devices import services
+from devices.api_tokens import api_token_issue
 from devices.models import Feeder, Room, Site, Substation, Transformer
+from energy_portal.redis_client import sync_client
 
 PASSWORD = "correct-horse-battery"
 
@@ -25,6 +26,16 @@ SENSORS = [
 def fast_password_hashing(settings):
     # Users are made in most tests; the production hasher would spend ~0.25 s on each.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def no_login_failures_left_over():
+    """Failed sign-ins are counted in Redis (django-axes) across processes and runs: start every
+    test with none, so one test's wrong passwords never lock out another's users."""
+    redis = sync_client()
+    stale = list(redis.scan_iter(match=f"{settings.CACHES['default']['KEY_PREFIX']}:*:axes-*"))
+    if stale:
+        redis.delete(*stale)
 
 
 @pytest.fixture
@@ -98,14 +109,27 @@ def bob_home(bob, feeder):
 
 
 @pytest.fixture
-def api_client_for():
-    """An API client authenticated the way an external tool is: with a DRF token."""
+def api_token_for(db):
+    """A usable API token (the string a client sends as `Authorization: Token <it>`) for a user;
+    one per user within a test, as one signed-in tool would hold."""
+    issued: dict[int, str] = {}
+
+    def make(user) -> str:
+        if user.pk not in issued:
+            issued[user.pk] = api_token_issue(user=user)
+        return issued[user.pk]
+
+    return make
+
+
+@pytest.fixture
+def api_client_for(api_token_for):
+    """An API client authenticated the way an external tool is: with an API token."""
 
     def make(user) -> APIClient:
         client = APIClient()
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
         return client
 
     return make

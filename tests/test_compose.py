@@ -35,6 +35,7 @@ import psycopg
 import pytest
 import redis
 import yaml
+from cryptography.fernet import Fernet
 
 from tests.e2e.servers import BASE_DIR, free_port
 
@@ -44,7 +45,13 @@ COMPOSE_FILE = BASE_DIR / "compose.yaml"
 DOCKERFILE = BASE_DIR / "Dockerfile"
 PORTAL_IMAGE = "energy-portal:latest"
 PORTAL_SERVICES = {"migrate", "web", "writer", "worker", "beat"}
-REQUIRED_ENV = ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG")
+REQUIRED_ENV = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DJANGO_SECRET_KEY",
+    "FIELD_ENCRYPTION_KEY",
+    "DJANGO_DEBUG",
+)
 READY_TIMEOUT_S = 90
 WRITER_READY = r"ingest writer \S+ started"
 STOP_TIMEOUT_S = 20
@@ -280,8 +287,12 @@ def wait_for(what: str, ready, processes: list[Process]) -> None:
 
 
 @pytest.fixture
-def secret_key() -> str:
-    return secrets.token_urlsafe(50)
+def secrets_env() -> dict[str, str]:
+    """The secrets compose.yaml asks its user for."""
+    return {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
 
 
 @pytest.fixture
@@ -315,6 +326,7 @@ x-portal: &portal
     REDIS_URL: redis://redis:6379/0
     DJANGO_DEBUG: "0"
     DJANGO_SECRET_KEY: ${DJANGO_SECRET_KEY:?set DJANGO_SECRET_KEY}
+    FIELD_ENCRYPTION_KEY: ${FIELD_ENCRYPTION_KEY:?set FIELD_ENCRYPTION_KEY}
 services:
   web:
     <<: *portal
@@ -327,12 +339,15 @@ services:
 
 def test_a_service_environment_replacing_the_shared_one_is_caught():
     # The mistake compose.yaml once had: web's own `environment:` replaced the anchor's.
-    config = render_with_pyyaml(BROKEN_COMPOSE, {"DJANGO_SECRET_KEY": "k"})
+    config = render_with_pyyaml(
+        BROKEN_COMPOSE, {"DJANGO_SECRET_KEY": "k", "FIELD_ENCRYPTION_KEY": "f"}
+    )
 
     assert environment_problems(config) == [
         "web: no DATABASE_URL",
         "web: no REDIS_URL",
         "web: no DJANGO_SECRET_KEY",
+        "web: no FIELD_ENCRYPTION_KEY",
         "web: no DJANGO_DEBUG",
         "web: DJANGO_DEBUG is not off",
     ]
@@ -349,8 +364,8 @@ def test_interpolation_follows_compose_rules():
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
-def test_the_fallback_renders_compose_yaml_as_docker_compose_does(secret_key):
-    env = {"DJANGO_SECRET_KEY": secret_key}
+def test_the_fallback_renders_compose_yaml_as_docker_compose_does(secrets_env):
+    env = secrets_env
     ours = render_with_pyyaml(COMPOSE_FILE.read_text(), env)
     theirs = render_with_docker_compose(COMPOSE_FILE, env)
 
@@ -366,10 +381,10 @@ def test_compose_refuses_to_render_without_a_secret_key():
 
 
 def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it(
-    local, secret_key, tmp_path
+    local, secrets_env, tmp_path
 ):
     # given: the rendered file and the image
-    config = render(COMPOSE_FILE, {"DJANGO_SECRET_KEY": secret_key})
+    config = render(COMPOSE_FILE, secrets_env)
     services = portal_services(config)
     assert set(services) == PORTAL_SERVICES
     assert environment_problems(config) == []

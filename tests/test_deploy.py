@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.fernet import Fernet
 
 from django.test import Client
 
@@ -33,6 +34,7 @@ def check_deploy(tmp_path, **overrides: str) -> subprocess.CompletedProcess:
         DJANGO_SETTINGS_MODULE="energy_portal.settings",
         DJANGO_DEBUG="0",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
         DJANGO_ALLOWED_HOSTS="portal.example",
         ENERGY_PORTAL_DATA_DIR=str(tmp_path),
         **overrides,

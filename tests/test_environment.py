@@ -31,7 +31,13 @@ VARIABLES = [
     "DJANGO_SECURE_HSTS_SECONDS",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "DJANGO_SECURE_HSTS_PRELOAD",
+    "FIELD_ENCRYPTION_KEY",
+    "LOGIN_FAILURE_LIMIT",
+    "LOGIN_LOCKOUT_MINUTES",
+    "API_TOKEN_TTL_DAYS",
 ]
+
+FERNET_KEY = "Zm9ydHktdHdvLWJ5dGVzLW9mLWtleS1tYXRlcmlhbCE="
 
 
 @pytest.fixture
@@ -57,6 +63,7 @@ def database_settings(env, url: str):
 
 def test_production_without_a_secret_key_is_refused_with_a_clear_message(env):
     env.setenv("DJANGO_DEBUG", "0")
+    env.setenv("FIELD_ENCRYPTION_KEY", FERNET_KEY)
 
     with pytest.raises(ImproperlyConfigured, match="DJANGO_SECRET_KEY is required"):
         environment.load()
@@ -66,6 +73,7 @@ def test_production_with_a_secret_key_uses_the_given_services(env):
     env.setenv("DJANGO_DEBUG", "false")
     env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
     env.setenv("DJANGO_ALLOWED_HOSTS", "portal.example, api.example,")
+    env.setenv("FIELD_ENCRYPTION_KEY", FERNET_KEY)
 
     loaded = environment.load()
 
@@ -75,12 +83,44 @@ def test_production_with_a_secret_key_uses_the_given_services(env):
     assert loaded.database_url == "postgres://portal:pw@db.example:5432/portal"
     assert loaded.redis_url == "redis://cache.example:6379/0"
     assert loaded.allowed_hosts == ["portal.example", "api.example"]
+    assert loaded.field_encryption_keys == [FERNET_KEY]
+
+
+def test_production_without_a_field_encryption_key_is_refused_with_a_clear_message(env):
+    env.setenv("DJANGO_DEBUG", "0")
+    env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+
+    with pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEY is required"):
+        environment.load()
+
+
+def test_development_keeps_one_generated_field_encryption_key_in_the_data_folder(env, tmp_path):
+    first = environment.load()
+    second = environment.load()
+
+    assert len(first.field_encryption_keys) == 1
+    assert first.field_encryption_keys == second.field_encryption_keys
+    assert (tmp_path / "dev-field-encryption-key").read_text().strip() == (
+        first.field_encryption_keys[0]
+    )
+
+
+def test_sign_in_limits_and_token_lifetime_come_from_the_environment(env):
+    env.setenv("LOGIN_FAILURE_LIMIT", "7")
+    env.setenv("LOGIN_LOCKOUT_MINUTES", "30")
+    env.setenv("API_TOKEN_TTL_DAYS", "2")
+
+    loaded = environment.load()
+
+    assert (loaded.login_failure_limit, loaded.login_lockout_minutes) == (7, 30)
+    assert loaded.api_token_ttl_days == 2
 
 
 @pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
 def test_production_without_a_service_url_is_refused_rather_than_embedded(env, tmp_path, missing):
     env.setenv("DJANGO_DEBUG", "0")
     env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+    env.setenv("FIELD_ENCRYPTION_KEY", FERNET_KEY)
     env.delenv(missing)
 
     with pytest.raises(ImproperlyConfigured, match="DATABASE_URL and REDIS_URL are required"):
@@ -91,6 +131,7 @@ def test_production_without_a_service_url_is_refused_rather_than_embedded(env, t
 def test_production_serves_https_only_by_default(env):
     env.setenv("DJANGO_DEBUG", "0")
     env.setenv("DJANGO_SECRET_KEY", "s3cret-" * 8)
+    env.setenv("FIELD_ENCRYPTION_KEY", FERNET_KEY)
 
     loaded = environment.load()
 
@@ -133,6 +174,8 @@ def test_development_keeps_one_generated_secret_key_in_the_data_folder(env, tmp_
     [
         ("BEAT_STALE_AFTER", "soon", "BEAT_STALE_AFTER must be a whole number, got 'soon'"),
         ("CHANNEL_LAYER", "carrier-pigeon", "CHANNEL_LAYER must be one of"),
+        ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT must be 1 or more"),
+        ("FIELD_ENCRYPTION_KEY", "too-short", "FIELD_ENCRYPTION_KEY must be Fernet keys"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env, name, value, says):

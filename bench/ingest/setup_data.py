@@ -31,12 +31,11 @@ def cpe_of(index: int) -> str:
 
 
 def _create(devices: int, cpe_sites: int) -> dict:
-    from rest_framework.authtoken.models import Token
-
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
     from django.db import transaction
 
+    from devices.api_tokens import api_token_issue
     from devices.models import Site
     from devices.services import device_create
     from telemetry.ftp_ingest import site_meter_sensor
@@ -69,7 +68,7 @@ def _create(devices: int, cpe_sites: int) -> dict:
         User = get_user_model()
         user, _ = User.objects.get_or_create(username=f"{common.PREFIX}tool")
         user.user_permissions.add(Permission.objects.get(codename="ingest_readings"))
-        token, _ = Token.objects.get_or_create(user=user)
+        token = api_token_issue(user=user)
         source, _ = FtpSource.objects.update_or_create(
             name=common.PREFIX.rstrip("-"),
             defaults={"host": "127.0.0.1", "folder": "/", "enabled": False},
@@ -80,13 +79,16 @@ def _create(devices: int, cpe_sites: int) -> dict:
         "cpe_sites": cpe_sites,
         "sensors": sensors,
         "cpes": [site.cpe for site in sites[:cpe_sites]],
-        "api_token": token.key,
+        "api_token": token,
         "ftp_source_id": source.id,
     }
 
 
 def _valid(data: dict, devices: int, cpe_sites: int) -> bool:
-    from rest_framework.authtoken.models import Token
+    from knox.crypto import hash_token
+    from knox.models import AuthToken
+
+    from django.utils import timezone
 
     from devices.models import Sensor
 
@@ -95,7 +97,12 @@ def _valid(data: dict, devices: int, cpe_sites: int) -> bool:
     ids = [s["id"] for s in data["sensors"]]
     if Sensor.objects.filter(id__in=ids).count() != len(ids):
         return False
-    return Token.objects.filter(key=data.get("api_token")).exists()
+    # Only the token's digest is stored; an expired token means a fresh data set.
+    return (
+        AuthToken.objects.filter(digest=hash_token(data.get("api_token") or ""))
+        .exclude(expiry__lt=timezone.now())
+        .exists()
+    )
 
 
 def ensure(devices: int = 200, cpe_sites: int = 1000) -> dict:

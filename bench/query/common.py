@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
 WORK = VAR / "bench-query"  # secret key, EXPLAIN files, logs; per database: <name>/data.json
@@ -88,6 +90,7 @@ def django_setup() -> None:
         # Production settings, but plain http on the loopback: no TLS proxy in front.
         DJANGO_SECURE_SSL_REDIRECT="0",
         DJANGO_SECRET_KEY=secret_key(),
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
     )
     import django

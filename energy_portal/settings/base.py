@@ -19,7 +19,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -40,6 +41,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the "wait" answer (devices/lockout.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "energy_portal.urls"
@@ -122,5 +125,8 @@ LOGGING = {
         "uvicorn.error": {"filters": ["client_faults"]},
         # One INFO line per polled appliance request is noise.
         "httpx": {"level": "WARNING"},
+        # A refused sign-in is already one line from django.request (400, or 429 when locked
+        # out); axes would add one or two more per attempt, and one per successful sign-in.
+        "axes": {"level": "ERROR"},
     },
 }

@@ -3,6 +3,8 @@
 import re
 
 import pytest
+from knox.models import AuthToken
+from rest_framework.test import APIClient
 
 from django.contrib import admin
 from django.urls import reverse
@@ -213,3 +215,37 @@ def test_residents_cannot_open_the_admin(client, alice, alice_home):
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
     assert Site.objects.count() == 1
+
+
+# --- API tokens of people ----------------------------------------------------------------------
+
+
+def test_api_token_admin_lists_whose_tokens_and_until_when_but_no_part_of_them(
+    admin_client, alice, api_token_for
+):
+    token = api_token_for(alice)
+    stored = AuthToken.objects.get(user=alice)
+
+    listing = admin_client.get(reverse("admin:knox_authtoken_changelist"))
+    detail = admin_client.get(reverse("admin:knox_authtoken_change", args=[stored.pk]))
+
+    assert listing.status_code == detail.status_code == 200
+    for page in (listing, detail):
+        html = page.content.decode()
+        assert "alice" in html
+        assert token[:8] not in html
+    assert reverse("admin:knox_authtoken_add") not in listing.content.decode()  # from sign-in only
+
+
+def test_deleting_an_api_token_in_the_admin_revokes_it(admin_client, alice, api_token_for):
+    token = api_token_for(alice)
+    stored = AuthToken.objects.get(user=alice)
+
+    response = admin_client.post(
+        reverse("admin:knox_authtoken_delete", args=[stored.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert client.get("/api/v1/sites/").status_code == 401

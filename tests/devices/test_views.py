@@ -5,6 +5,7 @@ import re
 import pytest
 
 from django.contrib.auth import SESSION_KEY
+from django.test import Client
 
 from devices import services
 from devices.models import Device, Feeder, Room, Site, Transformer
@@ -57,6 +58,51 @@ def test_login_with_a_wrong_password_shows_an_error(client, alice):
     assert response.status_code == 200
     assert "didn't match" in response.content.decode()
     assert SESSION_KEY not in client.session
+
+
+def _fail_login(client, username: str, *, address: str = "192.0.2.10"):
+    return client.post("/login/", {"username": username, "password": "nope"}, REMOTE_ADDR=address)
+
+
+def test_too_many_wrong_passwords_get_a_page_saying_to_wait_with_429(client, alice, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _fail_login(client, "alice").status_code == 200
+
+    response = _fail_login(client, "alice")
+
+    assert response.status_code == 429
+    assert response["Retry-After"] == str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    assert "registration/locked_out.html" in [t.name for t in response.templates]
+    html = response.content.decode()
+    assert "Please wait before signing in again" in html
+    assert f"Wait {int(settings.AXES_COOLOFF_TIME.total_seconds()) // 60} minutes" in html
+    assert "portal.css" in html  # the portal's own styled page, not a bare text
+
+
+def test_a_locked_out_user_cannot_sign_in_with_the_right_password(client, alice, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        _fail_login(client, "alice")
+
+    response = client.post(
+        "/login/", {"username": "alice", "password": PASSWORD}, REMOTE_ADDR="192.0.2.10"
+    )
+
+    assert response.status_code == 429
+    assert SESSION_KEY not in client.session
+
+
+def test_another_user_from_another_address_signs_in_while_one_is_locked_out(
+    client, alice, bob, settings
+):
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        _fail_login(client, "alice")
+
+    response = Client().post(
+        "/login/", {"username": "bob", "password": PASSWORD}, REMOTE_ADDR="198.51.100.20"
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == "/"
 
 
 @pytest.mark.parametrize("path", ["/", "/dashboard/", "/fleet/"])

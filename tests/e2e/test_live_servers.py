@@ -6,7 +6,6 @@ import http.client
 import json
 
 import pytest
-from rest_framework.authtoken.models import Token
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -38,8 +37,8 @@ def portals(django_db_setup):
 
 
 @pytest.fixture
-def operator_token(operator) -> str:
-    return Token.objects.get_or_create(user=operator)[0].key
+def operator_token(operator, api_token_for) -> str:
+    return api_token_for(operator)
 
 
 @pytest.fixture

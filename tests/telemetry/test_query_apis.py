@@ -116,16 +116,17 @@ def test_readings_stream_as_csv_in_keyset_chunks(power, alice_api, monkeypatch):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_csv_streams_chunk_by_chunk_to_an_asgi_server(alice_home, alice, monkeypatch):
+async def test_csv_streams_chunk_by_chunk_to_an_asgi_server(
+    alice_home, alice, api_token_for, monkeypatch
+):
     from asgiref.sync import sync_to_async
-    from rest_framework.authtoken.models import Token
 
     from django.test import AsyncClient
 
     monkeypatch.setattr(query_apis, "CSV_CHUNK", 10)
     power = await sync_to_async(lambda: alice_home["device"].sensors.get(key="power_w").id)()
     await sync_to_async(insert)(power, [(T0 + timedelta(seconds=i), 1.0) for i in range(25)])
-    token = await sync_to_async(lambda: Token.objects.create(user=alice).key)()
+    token = await sync_to_async(api_token_for)(alice)
     query = _q(sensor=SENSOR, start=_z(T0), end=_z(T0 + timedelta(hours=1)), format="csv")
     try:
         response = await AsyncClient().get(
