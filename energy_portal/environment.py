@@ -40,6 +40,7 @@ class Environment:
     beat_stale_after_s: int
     ingest_lag_limit_s: int
     ingest_claim_idle_ms: int
+    outage_momentary_s: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -123,4 +124,5 @@ def load() -> Environment:
         beat_stale_after_s=int_setting("BEAT_STALE_AFTER", 180),
         ingest_lag_limit_s=int_setting("INGEST_LAG_LIMIT", 300),
         ingest_claim_idle_ms=int_setting("INGEST_CLAIM_IDLE_MS", 30_000),
+        outage_momentary_s=int_setting("OUTAGE_MOMENTARY_S", 180),
     )
