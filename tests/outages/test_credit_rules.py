@@ -62,8 +62,8 @@ OFGEM_EXAMPLES = [
     (hours(23, 59), "95.00"),  # a started 12 h does not count
     (hours(24), "140.00"),  # 95 + 45
     (hours(35, 59, 59), "140.00"),
-    (hours(36), "185.00"),  # 95 + 2 × 45
-    (hours(60), "275.00"),  # 95 + 4 × 45
+    (hours(36), "185.00"),  # 95 + 2 x 45
+    (hours(60), "275.00"),  # 95 + 4 x 45
 ]
 DELHI_EXAMPLES = [
     (hours(0, 59), "0.00"),
