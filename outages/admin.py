@@ -3,6 +3,7 @@ ledger (read only: outages are derived from power events, and the ledger is appe
 
 from django.contrib import admin
 
+from outages.credit_rules import round_money
 from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent, SitePolicy
 
 
@@ -53,11 +54,15 @@ class OutageAdmin(ReadOnlyAdmin):
 
 @admin.register(CreditEntry)
 class CreditEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "site", "amount", "currency", "reason", "revision", "memo"]
+    list_display = ["created_at", "site", "shown_amount", "reason", "revision", "memo"]
     list_filter = ["currency"]
     list_select_related = ["site"]
     date_hierarchy = "created_at"
     search_fields = ["site__name", "memo"]
+
+    @admin.display(description="amount", ordering="amount")
+    def shown_amount(self, entry: CreditEntry) -> str:
+        return f"{round_money(entry.amount, entry.currency)} {entry.currency}"
 
 
 @admin.register(PowerEvent)
