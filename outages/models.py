@@ -185,6 +185,12 @@ class Outage(models.Model):
         related_name="outages",
         help_text="The policy it was first settled under; corrections keep using it.",
     )
+    settled_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was first settled, under its policy or none: later corrections use "
+        "that policy, never one assigned since.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

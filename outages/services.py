@@ -7,6 +7,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from energy_portal.realtime import group_send, live_event
@@ -93,10 +94,11 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     Every ended or void outage is then settled in the same transaction: its ledger entries must
     sum to its target, and a difference is paid (or taken back) by one new entry. The target is
     0 for a void or momentary outage, or without a policy; otherwise the credit of its policy for
-    its duration. An outage keeps the policy it was first settled under. A policy with
-    `min_sites_affected` above 1 pays nothing yet: until grid outages exist, a site outage counts
-    as affecting one site. An open outage is not settled: what an earlier end paid stays paid
-    until the outage ends again (it can only last longer).
+    its duration. An outage keeps the policy (or the lack of one) it was first settled under, so
+    assigning a policy later never pays old cuts when some new report happens to arrive. A
+    policy with `min_sites_affected` above 1 pays nothing yet: until grid outages exist, a site
+    outage counts as affecting one site. An open outage is not settled: what an earlier end paid
+    stays paid until the outage ends again (it can only last longer).
 
     Runs under the site's lock, so concurrent calls for one site give the same result as one.
     """
@@ -118,7 +120,9 @@ def _reconcile(site_id: int) -> ReconcileResult:
     )
     stored = {
         outage.started_at: outage
-        for outage in Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE)
+        for outage in Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related(
+            "credit_policy"
+        )
     }
     to_settle = []
     for interval in intervals:
@@ -174,13 +178,13 @@ def _outage_target(outage: Outage) -> tuple[Decimal, str | None, str]:
     when = f"cut from {outage.started_at:%Y-%m-%d %H:%M:%S} UTC"
     if outage.status == OutageStatus.VOID:
         return Decimal(0), None, f"{when}: void, superseded by later reports"
-    if outage.credit_policy_id is None:
-        policy = selectors.credit_policy_for_site(outage.site_id)
-        if policy is None:
-            return Decimal(0), None, f"{when}: no credit policy"
-        outage.credit_policy = policy
-        outage.save(update_fields=["credit_policy", "updated_at"])
+    if outage.settled_at is None:
+        outage.credit_policy = selectors.credit_policy_for_site(outage.site_id)
+        outage.settled_at = timezone.now()
+        outage.save(update_fields=["credit_policy", "settled_at", "updated_at"])
     policy = outage.credit_policy
+    if policy is None:
+        return Decimal(0), None, f"{when}: no credit policy"
     duration = duration_iso(outage.duration)
     if outage.momentary:
         return Decimal(0), policy.currency, f"{when}, {duration}: momentary, not paid"

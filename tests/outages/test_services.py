@@ -177,6 +177,20 @@ def test_without_any_policy_there_is_no_credit(home, report):
     assert entries(home) == []
 
 
+def test_a_policy_assigned_later_never_pays_cuts_settled_before_it(home, report):
+    report(home["a"], "lost", 0)
+    report(home["a"], "restored", 24 * 60)
+    reconcile(home)  # settled with no policy: nothing owed
+    CreditPolicy.objects.filter(name="Ofgem normal weather").update(is_default=True)
+
+    # a new cut reconciles the site again
+    report(home["a"], "lost", 48 * 60)
+    report(home["a"], "restored", 60 * 60)
+    reconcile(home)
+
+    assert entries(home) == [(at(48 * 60), Decimal("95.00"), "GBP", 1)]
+
+
 def test_the_site_policy_wins_over_the_default(home, ofgem, report):
     delhi = CreditPolicy.objects.get(name="Delhi")
     services.site_credit_policy_set(site_id=home["site"].id, policy_id=delhi.id)
