@@ -98,7 +98,8 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     assigning a policy later never pays old cuts when some new report happens to arrive. A
     policy with `min_sites_affected` above 1 pays nothing yet: until grid outages exist, a site
     outage counts as affecting one site. An open outage is not settled: what an earlier end paid
-    stays paid until the outage ends again (it can only last longer).
+    stays paid until the outage ends again, and is then corrected either way (late reports may
+    lengthen or shorten a cut).
 
     Runs under the site's lock, so concurrent calls for one site give the same result as one.
     """
