@@ -138,6 +138,23 @@ def test_a_late_report_that_lengthens_an_ended_cut_pays_the_difference(home, ofg
     ]
 
 
+def test_a_late_earlier_restore_shortens_an_ended_cut_and_takes_the_difference_back(
+    home, ofgem, report
+):
+    report(home["a"], "lost", 0)
+    report(home["a"], "restored", 24 * 60)
+    reconcile(home)
+    # the Pi's buffered report shows mains came back at 13 h; the 24 h one repeated a state
+    report(home["a"], "restored", 13 * 60)
+    reconcile(home)
+
+    assert outages(home) == [(at(0), at(13 * 60), False, "ended")]
+    assert entries(home) == [
+        (at(0), Decimal("140.00"), "GBP", 1),
+        (at(0), Decimal("-45.00"), "GBP", 2),
+    ]
+
+
 def test_a_void_outage_derived_again_is_paid_again(home, ofgem, report):
     report(home["a"], "lost", 60)
     report(home["a"], "restored", 60 + 12 * 60)
