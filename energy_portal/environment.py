@@ -51,6 +51,7 @@ class Environment:
     login_lockout_minutes: int
     api_token_ttl_days: int
     field_encryption_keys: list[str]
+    outage_momentary_s: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -200,4 +201,5 @@ def load() -> Environment:
         login_lockout_minutes=_positive("LOGIN_LOCKOUT_MINUTES", 15),
         api_token_ttl_days=int_setting("API_TOKEN_TTL_DAYS", 30),
         field_encryption_keys=_field_encryption_keys(debug, data_dir),
+        outage_momentary_s=int_setting("OUTAGE_MOMENTARY_S", 180),
     )

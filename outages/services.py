@@ -1,18 +1,36 @@
-"""Writes for mains power reports."""
+"""Writes for mains power reports, site outages, credit policies and the credit ledger."""
 
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from energy_portal.realtime import group_send, live_event
-from outages.models import PowerEvent, PowerState
+from outages import selectors
+from outages.credit_rules import credit_for, duration_iso
+from outages.models import (
+    CreditEntry,
+    CreditPolicy,
+    Outage,
+    OutageKind,
+    OutageStatus,
+    PowerEvent,
+    PowerState,
+    SitePolicy,
+)
+from outages.site_outages import PowerReport, site_outage_intervals
 
 
 def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
     """Store a mains lost/restored report once; a repeat of the same report changes nothing.
 
-    Returns the event and whether it was new. Viewers of the site hear of new events after commit.
+    Returns the event and whether it was new. Viewers of the site hear of new events after commit,
+    and the site's outages are reconciled (a Celery task) with the new event in.
     """
     if state not in PowerState.values:
         raise ValueError("state must be 'lost' or 'restored'")
@@ -33,4 +51,219 @@ def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: 
         }
     )
     transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
+    # Robust: the report is stored and acked even if the broker is down; the site's next report
+    # reconciles everything it missed, since a reconcile always starts from all the events.
+    transaction.on_commit(lambda: _reconcile_later(site_id), robust=True)
     return event, True
+
+
+def _reconcile_later(site_id: int) -> None:
+    # Imported here: tasks import this module.
+    from outages.tasks import site_outages_reconcile as task
+
+    task.delay(site_id)
+
+
+def _site_lock(site_id: int) -> None:
+    """Serialize the work on one site's outages and ledger until the transaction ends, so two
+    workers reconciling the same site run one after the other and reach the same result. An
+    advisory lock, not a row lock on the site, so editing the site in the registry never waits
+    on it (and devices' tables are left to devices)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"outages.site:{site_id}"]
+        )
+
+
+@dataclass
+class ReconcileResult:
+    created: int = 0
+    updated: int = 0
+    voided: int = 0
+    entries: list[CreditEntry] = field(default_factory=list)
+
+
+def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
+    """Bring the site's stored outages and their credits in line with all its power events.
+
+    The outages are derived afresh from every event the site has (`site_outage_intervals`) and
+    matched to the stored ones by start instant: a new start makes a new outage, a known one gets
+    its end and momentary flag updated, and a stored outage no longer derived (later reports
+    moved its start or showed no cut) becomes void. A void outage derived again is revived.
+
+    Every ended or void outage is then settled in the same transaction: its ledger entries must
+    sum to its target, and a difference is paid (or taken back) by one new entry. The target is
+    0 for a void or momentary outage, or without a policy; otherwise the credit of its policy for
+    its duration. An outage keeps the policy (or the lack of one) it was first settled under, so
+    assigning a policy later never pays old cuts when some new report happens to arrive. A
+    policy with `min_sites_affected` above 1 pays nothing yet: until grid outages exist, a site
+    outage counts as affecting one site. An open outage is not settled: what an earlier end paid
+    stays paid until the outage ends again, and is then corrected either way (late reports may
+    lengthen or shorten a cut).
+
+    Runs under the site's lock, so concurrent calls for one site give the same result as one.
+    """
+    with transaction.atomic():
+        _site_lock(site_id)
+        return _reconcile(site_id)
+
+
+def _reconcile(site_id: int) -> ReconcileResult:
+    result = ReconcileResult()
+    reports = [
+        PowerReport(device, state, at)
+        for device, state, at in PowerEvent.objects.filter(site_id=site_id).values_list(
+            "device_id", "state", "at"
+        )
+    ]
+    intervals = site_outage_intervals(
+        reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
+    )
+    stored = {
+        outage.started_at: outage
+        for outage in Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related(
+            "credit_policy"
+        )
+    }
+    to_settle = []
+    for interval in intervals:
+        status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
+        outage = stored.pop(interval.started_at, None)
+        if outage is None:
+            outage = Outage.objects.create(
+                kind=OutageKind.SITE,
+                site_id=site_id,
+                started_at=interval.started_at,
+                ended_at=interval.ended_at,
+                momentary=interval.momentary,
+                status=status,
+            )
+            result.created += 1
+        elif (outage.ended_at, outage.momentary, outage.status) != (
+            interval.ended_at,
+            interval.momentary,
+            status,
+        ):
+            outage.ended_at, outage.momentary, outage.status = (
+                interval.ended_at,
+                interval.momentary,
+                status,
+            )
+            outage.save(update_fields=["ended_at", "momentary", "status", "updated_at"])
+            result.updated += 1
+        if status == OutageStatus.ENDED:
+            to_settle.append(outage)
+    for outage in stored.values():
+        if outage.status != OutageStatus.VOID:
+            outage.status = OutageStatus.VOID
+            outage.save(update_fields=["status", "updated_at"])
+            result.voided += 1
+        to_settle.append(outage)
+
+    paid = selectors.outage_credit_totals(site_id=site_id)
+    for outage in to_settle:
+        amount, currency, memo = _outage_target(outage)
+        result.entries += _settle(
+            site_id=site_id,
+            reason={"outage_id": outage.pk},
+            paid=paid.get(outage.pk, {}),
+            amount=amount,
+            currency=currency,
+            memo=memo,
+        )
+    return result
+
+
+def _outage_target(outage: Outage) -> tuple[Decimal, str | None, str]:
+    """What the outage must have earned in all: amount, currency (None: nothing in any), memo."""
+    when = f"cut from {outage.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    if outage.status == OutageStatus.VOID:
+        return Decimal(0), None, f"{when}: void, superseded by later reports"
+    if outage.settled_at is None:
+        outage.credit_policy = selectors.credit_policy_for_site(outage.site_id)
+        outage.settled_at = timezone.now()
+        outage.save(update_fields=["credit_policy", "settled_at", "updated_at"])
+    policy = outage.credit_policy
+    if policy is None:
+        return Decimal(0), None, f"{when}: no credit policy"
+    duration = duration_iso(outage.duration)
+    if outage.momentary:
+        return Decimal(0), policy.currency, f"{when}, {duration}: momentary, not paid"
+    if policy.min_sites_affected > 1:
+        return (
+            Decimal(0),
+            policy.currency,
+            f"{when}, {duration}: {policy.name} pays only for outages of at least "
+            f"{policy.min_sites_affected} sites",
+        )
+    amount = credit_for(policy, outage.duration)
+    return amount, policy.currency, f"{when}, {duration}: {policy.name}"
+
+
+def _settle(
+    *,
+    site_id: int,
+    reason: dict[str, int],
+    paid: dict[str, Decimal],
+    amount: Decimal,
+    currency: str | None,
+    memo: str,
+) -> list[CreditEntry]:
+    """Append what makes `reason`'s entries sum to `amount` in `currency` and to 0 in any other."""
+    owed = {cur: -total for cur, total in paid.items() if total != 0 and cur != currency}
+    if currency is not None and amount != paid.get(currency, 0):
+        owed[currency] = amount - paid.get(currency, 0)
+    if not owed:
+        return []
+    last = CreditEntry.objects.filter(site_id=site_id, **reason).aggregate(n=Max("revision"))["n"]
+    revision = last or 0
+    entries = []
+    for cur, difference in sorted(owed.items()):
+        revision += 1
+        entries.append(
+            CreditEntry.objects.create(
+                site_id=site_id,
+                amount=difference,
+                currency=cur,
+                revision=revision,
+                memo=(memo if revision == 1 else f"correction: {memo}")[:250],
+                **reason,
+            )
+        )
+    return entries
+
+
+def credit_settle(
+    *,
+    site_id: int,
+    amount: Decimal,
+    currency: str,
+    memo: str,
+    outage_id: int | None = None,
+    dr_event_id: int | None = None,
+) -> list[CreditEntry]:
+    """Make the ledger pay `amount` in `currency` in all for one reason (an outage, or a
+    demand-response event by id), by appending the difference to what it already paid; entries
+    in another currency for the same reason are taken back. Calling it again with the same
+    amount writes nothing, so a retried settlement pays once.
+
+    `amount` must already be rounded to the currency's minor unit (see `credit_rules`).
+    """
+    if (outage_id is None) == (dr_event_id is None):
+        raise ValueError("give exactly one reason: outage_id or dr_event_id")
+    reason = {"outage_id": outage_id} if outage_id is not None else {"dr_event_id": dr_event_id}
+    with transaction.atomic():
+        _site_lock(site_id)
+        paid = selectors.credit_paid(site_id=site_id, **reason)
+        return _settle(
+            site_id=site_id, reason=reason, paid=paid, amount=amount, currency=currency, memo=memo
+        )
+
+
+def site_credit_policy_set(*, site_id: int, policy_id: int | None) -> None:
+    """Give the site its own credit policy, or (None) let the default apply again."""
+    if policy_id is None:
+        SitePolicy.objects.filter(site_id=site_id).delete()
+        return
+    policy = CreditPolicy.objects.get(pk=policy_id)
+    SitePolicy.objects.update_or_create(site_id=site_id, defaults={"policy": policy})

@@ -1,0 +1,71 @@
+"""Site outages from a site's power reports: a pure function, no ORM, no clock.
+
+Everything is decided from the instants the devices saw, never from arrival order, so the same set
+of reports gives the same outages however it arrived: late, reordered, repeated or in pieces.
+"""
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+LOST = "lost"
+RESTORED = "restored"
+
+
+@dataclass(frozen=True)
+class PowerReport:
+    device: Hashable
+    state: str  # "lost" or "restored"
+    at: datetime
+
+
+@dataclass(frozen=True)
+class OutageInterval:
+    started_at: datetime
+    ended_at: datetime | None  # None while some reporting device is still without mains
+    momentary: bool  # ended, and shorter than the momentary threshold
+
+    @property
+    def duration(self) -> timedelta | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+def _order(report: PowerReport) -> tuple:
+    # At one instant a `lost` goes first: a device losing mains as another gets it back keeps
+    # the site out (one outage, not two), and a device reporting both at one instant had a cut
+    # of no length rather than a restore with nothing to restore. The device breaks the last tie
+    # so the result never depends on arrival order.
+    return (report.at, report.state != LOST, repr(report.device))
+
+
+def site_outage_intervals(
+    reports: Iterable[PowerReport], *, momentary_threshold: timedelta
+) -> list[OutageInterval]:
+    """The site's outages, in time order, as PRODUCT.md defines them.
+
+    An outage runs from the first `lost` of any of the site's devices to the `restored` that
+    leaves none of its reporting devices without mains. A `restored` from a device that has mains
+    (no `lost` before it), or a `lost` from a device already without mains (no `restored`
+    between), is a report that changes nothing. Repeats of one report are one report. An outage
+    some device has not yet reported the end of is open (`ended_at` None). One that ended sooner
+    than `momentary_threshold` after it started is momentary.
+    """
+    intervals = []
+    without_mains: set[Hashable] = set()
+    started_at = None
+    for report in sorted(set(reports), key=_order):
+        if report.state == LOST:
+            if not without_mains:
+                started_at = report.at
+            without_mains.add(report.device)
+        elif report.device in without_mains:
+            without_mains.discard(report.device)
+            if not without_mains:
+                duration = report.at - started_at
+                intervals.append(
+                    OutageInterval(started_at, report.at, momentary=duration < momentary_threshold)
+                )
+        # else: a `restored` with no `lost` before it: kept as a report, nothing to end.
+    if without_mains:
+        intervals.append(OutageInterval(started_at, None, momentary=False))
+    return intervals

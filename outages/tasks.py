@@ -1,0 +1,31 @@
+"""Celery tasks of outages and credits: they take ids, load, call a service, retry with a
+countdown."""
+
+from celery import shared_task
+
+from django.db import OperationalError
+
+from outages import services
+
+
+@shared_task(
+    ignore_result=True,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=5,
+)
+def site_outages_reconcile(site_id: int) -> dict:
+    """Reconcile one site's outages and credits with all its power events (queued after each new
+    event commits). Safe to run twice or at once on two workers: it starts from all the events
+    every time and holds the site's lock. A database that is unreachable is retried after 2, 4,
+    8, 16 and 32 s."""
+    result = services.site_outages_reconcile(site_id=site_id)
+    return {
+        "created": result.created,
+        "updated": result.updated,
+        "voided": result.voided,
+        "entries": len(result.entries),
+    }

@@ -1,0 +1,111 @@
+"""The admin of outages and credits, driven as a superuser would: policies and site assignments
+are edited there; outages, power events and the ledger are only read."""
+
+from decimal import Decimal
+
+import pytest
+
+from outages import services
+from outages.models import CreditPolicy, SitePolicy
+from tests.outages.conftest import at
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def paid_cut(alice_home, ofgem):
+    device = alice_home["device"]
+    for state, minutes in [("lost", 0), ("restored", 12 * 60)]:
+        services.power_event_record(
+            device_id=device.id,
+            site_id=device.site_id,
+            device_uid=device.uid,
+            state=state,
+            at=at(minutes),
+        )
+    services.site_outages_reconcile(site_id=device.site_id)
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("creditpolicy", "Ofgem normal weather"),
+        ("outage", "Alice home"),
+        ("creditentry", "95.00 GBP"),
+        ("powerevent", "Mains restored"),
+    ],
+)
+def test_changelists_show_the_rows(admin_client, paid_cut, path, shown):
+    response = admin_client.get(f"/admin/outages/{path}/")
+
+    assert response.status_code == 200
+    assert shown in response.content.decode()
+
+
+@pytest.mark.parametrize("path", ["outage", "creditentry", "powerevent"])
+def test_derived_rows_and_the_ledger_cannot_be_added_changed_or_deleted(
+    admin_client, paid_cut, path
+):
+    changelist = admin_client.get(f"/admin/outages/{path}/")
+    row = changelist.context["cl"].result_list[0]
+
+    assert admin_client.get(f"/admin/outages/{path}/add/").status_code == 403
+    assert admin_client.get(f"/admin/outages/{path}/{row.pk}/delete/").status_code == 403
+    # the change page shows the row read only
+    page = admin_client.get(f"/admin/outages/{path}/{row.pk}/change/")
+    assert page.status_code == 200
+    assert 'type="submit" value="Save"' not in page.content.decode()
+
+
+def test_policy_form_refuses_unreadable_tiers_with_the_reason(admin_client):
+    response = admin_client.post(
+        "/admin/outages/creditpolicy/add/",
+        {
+            "name": "Broken",
+            "currency": "GBP",
+            "threshold": "12:00:00",
+            "base_amount": "95.00",
+            "tiers": '[{"after": "PT12H", "period": "PT0S", "amount": "45.00"}]',
+            "min_sites_affected": "1",
+        },
+    )
+
+    assert response.status_code == 200
+    assert "tiers[0].period must be longer than zero" in response.content.decode()
+    assert not CreditPolicy.objects.filter(name="Broken").exists()
+
+
+def test_policy_form_saves_tiers_normalised(admin_client):
+    response = admin_client.post(
+        "/admin/outages/creditpolicy/add/",
+        {
+            "name": "Short cuts",
+            "currency": "EUR",
+            "threshold": "00:05:00",
+            "base_amount": "1.00",
+            "tiers": '[{"after": "00:05:00", "period": "00:05:00", "amount": "0.50"}]',
+            "min_sites_affected": "1",
+            "is_default": "on",
+        },
+    )
+
+    assert response.status_code == 302
+    saved = CreditPolicy.objects.get(name="Short cuts")
+    assert saved.tiers == [{"after": "PT5M", "period": "PT5M", "amount": "0.50"}]
+    assert (saved.base_amount, saved.is_default) == (Decimal("1.00"), True)
+
+
+def test_a_site_is_given_its_own_policy(admin_client, alice_home):
+    delhi = CreditPolicy.objects.get(name="Delhi")
+
+    response = admin_client.post(
+        "/admin/outages/sitepolicy/add/",
+        {"site": alice_home["site"].id, "policy": delhi.id},
+    )
+
+    assert response.status_code == 302
+    assert SitePolicy.objects.get(site=alice_home["site"]).policy == delhi
