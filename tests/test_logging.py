@@ -9,7 +9,6 @@ import logging
 import sys
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from django.conf import settings
 from django.db import connection
@@ -43,10 +42,12 @@ def django_lines(output: str, path: str) -> list[str]:
     return [line for line in output.splitlines() if path in line and " django." in line]
 
 
-def test_expected_refusals_log_one_line_each_and_no_traceback(portal, alice, alice_home):
+def test_expected_refusals_log_one_line_each_and_no_traceback(
+    portal, alice, alice_home, api_token_for
+):
     # given: a resident's session and API token
     cookie = {"Cookie": f"sessionid={session_cookie(alice)}"}
-    token = {"Authorization": f"Token {Token.objects.create(user=alice).key}"}
+    token = {"Authorization": f"Token {api_token_for(alice)}"}
     refusals = [
         ("/fleet/", cookie, 403),  # a page for operators: PermissionDenied in the view
         ("/no-such-page/", cookie, 404),
