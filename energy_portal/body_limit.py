@@ -5,7 +5,9 @@ setting can look at it, so a client could make any URL take in a gigabyte. This 
 counts the body's bytes as the server hands them over and refuses with 413 as soon as the count
 passes `settings.REQUEST_MAX_BODY_BYTES`, or at once when Content-Length already says so; the
 connection is closed, so the rest of the body is never read. Chunked bodies, which declare no
-length, are counted the same way.
+length, are counted the same way, and once whole (within the limit) are handed on with the
+Content-Length they turned out to have: Django REST framework reads a request without one as
+empty, so a chunked batch to the ingest API was answered "Send a JSON list".
 """
 
 import json
@@ -21,6 +23,13 @@ def _declared_length(scope: dict) -> int | None:
             except ValueError:
                 return None  # the server refuses malformed lengths itself
     return None
+
+
+def _is_chunked(scope: dict) -> bool:
+    return any(
+        name == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in scope.get("headers", ())
+    )
 
 
 def _refusal(path: str, limit: int) -> tuple[str, bytes]:
@@ -45,6 +54,10 @@ class BodyLimitMiddleware:
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await self._refuse(scope, send, limit)
+            return
+
+        if declared is None and _is_chunked(scope):
+            await self._call_with_length(scope, receive, send, limit)
             return
 
         received = 0
@@ -75,6 +88,31 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, tracking_send)
         if over and not started:
             await self._refuse(scope, send, limit)
+
+    async def _call_with_length(self, scope, receive, send, limit: int) -> None:
+        """Read a chunked body whole (refusing it once past `limit`), then call the application
+        with its length declared and the body in one message."""
+        pieces, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before the body was complete: nobody to answer
+            piece = message.get("body", b"")
+            size += len(piece)
+            if size > limit:
+                await self._refuse(scope, send, limit)
+                return
+            pieces.append(piece)
+            if not message.get("more_body", False):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k != b"transfer-encoding"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
+        whole = [{"type": "http.request", "body": b"".join(pieces), "more_body": False}]
+
+        async def replay():
+            return whole.pop() if whole else await receive()
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _refuse(scope, send, limit: int) -> None:

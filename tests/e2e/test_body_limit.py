@@ -139,7 +139,8 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(por
     assert "Traceback" not in portal.output()
 
 
-def test_a_batch_under_the_limit_is_ingested(portal, alice_home, clean_redis):  # noqa: F811
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_batch_under_the_limit_is_ingested(portal, alice_home, clean_redis, framing):  # noqa: F811
     items = [
         {"sensor_id": "pi-a1.power_w", "timestamp": f"2026-11-22T10:{i // 60:02}:{i % 60:02}Z",
          "value": float(i)}
@@ -149,13 +150,16 @@ def test_a_batch_under_the_limit_is_ingested(portal, alice_home, clean_redis):  
     headers = {
         "Authorization": f"Bearer {alice_home['token']}",
         "Content-Type": "application/json",
-        "Content-Length": str(len(payload)),
         "Connection": "close",
     }
+    if framing == "chunked":  # no declared length: the API must still read the whole list
+        headers["Transfer-Encoding"] = "chunked"
+        body = chunked(payload[i : i + 65536] for i in range(0, len(payload), 65536))
+    else:
+        headers["Content-Length"] = str(len(payload))
+        body = [payload]
 
-    answer, _ = send_until_answered(
-        portal, post_head("/api/v1/ingest/", headers=headers), [payload]
-    )
+    answer, _ = send_until_answered(portal, post_head("/api/v1/ingest/", headers=headers), body)
 
     status, response = status_and_body(answer)
     assert status == 202, answer[:500]
