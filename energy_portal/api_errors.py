@@ -2,12 +2,14 @@
 
 import logging
 
-from rest_framework.exceptions import APIException, ParseError, ValidationError
+from rest_framework.exceptions import APIException, ErrorDetail, ParseError, ValidationError
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.db.models import ProtectedError, RestrictedError
+
+from energy_portal.serializers import text_problem
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ def exception_handler(exc, context):
         # A value only PostgreSQL refuses (a NUL byte in a lookup, a number out of range).
         logger.warning("Database refused a request value: %s", exc)
         exc = ValidationError({"non_field_errors": [f"The database refused a value: {exc}"]})
+    elif isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed":
+        # A lone surrogate from a JSON body that no check at the edge caught reached psycopg.
+        logger.warning("A request value could not be encoded: %s", exc)
+        exc = ValidationError({"non_field_errors": ["Surrogate characters are not allowed."]})
     elif isinstance(exc, RecursionError) and "decoding a JSON" in str(exc):
         exc = ParseError("JSON parse error - the body is nested too deeply.")
     response = drf_exception_handler(exc, context)
@@ -50,4 +56,19 @@ def exception_handler(exc, context):
         )
         fields = ", ".join(sorted(errors))
         response.data = {"detail": f"Invalid input in: {fields}.", "errors": errors}
+    response.data = _encodable(response.data)
     return response
+
+
+def _encodable(data):
+    """The error with any lone surrogate it echoes from the request written as `\\udxxx`: UTF-8
+    cannot encode one, and the renderer would fail on it (e.g. `"\\ud800" is not a valid
+    choice`)."""
+    if isinstance(data, dict):
+        return {_encodable(key): _encodable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_encodable(item) for item in data]
+    if isinstance(data, str) and text_problem(data):
+        text = data.encode("utf-8", "backslashreplace").decode("utf-8")
+        return ErrorDetail(text, data.code) if isinstance(data, ErrorDetail) else text
+    return data
