@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, status, viewsets
+from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.filters import OrderingFilter
@@ -47,13 +47,13 @@ class RegistryViewSet(viewsets.ModelViewSet):
         # other id that names nothing, instead of an error from the database.
         lookup = kwargs.get(self.lookup_url_kwarg or self.lookup_field)
         if isinstance(lookup, str) and text_problem(lookup):
-            model = self.get_serializer_class().Meta.model
+            model = self.serializer_class.Meta.model
             raise Http404(f"No {model._meta.object_name} matches the given query.")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             # Schema generation has no user; the model alone types the path parameters.
-            return self.get_serializer_class().Meta.model.objects.none()
+            return self.serializer_class.Meta.model.objects.none()
         return type(self).selector(user=self.request.user)
 
 
@@ -124,8 +124,16 @@ class DeviceViewSet(RegistryViewSet):
     search_fields = ["uid", "name", "site__name"]
     ordering_fields = ["uid", "last_seen"]
 
+    serializer_class = DeviceSerializer
+
     def get_serializer_class(self):
-        return DeviceCreateSerializer if self.action == "create" else DeviceSerializer
+        # Each action's own input, also for the browsable API's form: the device's form would
+        # offer every site and room as choices.
+        return {
+            "create": DeviceCreateSerializer,
+            "commands": CommandIssueSerializer,
+            "rotate_token": serializers.Serializer,
+        }.get(self.action, DeviceSerializer)
 
     @extend_schema(request=DeviceCreateSerializer, responses={201: DeviceCreatedSerializer})
     def create(self, request, *args, **kwargs):

@@ -454,6 +454,20 @@ def test_residents_filter_form_lists_none_of_another_residents_names(
 
 
 @pytest.mark.parametrize(
+    ("action", "field"), [("commands", 'name="ttl_s"'), ("rotate-token", "<form")]
+)
+def test_residents_forms_of_device_actions_list_none_of_another_residents_names(
+    api_client_for, alice, alice_home, bob_elsewhere, action, field
+):
+    response = api_client_for(alice).get(f"{API}devices/pi-a1/{action}/?format=api")
+
+    page = response.content.decode()
+    assert field in page  # the action's own form, not the device's with every site and room
+    for name in ["Bob home", "Bobs"]:
+        assert name not in page, name
+
+
+@pytest.mark.parametrize(
     ("endpoint", "parameter"),
     [
         (endpoint, parameter)
