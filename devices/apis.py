@@ -118,13 +118,12 @@ class SensorViewSet(RegistryViewSet):
 
 
 class DeviceViewSet(RegistryViewSet):
+    serializer_class = DeviceSerializer
     selector = staticmethod(selectors.device_list)
     lookup_field = "uid"
     filterset_class = filters.DeviceFilter
     search_fields = ["uid", "name", "site__name"]
     ordering_fields = ["uid", "last_seen"]
-
-    serializer_class = DeviceSerializer
 
     def get_serializer_class(self):
         # Each action's own input, also for the browsable API's form: the device's form would

@@ -39,10 +39,6 @@ def exception_handler(exc, context):
         # A value only PostgreSQL refuses (a NUL byte in a lookup, a number out of range).
         logger.warning("Database refused a request value: %s", exc)
         exc = ValidationError({"non_field_errors": [f"The database refused a value: {exc}"]})
-    elif isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed":
-        # A lone surrogate from a JSON body that no check at the edge caught reached psycopg.
-        logger.warning("A request value could not be encoded: %s", exc)
-        exc = ValidationError({"non_field_errors": ["Surrogate characters are not allowed."]})
     elif isinstance(exc, RecursionError) and "decoding a JSON" in str(exc):
         exc = ParseError("JSON parse error - the body is nested too deeply.")
     response = drf_exception_handler(exc, context)
