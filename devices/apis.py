@@ -2,14 +2,18 @@
 
 from datetime import timedelta
 
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, status, viewsets
+from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.filters import OrderingFilter
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from devices import selectors, services
+from django.http import Http404
+
+from devices import filters, selectors, services
 from devices.models import Device
 from devices.permissions import RegistryPermission, resident_may_command
 from devices.serializers import (
@@ -26,18 +30,30 @@ from devices.serializers import (
     SubstationSerializer,
     TransformerSerializer,
 )
+from energy_portal.filters import SearchFilter
+from energy_portal.serializers import text_problem
 
 
 class RegistryViewSet(viewsets.ModelViewSet):
     """CRUD over one registry model, limited to the rows the caller may see."""
 
     permission_classes = [RegistryPermission]
+    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
     selector = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # An id PostgreSQL could not even compare (a NUL byte) names nothing: 404, as for any
+        # other id that names nothing, instead of an error from the database.
+        lookup = kwargs.get(self.lookup_url_kwarg or self.lookup_field)
+        if isinstance(lookup, str) and text_problem(lookup):
+            model = self.serializer_class.Meta.model
+            raise Http404(f"No {model._meta.object_name} matches the given query.")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             # Schema generation has no user; the model alone types the path parameters.
-            return self.get_serializer_class().Meta.model.objects.none()
+            return self.serializer_class.Meta.model.objects.none()
         return type(self).selector(user=self.request.user)
 
 
@@ -51,7 +67,7 @@ class SubstationViewSet(RegistryViewSet):
 class TransformerViewSet(RegistryViewSet):
     serializer_class = TransformerSerializer
     selector = staticmethod(selectors.transformer_list)
-    filterset_fields = ["substation"]
+    filterset_class = filters.TransformerFilter
     search_fields = ["code", "name"]
     ordering_fields = ["code", "name"]
 
@@ -59,7 +75,7 @@ class TransformerViewSet(RegistryViewSet):
 class FeederViewSet(RegistryViewSet):
     serializer_class = FeederSerializer
     selector = staticmethod(selectors.feeder_list)
-    filterset_fields = ["transformer"]
+    filterset_class = filters.FeederFilter
     search_fields = ["code", "name"]
     ordering_fields = ["code", "name"]
 
@@ -67,7 +83,7 @@ class FeederViewSet(RegistryViewSet):
 class SiteViewSet(RegistryViewSet):
     serializer_class = SiteSerializer
     selector = staticmethod(selectors.site_list)
-    filterset_fields = ["feeder", "currency", "timezone"]
+    filterset_class = filters.SiteFilter
     search_fields = ["name", "address", "cpe"]
     ordering_fields = ["name", "created_at"]
 
@@ -75,7 +91,7 @@ class SiteViewSet(RegistryViewSet):
 class RoomViewSet(RegistryViewSet):
     serializer_class = RoomSerializer
     selector = staticmethod(selectors.room_list)
-    filterset_fields = ["site"]
+    filterset_class = filters.RoomFilter
     search_fields = ["name"]
     ordering_fields = ["name"]
 
@@ -102,14 +118,21 @@ class SensorViewSet(RegistryViewSet):
 
 
 class DeviceViewSet(RegistryViewSet):
+    serializer_class = DeviceSerializer
     selector = staticmethod(selectors.device_list)
     lookup_field = "uid"
-    filterset_fields = ["site", "room", "kind", "online", "controllable", "site__feeder"]
+    filterset_class = filters.DeviceFilter
     search_fields = ["uid", "name", "site__name"]
     ordering_fields = ["uid", "last_seen"]
 
     def get_serializer_class(self):
-        return DeviceCreateSerializer if self.action == "create" else DeviceSerializer
+        # Each action's own input, also for the browsable API's form: the device's form would
+        # offer every site and room as choices.
+        return {
+            "create": DeviceCreateSerializer,
+            "commands": CommandIssueSerializer,
+            "rotate_token": serializers.Serializer,
+        }.get(self.action, DeviceSerializer)
 
     @extend_schema(request=DeviceCreateSerializer, responses={201: DeviceCreatedSerializer})
     def create(self, request, *args, **kwargs):

@@ -13,6 +13,7 @@ from devices.models import (
     Substation,
     Transformer,
 )
+from energy_portal.serializers import SlugRelatedField, StorableDictField
 
 
 class SubstationSerializer(serializers.ModelSerializer):
@@ -62,7 +63,7 @@ class RoomSerializer(serializers.ModelSerializer):
 
 class SensorSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
-    device = serializers.SlugRelatedField(slug_field="uid", queryset=Device.objects.all())
+    device = SlugRelatedField(slug_field="uid", queryset=Device.objects.all())
 
     class Meta:
         model = Sensor
@@ -155,7 +156,7 @@ class CommandSerializer(serializers.ModelSerializer):
 
 class CommandIssueSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=40)
-    args = serializers.DictField(required=False, default=dict)
+    args = StorableDictField(required=False, default=dict)
     ttl_s = serializers.IntegerField(
         required=False,
         default=600,

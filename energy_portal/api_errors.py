@@ -2,12 +2,14 @@
 
 import logging
 
-from rest_framework.exceptions import APIException, ParseError, ValidationError
+from rest_framework.exceptions import APIException, ErrorDetail, ParseError, ValidationError
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.db.models import ProtectedError, RestrictedError
+
+from energy_portal.serializers import text_problem
 
 logger = logging.getLogger(__name__)
 
@@ -50,4 +52,19 @@ def exception_handler(exc, context):
         )
         fields = ", ".join(sorted(errors))
         response.data = {"detail": f"Invalid input in: {fields}.", "errors": errors}
+    response.data = _encodable(response.data)
     return response
+
+
+def _encodable(data):
+    """The error with any lone surrogate it echoes from the request written as `\\udxxx`: UTF-8
+    cannot encode one, and the renderer would fail on it (e.g. `"\\ud800" is not a valid
+    choice`)."""
+    if isinstance(data, dict):
+        return {_encodable(key): _encodable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_encodable(item) for item in data]
+    if isinstance(data, str) and text_problem(data):
+        text = data.encode("utf-8", "backslashreplace").decode("utf-8")
+        return ErrorDetail(text, data.code) if isinstance(data, ErrorDetail) else text
+    return data

@@ -13,6 +13,7 @@ from devices.api_tokens import ApiTokenAuthentication
 from devices.authentication import DeviceTokenAuthentication
 from devices.models import Device
 from devices.permissions import IsOperator
+from energy_portal.serializers import text_problem
 from telemetry.selectors import ingestion_sources, sensor_refs_by_public_id
 from telemetry.serializers import (
     IngestItemSerializer,
@@ -72,6 +73,9 @@ class IngestApi(APIView):
                 rejected.append(
                     {"index": index, "error": "item must be {sensor_id, timestamp, value}"}
                 )
+                continue
+            if problem := text_problem(entry["sensor_id"]):
+                rejected.append({"index": index, "error": f"sensor_id: {problem}"})
                 continue
             items.append(Item(ref=entry["sensor_id"], ts=entry.get("timestamp"),
                               value=entry.get("value"), index=index))  # fmt: skip

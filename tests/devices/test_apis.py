@@ -411,6 +411,115 @@ def test_resident_cannot_create_anything(api_client_for, alice, alice_home, endp
     assert MODELS[endpoint].objects.count() == count
 
 
+# --- no names leak to residents through filters -----------------------------------------------
+
+
+@pytest.fixture
+def bob_elsewhere(bob_home):
+    """Bob's site moved onto a grid of its own, named so that any listing of it shows."""
+    substation = Substation.objects.create(code="SUB-BOB", name="Bobs substation")
+    transformer = Transformer.objects.create(
+        code="TR-BOB", name="Bobs transformer", substation=substation
+    )
+    feeder = Feeder.objects.create(code="FD-BOB", name="Bobs feeder", transformer=transformer)
+    Site.objects.filter(pk=bob_home["site"].id).update(feeder=feeder)
+    Room.objects.filter(pk=bob_home["room"].id).update(name="Bobs den")
+    return {**bob_home, "feeder": feeder, "transformer": transformer, "substation": substation}
+
+
+# endpoint: its filters on related rows and the model each one names
+RELATED_FILTERS = {
+    "devices": {"site": Site, "room": Room, "site__feeder": Feeder},
+    "rooms": {"site": Site},
+    "sites": {"feeder": Feeder},
+    "feeders": {"transformer": Transformer},
+    "transformers": {"substation": Substation},
+}
+
+
+@pytest.mark.parametrize("endpoint", list(RELATED_FILTERS))
+def test_residents_filter_form_lists_none_of_another_residents_names(
+    api_client_for, alice, alice_home, bob_elsewhere, endpoint
+):
+    response = api_client_for(alice).get(f"{API}{endpoint}/?format=api")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    for parameter in RELATED_FILTERS[endpoint]:
+        assert f'name="{parameter}"' in page  # the filter form is there, with this choice
+    for name in ["Bob home", "Bobs"]:
+        assert name not in page, name
+    if endpoint == "devices":  # the resident's own rows are still offered
+        assert "Alice home / Kitchen" in page
+
+
+@pytest.mark.parametrize(
+    ("action", "field"), [("commands", 'name="ttl_s"'), ("rotate-token", "<form")]
+)
+def test_residents_forms_of_device_actions_list_none_of_another_residents_names(
+    api_client_for, alice, alice_home, bob_elsewhere, action, field
+):
+    response = api_client_for(alice).get(f"{API}devices/pi-a1/{action}/?format=api")
+
+    page = response.content.decode()
+    assert field in page  # the action's own form, not the device's with every site and room
+    for name in ["Bob home", "Bobs"]:
+        assert name not in page, name
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "parameter"),
+    [
+        (endpoint, parameter)
+        for endpoint, filters in RELATED_FILTERS.items()
+        for parameter in filters
+    ],
+)
+def test_filtering_on_another_residents_id_answers_as_on_a_missing_one(
+    api_client_for, alice, alice_home, bob_elsewhere, endpoint, parameter
+):
+    model = RELATED_FILTERS[endpoint][parameter]
+    bobs = bob_elsewhere[model.__name__.lower()].id
+    missing = model.objects.order_by("-pk").values_list("pk", flat=True)[0] + 1000
+    client = api_client_for(alice)
+
+    foreign = client.get(f"{API}{endpoint}/?{parameter}={bobs}")
+    nonexistent = client.get(f"{API}{endpoint}/?{parameter}={missing}")
+
+    assert foreign.status_code == nonexistent.status_code == 400
+    assert foreign.content == nonexistent.content
+
+
+def test_filtering_on_own_related_rows_still_works(
+    api_client_for, alice, alice_home, bob_elsewhere
+):
+    client = api_client_for(alice)
+    site, room = alice_home["site"], alice_home["room"]
+
+    def uids(query):
+        response = client.get(f"{API}devices/?{query}")
+        assert response.status_code == 200, response.json()
+        return [row["uid"] for row in response.json()["results"]]
+
+    assert uids(f"site={site.id}") == ["pi-a1"]
+    assert uids(f"room={room.id}") == ["pi-a1"]
+    assert uids(f"site__feeder={site.feeder_id}") == ["pi-a1"]
+    rooms = client.get(f"{API}rooms/?site={site.id}").json()["results"]
+    assert [row["id"] for row in rooms] == [room.id]
+
+
+def test_operators_filter_on_any_residents_rows(
+    api_client_for, operator, alice_home, bob_elsewhere
+):
+    client = api_client_for(operator)
+
+    response = client.get(f"{API}devices/?site__feeder={bob_elsewhere['feeder'].id}")
+    page = client.get(f"{API}devices/?format=api").content.decode()
+
+    assert [row["uid"] for row in response.json()["results"]] == ["pi-b1"]
+    assert "Bob home / Bobs den" in page and "FD-BOB" in page
+
+
 # --- filters and pagination -------------------------------------------------------------------
 
 
@@ -675,6 +784,69 @@ def test_malformed_input_is_a_json_4xx_never_500(
 
     assert response.status_code < 500
     assert isinstance(response.json(), dict)
+
+
+# Raw JSON bodies: a lone surrogate can only arrive as an escape, which JSON decodes to one.
+UNSTORABLE_TEXT = [
+    ("get", "devices/?search=%00", None, "search", "Null characters"),
+    ("get", "rooms/?site=%00", None, "site", "Null characters"),
+    ("get", "sites/?timezone=%00", None, "timezone", "Null characters"),
+    ("get", "sensors/?device__uid=%00", None, "device__uid", "Null characters"),
+    ("post", "sensors/", r'{"device": "pi\u0000", "key": "k", "kind": "power"}', "device", "Null"),
+    ("post", "sensors/", r'{"device": "\ud800", "key": "k", "kind": "power"}', "device", "Surro"),
+    ("post", "sensors/", r'{"device": "pi-a1", "key": "k", "kind": "\udfff"}', "kind", r"\udfff"),
+    ("post", "devices/", r'{"uid": "pi-x", "kind": "\ud800"}', "kind", r"\ud800"),
+    (
+        "post",
+        "devices/pi-a1/commands/",
+        r'{"name": "ping", "args": {"a": "\u0000"}}',
+        "args",
+        "at a",
+    ),
+    ("post", "devices/pi-a1/commands/", r'{"name": "ping", "args": {"\ud83d": 1}}', "args", "key"),
+    (
+        "post",
+        "devices/pi-a1/commands/",
+        r'{"name": "ping", "args": {"kw": 1e400}}',
+        "args",
+        "finite",
+    ),
+    (
+        "post",
+        "devices/pi-a1/commands/",
+        r'{"name": "ping", "args": {"l": [["\u0000"]]}}',
+        "args",
+        "l[0][0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "field", "words"), UNSTORABLE_TEXT, ids=range(len(UNSTORABLE_TEXT))
+)
+def test_text_postgresql_cannot_store_is_a_400_naming_the_field(
+    api_client_for, admin_user, alice_home, method, path, raw, field, words
+):
+    client = api_client_for(admin_user)
+
+    if raw is None:
+        response = client.get(f"{API}{path}")
+    else:
+        response = client.generic(
+            method.upper(), f"{API}{path}", raw.encode(), content_type="application/json"
+        )
+
+    assert response.status_code == 400, response.content
+    errors = errors_of(response)
+    assert words in " ".join(errors[field]), errors
+
+
+@pytest.mark.parametrize("path", ["devices/pi%00/", "sensors/pi-a1.power_w%00/"])
+def test_an_id_with_a_nul_byte_is_404_like_any_unknown_id(api_client_for, admin_user, path):
+    response = api_client_for(admin_user).get(f"{API}{path}")
+
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("No ")
 
 
 @pytest.mark.parametrize(

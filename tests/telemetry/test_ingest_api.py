@@ -98,6 +98,31 @@ def test_bad_items_are_rejected_by_index_and_the_rest_kept(
 
 
 @pytest.mark.django_db
+def test_a_sensor_id_postgresql_cannot_store_is_rejected_by_index_and_the_rest_kept(
+    ingester, alice_home, api_client_for, ingest_stream
+):
+    # Raw JSON: a lone surrogate only exists as an escape; NUL would sink the whole batch and a
+    # surrogate would reach psycopg as a 500 if they were looked up.
+    body = (
+        f'[{{"sensor_id": "pi-a1.power_w", "timestamp": "{_ts()}", "value": 1}},'
+        f' {{"sensor_id": "pi-a1.power_w\\u0000", "timestamp": "{_ts()}", "value": 2}},'
+        f' {{"sensor_id": "pi-a1.\\ud800", "timestamp": "{_ts()}", "value": 3}}]'
+    )
+
+    response = api_client_for(ingester).post(URL, body, content_type="application/json")
+
+    assert response.status_code == 202, response.content
+    assert response.json() == {
+        "accepted": 1,
+        "rejected": [
+            {"index": 1, "error": "sensor_id: Null characters are not allowed."},
+            {"index": 2, "error": "sensor_id: Surrogate characters are not allowed: U+D800."},
+        ],
+    }
+    assert len(stream_rows(ingest_stream)) == 1
+
+
+@pytest.mark.django_db
 def test_user_without_ingest_permission_is_refused(alice, alice_home, api_client_for):
     response = api_client_for(alice).post(URL, [], format="json")
     assert response.status_code == 403
