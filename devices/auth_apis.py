@@ -57,6 +57,12 @@ class ObtainTokenApi(APIView):
         return Response(TokenSerializer({"token": token}).data)
 
 
+def _signed_out(request) -> Response:
+    """The answer to a sign-out, after Django's own signal (axes and audit hooks listen to it)."""
+    user_logged_out.send(sender=request.user.__class__, request=request._request, user=request.user)
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class LogoutApi(APIView):
     """Revoke the token this request was sent with."""
 
@@ -66,10 +72,7 @@ class LogoutApi(APIView):
     @extend_schema(request=None, responses={204: None})
     def post(self, request):
         api_token_revoke(token=request.auth)
-        user_logged_out.send(
-            sender=request.user.__class__, request=request._request, user=request.user
-        )
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return _signed_out(request)
 
 
 class LogoutAllApi(APIView):
@@ -81,7 +84,4 @@ class LogoutAllApi(APIView):
     @extend_schema(request=None, responses={204: None})
     def post(self, request):
         api_token_revoke_all(user=request.user)
-        user_logged_out.send(
-            sender=request.user.__class__, request=request._request, user=request.user
-        )
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return _signed_out(request)

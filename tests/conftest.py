@@ -8,11 +8,13 @@ from rest_framework.test import APIClient
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connection
 
 from devices import services
 from devices.api_tokens import api_token_issue
 from devices.models import Feeder, Room, Site, Substation, Transformer
 from energy_portal.redis_client import sync_client
+from tests.e2e import servers
 
 PASSWORD = "correct-horse-battery"
 
@@ -133,3 +135,13 @@ def api_client_for(api_token_for):
         return client
 
     return make
+
+
+@pytest.fixture(scope="module")
+def portal(django_db_setup):
+    """One real portal server (the production ASGI server) on the test database and Redis, for
+    the tests of one module."""
+    with servers.running(
+        1, database_url=servers.database_url(connection.settings_dict), redis_url=settings.REDIS_URL
+    ) as running:
+        yield running[0]

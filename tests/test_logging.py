@@ -10,22 +10,11 @@ import sys
 
 import pytest
 
-from django.conf import settings
-from django.db import connection
-
 from energy_portal.log_filters import RefusalWithoutTraceback
 from tests.devices.test_consumers import session_cookie
 from tests.e2e import servers
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(scope="module")
-def portal(django_db_setup):
-    with servers.running(
-        1, database_url=servers.database_url(connection.settings_dict), redis_url=settings.REDIS_URL
-    ) as running:
-        yield running[0]
 
 
 def get(server: servers.Server, path: str, headers: dict[str, str]) -> int:

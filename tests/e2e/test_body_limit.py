@@ -18,7 +18,6 @@ from urllib.parse import urlencode
 import pytest
 
 from django.conf import global_settings, settings
-from django.db import connection
 
 from tests.conftest import PASSWORD
 from tests.devices.test_consumers import clean_redis  # noqa: F401 (a fixture, used by name)
@@ -31,14 +30,6 @@ HOSTILE_BYTES = 256 * 1024 * 1024
 # What the kernel's socket buffers (both ends, loopback) may take in before the server's answer
 # reaches the client: the bytes a client sends past the limit are bounded by these, not by it.
 SOCKET_BUFFERS_SLACK = 32 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def portal(django_db_setup):
-    with servers.running(
-        1, database_url=servers.database_url(connection.settings_dict), redis_url=settings.REDIS_URL
-    ) as running:
-        yield running[0]
 
 
 def peak_memory_bytes(server: servers.Server) -> int:

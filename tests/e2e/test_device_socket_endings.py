@@ -35,14 +35,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 SERVER_SHUTDOWN = 1012  # what Uvicorn closes open sockets with when it stops
 
 
-@pytest.fixture(scope="module")
-def portal(django_db_setup):
-    with servers.running(
-        1, database_url=servers.database_url(connection.settings_dict), redis_url=settings.REDIS_URL
-    ) as running:
-        yield running[0]
-
-
 @pytest.fixture
 def portal_log(portal):
     """What the server logs during the test; checked to hold no traceback after it."""
