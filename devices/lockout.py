@@ -1,8 +1,8 @@
 """The answer to a sign-in refused because of too many failures (django-axes' lockout callable).
 
 The API gets its usual JSON error, the pages a page that says to wait; both are 429 with
-`Retry-After`. A failed attempt during the lockout starts the wait afresh (axes' default), so the
-full cool-off is the honest wait at the moment of answering.
+`Retry-After`. Attempts refused during a lockout are not counted (settings.auth), so the full
+cool-off is the longest the caller may still have to wait.
 """
 
 import math

@@ -25,6 +25,9 @@ AXES_FAILURE_LIMIT = ENV.login_failure_limit
 AXES_COOLOFF_TIME = timedelta(minutes=ENV.login_lockout_minutes)
 # A user who mistyped and then got in starts afresh.
 AXES_RESET_ON_SUCCESS = True
+# Attempts refused during a lockout are not counted: a resident signing in from an address that
+# someone else locked out (a shared network) neither locks their own account nor extends the wait.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "devices.lockout.lockout_response"
 # The cache handler keeps nothing in axes' tables, so their admin pages would only ever be empty.
 AXES_ENABLE_ADMIN = False

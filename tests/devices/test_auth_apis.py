@@ -161,6 +161,17 @@ def test_an_address_that_guessed_too_often_is_refused_for_every_user(alice, bob)
     assert sign_in("bob", PASSWORD, address=HERE).status_code == 429
 
 
+def test_refusals_at_a_locked_address_count_against_no_one_and_do_not_extend_it(alice, bob):
+    # given an address locked out by someone guessing other names
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        sign_in(f"nobody-{n}", "wrong", address=HERE)
+    # when bob, sharing that network, tries again and again with his right password
+    refused = [sign_in("bob", PASSWORD, address=HERE).status_code for _ in range(10)]
+    # then each is refused, yet bob is not locked out anywhere else
+    assert refused == [429] * 10
+    assert sign_in("bob", PASSWORD, address=THERE).status_code == 200
+
+
 def test_another_user_from_another_address_is_not_affected(alice, bob):
     fail_until_locked("alice", address=HERE)
 

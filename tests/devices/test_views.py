@@ -75,7 +75,7 @@ def test_too_many_wrong_passwords_get_a_page_saying_to_wait_with_429(client, ali
     assert "registration/locked_out.html" in [t.name for t in response.templates]
     html = response.content.decode()
     assert "Please wait before signing in again" in html
-    assert f"Wait {int(settings.AXES_COOLOFF_TIME.total_seconds()) // 60} minutes" in html
+    assert f"Wait at most {int(settings.AXES_COOLOFF_TIME.total_seconds()) // 60} minutes" in html
     assert "portal.css" in html  # the portal's own styled page, not a bare text
 
 
