@@ -3,6 +3,8 @@ ledger (read only: outages are derived from power events, and the ledger is appe
 
 from django.contrib import admin
 
+from devices.admin import SiteAdmin as RegistrySiteAdmin
+from devices.models import Site
 from outages.credit_rules import round_money
 from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent, SitePolicy
 
@@ -41,6 +43,23 @@ class SitePolicyAdmin(admin.ModelAdmin):
     autocomplete_fields = ["site"]
     list_filter = ["policy"]
     search_fields = ["site__name"]
+
+
+class SitePolicyInline(admin.StackedInline):
+    model = SitePolicy
+    verbose_name = "own credit policy (none: the default applies)"
+    max_num = 1
+    extra = 0
+
+
+# The registry's site page with the site's credit policy on it: devices must not know about
+# outages, so outages (installed after devices) swaps in this subclass.
+admin.site.unregister(Site)
+
+
+@admin.register(Site)
+class SiteAdmin(RegistrySiteAdmin):
+    inlines = [*RegistrySiteAdmin.inlines, SitePolicyInline]
 
 
 @admin.register(Outage)
