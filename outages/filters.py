@@ -73,8 +73,11 @@ class CreditEntryFilter(django_filters.FilterSet):
 class CreditBalanceFilter(django_filters.FilterSet):
     """Narrows the caller's visible sites to one."""
 
-    site = django_filters.ModelChoiceFilter(field_name="id", queryset=sites)
+    site = django_filters.ModelChoiceFilter(queryset=sites, method="filter_site")
 
     class Meta:
         model = Site
         fields = ["site"]
+
+    def filter_site(self, queryset, name, value):
+        return queryset.filter(pk=value.pk)

@@ -88,9 +88,9 @@ class CreditPolicySerializer(serializers.ModelSerializer):
             "min_sites_affected",
             "is_default",
         ]
-        # The model checks the one default itself (its constraint, in `full_clean`) and says
-        # which policy holds it; DRF's generic unique validator would not.
-        validators = []
+        # `validate` says which policy is the default already; DRF's validator for the model's
+        # one-default constraint would not.
+        extra_kwargs = {"is_default": {"validators": []}}
 
     def validate(self, attrs):
         """Check the policy as the admin does: the model's `full_clean()` (fields, tiers,
