@@ -37,6 +37,8 @@ class OutageViewSet(viewsets.ReadOnlyModelViewSet):
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = filters.OutageFilter
     ordering_fields = ["started_at", "ended_at"]
+    # Many sites of a feeder share a start instant: the id keeps pages stable.
+    ordering = ["-started_at", "-id"]
     lookup_value_regex = ID
 
     def get_queryset(self):
