@@ -1,15 +1,22 @@
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from devices import urls as device_urls
 from devices import views as device_views
 from devices.auth_apis import LogoutAllApi, LogoutApi, ObtainTokenApi
 from energy_portal.apis import HealthApi
+from energy_portal.site_apis import SiteWithPolicyViewSet
 from telemetry.apis import IngestApi, SourcesApi
 from telemetry.history_apis import GridEnergyApi, NotReportingApi, SiteEnergyApi
 from telemetry.query_apis import AggregatesApi, ReadingsApi, StatsApi
+
+site_router = SimpleRouter()
+site_router.register("sites", SiteWithPolicyViewSet, basename="site")
+SITE_ROUTES = {"site-list", "site-detail"}
 
 api_v1 = [
     path("auth/token/", ObtainTokenApi.as_view(), name="api-token"),
@@ -26,7 +33,11 @@ api_v1 = [
     path("sites/<int:site_id>/energy/", SiteEnergyApi.as_view(), name="api-site-energy"),
     path("analytics/energy/", GridEnergyApi.as_view(), name="api-analytics-energy"),
     path("analytics/not-reporting/", NotReportingApi.as_view(), name="api-analytics-not-reporting"),
-    path("", include("devices.urls")),
+    # `sites/` is served by the wiring's viewset, which adds each site's credit policy (devices
+    # must not import outages); the rest of the registry's routes are devices' own.
+    path("", include(site_router.urls)),
+    path("", include([p for p in device_urls.urlpatterns if p.name not in SITE_ROUTES])),
+    path("", include("outages.urls")),
 ]
 
 urlpatterns = [

@@ -2,7 +2,11 @@
 ledger (read only: outages are derived from power events, and the ledger is append-only)."""
 
 from django.contrib import admin
+from django.forms.models import BaseInlineFormSet
 
+from devices.admin import SiteAdmin as RegistrySiteAdmin
+from devices.models import Site
+from outages import services
 from outages.credit_rules import round_money
 from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent, SitePolicy
 
@@ -41,6 +45,32 @@ class SitePolicyAdmin(admin.ModelAdmin):
     autocomplete_fields = ["site"]
     list_filter = ["policy"]
     search_fields = ["site__name"]
+
+
+class SitePolicyFormSet(BaseInlineFormSet):
+    def delete_existing(self, obj, commit=True):
+        # Through the service, which deletes by query: `obj.delete()` would blank its primary
+        # key, the site, and the change message's `str(obj)` would then fail.
+        if commit:
+            services.site_credit_policy_set(site_id=obj.site_id, policy_id=None)
+
+
+class SitePolicyInline(admin.StackedInline):
+    model = SitePolicy
+    formset = SitePolicyFormSet
+    verbose_name = "own credit policy (none: the default applies)"
+    max_num = 1
+    extra = 0
+
+
+# The registry's site page with the site's credit policy on it: devices must not know about
+# outages, so outages (installed after devices) swaps in this subclass.
+admin.site.unregister(Site)
+
+
+@admin.register(Site)
+class SiteAdmin(RegistrySiteAdmin):
+    inlines = [*RegistrySiteAdmin.inlines, SitePolicyInline]
 
 
 @admin.register(Outage)

@@ -1,14 +1,18 @@
 """Reads of outages and credits."""
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Sum
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import F, QuerySet, Sum
 
 from devices.models import Site
-from outages.credit_rules import round_money
-from outages.models import CreditEntry, CreditPolicy, SitePolicy
+from devices.selectors import user_is_operator
+from outages.credit_rules import CreditQuote, credit_quote, round_money
+from outages.models import CreditEntry, CreditPolicy, Outage, OutageStatus, SitePolicy
 
 
 def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
@@ -63,3 +67,88 @@ def credit_paid(
         .order_by()
         .values_list("currency", "total")
     )
+
+
+# --- reads of the outages API ------------------------------------------------------------------
+
+
+def outage_list(*, user: AbstractBaseUser) -> QuerySet[Outage]:
+    """The outages the user may see: all for operators, their own sites' for residents."""
+    qs = Outage.objects.select_related("site", "credit_policy")
+    return qs if user_is_operator(user) else qs.filter(site__residents=user)
+
+
+def credit_entry_list(*, user: AbstractBaseUser) -> QuerySet[CreditEntry]:
+    """The ledger entries the user may see: all for operators, their own sites' for residents."""
+    qs = CreditEntry.objects.all()
+    return qs if user_is_operator(user) else qs.filter(site__residents=user)
+
+
+def sites_with_credit_policy(sites: QuerySet[Site]) -> QuerySet[Site]:
+    """`sites`, each with `own_credit_policy_id`: the id of its own policy, None when the
+    default applies; in the same query, so a list of sites costs nothing more."""
+    return sites.annotate(own_credit_policy_id=F("credit_policy_choice__policy_id"))
+
+
+@dataclass(frozen=True)
+class OutageCredit:
+    """What an outage has earned: the ledger's sums per currency, the policy that prices it, and
+    while it is open the live quote (`credit_quote` for the time since it started)."""
+
+    paid: dict[str, Decimal]
+    policy: CreditPolicy | None
+    quote: CreditQuote | None
+    quoted_at: datetime
+
+
+def outage_credits(outages: Sequence[Outage], *, now: datetime) -> dict[int, OutageCredit]:
+    """Credit of each outage, in at most three queries whatever their number.
+
+    An outage keeps the policy it was first settled under; one never settled (still open) is
+    priced by its site's policy now. The quote mirrors the ledger's rule: a policy that needs
+    more than one site affected pays a site outage nothing yet (see `site_outages_reconcile`).
+    """
+    ids = [outage.pk for outage in outages]
+    paid: dict[int, dict[str, Decimal]] = defaultdict(dict)
+    rows = (
+        CreditEntry.objects.filter(outage_id__in=ids)
+        .values("outage_id", "currency")
+        .annotate(total=Sum("amount"))
+        .order_by("currency")
+    )
+    for row in rows:
+        if row["total"] != 0:
+            paid[row["outage_id"]][row["currency"]] = round_money(row["total"], row["currency"])
+    unsettled = {o.site_id for o in outages if o.settled_at is None and o.site_id is not None}
+    current = credit_policies_for_sites(unsettled) if unsettled else {}
+    credits = {}
+    for outage in outages:
+        if outage.settled_at is not None:
+            policy = outage.credit_policy
+        else:
+            policy = current.get(outage.site_id)
+        quote = None
+        if outage.status == OutageStatus.OPEN and policy is not None:
+            if policy.min_sites_affected > 1:
+                quote = CreditQuote(
+                    amount=round_money(Decimal(0), policy.currency),
+                    next_step_after=None,
+                    next_amount=None,
+                )
+            else:
+                quote = credit_quote(policy, max(now - outage.started_at, timedelta(0)))
+        credits[outage.pk] = OutageCredit(
+            paid=paid.get(outage.pk, {}), policy=policy, quote=quote, quoted_at=now
+        )
+    return credits
+
+
+def credit_policies_for_sites(site_ids: Iterable[int]) -> dict[int, CreditPolicy | None]:
+    """`credit_policy_for_site` for many sites in two queries."""
+    site_ids = list(site_ids)
+    own = {
+        choice.site_id: choice.policy
+        for choice in SitePolicy.objects.select_related("policy").filter(site_id__in=site_ids)
+    }
+    default = CreditPolicy.objects.filter(is_default=True).first()
+    return {site_id: own.get(site_id, default) for site_id in site_ids}

@@ -109,3 +109,44 @@ def test_a_site_is_given_its_own_policy(admin_client, alice_home):
 
     assert response.status_code == 302
     assert SitePolicy.objects.get(site=alice_home["site"]).policy == delhi
+
+
+def test_the_site_page_sets_and_clears_the_sites_own_policy(admin_client, alice_home):
+    site = alice_home["site"]
+    delhi = CreditPolicy.objects.get(name="Delhi")
+    page = admin_client.get(f"/admin/devices/site/{site.id}/change/")
+    form = {
+        **page.context["adminform"].form.initial,
+        "residents": [user.pk for user in site.residents.all()],
+        "feeder": site.feeder_id,
+        "rooms-TOTAL_FORMS": "0",
+        "rooms-INITIAL_FORMS": "0",
+    }
+
+    assert "credit_policy_choice-TOTAL_FORMS" in page.content.decode()
+    given = admin_client.post(
+        f"/admin/devices/site/{site.id}/change/",
+        {
+            **form,
+            "credit_policy_choice-TOTAL_FORMS": "1",
+            "credit_policy_choice-INITIAL_FORMS": "0",
+            "credit_policy_choice-0-policy": delhi.id,
+            "credit_policy_choice-0-site": site.id,
+        },
+    )
+    assert given.status_code == 302, given.context and given.context["errors"]
+    assert SitePolicy.objects.get(site=site).policy == delhi
+
+    cleared = admin_client.post(
+        f"/admin/devices/site/{site.id}/change/",
+        {
+            **form,
+            "credit_policy_choice-TOTAL_FORMS": "1",
+            "credit_policy_choice-INITIAL_FORMS": "1",
+            "credit_policy_choice-0-policy": delhi.id,
+            "credit_policy_choice-0-site": site.id,
+            "credit_policy_choice-0-DELETE": "on",
+        },
+    )
+    assert cleared.status_code == 302
+    assert not SitePolicy.objects.filter(site=site).exists()

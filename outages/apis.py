@@ -1,0 +1,116 @@
+"""REST endpoints of outages and credits: thin views over the selectors.
+
+Residents see their own sites' outages and ledger entries; another's id answers 404 exactly as a
+missing one. Operators and staff see all. Credit policies are read by operators and changed by
+staff only.
+"""
+
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.filters import OrderingFilter
+from rest_framework.response import Response
+
+from django.utils import timezone
+
+from devices import selectors as registry
+from outages import filters, selectors
+from outages.models import CreditEntry, CreditPolicy, Outage
+from outages.serializers import (
+    CreditBalanceSerializer,
+    CreditEntrySerializer,
+    CreditPolicySerializer,
+    OutageSerializer,
+)
+
+# Ids are numbers: `outages/indices/` and `credits/balance/` are never taken for one.
+ID = r"[0-9]+"
+
+
+class OutageViewSet(viewsets.ReadOnlyModelViewSet):
+    """Site, feeder and transformer outages with their credit: what the ledger paid, and while an
+    outage is open the live quote (earned so far, next step's amount and instant)."""
+
+    serializer_class = OutageSerializer
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filterset_class = filters.OutageFilter
+    ordering_fields = ["started_at", "ended_at"]
+    # Many sites of a feeder share a start instant: the id keeps pages stable.
+    ordering = ["-started_at", "-id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Outage.objects.none()
+        return selectors.outage_list(user=self.request.user)
+
+    def _data(self, outages, *, many: bool):
+        credits = selectors.outage_credits(outages if many else [outages], now=timezone.now())
+        context = {**self.get_serializer_context(), "credits": credits}
+        return OutageSerializer(outages, many=many, context=context).data
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(self._data(page, many=True))
+
+    def retrieve(self, request, *args, **kwargs):
+        return Response(self._data(self.get_object(), many=False))
+
+
+class CreditPolicyPermission(permissions.BasePermission):
+    message = "Only staff may change credit policies; operators may read them."
+
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS:
+            return registry.user_is_operator(request.user)
+        return bool(request.user and request.user.is_staff)
+
+
+class CreditPolicyViewSet(viewsets.ModelViewSet):
+    """How much residents are owed for a cut: threshold, base amount, tiers, cap. Durations are
+    accepted as ISO 8601 (PT12H) or HH:MM:SS and returned as ISO 8601. Only one policy is the
+    default: making a second one default is refused with the name of the current one (unset it
+    first)."""
+
+    serializer_class = CreditPolicySerializer
+    permission_classes = [CreditPolicyPermission]
+    filter_backends = [OrderingFilter]
+    ordering_fields = ["name"]
+    lookup_value_regex = ID
+    queryset = CreditPolicy.objects.all()
+
+
+class CreditEntryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The credit ledger: append-only entries paying a site for an outage or a demand-response
+    event; a correction is a further entry with the next revision."""
+
+    serializer_class = CreditEntrySerializer
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filterset_class = filters.CreditEntryFilter
+    ordering_fields = ["created_at", "amount"]
+    lookup_value_regex = ID
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return CreditEntry.objects.none()
+        return selectors.credit_entry_list(user=self.request.user)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("site", int, description="Only this site (one the caller may see).")
+        ],
+        responses=CreditBalanceSerializer,
+    )
+    @action(detail=False, filter_backends=[], pagination_class=None)
+    def balance(self, request):
+        """What the ledger holds per currency for the caller's sites (or one of them)."""
+        sites = filters.CreditBalanceFilter(
+            request.query_params, queryset=registry.site_list(user=request.user), request=request
+        )
+        if not sites.is_valid():
+            raise ValidationError(sites.errors)
+        site_ids = sites.qs.prefetch_related(None).values_list("id", flat=True)
+        totals = selectors.credit_balance(site_ids)
+        return Response(CreditBalanceSerializer({"balances": sorted(totals.items())}).data)
