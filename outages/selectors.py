@@ -63,3 +63,27 @@ def credit_paid(
         .order_by()
         .values_list("currency", "total")
     )
+
+
+# Imported here, not at the top, to keep this addition self-contained at the end of the module.
+from datetime import datetime  # noqa: E402
+
+from outages.models import Outage, OutageKind, OutageStatus  # noqa: E402
+
+
+def site_outage_spans(
+    *, site_ids: Iterable[int], start: datetime, end: datetime
+) -> dict[int, list[tuple[datetime, datetime | None]]]:
+    """The site outages (void ones left out, momentary ones kept) of these sites that overlap
+    [start, end), by site: (started_at, ended_at, None while still open), earliest first."""
+    spans: dict[int, list[tuple[datetime, datetime | None]]] = defaultdict(list)
+    rows = (
+        Outage.objects.filter(site_id__in=list(site_ids), kind=OutageKind.SITE, started_at__lt=end)
+        .exclude(status=OutageStatus.VOID)
+        .exclude(ended_at__lte=start)
+        .order_by("started_at")
+        .values_list("site_id", "started_at", "ended_at")
+    )
+    for site_id, started_at, ended_at in rows:
+        spans[site_id].append((started_at, ended_at))
+    return dict(spans)
