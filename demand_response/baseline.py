@@ -40,7 +40,6 @@ ADJUSTMENT_GAP = timedelta(hours=1)  # the adjustment window ends this long befo
 ADJUSTMENT_MIN = Decimal("0.8")
 ADJUSTMENT_MAX = Decimal("1.2")
 INTERVAL = timedelta(minutes=15)
-HOUR = Decimal(3600)
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
@@ -76,13 +75,18 @@ def window_energy(
         if kwh is None:
             return None
         inside = min(t + interval, hi) - max(t, lo)
-        total += kwh if inside == interval else kwh * Decimal(inside / interval)
+        total += kwh if inside == interval else kwh * _ratio(inside, interval)
         t += interval
     return total
 
 
+def _ratio(a: timedelta, b: timedelta) -> Decimal:
+    """a / b exactly as far as Decimal goes (a float quotient would leak binary error)."""
+    return Decimal(a // timedelta.resolution) / Decimal(b // timedelta.resolution)
+
+
 def _hours(lo: datetime, hi: datetime) -> Decimal:
-    return Decimal((hi - lo).total_seconds()) / HOUR
+    return _ratio(hi - lo, timedelta(hours=1))
 
 
 def _shifted(instant: datetime, tz: zoneinfo.ZoneInfo, days: int) -> datetime:
@@ -144,5 +148,5 @@ def ten_in_ten(
 def _adjustment(*, today: Decimal | None, usual_kw: Decimal) -> tuple[Decimal, bool]:
     if today is None or usual_kw == 0:
         return Decimal(1), False
-    ratio = today / (Decimal(ADJUSTMENT_SPAN.total_seconds()) / HOUR) / usual_kw
+    ratio = today / _ratio(ADJUSTMENT_SPAN, timedelta(hours=1)) / usual_kw
     return min(max(ratio, ADJUSTMENT_MIN), ADJUSTMENT_MAX), True
