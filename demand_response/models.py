@@ -221,7 +221,11 @@ class SiteAutoResponse(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=Q(mode=AutoResponseMode.ACCEPT_UP_TO_LEVEL, max_level__lte=MAX_LEVEL)
+                condition=Q(
+                    mode=AutoResponseMode.ACCEPT_UP_TO_LEVEL,
+                    max_level__isnull=False,  # NULL <= 3 is not false: a check would pass it
+                    max_level__lte=MAX_LEVEL,
+                )
                 | (~Q(mode=AutoResponseMode.ACCEPT_UP_TO_LEVEL) & Q(max_level=None)),
                 name="dr_auto_response_level_iff_up_to_level",
             ),
