@@ -117,8 +117,10 @@ def test_baseline_days_use_the_same_local_hours_across_a_dst_change():
     # when
     result = ten_in_ten(
         energy=energy,
-        start=local(event_day, 18),
-        end=local(event_day, 20),
+        # in UTC, as the database gives them (aware arithmetic in a local zone is wall-clock
+        # arithmetic already, which would hide a window kept in UTC)
+        start=local(event_day, 18).astimezone(UTC),
+        end=local(event_day, 20).astimezone(UTC),
         tz=LISBON,
         excluded=set(),
     )
