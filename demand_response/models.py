@@ -4,6 +4,7 @@ auto-responses, and what each site delivered and earned once an event is settled
 Modelled on OpenADR 2.0b: a program is what residents enrol in, an event one call for reduced load
 over a window, an invitation one site's part in an event."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -52,6 +53,10 @@ class Program(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(currency__regex=r"^[A-Z]{3}$"), name="dr_program_currency_iso"
+            ),
+            models.CheckConstraint(
+                condition=Q(notification_lead_time__gte=timedelta(0)),
+                name="dr_program_lead_time_not_negative",
             ),
         ]
 

@@ -3,10 +3,11 @@
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from django.db.models import Q
+from django.utils import timezone
 
 from demand_response.baseline import local_dates
 from demand_response.models import Event, EventStatus, EventStatusChange, Program
@@ -61,7 +62,7 @@ def baseline_excluded_dates(
     sites = list(sites)
     zones = {site.pk: zoneinfo.ZoneInfo(site.timezone) for site in sites}
     excluded: dict[int, set[date]] = {site.pk: set() for site in sites}
-    now = datetime.now(UTC)
+    now = timezone.now()
     for site_id, spans in site_outage_spans(site_ids=zones, start=start, end=end).items():
         for started_at, ended_at in spans:
             excluded[site_id] |= local_dates(started_at, ended_at or max(now, end), zones[site_id])

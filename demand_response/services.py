@@ -38,6 +38,7 @@ from devices.models import Feeder, Site
 from outages.services import credit_settle
 
 KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
+FACTOR = Decimal("0.0001")  # the day-of adjustment, as stored
 
 
 @dataclass(frozen=True)
@@ -314,10 +315,12 @@ def invitation_respond(
         raise ValidationError({"response": 'Answer "opt_in" or "opt_out".'})
     if by not in AnsweredBy.values:
         raise ValueError(f"by must be one of {AnsweredBy.values}")
-    invitation = Invitation.objects.select_for_update().get(pk=invitation_id)
-    # The event's row, locked too, so the answer and a start or end are not interleaved: an
+    # The event's row is locked first (as `event_update` locks it before its invitations, so
+    # the two cannot deadlock): the answer and a start or end are not interleaved, and an
     # opt-in is either before the start (and dispatched) or refused.
-    event = Event.objects.select_for_update().get(pk=invitation.event_id)
+    event_id = Invitation.objects.filter(pk=invitation_id).values_list("event_id", flat=True).get()
+    event = Event.objects.select_for_update().get(pk=event_id)
+    invitation = Invitation.objects.select_for_update().get(pk=invitation_id)
     status = InvitationStatus.OPTED_IN if response == "opt_in" else InvitationStatus.OPTED_OUT
     if event.status in (EventStatus.COMPLETED, EventStatus.CANCELLED):
         raise ValidationError({"status": f"The event is {event.status}; it takes no answers."})
@@ -428,7 +431,7 @@ def _site_result(
         site=site,
         currency=program.currency,
         days_used=[day.isoformat() for day in base.days_used],
-        adjustment=base.adjustment.quantize(KWH),
+        adjustment=base.adjustment.quantize(FACTOR) if base.sufficient else None,
         actual_kwh=None if actual is None else actual.quantize(KWH),
         baseline_kwh=None if base.kwh is None else base.kwh.quantize(KWH),
         settled_at=now,
