@@ -12,7 +12,7 @@ from django.db.models import F, QuerySet, Sum
 from devices.models import Site
 from devices.selectors import user_is_operator
 from outages.credit_rules import CreditQuote, credit_quote, round_money
-from outages.models import CreditEntry, CreditPolicy, Outage, OutageStatus, SitePolicy
+from outages.models import CreditEntry, CreditPolicy, Outage, OutageKind, OutageStatus, SitePolicy
 
 
 def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
@@ -152,3 +152,21 @@ def credit_policies_for_sites(site_ids: Iterable[int]) -> dict[int, CreditPolicy
     }
     default = CreditPolicy.objects.filter(is_default=True).first()
     return {site_id: own.get(site_id, default) for site_id in site_ids}
+
+
+def site_outage_spans(
+    *, site_ids: Iterable[int], start: datetime, end: datetime
+) -> dict[int, list[tuple[datetime, datetime | None]]]:
+    """The site outages (void ones left out, momentary ones kept) of these sites that overlap
+    [start, end), by site: (started_at, ended_at, None while still open), earliest first."""
+    spans: dict[int, list[tuple[datetime, datetime | None]]] = defaultdict(list)
+    rows = (
+        Outage.objects.filter(site_id__in=list(site_ids), kind=OutageKind.SITE, started_at__lt=end)
+        .exclude(status=OutageStatus.VOID)
+        .exclude(ended_at__lte=start)
+        .order_by("started_at")
+        .values_list("site_id", "started_at", "ended_at")
+    )
+    for site_id, started_at, ended_at in rows:
+        spans[site_id].append((started_at, ended_at))
+    return dict(spans)

@@ -1,0 +1,461 @@
+"""Writes for demand response: events and their status, invitations and their answers, sites'
+auto-responses, and the settlement that pays what each site delivered into the credit ledger.
+
+Invalid input raises `ValidationError` with a dict naming the field as the API spells it:
+`program`, `start`, `end`, `signal`, `targets`, `randomization_s`, `response`, `mode`,
+`max_level`; a state that forbids the change (an event already started, completed) is named
+under `status`."""
+
+import zoneinfo
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from demand_response import baseline, selectors
+from demand_response.models import (
+    MAX_LEVEL,
+    AnsweredBy,
+    AutoResponseMode,
+    Event,
+    EventStatus,
+    EventStatusChange,
+    Invitation,
+    InvitationStatus,
+    Program,
+    SettlementResult,
+    SettlementStatus,
+    SignalType,
+    SiteAutoResponse,
+)
+from demand_response.rewards import reward_for
+from devices.models import Feeder, Site
+from outages.services import credit_settle
+
+KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
+FACTOR = Decimal("0.0001")  # the day-of adjustment, as stored
+
+
+@dataclass(frozen=True)
+class _EventInput:
+    start: datetime
+    end: datetime
+    signal_type: str
+    signal_value: Decimal
+    site_ids: set[int]
+    feeder_ids: set[int]
+    randomization_s: int
+
+
+def _validated(program: Program, data: _EventInput, now: datetime) -> set[int]:
+    """Check an event's input against its program; return the ids of the sites to invite."""
+    errors: dict[str, str] = {}
+    if data.start.tzinfo is None or data.end.tzinfo is None:
+        raise ValidationError({"start": "Give times with their UTC offset."})
+    if data.end <= data.start:
+        errors["end"] = "The end must be after the start."
+    earliest = now + program.notification_lead_time
+    if data.start < now:
+        errors["start"] = "The start is in the past; give a time still to come."
+    elif data.start < earliest:
+        errors["start"] = (
+            f"The program {program.name} gives at least {program.notification_lead_time} "
+            f"notice: start at {earliest.isoformat()} or later."
+        )
+    if data.signal_type not in SignalType.values:
+        errors["signal"] = f"The signal type must be one of {', '.join(SignalType.values)}."
+    elif data.signal_type == SignalType.LEVEL and data.signal_value not in range(MAX_LEVEL + 1):
+        errors["signal"] = f"A level must be a whole number from 0 to {MAX_LEVEL}."
+    elif data.signal_type == SignalType.TARGET_KW and data.signal_value <= 0:
+        errors["signal"] = "A target reduction must be more than 0 kW."
+    if data.randomization_s < 0:
+        errors["randomization_s"] = "The randomization must be 0 seconds or more."
+    invited, target_error = _invited_sites(program, data.site_ids, data.feeder_ids)
+    if target_error:
+        errors["targets"] = target_error
+    if errors:
+        raise ValidationError(errors)
+    return invited
+
+
+def _invited_sites(
+    program: Program, site_ids: set[int], feeder_ids: set[int]
+) -> tuple[set[int], str | None]:
+    """The sites an event with these targets invites (the listed sites and the eligible ones on
+    the listed feeders), or why the targets will not do."""
+    if not site_ids and not feeder_ids:
+        return set(), "Target at least one site or feeder."
+    unknown_sites = site_ids - set(
+        Site.objects.filter(pk__in=site_ids).values_list("pk", flat=True)
+    )
+    unknown_feeders = feeder_ids - set(
+        Feeder.objects.filter(pk__in=feeder_ids).values_list("pk", flat=True)
+    )
+    if unknown_sites or unknown_feeders:
+        return set(), "Unknown " + "; ".join(
+            f"{kind} {sorted(ids)}"
+            for kind, ids in (("sites", unknown_sites), ("feeders", unknown_feeders))
+            if ids
+        )
+    eligible = selectors.program_eligible_site_ids(program=program)
+    if outside := site_ids - eligible:
+        return set(), f"Sites {sorted(outside)} are not eligible for the program {program.name}."
+    on_feeders = set(
+        Site.objects.filter(feeder__in=feeder_ids, pk__in=eligible).values_list("pk", flat=True)
+    )
+    if feeder_ids and not on_feeders and not site_ids:
+        return set(), f"No site on these feeders is eligible for the program {program.name}."
+    return site_ids | on_feeders, None
+
+
+def _auto_answer(auto: SiteAutoResponse | None, event: Event) -> str | None:
+    """The status a site's auto-response gives an invitation to `event`, or None (no answer)."""
+    if auto is None:
+        return None
+    if auto.mode == AutoResponseMode.ACCEPT_ALL:
+        return InvitationStatus.OPTED_IN
+    if auto.mode == AutoResponseMode.DECLINE_ALL:
+        return InvitationStatus.OPTED_OUT
+    if event.level is None:  # up to a level says nothing of kW targets or prices
+        return None
+    return (
+        InvitationStatus.OPTED_IN if event.level <= auto.max_level else InvitationStatus.OPTED_OUT
+    )
+
+
+def _invitations_sync(event: Event, site_ids: set[int], now: datetime) -> None:
+    """Invite exactly `site_ids`: new sites are invited and answered by their auto-response,
+    sites no longer targeted lose their invitation, and invitations still answered by an
+    auto-response (or not at all) are answered again for the event as it now is."""
+    Invitation.objects.filter(event=event).exclude(site_id__in=site_ids).delete()
+    autos = {a.site_id: a for a in SiteAutoResponse.objects.filter(site_id__in=site_ids)}
+    existing = {i.site_id: i for i in Invitation.objects.filter(event=event)}
+    new, changed = [], []
+    for site_id in sorted(site_ids):
+        invitation = existing.get(site_id) or Invitation(event=event, site_id=site_id)
+        if invitation.answered_by not in ("", AnsweredBy.AUTO):
+            continue  # a person's answer stands
+        status = _auto_answer(autos.get(site_id), event)
+        answered = (
+            (InvitationStatus.PENDING, "", None)
+            if status is None
+            else (status, AnsweredBy.AUTO, now)
+        )
+        if invitation.pk is None:
+            invitation.status, invitation.answered_by, invitation.answered_at = answered
+            new.append(invitation)
+        elif (invitation.status, invitation.answered_by) != answered[:2]:
+            invitation.status, invitation.answered_by, invitation.answered_at = answered
+            invitation.responder = None
+            changed.append(invitation)
+    Invitation.objects.bulk_create(new)
+    Invitation.objects.bulk_update(changed, ["status", "answered_by", "answered_at", "responder"])
+
+
+@transaction.atomic
+def event_create(
+    *,
+    program_id: int,
+    start: datetime,
+    end: datetime,
+    signal_type: str,
+    signal_value: Decimal,
+    target_sites: Iterable[int] = (),
+    target_feeders: Iterable[int] = (),
+    randomization_s: int = 0,
+    now: datetime | None = None,
+) -> Event:
+    """Schedule an event of a program and invite its sites (each answered at once by the
+    site's auto-response, if it has one that applies). The start must be at least the
+    program's notification lead time from `now`; targets must be known and eligible."""
+    now = now or timezone.now()
+    program = Program.objects.filter(pk=program_id).first()
+    if program is None:
+        raise ValidationError({"program": f"There is no program {program_id}."})
+    data = _EventInput(
+        start, end, signal_type, Decimal(signal_value), set(target_sites), set(target_feeders),
+        randomization_s,
+    )  # fmt: skip
+    invited = _validated(program, data, now)
+    event = Event.objects.create(
+        program=program,
+        start=start,
+        end=end,
+        signal_type=signal_type,
+        signal_value=data.signal_value,
+        randomization_s=randomization_s,
+    )
+    event.target_sites.set(data.site_ids)
+    event.target_feeders.set(data.feeder_ids)
+    EventStatusChange.objects.create(event=event, status=EventStatus.SCHEDULED, at=now)
+    _invitations_sync(event, invited, now)
+    return event
+
+
+@transaction.atomic
+def event_update(
+    *,
+    event_id: int,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    signal_type: str | None = None,
+    signal_value: Decimal | None = None,
+    target_sites: Iterable[int] | None = None,
+    target_feeders: Iterable[int] | None = None,
+    randomization_s: int | None = None,
+    now: datetime | None = None,
+) -> Event:
+    """Change a scheduled event before its start; what is not given stays. Validated as
+    `event_create` validates; the invitations follow the new targets and signal."""
+    now = now or timezone.now()
+    event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
+    if event.status != EventStatus.SCHEDULED or now >= event.start:
+        raise ValidationError(
+            {"status": "The event has started or ended; it can no longer change."}
+        )
+    data = _EventInput(
+        start=event.start if start is None else start,
+        end=event.end if end is None else end,
+        signal_type=event.signal_type if signal_type is None else signal_type,
+        signal_value=event.signal_value if signal_value is None else Decimal(signal_value),
+        site_ids=set(
+            event.target_sites.values_list("pk", flat=True)
+            if target_sites is None
+            else target_sites
+        ),
+        feeder_ids=set(
+            event.target_feeders.values_list("pk", flat=True)
+            if target_feeders is None
+            else target_feeders
+        ),
+        randomization_s=event.randomization_s if randomization_s is None else randomization_s,
+    )
+    invited = _validated(event.program, data, now)
+    event.start, event.end, event.signal_type, event.signal_value, event.randomization_s = (
+        data.start, data.end, data.signal_type, data.signal_value, data.randomization_s,
+    )  # fmt: skip
+    event.save(
+        update_fields=[
+            "start",
+            "end",
+            "signal_type",
+            "signal_value",
+            "randomization_s",
+            "updated_at",
+        ]
+    )
+    event.target_sites.set(data.site_ids)
+    event.target_feeders.set(data.feeder_ids)
+    _invitations_sync(event, invited, now)
+    return event
+
+
+def _move(event_id: int, *, to: str, allowed: Iterable[str], now: datetime, **when) -> bool:
+    """Move the event to `to` if it is in one of `allowed` (and `when` holds), recording the
+    change; False if it was not. One conditional UPDATE: of two workers trying the same move,
+    one changes the row and the other finds it changed (it waits for the first to commit)."""
+    moved = Event.objects.filter(pk=event_id, status__in=list(allowed), **when).update(
+        status=to, updated_at=now
+    )
+    if moved:
+        EventStatusChange.objects.create(event_id=event_id, status=to, at=now)
+    return bool(moved)
+
+
+@transaction.atomic
+def event_transition(*, event_id: int, now: datetime) -> list[str]:
+    """Move the event along its schedule as of `now`: scheduled → active once its start has
+    come, active → completed once its end has (both, for a worker that comes back after the
+    end). Each move happens once however many workers call this; returns the statuses this
+    call moved it to."""
+    moved = []
+    if _move(
+        event_id, to=EventStatus.ACTIVE, allowed=[EventStatus.SCHEDULED], now=now, start__lte=now
+    ):
+        moved.append(EventStatus.ACTIVE)
+    if _move(
+        event_id, to=EventStatus.COMPLETED, allowed=[EventStatus.ACTIVE], now=now, end__lte=now
+    ):
+        moved.append(EventStatus.COMPLETED)
+    return moved
+
+
+@transaction.atomic
+def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
+    """Cancel an event that has not completed (scheduled or active). Cancelling a cancelled
+    event changes nothing."""
+    now = now or timezone.now()
+    allowed = [EventStatus.SCHEDULED, EventStatus.ACTIVE]
+    if not _move(event_id, to=EventStatus.CANCELLED, allowed=allowed, now=now):
+        event = Event.objects.get(pk=event_id)
+        if event.status != EventStatus.CANCELLED:
+            raise ValidationError(
+                {"status": "The event has completed; it can no longer be cancelled."}
+            )
+        return event
+    return Event.objects.get(pk=event_id)
+
+
+@transaction.atomic
+def invitation_respond(
+    *, invitation_id: int, response: str, by: str, user: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> Invitation:  # fmt: skip
+    """Answer an invitation: `response` is `opt_in` or `opt_out`, `by` who answers (resident,
+    operator). Before the start either answer, and a change of mind, is taken; once the event
+    is active only an opt-out (the site's loads are restored); after it ended or was cancelled,
+    nothing. Whether `user` may answer for the site is for the caller to decide."""
+    now = now or timezone.now()
+    if response not in ("opt_in", "opt_out"):
+        raise ValidationError({"response": 'Answer "opt_in" or "opt_out".'})
+    if by not in AnsweredBy.values:
+        raise ValueError(f"by must be one of {AnsweredBy.values}")
+    # The event's row is locked first (as `event_update` locks it before its invitations, so
+    # the two cannot deadlock): the answer and a start or end are not interleaved, and an
+    # opt-in is either before the start (and dispatched) or refused.
+    event_id = Invitation.objects.filter(pk=invitation_id).values_list("event_id", flat=True).get()
+    event = Event.objects.select_for_update().get(pk=event_id)
+    invitation = Invitation.objects.select_for_update().get(pk=invitation_id)
+    status = InvitationStatus.OPTED_IN if response == "opt_in" else InvitationStatus.OPTED_OUT
+    if event.status in (EventStatus.COMPLETED, EventStatus.CANCELLED):
+        raise ValidationError({"status": f"The event is {event.status}; it takes no answers."})
+    if event.status == EventStatus.ACTIVE and status == InvitationStatus.OPTED_IN:
+        raise ValidationError({"response": "The event has started: you can only opt out now."})
+    if invitation.status != status or invitation.answered_by != by:
+        invitation.status, invitation.answered_by, invitation.answered_at = status, by, now
+        invitation.responder = user if user is not None and user.is_authenticated else None
+        invitation.save(update_fields=["status", "answered_by", "answered_at", "responder"])
+    return invitation
+
+
+@transaction.atomic
+def site_auto_response_set(
+    *, site_id: int, mode: str | None, max_level: int | None = None
+) -> SiteAutoResponse | None:
+    """Set how the site answers new invitations, or (mode None) let its resident answer each.
+    `max_level` (0-3) goes with `accept_up_to_level` only. Invitations already made keep their
+    answers."""
+    if mode is None:
+        SiteAutoResponse.objects.filter(site_id=site_id).delete()
+        return None
+    if mode not in AutoResponseMode.values:
+        raise ValidationError(
+            {"mode": f"The mode must be one of {', '.join(AutoResponseMode.values)}."}
+        )
+    if mode == AutoResponseMode.ACCEPT_UP_TO_LEVEL:
+        if max_level not in range(MAX_LEVEL + 1):
+            raise ValidationError(
+                {"max_level": f"Give the highest level to accept, 0 to {MAX_LEVEL}."}
+            )
+    elif max_level is not None:
+        raise ValidationError({"max_level": "A level goes only with accept_up_to_level."})
+    auto, _ = SiteAutoResponse.objects.update_or_create(
+        site_id=site_id, defaults={"mode": mode, "max_level": max_level}
+    )
+    return auto
+
+
+@transaction.atomic
+def event_settle(*, event_id: int, now: datetime | None = None) -> list[SettlementResult]:
+    """Settle a completed event: for each site opted in at its end, the baseline (see
+    `demand_response.baseline`), the actual and the delivered kWh (baseline - actual, not below
+    0) and the reward, kept as a `SettlementResult` and paid into the credit ledger.
+
+    Runs again safely: the event's row is locked for the whole settlement, results are replaced
+    and the ledger is brought to the new reward (a difference, usually none), so a repeated or
+    concurrent settlement never pays twice; data that arrived late is taken into account."""
+    now = now or timezone.now()
+    event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
+    if event.status != EventStatus.COMPLETED:
+        raise ValidationError(
+            {"status": f"The event is {event.status}; only a completed event is settled."}
+        )
+    sites = list(
+        Site.objects.filter(
+            dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN
+        ).order_by("pk")
+    )
+    earliest = min(
+        (_lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
+    )
+    if earliest is None:
+        return []
+    energy = selectors.site_quarter_energy(
+        site_ids=[s.pk for s in sites], lo=earliest, hi=event.end
+    )
+    excluded = selectors.baseline_excluded_dates(
+        sites=sites, start=earliest, end=event.start, event_id=event.pk
+    )
+    results = []
+    for site in sites:
+        result = _site_result(event, site, energy[site.pk], excluded[site.pk], now)
+        SettlementResult.objects.filter(event=event, site=site).delete()
+        result.save()
+        credit_settle(
+            site_id=site.pk,
+            amount=result.reward,
+            currency=result.currency,
+            memo=_memo(event, result),
+            dr_event_id=event.pk,
+        )
+        results.append(result)
+    return results
+
+
+def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
+    """Midnight UTC before the site's earliest possible baseline window (a day's margin covers
+    windows across midnight and the adjustment window before the start)."""
+    first = start.astimezone(tz).date() - timedelta(days=baseline.LOOKBACK_DAYS + 1)
+    return datetime.combine(first, datetime.min.time(), UTC)
+
+
+def _site_result(
+    event: Event, site: Site, energy: dict, excluded: set, now: datetime
+) -> SettlementResult:
+    program = event.program
+    base = baseline.ten_in_ten(
+        energy=energy,
+        start=event.start,
+        end=event.end,
+        tz=zoneinfo.ZoneInfo(site.timezone),
+        excluded=excluded,
+    )
+    actual = baseline.window_energy(energy, event.start, event.end)
+    result = SettlementResult(
+        event=event,
+        site=site,
+        currency=program.currency,
+        days_used=[day.isoformat() for day in base.days_used],
+        adjustment=base.adjustment.quantize(FACTOR) if base.sufficient else None,
+        actual_kwh=None if actual is None else actual.quantize(KWH),
+        baseline_kwh=None if base.kwh is None else base.kwh.quantize(KWH),
+        settled_at=now,
+    )
+    if not base.sufficient:
+        result.status = SettlementStatus.INSUFFICIENT_BASELINE
+    elif actual is None:
+        result.status = SettlementStatus.INSUFFICIENT_ACTUAL
+    else:
+        result.status = SettlementStatus.OK
+        result.delivered_kwh = max(Decimal(0), result.baseline_kwh - result.actual_kwh)
+        result.reward = reward_for(
+            delivered_kwh=result.delivered_kwh,
+            rate=program.reward_per_kwh,
+            currency=program.currency,
+        )
+    return result
+
+
+def _memo(event: Event, result: SettlementResult) -> str:
+    what = f"demand response event {event.pk} ({event.program.name})"
+    if result.status != SettlementStatus.OK:
+        return f"{what}: {result.get_status_display().lower()}, not paid"
+    return (
+        f"{what}: {result.delivered_kwh} kWh delivered at "
+        f"{event.program.reward_per_kwh} {result.currency}/kWh"
+    )
