@@ -22,10 +22,12 @@ from energy_portal.environment import BASE_DIR, load
 DEMO_TOKENS = "demo-device-tokens.json"
 # The Pis of Alice's flat, alone on feeder FD-101 (devices/demo.py), lose their mains a minute
 # after start and every 15 minutes, for 6 minutes: long enough to pass the demo credit policy's
-# threshold and first step (outages/demo.py). The kitchen Pi's router goes down with the mains,
-# so its reports arrive late; the heat pump monitor's is on a UPS, so the cut shows live.
+# threshold and first step (outages/demo.py). Their routers are on a UPS, so the cut shows live
+# and is paid once when it ends. (Bob's Pis drop their sockets in their rare random cuts and
+# report them afterwards; a late report earlier than a live one moves the outage's start, which
+# voids the live outage and its credit for a new one: a correction in the ledger.)
 DEMO_SCHEDULED_CUTS = [
-    "--scheduled-cuts", "pi-0001,pi-0002", "--router-on-ups", "pi-0002",
+    "--scheduled-cuts", "pi-0001,pi-0002", "--router-on-ups", "pi-0001,pi-0002",
     "--first-cut-after", "60", "--cut-every", "900", "--cut-for", "360",
 ]  # fmt: skip
 

@@ -139,7 +139,11 @@ class Source(Protocol):
 
 
 class PowerMonitor(Protocol):
-    """Tells whether mains power is on; ``None`` when it cannot tell right now."""
+    """Tells whether mains power is on; ``None`` when it cannot tell right now.
+
+    A monitor that knows when the state last changed (between two ticks) may say so in a
+    ``changed_at`` attribute; the agent then stamps its report with that instant, not the tick's.
+    """
 
     def mains_on(self, now: datetime) -> bool | None: ...
 
@@ -170,7 +174,10 @@ class OutageSimulator:
         self.shortest_s = shortest_s
         self.longest_s = longest_s
         self._last: datetime | None = None
+        self._from: datetime | None = None
         self._until: datetime | None = None
+        self._on = True
+        self.changed_at: datetime | None = None  # when the mains last went off or came back
         # mains_on runs in a worker thread, cut() on the event loop.
         self._lock = threading.Lock()
 
@@ -180,30 +187,37 @@ class OutageSimulator:
         A cut already under way is replaced: it ends at the new time instead.
         """
         with self._lock:
+            if self._until is None or self._until <= now:
+                self._from = now
             self._until = now + timedelta(seconds=max(0.0, seconds))
             return self._until
 
     def mains_on(self, now: datetime) -> bool:
         """Advance the simulation to ``now``; asking twice for the same instant changes nothing."""
         with self._lock:
-            return self._advance(now)
+            on, since = self._advance(now)
+            if on != self._on:
+                self._on, self.changed_at = on, since
+            return on
 
-    def _advance(self, now: datetime) -> bool:
+    def _advance(self, now: datetime) -> tuple[bool, datetime]:
+        """The state at ``now`` and the instant it began, were it to be new."""
         elapsed_s = 0.0 if self._last is None else max(0.0, (now - self._last).total_seconds())
         self._last = now
+        since = now
         if self._until is not None:
             if now < self._until:
-                return False
-            self._until = None
+                return False, self._from or now
+            since, self._until = self._until, None
         # Poisson arrivals, so the outage rate does not depend on how often we are asked.
         if self._rng.random() < 1.0 - math.exp(-self.rate_per_hour * elapsed_s / 3600.0):
             # Log-uniform: most cuts are short blips, a few last minutes.
             duration = math.exp(
                 self._rng.uniform(math.log(self.shortest_s), math.log(self.longest_s))
             )
-            self._until = now + timedelta(seconds=duration)
-            return False
-        return True
+            self._from, self._until = now, now + timedelta(seconds=duration)
+            return False, now
+        return True, since
 
 
 # Household model constants. A refrigerator compressor cycles about a third of the time.
@@ -851,7 +865,9 @@ class Agent:
             # Sources may block (a shell command, a slow file system): keep them off the loop.
             mains, sample = await asyncio.to_thread(self._measure, now)
             if mains is not None and mains != self._mains_on:
-                self._record_power(mains, now)
+                changed_at = getattr(self.power_monitor, "changed_at", None)
+                # Never a time ahead of the tick: a monitor's clock is not trusted beyond ours.
+                self._record_power(mains, min(changed_at or now, now))
             if sample is not None and sample.values:
                 self._record_reading(sample)
             next_tick += self.interval

@@ -35,6 +35,7 @@ from pi_agent.energy_pi_agent import (
     PowerFileMonitor,
     Sample,
     SimulatorSource,
+    format_ts,
     parse_ts,
 )
 
@@ -583,11 +584,12 @@ async def test_a_simulated_cut_drops_the_socket_and_its_reports_arrive_after_it_
     assert agent.stats.connections == 2
     lost, restored = portal.acked_power
     assert (lost["state"], restored["state"]) == ("lost", "restored")
+    # The reports carry the instants of the cut itself (0.6 s from the command), not the ticks
+    # that noticed it, nor when they arrived together after the reconnect.
     lost_at, restored_at = parse_ts(lost["ts"]), parse_ts(restored["ts"])
-    # The instants are those the Pi saw (a tick after each change), not when the reports
-    # arrived together after the reconnect: the cut lasted 0.6 s.
-    assert asked <= lost_at
-    assert timedelta(seconds=0.5) <= restored_at - lost_at < timedelta(seconds=2)
+    assert portal.results[0]["detail"] == f"simulated mains cut until {restored['ts']}"
+    assert parse_ts(format_ts(asked)) <= lost_at  # both in whole milliseconds
+    assert abs(restored_at - lost_at - timedelta(seconds=0.6)) <= timedelta(milliseconds=1)
 
 
 @pytest.mark.asyncio
@@ -678,3 +680,18 @@ async def test_unacked_power_reports_are_replayed_on_the_next_connection_unchang
         for frame in portal.acked_power
     )
     assert agent.stats.connections == 2
+
+
+def test_the_outage_simulator_says_when_the_mains_changed_not_when_it_was_asked():
+    mains = OutageSimulator(rate_per_hour=0.0)
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    assert mains.mains_on(start) is True
+
+    mains.cut(start + timedelta(seconds=1.25), 30)
+
+    assert mains.mains_on(start + timedelta(seconds=2)) is False
+    assert mains.changed_at == start + timedelta(seconds=1.25)
+    assert mains.mains_on(start + timedelta(seconds=10)) is False
+    assert mains.changed_at == start + timedelta(seconds=1.25)
+    assert mains.mains_on(start + timedelta(seconds=32)) is True
+    assert mains.changed_at == start + timedelta(seconds=31.25)
