@@ -140,6 +140,20 @@ COMMAND_ARGS = {
         and 0 <= args["kw"] <= 1000
         else 'curtail takes {"kw": <reduction in kW, 0 to 1000>}'
     ),
+    # Demos and tests only: a simulated Pi cuts its simulated mains; a real one rejects it.
+    "simulate_mains": lambda args: (
+        None
+        if args == {"state": "restored"}
+        or (
+            set(args) == {"state", "minutes"}
+            and args["state"] == "lost"
+            and isinstance(args["minutes"], int | float)
+            and not isinstance(args["minutes"], bool)
+            and 0 < args["minutes"] <= 24 * 60
+        )
+        else 'simulate_mains takes {"state": "lost", "minutes": <0 to 1440>} '
+        'or {"state": "restored"}'
+    ),
 }
 DEFAULT_COMMAND_TTL = timedelta(minutes=10)
 

@@ -35,6 +35,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import threading
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -138,7 +139,11 @@ class Source(Protocol):
 
 
 class PowerMonitor(Protocol):
-    """Tells whether mains power is on; ``None`` when it cannot tell right now."""
+    """Tells whether mains power is on; ``None`` when it cannot tell right now.
+
+    A monitor that knows when the state last changed (between two ticks) may say so in a
+    ``changed_at`` attribute; the agent then stamps its report with that instant, not the tick's.
+    """
 
     def mains_on(self, now: datetime) -> bool | None: ...
 
@@ -152,7 +157,9 @@ class LoadControl:
 
 
 class OutageSimulator:
-    """Power monitor that cuts the mains rarely and at random, for a few seconds to minutes."""
+    """Power monitor of a simulated home: the mains fail rarely and at random (``rate_per_hour``;
+    0 for never), for a few seconds to minutes, or when told to (:meth:`cut`, the
+    ``simulate_mains`` command)."""
 
     def __init__(
         self,
@@ -167,25 +174,50 @@ class OutageSimulator:
         self.shortest_s = shortest_s
         self.longest_s = longest_s
         self._last: datetime | None = None
+        self._from: datetime | None = None
         self._until: datetime | None = None
+        self._on = True
+        self.changed_at: datetime | None = None  # when the mains last went off or came back
+        # mains_on runs in a worker thread, cut() on the event loop.
+        self._lock = threading.Lock()
+
+    def cut(self, now: datetime, seconds: float) -> datetime:
+        """Cut the mains from ``now`` for ``seconds`` (0 ends a cut now); returns when they return.
+
+        A cut already under way is replaced: it ends at the new time instead.
+        """
+        with self._lock:
+            if self._until is None or self._until <= now:
+                self._from = now
+            self._until = now + timedelta(seconds=max(0.0, seconds))
+            return self._until
 
     def mains_on(self, now: datetime) -> bool:
         """Advance the simulation to ``now``; asking twice for the same instant changes nothing."""
+        with self._lock:
+            on, since = self._advance(now)
+            if on != self._on:
+                self._on, self.changed_at = on, since
+            return on
+
+    def _advance(self, now: datetime) -> tuple[bool, datetime]:
+        """The state at ``now`` and the instant it began, were it to be new."""
         elapsed_s = 0.0 if self._last is None else max(0.0, (now - self._last).total_seconds())
         self._last = now
+        since = now
         if self._until is not None:
             if now < self._until:
-                return False
-            self._until = None
+                return False, self._from or now
+            since, self._until = self._until, None
         # Poisson arrivals, so the outage rate does not depend on how often we are asked.
         if self._rng.random() < 1.0 - math.exp(-self.rate_per_hour * elapsed_s / 3600.0):
             # Log-uniform: most cuts are short blips, a few last minutes.
             duration = math.exp(
                 self._rng.uniform(math.log(self.shortest_s), math.log(self.longest_s))
             )
-            self._until = now + timedelta(seconds=duration)
-            return False
-        return True
+            self._from, self._until = now, now + timedelta(seconds=duration)
+            return False, now
+        return True, since
 
 
 # Household model constants. A refrigerator compressor cycles about a third of the time.
@@ -438,11 +470,17 @@ class CommandHandler(Protocol):
     async def handle(self, command: Command) -> CommandResult: ...
 
 
-class BuiltinCommands:
-    """``ping``, ``relay`` {"state": "on"|"off"}, ``curtail`` {"kw": x} and ``restore``."""
+MAX_SIMULATED_CUT_MINUTES = 24 * 60
 
-    def __init__(self, load: LoadControl) -> None:
+
+class BuiltinCommands:
+    """``ping``, ``relay`` {"state": "on"|"off"}, ``curtail`` {"kw": x}, ``restore``, and
+    ``simulate_mains`` {"state": "lost", "minutes": m} | {"state": "restored"} when the mains are
+    simulated (``mains``); a Pi on real mains rejects that one."""
+
+    def __init__(self, load: LoadControl, mains: OutageSimulator | None = None) -> None:
         self.load = load
+        self.mains = mains
 
     async def handle(self, command: Command) -> CommandResult:
         """Apply the command to the simulated relay and load; unknown names are rejected."""
@@ -465,8 +503,36 @@ class BuiltinCommands:
             case "restore":
                 self.load.curtail_kw = 0.0
                 return CommandResult("done", "curtailment lifted")
+            case "simulate_mains":
+                return self._simulate_mains(args)
             case _:
                 return CommandResult("rejected", f"unknown command {command.name!r}")
+
+    def _simulate_mains(self, args: dict[str, Any]) -> CommandResult:
+        if self.mains is None:
+            return CommandResult(
+                "rejected",
+                "this Pi measures real mains; simulate_mains works only on a Pi started with the "
+                "simulator (--source simulator, without --power-file)",
+            )
+        now = datetime.now(UTC)
+        state, minutes = args.get("state"), _finite(args.get("minutes"))
+        if state == "restored" and set(args) == {"state"}:
+            self.mains.cut(now, 0)
+            return CommandResult("done", "simulated mains restored")
+        if (
+            state == "lost"
+            and set(args) == {"state", "minutes"}
+            and minutes is not None
+            and 0 < minutes <= MAX_SIMULATED_CUT_MINUTES
+        ):
+            until = self.mains.cut(now, minutes * 60)
+            return CommandResult("done", f"simulated mains cut until {format_ts(until)}")
+        return CommandResult(
+            "rejected",
+            'simulate_mains needs args {"state": "lost", "minutes": <0 to '
+            f'{MAX_SIMULATED_CUT_MINUTES}>}} or {{"state": "restored"}}',
+        )
 
 
 class HookCommands:
@@ -682,6 +748,7 @@ class Agent:
         heartbeat: float = 15.0,
         power_monitor: PowerMonitor | None = None,
         command_handler: CommandHandler | None = None,
+        offline_while_mains_off: bool = False,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         stable_after: float = 30.0,
@@ -704,8 +771,10 @@ class Agent:
         self.power_monitor = power_monitor
         if command_handler is None:
             load = source.load if isinstance(source, SimulatorSource) else LoadControl()
-            command_handler = BuiltinCommands(load)
+            mains = power_monitor if isinstance(power_monitor, OutageSimulator) else None
+            command_handler = BuiltinCommands(load, mains)
         self.command_handler = command_handler
+        self.offline_while_mains_off = offline_while_mains_off
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.stable_after = stable_after
@@ -742,6 +811,11 @@ class Agent:
     def connected(self) -> bool:
         """True while a socket to the portal is open."""
         return self._ws is not None
+
+    @property
+    def router_down(self) -> bool:
+        """True while the simulated router is off with the mains (``offline_while_mains_off``)."""
+        return self.offline_while_mains_off and not self._mains_on
 
     def queue_length(self) -> int:
         """Rows (readings and power reports) still waiting for the portal's ack."""
@@ -791,7 +865,9 @@ class Agent:
             # Sources may block (a shell command, a slow file system): keep them off the loop.
             mains, sample = await asyncio.to_thread(self._measure, now)
             if mains is not None and mains != self._mains_on:
-                self._record_power(mains, now)
+                changed_at = getattr(self.power_monitor, "changed_at", None)
+                # Never a time ahead of the tick: a monitor's clock is not trusted beyond ours.
+                self._record_power(mains, min(changed_at or now, now))
             if sample is not None and sample.values:
                 self._record_reading(sample)
             next_tick += self.interval
@@ -848,6 +924,10 @@ class Agent:
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            if self.router_down:
+                # No network until the mains return; then connect at once, without backoff.
+                await _wait_event(self._stopping, self.interval)
+                continue
             up_since: float | None = None
             try:
                 async with connect(
@@ -859,7 +939,9 @@ class Agent:
                     self.stats.connections += 1
                     log.info("connected to %s as %s", self.url, self.device)
                     await self._session(ws)
-                    if not self._stopping.is_set():
+                    if self.router_down:
+                        log.warning("mains lost: the router is down too, offline until they return")
+                    elif not self._stopping.is_set():
                         log.warning("portal closed the connection")
             except InvalidStatus as exc:
                 status = exc.response.status_code
@@ -877,6 +959,8 @@ class Agent:
                 log.warning("connection to %s failed: %s", self.url, str(exc) or type(exc).__name__)
             if self._stopping.is_set():
                 return
+            if self.router_down:
+                continue
             if up_since is not None and loop.time() - up_since >= self.stable_after:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
@@ -913,6 +997,8 @@ class Agent:
     async def _send_loop(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self.router_down:
+                return  # the socket goes with the router, before the "lost" report can go out
             now = loop.time()
             ack_deadline = min(
                 (entry.sent_at + self.ack_timeout for entry in self._in_flight.values()),
@@ -1149,6 +1235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--outage-rate", type=float, default=0.5, help="simulated outages per hour (default 0.5)"
     )
+    parser.add_argument(
+        "--router-on-ups",
+        action="store_true",
+        help="keep the socket during simulated cuts (default: drop it, as a router losing power)",
+    )
     parser.add_argument("--command-hook", help="program run for each command (JSON on stdin)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
@@ -1173,9 +1264,12 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     outages = None
-    if args.simulate_outages:
+    if args.simulate_outages or (args.source == "simulator" and not args.power_file):
+        # A simulated home always has simulated mains, so the portal can cut them on command
+        # (simulate_mains); they fail at random only with --simulate-outages.
         rng = random.Random(None if args.seed is None else f"{args.seed}:outages")
-        outages = OutageSimulator(rng, rate_per_hour=args.outage_rate)
+        rate = args.outage_rate if args.simulate_outages else 0.0
+        outages = OutageSimulator(rng, rate_per_hour=rate)
     try:
         source = build_source(args.source, args.seed, outages)
     except ValueError as exc:
@@ -1195,6 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat=args.heartbeat,
         power_monitor=monitor,
         command_handler=HookCommands(args.command_hook) if args.command_hook else None,
+        offline_while_mains_off=outages is not None and not args.router_on_ups,
     )
     try:
         asyncio.run(_run_until_signalled(agent))

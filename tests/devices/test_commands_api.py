@@ -76,7 +76,10 @@ def test_unknown_command_name_is_400_listing_the_known_ones(alice_home, operator
 
     assert response.status_code == 400
     assert response.json()["errors"] == {
-        "name": ["Unknown command 'selfdestruct'; known commands: curtail, ping, relay, restore."]
+        "name": [
+            "Unknown command 'selfdestruct'; "
+            "known commands: curtail, ping, relay, restore, simulate_mains."
+        ]
     }
     assert not Command.objects.exists()
 

@@ -24,14 +24,19 @@ from websockets.exceptions import ConnectionClosed
 from pi_agent.energy_pi_agent import (
     Agent,
     Backoff,
+    BuiltinCommands,
     Command,
     CommandResult,
     CommandSource,
     FileSource,
     HookCommands,
+    LoadControl,
+    OutageSimulator,
     PowerFileMonitor,
     Sample,
     SimulatorSource,
+    format_ts,
+    parse_ts,
 )
 
 TOKEN = "good-token"
@@ -541,3 +546,152 @@ def test_command_source_reads_values_from_stdout_and_skips_failures():
     assert ok.read(now) == Sample(now, {"power_w": 12.5})
     assert CommandSource("exit 3").read(now) is None
     assert CommandSource("echo nope").read(now) is None
+
+
+def simulate_mains(command_id: str, **args: Any) -> dict[str, Any]:
+    return {"type": "command", "id": command_id, "name": "simulate_mains", "args": args}
+
+
+@pytest.mark.asyncio
+async def test_a_simulated_cut_drops_the_socket_and_its_reports_arrive_after_it_with_true_instants(
+    make_agent,
+):
+    # given a simulated home whose router loses power with the mains
+    async with FakePortal() as portal:
+        mains = OutageSimulator(rate_per_hour=0.0)
+        agent = make_agent(
+            portal,
+            SimulatorSource(seed=3, outages=mains),
+            power_monitor=mains,
+            offline_while_mains_off=True,
+        )
+        async with running(agent):
+            await wait_until(lambda: agent.connected, "a connection")
+            # when the portal cuts the mains for 0.6 s
+            asked = datetime.now(UTC)
+            await portal.send(simulate_mains("cut-1", state="lost", minutes=0.01))
+            await wait_until(lambda: agent.router_down, "the simulated cut")
+            # then nothing reaches the portal during the cut
+            await wait_until(lambda: not agent.connected, "the socket dropped")
+            assert portal.acked_power == []
+            assert agent.queue_length() >= 1
+            await wait_until(
+                lambda: len(portal.acked_power) == 2 and agent.queue_length() == 0,
+                "both reports delivered after the cut",
+            )
+
+    assert portal.results[0]["status"] == "done"
+    assert agent.stats.connections == 2
+    lost, restored = portal.acked_power
+    assert (lost["state"], restored["state"]) == ("lost", "restored")
+    # The reports carry the instants of the cut itself (0.6 s from the command), not the ticks
+    # that noticed it, nor when they arrived together after the reconnect.
+    lost_at, restored_at = parse_ts(lost["ts"]), parse_ts(restored["ts"])
+    assert portal.results[0]["detail"] == f"simulated mains cut until {restored['ts']}"
+    assert parse_ts(format_ts(asked)) <= lost_at  # both in whole milliseconds
+    assert abs(restored_at - lost_at - timedelta(seconds=0.6)) <= timedelta(milliseconds=1)
+
+
+@pytest.mark.asyncio
+async def test_a_simulated_cut_with_the_router_on_a_ups_reports_lost_at_once(make_agent):
+    async with FakePortal() as portal:
+        mains = OutageSimulator(rate_per_hour=0.0)
+        source = SimulatorSource(seed=4, outages=mains)
+        agent = make_agent(portal, source, power_monitor=mains, offline_while_mains_off=False)
+        async with running(agent):
+            await wait_until(lambda: agent.connected, "a connection")
+            await portal.send(simulate_mains("cut-2", state="lost", minutes=60))
+            await wait_until(lambda: len(portal.acked_power) == 1, "the loss reported live")
+            # the meter reads nothing while the mains are off
+            await wait_until(
+                lambda: bool(portal.acked_values) and portal.acked_values[-1]["power_w"] == 0.0,
+                "a reading during the cut",
+            )
+            await portal.send(simulate_mains("restore-2", state="restored"))
+            await wait_until(lambda: len(portal.acked_power) == 2, "the return reported live")
+
+    assert agent.stats.connections == 1
+    assert [frame["state"] for frame in portal.acked_power] == ["lost", "restored"]
+    assert [(r["id"], r["status"]) for r in portal.results] == [
+        ("cut-2", "done"),
+        ("restore-2", "done"),
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("args", "detail"),
+    [
+        ({"state": "lost"}, "simulate_mains needs args"),
+        ({"state": "lost", "minutes": 0}, "simulate_mains needs args"),
+        ({"state": "lost", "minutes": 1441}, "simulate_mains needs args"),
+        ({"state": "off", "minutes": 5}, "simulate_mains needs args"),
+    ],
+)
+async def test_simulate_mains_with_bad_args_is_rejected_and_cuts_nothing(args, detail):
+    mains = OutageSimulator(rate_per_hour=0.0)
+    handler = BuiltinCommands(LoadControl(), mains)
+
+    result = await handler.handle(Command("c", "simulate_mains", args, None))
+
+    assert result.status == "rejected"
+    assert detail in result.detail
+    assert mains.mains_on(datetime.now(UTC)) is True
+
+
+@pytest.mark.asyncio
+async def test_a_pi_on_real_mains_rejects_simulate_mains_with_a_reason(make_agent, tmp_path):
+    power_file = tmp_path / "mains"
+    power_file.write_text("on\n")
+    async with FakePortal() as portal:
+        agent = make_agent(
+            portal, CountingSource(total=0), power_monitor=PowerFileMonitor(power_file)
+        )
+        async with running(agent):
+            await wait_until(lambda: agent.connected, "a connection")
+            await portal.send(simulate_mains("cut-3", state="lost", minutes=5))
+            await wait_until(lambda: portal.results, "the command's result")
+
+    assert portal.results[0]["status"] == "rejected"
+    assert "real mains" in portal.results[0]["detail"]
+    assert agent.stats.power_events == 0
+
+
+@pytest.mark.asyncio
+async def test_unacked_power_reports_are_replayed_on_the_next_connection_unchanged(make_agent):
+    async with FakePortal() as portal:
+        portal.silent_connections = 1
+        mains = OutageSimulator(rate_per_hour=0.0)
+        agent = make_agent(portal, CountingSource(total=0), power_monitor=mains, ack_timeout=0.3)
+        async with running(agent):
+            await wait_until(lambda: agent.connected, "a connection")
+            mains.cut(datetime.now(UTC), 0.1)
+            await wait_until(
+                lambda: len(portal.acked_power) == 2 and agent.queue_length() == 0,
+                "both reports acked on the second connection",
+            )
+
+    sent = [frame for frame in portal.frames if frame["type"] == "power"]
+    assert len(sent) >= 3, "the first connection's unacked report(s) should go out again"
+    # What was replayed is the very report first sent: same msg_id, same instant.
+    first = sent[0]
+    assert any(
+        frame["msg_id"] == first["msg_id"] and frame["ts"] == first["ts"]
+        for frame in portal.acked_power
+    )
+    assert agent.stats.connections == 2
+
+
+def test_the_outage_simulator_says_when_the_mains_changed_not_when_it_was_asked():
+    mains = OutageSimulator(rate_per_hour=0.0)
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    assert mains.mains_on(start) is True
+
+    mains.cut(start + timedelta(seconds=1.25), 30)
+
+    assert mains.mains_on(start + timedelta(seconds=2)) is False
+    assert mains.changed_at == start + timedelta(seconds=1.25)
+    assert mains.mains_on(start + timedelta(seconds=10)) is False
+    assert mains.changed_at == start + timedelta(seconds=1.25)
+    assert mains.mains_on(start + timedelta(seconds=32)) is True
+    assert mains.changed_at == start + timedelta(seconds=31.25)
