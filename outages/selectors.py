@@ -20,6 +20,16 @@ def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
     return CreditPolicy.objects.filter(is_default=True).first()
 
 
+def site_grid(site_id: int) -> tuple[int, int] | None:
+    """The (feeder id, transformer id) the site hangs from; None for a site on no feeder."""
+    row = (
+        Site.objects.filter(pk=site_id, feeder__isnull=False)
+        .values_list("feeder_id", "feeder__transformer_id")
+        .first()
+    )
+    return None if row is None else (row[0], row[1])
+
+
 def credit_balance(site_ids: Iterable[int]) -> dict[str, Decimal]:
     """What the ledger holds for these sites, per currency: `{"GBP": Decimal("140.00")}`.
 
