@@ -2,13 +2,15 @@
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from devices.models import Site
+from outages import reliability as reliability_rules
 from outages.credit_rules import round_money
-from outages.models import CreditEntry, CreditPolicy, SitePolicy
+from outages.models import CreditEntry, CreditPolicy, Outage, OutageKind, OutageStatus, SitePolicy
 
 
 def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
@@ -72,4 +74,30 @@ def credit_paid(
         .annotate(total=Sum("amount"))
         .order_by()
         .values_list("currency", "total")
+    )
+
+
+def reliability(
+    *, feeder_id: int | None, start: datetime, end: datetime, now: datetime
+) -> reliability_rules.Indices:
+    """IEEE 1366 indices of one feeder (None: every site) over [start, end).
+
+    Customers served are the sites on the feeder now (a site is one customer); the interruptions
+    are their site outages (not void) that overlap the period, clipped to it, an open one lasting
+    until `now`. Momentary as stored (OUTAGE_MOMENTARY_S, decided on the whole outage)."""
+    sites = Site.objects.all() if feeder_id is None else Site.objects.filter(feeder_id=feeder_id)
+    rows = (
+        Outage.objects.filter(kind=OutageKind.SITE, site__in=sites, started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gte=start))
+        .exclude(status=OutageStatus.VOID)
+        .values_list("site_id", "started_at", "ended_at", "momentary")
+    )
+    return reliability_rules.reliability_indices(
+        [
+            reliability_rules.Interruption(site, started, ended or max(now, started), momentary)
+            for site, started, ended, momentary in rows
+        ],
+        customers_served=sites.count(),
+        start=start,
+        end=end,
     )
