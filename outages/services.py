@@ -116,13 +116,20 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     cut). Other sites whose settlement depends on a grid outage that changed size are
     reconciled again after commit.
 
-    Runs under the site's lock (then its feeder's and transformer's), so concurrent calls give
-    the same result as one.
+    Runs under the site's lock, then its feeder's and its transformer's (all taken before any
+    write), so concurrent calls give the same result as one; reconciles of sites under one
+    transformer run one after the other.
     """
     with transaction.atomic():
         _site_lock(site_id)
-        result, to_settle = _site_outages_sync(site_id)
         grid = selectors.site_grid(site_id)
+        if grid is not None:
+            # Taken before any row is written: the grid sync writes other sites' (and feeders')
+            # outage rows, so a reconcile holding its site's rows while it waited for the
+            # feeder would deadlock with one holding the feeder and writing those rows.
+            _lock(f"outages.feeder:{grid[0]}")
+            _lock(f"outages.transformer:{grid[1]}")
+        result, to_settle = _site_outages_sync(site_id)
         if grid is not None:
             feeder_id, transformer_id = grid
             regrouped = _grid_sync(feeder_id=feeder_id, transformer_id=transformer_id)
@@ -225,13 +232,11 @@ def _grid_sync(*, feeder_id: int, transformer_id: int) -> GridResult:
     them. Each site outage then gets the sites affected by the widest grid outage it is part of
     (1 when none).
 
-    Derived from all the stored site outages every time, under the feeder's then the
-    transformer's lock, so the result never depends on which site's reports came first. Site
-    outages are reconciled first, by `site_outages_reconcile`, which calls this in its
-    transaction.
+    Derived from all the stored site outages every time, so the result never depends on which
+    site's reports came first. The caller, `site_outages_reconcile`, holds the feeder's and the
+    transformer's locks and has reconciled the site's own outages.
     """
     window = settings.OUTAGE_CORRELATION_WINDOW
-    _lock(f"outages.feeder:{feeder_id}")
     site_outages = list(
         Outage.objects.filter(kind=OutageKind.SITE, site__feeder_id=feeder_id).exclude(
             status=OutageStatus.VOID
@@ -245,7 +250,6 @@ def _grid_sync(*, feeder_id: int, transformer_id: int) -> GridResult:
         window=window,
         min_units=settings.OUTAGE_MIN_GRID_SITES,
     )
-    _lock(f"outages.transformer:{transformer_id}")
     feeder_outages = list(
         Outage.objects.filter(
             kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id

@@ -2,13 +2,16 @@
 outages of a feeder and its transformer (`services.site_outages_reconcile`)."""
 
 import itertools
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from django.conf import settings as django_settings
+from django.db import connection
 from django.db.models import Q
 
 from devices import services as device_services
@@ -412,3 +415,40 @@ def test_grid_outages_do_not_depend_on_arrival_order(db, reports, rng, batch_siz
         for kind, feeder, start, end, _, _, sites, minutes, _ in first
         if kind == "feeder"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sites_of_one_transformer_reconciled_at_once_by_two_workers_form_one_grid_outage():
+    # given the sites of two feeders of one transformer, each cut within the window, their
+    # reports recorded and reconciled by two workers at once, site after site
+    transformer, devices = make_grid(2, 3)
+    shares = [devices[0::2], devices[1::2]]
+    start = threading.Barrier(2)
+    failures = []
+
+    def worker(share):
+        try:
+            start.wait()
+            for n, device in enumerate(share):
+                record(device, "lost", n * 0.25)
+                reconcile(device)
+                record(device, "restored", 60)
+                reconcile(device)
+        except Exception as exc:  # reported to the test's thread below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then no worker failed (no deadlock) and the grid holds what one worker would have made
+    assert failures == []
+    assert [(row[0], row[6], row[7]) for row in grid_state(transformer)] == [
+        ("feeder", 3, Decimal("179.750")),  # ends at 60, starts at 0, 0 and 0.25
+        ("feeder", 3, Decimal("178.750")),  # starts at 0.25, 0.5 and 0.5
+        ("transformer", 6, Decimal("358.500")),
+    ]
