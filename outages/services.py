@@ -1,5 +1,6 @@
 """Writes for mains power reports, site outages, credit policies and the credit ledger."""
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -331,29 +332,34 @@ def _grid_level_sync(
             outage.status = OutageStatus.VOID
             outage.save(update_fields=["status", "updated_at"])
             changed = True
-    relinked = []
+    relinked: dict[int | None, list[int]] = defaultdict(list)
     for member in members:
-        if member.grid_outage_id != parent_of.get(member.pk):
-            member.grid_outage_id = parent_of.get(member.pk)
-            relinked.append(member)
-    if relinked:
-        Outage.objects.bulk_update(relinked, ["grid_outage"])
-        changed = True
-    return changed
+        parent = parent_of.get(member.pk)
+        if member.grid_outage_id != parent:
+            member.grid_outage_id = parent
+            relinked[parent].append(member.pk)
+    _update_grouped(relinked, "grid_outage_id")
+    return changed or bool(relinked)
+
+
+def _update_grouped(ids_by_value: dict, name: str) -> None:
+    # One UPDATE per value (a grid outage's members share theirs): bulk_update's CASE over every
+    # row cost ~35 ms a call at 100 sites, on every reconcile of a growing grid outage.
+    for value, ids in ids_by_value.items():
+        Outage.objects.filter(pk__in=ids).update(**{name: value})
 
 
 def _sites_affected_sync(site_outages) -> GridResult:
     """Give each site outage the sites affected by the widest grid outage it is part of."""
     result = GridResult()
-    updated = []
+    updated: dict[int, list[int]] = defaultdict(list)
     for outage in site_outages:
         feeder_outage = outage.grid_outage
         widest = feeder_outage and (feeder_outage.grid_outage or feeder_outage)
         sites = widest.sites_affected if widest is not None else 1
         if outage.sites_affected == sites:
             continue
-        outage.sites_affected = sites
-        updated.append(outage)
+        updated[sites].append(outage.pk)
         result.sites_affected[outage.pk] = sites
         policy = outage.credit_policy
         if (
@@ -362,8 +368,7 @@ def _sites_affected_sync(site_outages) -> GridResult:
             and policy.min_sites_affected > 1
         ):
             result.sites_to_resettle.add(outage.site_id)
-    if updated:
-        Outage.objects.bulk_update(updated, ["sites_affected"])
+    _update_grouped(updated, "sites_affected")
     return result
 
 
