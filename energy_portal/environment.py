@@ -52,6 +52,8 @@ class Environment:
     api_token_ttl_days: int
     field_encryption_keys: list[str]
     outage_momentary_s: int
+    outage_correlation_s: int
+    outage_min_grid_sites: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -202,4 +204,6 @@ def load() -> Environment:
         api_token_ttl_days=int_setting("API_TOKEN_TTL_DAYS", 30),
         field_encryption_keys=_field_encryption_keys(debug, data_dir),
         outage_momentary_s=int_setting("OUTAGE_MOMENTARY_S", 180),
+        outage_correlation_s=int_setting("OUTAGE_CORRELATION_S", 120),
+        outage_min_grid_sites=_positive("OUTAGE_MIN_GRID_SITES", 2),
     )

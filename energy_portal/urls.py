@@ -37,6 +37,7 @@ api_v1 = [
     # must not import outages); the rest of the registry's routes are devices' own.
     path("", include(site_router.urls)),
     path("", include([p for p in device_urls.urlpatterns if p.name not in SITE_ROUTES])),
+    path("", include("outages.indices_urls")),  # before outages/{id}/
     path("", include("outages.urls")),
 ]
 

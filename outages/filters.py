@@ -19,7 +19,11 @@ outages = visible_to_caller(Outage, selectors.outage_list)
 
 class OutageFilter(django_filters.FilterSet):
     site = django_filters.ModelChoiceFilter(queryset=sites)
-    feeder = django_filters.ModelChoiceFilter(field_name="site__feeder", queryset=feeders)
+    feeder = django_filters.ModelChoiceFilter(
+        queryset=feeders,
+        method="filter_feeder",
+        help_text="The feeder's own outages and those of its sites.",
+    )
     kind = django_filters.ChoiceFilter(choices=OutageKind.choices)
     status = django_filters.ChoiceFilter(
         choices=OutageStatus.choices,
@@ -45,6 +49,9 @@ class OutageFilter(django_filters.FilterSet):
         if not self.form.cleaned_data.get("status"):
             queryset = queryset.exclude(status=OutageStatus.VOID)
         return super().filter_queryset(queryset)
+
+    def filter_feeder(self, queryset, name, value):
+        return queryset.filter(Q(feeder=value) | Q(site__feeder=value))
 
     def filter_status(self, queryset, name, value):
         return queryset.filter(status=value)

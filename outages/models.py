@@ -9,7 +9,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
-from devices.models import Device, Site
+from devices.models import Device, Feeder, Site, Transformer
 from outages import credit_rules
 
 
@@ -163,13 +163,43 @@ class Outage(models.Model):
     """A cut, derived from the power events (`outages.site_outages`); never edited by hand.
 
     A site outage is identified by its site and start instant: when late reports move the start,
-    the old row becomes void and a new one is made. Only site outages exist yet; feeder and
-    transformer outages come with the grid.
+    the old row becomes void and a new one is made. A feeder outage (`outages.grid_outages`) is
+    identified by its feeder and start, a transformer outage by its transformer and start, and
+    made void the same way; `grid_outage` links a site outage to its feeder outage and a feeder
+    outage to its transformer outage.
     """
 
     kind = models.CharField(max_length=12, choices=OutageKind.choices, default=OutageKind.SITE)
     site = models.ForeignKey(
         Site, on_delete=models.CASCADE, null=True, blank=True, related_name="outages"
+    )
+    feeder = models.ForeignKey(
+        Feeder, on_delete=models.CASCADE, null=True, blank=True, related_name="outages"
+    )
+    transformer = models.ForeignKey(
+        Transformer, on_delete=models.CASCADE, null=True, blank=True, related_name="outages"
+    )
+    grid_outage = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="members",
+        help_text="The feeder outage a site outage is part of; the transformer outage a feeder "
+        "outage is part of.",
+    )
+    sites_affected = models.PositiveIntegerField(
+        default=1,
+        help_text="Sites the cut affected: for a site outage, those of the widest grid outage it "
+        "is part of (what a policy's least number of sites is checked against).",
+    )
+    customer_minutes = models.DecimalField(
+        max_digits=16,
+        decimal_places=3,
+        null=True,
+        blank=True,
+        help_text="Grid outages: the minutes of their sustained, ended site outages, summed "
+        "(IEEE 1366); momentary cuts add none.",
     )
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -196,15 +226,38 @@ class Outage(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["site", "status"], name="outage_site_status")]
+        indexes = [
+            models.Index(fields=["site", "status"], name="outage_site_status"),
+            models.Index(fields=["feeder", "status"], name="outage_feeder_status"),
+            models.Index(fields=["transformer", "status"], name="outage_transformer_status"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["site", "started_at"],
                 condition=Q(kind="site"),
                 name="outage_site_once_per_start",
             ),
+            models.UniqueConstraint(
+                fields=["feeder", "started_at"],
+                condition=Q(kind="feeder"),
+                name="outage_feeder_once_per_start",
+            ),
+            models.UniqueConstraint(
+                fields=["transformer", "started_at"],
+                condition=Q(kind="transformer"),
+                name="outage_transformer_once_per_start",
+            ),
             models.CheckConstraint(
                 condition=~Q(kind="site") | Q(site__isnull=False), name="outage_site_has_site"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="feeder") | Q(feeder__isnull=False, site__isnull=True),
+                name="outage_feeder_has_feeder",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="transformer")
+                | Q(transformer__isnull=False, feeder__isnull=True, site__isnull=True),
+                name="outage_transformer_has_transformer",
             ),
             models.CheckConstraint(
                 condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),

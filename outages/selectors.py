@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 
 from devices.models import Site
 from devices.selectors import user_is_operator
+from outages import reliability as reliability_rules
 from outages.credit_rules import CreditQuote, credit_quote, round_money
 from outages.models import CreditEntry, CreditPolicy, Outage, OutageKind, OutageStatus, SitePolicy
 
@@ -22,6 +23,16 @@ def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
     if choice is not None:
         return choice.policy
     return CreditPolicy.objects.filter(is_default=True).first()
+
+
+def site_grid(site_id: int) -> tuple[int, int] | None:
+    """The (feeder id, transformer id) the site hangs from; None for a site on no feeder."""
+    row = (
+        Site.objects.filter(pk=site_id, feeder__isnull=False)
+        .values_list("feeder_id", "feeder__transformer_id")
+        .first()
+    )
+    return None if row is None else (row[0], row[1])
 
 
 def credit_balance(site_ids: Iterable[int]) -> dict[str, Decimal]:
@@ -170,3 +181,29 @@ def site_outage_spans(
     for site_id, started_at, ended_at in rows:
         spans[site_id].append((started_at, ended_at))
     return dict(spans)
+
+
+def reliability(
+    *, feeder_id: int | None, start: datetime, end: datetime, now: datetime
+) -> reliability_rules.Indices:
+    """IEEE 1366 indices of one feeder (None: every site) over [start, end).
+
+    Customers served are the sites on the feeder now (a site is one customer); the interruptions
+    are their site outages (not void) that overlap the period, clipped to it, an open one lasting
+    until `now`. Momentary as stored (OUTAGE_MOMENTARY_S, decided on the whole outage)."""
+    sites = Site.objects.all() if feeder_id is None else Site.objects.filter(feeder_id=feeder_id)
+    rows = (
+        Outage.objects.filter(kind=OutageKind.SITE, site__in=sites, started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gte=start))
+        .exclude(status=OutageStatus.VOID)
+        .values_list("site_id", "started_at", "ended_at", "momentary")
+    )
+    return reliability_rules.reliability_indices(
+        [
+            reliability_rules.Interruption(site, started, ended or max(now, started), momentary)
+            for site, started, ended, momentary in rows
+        ],
+        customers_served=sites.count(),
+        start=start,
+        end=end,
+    )

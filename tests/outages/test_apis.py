@@ -90,6 +90,11 @@ def test_an_ended_outage_shows_its_times_and_what_the_ledger_paid(alice_client, 
         "id": alice_cut.id,
         "kind": "site",
         "site": alice_cut.site_id,
+        "feeder": None,
+        "transformer": None,
+        "grid_outage": None,
+        "sites_affected": 1,
+        "customer_minutes": None,
         "start": iso(at(0)),
         "end": iso(at(12 * 60)),
         "duration_s": 43200.0,
@@ -206,6 +211,25 @@ def test_outages_filter_by_site_and_feeder(operator_client, three_cuts, alice_ho
         three_cuts["alice_ended"].id,
     ]
     assert by_feeder["count"] == 3
+
+
+def test_a_feeder_outage_is_listed_with_its_sites_under_its_feeder(
+    operator_client, alice_home, bob_home, feeder, ofgem
+):
+    # given two sites of one feeder cut a minute apart, for an hour
+    cut(alice_home["device"], lost=at(0), restored=at(60))
+    cut(bob_home["device"], lost=at(1), restored=at(61))
+
+    # when the operator lists the feeder's outages
+    rows = operator_client.get(f"{API}outages/?feeder={feeder.id}&kind=feeder").json()["results"]
+
+    # then one feeder outage: both sites, 120 customer-minutes, its members pointing at it
+    assert [(r["kind"], r["feeder"], r["site"], r["sites_affected"]) for r in rows] == [
+        ("feeder", feeder.id, None, 2)
+    ]
+    assert Decimal(rows[0]["customer_minutes"]) == 120  # 60 + 60
+    members = operator_client.get(f"{API}outages/?feeder={feeder.id}&kind=site").json()
+    assert {r["grid_outage"] for r in members["results"]} == {rows[0]["id"]}
 
 
 def test_void_outages_are_listed_only_when_asked_for(operator_client, alice_home, ofgem):
@@ -629,6 +653,11 @@ def test_the_schema_types_every_outages_answer(api_client_for, admin_user):
         "id",
         "kind",
         "site",
+        "feeder",
+        "transformer",
+        "grid_outage",
+        "sites_affected",
+        "customer_minutes",
         "start",
         "end",
         "duration_s",

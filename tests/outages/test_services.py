@@ -8,6 +8,7 @@ import pytest
 from django.db import IntegrityError
 
 from devices import services as device_services
+from devices.models import Site
 from outages import services
 from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent
 from outages.selectors import credit_balance
@@ -337,3 +338,61 @@ def test_the_same_revision_of_one_reason_cannot_be_written_twice(home):
 
     with pytest.raises(IntegrityError):
         CreditEntry.objects.create(**fields)
+
+
+@pytest.fixture
+def neighbours(alice_home, bob_home):
+    """Three sites on one feeder, one Pi each: Alice's, Bob's and Carol's."""
+    carol = Site.objects.create(name="Carol home", feeder=alice_home["site"].feeder)
+    carol_pi, _ = device_services.device_create(uid="pi-c1", site=carol)
+    return [alice_home["device"], bob_home["device"], carol_pi]
+
+
+def test_a_policy_for_widespread_cuts_pays_once_late_reports_grow_the_grid_outage(
+    neighbours, report, eager_celery, django_capture_on_commit_callbacks
+):
+    CreditPolicy.objects.create(
+        name="Three sites or more",
+        currency="GBP",
+        threshold=timedelta(minutes=10),
+        base_amount=Decimal("5.00"),
+        min_sites_affected=3,
+        is_default=True,
+    )
+    alice_pi, bob_pi, carol_pi = neighbours
+
+    def paid(device):
+        return list(
+            CreditEntry.objects.filter(site=device.site_id)
+            .order_by("revision")
+            .values_list("amount", "revision")
+        )
+
+    # given Alice's and Bob's hour-long cuts a minute apart: a feeder outage of 2 sites
+    with django_capture_on_commit_callbacks(execute=True):
+        report(alice_pi, "lost", 0)
+        report(alice_pi, "restored", 60)
+        report(bob_pi, "lost", 1)
+        report(bob_pi, "restored", 60)
+    feeder_outage = Outage.objects.get(kind="feeder")
+    assert feeder_outage.sites_affected == 2
+    assert paid(alice_pi) == paid(bob_pi) == []
+
+    # when Carol's Pi replays its cut, within the window: 3 sites
+    with django_capture_on_commit_callbacks(execute=True):
+        report(carol_pi, "lost", 1.5)
+        report(carol_pi, "restored", 60)
+
+    # then all three are paid, Alice and Bob by a settlement recomputed for them
+    feeder_outage.refresh_from_db()
+    assert feeder_outage.sites_affected == 3
+    assert paid(alice_pi) == paid(bob_pi) == paid(carol_pi) == [(Decimal("5.0000"), 1)]
+
+    # and when a late report of Carol's shows her cut started long before, out of the window,
+    # the grid outage is 2 sites again: Alice's and Bob's credits are taken back by corrections
+    with django_capture_on_commit_callbacks(execute=True):
+        report(carol_pi, "lost", -30)
+    assert paid(alice_pi) == paid(bob_pi) == [(Decimal("5.0000"), 1), (Decimal("-5.0000"), 2)]
+    assert CreditEntry.objects.get(site=alice_pi.site_id, revision=2).memo.startswith(
+        "correction: "
+    )
