@@ -64,6 +64,9 @@
 
   function tick() {
     const now = Date.now() + skewMs;
+    document.querySelectorAll("[data-open-outages] [data-since]").forEach((el) => {
+      el.textContent = span((now - Date.parse(el.dataset.since)) / 1000);
+    });
     document.querySelectorAll("[data-outage-banner]").forEach((banner) => {
       learnSkew(banner);
       setText(banner, "[data-outage-elapsed]", span((now - Date.parse(banner.dataset.started)) / 1000));
