@@ -53,5 +53,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("", include("outages.page_urls")),
     path("", include("telemetry.urls")),
 ]

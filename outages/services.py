@@ -141,7 +141,16 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
             for other in sorted(regrouped.sites_to_resettle - {site_id}):
                 transaction.on_commit(partial(_reconcile_later, other), robust=True)
         result.entries = _site_outages_settle(site_id, to_settle)
+        if result.created or result.updated or result.voided:
+            _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
         return result
+
+
+def _outages_changed_notify(*, site_id: int, feeder_id: int | None) -> None:
+    """Tell the site's viewers and the fleet, after commit, that the site's outages changed
+    (opened, ended, voided): a small message, on which pages fetch what they show afresh."""
+    message = live_event({"type": "outage", "site": site_id, "feeder": feeder_id})
+    transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
 
 
 def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:

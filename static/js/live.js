@@ -148,6 +148,8 @@
       (Array.isArray(data) ? data : [data]).forEach((msg) => {
         const handler = handlers[msg.type];
         if (handler) handler(msg);
+        // Other scripts of the page (outages.js) hear every message without a socket of their own.
+        document.dispatchEvent(new CustomEvent("live:message", { detail: msg }));
       });
     };
     socket.onclose = () => {

@@ -272,7 +272,8 @@ def test_new_power_report_reconciles_the_site_after_commit(
         )
     assert outages(home) == [(at(0), at(12 * 60), False, "ended")]
     assert entries(home) == [(at(0), Decimal("95.00"), "GBP", 1)]
-    assert len(callbacks) == 2  # the live message and the reconcile
+    # the power report's live message, the reconcile, and the outage-changed message
+    assert len(callbacks) == 3
 
     # a repeated report is not new: nothing is queued
     with django_capture_on_commit_callbacks(execute=True) as callbacks:

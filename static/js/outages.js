@@ -1,0 +1,111 @@
+// Power cuts on the dashboard and the fleet page. The server renders each panel; this script
+// ticks an open cut's elapsed time and credit every second, moves the credit to the next step
+// when its instant passes (then asks the API for the server's figures), and fetches a panel
+// afresh when the live socket (live.js) says the outages changed.
+(function () {
+  "use strict";
+
+  let skewMs = 0; // server clock minus this browser's, from the last panel rendered
+
+  function span(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    const d = Math.floor(seconds / 86400);
+    const h = Math.floor((seconds % 86400) / 3600);
+    const m = Math.floor((seconds % 3600) / 60);
+    const s = seconds % 60;
+    if (d) return d + " d " + h + " h";
+    if (h) return h + " h " + m + " min " + s + " s";
+    if (m) return m + " min " + s + " s";
+    return s + " s";
+  }
+
+  function setText(root, selector, text) {
+    const el = root.querySelector(selector);
+    if (el) el.textContent = text;
+  }
+
+  function learnSkew(banner) {
+    if (banner.dataset.serverNow) {
+      skewMs = Date.parse(banner.dataset.serverNow) - Date.now();
+      delete banner.dataset.serverNow;
+    }
+  }
+
+  async function refreshQuote(banner) {
+    const response = await fetch("/api/v1/outages/" + banner.dataset.outage + "/", {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok) return;
+    const outage = await response.json();
+    const quote = outage.credit && outage.credit.quote;
+    if (!quote) return; // ended meanwhile: the live message brings the new panel
+    skewMs = Date.parse(quote.quoted_at) - Date.now();
+    banner.dataset.amount = quote.amount;
+    setText(banner, "[data-outage-amount]", banner.dataset.symbol + quote.amount);
+    if (quote.next_step_at) {
+      banner.dataset.nextAt = quote.next_step_at;
+      banner.dataset.nextAmount = quote.next_amount;
+      setText(banner, "[data-outage-next-amount]", banner.dataset.symbol + quote.next_amount);
+      const at = new Date(quote.next_step_at);
+      const options = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
+      try {
+        options.timeZone = banner.dataset.tz; // the home's clock, as the server shows it
+        setText(banner, "[data-outage-next-time]", at.toLocaleTimeString("en-GB", options));
+      } catch (error) {
+        delete options.timeZone;
+        setText(banner, "[data-outage-next-time]", at.toLocaleTimeString("en-GB", options));
+      }
+    } else {
+      delete banner.dataset.nextAt;
+      setText(banner, "[data-outage-next]", "No further credit for this cut.");
+    }
+  }
+
+  function tick() {
+    const now = Date.now() + skewMs;
+    document.querySelectorAll("[data-open-outages] [data-since]").forEach((el) => {
+      el.textContent = span((now - Date.parse(el.dataset.since)) / 1000);
+    });
+    document.querySelectorAll("[data-outage-banner]").forEach((banner) => {
+      learnSkew(banner);
+      setText(banner, "[data-outage-elapsed]", span((now - Date.parse(banner.dataset.started)) / 1000));
+      if (!banner.dataset.nextAt) return;
+      const left = (Date.parse(banner.dataset.nextAt) - now) / 1000;
+      if (left > 0) {
+        setText(banner, "[data-outage-next-in]", "(in " + span(Math.ceil(left)) + ")");
+        return;
+      }
+      // The step is reached: show it at once, then take the server's figures.
+      banner.dataset.amount = banner.dataset.nextAmount;
+      setText(banner, "[data-outage-amount]", banner.dataset.symbol + banner.dataset.nextAmount);
+      setText(banner, "[data-outage-next-in]", "");
+      delete banner.dataset.nextAt;
+      refreshQuote(banner).catch(() => {});
+    });
+  }
+
+  const pending = new Map(); // url -> timer: several messages close together, one fetch
+  function replaceLater(url, selector) {
+    window.clearTimeout(pending.get(url));
+    pending.set(url, window.setTimeout(async () => {
+      pending.delete(url);
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const old = document.querySelector(selector);
+      if (old) old.outerHTML = await response.text();
+      tick();
+    }, 150));
+  }
+
+  document.addEventListener("live:message", (event) => {
+    const msg = event.detail;
+    if (msg.type !== "outage") return;
+    const panel = document.querySelector('[data-outage-panel][data-site="' + Number(msg.site) + '"]');
+    if (panel) replaceLater("/outages/site/" + Number(msg.site) + "/", '[data-outage-panel][data-site="' + Number(msg.site) + '"]');
+    if (document.querySelector("[data-open-outages]")) replaceLater("/outages/open/", "[data-open-outages]");
+  });
+
+  tick();
+  window.setInterval(tick, 1000);
+})();

@@ -1,0 +1,153 @@
+"""Power cuts in a real Chromium against a real ASGI server: a resident's dashboard shows a cut
+the moment it is reconciled, ticks its time and credit every second, steps the credit, and shows
+the ledger entry when the power is back; an operator's fleet page lists the cut under its feeder,
+live. Screenshots (desktop and a 390 px phone) go to $E2E_SHOTS when set."""
+
+import os
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+from energy_portal.celery import app as celery_app
+from outages import services
+from outages.models import CreditPolicy
+from tests.e2e import servers
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def eager_celery():
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def seconds_policy(db, settings):
+    """A default policy that steps within seconds: £1.00 at 5 s, £0.50 per further whole 5 s;
+    cuts shorter than 2 s are momentary (reconciles run in this process)."""
+    settings.OUTAGE_MOMENTARY_THRESHOLD = timedelta(seconds=2)
+    CreditPolicy.objects.filter(is_default=True).update(is_default=False)
+    return CreditPolicy.objects.create(
+        name="Seconds",
+        currency="GBP",
+        threshold=timedelta(seconds=5),
+        base_amount=Decimal("1.00"),
+        tiers=[{"after": "PT5S", "period": "PT5S", "amount": "0.50"}],
+        is_default=True,
+    )
+
+
+def _session_cookie(user, server: servers.Server) -> dict:
+    client = Client()
+    client.force_login(user)
+    value = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
+
+
+def _report(device, state: str, at: datetime) -> None:
+    # As the device socket does; eager Celery reconciles the site at once, in this process.
+    services.power_event_record(
+        device_id=device.id, site_id=device.site_id, device_uid=device.uid, state=state, at=at
+    )
+
+
+def _shot(page, name: str) -> None:
+    folder = os.environ.get("E2E_SHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
+    browser, alice, operator, alice_home, bob_home, seconds_policy, eager_celery
+):
+    url = servers.database_url(connection.settings_dict)
+    with tempfile.TemporaryDirectory(prefix="ep-outage-") as logs:
+        server = servers.spawn(database_url=url, redis_url=settings.REDIS_URL, log_dir=Path(logs))
+        try:
+            servers.wait_until_answering(server)
+            resident = browser.new_context(base_url=server.http)
+            resident.add_cookies([_session_cookie(alice, server)])
+            page = resident.new_page()
+            page.set_default_timeout(15_000)
+            phone_context = browser.new_context(base_url=server.http, viewport=PHONE)
+            phone_context.add_cookies([_session_cookie(alice, server)])
+            phone = phone_context.new_page()
+            ops = browser.new_context(base_url=server.http)
+            ops.add_cookies([_session_cookie(operator, server)])
+            fleet = ops.new_page()
+            fleet.set_default_timeout(15_000)
+
+            # given alice on her dashboard and an operator on the fleet page, both live
+            for p, path in ((page, "/dashboard/"), (phone, "/dashboard/"), (fleet, "/fleet/")):
+                p.goto(path)
+                expect(p.locator("[data-live-indicator]")).to_have_text("live")
+            banner = page.locator("[data-outage-banner]")
+            expect(banner).to_have_count(0)
+            expect(fleet.locator("[data-no-open-outages]")).to_be_visible()
+
+            # when her Pi reports the mains lost
+            lost_at = datetime.now(UTC)
+            _report(alice_home["device"], "lost", lost_at)
+
+            # then the banner appears at once: since when, nothing earned yet, £1.00 next
+            expect(banner).to_contain_text("Power cut since")
+            expect(page.locator("[data-outage-amount]")).to_have_text("£0.00")
+            expect(page.locator("[data-outage-next-amount]")).to_have_text("£1.00")
+            # and the operator sees it under its feeder
+            site = alice_home["site"].id
+            feeder = fleet.locator('[data-open-feeder="FD-1"]')
+            expect(feeder.locator(f'[data-open-site="{site}"]')).to_have_count(1)
+            _shot(page, "banner-open-desktop")
+            _shot(phone, "banner-open-phone")
+            _shot(fleet, "fleet-open")
+
+            # and the elapsed time ticks by itself
+            elapsed = page.locator("[data-outage-elapsed]")
+            first = elapsed.inner_text()
+            expect(elapsed).not_to_have_text(first, timeout=3_000)
+
+            # and at 5 s the credit steps to £1.00 and the next step (from the API) is £1.50
+            expect(page.locator("[data-outage-amount]")).to_have_text("£1.00", timeout=10_000)
+            expect(page.locator("[data-outage-next-amount]")).to_have_text("£1.50")
+            _shot(phone, "banner-stepped-phone")
+
+            # when the power comes back 11 s after it went (£1.00 + one whole 5 s: £1.50)
+            back_at = lost_at + timedelta(seconds=11)
+            time.sleep(max(0.0, (back_at - datetime.now(UTC)).total_seconds() + 0.5))
+            _report(alice_home["device"], "restored", back_at)
+
+            # then her page shows the ledger's entry, and the fleet no open outage
+            ended = page.locator("[data-outage-ended]")
+            expect(ended).to_contain_text("Cut lasted 11 s")
+            expect(ended).to_contain_text("£1.50 credited")
+            expect(page.locator("[data-credit-balance]")).to_have_text("£1.50")
+            expect(banner).to_have_count(0)
+            expect(fleet.locator("[data-no-open-outages]")).to_be_visible()
+            expect(phone.locator("[data-outage-ended]")).to_contain_text("£1.50 credited")
+            _shot(page, "banner-ended-desktop")
+            _shot(phone, "banner-ended-phone")
+
+            # and her outage history lists it with its credit
+            phone.goto("/outages/")
+            expect(phone.locator("[data-outage]")).to_have_count(1)
+            expect(phone.locator("[data-outage]")).to_contain_text("£1.50")
+            _shot(phone, "history-phone")
+            for context in (resident, phone_context, ops):
+                context.close()
+        finally:
+            servers.stop(server)

@@ -1,0 +1,221 @@
+"""The outage pages: the dashboard's banner, the resident's history, the fleet page's open
+outages and the operators' grid page; who may see what, and their query counts."""
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from django.utils import timezone
+
+from devices.groups import fleet_group, site_group
+from devices.models import Site
+from energy_portal import realtime
+from energy_portal.redis_client import sync_client
+from outages import services
+from outages.models import CreditPolicy, Outage, OutageKind, OutageStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def short_policy(db):
+    """A default policy that pays £1.00 at 10 min and £0.50 per further 10 min."""
+    CreditPolicy.objects.filter(is_default=True).update(is_default=False)
+    return CreditPolicy.objects.create(
+        name="Test short",
+        currency="GBP",
+        threshold=timedelta(minutes=10),
+        base_amount=Decimal("1.00"),
+        tiers=[{"after": "PT10M", "period": "PT10M", "amount": "0.50"}],
+        is_default=True,
+    )
+
+
+def _cut(device, *, start, end=None):
+    """Report a cut of `device` from `start` (to `end`) and reconcile its site, as the task does."""
+    for state, instant in (("lost", start), ("restored", end)):
+        if instant is not None:
+            services.power_event_record(
+                device_id=device.id,
+                site_id=device.site_id,
+                device_uid=device.uid,
+                state=state,
+                at=instant,
+            )
+    services.site_outages_reconcile(site_id=device.site_id)
+
+
+def test_dashboard_shows_an_open_cut_with_its_credit_and_next_step(
+    client, alice, alice_home, short_policy, django_capture_on_commit_callbacks
+):
+    # given a cut at Alice's home that started 15 minutes ago
+    started = timezone.now() - timedelta(minutes=15)
+    with django_capture_on_commit_callbacks():
+        _cut(alice_home["device"], start=started)
+    client.force_login(alice)
+
+    # when she opens her dashboard
+    html = client.get("/dashboard/").content.decode()
+
+    # then the banner says since when (her home's local time), what she earned, and what next
+    local = timezone.localtime(started, ZoneInfo(alice_home["site"].timezone))
+    assert f"Power cut since {local:%H:%M}" in html
+    assert "data-outage-amount>£1.00<" in html
+    assert "data-outage-next-amount>£1.50<" in html
+
+
+def test_dashboard_shows_the_ledger_entry_once_the_cut_ends(
+    client, alice, alice_home, short_policy
+):
+    # given a 72-minute cut that ended an hour ago: £1.00 + 6 x £0.50 = £4.00
+    end = timezone.now() - timedelta(hours=1)
+    _cut(alice_home["device"], start=end - timedelta(minutes=72), end=end)
+    client.force_login(alice)
+
+    html = client.get("/dashboard/").content.decode()
+
+    assert "Cut lasted 1 h 12 min" in html
+    assert "£4.00 credited" in html
+    assert "Power cut since" not in html
+    assert "Credit balance: <span data-credit-balance>£4.00</span>" in html
+
+
+def test_history_lists_only_the_residents_own_cuts_with_their_credit_and_balance(
+    client, alice, alice_home, bob_home, short_policy
+):
+    now = timezone.now()
+    _cut(alice_home["device"], start=now - timedelta(hours=3), end=now - timedelta(hours=2))
+    _cut(alice_home["device"], start=now - timedelta(minutes=30), end=now - timedelta(minutes=29))
+    _cut(bob_home["device"], start=now - timedelta(hours=5), end=now - timedelta(hours=4))
+    client.force_login(alice)
+
+    html = client.get("/outages/").content.decode()
+
+    assert html.count("data-outage=") == 2
+    assert "Bob home" not in html
+    assert "1 h 0 min" in html and "£3.50" in html  # 60 min: £1.00 + 5 x £0.50
+    assert "momentary (not paid)" in html
+    assert 'data-balance="GBP"' in html
+
+
+def test_a_resident_cannot_fetch_anothers_site_panel(client, alice, bob_home):
+    client.force_login(alice)
+    assert client.get(f"/outages/site/{bob_home['site'].id}/").status_code == 404
+
+
+@pytest.mark.parametrize("url", ["/outages/grid/", "/outages/open/"])
+def test_operator_pages_refuse_residents(client, alice, url):
+    client.force_login(alice)
+    assert client.get(url).status_code == 403
+
+
+def test_fleet_page_lists_open_site_outages_under_their_feeder(
+    client, operator, alice_home, bob_home, short_policy
+):
+    _cut(alice_home["device"], start=timezone.now() - timedelta(minutes=5))
+    client.force_login(operator)
+
+    html = client.get("/fleet/").content.decode()
+
+    assert 'data-open-feeder="FD-1"' in html
+    assert f'data-open-site="{alice_home["site"].id}"' in html
+    assert f'data-open-site="{bob_home["site"].id}"' not in html
+
+
+def test_grid_page_shows_feeder_outages_and_indices(client, operator, alice_home, bob_home):
+    # given both homes of FD-1 cut together for an hour, ended: one feeder outage
+    now = timezone.now()
+    for home in (alice_home, bob_home):
+        _cut(home["device"], start=now - timedelta(hours=2), end=now - timedelta(hours=1))
+    assert Outage.objects.filter(kind=OutageKind.FEEDER, status=OutageStatus.ENDED).count() == 1
+    client.force_login(operator)
+
+    html = client.get("/outages/grid/").content.decode()
+
+    assert html.count("data-grid-outage=") == 1
+    assert "Feeder FD-1" in html
+    # SAIFI 2 interruptions / 2 customers = 1; SAIDI 120 min / 2 = 60; CAIDI 60; MAIFI 0
+    assert '<td data-index="saifi">1.000</td>' in html
+    assert '<td data-index="saidi">60.0</td>' in html
+    assert '<td data-index="caidi">60.0</td>' in html
+    assert '<td data-index="maifi">0.000</td>' in html
+
+
+def _heard(pubsub) -> list[tuple[str, dict]]:
+    heard = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            heard.append((message["channel"].decode(), json.loads(message["data"])))
+    return heard
+
+
+def test_reconcile_tells_the_site_and_the_fleet_when_outages_change(
+    alice_home, django_capture_on_commit_callbacks
+):
+    # given a viewer of the site and one of the fleet, listening on Redis as the live hub does
+    device = alice_home["device"]
+    groups = [site_group(device.site_id), fleet_group()]
+    async_to_sync(realtime.viewers_join)(groups, "test-viewer")
+    pubsub = sync_client().pubsub()
+    pubsub.subscribe(*[realtime.live_channel(group) for group in groups])
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.power_event_record(
+                device_id=device.id,
+                site_id=device.site_id,
+                device_uid=device.uid,
+                state="lost",
+                at=timezone.now(),
+            )
+        _heard(pubsub)  # the power report's own messages
+
+        # when the site is reconciled (a cut opens), then again with nothing new
+        with django_capture_on_commit_callbacks(execute=True):
+            services.site_outages_reconcile(site_id=device.site_id)
+        opened = _heard(pubsub)
+        with django_capture_on_commit_callbacks(execute=True):
+            services.site_outages_reconcile(site_id=device.site_id)
+        again = _heard(pubsub)
+    finally:
+        pubsub.close()
+        async_to_sync(realtime.viewers_leave)(groups, "test-viewer")
+
+    # then both groups heard of the change once, and of no change nothing
+    expected = {"type": "outage", "site": device.site_id, "feeder": device.site.feeder_id}
+    assert sorted(opened) == sorted((realtime.live_channel(group), expected) for group in groups)
+    assert again == []
+
+
+@pytest.mark.parametrize("cuts", [1, 8])
+def test_outage_pages_query_counts_do_not_grow_with_outages(
+    client,
+    alice,
+    operator,
+    alice_home,
+    bob_home,
+    short_policy,
+    cuts,
+    django_assert_max_num_queries,
+):
+    now = timezone.now()
+    second = Site.objects.create(name="Alice cabin", feeder=alice_home["site"].feeder)
+    second.residents.add(alice)
+    for i in range(cuts):
+        start = now - timedelta(hours=2 * i + 3)
+        _cut(alice_home["device"], start=start, end=start + timedelta(minutes=40))
+        _cut(bob_home["device"], start=start, end=start + timedelta(minutes=40))
+    _cut(alice_home["device"], start=now - timedelta(minutes=20))
+    client.force_login(alice)
+    with django_assert_max_num_queries(12):
+        assert client.get("/dashboard/").status_code == 200
+    with django_assert_max_num_queries(10):
+        assert client.get("/outages/").status_code == 200
+    client.force_login(operator)
+    with django_assert_max_num_queries(12):
+        assert client.get("/outages/grid/").status_code == 200
+    with django_assert_max_num_queries(16):
+        assert client.get("/fleet/").status_code == 200
