@@ -77,3 +77,16 @@ def baseline_excluded_dates(
     for site_id, event_start, event_end in events:
         excluded[site_id] |= local_dates(event_start, event_end, zones[site_id])
     return excluded
+
+
+def event_ids_due(*, now: datetime) -> list[int]:
+    """Events whose next transition is due: scheduled ones whose start has come, active ones
+    whose end has."""
+    return list(
+        Event.objects.filter(
+            Q(status=EventStatus.SCHEDULED, start__lte=now)
+            | Q(status=EventStatus.ACTIVE, end__lte=now)
+        )
+        .order_by("start")
+        .values_list("pk", flat=True)
+    )
