@@ -102,7 +102,6 @@ class EventSerializer(serializers.ModelSerializer):
         read_only_fields = ["status", "created_at", "updated_at"]
 
 
-
 class InvitationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Invitation
