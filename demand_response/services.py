@@ -307,6 +307,15 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
     return moved
 
 
+def events_transition_due(*, now: datetime) -> int:
+    """Move every event whose start or end has passed by `now` (each in its own transaction);
+    how many moved. The safety net behind the tasks scheduled for each instant."""
+    return sum(
+        bool(event_transition(event_id=event_id, now=now))
+        for event_id in selectors.event_ids_due(now=now)
+    )
+
+
 @transaction.atomic
 def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
     """Cancel an event that has not completed (scheduled or active). Cancelling a cancelled

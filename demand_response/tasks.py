@@ -9,7 +9,7 @@ from celery import shared_task
 from django.db import OperationalError
 from django.utils import timezone
 
-from demand_response import selectors, services
+from demand_response import services
 
 RETRY = {
     "ignore_result": True,
@@ -32,11 +32,7 @@ def event_transition(event_id: int) -> list[str]:
 @shared_task(**RETRY)
 def events_transition_due() -> int:
     """The safety net: move every event whose start or end has passed; how many moved."""
-    now = timezone.now()
-    return sum(
-        bool(services.event_transition(event_id=event_id, now=now))
-        for event_id in selectors.event_ids_due(now=now)
-    )
+    return services.events_transition_due(now=timezone.now())
 
 
 @shared_task(**RETRY)
