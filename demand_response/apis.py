@@ -9,6 +9,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -108,13 +109,7 @@ class EventViewSet(viewsets.ModelViewSet):
         serializer.is_valid(raise_exception=True)
         fields = self._fields(serializer.validated_data)
         if fields.pop("program_id", event.program_id) != event.program_id:
-            return Response(
-                {
-                    "detail": "Invalid input in: program.",
-                    "errors": {"program": ["An event's program cannot change."]},
-                },
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+            raise ValidationError({"program": "An event's program cannot change."})
         services.event_update(event_id=event.pk, **fields)
         return self._answer(event.pk, status.HTTP_200_OK)
 

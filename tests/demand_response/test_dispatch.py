@@ -22,6 +22,7 @@ from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
     REDIS_PATTERNS,
     close_sync_thread_connections,
     device_socket,
+    live_socket,
     settle,
 )
 
@@ -217,3 +218,48 @@ def test_the_start_queues_each_sites_curtail_for_start_plus_its_offset(
         site.pk: event.start + timedelta(seconds=services.site_offset(event, site.pk))
         for site in (alice_home["site"], bob_home["site"])
     }
+
+
+async def dr_messages(browser, count: int) -> list[dict]:
+    """The next `count` demand-response messages the browser hears (commands' are skipped)."""
+    heard = []
+    while len(heard) < count:
+        message = await browser.receive_json_from(timeout=5)
+        if message["type"] == "dr_event":
+            heard.append({k: v for k, v in message.items() if k != "type"})
+    return heard
+
+
+@pytest.mark.asyncio
+async def test_answers_and_status_changes_reach_the_sites_and_the_fleet_live(
+    eager_celery, schedule, alice_home, bob_home, alice, bob, operator
+):
+    start = timezone.now() + timedelta(seconds=5)
+    event = await database_sync_to_async(schedule)(
+        start=start, end=start + timedelta(hours=1), now=start - timedelta(hours=1),
+        target_sites=[alice_home["site"].pk],
+    )  # fmt: skip
+    invitation = await database_sync_to_async(event.invitations.get)()
+
+    async with (
+        live_socket(alice) as alices,
+        live_socket(bob) as bobs,
+        live_socket(operator) as fleet,
+    ):
+        await database_sync_to_async(services.invitation_respond)(
+            invitation_id=invitation.pk, response="opt_in", by="resident"
+        )
+        await start_event(event)
+        await database_sync_to_async(services.event_cancel)(event_id=event.pk)
+        heard = await dr_messages(alices, 3)
+        operators = await dr_messages(fleet, 3)
+        bob_heard_nothing = await bobs.receive_nothing(timeout=0.3)
+
+    site = alice_home["site"].pk
+    assert heard == [
+        {"event": event.pk, "change": "invitation", "site": site, "answer": "opted_in"},
+        {"event": event.pk, "change": "status", "status": "active"},
+        {"event": event.pk, "change": "status", "status": "cancelled"},
+    ]
+    assert operators == heard
+    assert bob_heard_nothing  # not invited: his site's viewers hear nothing of it
