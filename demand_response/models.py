@@ -290,3 +290,39 @@ class SettlementResult(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.event_id} site {self.site_id}: {self.status}"
+
+
+class DispatchKind(models.TextChoices):
+    CURTAIL = "curtail", "Curtail"
+    RESTORE = "restore", "Restore"
+
+
+class DispatchedCommand(models.Model):
+    """A command an event sent one device of a site: the report reads its status (and when it
+    was done) from the device's command. Each device gets one curtail and one restore per event
+    at most (the unique constraint), however many workers dispatch."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="dispatched")
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="dr_dispatched")
+    device = models.ForeignKey(
+        "devices.Device", on_delete=models.CASCADE, related_name="dr_dispatched"
+    )
+    command = models.OneToOneField(
+        "devices.Command", on_delete=models.CASCADE, related_name="dr_dispatch"
+    )
+    kind = models.CharField(max_length=8, choices=DispatchKind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["event_id", "site_id", "device_id", "created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "device", "kind"], name="dr_dispatch_once_per_device"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=DispatchKind.values), name="dr_dispatch_kind_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} {self.kind} → device {self.device_id}"

@@ -6,12 +6,22 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.db.models import Q
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from demand_response.baseline import local_dates
-from demand_response.models import Event, EventStatus, EventStatusChange, Program
-from devices.models import Site
+from demand_response.models import (
+    DispatchedCommand,
+    Event,
+    EventStatus,
+    EventStatusChange,
+    Invitation,
+    Program,
+    SettlementResult,
+)
+from devices import selectors as registry
+from devices.models import Feeder, Site
 from outages.selectors import site_outage_spans
 from telemetry import queries
 
@@ -77,3 +87,73 @@ def baseline_excluded_dates(
     for site_id, event_start, event_end in events:
         excluded[site_id] |= local_dates(event_start, event_end, zones[site_id])
     return excluded
+
+
+def event_ids_due(*, now: datetime) -> list[int]:
+    """Events whose next transition is due: scheduled ones whose start has come, active ones
+    whose end has."""
+    return list(
+        Event.objects.filter(
+            Q(status=EventStatus.SCHEDULED, start__lte=now)
+            | Q(status=EventStatus.ACTIVE, end__lte=now)
+        )
+        .order_by("start")
+        .values_list("pk", flat=True)
+    )
+
+
+def program_list() -> QuerySet[Program]:
+    return Program.objects.prefetch_related(
+        Prefetch("eligible_sites", Site.objects.only("pk")),
+        Prefetch("eligible_feeders", Feeder.objects.only("pk")),
+    )
+
+
+def event_list(*, user: AbstractBaseUser) -> QuerySet[Event]:
+    """Operators see every event; a resident those that invited one of their sites."""
+    events = Event.objects.prefetch_related(
+        Prefetch("target_sites", Site.objects.only("pk")),
+        Prefetch("target_feeders", Feeder.objects.only("pk")),
+    )
+    if registry.user_is_operator(user):
+        return events
+    return events.filter(pk__in=Invitation.objects.filter(site__residents=user).values("event_id"))
+
+
+def invitation_list(*, user: AbstractBaseUser) -> QuerySet[Invitation]:
+    """Operators see every invitation; a resident their own sites'."""
+    invitations = Invitation.objects.all()
+    if registry.user_is_operator(user):
+        return invitations
+    return invitations.filter(site__residents=user)
+
+
+def event_report(*, event: Event, user: AbstractBaseUser) -> dict:
+    """The event's settlement per site and its totals, and the commands it sent each device with
+    their status, limited to the sites `user` may see."""
+    visible = registry.site_list(user=user).prefetch_related(None).values("pk")
+    settlements = list(
+        SettlementResult.objects.filter(event=event, site__in=visible).order_by("site_id")
+    )
+    commands = list(
+        DispatchedCommand.objects.filter(event=event, site__in=visible)
+        .select_related("device", "command")
+        .order_by("site_id", "device_id", "created_at")
+    )
+    delivered = sum((r.delivered_kwh for r in settlements), Decimal(0))
+    rewards: dict[str, Decimal] = defaultdict(Decimal)
+    for result in settlements:
+        rewards[result.currency] += result.reward
+    return {
+        "event": event.pk,
+        "status": event.status,
+        "settled": bool(settlements),
+        "sites": settlements,
+        "totals": {
+            "sites": len(settlements),
+            "sites_paid": sum(1 for r in settlements if r.reward > 0),
+            "delivered_kwh": delivered,
+            "rewards": sorted(rewards.items()),
+        },
+        "commands": commands,
+    }

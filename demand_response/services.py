@@ -4,8 +4,15 @@ auto-responses, and the settlement that pays what each site delivered into the c
 Invalid input raises `ValidationError` with a dict naming the field as the API spells it:
 `program`, `start`, `end`, `signal`, `targets`, `randomization_s`, `response`, `mode`,
 `max_level`; a state that forbids the change (an event already started, completed) is named
-under `status`."""
+under `status`.
 
+Every change of an event's status, every answer and every cancel is told live (after commit) to
+the invited sites' viewers and the fleet (`_tell`). Dispatch: at the start each opted-in site's
+controllable devices get `curtail` through the devices' command path (each site after its own
+stable randomization offset), and `restore` at the end, on cancel, or at once when the site opts
+out mid-event; `DispatchedCommand` keeps which command went to which device for the report."""
+
+import hashlib
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +29,8 @@ from demand_response.models import (
     MAX_LEVEL,
     AnsweredBy,
     AutoResponseMode,
+    DispatchedCommand,
+    DispatchKind,
     Event,
     EventStatus,
     EventStatusChange,
@@ -34,7 +43,10 @@ from demand_response.models import (
     SiteAutoResponse,
 )
 from demand_response.rewards import reward_for
-from devices.models import Feeder, Site
+from devices.groups import fleet_group, site_group
+from devices.models import Device, Feeder, Site
+from devices.services import command_issue
+from energy_portal.realtime import group_send, live_event
 from outages.services import credit_settle
 
 KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
@@ -194,6 +206,8 @@ def event_create(
     event.target_feeders.set(data.feeder_ids)
     EventStatusChange.objects.create(event=event, status=EventStatus.SCHEDULED, at=now)
     _invitations_sync(event, invited, now)
+    _transitions_schedule(event)
+    _tell(event.pk, {"change": "scheduled", "status": event.status})
     return event
 
 
@@ -252,6 +266,8 @@ def event_update(
     event.target_sites.set(data.site_ids)
     event.target_feeders.set(data.feeder_ids)
     _invitations_sync(event, invited, now)
+    _transitions_schedule(event)
+    _tell(event.pk, {"change": "updated", "status": event.status})
     return event
 
 
@@ -282,7 +298,22 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
         event_id, to=EventStatus.COMPLETED, allowed=[EventStatus.ACTIVE], now=now, end__lte=now
     ):
         moved.append(EventStatus.COMPLETED)
+    if EventStatus.ACTIVE in moved and EventStatus.COMPLETED not in moved:
+        _curtail_schedule(Event.objects.get(pk=event_id))
+    if EventStatus.COMPLETED in moved:
+        _restore_later(event_id)
+    for status in moved:
+        _tell(event_id, {"change": "status", "status": status})
     return moved
+
+
+def events_transition_due(*, now: datetime) -> int:
+    """Move every event whose start or end has passed by `now` (each in its own transaction);
+    how many moved. The safety net behind the tasks scheduled for each instant."""
+    return sum(
+        bool(event_transition(event_id=event_id, now=now))
+        for event_id in selectors.event_ids_due(now=now)
+    )
 
 
 @transaction.atomic
@@ -298,7 +329,139 @@ def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
                 {"status": "The event has completed; it can no longer be cancelled."}
             )
         return event
+    _restore_later(event_id)
+    _tell(event_id, {"change": "status", "status": EventStatus.CANCELLED})
     return Event.objects.get(pk=event_id)
+
+
+def _tell(event_id: int, payload: dict, *, site_ids: Iterable[int] | None = None) -> None:
+    """Tell the event's invited sites (or `site_ids`) and the fleet, once the change commits."""
+    if site_ids is None:
+        site_ids = Invitation.objects.filter(event_id=event_id).values_list("site_id", flat=True)
+    groups = [site_group(site_id) for site_id in site_ids] + [fleet_group()]
+    message = live_event({"type": "dr_event", "event": event_id, **payload})
+    transaction.on_commit(lambda: group_send(groups, message), robust=True)
+
+
+def _transitions_schedule(event: Event) -> None:
+    # Imported here: tasks import this module. A changed event's earlier tasks still run and
+    # find nothing due (event_transition checks the instants); the beat sweep is the safety net.
+    from demand_response.tasks import event_transition as task
+
+    def schedule():
+        task.apply_async((event.pk,), eta=event.start)
+        task.apply_async((event.pk,), eta=event.end)
+
+    transaction.on_commit(schedule, robust=True)
+
+
+def site_offset(event: Event, site_id: int) -> int:
+    """The site's stable delay in [0, randomization_s] seconds after the start, so that a
+    feeder's loads do not all drop (and come back) in the same second."""
+    if event.randomization_s <= 0:
+        return 0
+    digest = hashlib.sha256(f"{event.pk}:{site_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (event.randomization_s + 1)
+
+
+def _curtail_schedule(event: Event) -> None:
+    """Queue the opted-in sites' curtailment, one task per offset, at start + offset."""
+    from demand_response.tasks import event_sites_curtail as task
+
+    site_ids = Invitation.objects.filter(event=event, status=InvitationStatus.OPTED_IN).values_list(
+        "site_id", flat=True
+    )
+    by_offset: dict[int, list[int]] = {}
+    for site_id in site_ids:
+        by_offset.setdefault(site_offset(event, site_id), []).append(site_id)
+
+    def schedule():
+        for offset, ids in sorted(by_offset.items()):
+            task.apply_async((event.pk, ids), eta=event.start + timedelta(seconds=offset))
+
+    transaction.on_commit(schedule, robust=True)
+
+
+def _restore_later(event_id: int) -> None:
+    from demand_response.tasks import event_restore as task
+
+    transaction.on_commit(lambda: task.delay(event_id), robust=True)
+
+
+def _curtail_args(event: Event) -> dict:
+    # A kW target or a price has no level of its own: the devices get the middle level.
+    level = event.level if event.level is not None else 2
+    return {"event": event.pk, "level": level, "until": event.end.isoformat()}
+
+
+@transaction.atomic
+def event_sites_curtail(
+    *, event_id: int, site_ids: Iterable[int], now: datetime | None = None
+) -> list[DispatchedCommand]:
+    """Send `curtail` to each controllable device of those of `site_ids` still opted in, while
+    the event is active and before its end; the command expires at the end (an offline device
+    gets it on reconnect if still in time). A device already sent one is skipped, so a task run
+    twice sends nothing more."""
+    now = now or timezone.now()
+    # The event's row is locked as `invitation_respond` locks it: an opt-out either comes
+    # before this (and the site is skipped) or after (and restores what this sent).
+    event = Event.objects.select_for_update().get(pk=event_id)
+    if event.status != EventStatus.ACTIVE or now >= event.end:
+        return []
+    opted_in = Invitation.objects.filter(
+        event=event, site_id__in=list(site_ids), status=InvitationStatus.OPTED_IN
+    ).values("site_id")
+    sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
+        "device_id"
+    )
+    devices = Device.objects.filter(site_id__in=opted_in, controllable=True).exclude(pk__in=sent)
+    args = _curtail_args(event)
+    dispatched = [
+        DispatchedCommand(
+            event=event,
+            site_id=device.site_id,
+            device=device,
+            kind=DispatchKind.CURTAIL,
+            command=command_issue(device=device, name="curtail", args=args, ttl=event.end - now),
+        )
+        for device in devices.order_by("pk")
+    ]
+    return DispatchedCommand.objects.bulk_create(dispatched)
+
+
+def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCommand]:
+    curtailed = DispatchedCommand.objects.filter(event_id=event_id, kind=DispatchKind.CURTAIL)
+    if site_ids is not None:
+        curtailed = curtailed.filter(site_id__in=list(site_ids))
+    restored = DispatchedCommand.objects.filter(
+        event_id=event_id, kind=DispatchKind.RESTORE
+    ).values("device_id")
+    dispatched = [
+        DispatchedCommand(
+            event_id=event_id,
+            site_id=sent.site_id,
+            device=sent.device,
+            kind=DispatchKind.RESTORE,
+            command=command_issue(device=sent.device, name="restore"),
+        )
+        for sent in curtailed.exclude(device_id__in=restored).select_related("device")
+    ]
+    return DispatchedCommand.objects.bulk_create(dispatched)
+
+
+@transaction.atomic
+def event_restore(*, event_id: int) -> list[DispatchedCommand]:
+    """Send `restore` to every device the event curtailed and has not restored (at its end or
+    cancel); run twice, it sends nothing more."""
+    Event.objects.select_for_update().get(pk=event_id)
+    return _restore(event_id, None)
+
+
+@transaction.atomic
+def event_site_restore(*, event_id: int, site_id: int) -> list[DispatchedCommand]:
+    """Send `restore` to the devices of one site the event curtailed (it opted out)."""
+    Event.objects.select_for_update().get(pk=event_id)
+    return _restore(event_id, [site_id])
 
 
 @transaction.atomic
@@ -330,6 +493,13 @@ def invitation_respond(
         invitation.status, invitation.answered_by, invitation.answered_at = status, by, now
         invitation.responder = user if user is not None and user.is_authenticated else None
         invitation.save(update_fields=["status", "answered_by", "answered_at", "responder"])
+        _tell(
+            event.pk,
+            {"change": "invitation", "site": invitation.site_id, "answer": invitation.status},
+            site_ids=[invitation.site_id],
+        )
+    if event.status == EventStatus.ACTIVE and status == InvitationStatus.OPTED_OUT:
+        event_site_restore(event_id=event.pk, site_id=invitation.site_id)
     return invitation
 
 

@@ -134,11 +134,22 @@ COMMAND_ARGS = {
     ),
     "curtail": lambda args: (
         None
-        if set(args) == {"kw"}
-        and isinstance(args["kw"], int | float)
-        and not isinstance(args["kw"], bool)
-        and 0 <= args["kw"] <= 1000
-        else 'curtail takes {"kw": <reduction in kW, 0 to 1000>}'
+        if (
+            set(args) == {"kw"}
+            and isinstance(args["kw"], int | float)
+            and not isinstance(args["kw"], bool)
+            and 0 <= args["kw"] <= 1000
+        )
+        # A demand-response event's: its id, the level (0-3) and the end (ISO 8601).
+        or (
+            set(args) == {"event", "level", "until"}
+            and type(args["event"]) is int
+            and args["level"] in (0, 1, 2, 3)
+            and type(args["level"]) is int
+            and isinstance(args["until"], str)
+        )
+        else 'curtail takes {"kw": <reduction in kW, 0 to 1000>} or '
+        '{"event": <id>, "level": <0 to 3>, "until": <ISO 8601 instant>}'
     ),
     # Demos and tests only: a simulated Pi cuts its simulated mains; a real one rejects it.
     "simulate_mains": lambda args: (

@@ -39,6 +39,7 @@ api_v1 = [
     path("", include([p for p in device_urls.urlpatterns if p.name not in SITE_ROUTES])),
     path("", include("outages.indices_urls")),  # before outages/{id}/
     path("", include("outages.urls")),
+    path("", include("demand_response.urls")),
 ]
 
 urlpatterns = [

@@ -27,6 +27,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
     },
     "commands-expire": {"task": "devices.tasks.commands_expire", "schedule": 15.0},
+    # The safety net of demand-response events' start and end (each has a task at its instant).
+    "dr-events-transition-due": {
+        "task": "demand_response.tasks.events_transition_due",
+        "schedule": 30.0,
+    },
     # Rollups of the quarter-hours written since the last run (a no-op on TimescaleDB).
     "telemetry-rollups-refresh": {"task": "telemetry.tasks.rollups_refresh", "schedule": 60.0},
     "telemetry-area-metrics": {"task": "telemetry.tasks.area_metrics_refresh", "schedule": 300.0},

@@ -1,0 +1,47 @@
+"""Celery tasks of demand response: they take ids, load, call a service, retry with a countdown.
+
+An event's start and end are each scheduled for their instant when the event is created or
+changed (`event_transition`); `events_transition_due` sweeps every 30 s for any a worker missed
+(a lost task, a restart, a clock running ahead)."""
+
+from celery import shared_task
+
+from django.db import OperationalError
+from django.utils import timezone
+
+from demand_response import services
+
+RETRY = {
+    "ignore_result": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": False,
+    "max_retries": 5,
+}
+
+
+@shared_task(**RETRY)
+def event_transition(event_id: int) -> list[str]:
+    """Move the event along its schedule as of now: nothing if it arrived early (the sweep or
+    the task for the other instant moves it later), once however many workers run it."""
+    return services.event_transition(event_id=event_id, now=timezone.now())
+
+
+@shared_task(**RETRY)
+def events_transition_due() -> int:
+    """The safety net: move every event whose start or end has passed; how many moved."""
+    return services.events_transition_due(now=timezone.now())
+
+
+@shared_task(**RETRY)
+def event_sites_curtail(event_id: int, site_ids: list[int]) -> int:
+    """Curtail the sites' controllable devices (queued for start + the sites' offset)."""
+    return len(services.event_sites_curtail(event_id=event_id, site_ids=site_ids))
+
+
+@shared_task(**RETRY)
+def event_restore(event_id: int) -> int:
+    """Restore every device the event curtailed (queued at its end and on cancel)."""
+    return len(services.event_restore(event_id=event_id))

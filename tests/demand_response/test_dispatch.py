@@ -1,0 +1,265 @@
+"""Dispatch of demand-response events to the homes' devices over their real sockets (the
+project's ASGI application, the Redis channel layer, PostgreSQL): `curtail` at the start to
+opted-in sites' controllable devices, `restore` on cancel, at the end and at once on a mid-event
+opt-out, a curtail kept for a device offline at the start, and each command's record for the
+report."""
+
+import ast
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+
+from django.utils import timezone
+
+from demand_response import selectors, services
+from demand_response.models import DispatchedCommand, Event
+from devices.models import Command, CommandStatus, Device
+from energy_portal.celery import app as celery_app
+from energy_portal.redis_client import sync_client
+from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
+    REDIS_PATTERNS,
+    close_sync_thread_connections,
+    device_socket,
+    live_socket,
+    settle,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """The socket and channel-layer keys, and the broker's queue, empty before and after."""
+
+    def clean():
+        client = sync_client()
+        client.delete("celery")
+        for pattern in REDIS_PATTERNS:
+            for key in client.scan_iter(match=pattern):
+                client.delete(key)
+
+    clean()
+    yield
+    clean()
+
+
+@pytest.fixture
+def eager_celery():
+    """Tasks run where they are queued (their eta is not waited for): the start's curtail is
+    sent as soon as the event turns active."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def running_event(schedule, alice_home, bob_home):
+    """A level-2 event starting now-ish on the real clock; Alice's home opted in, Bob's out."""
+
+    def make(**given) -> Event:
+        start = timezone.now() + timedelta(seconds=5)
+        event = schedule(
+            start=start, end=start + timedelta(hours=1), now=start - timedelta(hours=1), **given
+        )
+        for invitation in event.invitations.all():
+            answer = "opt_in" if invitation.site_id == alice_home["site"].pk else "opt_out"
+            services.invitation_respond(invitation_id=invitation.pk, response=answer, by="resident")
+        return event
+
+    return make
+
+
+start_event = database_sync_to_async(
+    lambda event: services.event_transition(event_id=event.pk, now=event.start)
+)
+
+
+@pytest.mark.asyncio
+async def test_an_opted_in_device_gets_curtail_at_the_start_and_restore_on_cancel(
+    eager_celery, running_event, alice_home, bob_home
+):
+    event = await database_sync_to_async(running_event)()
+
+    async with device_socket(alice_home["token"]) as pi, device_socket(bob_home["token"]) as bobs:
+        await settle(pi)
+        await settle(bobs)
+        await start_event(event)
+        curtail = await pi.receive_json_from(timeout=5)
+        await pi.send_json_to({"type": "command_result", "id": curtail["id"], "status": "done"})
+        await settle(pi)
+        await database_sync_to_async(services.event_cancel)(event_id=event.pk)
+        restore = await pi.receive_json_from(timeout=5)
+        await pi.send_json_to({"type": "command_result", "id": restore["id"], "status": "done"})
+        await settle(pi)
+        assert await bobs.receive_nothing(timeout=0.2)  # Bob opted out: nothing for him
+
+    assert (curtail["name"], curtail["args"]) == (
+        "curtail",
+        {"event": event.pk, "level": 2, "until": event.end.isoformat()},
+    )
+    assert (restore["name"], restore["args"]) == ("restore", {})
+    curtail_command = await database_sync_to_async(Command.objects.get)(pk=curtail["id"])
+    # expires at the end (the ttl counted from the dispatch, so a few ms after it)
+    assert timedelta(0) <= curtail_command.expires_at - event.end < timedelta(minutes=1)
+    report = await database_sync_to_async(
+        lambda: selectors.event_report(
+            event=Event.objects.get(pk=event.pk), user=alice_home["site"].residents.get()
+        )
+    )()
+    assert [(c.device_id, c.kind, c.command.status) for c in report["commands"]] == [
+        (alice_home["device"].pk, "curtail", CommandStatus.DONE),
+        (alice_home["device"].pk, "restore", CommandStatus.DONE),
+    ]
+    assert all(c.command.completed_at is not None for c in report["commands"])
+
+
+@pytest.mark.asyncio
+async def test_a_mid_event_opt_out_restores_the_site_at_once(
+    eager_celery, running_event, alice_home
+):
+    event = await database_sync_to_async(running_event)()
+    invitation = await database_sync_to_async(event.invitations.get)(site=alice_home["site"])
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        await start_event(event)
+        curtail = await pi.receive_json_from(timeout=5)
+        await database_sync_to_async(services.invitation_respond)(
+            invitation_id=invitation.pk, response="opt_out", by="resident"
+        )
+        restore = await pi.receive_json_from(timeout=5)
+
+    assert (curtail["name"], restore["name"]) == ("curtail", "restore")
+    kinds = await database_sync_to_async(
+        lambda: list(DispatchedCommand.objects.filter(event=event).values_list("kind", flat=True))
+    )()
+    assert sorted(kinds) == ["curtail", "restore"]
+
+
+@pytest.mark.asyncio
+async def test_a_device_offline_at_the_start_gets_its_curtail_on_reconnect(
+    eager_celery, running_event, alice_home
+):
+    event = await database_sync_to_async(running_event)()
+    await start_event(event)
+
+    async with device_socket(alice_home["token"]) as pi:
+        frame = await pi.receive_json_from(timeout=5)
+
+    assert (frame["name"], frame["args"]["event"]) == ("curtail", event.pk)
+
+
+@pytest.mark.asyncio
+async def test_the_end_restores_and_nothing_goes_twice(eager_celery, running_event, alice_home):
+    event = await database_sync_to_async(running_event)()
+    await start_event(event)
+
+    async with device_socket(alice_home["token"]) as pi:
+        curtail = await pi.receive_json_from(timeout=5)
+        await database_sync_to_async(services.event_transition)(event_id=event.pk, now=event.end)
+        restore = await pi.receive_json_from(timeout=5)
+        # a curtail or restore task run again sends nothing more
+        await database_sync_to_async(services.event_sites_curtail)(
+            event_id=event.pk, site_ids=[alice_home["site"].pk], now=event.start
+        )
+        await database_sync_to_async(services.event_restore)(event_id=event.pk)
+        assert await pi.receive_nothing(timeout=0.2)
+
+    assert (curtail["name"], restore["name"]) == ("curtail", "restore")
+
+
+def test_only_controllable_devices_of_opted_in_sites_are_curtailed(running_event, alice_home):
+    event = running_event()
+    Device.objects.filter(pk=alice_home["device"].pk).update(controllable=False)
+    Event.objects.filter(pk=event.pk).update(status="active")
+
+    assert (
+        services.event_sites_curtail(
+            event_id=event.pk,
+            site_ids=[s.pk for s in event.target_sites.all()] + [alice_home["site"].pk],
+            now=event.start,
+        )
+        == []
+    )
+
+
+def test_each_sites_offset_is_stable_and_within_the_randomization(running_event, alice_home):
+    event = running_event(randomization_s=600)
+    offsets = [services.site_offset(event, site_id) for site_id in range(1, 201)]
+
+    assert offsets == [services.site_offset(event, site_id) for site_id in range(1, 201)]
+    assert all(0 <= offset <= 600 for offset in offsets)
+    assert len(set(offsets)) > 100  # spread, not bunched
+    event.randomization_s = 0
+    assert services.site_offset(event, 1) == 0
+
+
+def test_the_start_queues_each_sites_curtail_for_start_plus_its_offset(
+    running_event, alice_home, bob_home
+):
+    # given both homes opted in to an event with a 10-minute randomization, tasks not eager
+    event = running_event(randomization_s=600)
+    bobs = event.invitations.get(site=bob_home["site"])
+    services.invitation_respond(invitation_id=bobs.pk, response="opt_in", by="resident")
+
+    services.event_transition(event_id=event.pk, now=event.start)
+
+    queued = [json.loads(raw)["headers"] for raw in sync_client().lrange("celery", 0, -1)]
+    eta_of_site = {
+        site_id: datetime.fromisoformat(h["eta"])
+        for h in queued
+        if h["task"] == "demand_response.tasks.event_sites_curtail"
+        for site_id in ast.literal_eval(h["argsrepr"])[1]
+    }
+    assert eta_of_site == {
+        site.pk: event.start + timedelta(seconds=services.site_offset(event, site.pk))
+        for site in (alice_home["site"], bob_home["site"])
+    }
+
+
+async def dr_messages(browser, count: int) -> list[dict]:
+    """The next `count` demand-response messages the browser hears (commands' are skipped)."""
+    heard = []
+    while len(heard) < count:
+        message = await browser.receive_json_from(timeout=5)
+        if message["type"] == "dr_event":
+            heard.append({k: v for k, v in message.items() if k != "type"})
+    return heard
+
+
+@pytest.mark.asyncio
+async def test_answers_and_status_changes_reach_the_sites_and_the_fleet_live(
+    eager_celery, schedule, alice_home, bob_home, alice, bob, operator
+):
+    start = timezone.now() + timedelta(seconds=5)
+    event = await database_sync_to_async(schedule)(
+        start=start, end=start + timedelta(hours=1), now=start - timedelta(hours=1),
+        target_sites=[alice_home["site"].pk],
+    )  # fmt: skip
+    invitation = await database_sync_to_async(event.invitations.get)()
+
+    async with (
+        live_socket(alice) as alices,
+        live_socket(bob) as bobs,
+        live_socket(operator) as fleet,
+    ):
+        await database_sync_to_async(services.invitation_respond)(
+            invitation_id=invitation.pk, response="opt_in", by="resident"
+        )
+        await start_event(event)
+        await database_sync_to_async(services.event_cancel)(event_id=event.pk)
+        heard = await dr_messages(alices, 3)
+        operators = await dr_messages(fleet, 3)
+        bob_heard_nothing = await bobs.receive_nothing(timeout=0.3)
+
+    site = alice_home["site"].pk
+    assert heard == [
+        {"event": event.pk, "change": "invitation", "site": site, "answer": "opted_in"},
+        {"event": event.pk, "change": "status", "status": "active"},
+        {"event": event.pk, "change": "status", "status": "cancelled"},
+    ]
+    assert operators == heard
+    assert bob_heard_nothing  # not invited: his site's viewers hear nothing of it

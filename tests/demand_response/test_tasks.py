@@ -1,0 +1,124 @@
+"""Events keep time through Celery: a task queued for each event's start and end, exactly one
+transition however many workers run it, nothing from a task that arrives early, and the beat
+sweep that moves what a lost or early task left."""
+
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from django.utils import timezone
+
+from demand_response import services, tasks
+from demand_response.models import Event, EventStatus
+from energy_portal.redis_client import sync_client
+from tests.demand_response.conftest import at_once
+
+BROKER_QUEUE = "celery"  # the default queue's Redis list
+
+
+@pytest.fixture
+def broker_queue():
+    """The tasks the code queued on the real broker (Redis), emptied before and after."""
+    client = sync_client()
+    client.delete(BROKER_QUEUE)
+
+    def queued() -> list[tuple[str, str, datetime | None]]:
+        """(task name, its args as Celery writes them, its eta) of each queued message."""
+        headers = [json.loads(raw)["headers"] for raw in client.lrange(BROKER_QUEUE, 0, -1)]
+        return [
+            (h["task"], h["argsrepr"], datetime.fromisoformat(h["eta"]) if h["eta"] else None)
+            for h in headers
+        ]
+
+    yield queued
+    client.delete(BROKER_QUEUE)
+
+
+def started_event(schedule, *, start_in: timedelta) -> Event:
+    """An event whose start is `start_in` from the real clock (scheduled in the past, so the
+    program's notice is given)."""
+    real_now = timezone.now()
+    start = real_now + start_in
+    return schedule(start=start, end=start + timedelta(hours=2), now=start - timedelta(hours=1))
+
+
+@pytest.mark.django_db
+def test_creating_an_event_queues_a_transition_for_its_start_and_its_end(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        event = started_event(schedule, start_in=timedelta(hours=1))
+
+    transitions = [
+        (eta, args) for name, args, eta in broker_queue()
+        if name == "demand_response.tasks.event_transition"
+    ]  # fmt: skip
+    assert sorted(eta for eta, _ in transitions) == [event.start, event.end]
+    assert {args for _, args in transitions} == {f"({event.pk},)"}
+
+
+@pytest.mark.django_db
+def test_changing_the_start_queues_a_transition_for_the_new_instant(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    event = started_event(schedule, start_in=timedelta(hours=1))
+    new_start = event.start + timedelta(minutes=45)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.event_update(event_id=event.pk, start=new_start)
+
+    etas = [eta for name, _, eta in broker_queue() if name.endswith(".event_transition")]
+    assert sorted(etas) == [new_start, event.end]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_running_the_start_task_make_one_transition(schedule, alice_home, broker_queue):
+    # given an event whose start has just passed on the real clock
+    event = started_event(schedule, start_in=-timedelta(seconds=1))
+
+    results = at_once(
+        lambda: tasks.event_transition(event.pk), lambda: tasks.event_transition(event.pk)
+    )
+
+    assert sorted(results, key=len) == [[], ["active"]]
+    assert list(event.status_changes.values_list("status", flat=True)) == ["scheduled", "active"]
+
+
+@pytest.mark.django_db
+def test_a_task_arriving_early_does_nothing_and_the_sweep_moves_the_event_later(
+    schedule, alice_home
+):
+    # given an event still a minute away on the real clock (a worker's clock ahead of ours)
+    event = started_event(schedule, start_in=timedelta(minutes=1))
+
+    early = tasks.event_transition(event.pk)
+
+    assert early == []
+    assert Event.objects.get(pk=event.pk).status == EventStatus.SCHEDULED
+    # when the beat sweep runs once the start has come
+    assert services.events_transition_due(now=event.start + timedelta(seconds=20)) == 1
+    assert Event.objects.get(pk=event.pk).status == EventStatus.ACTIVE
+    # and again after the end
+    assert services.events_transition_due(now=event.end) == 1
+    assert Event.objects.get(pk=event.pk).status == EventStatus.COMPLETED
+    assert services.events_transition_due(now=event.end + timedelta(hours=1)) == 0
+
+
+@pytest.mark.django_db
+def test_the_sweep_leaves_events_not_due_and_cancelled_ones(schedule, alice_home):
+    later = schedule()
+    gone = schedule(signal_value=Decimal(1))
+    services.event_cancel(event_id=gone.pk, now=gone.start - timedelta(minutes=1))
+
+    assert services.events_transition_due(now=later.start - timedelta(seconds=1)) == 0
+    assert services.events_transition_due(now=later.start) == 1
+    assert Event.objects.get(pk=gone.pk).status == EventStatus.CANCELLED
+
+
+def test_the_beat_schedule_sweeps_every_30_seconds(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["dr-events-transition-due"]
+
+    assert entry == {"task": "demand_response.tasks.events_transition_due", "schedule": 30.0}
+    assert tasks.events_transition_due.name == entry["task"]
