@@ -162,8 +162,9 @@ class OutageStatus(models.TextChoices):
 class Outage(models.Model):
     """A cut, derived from the power events (`outages.site_outages`); never edited by hand.
 
-    A site outage is identified by its site and start instant: when late reports move the start,
-    the old row becomes void and a new one is made. A feeder outage (`outages.grid_outages`) is
+    A site outage keeps its row while late reports move its start or end (the live outages of a
+    site never overlap, and a start is unique among them); it becomes void when it was no cut
+    after all or merged into an earlier one. A feeder outage (`outages.grid_outages`) is
     identified by its feeder and start, a transformer outage by its transformer and start, and
     made void the same way; `grid_outage` links a site outage to its feeder outage and a feeder
     outage to its transformer outage.
@@ -234,7 +235,7 @@ class Outage(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["site", "started_at"],
-                condition=Q(kind="site"),
+                condition=Q(kind="site") & ~Q(status="void"),
                 name="outage_site_once_per_start",
             ),
             models.UniqueConstraint(

@@ -31,7 +31,7 @@ from outages.models import (
     PowerState,
     SitePolicy,
 )
-from outages.site_outages import PowerReport, site_outage_intervals
+from outages.site_outages import PowerReport, match_by_overlap, site_outage_intervals
 
 
 def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
@@ -98,9 +98,11 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     with all its power events.
 
     The outages are derived afresh from every event the site has (`site_outage_intervals`) and
-    matched to the stored ones by start instant: a new start makes a new outage, a known one gets
-    its end and momentary flag updated, and a stored outage no longer derived (later reports
-    moved its start or showed no cut) becomes void. A void outage derived again is revived.
+    matched to the stored live ones by overlap (`match_by_overlap`): a derived outage takes the
+    earliest stored one it overlaps and moves its start and end there, so a late report with an
+    earlier instant keeps the cut's id and pays it once, with no void-and-repay churn. A derived
+    outage overlapping none is new (or revives a void one with exactly its start); a stored one
+    no derived outage took (no cut after all, or merged into an earlier one) becomes void.
 
     The grid outages of the site's feeder (and its transformer) are then derived afresh from
     their site outages (`_grid_sync`), which tells each site outage how many sites
@@ -155,46 +157,46 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
     intervals = site_outage_intervals(
         reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
     )
-    stored = {
-        outage.started_at: outage
-        for outage in Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related(
-            "credit_policy"
-        )
-    }
-    to_settle = []
-    for interval in intervals:
+    stored = list(
+        Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related("credit_policy")
+    )
+    void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
+    pairs, unmatched = match_by_overlap(
+        intervals, [o for o in stored if o.status != OutageStatus.VOID]
+    )
+    to_settle, fresh = [], []
+    # Voided first, and moved in time order before any is created: a start is unique among the
+    # live outages of a site, and in this order no row takes a start another live row still has.
+    for outage in unmatched:
+        outage.status = OutageStatus.VOID
+        outage.save(update_fields=["status", "updated_at"])
+        result.voided += 1
+        to_settle.append(outage)
+    for interval, outage in pairs:
+        # A void outage at exactly this start is the same cut derived again: revived, not copied.
+        outage = outage or void_by_start.get(interval.started_at)
         status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
-        outage = stored.pop(interval.started_at, None)
+        values = {
+            "started_at": interval.started_at,
+            "ended_at": interval.ended_at,
+            "momentary": interval.momentary,
+            "status": status,
+        }
         if outage is None:
-            outage = Outage.objects.create(
-                kind=OutageKind.SITE,
-                site_id=site_id,
-                started_at=interval.started_at,
-                ended_at=interval.ended_at,
-                momentary=interval.momentary,
-                status=status,
-            )
-            result.created += 1
-        elif (outage.ended_at, outage.momentary, outage.status) != (
-            interval.ended_at,
-            interval.momentary,
-            status,
-        ):
-            outage.ended_at, outage.momentary, outage.status = (
-                interval.ended_at,
-                interval.momentary,
-                status,
-            )
-            outage.save(update_fields=["ended_at", "momentary", "status", "updated_at"])
+            outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
+            fresh.append(outage)
+        elif any(getattr(outage, name) != value for name, value in values.items()):
+            for name, value in values.items():
+                setattr(outage, name, value)
+            outage.save(update_fields=[*values, "updated_at"])
             result.updated += 1
         if status == OutageStatus.ENDED:
             to_settle.append(outage)
-    for outage in stored.values():
-        if outage.status != OutageStatus.VOID:
-            outage.status = OutageStatus.VOID
-            outage.save(update_fields=["status", "updated_at"])
-            result.voided += 1
-        to_settle.append(outage)
+    for outage in fresh:
+        outage.save()
+        result.created += 1
+    # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
+    to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
     return result, to_settle
 
 
