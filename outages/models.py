@@ -146,6 +146,22 @@ class SitePolicy(models.Model):
         return f"{self.site} → {self.policy}"
 
 
+class SiteReconcile(models.Model):
+    """How many of the site's power events its last reconcile read: a site with more events than
+    that has one its reconcile task never ran for (the broker was down when it was queued), and
+    the sweep (`site_outages_sweep`) reconciles it. A count, not a time: an event committed
+    after the reconcile read the table but stamped before it is still seen as missing."""
+
+    site = models.OneToOneField(
+        Site, on_delete=models.CASCADE, primary_key=True, related_name="outages_reconcile"
+    )
+    events = models.PositiveIntegerField()
+    reconciled_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.site_id}: {self.events} events reconciled at {self.reconciled_at}"
+
+
 class OutageKind(models.TextChoices):
     SITE = "site", "Site"
     FEEDER = "feeder", "Feeder"

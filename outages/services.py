@@ -30,6 +30,7 @@ from outages.models import (
     PowerEvent,
     PowerState,
     SitePolicy,
+    SiteReconcile,
 )
 from outages.site_outages import PowerReport, match_by_overlap, site_outage_intervals
 
@@ -157,6 +158,7 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
     intervals = site_outage_intervals(
         reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
     )
+    SiteReconcile.objects.update_or_create(site_id=site_id, defaults={"events": len(reports)})
     stored = list(
         Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related("credit_policy")
     )
@@ -198,6 +200,16 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
     # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
     to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
     return result, to_settle
+
+
+def site_outages_sweep() -> list[int]:
+    """Queue a reconcile of every site with power events its last reconcile did not read: the
+    safety net for a report whose own reconcile was lost (the broker was down when it was
+    queued). Runs on beat; returns the sites queued."""
+    site_ids = selectors.sites_not_reconciled()
+    for site_id in site_ids:
+        _reconcile_later(site_id)
+    return site_ids
 
 
 def _site_outages_settle(site_id: int, to_settle: list[Outage]) -> list[CreditEntry]:
