@@ -242,10 +242,10 @@ def _grid_sync(*, feeder_id: int, transformer_id: int) -> GridResult:
     Site outages of the feeder (not void) that start within OUTAGE_CORRELATION_WINDOW of each
     other, when of at least OUTAGE_MIN_GRID_SITES sites, make one feeder outage; feeder outages
     of one transformer's feeders starting within the window of each other make one transformer
-    outage (`outages.grid_outages`). Matched to the stored ones by start, as site outages are: a
-    grid outage no longer derived becomes void, its members are linked to the one that now holds
-    them. Each site outage then gets the sites affected by the widest grid outage it is part of
-    (1 when none).
+    outage (`outages.grid_outages`). Matched to the stored ones by start (site outages match by
+    overlap; grid outages not yet): a grid outage no longer derived becomes void, its members
+    are linked to the one that now holds them. Each site outage then gets the sites affected by
+    the widest grid outage it is part of (1 when none).
 
     Derived from all the stored site outages every time, so the result never depends on which
     site's reports came first. The caller, `site_outages_reconcile`, holds the feeder's and the
