@@ -146,6 +146,22 @@ class SitePolicy(models.Model):
         return f"{self.site} → {self.policy}"
 
 
+class SiteReconcile(models.Model):
+    """How many of the site's power events its last reconcile read: a site with more events than
+    that has one its reconcile task never ran for (the broker was down when it was queued), and
+    the sweep (`site_outages_sweep`) reconciles it. A count, not a time: an event committed
+    after the reconcile read the table but stamped before it is still seen as missing."""
+
+    site = models.OneToOneField(
+        Site, on_delete=models.CASCADE, primary_key=True, related_name="outages_reconcile"
+    )
+    events = models.PositiveIntegerField()
+    reconciled_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.site_id}: {self.events} events reconciled at {self.reconciled_at}"
+
+
 class OutageKind(models.TextChoices):
     SITE = "site", "Site"
     FEEDER = "feeder", "Feeder"
@@ -162,8 +178,9 @@ class OutageStatus(models.TextChoices):
 class Outage(models.Model):
     """A cut, derived from the power events (`outages.site_outages`); never edited by hand.
 
-    A site outage is identified by its site and start instant: when late reports move the start,
-    the old row becomes void and a new one is made. A feeder outage (`outages.grid_outages`) is
+    A site outage keeps its row while late reports move its start or end (the live outages of a
+    site never overlap, and a start is unique among them); it becomes void when it was no cut
+    after all or merged into an earlier one. A feeder outage (`outages.grid_outages`) is
     identified by its feeder and start, a transformer outage by its transformer and start, and
     made void the same way; `grid_outage` links a site outage to its feeder outage and a feeder
     outage to its transformer outage.
@@ -234,7 +251,7 @@ class Outage(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["site", "started_at"],
-                condition=Q(kind="site"),
+                condition=Q(kind="site") & ~Q(status="void"),
                 name="outage_site_once_per_start",
             ),
             models.UniqueConstraint(

@@ -7,13 +7,22 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 
 from devices.models import Site
 from devices.selectors import user_is_operator
 from outages import reliability as reliability_rules
 from outages.credit_rules import CreditQuote, credit_quote, round_money
-from outages.models import CreditEntry, CreditPolicy, Outage, OutageKind, OutageStatus, SitePolicy
+from outages.models import (
+    CreditEntry,
+    CreditPolicy,
+    Outage,
+    OutageKind,
+    OutageStatus,
+    PowerEvent,
+    SitePolicy,
+    SiteReconcile,
+)
 
 
 def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
@@ -207,3 +216,15 @@ def reliability(
         start=start,
         end=end,
     )
+
+
+def sites_not_reconciled() -> list[int]:
+    """Sites with power events their last reconcile did not read (or never reconciled), by id."""
+    counts = dict(
+        PowerEvent.objects.order_by()
+        .values("site_id")
+        .annotate(n=Count("id"))
+        .values_list("site_id", "n")
+    )
+    marks = dict(SiteReconcile.objects.values_list("site_id", "events"))
+    return sorted(site for site, n in counts.items() if marks.get(site) != n)

@@ -30,8 +30,9 @@ from outages.models import (
     PowerEvent,
     PowerState,
     SitePolicy,
+    SiteReconcile,
 )
-from outages.site_outages import PowerReport, site_outage_intervals
+from outages.site_outages import PowerReport, match_by_overlap, site_outage_intervals
 
 
 def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
@@ -98,9 +99,11 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     with all its power events.
 
     The outages are derived afresh from every event the site has (`site_outage_intervals`) and
-    matched to the stored ones by start instant: a new start makes a new outage, a known one gets
-    its end and momentary flag updated, and a stored outage no longer derived (later reports
-    moved its start or showed no cut) becomes void. A void outage derived again is revived.
+    matched to the stored live ones by overlap (`match_by_overlap`): a derived outage takes the
+    earliest stored one it overlaps and moves its start and end there, so a late report with an
+    earlier instant keeps the cut's id and pays it once, with no void-and-repay churn. A derived
+    outage overlapping none is new (or revives a void one with exactly its start); a stored one
+    no derived outage took (no cut after all, or merged into an earlier one) becomes void.
 
     The grid outages of the site's feeder (and its transformer) are then derived afresh from
     their site outages (`_grid_sync`), which tells each site outage how many sites
@@ -164,47 +167,58 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
     intervals = site_outage_intervals(
         reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
     )
-    stored = {
-        outage.started_at: outage
-        for outage in Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related(
-            "credit_policy"
-        )
-    }
-    to_settle = []
-    for interval in intervals:
+    SiteReconcile.objects.update_or_create(site_id=site_id, defaults={"events": len(reports)})
+    stored = list(
+        Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related("credit_policy")
+    )
+    void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
+    pairs, unmatched = match_by_overlap(
+        intervals, [o for o in stored if o.status != OutageStatus.VOID]
+    )
+    to_settle, fresh = [], []
+    # Voided first, and moved in time order before any is created: a start is unique among the
+    # live outages of a site, and in this order no row takes a start another live row still has.
+    for outage in unmatched:
+        outage.status = OutageStatus.VOID
+        outage.save(update_fields=["status", "updated_at"])
+        result.voided += 1
+        to_settle.append(outage)
+    for interval, outage in pairs:
+        # A void outage at exactly this start is the same cut derived again: revived, not copied.
+        outage = outage or void_by_start.get(interval.started_at)
         status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
-        outage = stored.pop(interval.started_at, None)
+        values = {
+            "started_at": interval.started_at,
+            "ended_at": interval.ended_at,
+            "momentary": interval.momentary,
+            "status": status,
+        }
         if outage is None:
-            outage = Outage.objects.create(
-                kind=OutageKind.SITE,
-                site_id=site_id,
-                started_at=interval.started_at,
-                ended_at=interval.ended_at,
-                momentary=interval.momentary,
-                status=status,
-            )
-            result.created += 1
-        elif (outage.ended_at, outage.momentary, outage.status) != (
-            interval.ended_at,
-            interval.momentary,
-            status,
-        ):
-            outage.ended_at, outage.momentary, outage.status = (
-                interval.ended_at,
-                interval.momentary,
-                status,
-            )
-            outage.save(update_fields=["ended_at", "momentary", "status", "updated_at"])
+            outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
+            fresh.append(outage)
+        elif any(getattr(outage, name) != value for name, value in values.items()):
+            for name, value in values.items():
+                setattr(outage, name, value)
+            outage.save(update_fields=[*values, "updated_at"])
             result.updated += 1
         if status == OutageStatus.ENDED:
             to_settle.append(outage)
-    for outage in stored.values():
-        if outage.status != OutageStatus.VOID:
-            outage.status = OutageStatus.VOID
-            outage.save(update_fields=["status", "updated_at"])
-            result.voided += 1
-        to_settle.append(outage)
+    for outage in fresh:
+        outage.save()
+        result.created += 1
+    # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
+    to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
     return result, to_settle
+
+
+def site_outages_sweep() -> list[int]:
+    """Queue a reconcile of every site with power events its last reconcile did not read: the
+    safety net for a report whose own reconcile was lost (the broker was down when it was
+    queued). Runs on beat; returns the sites queued."""
+    site_ids = selectors.sites_not_reconciled()
+    for site_id in site_ids:
+        _reconcile_later(site_id)
+    return site_ids
 
 
 def _site_outages_settle(site_id: int, to_settle: list[Outage]) -> list[CreditEntry]:
@@ -237,10 +251,10 @@ def _grid_sync(*, feeder_id: int, transformer_id: int) -> GridResult:
     Site outages of the feeder (not void) that start within OUTAGE_CORRELATION_WINDOW of each
     other, when of at least OUTAGE_MIN_GRID_SITES sites, make one feeder outage; feeder outages
     of one transformer's feeders starting within the window of each other make one transformer
-    outage (`outages.grid_outages`). Matched to the stored ones by start, as site outages are: a
-    grid outage no longer derived becomes void, its members are linked to the one that now holds
-    them. Each site outage then gets the sites affected by the widest grid outage it is part of
-    (1 when none).
+    outage (`outages.grid_outages`). Matched to the stored ones by start (site outages match by
+    overlap; grid outages not yet): a grid outage no longer derived becomes void, its members
+    are linked to the one that now holds them. Each site outage then gets the sites affected by
+    the widest grid outage it is part of (1 when none).
 
     Derived from all the stored site outages every time, so the result never depends on which
     site's reports came first. The caller, `site_outages_reconcile`, holds the feeder's and the

@@ -4,9 +4,13 @@ Everything is decided from the instants the devices saw, never from arrival orde
 of reports gives the same outages however it arrived: late, reordered, repeated or in pieces.
 """
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 LOST = "lost"
 RESTORED = "restored"
@@ -69,3 +73,29 @@ def site_outage_intervals(
     if without_mains:
         intervals.append(OutageInterval(started_at, None, momentary=False))
     return intervals
+
+
+def _overlap(a, b) -> bool:
+    # Closed intervals; an end of None runs on for ever. Touching counts: a derived outage that
+    # ends at the instant a stored one starts is the same cut seen from another device.
+    return (b.ended_at is None or a.started_at <= b.ended_at) and (
+        a.ended_at is None or b.started_at <= a.ended_at
+    )
+
+
+def match_by_overlap(
+    derived: Sequence[T], stored: Sequence[S]
+) -> tuple[list[tuple[T, S | None]], list[S]]:
+    """Pair each derived outage (in time order) with the earliest stored one it overlaps that no
+    earlier derived outage took, so a cut keeps its identity when late reports move its start or
+    end; returns the pairs (None: a new cut) and the stored outages no derived one took (no longer
+    cuts, or merged into an earlier one). Both sides have `started_at` and `ended_at` (None:
+    open) and each side's outages are disjoint, so the pairing keeps their order."""
+    free = sorted(stored, key=lambda s: s.started_at)
+    pairs: list[tuple[T, S | None]] = []
+    for interval in sorted(derived, key=lambda d: d.started_at):
+        match = next((s for s in free if _overlap(interval, s)), None)
+        if match is not None:
+            free.remove(match)
+        pairs.append((interval, match))
+    return pairs, free

@@ -29,3 +29,9 @@ def site_outages_reconcile(site_id: int) -> dict:
         "voided": result.voided,
         "entries": len(result.entries),
     }
+
+
+@shared_task(ignore_result=True)
+def site_outages_sweep() -> int:
+    """Beat: queue a reconcile of each site with power events no reconcile has read yet."""
+    return len(services.site_outages_sweep())

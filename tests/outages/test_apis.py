@@ -9,6 +9,7 @@ import pytest
 
 from django.utils import timezone
 
+from devices import services as device_services
 from devices.models import Site
 from outages import services
 from outages.models import CreditEntry, CreditPolicy, Outage, OutageStatus, SitePolicy
@@ -234,9 +235,20 @@ def test_a_feeder_outage_is_listed_with_its_sites_under_its_feeder(
 
 def test_void_outages_are_listed_only_when_asked_for(operator_client, alice_home, ofgem):
     device = alice_home["device"]
+    earlier = cut(device, lost=at(0), restored=at(30))
     first = cut(device, lost=at(60), restored=at(120))
-    # a late report shows the cut started earlier: the first outage becomes void
-    earlier = cut(device, lost=at(0))
+    # a late report of a second Pi shows mains never came back in between: the two cuts are one,
+    # held by the earlier outage, and the later one becomes void
+    second_pi, _ = device_services.device_create(uid="pi-a2", site=alice_home["site"])
+    for state, minutes in [("lost", 20), ("restored", 70)]:
+        services.power_event_record(
+            device_id=second_pi.id,
+            site_id=second_pi.site_id,
+            device_uid=second_pi.uid,
+            state=state,
+            at=at(minutes),
+        )
+    services.site_outages_reconcile(site_id=second_pi.site_id)
 
     listed = operator_client.get(f"{API}outages/").json()["results"]
     void = operator_client.get(f"{API}outages/?status=void").json()["results"]

@@ -99,7 +99,7 @@ def test_a_momentary_cut_is_kept_and_never_paid(home, report, settings):
     assert Outage.objects.get().credit_policy == zero_threshold
 
 
-def test_a_late_earlier_report_voids_the_outage_and_pays_the_longer_one(home, ofgem, report):
+def test_a_late_earlier_report_moves_the_outage_start_and_pays_the_difference(home, ofgem, report):
     # given a 12-hour cut already paid £95
     report(home["a"], "lost", 12 * 60)
     report(home["a"], "restored", 24 * 60)
@@ -109,17 +109,13 @@ def test_a_late_earlier_report_voids_the_outage_and_pays_the_longer_one(home, of
     report(home["b"], "restored", 12 * 60 + 1)
     result = reconcile(home)
 
-    # then the first outage is void and its £95 taken back; the 24-hour one pays £140
-    assert outages(home) == [
-        (at(0), at(24 * 60), False, "ended"),
-        (at(12 * 60), at(24 * 60), False, "void"),
-    ]
+    # then the same outage now runs 24 hours, and its £45 more is one new entry: nothing voided
+    assert outages(home) == [(at(0), at(24 * 60), False, "ended")]
     assert entries(home) == [
-        (at(12 * 60), Decimal("95.00"), "GBP", 1),
-        (at(0), Decimal("140.00"), "GBP", 1),
-        (at(12 * 60), Decimal("-95.00"), "GBP", 2),
+        (at(0), Decimal("95.00"), "GBP", 1),
+        (at(0), Decimal("45.00"), "GBP", 2),
     ]
-    assert result.voided == 1
+    assert (result.created, result.updated, result.voided) == (0, 1, 0)
     assert credit_balance([home["site"].id]) == {"GBP": Decimal("140.00")}
 
 
@@ -157,14 +153,18 @@ def test_a_late_earlier_restore_shortens_an_ended_cut_and_takes_the_difference_b
 
 
 def test_a_void_outage_derived_again_is_paid_again(home, ofgem, report):
+    # given two cuts of a, the later paid £95
+    report(home["a"], "lost", 0)
+    report(home["a"], "restored", 30)
     report(home["a"], "lost", 60)
     report(home["a"], "restored", 60 + 12 * 60)
     reconcile(home)
-    # an earlier cut of b that covers a's start voids a's outage...
-    report(home["b"], "lost", 0)
+    # b's cut bridging them merges the two: the later one is void and its £95 taken back...
+    report(home["b"], "lost", 20)
     reconcile(home)
-    # ...until b's restore shows it ended before a's cut began
-    report(home["b"], "restored", 30)
+    assert [status for *_, status in outages(home)] == ["open", "void"]
+    # ...until b's restore shows mains came back between them
+    report(home["b"], "restored", 25)
     reconcile(home)
 
     assert outages(home) == [
