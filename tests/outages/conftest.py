@@ -5,9 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devices import services as device_services
 from energy_portal.celery import app as celery_app
 from outages import services
 from outages.models import CreditPolicy
+from tests.conftest import SENSORS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -23,6 +25,35 @@ def ofgem(db):
     policy.is_default = True
     policy.save(update_fields=["is_default"])
     return policy
+
+
+def report_cut(device, *, lost: datetime, restored: datetime | None = None) -> None:
+    """Report a cut of `device`'s mains (and its end) and derive the site's outages, as the
+    reconcile task does."""
+    for state, instant in (("lost", lost), ("restored", restored)):
+        if instant is not None:
+            services.power_event_record(
+                device_id=device.id,
+                site_id=device.site_id,
+                device_uid=device.uid,
+                state=state,
+                at=instant,
+            )
+    services.site_outages_reconcile(site_id=device.site_id)
+
+
+def reconcile(home):
+    """Reconcile the `home` fixture's site; gives back what the reconcile did."""
+    return services.site_outages_reconcile(site_id=home["site"].id)
+
+
+@pytest.fixture
+def home(alice_home):
+    """Alice's site with two Pis: `pi-a1` and `pi-a2`."""
+    second, _ = device_services.device_create(
+        uid="pi-a2", site=alice_home["site"], room=alice_home["room"], sensors=SENSORS
+    )
+    return {"site": alice_home["site"], "a": alice_home["device"], "b": second}
 
 
 @pytest.fixture

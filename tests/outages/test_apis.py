@@ -13,7 +13,7 @@ from devices import services as device_services
 from devices.models import Site
 from outages import services
 from outages.models import CreditEntry, CreditPolicy, Outage, OutageStatus, SitePolicy
-from tests.outages.conftest import at
+from tests.outages.conftest import at, report_cut
 
 API = "/api/v1/"
 OFGEM_SHAPE = {
@@ -34,18 +34,8 @@ def iso(instant: datetime) -> str:
 
 
 def cut(device, *, lost: datetime, restored: datetime | None = None) -> Outage:
-    """Report a cut of `device`'s mains (and its end) and derive the site's outages, as the
-    reconcile task does."""
-    for state, instant in [("lost", lost), ("restored", restored)]:
-        if instant is not None:
-            services.power_event_record(
-                device_id=device.id,
-                site_id=device.site_id,
-                device_uid=device.uid,
-                state=state,
-                at=instant,
-            )
-    services.site_outages_reconcile(site_id=device.site_id)
+    """Report a cut and give back the site outage it made."""
+    report_cut(device, lost=lost, restored=restored)
     return Outage.objects.get(site_id=device.site_id, started_at=lost)
 
 

@@ -3,27 +3,9 @@ ledger entries) when late reports move its start or end, and only merges and non
 
 from decimal import Decimal
 
-import pytest
-
-from devices import services as device_services
-from outages import services
 from outages.models import CreditEntry, Outage
 from outages.site_outages import OutageInterval, match_by_overlap
-from tests.conftest import SENSORS
-from tests.outages.conftest import at
-
-
-@pytest.fixture
-def home(alice_home):
-    """Alice's site with two Pis: `pi-a1` and `pi-a2`."""
-    second, _ = device_services.device_create(
-        uid="pi-a2", site=alice_home["site"], room=alice_home["room"], sensors=SENSORS
-    )
-    return {"site": alice_home["site"], "a": alice_home["device"], "b": second}
-
-
-def reconcile(home):
-    return services.site_outages_reconcile(site_id=home["site"].id)
+from tests.outages.conftest import at, reconcile
 
 
 def rows(home):

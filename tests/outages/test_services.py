@@ -12,21 +12,7 @@ from devices.models import Site
 from outages import services
 from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent
 from outages.selectors import credit_balance
-from tests.conftest import SENSORS
-from tests.outages.conftest import at
-
-
-@pytest.fixture
-def home(alice_home):
-    """Alice's site with two Pis: `pi-a1` and `pi-a2`."""
-    second, _ = device_services.device_create(
-        uid="pi-a2", site=alice_home["site"], room=alice_home["room"], sensors=SENSORS
-    )
-    return {"site": alice_home["site"], "a": alice_home["device"], "b": second}
-
-
-def reconcile(home):
-    return services.site_outages_reconcile(site_id=home["site"].id)
+from tests.outages.conftest import at, reconcile
 
 
 def outages(home):

@@ -17,6 +17,7 @@ from energy_portal import realtime
 from energy_portal.redis_client import sync_client
 from outages import services
 from outages.models import CreditPolicy, Outage, OutageKind, OutageStatus
+from tests.outages.conftest import report_cut
 
 pytestmark = pytest.mark.django_db
 
@@ -35,27 +36,13 @@ def short_policy(db):
     )
 
 
-def _cut(device, *, start, end=None):
-    """Report a cut of `device` from `start` (to `end`) and reconcile its site, as the task does."""
-    for state, instant in (("lost", start), ("restored", end)):
-        if instant is not None:
-            services.power_event_record(
-                device_id=device.id,
-                site_id=device.site_id,
-                device_uid=device.uid,
-                state=state,
-                at=instant,
-            )
-    services.site_outages_reconcile(site_id=device.site_id)
-
-
 def test_dashboard_shows_an_open_cut_with_its_credit_and_next_step(
     client, alice, alice_home, short_policy, django_capture_on_commit_callbacks
 ):
     # given a cut at Alice's home that started 15 minutes ago
     started = timezone.now() - timedelta(minutes=15)
     with django_capture_on_commit_callbacks():
-        _cut(alice_home["device"], start=started)
+        report_cut(alice_home["device"], lost=started)
     client.force_login(alice)
 
     # when she opens her dashboard
@@ -73,7 +60,7 @@ def test_dashboard_shows_the_ledger_entry_once_the_cut_ends(
 ):
     # given a 72-minute cut that ended an hour ago: £1.00 + 6 x £0.50 = £4.00
     end = timezone.now() - timedelta(hours=1)
-    _cut(alice_home["device"], start=end - timedelta(minutes=72), end=end)
+    report_cut(alice_home["device"], lost=end - timedelta(minutes=72), restored=end)
     client.force_login(alice)
 
     html = client.get("/dashboard/").content.decode()
@@ -88,9 +75,13 @@ def test_history_lists_only_the_residents_own_cuts_with_their_credit_and_balance
     client, alice, alice_home, bob_home, short_policy
 ):
     now = timezone.now()
-    _cut(alice_home["device"], start=now - timedelta(hours=3), end=now - timedelta(hours=2))
-    _cut(alice_home["device"], start=now - timedelta(minutes=30), end=now - timedelta(minutes=29))
-    _cut(bob_home["device"], start=now - timedelta(hours=5), end=now - timedelta(hours=4))
+    report_cut(
+        alice_home["device"], lost=now - timedelta(hours=3), restored=now - timedelta(hours=2)
+    )
+    report_cut(
+        alice_home["device"], lost=now - timedelta(minutes=30), restored=now - timedelta(minutes=29)
+    )
+    report_cut(bob_home["device"], lost=now - timedelta(hours=5), restored=now - timedelta(hours=4))
     client.force_login(alice)
 
     html = client.get("/outages/").content.decode()
@@ -116,7 +107,7 @@ def test_operator_pages_refuse_residents(client, alice, url):
 def test_fleet_page_lists_open_site_outages_under_their_feeder(
     client, operator, alice_home, bob_home, short_policy
 ):
-    _cut(alice_home["device"], start=timezone.now() - timedelta(minutes=5))
+    report_cut(alice_home["device"], lost=timezone.now() - timedelta(minutes=5))
     client.force_login(operator)
 
     html = client.get("/fleet/").content.decode()
@@ -130,7 +121,7 @@ def test_grid_page_shows_feeder_outages_and_indices(client, operator, alice_home
     # given both homes of FD-1 cut together for an hour, ended: one feeder outage
     now = timezone.now()
     for home in (alice_home, bob_home):
-        _cut(home["device"], start=now - timedelta(hours=2), end=now - timedelta(hours=1))
+        report_cut(home["device"], lost=now - timedelta(hours=2), restored=now - timedelta(hours=1))
     assert Outage.objects.filter(kind=OutageKind.FEEDER, status=OutageStatus.ENDED).count() == 1
     client.force_login(operator)
 
@@ -206,9 +197,9 @@ def test_outage_pages_query_counts_do_not_grow_with_outages(
     second.residents.add(alice)
     for i in range(cuts):
         start = now - timedelta(hours=2 * i + 3)
-        _cut(alice_home["device"], start=start, end=start + timedelta(minutes=40))
-        _cut(bob_home["device"], start=start, end=start + timedelta(minutes=40))
-    _cut(alice_home["device"], start=now - timedelta(minutes=20))
+        report_cut(alice_home["device"], lost=start, restored=start + timedelta(minutes=40))
+        report_cut(bob_home["device"], lost=start, restored=start + timedelta(minutes=40))
+    report_cut(alice_home["device"], lost=now - timedelta(minutes=20))
     client.force_login(alice)
     with django_assert_max_num_queries(12):
         assert client.get("/dashboard/").status_code == 200
