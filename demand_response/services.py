@@ -302,6 +302,7 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
         _curtail_schedule(Event.objects.get(pk=event_id))
     if EventStatus.COMPLETED in moved:
         _restore_later(event_id)
+        _settle_later(event_id)
     for status in moved:
         _tell(event_id, {"change": "status", "status": status})
     return moved
@@ -380,6 +381,20 @@ def _curtail_schedule(event: Event) -> None:
             task.apply_async((event.pk, ids), eta=event.start + timedelta(seconds=offset))
 
     transaction.on_commit(schedule, robust=True)
+
+
+# Settlement waits this long after an event ends: the devices' last readings of the window reach
+# the database through the ingest buffer, and a Pi that was offline replays its own. A later
+# settlement (late data) is still safe: it pays only the difference.
+SETTLE_AFTER = timedelta(minutes=10)
+
+
+def _settle_later(event_id: int) -> None:
+    from demand_response.tasks import event_settle as task
+
+    transaction.on_commit(
+        lambda: task.apply_async((event_id,), countdown=SETTLE_AFTER.total_seconds()), robust=True
+    )
 
 
 def _restore_later(event_id: int) -> None:

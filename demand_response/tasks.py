@@ -2,7 +2,8 @@
 
 An event's start and end are each scheduled for their instant when the event is created or
 changed (`event_transition`); `events_transition_due` sweeps every 30 s for any a worker missed
-(a lost task, a restart, a clock running ahead)."""
+(a lost task, a restart, a clock running ahead). A completed event is settled a little after its
+end (`services.SETTLE_AFTER`)."""
 
 from celery import shared_task
 
@@ -45,3 +46,9 @@ def event_sites_curtail(event_id: int, site_ids: list[int]) -> int:
 def event_restore(event_id: int) -> int:
     """Restore every device the event curtailed (queued at its end and on cancel)."""
     return len(services.event_restore(event_id=event_id))
+
+
+@shared_task(**RETRY)
+def event_settle(event_id: int) -> int:
+    """Settle a completed event (queued a while after its end); how many sites were settled."""
+    return len(services.event_settle(event_id=event_id))

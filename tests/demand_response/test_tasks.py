@@ -122,3 +122,26 @@ def test_the_beat_schedule_sweeps_every_30_seconds(settings):
 
     assert entry == {"task": "demand_response.tasks.events_transition_due", "schedule": 30.0}
     assert tasks.events_transition_due.name == entry["task"]
+
+
+@pytest.mark.django_db
+def test_an_event_that_ends_queues_its_settlement_a_while_after(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    # given an event that has just ended on the real clock
+    event = started_event(schedule, start_in=-timedelta(hours=2, seconds=1))
+    broker_client = sync_client()
+    broker_client.delete(BROKER_QUEUE)
+
+    # when its end task runs
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.event_transition(event.pk)
+
+    # then its settlement is queued for SETTLE_AFTER from now, once
+    settles = [
+        eta for name, args, eta in broker_queue()
+        if name == "demand_response.tasks.event_settle" and args == f"({event.pk},)"
+    ]  # fmt: skip
+    assert len(settles) == 1
+    expected = timezone.now() + services.SETTLE_AFTER
+    assert abs(settles[0] - expected) < timedelta(seconds=30)
