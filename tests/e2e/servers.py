@@ -71,9 +71,16 @@ def _answers(port: int) -> bool:
         return False
 
 
-def spawn(*, database_url: str, redis_url: str, log_dir: Path, port: int | None = None) -> Server:
-    """Start one ASGI server (on a free port unless given); `wait_until_answering` tells when it
-    serves."""
+def spawn(
+    *,
+    database_url: str,
+    redis_url: str,
+    log_dir: Path,
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
+    """Start one ASGI server (on a free port unless given; `extra_env` adds to or overrides the
+    test process's environment); `wait_until_answering` tells when it serves."""
     port = port or free_port()
     log = log_dir / f"asgi-{port}.log"
     env = {
@@ -81,6 +88,7 @@ def spawn(*, database_url: str, redis_url: str, log_dir: Path, port: int | None 
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     with log.open("wb") as out:
         process = subprocess.Popen(

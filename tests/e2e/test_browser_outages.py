@@ -1,24 +1,26 @@
-"""Power cuts in a real Chromium against a real ASGI server: a resident's dashboard shows a cut
-the moment it is reconciled, ticks its time and credit every second, steps the credit, and shows
-the ledger entry when the power is back; an operator's fleet page lists the cut under its feeder,
-live. Screenshots (desktop and a 390 px phone) go to $E2E_SHOTS when set."""
+"""Power cuts in a real Chromium against a real ASGI server, reported by a Pi over its real
+socket: a resident's dashboard shows a cut the moment it is reconciled, ticks its time and credit
+every second, steps the credit, and shows the ledger entry when the power is back; an operator's
+fleet page lists the cut under its feeder, live. Screenshots (desktop and a 390 px phone) go to
+$E2E_SHOTS when set."""
 
+import json
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from websockets.sync.client import ClientConnection, connect
 
 from django.conf import settings
 from django.db import connection
 from django.test import Client
 
-from energy_portal.celery import app as celery_app
-from outages import services
 from outages.models import CreditPolicy
 from tests.e2e import servers
 
@@ -27,19 +29,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture
-def eager_celery():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
+# The server reconciles each report at once (no Celery worker here) and counts cuts shorter
+# than 2 s as momentary.
+SERVER_ENV = {"CELERY_TASK_ALWAYS_EAGER": "1", "OUTAGE_MOMENTARY_S": "2"}
 
 
 @pytest.fixture
-def seconds_policy(db, settings):
-    """A default policy that steps within seconds: £1.00 at 5 s, £0.50 per further whole 5 s;
-    cuts shorter than 2 s are momentary (reconciles run in this process)."""
-    settings.OUTAGE_MOMENTARY_THRESHOLD = timedelta(seconds=2)
+def seconds_policy(db):
+    """A default policy that steps within seconds: £1.00 at 5 s, £0.50 per further whole 5 s."""
     CreditPolicy.objects.filter(is_default=True).update(is_default=False)
     return CreditPolicy.objects.create(
         name="Seconds",
@@ -58,11 +55,13 @@ def _session_cookie(user, server: servers.Server) -> dict:
     return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
 
 
-def _report(device, state: str, at: datetime) -> None:
-    # As the device socket does; eager Celery reconciles the site at once, in this process.
-    services.power_event_record(
-        device_id=device.id, site_id=device.site_id, device_uid=device.uid, state=state, at=at
-    )
+def _report(pi: ClientConnection, state: str, at: datetime) -> None:
+    """The Pi's `power` frame with the instant it saw, answered by the portal's ack."""
+    msg_id = f"{state}-{at.timestamp()}"
+    frame = {"type": "power", "msg_id": msg_id, "state": state, "ts": at.isoformat()}
+    pi.send(json.dumps(frame))
+    answer = json.loads(pi.recv(timeout=10))
+    assert answer.get("msg_id") == msg_id and answer.get("type") == "ack", answer
 
 
 def _shot(page, name: str) -> None:
@@ -73,13 +72,21 @@ def _shot(page, name: str) -> None:
 
 
 def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
-    browser, alice, operator, alice_home, bob_home, seconds_policy, eager_celery
+    browser, alice, operator, alice_home, bob_home, seconds_policy
 ):
     url = servers.database_url(connection.settings_dict)
-    with tempfile.TemporaryDirectory(prefix="ep-outage-") as logs:
-        server = servers.spawn(database_url=url, redis_url=settings.REDIS_URL, log_dir=Path(logs))
+    with tempfile.TemporaryDirectory(prefix="ep-outage-") as logs, ExitStack() as stack:
+        server = servers.spawn(
+            database_url=url, redis_url=settings.REDIS_URL, log_dir=Path(logs), extra_env=SERVER_ENV
+        )
         try:
             servers.wait_until_answering(server)
+            pi = stack.enter_context(
+                connect(
+                    f"{server.ws}/ws/devices/",
+                    additional_headers={"Authorization": f"Bearer {alice_home['token']}"},
+                )
+            )
             resident = browser.new_context(base_url=server.http)
             resident.add_cookies([_session_cookie(alice, server)])
             page = resident.new_page()
@@ -102,7 +109,7 @@ def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
 
             # when her Pi reports the mains lost
             lost_at = datetime.now(UTC)
-            _report(alice_home["device"], "lost", lost_at)
+            _report(pi, "lost", lost_at)
 
             # then the banner appears at once: since when, nothing earned yet, £1.00 next
             expect(banner).to_contain_text("Power cut since")
@@ -129,7 +136,7 @@ def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
             # when the power comes back 11 s after it went (£1.00 + one whole 5 s: £1.50)
             back_at = lost_at + timedelta(seconds=11)
             time.sleep(max(0.0, (back_at - datetime.now(UTC)).total_seconds() + 0.5))
-            _report(alice_home["device"], "restored", back_at)
+            _report(pi, "restored", back_at)
 
             # then her page shows the ledger's entry, and the fleet no open outage
             ended = page.locator("[data-outage-ended]")
@@ -150,4 +157,6 @@ def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
             for context in (resident, phone_context, ops):
                 context.close()
         finally:
+            stack.close()
             servers.stop(server)
+        assert "Traceback" not in server.output()
