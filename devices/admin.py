@@ -1,11 +1,21 @@
 from knox.models import AuthToken
 
+from django.apps import apps
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from devices import services
-from devices.models import Device, Feeder, Room, Sensor, Site, Substation, Transformer
+from devices.models import (
+    Command,
+    Device,
+    Feeder,
+    Room,
+    Sensor,
+    Site,
+    Substation,
+    Transformer,
+)
 
 
 class TransformerInline(admin.TabularInline):
@@ -124,9 +134,40 @@ class SensorAdmin(admin.ModelAdmin):
     list_select_related = ["device"]
 
 
+@admin.register(Command)
+class CommandAdmin(admin.ModelAdmin):
+    """Commands as sent and answered; issued from the API, the resident's page or demand
+    response (through `services.command_issue`), never edited here."""
+
+    list_display = [
+        "name",
+        "device",
+        "status",
+        "created_at",
+        "sent_at",
+        "completed_at",
+        "created_by",
+    ]
+    list_filter = ["status", "name"]
+    search_fields = ["device__uid", "name"]
+    list_select_related = ["device", "created_by"]
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in Command._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 # knox's own admin lists each token's digest and searches by the token's first characters; this
 # one shows whose token it is and until when, never any part of it.
 admin.site.unregister(AuthToken)
+# and names them as people here know them (knox calls them "Auth tokens" under "Knox").
+apps.get_app_config("knox").verbose_name = "API access"
+AuthToken._meta.verbose_name = "API token"
+AuthToken._meta.verbose_name_plural = "API tokens"
 
 
 @admin.register(AuthToken)
