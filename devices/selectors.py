@@ -1,5 +1,7 @@
 """Reads of the registry, scoped to what a user may see."""
 
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
@@ -7,6 +9,7 @@ from django.db.models import Count, Q, QuerySet
 from devices.groups import fleet_group, site_group
 from devices.models import (
     Command,
+    CommandStatus,
     Device,
     Feeder,
     Room,
@@ -164,3 +167,19 @@ def live_groups(*, user, site_id: int | None = None) -> list[str]:
 def command_list(*, user: AbstractBaseUser) -> QuerySet[Command]:
     qs = Command.objects.select_related("device")
     return qs if user_is_operator(user) else qs.filter(device__site__residents=user)
+
+
+def relay_states(*, device_ids: list[int]) -> dict[int, tuple[str, datetime]]:
+    """Device id -> (state, when) of the last relay command each device carried out: what its
+    relay is as far as the portal knows."""
+    done = (
+        Command.objects.filter(device_id__in=device_ids, name="relay", status=CommandStatus.DONE)
+        .order_by("device_id", "-completed_at")
+        .distinct("device_id")
+        .values_list("device_id", "args", "completed_at")
+    )
+    return {
+        device_id: (args.get("state"), at)
+        for device_id, args, at in done
+        if isinstance(args, dict) and args.get("state") in ("on", "off")
+    }

@@ -16,8 +16,11 @@ def home(request):
 
 @login_required
 def dashboard(request):
-    sites = selectors.resident_sites_with_devices(user=request.user)
-    return render(request, "devices/dashboard.html", {"sites": sites})
+    sites = list(selectors.resident_sites_with_devices(user=request.user))
+    relays = selectors.relay_states(
+        device_ids=[device.id for site in sites for device in site.devices.all()]
+    )
+    return render(request, "devices/dashboard.html", {"sites": sites, "relays": relays})
 
 
 @login_required

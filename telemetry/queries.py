@@ -641,11 +641,64 @@ def site_energy(*, site: Site, start: date, end: date, unit: str = "day") -> lis
     tz = zoneinfo.ZoneInfo(site.timezone)
     lo = datetime.combine(start, datetime.min.time(), tz).astimezone(UTC)
     hi = datetime.combine(end, datetime.min.time(), tz).astimezone(UTC)
+    return _site_periods(site=site, lo=lo, hi=hi, unit=unit)
+
+
+def sites_energy_between(
+    *, spans: list[tuple[Site, datetime, datetime]]
+) -> list[tuple[float, Decimal]]:
+    """(kWh, cost) of each (site, lo, hi) over [lo, hi) (lo on a quarter-hour, hi anywhere: now),
+    counted per local day as the site's history counts them (the meter where it has one, else
+    its devices); two round trips however many spans."""
+    plan = energy_plan(site_ids=sorted({site.id for site, _, _ in spans}))
+    q = _Sql()
+    statements = []
+    for site, lo, hi in spans:
+        own = _site_plan(plan, site.id)
+        if own.modes:
+            sql = _energy_sql(q, plan=own, lo=lo, hi=hi, tz=site.timezone, unit="day",
+                              stored_last=False)  # fmt: skip
+            statements.append(sql)
+    # Parameter names are unique across the statements (one `_Sql`): all go with the first.
+    batch = [(sql, q.params if i == 0 else {}) for i, sql in enumerate(statements)]
+    results = iter(_fetch_each(batch) if batch else [])
+    totals = []
+    for site, _, _ in spans:
+        own = _site_plan(plan, site.id)
+        rows = _periods_as_instants(next(results)) if own.modes else []
+        kwh = sum(period["energy_kwh"] for period in _periods_of(site, own, rows))
+        totals.append((kwh, money(kwh, site.tariff_per_kwh)))
+    return totals
+
+
+def _site_plan(plan: EnergyPlan, site_id: int) -> EnergyPlan:
+    """The part of a plan of several sites that is one site's."""
+    own = EnergyPlan()
+    for sensor_id, device_id in plan.device_of.items():
+        if plan.devices[device_id][0] != site_id:
+            continue
+        own.device_of[sensor_id] = device_id
+        own.devices[device_id] = plan.devices[device_id]
+        own.factors[sensor_id] = plan.factors[sensor_id]
+        if sensor_id in plan.modes:
+            own.modes[sensor_id] = plan.modes[sensor_id]
+    own.power_sensors = [i for i in plan.power_sensors if i in own.device_of]
+    return own
+
+
+def _site_periods(*, site: Site, lo: datetime, hi: datetime, unit: str) -> list[dict]:
     plan = energy_plan(site_ids=[site.id])
+    rows = energy_by_device(plan=plan, lo=lo, hi=hi, tz=site.timezone, unit=unit)
+    return _periods_of(site, plan, rows)
+
+
+def _periods_of(
+    site: Site, plan: EnergyPlan, rows: list[tuple[datetime, int, str, float]]
+) -> list[dict]:
+    """The site's periods from `energy_by_device`'s rows: the meter where it has one."""
+    tz = zoneinfo.ZoneInfo(site.timezone)
     periods: dict[datetime, dict] = {}
-    for period, device_id, mode, kwh in energy_by_device(
-        plan=plan, lo=lo, hi=hi, tz=site.timezone, unit=unit
-    ):
+    for period, device_id, mode, kwh in rows:
         entry = periods.setdefault(
             period, {"meter": None, "devices": defaultdict(float), "rooms": defaultdict(float)}
         )
@@ -695,6 +748,39 @@ def latest_power(*, plan: EnergyPlan, now: datetime) -> dict[int, tuple[datetime
         seen, total = latest.get(device_id, (time, 0.0))
         latest[device_id] = (max(seen, time), total + watts)
     return latest
+
+
+def latest_values(
+    *, sensor_ids: list[int], now: datetime, fresh: timedelta = POWER_FRESH
+) -> dict[int, tuple[datetime, float]]:
+    """The latest reading (time, value as stored) of each sensor, when younger than `fresh`."""
+    if not sensor_ids:
+        return {}
+    q = _Sql()
+    sql = f"""
+        SELECT s.id, r.time, r.value FROM unnest({q.array(sensor_ids, "bigint")}) AS s(id)
+        CROSS JOIN LATERAL (SELECT e.time, e.value FROM energy_readings e
+                            WHERE e.sensor_id = s.id AND e.time <= {q.p(now)}
+                              AND e.time > {q.p(now - fresh)}
+                            ORDER BY e.time DESC LIMIT 1) r"""
+    return {sensor_id: (time, value) for sensor_id, time, value in _fetch(sql, q.params)}
+
+
+def minute_means(
+    *, sensor_ids: list[int], lo: datetime, hi: datetime
+) -> list[tuple[int, datetime, float]]:
+    """(sensor id, minute, mean value) of the sensors' readings over [lo, hi), in time order:
+    an hour of a dashboard chart is at most 60 points a sensor, however often it reports."""
+    if not sensor_ids:
+        return []
+    q = _Sql()
+    sql = f"""
+        SELECT sensor_id, date_bin(interval '1 minute', time, {ORIGIN_SQL}) AS minute, avg(value)
+        FROM energy_readings
+        WHERE sensor_id = ANY({q.array(sensor_ids, "bigint")})
+          AND time >= {q.p(lo)} AND time < {q.p(hi)}
+        GROUP BY 1, 2 ORDER BY 1, 2"""
+    return _fetch(sql, q.params)
 
 
 def power_by_quarter(

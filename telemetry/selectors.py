@@ -1,6 +1,13 @@
 """Reads for the telemetry side."""
 
-from devices.models import Device, Sensor
+import calendar
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from devices.models import Device, Sensor, SensorKind, Site
+from telemetry import queries
 from telemetry.models import FtpSource, PollSource
 from telemetry.validation import SensorRef
 
@@ -37,3 +44,104 @@ def ingestion_sources() -> dict:
         .order_by("site_id", "name")
     )
     return {"ftp": ftp, "http": polls}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Energy and cost over a stretch of time, and the same for the stretch it is compared with."""
+
+    kwh: float
+    cost: Decimal
+    before_kwh: float
+    before_cost: Decimal
+
+    @property
+    def change_pct(self) -> int | None:
+        """Percent change against the earlier stretch, None when that had nothing."""
+        if self.before_kwh <= 0:
+            return None
+        return round((self.kwh - self.before_kwh) / self.before_kwh * 100)
+
+
+@dataclass(frozen=True)
+class SiteFigures:
+    """What a resident's dashboard shows of one site when the page loads (then live)."""
+
+    as_of: datetime
+    currency: str
+    power_w: float | None  # the sum of its devices' latest power readings
+    today: Usage  # since local midnight, against yesterday until the same local time
+    month: Usage  # since the 1st, against last month until the same day and time
+    latest: dict[int, tuple[datetime, float]]  # sensor id -> latest (time, value)
+    series: dict[int, tuple[list[float], list[float]]]  # power sensor id -> ([unix s], [W])
+
+
+CHART_WINDOW = timedelta(hours=1)
+SHOWN_KINDS = (SensorKind.POWER, SensorKind.VOLTAGE)
+
+
+def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> datetime:
+    """The same wall-clock time `days` or `months` earlier (the day clamped to the month's end)."""
+    if months:
+        year, month = divmod(now_local.year * 12 + now_local.month - 1 - months, 12)
+        month += 1
+        last_day = calendar.monthrange(year, month)[1]
+        earlier = now_local.replace(year=year, month=month, day=min(now_local.day, last_day))
+    else:
+        earlier = now_local - timedelta(days=days)  # wall-clock arithmetic within one zone
+    return earlier.astimezone(UTC)
+
+
+def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigures]:
+    """Site id -> its figures, for a resident's dashboard: latest readings and the last hour of
+    each power sensor, today's and this month's energy against the same time yesterday and last
+    month (from the rollups): five round trips however many sites and devices."""
+    sensors = [
+        sensor
+        for site in sites
+        for device in site.devices.all()
+        for sensor in device.sensors.all()
+        if sensor.kind in SHOWN_KINDS
+    ]
+    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
+    power = [s for s in sensors if s.kind == SensorKind.POWER]
+    factors = {s.id: queries.POWER_FACTORS.get(s.unit.strip().lower(), 1.0) for s in power}
+    series: dict[int, tuple[list[float], list[float]]] = {s.id: ([], []) for s in power}
+    for sensor_id, minute, mean in queries.minute_means(
+        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
+    ):
+        xs, ys = series[sensor_id]
+        xs.append(minute.timestamp())
+        ys.append(mean)
+    spans, stretches = [], {}
+    for site in sites:
+        local = now.astimezone(zoneinfo.ZoneInfo(site.timezone))
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        first = midnight.replace(day=1)
+        stretches[site.id] = len(spans)
+        spans += [
+            (site, midnight.astimezone(UTC), now),  # today
+            (site, _same_local_time(midnight, days=1), _same_local_time(local, days=1)),
+            (site, first.astimezone(UTC), now),  # this month
+            (site, _same_local_time(first, months=1), _same_local_time(local, months=1)),
+        ]
+    energy = queries.sites_energy_between(spans=spans)
+    figures = {}
+    for site in sites:
+        today, yesterday, month, last_month = energy[stretches[site.id] : stretches[site.id] + 4]
+        site_power = [
+            latest[s.id][1] * factors[s.id]
+            for device in site.devices.all()
+            for s in device.sensors.all()
+            if s.id in factors and s.id in latest
+        ]
+        figures[site.id] = SiteFigures(
+            as_of=now,
+            currency=site.currency,
+            power_w=sum(site_power) if site_power else None,
+            today=Usage(*today, *yesterday),
+            month=Usage(*month, *last_month),
+            latest={s.id: latest[s.id] for s in sensors if s.id in latest},
+            series=series,
+        )
+    return figures

@@ -3,8 +3,10 @@
 (function () {
   "use strict";
 
-  const WINDOW_S = 600; // seconds of history the live charts keep
+  const WINDOW_S = 3600; // seconds of history the live charts keep (the server sends the last hour)
   const charts = new Map(); // device uid -> {plot, xs, ys, key}
+  const seriesEl = document.getElementById("dashboard-series");
+  const initialSeries = seriesEl ? JSON.parse(seriesEl.textContent) : {};
   const indicator = document.querySelector("[data-live-indicator]");
 
   function setIndicator(text, state) {
@@ -50,20 +52,60 @@
     });
   }
 
+  function pad(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  // Time labels as HH:MM in the browser's local time; values with as many decimals as the
+  // spacing of the axis needs (no "0.01, 0.01, 0.00"), and room for the longest label.
+  function timeLabels(u, splits) {
+    return splits.map((t) => {
+      const d = new Date(t * 1000);
+      return pad(d.getHours()) + ":" + pad(d.getMinutes());
+    });
+  }
+
+  function valueLabels(u, splits) {
+    const step = splits.length > 1 ? Math.abs(splits[1] - splits[0]) : 1;
+    const decimals = step >= 1 || step === 0 ? 0 : Math.min(3, Math.ceil(-Math.log10(step)));
+    return splits.map((v) => v.toFixed(decimals));
+  }
+
+  function labelWidth(u, values) {
+    if (!values) return 40;
+    const longest = values.reduce((n, v) => Math.max(n, String(v).length), 0);
+    return 16 + longest * 7;
+  }
+
+  // The x axis always spans the last hour to now, even with one point (uPlot would otherwise
+  // stretch a single point's range to years); the y axis starts at zero for power.
+  function lastHour() {
+    const now = Date.now() / 1000;
+    return [now - WINDOW_S, now];
+  }
+
   function setupCharts() {
     if (typeof uPlot === "undefined") return;
     each("[data-chart-for]", (el) => {
       const key = el.dataset.chartKey;
-      const xs = [];
-      const ys = [];
+      const unit = el.dataset.chartUnit || "";
+      const initial = initialSeries[el.dataset.chartSensor] || [[], []];
+      const xs = initial[0].slice();
+      const ys = initial[1].slice();
       const plot = new uPlot(
         {
           width: Math.max(200, el.clientWidth),
-          height: 120,
+          height: 140,
           legend: { show: false },
           cursor: { show: false },
-          scales: { x: { time: true } },
-          axes: [{ size: 28 }, { size: 44 }],
+          scales: {
+            x: { time: true, range: () => lastHour() },
+            y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] },
+          },
+          axes: [
+            { values: timeLabels, space: 60, size: 30 },
+            { values: valueLabels, size: labelWidth, label: unit, labelSize: 16 },
+          ],
           series: [{}, { label: key, stroke: "#0b7a55", width: 2, fill: "rgba(11,122,85,0.08)" }],
         },
         [xs, ys],
@@ -71,6 +113,8 @@
       );
       charts.set(el.dataset.chartFor, { plot, xs, ys, key, el });
     });
+    // Keep the hour window moving while no reading comes.
+    window.setInterval(() => charts.forEach((c) => (c.dirty = true)), 30000);
     window.addEventListener("resize", () => {
       charts.forEach((c) => c.plot.setSize({ width: Math.max(200, c.el.clientWidth), height: 120 }));
     });
@@ -103,10 +147,32 @@
     Object.entries(newest.values).forEach(([key, value]) => {
       each('[data-metric-for="' + cssEscape(msg.device + ":" + key) + '"]', (el) => {
         el.textContent = formatNumber(value);
+        el.dataset.value = value;
       });
     });
+    updateSitePower(msg.device);
     setOnline(msg.device, true);
     markSeen(msg.device, new Date().toISOString());
+  }
+
+  const POWER_FACTORS = { w: 1, kw: 1000, mw: 1000000 };
+
+  // A site's power now: the sum of its devices' latest power readings shown on the page.
+  function updateSitePower(uid) {
+    const device = document.querySelector('[data-device="' + cssEscape(uid) + '"]');
+    const site = device && device.closest("[data-site]");
+    const total = site && site.querySelector("[data-site-power]");
+    if (!total) return;
+    let watts = 0;
+    let any = false;
+    site.querySelectorAll("[data-power-unit]").forEach((el) => {
+      const value = el.dataset.value !== undefined ? Number(el.dataset.value) : Number(el.textContent);
+      if (Number.isFinite(value)) {
+        watts += value * (POWER_FACTORS[(el.dataset.powerUnit || "w").toLowerCase()] || 1);
+        any = true;
+      }
+    });
+    if (any) total.textContent = Math.abs(watts) >= 1000 ? (watts / 1000).toFixed(2) + " kW" : watts.toFixed(0) + " W";
   }
 
   function onStatus(msg) {
@@ -119,6 +185,14 @@
       const what = msg.name + (msg.args && msg.args.state ? " " + msg.args.state : "");
       el.textContent = what + ": " + msg.status + (msg.detail ? " (" + msg.detail + ")" : "");
     });
+    if (msg.name === "relay" && msg.status === "done" && msg.args && msg.args.state) {
+      each('[data-relay-for="' + cssEscape(msg.device) + '"]', (box) => {
+        box.querySelector("[data-relay-now]").textContent = msg.args.state;
+        const since = box.querySelector("[data-relay-since]");
+        const d = new Date();
+        if (since) since.textContent = "since " + pad(d.getHours()) + ":" + pad(d.getMinutes());
+      });
+    }
   }
 
   const handlers = { readings: onReadings, status: onStatus, command: onCommand, power: () => {} };

@@ -175,8 +175,9 @@ def test_dashboard_query_count_does_not_grow_with_devices(
     add_devices(second, devices_per_site, "pi-c")
     client.force_login(alice)
 
-    # when / then (8 for the homes and devices, 2 for the outage panel: cuts and balances)
-    with django_assert_max_num_queries(10):
+    # when / then (8 for the homes and devices, 2 for the outage panel: cuts and balances, 1 for
+    # the relays, 4 for the figures: sensors, energy of both sites, latest readings, last hour)
+    with django_assert_max_num_queries(15):
         response = client.get("/dashboard/")
     assert len(listed_devices(response)) == 1 + 2 * devices_per_site
 

@@ -1,0 +1,113 @@
+"""The resident dashboard's figures, worked out by hand: power now, today's and this month's
+energy and cost against the same time yesterday and last month, the latest readings and the
+last hour of each power chart."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from devices.models import Command, CommandStatus
+from devices.selectors import relay_states, resident_sites_with_devices
+from telemetry.selectors import dashboard_figures
+from tests.telemetry import test_rollups
+from tests.telemetry.test_rollups import LISBON, insert
+
+pytestmark = pytest.mark.django_db
+lisbon_site = test_rollups.lisbon_site  # a site with a meter, a counter and power
+
+NOW = datetime(2026, 7, 15, 14, 7, tzinfo=UTC)  # 15:07 in Lisbon (summer time)
+
+
+def _quarters(first: datetime, last: datetime):
+    t = first
+    while t <= last:
+        yield t
+        t += timedelta(minutes=15)
+
+
+def _local(*args) -> datetime:
+    return datetime(*args, tzinfo=LISBON).astimezone(UTC)
+
+
+def _figures(user, site_id):
+    sites = list(resident_sites_with_devices(user=user))
+    return dashboard_figures(sites=sites, now=NOW)[site_id]
+
+
+def test_today_and_this_month_against_the_same_time_before(alice, lisbon_site):
+    meter = lisbon_site["meter"]
+    rows = [(meter, t, 0.25) for t in _quarters(_local(2026, 7, 15), _local(2026, 7, 15, 15))]
+    rows += [(meter, t, 0.5) for t in _quarters(_local(2026, 7, 14), _local(2026, 7, 14, 23, 45))]
+    rows += [(meter, _local(2026, 6, 10, 12), 2.0), (meter, _local(2026, 6, 20, 12), 5.0)]
+    insert(rows)
+
+    f = _figures(alice, lisbon_site["site"].id)
+
+    # today: 00:00 to 15:00 local, 61 quarters of 0.25 kWh; yesterday to 15:07: 61 of 0.5
+    assert f.today.kwh == pytest.approx(15.25)
+    assert f.today.before_kwh == pytest.approx(30.5)
+    assert f.today.cost == Decimal("3.0500")  # at 0.2 a kWh
+    assert f.today.change_pct == -50
+    # this month: all of yesterday (96 x 0.5) and today; last month to 15 June: the 10th only
+    assert f.month.kwh == pytest.approx(63.25)
+    assert f.month.before_kwh == pytest.approx(2.0)
+    assert f.month.before_cost == Decimal("0.4000")
+    assert f.currency == lisbon_site["site"].currency
+
+
+def test_power_now_latest_readings_and_the_last_hour(alice, alice_home, lisbon_site):
+    power = lisbon_site["power"]
+    voltage = alice_home["device"].sensors.get(key="voltage_v").id
+    insert(
+        [
+            (power, NOW - timedelta(minutes=70), 999.0),  # before the hour: not charted
+            (power, datetime(2026, 7, 15, 13, 30, 10, tzinfo=UTC), 400.0),
+            (power, datetime(2026, 7, 15, 13, 30, 40, tzinfo=UTC), 600.0),  # same minute: 500
+            (power, NOW - timedelta(minutes=2), 850.0),
+            (voltage, NOW - timedelta(minutes=20), 231.0),  # too old to show as "now"
+        ]
+    )
+
+    f = _figures(alice, lisbon_site["site"].id)
+
+    assert f.power_w == 850.0
+    assert f.latest[power][1] == 850.0
+    assert voltage not in f.latest
+    xs, ys = f.series[power]
+    assert ys == [500.0, 850.0]
+    assert xs == [
+        datetime(2026, 7, 15, 13, 30, tzinfo=UTC).timestamp(),
+        (NOW - timedelta(minutes=2)).replace(second=0).timestamp(),
+    ]
+
+
+def test_a_site_without_readings_has_no_power_and_zero_energy(alice, alice_home):
+    f = _figures(alice, alice_home["site"].id)
+    assert f.power_w is None
+    assert (f.today.kwh, f.month.kwh, f.today.change_pct) == (0, 0, None)
+
+
+def test_last_month_is_clamped_to_its_last_day(alice, lisbon_site):
+    # on 31 March at noon, "last month by this day" runs to 28 February (2026) at noon
+    meter = lisbon_site["meter"]
+    insert([(meter, _local(2026, 2, 28, 11), 1.0), (meter, _local(2026, 2, 28, 13), 4.0)])
+    sites = list(resident_sites_with_devices(user=alice))
+    now = _local(2026, 3, 31, 12)
+    f = dashboard_figures(sites=sites, now=now)[lisbon_site["site"].id]
+    assert f.month.before_kwh == pytest.approx(1.0)
+
+
+def test_the_relay_shows_the_last_state_the_device_carried_out(alice_home):
+    device = alice_home["device"]
+    at = NOW - timedelta(hours=1)
+    for state, status, done_at in (
+        ("off", CommandStatus.DONE, at),
+        ("on", CommandStatus.DONE, at + timedelta(minutes=5)),
+        ("off", CommandStatus.FAILED, at + timedelta(minutes=9)),  # not carried out
+    ):
+        Command.objects.create(
+            device=device, name="relay", args={"state": state}, status=status,
+            expires_at=NOW, completed_at=done_at,
+        )  # fmt: skip
+    assert relay_states(device_ids=[device.id]) == {device.id: ("on", at + timedelta(minutes=5))}
