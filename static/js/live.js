@@ -88,7 +88,6 @@
     if (typeof uPlot === "undefined") return;
     each("[data-chart-for]", (el) => {
       const key = el.dataset.chartKey;
-      const unit = el.dataset.chartUnit || "";
       const initial = initialSeries[el.dataset.chartSensor] || [[], []];
       const xs = initial[0].slice();
       const ys = initial[1].slice();
@@ -104,7 +103,7 @@
           },
           axes: [
             { values: timeLabels, space: 60, size: 30 },
-            { values: valueLabels, size: labelWidth, label: unit, labelSize: 16 },
+            { values: valueLabels, size: labelWidth },
           ],
           series: [{}, { label: key, stroke: "#0b7a55", width: 2, fill: "rgba(11,122,85,0.08)" }],
         },
