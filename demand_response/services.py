@@ -42,7 +42,7 @@ from demand_response.models import (
 )
 from devices.groups import fleet_group, site_group
 from devices.models import Device, Feeder, Site
-from devices.services import command_issue
+from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
 
 KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
@@ -425,19 +425,29 @@ def event_sites_curtail(
     sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
         "device_id"
     )
-    devices = Device.objects.filter(site_id__in=opted_in, controllable=True).exclude(pk__in=sent)
-    args = _curtail_args(event)
-    dispatched = [
-        DispatchedCommand(
-            event=event,
-            site_id=device.site_id,
-            device=device,
-            kind=DispatchKind.CURTAIL,
-            command=command_issue(device=device, name="curtail", args=args, ttl=event.end - now),
-        )
-        for device in devices.order_by("pk")
-    ]
-    return DispatchedCommand.objects.bulk_create(dispatched)
+    devices = list(
+        Device.objects.filter(site_id__in=opted_in, controllable=True)
+        .exclude(pk__in=sent)
+        .order_by("pk")
+    )
+    commands = commands_issue(
+        devices=devices, name="curtail", args=_curtail_args(event), ttl=event.end - now
+    )
+    return _dispatched(event.pk, DispatchKind.CURTAIL, devices, commands)
+
+
+def _dispatched(
+    event_id: int, kind: str, devices: list[Device], commands
+) -> list[DispatchedCommand]:
+    return DispatchedCommand.objects.bulk_create(
+        [
+            DispatchedCommand(
+                event_id=event_id, site_id=device.site_id, device=device, kind=kind, command=command
+            )
+            for device, command in zip(devices, commands, strict=True)
+        ],
+        batch_size=2000,
+    )
 
 
 def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCommand]:
@@ -447,17 +457,14 @@ def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCo
     restored = DispatchedCommand.objects.filter(
         event_id=event_id, kind=DispatchKind.RESTORE
     ).values("device_id")
-    dispatched = [
-        DispatchedCommand(
-            event_id=event_id,
-            site_id=sent.site_id,
-            device=sent.device,
-            kind=DispatchKind.RESTORE,
-            command=command_issue(device=sent.device, name="restore"),
-        )
-        for sent in curtailed.exclude(device_id__in=restored).select_related("device")
+    devices = [
+        sent.device
+        for sent in curtailed.exclude(device_id__in=restored)
+        .select_related("device")
+        .order_by("device_id")
     ]
-    return DispatchedCommand.objects.bulk_create(dispatched)
+    commands = commands_issue(devices=devices, name="restore")
+    return _dispatched(event_id, DispatchKind.RESTORE, devices, commands)
 
 
 @transaction.atomic
