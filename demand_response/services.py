@@ -45,8 +45,6 @@ from devices.models import Device, Feeder, Site
 from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
 
-KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
-FACTOR = Decimal("0.0001")  # the day-of adjustment, as stored
 
 
 @dataclass(frozen=True)
