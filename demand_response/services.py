@@ -46,7 +46,6 @@ from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
 
 
-
 @dataclass(frozen=True)
 class _EventInput:
     start: datetime
