@@ -27,8 +27,9 @@ from midnight UTC, as telemetry's quarter-hours are). An interval partly inside 
 pro rata, so a window need not fall on interval boundaries.
 """
 
+import functools
 import zoneinfo
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -85,6 +86,12 @@ def _ratio(a: timedelta, b: timedelta) -> Decimal:
     return Decimal(a // timedelta.resolution) / Decimal(b // timedelta.resolution)
 
 
+def share(inside: timedelta, interval: timedelta = INTERVAL) -> Decimal:
+    """The share of an interval that `inside` of it is (1 for the whole), as `window_energy`
+    weighs an interval partly inside a window."""
+    return Decimal(1) if inside == interval else _ratio(inside, interval)
+
+
 def _hours(lo: datetime, hi: datetime) -> Decimal:
     return _ratio(hi - lo, timedelta(hours=1))
 
@@ -114,23 +121,66 @@ def ten_in_ten(
     """The "10 in 10" baseline (module docstring) of the event window [start, end) for a site in
     zone `tz` whose energy per interval is `energy`; `excluded` holds the site's local dates with
     an event or an outage."""
+    return ten_in_ten_of_windows(
+        window=lambda lo, hi: window_energy(energy, lo, hi, interval),
+        start=start,
+        end=end,
+        tz=tz,
+        excluded=excluded,
+    )
+
+
+def baseline_windows(
+    start: datetime, end: datetime, tz: zoneinfo.ZoneInfo
+) -> tuple[tuple[int, tuple[datetime, datetime], tuple[datetime, datetime]], ...]:
+    """(days back, event window, adjustment window) of the event day (0 back) and of each
+    weekday `ten_in_ten` may look at, at the same local wall-clock times: the windows whose
+    energy it asks for, for a caller that sums them beforehand."""
+    adj = (start - ADJUSTMENT_SPAN - ADJUSTMENT_GAP, start - ADJUSTMENT_GAP)
+    earlier = ((back, window, adj_) for back, _, window, adj_, _ in _days(start, end, tz))
+    return ((0, (start, end), adj), *earlier)
+
+
+@functools.lru_cache(maxsize=64)
+def _days(start: datetime, end: datetime, tz: zoneinfo.ZoneInfo) -> tuple[tuple, ...]:
+    """(days back, local day, event window, adjustment window, local dates they touch) of each
+    weekday in the look-back, most recent first; the same for every site of a zone (cached)."""
     adj_lo, adj_hi = start - ADJUSTMENT_SPAN - ADJUSTMENT_GAP, start - ADJUSTMENT_GAP
     event_day = start.astimezone(tz).date()
-    days: list[tuple[date, Decimal, Decimal]] = []  # (day, event-window kW, adjustment kW)
+    days = []
     for back in range(1, LOOKBACK_DAYS + 1):
         day = event_day - timedelta(days=back)
         if day.weekday() >= 5:
             continue
         lo, hi = _shifted(start, tz, -back), _shifted(end, tz, -back)
         a_lo, a_hi = _shifted(adj_lo, tz, -back), _shifted(adj_hi, tz, -back)
-        if local_dates(min(lo, a_lo), hi, tz) & set(excluded):
+        touched = frozenset(local_dates(min(lo, a_lo), hi, tz))
+        days.append((back, day, (lo, hi), (a_lo, a_hi), touched))
+    return tuple(days)
+
+
+def ten_in_ten_of_windows(
+    *,
+    window: Callable[[datetime, datetime], Decimal | None],
+    start: datetime,
+    end: datetime,
+    tz: zoneinfo.ZoneInfo,
+    excluded: Collection[date],
+) -> Baseline:
+    """`ten_in_ten` with the site's energy over a window [lo, hi) given by `window` (None when
+    data is missing in it): the rule itself, whatever sums the windows."""
+    adj_lo, adj_hi = start - ADJUSTMENT_SPAN - ADJUSTMENT_GAP, start - ADJUSTMENT_GAP
+    excluded = set(excluded)
+    days: list[tuple[date, Decimal, Decimal]] = []  # (day, event-window kW, adjustment kW)
+    for _, day, (lo, hi), (a_lo, a_hi), touched in _days(start, end, tz):
+        if touched & excluded:
             continue
-        window, adjustment = window_energy(energy, lo, hi, interval), None
-        if window is not None:
-            adjustment = window_energy(energy, a_lo, a_hi, interval)
-        if window is None or adjustment is None:
+        in_window, adjustment = window(lo, hi), None
+        if in_window is not None:
+            adjustment = window(a_lo, a_hi)
+        if in_window is None or adjustment is None:
             continue
-        days.append((day, window / _hours(lo, hi), adjustment / _hours(a_lo, a_hi)))
+        days.append((day, in_window / _hours(lo, hi), adjustment / _hours(a_lo, a_hi)))
         if len(days) == BASELINE_DAYS:
             break
     used = tuple(day for day, _, _ in days)
@@ -139,7 +189,7 @@ def ten_in_ten(
     load = sum(kw for _, kw, _ in days) / len(days)
     unadjusted = load * _hours(start, end)
     factor, adjusted = _adjustment(
-        today=window_energy(energy, adj_lo, adj_hi, interval),
+        today=window(adj_lo, adj_hi),
         usual_kw=sum(kw for _, _, kw in days) / len(days),
     )
     return Baseline(unadjusted * factor, unadjusted, factor, adjusted, used)

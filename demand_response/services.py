@@ -13,10 +13,9 @@ stable randomization offset), and `restore` at the end, on cancel, or at once wh
 out mid-event; `DispatchedCommand` keeps which command went to which device for the report."""
 
 import hashlib
-import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -24,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from demand_response import baseline, selectors
+from demand_response import selectors, settlement
 from demand_response.models import (
     MAX_LEVEL,
     AnsweredBy,
@@ -38,19 +37,13 @@ from demand_response.models import (
     InvitationStatus,
     Program,
     SettlementResult,
-    SettlementStatus,
     SignalType,
     SiteAutoResponse,
 )
-from demand_response.rewards import reward_for
 from devices.groups import fleet_group, site_group
 from devices.models import Device, Feeder, Site
-from devices.services import command_issue
+from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
-from outages.services import credit_settle
-
-KWH = Decimal("0.0001")  # kWh are kept to a tenth of a Wh
-FACTOR = Decimal("0.0001")  # the day-of adjustment, as stored
 
 
 @dataclass(frozen=True)
@@ -429,19 +422,29 @@ def event_sites_curtail(
     sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
         "device_id"
     )
-    devices = Device.objects.filter(site_id__in=opted_in, controllable=True).exclude(pk__in=sent)
-    args = _curtail_args(event)
-    dispatched = [
-        DispatchedCommand(
-            event=event,
-            site_id=device.site_id,
-            device=device,
-            kind=DispatchKind.CURTAIL,
-            command=command_issue(device=device, name="curtail", args=args, ttl=event.end - now),
-        )
-        for device in devices.order_by("pk")
-    ]
-    return DispatchedCommand.objects.bulk_create(dispatched)
+    devices = list(
+        Device.objects.filter(site_id__in=opted_in, controllable=True)
+        .exclude(pk__in=sent)
+        .order_by("pk")
+    )
+    commands = commands_issue(
+        devices=devices, name="curtail", args=_curtail_args(event), ttl=event.end - now
+    )
+    return _dispatched(event.pk, DispatchKind.CURTAIL, devices, commands)
+
+
+def _dispatched(
+    event_id: int, kind: str, devices: list[Device], commands
+) -> list[DispatchedCommand]:
+    return DispatchedCommand.objects.bulk_create(
+        [
+            DispatchedCommand(
+                event_id=event_id, site_id=device.site_id, device=device, kind=kind, command=command
+            )
+            for device, command in zip(devices, commands, strict=True)
+        ],
+        batch_size=2000,
+    )
 
 
 def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCommand]:
@@ -451,17 +454,14 @@ def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCo
     restored = DispatchedCommand.objects.filter(
         event_id=event_id, kind=DispatchKind.RESTORE
     ).values("device_id")
-    dispatched = [
-        DispatchedCommand(
-            event_id=event_id,
-            site_id=sent.site_id,
-            device=sent.device,
-            kind=DispatchKind.RESTORE,
-            command=command_issue(device=sent.device, name="restore"),
-        )
-        for sent in curtailed.exclude(device_id__in=restored).select_related("device")
+    devices = [
+        sent.device
+        for sent in curtailed.exclude(device_id__in=restored)
+        .select_related("device")
+        .order_by("device_id")
     ]
-    return DispatchedCommand.objects.bulk_create(dispatched)
+    commands = commands_issue(devices=devices, name="restore")
+    return _dispatched(event_id, DispatchKind.RESTORE, devices, commands)
 
 
 @transaction.atomic
@@ -565,82 +565,6 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
             dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN
         ).order_by("pk")
     )
-    earliest = min(
-        (_lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
-    )
-    if earliest is None:
-        return []
-    energy = selectors.site_quarter_energy(
-        site_ids=[s.pk for s in sites], lo=earliest, hi=event.end
-    )
-    excluded = selectors.baseline_excluded_dates(
-        sites=sites, start=earliest, end=event.start, event_id=event.pk
-    )
-    results = []
-    for site in sites:
-        result = _site_result(event, site, energy[site.pk], excluded[site.pk], now)
-        SettlementResult.objects.filter(event=event, site=site).delete()
-        result.save()
-        credit_settle(
-            site_id=site.pk,
-            amount=result.reward,
-            currency=result.currency,
-            memo=_memo(event, result),
-            dr_event_id=event.pk,
-        )
-        results.append(result)
-    return results
-
-
-def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
-    """Midnight UTC before the site's earliest possible baseline window (a day's margin covers
-    windows across midnight and the adjustment window before the start)."""
-    first = start.astimezone(tz).date() - timedelta(days=baseline.LOOKBACK_DAYS + 1)
-    return datetime.combine(first, datetime.min.time(), UTC)
-
-
-def _site_result(
-    event: Event, site: Site, energy: dict, excluded: set, now: datetime
-) -> SettlementResult:
-    program = event.program
-    base = baseline.ten_in_ten(
-        energy=energy,
-        start=event.start,
-        end=event.end,
-        tz=zoneinfo.ZoneInfo(site.timezone),
-        excluded=excluded,
-    )
-    actual = baseline.window_energy(energy, event.start, event.end)
-    result = SettlementResult(
-        event=event,
-        site=site,
-        currency=program.currency,
-        days_used=[day.isoformat() for day in base.days_used],
-        adjustment=base.adjustment.quantize(FACTOR) if base.sufficient else None,
-        actual_kwh=None if actual is None else actual.quantize(KWH),
-        baseline_kwh=None if base.kwh is None else base.kwh.quantize(KWH),
-        settled_at=now,
-    )
-    if not base.sufficient:
-        result.status = SettlementStatus.INSUFFICIENT_BASELINE
-    elif actual is None:
-        result.status = SettlementStatus.INSUFFICIENT_ACTUAL
-    else:
-        result.status = SettlementStatus.OK
-        result.delivered_kwh = max(Decimal(0), result.baseline_kwh - result.actual_kwh)
-        result.reward = reward_for(
-            delivered_kwh=result.delivered_kwh,
-            rate=program.reward_per_kwh,
-            currency=program.currency,
-        )
-    return result
-
-
-def _memo(event: Event, result: SettlementResult) -> str:
-    what = f"demand response event {event.pk} ({event.program.name})"
-    if result.status != SettlementStatus.OK:
-        return f"{what}: {result.get_status_display().lower()}, not paid"
-    return (
-        f"{what}: {result.delivered_kwh} kWh delivered at "
-        f"{event.program.reward_per_kwh} {result.currency}/kWh"
+    return settlement.event_sites_settle(
+        event=event, sites=sites, start=event.start, end=event.end, now=now
     )

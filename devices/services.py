@@ -15,7 +15,7 @@ from devices import socket_registry
 from devices.groups import device_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
 from devices.storable_text import storable_text
-from energy_portal.realtime import group_send, live_event
+from energy_portal.realtime import group_send, group_send_each, live_event, live_send_each
 from energy_portal.redis_client import sync_client
 
 TOKEN_BYTES = 32
@@ -187,6 +187,18 @@ def _command_changed(command: Command) -> None:
     transaction.on_commit(lambda: group_send(groups, message))
 
 
+def _command_args(name: str, args: dict | None) -> dict:
+    """The command's arguments, checked: a `ValidationError` names `name` or `args`."""
+    args = args or {}
+    check = COMMAND_ARGS.get(name)
+    if check is None:
+        known = ", ".join(sorted(COMMAND_ARGS))
+        raise ValidationError({"name": f"Unknown command {name!r}; known commands: {known}."})
+    if error := check(args):
+        raise ValidationError({"args": error})
+    return args
+
+
 def command_issue(
     *,
     device: Device,
@@ -196,14 +208,7 @@ def command_issue(
     user=None,
 ) -> Command:
     """Queue a command for a device; its socket gets it now if online, else on reconnect."""
-    args = args or {}
-    check = COMMAND_ARGS.get(name)
-    if check is None:
-        known = ", ".join(sorted(COMMAND_ARGS))
-        raise ValidationError({"name": f"Unknown command {name!r}; known commands: {known}."})
-    error = check(args)
-    if error:
-        raise ValidationError({"args": error})
+    args = _command_args(name, args)
     command = Command.objects.create(
         device=device, name=name, args=args, created_by=user, expires_at=timezone.now() + ttl
     )
@@ -213,6 +218,41 @@ def command_issue(
     )
     _command_changed(command)
     return command
+
+
+def commands_issue(
+    *,
+    devices: list[Device],
+    name: str,
+    args: dict | None = None,
+    ttl: timedelta = DEFAULT_COMMAND_TTL,
+) -> list[Command]:
+    """`command_issue` for many devices at once (the same command to each): one insert, and
+    once committed one hop to the channel layer for every device socket and one Redis round
+    trip for the live viewers. Returns the commands in the order of `devices`."""
+    args = _command_args(name, args)
+    expires_at = timezone.now() + ttl
+    commands = Command.objects.bulk_create(
+        [Command(device=device, name=name, args=args, expires_at=expires_at) for device in devices],
+        batch_size=2000,
+    )
+    sends = [
+        (device_group(c.device_id), {"type": "device.command", "id": str(c.id)}) for c in commands
+    ]
+    live = [
+        (
+            [site_group(c.device.site_id), fleet_group()],
+            live_event(_command_payload(c)),
+        )
+        for c in commands
+    ]
+
+    def send() -> None:
+        group_send_each(sends)  # the devices first: the viewers can wait
+        live_send_each(live)
+
+    transaction.on_commit(send)
+    return commands
 
 
 def command_mark_sent(*, command_id, device_id: int) -> Command | None:

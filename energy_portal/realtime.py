@@ -14,6 +14,7 @@ Redis which groups have viewers at most once a second per group and process (the
 path asks inside the script that publishes, see `telemetry.services.readings_enqueue`).
 """
 
+import asyncio
 import json
 import logging
 import math
@@ -170,6 +171,37 @@ async def _channel_layer_send(groups: list[str], message: dict) -> None:
     layer = get_channel_layer()
     for group in groups:
         await layer.group_send(group, message)
+
+
+async def _channel_layer_send_each(sends: list[tuple[str, dict]], concurrency: int) -> None:
+    layer = get_channel_layer()
+    room = asyncio.Semaphore(concurrency)
+
+    async def send(group: str, message: dict) -> None:
+        async with room:
+            await layer.group_send(group, message)
+
+    await asyncio.gather(*(send(group, message) for group, message in sends))
+
+
+def group_send_each(sends: list[tuple[str, dict]], *, concurrency: int = 64) -> None:
+    """Send each (group, message) of `sends` through the channel layer from sync code, many at
+    once (`concurrency` on the way at a time) in one hop to an event loop: a message per device
+    for thousands of devices in a fraction of the time of `group_send` one by one."""
+    if sends:
+        async_to_sync(_channel_layer_send_each)(sends, concurrency)
+
+
+def live_send_each(sends: list[tuple[list[str], dict]]) -> None:
+    """Send each live message of `sends` to those of its groups someone watches, all in one
+    Redis round trip."""
+    pipe = None
+    for groups, message in sends:
+        if watched := watched_groups.among_sync(groups):
+            pipe = pipe or sync_client().pipeline(transaction=False)
+            publish_live(pipe, watched, message)
+    if pipe is not None:
+        pipe.execute()
 
 
 def group_send(groups: list[str], message: dict) -> None:

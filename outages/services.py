@@ -8,7 +8,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
@@ -421,6 +421,68 @@ def _outage_target(outage: Outage) -> tuple[Decimal, str | None, str]:
     return amount, policy.currency, f"{when}, {duration}: {policy.name}"
 
 
+def _owed(*, paid: dict[str, Decimal], amount: Decimal, currency: str | None) -> dict[str, Decimal]:
+    """What the ledger still owes (or takes back) per currency so that a reason's entries sum
+    to `amount` in `currency` and to 0 in any other, given what they sum to now (`paid`)."""
+    owed = {cur: -total for cur, total in paid.items() if total != 0 and cur != currency}
+    if currency is not None and amount != paid.get(currency, 0):
+        owed[currency] = amount - paid.get(currency, 0)
+    return owed
+
+
+def _entry(site_id: int, amount: Decimal, currency: str, revision: int, memo: str, reason: dict):
+    return CreditEntry(
+        site_id=site_id,
+        amount=amount,
+        currency=currency,
+        revision=revision,
+        memo=(memo if revision == 1 else f"correction: {memo}")[:250],
+        **reason,
+    )
+
+
+def credits_settle_dr_event(
+    *, dr_event_id: int, payments: dict[int, tuple[Decimal, str, str]]
+) -> list[CreditEntry]:
+    """`credit_settle` for many sites of one demand-response event at once: `payments` maps a
+    site to (amount, currency, memo). The sites' locks are taken in id order in one statement,
+    what was paid and the last revisions are read in one query each, and the differences are
+    appended in one insert; the same ledger as calling `credit_settle` site by site."""
+    site_ids = sorted(payments)
+    if not site_ids:
+        return []
+    reason = {"dr_event_id": dr_event_id}
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended('outages.site:' || s, 0))) "
+                "FROM (SELECT s FROM unnest(%s::bigint[]) s ORDER BY s) ordered",
+                [site_ids],
+            )
+        paid: dict[int, dict[str, Decimal]] = {site_id: {} for site_id in site_ids}
+        last: dict[int, int] = {}
+        rows = (
+            CreditEntry.objects.filter(site_id__in=site_ids, **reason)
+            .values("site_id", "currency")
+            .annotate(total=Sum("amount"), last=Max("revision"))
+            .order_by()
+            .values_list("site_id", "currency", "total", "last")
+        )
+        for site_id, currency, total, revision in rows:
+            paid[site_id][currency] = total
+            last[site_id] = max(last.get(site_id, 0), revision)
+        entries = []
+        for site_id in site_ids:
+            amount, currency, memo = payments[site_id]
+            revision = last.get(site_id, 0)
+            for cur, difference in sorted(
+                _owed(paid=paid[site_id], amount=amount, currency=currency).items()
+            ):
+                revision += 1
+                entries.append(_entry(site_id, difference, cur, revision, memo, reason))
+        return CreditEntry.objects.bulk_create(entries, batch_size=2000)
+
+
 def _settle(
     *,
     site_id: int,
@@ -431,9 +493,7 @@ def _settle(
     memo: str,
 ) -> list[CreditEntry]:
     """Append what makes `reason`'s entries sum to `amount` in `currency` and to 0 in any other."""
-    owed = {cur: -total for cur, total in paid.items() if total != 0 and cur != currency}
-    if currency is not None and amount != paid.get(currency, 0):
-        owed[currency] = amount - paid.get(currency, 0)
+    owed = _owed(paid=paid, amount=amount, currency=currency)
     if not owed:
         return []
     last = CreditEntry.objects.filter(site_id=site_id, **reason).aggregate(n=Max("revision"))["n"]
@@ -441,16 +501,9 @@ def _settle(
     entries = []
     for cur, difference in sorted(owed.items()):
         revision += 1
-        entries.append(
-            CreditEntry.objects.create(
-                site_id=site_id,
-                amount=difference,
-                currency=cur,
-                revision=revision,
-                memo=(memo if revision == 1 else f"correction: {memo}")[:250],
-                **reason,
-            )
-        )
+        entry = _entry(site_id, difference, cur, revision, memo, reason)
+        entry.save(force_insert=True)
+        entries.append(entry)
     return entries
 
 

@@ -524,6 +524,56 @@ def energy_by_device(
     return _periods_as_instants(_fetch(sql, q.params))
 
 
+def site_energy_in_windows(
+    *,
+    site_groups: dict[int, int],
+    spans: list[tuple[datetime, datetime]],
+    weights: list[tuple[int, int, datetime, Decimal]],
+) -> list[tuple[int, int, Decimal, int]]:
+    """Each site's energy over windows, summed in one statement: (site id, window id, kWh,
+    quarter-hours with data). A site's quarter-hour counts as `site_quarter_energy` counts it
+    (the utility meter's where the meter reported in it, else the sum of the devices');
+    `weights` (group, window id, quarter start, share of the quarter inside the window) say
+    which quarter-hours make each window of the sites of a group (`site_groups`: site id to
+    group, e.g. one per time zone). Only the quarter-hours of `spans` (UTC, on quarter-hours,
+    covering every weighted one) are read: a window's count below its number of weighted
+    quarter-hours means data is missing. Sums are numeric (exact): kWh as floats, each
+    quarter's value turned to a decimal by its shortest text, as
+    `Decimal(repr(kwh))`, before it is weighted."""
+    plan = energy_plan(site_ids=list(site_groups))
+    if not plan.modes or not weights or not spans:
+        return []
+    q = _Sql()
+    parts = [
+        _energy_sql(q, plan=plan, lo=lo, hi=hi, tz="UTC", unit="minute", stored_last=False)
+        for lo, hi in spans
+    ]
+    devices = list(plan.devices)
+    sites = [plan.devices[d][0] for d in devices]
+    groups, ids, quarters, shares = zip(*weights, strict=True)
+    sql = f"""
+    WITH e AS ({" UNION ALL ".join(f"({part})" for part in parts)}),
+    d AS (SELECT * FROM unnest({q.array(devices, "bigint")}, {q.array(sites, "bigint")},
+                               {q.array([site_groups[s] for s in sites], "int")})
+          AS d(device_id, site_id, grp)),
+    s AS (
+        SELECT d.site_id, d.grp, to_timestamp(e.period) AS bucket,
+               CASE WHEN bool_or(e.mode = 'meter') THEN sum(e.sum) FILTER (WHERE e.mode = 'meter')
+                    ELSE sum(e.sum) END AS kwh
+        FROM e JOIN d ON d.device_id = e.device_id
+        GROUP BY 1, 2, 3
+    ),
+    w AS (SELECT w.grp, w.window_id, to_timestamp(w.epoch) AS bucket, w.share
+          FROM unnest({q.array(list(groups), "int")}, {q.array(list(ids), "int")},
+                      {q.array([int(t.timestamp()) for t in quarters], "bigint")},
+                      {q.array([str(share) for share in shares], "numeric")})
+          AS w(grp, window_id, epoch, share))
+    SELECT s.site_id, w.window_id, sum(s.kwh::text::numeric * w.share), count(*)
+    FROM s JOIN w ON w.grp = s.grp AND w.bucket = s.bucket
+    GROUP BY 1, 2"""
+    return _fetch(sql, q.params)
+
+
 def _energy_sql(
     q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str,
     stored_last: bool,

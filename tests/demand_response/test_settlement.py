@@ -221,3 +221,36 @@ def test_only_a_completed_event_is_settled(schedule, alice_home):
     with pytest.raises(ValidationError) as raised:
         services.event_settle(event_id=event.pk)
     assert set(raised.value.message_dict) == {"status"}
+
+
+@pytest.mark.django_db
+def test_set_based_settlement_equals_the_rule_on_each_quarter_hour_off_quarter_windows(
+    schedule, alice_home
+):
+    """The windows summed in SQL give what `ten_in_ten` gives from the site's energy per
+    quarter-hour (the reference), also for a window cutting quarter-hours and irregular load."""
+    from demand_response import selectors
+    from demand_response.baseline import ten_in_ten, window_energy
+
+    site = alice_home["site"]
+    services.site_auto_response_set(site_id=site.pk, mode="accept_all")
+    start = datetime(2026, 11, 2, 18, 5, tzinfo=LISBON)
+    end = datetime(2026, 11, 2, 19, 10, tzinfo=LISBON)
+
+    def kwh(at: datetime) -> float:
+        return round(0.1 + (at.day * 7 + at.hour * 3 + at.minute) % 13 / 37, 6)
+
+    read(meter_of(alice_home), date(2026, 9, 10), EVENT_DAY, kwh, until=end)
+    event = completed_event(schedule, start, end)
+    # when
+    services.event_settle(event_id=event.pk)
+    # then
+    result = SettlementResult.objects.get(event=event, site=site)
+    lo = datetime(2026, 9, 10, tzinfo=UTC)
+    energy = selectors.site_quarter_energy(site_ids=[site.pk], lo=lo, hi=end)[site.pk]
+    reference = ten_in_ten(energy=energy, start=start, end=end, tz=LISBON, excluded=set())
+    assert result.status == "ok"
+    assert result.baseline_kwh == reference.kwh.quantize(Decimal("0.0001"))
+    assert result.adjustment == reference.adjustment.quantize(Decimal("0.0001"))
+    assert result.actual_kwh == window_energy(energy, start, end).quantize(Decimal("0.0001"))
+    assert result.days_used == [day.isoformat() for day in reference.days_used]
