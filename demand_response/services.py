@@ -16,7 +16,7 @@ import hashlib
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -566,7 +566,8 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
         ).order_by("pk")
     )
     earliest = min(
-        (_lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
+        (baseline.lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites),
+        default=None,
     )
     if earliest is None:
         return []
@@ -590,13 +591,6 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
         )
         results.append(result)
     return results
-
-
-def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
-    """Midnight UTC before the site's earliest possible baseline window (a day's margin covers
-    windows across midnight and the adjustment window before the start)."""
-    first = start.astimezone(tz).date() - timedelta(days=baseline.LOOKBACK_DAYS + 1)
-    return datetime.combine(first, datetime.min.time(), UTC)
 
 
 def _site_result(
