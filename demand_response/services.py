@@ -553,7 +553,8 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
 
     Runs again safely: the event's row is locked for the whole settlement, results are replaced
     and the ledger is brought to the new reward (a difference, usually none), so a repeated or
-    concurrent settlement never pays twice; data that arrived late is taken into account."""
+    concurrent settlement never pays twice; data that arrived late is taken into account. The
+    invited sites and the fleet are told, so the pages show the results."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
     if event.status != EventStatus.COMPLETED:
@@ -590,6 +591,7 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
             dr_event_id=event.pk,
         )
         results.append(result)
+    _tell(event.pk, {"change": "settled", "status": event.status})
     return results
 
 

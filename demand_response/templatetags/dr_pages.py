@@ -40,4 +40,4 @@ def reward_money(amount: Decimal, currency: str) -> str:
 @register.filter
 def kwh(amount: Decimal | None) -> str:
     """kWh for people: two decimals."""
-    return "–" if amount is None else f"{amount.quantize(Decimal('0.01'))}"
+    return "\N{EN DASH}" if amount is None else f"{amount.quantize(Decimal('0.01'))}"
