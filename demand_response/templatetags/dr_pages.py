@@ -13,6 +13,8 @@ from outages.templatetags.outage_pages import money
 
 register = template.Library()
 
+CENT = Decimal("0.01")
+
 
 @register.simple_tag
 def site_dr_panels(sites) -> dict:
@@ -38,6 +40,14 @@ def reward_money(amount: Decimal, currency: str) -> str:
 
 
 @register.filter
+def rate_money(amount: Decimal, currency: str) -> str:
+    """A rate per kWh as the program sets it: to the cent at least, more digits if it has
+    them (0.2375, not 0.24)."""
+    exact = amount.normalize()
+    return money(exact if exact.as_tuple().exponent < -2 else amount.quantize(CENT), currency)
+
+
+@register.filter
 def kwh(amount: Decimal | None) -> str:
     """kWh for people: two decimals."""
-    return "\N{EN DASH}" if amount is None else f"{amount.quantize(Decimal('0.01'))}"
+    return "\N{EN DASH}" if amount is None else f"{amount.quantize(CENT)}"

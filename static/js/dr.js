@@ -31,17 +31,8 @@
     });
   }
 
-  const pending = new Map(); // url -> timer: several messages close together, one fetch
   function replaceLater(url, selector) {
-    window.clearTimeout(pending.get(url));
-    pending.set(url, window.setTimeout(async () => {
-      pending.delete(url);
-      const response = await fetch(url, { credentials: "same-origin" });
-      if (!response.ok) return;
-      const old = document.querySelector(selector);
-      if (old) old.outerHTML = await response.text();
-      tick();
-    }, 150));
+    window.livePanels.replace(url, selector, tick);
   }
 
   function refreshPanels(onlyRunning) {
@@ -71,14 +62,14 @@
         width: width(),
         height: 280,
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
-        axes: [{ size: 34 }, { size: 52, label: "kW", labelSize: 16 }],
+        axes: [{ size: 50 }, { size: 52, label: "kW", labelSize: 16 }],
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
         series: [
           {},
           { label: "Baseline", stroke: "#5f6b7a", width: 2, dash: [6, 4], paths: stepped, spanGaps: true, points: { show: false } },
           { label: "Actual (15 min)", stroke: "#0b7a55", width: 2, paths: stepped, spanGaps: true, fill: "rgba(11,122,85,0.08)", points: { show: false } },
-          { label: "Live", stroke: "#d9480f", width: 1.5, spanGaps: true, points: { show: false } },
+          { label: "Live", stroke: "#d9480f", width: 1.5, spanGaps: true }, // points shown while sparse
         ],
         hooks: {
           drawClear: [

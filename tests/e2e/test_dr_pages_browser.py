@@ -215,6 +215,7 @@ def test_a_resident_is_invited_live_opts_in_sees_the_saving_and_then_the_reward(
     card = page.locator(f'[data-dr-event="{event.pk}"]')
     expect(card).to_contain_text("Invitation to save energy")
     expect(card).to_contain_text("level 1")
+    expect(card).to_contain_text("€0.2375 per kWh saved")
     expect(phone.locator(f'[data-dr-event="{event.pk}"]')).to_contain_text("Opt in")
     _shot(page, "drpages-resident-invited")
     _shot(phone, "drpages-resident-invited-phone")
