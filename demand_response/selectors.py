@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
@@ -200,28 +201,63 @@ class SiteEventEnergy:
     actual: dict[datetime, Decimal]
 
 
+# A site's baseline for an event is kept this long once it can no longer change (its day-of
+# adjustment window has passed): the pages ask for it again and again while the event runs.
+BASELINE_KEPT_S = 15 * 60
+# The operator's chart shows this long before the start, so the drop at the start shows.
+CHART_LEAD = timedelta(hours=1)
+
+
 def event_sites_energy(
     *, event: Event, sites: Iterable[Site], now: datetime
 ) -> dict[int, SiteEventEnergy]:
-    """Each site's `SiteEventEnergy` for `event` as of `now`, read as settlement reads it (the
-    same clean days, the same day-of adjustment): a fixed number of queries for all sites."""
+    """Each site's `SiteEventEnergy` for `event` as of `now`: the baseline as settlement reads
+    it (the same clean days, the same day-of adjustment), and the site's energy from
+    `CHART_LEAD` before the start until `now` (or the end). A fixed number of queries for all
+    sites; baselines come from the cache once their data is complete (`BASELINE_KEPT_S`:
+    readings of baseline days that arrive later show on the pages after that)."""
     sites = list(sites)
     if not sites:
         return {}
+    # The event as it is now: a changed window is another baseline (ids may be used again by
+    # another database, the creation instant is not).
+    version = "-".join(f"{t.timestamp():.6f}" for t in (event.created_at, event.start, event.end))
+    keys = {site.pk: f"dr:baseline:{event.pk}:{version}:{site.pk}" for site in sites}
+    kept = cache.get_many(list(keys.values()))
+    baselines = {site_id: kept[key] for site_id, key in keys.items() if key in kept}
+    if missing := [site for site in sites if site.pk not in baselines]:
+        made = _baselines(event, missing)
+        if now >= event.start - baseline.ADJUSTMENT_GAP:
+            cache.set_many({keys[site_id]: pair for site_id, pair in made.items()}, BASELINE_KEPT_S)
+        baselines |= made
+    lo = event.start - CHART_LEAD
+    lo -= (lo - baseline.ORIGIN) % baseline.INTERVAL
+    hi = min(now, event.end)
+    actual = (
+        site_quarter_energy(site_ids=list(keys), lo=lo, hi=hi)
+        if hi > lo
+        else {site_id: {} for site_id in keys}  # the chart's span is still to come
+    )
+    return {site_id: SiteEventEnergy(*baselines[site_id], actual[site_id]) for site_id in keys}
+
+
+def _baselines(
+    event: Event, sites: list[Site]
+) -> dict[int, tuple[baseline.Baseline, dict[datetime, Decimal]]]:
+    """Each site's baseline for the event and its curve, from the data before the start."""
     zones = {site.pk: zoneinfo.ZoneInfo(site.timezone) for site in sites}
     earliest = min(baseline.lookback_start(event.start, tz) for tz in zones.values())
-    hi = max(min(now, event.end), earliest)
-    energy = site_quarter_energy(site_ids=list(zones), lo=earliest, hi=hi)
+    energy = site_quarter_energy(site_ids=list(zones), lo=earliest, hi=event.start)
     excluded = baseline_excluded_dates(
         sites=sites, start=earliest, end=event.start, event_id=event.pk
     )
-    result = {}
+    made = {}
     for site_id, tz in zones.items():
         window = {"start": event.start, "end": event.end, "tz": tz}
         base = baseline.ten_in_ten(energy=energy[site_id], excluded=excluded[site_id], **window)
         curve = baseline.ten_in_ten_curve(energy=energy[site_id], base=base, **window)
-        result[site_id] = SiteEventEnergy(base, curve, energy[site_id])
-    return result
+        made[site_id] = (base, curve)
+    return made
 
 
 def _share(lo: datetime, hi: datetime, of_lo: datetime, of_hi: datetime) -> Decimal:
@@ -260,10 +296,6 @@ def site_event_saving(*, event: Event, site: Site, now: datetime) -> dict | None
         "actual_kwh": actual_kwh,
         "saved_kwh": max(base_kwh - actual_kwh, Decimal(0)),
     }
-
-
-# The operator's chart shows this long before the start, so the drop at the start shows.
-CHART_LEAD = timedelta(hours=1)
 
 
 def event_load_chart(*, event: Event, now: datetime) -> dict:

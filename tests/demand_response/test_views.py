@@ -203,3 +203,30 @@ def test_the_dashboard_reads_invitations_in_a_fixed_number_of_queries(
     with django_assert_max_num_queries(len(one.captured_queries)):
         response = client.get(reverse("dashboard"))
     assert response.content.decode().count("data-dr-invitation=") == 5
+
+
+def test_an_event_days_ahead_shows_its_page_with_an_empty_chart(
+    client, operator, schedule, alice_home
+):
+    soon = datetime.now(UTC) + timedelta(days=3)
+    event = schedule(now=None, start=soon, end=soon + timedelta(hours=1))
+    client.force_login(operator)
+    response = client.get(reverse("dr-page-event", args=[event.pk]))
+    assert response.status_code == 200
+    chart = response.context["chart"]
+    assert set(chart["actual_kw"]) == {None} and chart["sites_with_baseline"] == 0
+
+
+def test_the_events_page_reads_in_a_fixed_number_of_queries(
+    client, operator, schedule, alice_home, bob_home, django_assert_max_num_queries
+):
+    client.force_login(operator)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    schedule(now=None, start=soon, end=soon + timedelta(hours=1))
+    with django_assert_max_num_queries(40) as one:
+        client.get(reverse("dr-page-events"))
+    for n in range(2, 6):
+        schedule(now=None, start=soon + timedelta(hours=n), end=soon + timedelta(hours=n + 1))
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        response = client.get(reverse("dr-page-events"))
+    assert response.content.decode().count("data-event=") == 5
