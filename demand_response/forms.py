@@ -31,7 +31,10 @@ class EventForm(forms.Form):
         help_text="The level (0-3), the reduction in kW, or the price.",
     )
     target_sites = forms.ModelMultipleChoiceField(
-        Site.objects.order_by("name"), required=False, label="Sites"
+        Site.objects.order_by("name"),
+        required=False,
+        label="Sites",
+        help_text="Ctrl- or ⌘-click to choose several.",
     )
     target_feeders = forms.ModelMultipleChoiceField(
         Feeder.objects.order_by("code"), required=False, label="Feeders"

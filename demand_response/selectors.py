@@ -268,29 +268,33 @@ def _share(lo: datetime, hi: datetime, of_lo: datetime, of_hi: datetime) -> Deci
 
 
 def site_event_saving(*, event: Event, site: Site, now: datetime) -> dict | None:
-    """The kWh the site saved so far in the event: its baseline kWh from the start to `now`
-    minus what it used meanwhile. None before the start or without a baseline.
+    """The kWh the site saved so far in the event: its baseline kWh over the event's whole
+    quarter-hours gone by `now` minus what it used in them. None before the first such
+    quarter-hour with data, or without a baseline.
 
     An approximation while the event runs (settlement computes the exact figure afterwards):
-    only quarter-hours for which the site has data count, on both sides; the quarter-hour under
-    way counts its baseline pro rata to the time elapsed and its energy so far; and the baseline
-    carries the day-of adjustment settlement will use, known before the start."""
+    the quarter-hour under way is left out (a meter reports a quarter-hour's energy at its
+    start, a counter so far: neither says how much of it is gone), so are quarter-hours for
+    which the site has no data, on both sides; the baseline carries the day-of adjustment
+    settlement will use, known before the start."""
     if now <= event.start:
         return None
     energy = event_sites_energy(event=event, sites=[site], now=now)[site.pk]
     if not energy.baseline.sufficient:
         return None
-    until = min(now, event.end)
     base_kwh = actual_kwh = Decimal(0)
+    counted = 0
     for quarter, kwh in energy.curve.items():
-        actual = energy.actual.get(quarter)
-        if actual is None or quarter >= until:
-            continue
         q_end = quarter + baseline.INTERVAL
         lo, hi = max(quarter, event.start), min(q_end, event.end)
-        base_kwh += kwh * _share(lo, until, lo, hi)
-        # The quarter-hour's energy covers [quarter, min(q_end, now)): keep the event's part.
-        actual_kwh += actual * _share(lo, until, quarter, min(q_end, now))
+        actual = energy.actual.get(quarter)
+        if actual is None or hi > now:
+            continue
+        base_kwh += kwh
+        actual_kwh += actual * _share(lo, hi, quarter, q_end)  # the event's part of it
+        counted += 1
+    if not counted:
+        return None
     return {
         "baseline_kwh": base_kwh,
         "actual_kwh": actual_kwh,
@@ -299,7 +303,7 @@ def site_event_saving(*, event: Event, site: Site, now: datetime) -> dict | None
 
 
 def event_load_chart(*, event: Event, now: datetime) -> dict:
-    """The invited sites' aggregate load (kW per quarter-hour so far) against their aggregate
+    """The invited sites' aggregate load (kW per whole quarter-hour gone) against their aggregate
     baseline over the event's window, as plain numbers for the page's chart, and what the page
     needs to add the live feed's readings: which power sensor of which device counts, and its
     factor to W (a site's meter where it has one with a power sensor, else its devices')."""
@@ -314,8 +318,9 @@ def event_load_chart(*, event: Event, now: datetime) -> dict:
         base = [e.curve[t] for e in energy.values() if t in e.curve]
         lo, hi = max(t, event.start), min(q_end, event.end)
         baseline_kw.append(float(sum(base) / _hours(lo, hi)) if base else None)
-        used = [e.actual[t] for e in energy.values() if t in e.actual] if t < now else []
-        actual_kw.append(float(sum(used) / _hours(t, min(q_end, now))) if used else None)
+        # Whole quarter-hours only (see `site_event_saving`): the live readings show the rest.
+        used = [e.actual[t] for e in energy.values() if t in e.actual] if q_end <= now else []
+        actual_kw.append(float(sum(used) / _hours(t, q_end)) if used else None)
         quarters.append(t.timestamp())
         t = q_end
     return {
