@@ -224,6 +224,7 @@ def test_a_resident_is_invited_live_opts_in_sees_the_saving_and_then_the_reward(
     card.locator("[data-dr-opt-in]").click()
     expect(page.locator(".messages")).to_contain_text(f"You opted in to event {event.pk}.")
     expect(card).to_contain_text("You are taking part.")
+    expect(page.locator("[data-live-indicator]")).to_have_text("live")  # the new page's socket
 
     # when the event starts
     services.event_transition(event_id=event.pk, now=datetime.now(UTC))
