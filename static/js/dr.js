@@ -49,13 +49,16 @@
   const chart = dataEl && chartEl && typeof uPlot !== "undefined" ? setupChart(JSON.parse(dataEl.textContent)) : null;
 
   function setupChart(data) {
-    const quarters = data.quarters.concat([data.end]);
-    const baseline = data.baseline_kw.concat([data.baseline_kw[data.baseline_kw.length - 1]]);
-    const actual = data.actual_kw.concat([null]);
+    // Each quarter-hour's value as a flat segment: a point at its start and one just before its end.
+    const quarters = [], baseline = [], actual = [];
+    data.quarters.forEach((q, i) => {
+      quarters.push(q, Math.min(q + 900, data.end) - 1);
+      baseline.push(data.baseline_kw[i], data.baseline_kw[i]);
+      actual.push(data.actual_kw[i], data.actual_kw[i]);
+    });
     const live = []; // [x, kW]
     const latestW = new Map(); // device uid -> W
     const liveLabel = document.querySelector("[data-live-kw]");
-    const stepped = uPlot.paths.stepped({ align: 1 });
     const width = () => Math.max(260, chartEl.clientWidth);
     const plot = new uPlot(
       {
@@ -67,8 +70,8 @@
         cursor: { drag: { x: false, y: false } },
         series: [
           {},
-          { label: "Baseline", stroke: "#5f6b7a", width: 2, dash: [6, 4], paths: stepped, spanGaps: true, points: { show: false } },
-          { label: "Actual (15 min)", stroke: "#0b7a55", width: 2, paths: stepped, spanGaps: true, fill: "rgba(11,122,85,0.08)", points: { show: false } },
+          { label: "Baseline", stroke: "#5f6b7a", width: 2, dash: [6, 4], spanGaps: true, points: { show: false } },
+          { label: "Actual (15 min)", stroke: "#0b7a55", width: 2, spanGaps: true, fill: "rgba(11,122,85,0.08)", points: { show: false } },
           { label: "Live", stroke: "#d9480f", width: 1.5, spanGaps: true }, // points shown while sparse
         ],
         hooks: {
@@ -124,7 +127,7 @@
           if (!(key in point.values)) return;
           latestW.set(msg.device, point.values[key] * sensor[2]);
           const x = Date.parse(point.ts) / 1000;
-          if (x < quarters[0] || x > data.end) return;
+          if (x < data.quarters[0] || x > data.end) return;
           let total = 0;
           latestW.forEach((w) => { total += w; });
           const kw = total / 1000;
