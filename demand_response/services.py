@@ -16,7 +16,7 @@ import hashlib
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -553,22 +553,22 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
 
     Runs again safely: the event's row is locked for the whole settlement, results are replaced
     and the ledger is brought to the new reward (a difference, usually none), so a repeated or
-    concurrent settlement never pays twice; data that arrived late is taken into account. The
-    invited sites and the fleet are told, so the pages show the results."""
+    concurrent settlement never pays twice; data that arrived late is taken into account."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
     if event.status != EventStatus.COMPLETED:
         raise ValidationError(
             {"status": f"The event is {event.status}; only a completed event is settled."}
         )
+    # Told once the settlement commits (not if it fails), so the pages show the results.
+    _tell(event.pk, {"change": "settled", "status": event.status})
     sites = list(
         Site.objects.filter(
             dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN
         ).order_by("pk")
     )
     earliest = min(
-        (baseline.lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites),
-        default=None,
+        (_lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
     )
     if earliest is None:
         return []
@@ -591,8 +591,14 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
             dr_event_id=event.pk,
         )
         results.append(result)
-    _tell(event.pk, {"change": "settled", "status": event.status})
     return results
+
+
+def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
+    """Midnight UTC before the site's earliest possible baseline window (a day's margin covers
+    windows across midnight and the adjustment window before the start)."""
+    first = start.astimezone(tz).date() - timedelta(days=baseline.LOOKBACK_DAYS + 1)
+    return datetime.combine(first, datetime.min.time(), UTC)
 
 
 def _site_result(
