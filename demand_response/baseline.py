@@ -200,3 +200,44 @@ def _adjustment(*, today: Decimal | None, usual_kw: Decimal) -> tuple[Decimal, b
         return Decimal(1), False
     ratio = today / _ratio(ADJUSTMENT_SPAN, timedelta(hours=1)) / usual_kw
     return min(max(ratio, ADJUSTMENT_MIN), ADJUSTMENT_MAX), True
+
+
+def lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
+    """Midnight UTC before the site's earliest possible baseline window for an event starting
+    at `start` (a day's margin covers windows across midnight and the adjustment window)."""
+    first = start.astimezone(tz).date() - timedelta(days=LOOKBACK_DAYS + 1)
+    return datetime.combine(first, datetime.min.time(), UTC)
+
+
+def ten_in_ten_curve(
+    *,
+    energy: Mapping[datetime, Decimal],
+    start: datetime,
+    end: datetime,
+    tz: zoneinfo.ZoneInfo,
+    base: Baseline,
+    interval: timedelta = INTERVAL,
+) -> dict[datetime, Decimal]:
+    """`base` (a sufficient baseline of [start, end)) spread over the window's intervals: for
+    each interval (keyed by its start, clipped to the window) the average energy of the same
+    local wall-clock span on `base.days_used`, times `base.adjustment`. For pages: the curve
+    sums to `base.kwh` except when a baseline day's window crosses a DST change (the total
+    averages loads over each day's real length, the curve averages energies)."""
+    if not base.sufficient:
+        return {}
+    event_day = start.astimezone(tz).date()
+    backs = [(event_day - day).days for day in base.days_used]
+    curve: dict[datetime, Decimal] = {}
+    t = start - (start - ORIGIN) % interval
+    while t < end:
+        lo, hi = max(t, start), min(t + interval, end)
+        days = [
+            kwh
+            for back in backs
+            if (kwh := window_energy(energy, _shifted(lo, tz, -back), _shifted(hi, tz, -back)))
+            is not None
+        ]
+        if days:
+            curve[t] = sum(days) / len(days) * base.adjustment
+        t += interval
+    return curve

@@ -560,6 +560,8 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
         raise ValidationError(
             {"status": f"The event is {event.status}; only a completed event is settled."}
         )
+    # Told once the settlement commits (not if it fails), so the pages show the results.
+    _tell(event.pk, {"change": "settled", "status": event.status})
     sites = list(
         Site.objects.filter(
             dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN

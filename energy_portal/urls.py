@@ -61,5 +61,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("", include("outages.page_urls")),
+    path("", include("demand_response.page_urls")),
     path("", include("telemetry.urls")),
 ]

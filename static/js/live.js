@@ -259,6 +259,22 @@
     });
   }
 
+  // Panels the server renders (outages.js, dr.js) are fetched afresh when live messages say
+  // they changed: several messages close together make one fetch; `done` runs after.
+  const pendingPanels = new Map(); // url -> timer
+  function replacePanel(url, selector, done) {
+    window.clearTimeout(pendingPanels.get(url));
+    pendingPanels.set(url, window.setTimeout(async () => {
+      pendingPanels.delete(url);
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const old = document.querySelector(selector);
+      if (old) old.outerHTML = await response.text();
+      if (done) done();
+    }, 150));
+  }
+  window.livePanels = { replace: replacePanel };
+
   setupCharts();
   setupRelays();
   window.setInterval(() => each("[data-last-seen-for]", (el) => {

@@ -85,17 +85,8 @@
     });
   }
 
-  const pending = new Map(); // url -> timer: several messages close together, one fetch
   function replaceLater(url, selector) {
-    window.clearTimeout(pending.get(url));
-    pending.set(url, window.setTimeout(async () => {
-      pending.delete(url);
-      const response = await fetch(url, { credentials: "same-origin" });
-      if (!response.ok) return;
-      const old = document.querySelector(selector);
-      if (old) old.outerHTML = await response.text();
-      tick();
-    }, 150));
+    window.livePanels.replace(url, selector, tick);
   }
 
   document.addEventListener("live:message", (event) => {

@@ -84,8 +84,12 @@ def completed_event(schedule, start: datetime, end: datetime):
 
 @pytest.fixture
 def world(schedule, alice_home, bob_home):
+    return worked_example(schedule, alice_home, bob_home)
+
+
+def worked_example(schedule, alice_home, bob_home):
     """The worked example: Alice's history, outage and earlier event; Bob (opted in too) with
-    only three days of data. Returns the completed event."""
+    only three days of data. Returns the completed event (the pages' tests use it too)."""
     for home in (alice_home, bob_home):
         services.site_auto_response_set(site_id=home["site"].pk, mode="accept_all")
     alice_meter, bob_meter = meter_of(alice_home), meter_of(bob_home)
