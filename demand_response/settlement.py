@@ -38,7 +38,7 @@ def event_sites_settle(
     if not sites:
         return []
     zones = {site.timezone: zoneinfo.ZoneInfo(site.timezone) for site in sites}
-    earliest = min(_lookback_start(start, tz) for tz in zones.values())
+    earliest = min(baseline.lookback_start(start, tz) for tz in zones.values())
     excluded = selectors.baseline_excluded_dates(
         sites=sites, start=earliest, end=start, event_id=event.pk
     )
@@ -122,13 +122,6 @@ class _Windows:
             return kwh if count == self.quarters[window_id] else None
 
         return energy
-
-
-def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
-    """Midnight UTC before the site's earliest possible baseline window (a day's margin covers
-    windows across midnight and the adjustment window before the start)."""
-    first = start.astimezone(tz).date() - timedelta(days=baseline.LOOKBACK_DAYS + 1)
-    return datetime.combine(first, datetime.min.time(), UTC)
 
 
 def _result(
