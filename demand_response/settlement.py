@@ -13,7 +13,7 @@ it reported, else the devices), so the figures are those `selectors.site_quarter
 
 import zoneinfo
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from demand_response import baseline, selectors

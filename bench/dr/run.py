@@ -206,8 +206,14 @@ def settle_part(n_sites: int) -> dict:
     stored = dict(
         SettlementResult.objects.filter(event=event).values_list("site_id", "baseline_kwh")
     )
-    differ = [s for s in sites if ceiling.get(s) is None or stored.get(s) is None
-              or abs(ceiling[s].quantize(Decimal("0.0001")) - stored[s]) > Decimal("0.0001")]  # fmt: skip
+    tenth_wh = Decimal("0.0001")
+    differ = [
+        s
+        for s in sites
+        if ceiling.get(s) is None
+        or stored.get(s) is None
+        or abs(ceiling[s].quantize(tenth_wh) - stored[s]) > tenth_wh
+    ]
     out["baselines_differing_from_ceiling"] = len(differ)
     out["loadavg_after"] = loadavg()
     log(f"  settled in {out['settle_s']}s (again: {out['resettle_s']}s); ceiling SQL "
@@ -250,7 +256,7 @@ def _servers(before: bool) -> list:
             ],
             env=env,
             log_path=common.LOG_DIR / "beat.log",
-        ),  # fmt: skip
+        ),
     ]
     shared.wait_port(common.port(), web)
     time.sleep(3)  # the worker ready for the event's tasks
@@ -353,10 +359,11 @@ def report(results: dict) -> str:
                      f"{'p50':>8} {'p99':>8} {'max':>8}  <=1s   load")  # fmt: skip
         for r in d:
             c, x = r["curtail"], r["restore"]
+            curtail = " ".join(f"{c.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
+            restore = " ".join(f"{x.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
             lines.append(
-                f"  {r['mode']:<20} {r['n']:>5} {c.get('p50_ms', '-'):>8} {c.get('p99_ms', '-'):>8} "
-                f"{c.get('max_ms', '-'):>8} | {x.get('p50_ms', '-'):>8} {x.get('p99_ms', '-'):>8} "
-                f"{x.get('max_ms', '-'):>8}  {r['curtail_within_1s']}/{r['n']}  {r['loadavg_before']}"
+                f"  {r['mode']:<20} {r['n']:>5} {curtail} | {restore}  "
+                f"{r['curtail_within_1s']}/{r['n']}  {r['loadavg_before']}"
             )
     return "\n".join(lines)
 
