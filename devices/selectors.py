@@ -185,7 +185,7 @@ def site_sockets(*, feeder_id: int) -> dict[int, SiteSockets]:
         Device.objects.filter(site__feeder_id=feeder_id)
         .values("site_id")
         .annotate(
-            online=Count("id", filter=Q(online=True)),
+            devices_online=Count("id", filter=Q(online=True)),
             dropped=Max("dropped_at"),
             back=Min("online_since", filter=Q(online=True)),
         )
@@ -193,7 +193,7 @@ def site_sockets(*, feeder_id: int) -> dict[int, SiteSockets]:
     )
     return {
         row["site_id"]: SiteSockets(
-            dropped_at=row["dropped"] if row["online"] == 0 else None, back_at=row["back"]
+            dropped_at=row["dropped"] if row["devices_online"] == 0 else None, back_at=row["back"]
         )
         for row in rows
     }
