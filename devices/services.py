@@ -2,7 +2,7 @@
 
 import secrets
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -299,12 +299,19 @@ def devices_mark_silent_offline(*, now: float | None = None) -> int:
     # The latest of Redis' note and the database's: a socket's notes reach Redis about a second
     # after they are taken (socket_registry.SeenNotes), and going online writes the database at
     # once, so a device that just connected has no note yet but is not silent.
-    silent = [
-        device_id
+    last_life = {
+        device_id: max(float(at) if at else 0.0, _epoch(online[device_id]))
         for device_id, at in zip(ids, noted, strict=True)
-        if now - max(float(at) if at else 0.0, _epoch(online[device_id])) > limit
-    ]
+    }
+    silent = [device_id for device_id, at in last_life.items() if now - at > limit]
     for device_id in silent:
         client.hdel(socket_registry.SOCKETS_KEY, device_id)
-        device_set_online(device_id=device_id, online=False, abrupt=True)
+        # Its socket went without a close: a drop, at its last sign of life (see outages'
+        # suspected outages, which the outages sweep looks for).
+        device_set_online(
+            device_id=device_id,
+            online=False,
+            at=datetime.fromtimestamp(last_life[device_id], tz=UTC),
+            abrupt=True,
+        )
     return len(silent)

@@ -249,6 +249,7 @@ def suspected_outages_shown(*, now: datetime, recent: timedelta) -> list[Suspect
     dismissed within `recent` (so operators see what became of them), oldest first."""
     return list(
         suspected_outage_list()
+        .prefetch_related(None)  # the page shows how many sites, not which: one query
         .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(resolved_at__gte=now - recent))
         .order_by("started_at", "id")
     )

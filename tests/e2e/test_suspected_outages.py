@@ -19,7 +19,6 @@ from websockets.sync.client import ClientConnection, connect
 
 from django.conf import settings
 from django.db import connection
-from django.test import Client
 
 from devices.models import Device
 from outages.models import SuspectedOutage
@@ -81,13 +80,6 @@ def offline(*devices) -> bool:
     return not Device.objects.filter(pk__in=[d.pk for d in devices], online=True).exists()
 
 
-def session(user, server: servers.Server) -> dict:
-    client = Client()
-    client.force_login(user)
-    value = client.cookies[settings.SESSION_COOKIE_NAME].value
-    return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
-
-
 def shot(page, name: str) -> None:
     folder = os.environ.get("E2E_SHOTS")
     if folder:
@@ -101,7 +93,7 @@ def test_pis_vanishing_together_show_a_suspected_outage_live_and_their_replay_co
     pages = []
     for viewport in (DESKTOP, PHONE):
         context = browser.new_context(base_url=server.http, viewport=viewport)
-        context.add_cookies([session(operator, server)])
+        context.add_cookies([servers.session_cookie(operator, server)])
         page = context.new_page()
         page.set_default_timeout(15_000)
         page.goto("/fleet/")
@@ -158,7 +150,7 @@ def test_pis_vanishing_together_show_a_suspected_outage_live_and_their_replay_co
 
     # and a resident never sees it
     resident = browser.new_context(base_url=server.http)
-    resident.add_cookies([session(alice, server)])
+    resident.add_cookies([servers.session_cookie(alice, server)])
     dashboard = resident.new_page()
     dashboard.goto("/dashboard/")
     expect(dashboard.locator("[data-suspected-outage]")).to_have_count(0)

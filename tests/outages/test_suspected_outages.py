@@ -21,6 +21,7 @@ from outages import services, tasks
 from outages.models import Outage, OutageKind, PowerEvent, SuspectedOutage, SuspectedStatus
 from outages.suspected_outages import SiteCut, verdict
 from tests.conftest import SENSORS
+from tests.outages.conftest import report_cut
 
 API = "/api/v1/outages/suspected/"
 WINDOW = timedelta(minutes=2)
@@ -72,16 +73,7 @@ def sync(feeder, now):
 
 
 def lost(device, at, *, restored=None):
-    for state, instant in (("lost", at), ("restored", restored)):
-        if instant is not None:
-            services.power_event_record(
-                device_id=device.id,
-                site_id=device.site_id,
-                device_uid=device.uid,
-                state=state,
-                at=instant,
-            )
-    services.site_outages_reconcile(site_id=device.site_id)
+    report_cut(device, lost=at, restored=restored)
 
 
 def shape(feeder):
