@@ -51,8 +51,11 @@ def server(monkeypatch):
 
 
 def pi(server: servers.Server, token: str) -> ClientConnection:
+    # Not a context manager: the test ends it (`vanish`, or the server stopping).
     ws = connect(
-        f"{server.ws}/ws/devices/", additional_headers={"Authorization": f"Bearer {token}"}
+        f"{server.ws}/ws/devices/",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        legacy=True,
     )
     ws.send(json.dumps({"type": "settle"}))  # answered once the connect is handled
     assert json.loads(ws.recv(timeout=5))["code"] == "unknown_type"
@@ -143,7 +146,7 @@ def test_pis_vanishing_together_show_a_suspected_outage_live_and_their_replay_co
     for page in pages:
         row = page.locator("[data-suspected-outage]")
         expect(row).to_have_attribute("data-suspected-status", "confirmed")
-        expect(row).to_contain_text("reports confirm a cut")
+        expect(row).to_contain_text("their reports confirm a cut")
     shot(desktop, "suspected-confirmed-desktop")
     suspected.refresh_from_db()
     assert suspected.status == "confirmed" and suspected.grid_outage.kind == "feeder"
