@@ -350,10 +350,15 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 await db(services.device_set_online)(
                     device_id=device_id, online=False, at=self._last_life(), abrupt=dropped
                 )
-                if dropped:
-                    await db(socket_drop_record)(site_id=self.device.site_id)
             except Exception as exc:
                 failed.append(("marking it offline", exc))
+            else:
+                if dropped:
+                    try:
+                        # Its home may have lost the mains: outages look for a suspected outage.
+                        await db(socket_drop_record)(site_id=self.device.site_id)
+                    except Exception as exc:
+                        failed.append(("noting its drop", exc))
         if failed:
             # An outage (Redis, the database) as a rule: one line. The silent-devices job marks
             # the device offline later if this could not.
