@@ -13,6 +13,7 @@ import time
 import traceback
 import uuid
 from collections import deque
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -31,7 +32,7 @@ from devices.groups import device_group
 from devices.rate_limit import TokenBucket
 from energy_portal import realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
-from outages.services import power_event_record
+from outages.services import power_event_record, socket_drop_record
 from telemetry.services import IngestResult, Item, readings_enqueue, readings_validate
 from telemetry.validation import parse_timestamp
 
@@ -51,6 +52,10 @@ CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4008
 CLOSE_FLOOD = 4029
 CLOSE_TOO_SLOW = 4013  # a live socket that does not keep up with its messages
+# How a socket ends that the device did not choose to end: no close frame at all (Uvicorn says
+# 1005 for a lost connection, 1006 before the handshake completed), or our close for silence.
+# The mains may have failed under it (`outages.services.socket_drop_record`).
+ABRUPT_ENDS = frozenset({1005, 1006})
 
 
 class FrameError(Exception):
@@ -224,6 +229,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
     leaving: asyncio.Task | None = None  # gives the socket's place up (see _leave)
     accepted = False
     closing = False
+    closed_with: int | None = None  # the code of our close frame, if we closed the socket
+    ended_with: int | None = None  # the code of the server's first disconnect message
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -293,7 +300,17 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             await self._deliver(command_id)
 
     async def disconnect(self, code):
+        if self.ended_with is None:
+            self.ended_with = code
         await self._leave()
+
+    def _dropped(self) -> bool:
+        """Whether the socket ended abruptly: the device neither closed it nor was closed by us
+        for a reason of ours (shutdown 1012, a failure 1011, replaced, flooding); silence
+        counts, since a home without mains goes silent."""
+        if self.closed_with is not None:
+            return self.closed_with == CLOSE_SILENT
+        return self.ended_with in ABRUPT_ENDS
 
     async def _leave(self) -> None:
         """End the socket's tasks, leave the device's group, give up its registry entry and
@@ -328,10 +345,20 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         except Exception as exc:
             failed.append(("releasing its registry entry", exc))
         if released:
+            dropped = self._dropped()
             try:
-                await db(services.device_set_online)(device_id=device_id, online=False)
+                await db(services.device_set_online)(
+                    device_id=device_id, online=False, at=self._last_life(), abrupt=dropped
+                )
             except Exception as exc:
                 failed.append(("marking it offline", exc))
+            else:
+                if dropped:
+                    try:
+                        # Its home may have lost the mains: outages look for a suspected outage.
+                        await db(socket_drop_record)(site_id=self.device.site_id)
+                    except Exception as exc:
+                        failed.append(("noting its drop", exc))
         if failed:
             # An outage (Redis, the database) as a rule: one line. The silent-devices job marks
             # the device offline later if this could not.
@@ -340,6 +367,13 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 self.device.uid,
                 "; ".join(f"{step}: {type(exc).__name__}: {exc}" for step, exc in failed),
             )
+
+    def _last_life(self) -> datetime:
+        """The instant of the device's last sign of life: its last frame when we closed it for
+        silence, else now (the socket ended just now)."""
+        if self.closed_with == CLOSE_SILENT:
+            return timezone.now() - timedelta(seconds=time.monotonic() - self.last_frame)
+        return timezone.now()
 
     async def dispatch(self, message):
         """Handle one message at a time, as Channels does, with the silence clock stopped.
@@ -474,6 +508,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
+        self.closed_with = code or 1000  # what Channels sends for no code
         if self.answering is not None and self.answering is not asyncio.current_task():
             self.answering.cancel()
         self._drop_answers()

@@ -156,6 +156,16 @@ class Device(models.Model):
     token_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     online = models.BooleanField(default=False, editable=False)
     last_seen = models.DateTimeField(null=True, blank=True, editable=False)
+    online_since = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When its socket opened; empty offline."
+    )
+    dropped_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When its last socket ended abruptly (no close frame, or silent): its last "
+        "sign of life. Empty when it ended cleanly (the device or the server closed it).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

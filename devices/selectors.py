@@ -1,10 +1,11 @@
 """Reads of the registry, scoped to what a user may see."""
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 
 from devices.groups import fleet_group, site_group
 from devices.models import (
@@ -183,3 +184,43 @@ def relay_states(*, device_ids: list[int]) -> dict[int, tuple[str, datetime]]:
         for device_id, args, at in done
         if isinstance(args, dict) and args.get("state") in ("on", "off")
     }
+
+
+@dataclass(frozen=True)
+class SiteSockets:
+    """Where a site's device sockets stand: `dropped_at`, the latest abrupt end among its devices
+    when all of them are offline (else None); `back_at`, when the earliest of its online devices
+    connected (None while all are offline)."""
+
+    dropped_at: datetime | None
+    back_at: datetime | None
+
+
+def site_sockets(*, feeder_id: int) -> dict[int, SiteSockets]:
+    """The sockets of every site of the feeder that has devices, in one query."""
+    rows = (
+        Device.objects.filter(site__feeder_id=feeder_id)
+        .values("site_id")
+        .annotate(
+            devices_online=Count("id", filter=Q(online=True)),
+            dropped=Max("dropped_at"),
+            back=Min("online_since", filter=Q(online=True)),
+        )
+        .order_by("site_id")
+    )
+    return {
+        row["site_id"]: SiteSockets(
+            dropped_at=row["dropped"] if row["devices_online"] == 0 else None, back_at=row["back"]
+        )
+        for row in rows
+    }
+
+
+def feeders_with_drops(*, since: datetime) -> list[int]:
+    """Feeders with an offline device whose socket dropped abruptly at or after `since`."""
+    return list(
+        Device.objects.filter(online=False, dropped_at__gte=since, site__feeder__isnull=False)
+        .values_list("site__feeder_id", flat=True)
+        .distinct()
+        .order_by("site__feeder_id")
+    )

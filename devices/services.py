@@ -2,7 +2,7 @@
 
 import secrets
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -91,8 +91,12 @@ def _status_payload(device: Device) -> dict:
     }
 
 
-def device_set_online(*, device_id: int, online: bool, at: datetime | None = None) -> Device:
-    """Record that a device's socket opened or closed, and tell its viewers after commit.
+def device_set_online(
+    *, device_id: int, online: bool, at: datetime | None = None, abrupt: bool = False
+) -> Device:
+    """Record that a device's socket opened or closed (at `at`, default now), and tell its
+    viewers after commit. A socket that ended `abrupt`ly (no close frame, or silent: the home
+    may have lost its mains) keeps `at` as the device's drop instant; a clean end clears it.
 
     Going offline is skipped when another socket of the device has registered meanwhile (it
     reconnected while the old socket was closing), so the newer state wins.
@@ -102,7 +106,12 @@ def device_set_online(*, device_id: int, online: bool, at: datetime | None = Non
         return device
     device.online = online
     device.last_seen = at or timezone.now()
-    device.save(update_fields=["online", "last_seen"])
+    if online:
+        device.online_since = device.last_seen
+    else:
+        device.online_since = None
+        device.dropped_at = device.last_seen if abrupt else None
+    device.save(update_fields=["online", "last_seen", "online_since", "dropped_at"])
     message = live_event(_status_payload(device))
     groups = [site_group(device.site_id), fleet_group()]
     transaction.on_commit(lambda: group_send(groups, message))
@@ -330,12 +339,19 @@ def devices_mark_silent_offline(*, now: float | None = None) -> int:
     # The latest of Redis' note and the database's: a socket's notes reach Redis about a second
     # after they are taken (socket_registry.SeenNotes), and going online writes the database at
     # once, so a device that just connected has no note yet but is not silent.
-    silent = [
-        device_id
+    last_life = {
+        device_id: max(float(at) if at else 0.0, _epoch(online[device_id]))
         for device_id, at in zip(ids, noted, strict=True)
-        if now - max(float(at) if at else 0.0, _epoch(online[device_id])) > limit
-    ]
+    }
+    silent = [device_id for device_id, at in last_life.items() if now - at > limit]
     for device_id in silent:
         client.hdel(socket_registry.SOCKETS_KEY, device_id)
-        device_set_online(device_id=device_id, online=False)
+        # Its socket went without a close: a drop, at its last sign of life (see outages'
+        # suspected outages, which the outages sweep looks for).
+        device_set_online(
+            device_id=device_id,
+            online=False,
+            at=datetime.fromtimestamp(last_life[device_id], tz=UTC),
+            abrupt=True,
+        )
     return len(silent)

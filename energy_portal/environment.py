@@ -54,6 +54,7 @@ class Environment:
     outage_momentary_s: int
     outage_correlation_s: int
     outage_min_grid_sites: int
+    outage_suspected_grace_s: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -206,4 +207,5 @@ def load() -> Environment:
         outage_momentary_s=int_setting("OUTAGE_MOMENTARY_S", 180),
         outage_correlation_s=int_setting("OUTAGE_CORRELATION_S", 120),
         outage_min_grid_sites=_positive("OUTAGE_MIN_GRID_SITES", 2),
+        outage_suspected_grace_s=int_setting("OUTAGE_SUSPECTED_GRACE_S", 120),
     )

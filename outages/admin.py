@@ -8,7 +8,15 @@ from devices.admin import SiteAdmin as RegistrySiteAdmin
 from devices.models import Site
 from outages import services
 from outages.credit_rules import round_money
-from outages.models import CreditEntry, CreditPolicy, Outage, PowerEvent, SitePolicy
+from outages.models import (
+    CreditEntry,
+    CreditPolicy,
+    Outage,
+    PowerEvent,
+    SitePolicy,
+    SuspectedOutage,
+    SuspectedSite,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -102,3 +110,28 @@ class PowerEventAdmin(ReadOnlyAdmin):
     list_select_related = ["device", "site"]
     date_hierarchy = "at"
     search_fields = ["device__uid", "site__name"]
+
+
+class SuspectedSiteInline(admin.TabularInline):
+    model = SuspectedSite
+    fields = ["site", "dropped_at", "back_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SuspectedOutage)
+class SuspectedOutageAdmin(ReadOnlyAdmin):
+    """Read only: derived from the devices' socket drops and the power reports."""
+
+    list_display = ["id", "feeder", "started_at", "status", "resolved_at", "grid_outage"]
+    list_filter = ["status", "feeder"]
+    list_select_related = ["feeder", "grid_outage"]
+    date_hierarchy = "started_at"
+    inlines = [SuspectedSiteInline]

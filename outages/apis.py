@@ -7,7 +7,7 @@ staff only.
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import permissions, viewsets
+from rest_framework import generics, permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter
@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from django.utils import timezone
 
 from devices import selectors as registry
+from devices.permissions import IsOperator
 from outages import filters, selectors
 from outages.models import CreditEntry, CreditPolicy, Outage
 from outages.serializers import (
@@ -23,6 +24,7 @@ from outages.serializers import (
     CreditEntrySerializer,
     CreditPolicySerializer,
     OutageSerializer,
+    SuspectedOutageSerializer,
 )
 
 # Ids are numbers: `outages/indices/` and `credits/balance/` are never taken for one.
@@ -57,6 +59,20 @@ class OutageViewSet(viewsets.ReadOnlyModelViewSet):
 
     def retrieve(self, request, *args, **kwargs):
         return Response(self._data(self.get_object(), many=False))
+
+
+class SuspectedOutageListApi(generics.ListAPIView):
+    """Operators: suspected outages, newest first (filter: status suspected|confirmed|dismissed,
+    feeder). Sockets of sites of one feeder that dropped together with no report of a cut;
+    residents are refused (403), as for the other operators' views."""
+
+    serializer_class = SuspectedOutageSerializer
+    permission_classes = [IsOperator]
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = filters.SuspectedOutageFilter
+
+    def get_queryset(self):
+        return selectors.suspected_outage_list()
 
 
 class CreditPolicyPermission(permissions.BasePermission):

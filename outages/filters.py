@@ -10,7 +10,14 @@ from devices import selectors as registry
 from devices.models import Feeder, Site
 from energy_portal.filters import visible_to_caller
 from outages import selectors
-from outages.models import CreditEntry, Outage, OutageKind, OutageStatus
+from outages.models import (
+    CreditEntry,
+    Outage,
+    OutageKind,
+    OutageStatus,
+    SuspectedOutage,
+    SuspectedStatus,
+)
 
 sites = visible_to_caller(Site, registry.site_list)
 feeders = visible_to_caller(Feeder, registry.feeder_list)
@@ -88,3 +95,12 @@ class CreditBalanceFilter(django_filters.FilterSet):
 
     def filter_site(self, queryset, name, value):
         return queryset.filter(pk=value.pk)
+
+
+class SuspectedOutageFilter(django_filters.FilterSet):
+    feeder = django_filters.ModelChoiceFilter(queryset=feeders)
+    status = django_filters.ChoiceFilter(choices=SuspectedStatus.choices)
+
+    class Meta:
+        model = SuspectedOutage
+        fields = ["feeder", "status"]

@@ -341,3 +341,80 @@ class CreditEntry(models.Model):
         if self.outage_id is not None:
             return f"outage:{self.outage_id}"
         return f"dr_event:{self.dr_event_id}"
+
+
+class SuspectedStatus(models.TextChoices):
+    SUSPECTED = "suspected", "Suspected"
+    CONFIRMED = "confirmed", "Confirmed"
+    DISMISSED = "dismissed", "Dismissed"
+
+
+class SuspectedOutage(models.Model):
+    """Sites of one feeder whose device sockets all dropped abruptly within the correlation
+    window with no `lost` report: perhaps a cut that took the homes' routers down with it
+    (`outages.suspected_outages`). Confirmed when replayed reports show site outages starting
+    then, dismissed when the devices are back for the grace period and none did."""
+
+    feeder = models.ForeignKey(Feeder, on_delete=models.CASCADE, related_name="suspected_outages")
+    started_at = models.DateTimeField(help_text="The first of its sites' drop instants.")
+    sites = models.ManyToManyField(Site, through="SuspectedSite", related_name="suspected_outages")
+    status = models.CharField(
+        max_length=10, choices=SuspectedStatus.choices, default=SuspectedStatus.SUSPECTED
+    )
+    resolved_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was confirmed or dismissed."
+    )
+    grid_outage = models.ForeignKey(
+        Outage,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="suspicions",
+        help_text="The feeder outage it was confirmed as, once one formed.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["feeder", "status"], name="suspected_feeder_status")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["feeder", "started_at"], name="suspected_outage_once_per_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="suspected", resolved_at__isnull=True)
+                | (~Q(status="suspected") & Q(resolved_at__isnull=False)),
+                name="suspected_outage_resolved_when_not_suspected",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Suspected outage {self.pk} of feeder {self.feeder_id} ({self.status})"
+
+
+class SuspectedSite(models.Model):
+    """A site of a suspected outage: the instant its last device socket dropped, and the instant
+    one came back (kept once seen, so a later drop of the site does not undo it)."""
+
+    suspected_outage = models.ForeignKey(
+        SuspectedOutage, on_delete=models.CASCADE, related_name="drops"
+    )
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="suspected_drops")
+    dropped_at = models.DateTimeField()
+    back_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a device of the site connected again after it."
+    )
+
+    class Meta:
+        ordering = ["dropped_at", "site_id"]
+        constraints = [
+            # One drop of a site belongs to one suspected outage, and a site joins one once.
+            models.UniqueConstraint(fields=["site", "dropped_at"], name="suspected_site_drop_once"),
+            models.UniqueConstraint(
+                fields=["suspected_outage", "site"], name="suspected_site_once_per_outage"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"site {self.site_id} dropped at {self.dropped_at:%Y-%m-%d %H:%M:%S}"

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Prefetch, Q, QuerySet, Sum
 
 from devices.models import Site
 from devices.selectors import user_is_operator
@@ -22,6 +22,9 @@ from outages.models import (
     PowerEvent,
     SitePolicy,
     SiteReconcile,
+    SuspectedOutage,
+    SuspectedSite,
+    SuspectedStatus,
 )
 
 
@@ -228,3 +231,25 @@ def sites_not_reconciled() -> list[int]:
     )
     marks = dict(SiteReconcile.objects.values_list("site_id", "events"))
     return sorted(site for site, n in counts.items() if marks.get(site) != n)
+
+
+def suspected_outage_list() -> QuerySet[SuspectedOutage]:
+    """Suspected outages, newest first, with their feeder, sites and drops in three queries
+    whatever their number (operators only: the callers check)."""
+    return (
+        SuspectedOutage.objects.select_related("feeder")
+        .annotate(sites_count=Count("drops"))
+        .prefetch_related(Prefetch("drops", queryset=SuspectedSite.objects.select_related("site")))
+        .order_by("-started_at", "-id")
+    )
+
+
+def suspected_outages_shown(*, now: datetime, recent: timedelta) -> list[SuspectedOutage]:
+    """What the fleet page shows: the suspected outages still open, and those confirmed or
+    dismissed within `recent` (so operators see what became of them), oldest first."""
+    return list(
+        suspected_outage_list()
+        .prefetch_related(None)  # the page shows how many sites, not which: one query
+        .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(resolved_at__gte=now - recent))
+        .order_by("started_at", "id")
+    )

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils.dateparse import parse_duration
 
 from outages.credit_rules import duration_iso, minor_unit
-from outages.models import CreditEntry, CreditPolicy, Outage
+from outages.models import CreditEntry, CreditPolicy, Outage, SuspectedOutage, SuspectedSite
 from outages.selectors import OutageCredit
 
 
@@ -235,3 +235,37 @@ class CreditEntrySerializer(serializers.ModelSerializer):
 
 class CreditBalanceSerializer(serializers.Serializer):
     balances = MoneySerializer(many=True, help_text="The ledger's sum per currency.")
+
+
+class SuspectedSiteSerializer(serializers.ModelSerializer):
+    site_name = serializers.CharField(source="site.name")
+
+    class Meta:
+        model = SuspectedSite
+        fields = ["site", "site_name", "dropped_at", "back_at"]
+
+
+class SuspectedOutageSerializer(serializers.ModelSerializer):
+    """Sites of one feeder whose device sockets dropped together with no report of a cut: a
+    possible outage, `confirmed` once replayed reports show it (then `grid_outage` is the feeder
+    outage, when one formed) or `dismissed` when the devices came back without any."""
+
+    feeder_code = serializers.CharField(source="feeder.code")
+    sites_count = serializers.IntegerField(help_text="How many sites dropped.")
+    sites = SuspectedSiteSerializer(source="drops", many=True)
+
+    class Meta:
+        model = SuspectedOutage
+        fields = [
+            "id",
+            "feeder",
+            "feeder_code",
+            "started_at",
+            "status",
+            "resolved_at",
+            "grid_outage",
+            "sites_count",
+            "sites",
+            "created_at",
+            "updated_at",
+        ]

@@ -2,15 +2,16 @@
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max, Sum
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
+from devices import selectors as registry
 from devices.groups import fleet_group, site_group
 from energy_portal.realtime import group_send, live_event
 from outages import selectors
@@ -31,8 +32,12 @@ from outages.models import (
     PowerState,
     SitePolicy,
     SiteReconcile,
+    SuspectedOutage,
+    SuspectedSite,
+    SuspectedStatus,
 )
 from outages.site_outages import PowerReport, match_by_overlap, site_outage_intervals
+from outages.suspected_outages import SiteCut, cut_spans, verdict
 
 
 def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
@@ -146,6 +151,9 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
         result.entries = _site_outages_settle(site_id, to_settle)
         if result.created or result.updated or result.voided:
             _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
+            if grid is not None:
+                # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
+                _suspected_sync(grid[0], timezone.now())
         return result
 
 
@@ -541,3 +549,172 @@ def site_credit_policy_set(*, site_id: int, policy_id: int | None) -> None:
         return
     policy = CreditPolicy.objects.get(pk=policy_id)
     SitePolicy.objects.update_or_create(site_id=site_id, defaults={"policy": policy})
+
+
+# Suspected outages look at drops and cuts this recent; older ones are history.
+SUSPECTED_HORIZON = timedelta(days=1)
+# The beat looks for suspected outages on feeders with an abrupt drop this recent (silent devices
+# are marked offline minutes after their last sign of life, which is their drop instant).
+SWEEP_DROPS_SINCE = timedelta(minutes=15)
+
+
+def socket_drop_record(*, site_id: int) -> None:
+    """A device socket of the site ended abruptly (`devices.consumers`): after commit, a Celery
+    task looks for a suspected outage on the site's feeder, so the socket's end never waits for
+    it. Robust: with the broker down, the beat's sweep finds the drop instead."""
+    grid = selectors.site_grid(site_id)
+    if grid is not None:
+        transaction.on_commit(partial(_suspected_later, grid[0]), robust=True)
+
+
+def _suspected_later(feeder_id: int) -> None:
+    from outages.tasks import suspected_outages_sync as task
+
+    task.delay(feeder_id)
+
+
+def suspected_outages_sync(*, feeder_id: int, now: datetime | None = None) -> bool:
+    """Open, grow, confirm and dismiss the feeder's suspected outages; whether any changed.
+
+    A site has dropped when every one of its devices is offline and the last of their sockets
+    ended abruptly (`Device.dropped_at`). Dropped sites of the feeder with no site outage
+    spanning their drop instant (no `lost` report covers it) join a suspected outage whose sites
+    all dropped within OUTAGE_CORRELATION_WINDOW of theirs; the others, when at least
+    OUTAGE_MIN_GRID_SITES of them dropped within the window of each other, open one (grouped as
+    grid outages are, `outages.grid_outages`). Each suspected outage's status is then derived
+    afresh (`outages.suspected_outages.verdict`): confirmed by a site outage of the feeder from
+    replayed reports, dismissed once all its sites are back for OUTAGE_SUSPECTED_GRACE.
+
+    Under the feeder's lock (the one site reconciles take), and a drop of a site joins one
+    suspected outage only (a unique constraint), so two workers at once give the result of one.
+    """
+    with transaction.atomic():
+        _lock(f"outages.feeder:{feeder_id}")
+        return _suspected_sync(feeder_id, now or timezone.now())
+
+
+def _suspected_sync(feeder_id: int, now: datetime) -> bool:
+    window = settings.OUTAGE_CORRELATION_WINDOW
+    since = now - SUSPECTED_HORIZON
+    sockets = registry.site_sockets(feeder_id=feeder_id)
+    cuts_of: dict[int, list[SiteCut]] = defaultdict(list)
+    for key, site_id, start, end, grid in (
+        Outage.objects.filter(kind=OutageKind.SITE, site__feeder_id=feeder_id)
+        .exclude(status=OutageStatus.VOID)
+        .exclude(ended_at__lt=since)
+        .values_list("pk", "site_id", "started_at", "ended_at", "grid_outage_id")
+    ):
+        cuts_of[site_id].append(SiteCut(key, start, end, grid))
+    suspected = list(
+        SuspectedOutage.objects.filter(feeder_id=feeder_id)
+        .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(started_at__gte=since))
+        .prefetch_related("drops")
+    )
+    drops = {s.pk: list(s.drops.all()) for s in suspected}
+    known = {(d.site_id, d.dropped_at) for rows in drops.values() for d in rows}
+    fresh = sorted(
+        (sock.dropped_at, site_id)
+        for site_id, sock in sockets.items()
+        if sock.dropped_at is not None
+        and sock.dropped_at >= since
+        and (site_id, sock.dropped_at) not in known
+        and not any(cut_spans(cut, sock.dropped_at) for cut in cuts_of[site_id])
+    )
+    changed = False
+    alone = []
+    for dropped_at, site_id in fresh:
+        joined = _suspected_join(suspected, drops, site_id=site_id, dropped_at=dropped_at)
+        if joined is None:
+            alone.append(
+                Member(
+                    key=site_id,
+                    unit=site_id,
+                    started_at=dropped_at,
+                    ended_at=None,
+                    momentary=False,
+                )
+            )
+        changed |= joined is not None
+    for found in grid_outages(alone, window=window, min_units=settings.OUTAGE_MIN_GRID_SITES):
+        created = SuspectedOutage.objects.create(feeder_id=feeder_id, started_at=found.started_at)
+        at = {m.key: m.started_at for m in alone}
+        drops[created.pk] = SuspectedSite.objects.bulk_create(
+            SuspectedSite(suspected_outage=created, site_id=site, dropped_at=at[site])
+            for site in found.members
+        )
+        suspected.append(created)
+        changed = True
+    cuts = [cut for site_cuts in cuts_of.values() for cut in site_cuts]
+    for outage in suspected:
+        changed |= _suspected_judge(outage, drops[outage.pk], sockets, cuts, now)
+    if changed:
+        message = live_event({"type": "suspected", "feeder": feeder_id})
+        transaction.on_commit(lambda: group_send([fleet_group()], message))
+    return changed
+
+
+def _suspected_join(suspected, drops, *, site_id: int, dropped_at: datetime):
+    """Add the site's drop to the first suspected outage (of those not including the site) whose
+    drops would all still be within the window of each other; the outage, or None."""
+    window = settings.OUTAGE_CORRELATION_WINDOW
+    for outage in sorted(suspected, key=lambda o: (o.started_at, o.pk)):
+        rows = drops[outage.pk]
+        instants = [d.dropped_at for d in rows] + [dropped_at]
+        if any(d.site_id == site_id for d in rows) or max(instants) - min(instants) > window:
+            continue
+        rows.append(
+            SuspectedSite.objects.create(
+                suspected_outage=outage, site_id=site_id, dropped_at=dropped_at
+            )
+        )
+        if dropped_at < outage.started_at:
+            outage.started_at = dropped_at
+            outage.save(update_fields=["started_at", "updated_at"])
+        return outage
+    return None
+
+
+def _suspected_judge(outage, rows, sockets, cuts, now: datetime) -> bool:
+    """Note when its sites came back, and give it the status the instants say; whether changed."""
+    for row in rows:
+        sock = sockets.get(row.site_id)
+        if row.back_at is None and sock and sock.back_at and sock.back_at >= row.dropped_at:
+            row.back_at = sock.back_at
+            row.save(update_fields=["back_at"])
+    found = verdict(
+        status=outage.status,
+        resolved_at=outage.resolved_at,
+        started_at=outage.started_at,
+        back_at=[row.back_at for row in rows],
+        cuts=cuts,
+        window=settings.OUTAGE_CORRELATION_WINDOW,
+        grace=settings.OUTAGE_SUSPECTED_GRACE,
+        now=now,
+    )
+    values = {
+        "status": found.status,
+        "resolved_at": found.resolved_at,
+        "grid_outage_id": found.grid_outage,
+    }
+    if all(getattr(outage, name) == value for name, value in values.items()):
+        return False
+    for name, value in values.items():
+        setattr(outage, name, value)
+    outage.save(update_fields=[*values, "updated_at"])
+    return True
+
+
+def suspected_outages_sweep(*, now: datetime | None = None) -> list[int]:
+    """Queue a sync of every feeder with a suspected outage still open or a recent abrupt drop:
+    dismisses the ones whose sites are back for the grace period, and catches drops whose own
+    task was lost or that the silent-devices job found. Runs on beat; returns the feeders."""
+    now = now or timezone.now()
+    feeders = set(
+        SuspectedOutage.objects.filter(status=SuspectedStatus.SUSPECTED).values_list(
+            "feeder_id", flat=True
+        )
+    )
+    feeders.update(registry.feeders_with_drops(since=now - SWEEP_DROPS_SINCE))
+    for feeder_id in sorted(feeders):
+        _suspected_later(feeder_id)
+    return sorted(feeders)

@@ -7,16 +7,20 @@ from django.db import OperationalError
 
 from outages import services
 
+# A database that is unreachable is retried after 2, 4, 8, 16 and 32 s; a task is acked once
+# done, so one lost with its worker runs again.
+RETRIED_WHILE_THE_DATABASE_IS_DOWN = {
+    "ignore_result": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": False,
+    "max_retries": 5,
+}
 
-@shared_task(
-    ignore_result=True,
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=False,
-    max_retries=5,
-)
+
+@shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
 def site_outages_reconcile(site_id: int) -> dict:
     """Reconcile one site's outages and credits with all its power events (queued after each new
     event commits). Safe to run twice or at once on two workers: it starts from all the events
@@ -31,7 +35,15 @@ def site_outages_reconcile(site_id: int) -> dict:
     }
 
 
+@shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
+def suspected_outages_sync(feeder_id: int) -> bool:
+    """Open, grow, confirm or dismiss the feeder's suspected outages (queued after an abrupt
+    socket drop, and by the sweep). Safe twice or at once: it holds the feeder's lock."""
+    return services.suspected_outages_sync(feeder_id=feeder_id)
+
+
 @shared_task(ignore_result=True)
 def site_outages_sweep() -> int:
-    """Beat: queue a reconcile of each site with power events no reconcile has read yet."""
-    return len(services.site_outages_sweep())
+    """Beat: queue a reconcile of each site with power events no reconcile has read yet, and a
+    sync of each feeder with a suspected outage open or a recent abrupt drop."""
+    return len(services.site_outages_sweep()) + len(services.suspected_outages_sweep())

@@ -1,5 +1,7 @@
 from rest_framework.routers import SimpleRouter
 
+from django.urls import path
+
 from outages import apis
 
 router = SimpleRouter()
@@ -7,4 +9,7 @@ router.register("outages", apis.OutageViewSet, basename="outage")
 router.register("credit-policies", apis.CreditPolicyViewSet, basename="credit-policy")
 router.register("credits", apis.CreditEntryViewSet, basename="credit-entry")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("outages/suspected/", apis.SuspectedOutageListApi.as_view(), name="api-suspected-outages"),
+    *router.urls,
+]

@@ -22,6 +22,8 @@ from outages.models import CreditEntry, Outage, OutageKind, OutageStatus
 RECENT_END = timedelta(hours=24)
 # The indices' default period, ending now.
 DEFAULT_PERIOD = timedelta(days=365)
+# A confirmed or dismissed suspected outage stays on the fleet page this long.
+RECENT_SUSPICION = timedelta(minutes=30)
 
 
 @dataclass
@@ -79,7 +81,8 @@ def _balances_by_site(site_ids: list[int]) -> dict[int, dict[str, Decimal]]:
 
 def open_outages(*, now: datetime) -> dict:
     """Operators' view of the cuts going on: open outages of every kind, site outages grouped
-    under their feeder (or 'no feeder'), in two queries."""
+    under their feeder (or 'no feeder'), and the suspected outages open or lately resolved, in
+    five queries."""
     rows = list(
         Outage.objects.filter(status=OutageStatus.OPEN)
         .select_related("site__feeder", "feeder__transformer", "transformer")
@@ -94,6 +97,7 @@ def open_outages(*, now: datetime) -> dict:
         "transformers": [o for o in rows if o.kind == OutageKind.TRANSFORMER],
         "feeders": [o for o in rows if o.kind == OutageKind.FEEDER],
         "sites_by_feeder": sorted(by_feeder.items(), key=lambda item: (item[0] == "", item[0])),
+        "suspected": selectors.suspected_outages_shown(now=now, recent=RECENT_SUSPICION),
         "now": now,
     }
 

@@ -34,7 +34,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Rollups of the quarter-hours written since the last run (a no-op on TimescaleDB).
     "telemetry-rollups-refresh": {"task": "telemetry.tasks.rollups_refresh", "schedule": 60.0},
-    # Reconciles sites whose power report's own reconcile task was lost (broker down).
+    # Reconciles sites whose power report's own reconcile task was lost (broker down), and
+    # syncs feeders' suspected outages (dismissed on time, drops the silent-devices job found).
     "outages-sweep": {"task": "outages.tasks.site_outages_sweep", "schedule": 60.0},
     "telemetry-area-metrics": {"task": "telemetry.tasks.area_metrics_refresh", "schedule": 300.0},
     # Raw-data retention on plain PostgreSQL, at night (TimescaleDB drops chunks by policy).

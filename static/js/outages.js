@@ -1,7 +1,7 @@
 // Power cuts on the dashboard and the fleet page. The server renders each panel; this script
 // ticks an open cut's elapsed time and credit every second, moves the credit to the next step
 // when its instant passes (then asks the API for the server's figures), and fetches a panel
-// afresh when the live socket (live.js) says the outages changed.
+// afresh when the live socket (live.js) says the outages (or the suspected ones) changed.
 (function () {
   "use strict";
 
@@ -91,6 +91,11 @@
 
   document.addEventListener("live:message", (event) => {
     const msg = event.detail;
+    if (msg.type === "suspected") {
+      // Operators only (the fleet group): suspected outages are shown in the open outages.
+      if (document.querySelector("[data-open-outages]")) replaceLater("/outages/open/", "[data-open-outages]");
+      return;
+    }
     if (msg.type !== "outage") return;
     const panel = document.querySelector('[data-outage-panel][data-site="' + Number(msg.site) + '"]');
     if (panel) replaceLater("/outages/site/" + Number(msg.site) + "/", '[data-outage-panel][data-site="' + Number(msg.site) + '"]');

@@ -1446,3 +1446,92 @@ async def test_portals_on_two_databases_of_one_redis_do_not_hear_each_others_gro
 
     # then their member hears only their own message
     assert first["text"] == "theirs"
+
+
+# --- abrupt ends: what suspected outages are made of -------------------------------------------
+
+
+@database_sync_to_async
+def socket_state(device: Device) -> tuple:
+    return Device.objects.values_list("online", "online_since", "dropped_at").get(pk=device.pk)
+
+
+@pytest.fixture
+def feeder_syncs(monkeypatch):
+    """The feeders whose suspected outages a socket's end queued a sync of."""
+    from outages import services as outage_services
+
+    queued = []
+    monkeypatch.setattr(outage_services, "_suspected_later", queued.append)
+    return queued
+
+
+@pytest.mark.parametrize(
+    ("code", "abrupt"),
+    [
+        (1005, True),  # Uvicorn: the connection was lost, no close frame
+        (1006, True),
+        (1000, False),  # the Pi closed it
+        (1001, False),  # the Pi going away (shutting down cleanly)
+        (1012, False),  # the server shutting down (Uvicorn's code)
+    ],
+)
+async def test_a_socket_lost_without_a_close_frame_is_a_drop_and_a_clean_close_is_not(
+    alice_home, feeder_syncs, code, abrupt
+):
+    device = alice_home["device"]
+    pi = device_communicator(alice_home["token"])
+    assert (await pi.connect())[0]
+    await settle(pi)
+    _, online_since, _ = await socket_state(device)
+    before = timezone.now()
+
+    await pi.disconnect(code=code)
+
+    online, since_after, dropped_at = await socket_state(device)
+    assert online_since is not None and online_since <= before
+    assert (online, since_after) == (False, None)
+    if abrupt:
+        assert before <= dropped_at <= timezone.now()
+        assert feeder_syncs == [alice_home["site"].feeder_id]
+    else:
+        assert dropped_at is None
+        assert feeder_syncs == []
+
+
+async def test_a_socket_closed_for_silence_is_a_drop_at_its_last_sign_of_life(
+    alice_home, feeder_syncs, settings
+):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 1
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        last_frame = timezone.now()
+        assert await receive_close(pi, timeout=5) == CLOSE_SILENT
+        closed = timezone.now()
+        await pi.disconnect()  # the Pi's echo would be 1000: our reason for closing counts
+
+    online, _, dropped_at = await socket_state(device)
+    assert online is False
+    assert last_frame - timedelta(seconds=0.5) <= dropped_at <= closed - timedelta(seconds=0.9)
+    assert feeder_syncs == [alice_home["site"].feeder_id]
+
+
+async def test_a_socket_we_close_for_flooding_is_no_drop(alice_home, feeder_syncs, settings):
+    settings.DEVICE_RATE_PER_S = 0.001
+    settings.DEVICE_RATE_BURST = 1
+    device = alice_home["device"]
+
+    async with device_socket(alice_home["token"]) as pi:
+        code = None
+        for _ in range(5):
+            await pi.send_json_to({"type": "flood"})
+            output = await pi.receive_output(timeout=2)
+            if output["type"] == "websocket.close":
+                code = output.get("code")
+                break
+
+    assert code == CLOSE_FLOOD
+    assert (await socket_state(device))[2] is None
+    assert feeder_syncs == []

@@ -171,6 +171,10 @@ def test_silent_devices_go_offline_by_the_latest_of_redis_and_the_database(
     assert marked == 1
     assert Device.objects.get(pk=alice_id).online is True
     assert Device.objects.get(pk=bob_id).online is False
+    # its socket dropped at its last sign of life, Redis' note 30 s ago
+    assert Device.objects.get(pk=bob_id).dropped_at == datetime.fromtimestamp(
+        float(f"{now - 30:.3f}"), tz=UTC
+    )
     assert registry_keys.hget(socket_registry.SOCKETS_KEY, alice_id) is not None
     assert registry_keys.hget(socket_registry.SOCKETS_KEY, bob_id) is None
 

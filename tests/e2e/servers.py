@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from django.conf import settings
+from django.test import Client
+
 from energy_portal import asgi_server
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -45,6 +48,16 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def session_cookie(user, server: Server) -> dict:
+    """A browser cookie that signs `user` in on `server` (for Playwright's `add_cookies`). The
+    login form itself is driven in test_browser_login; the server is another process, whose
+    password hashers differ from the fast one the tests use."""
+    client = Client()
+    client.force_login(user)
+    value = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
 
 
 def database_url(settings_dict: dict) -> str:

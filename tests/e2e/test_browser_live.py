@@ -12,7 +12,6 @@ from websockets.sync.client import connect
 
 from django.conf import settings
 from django.db import connection
-from django.test import Client
 
 from devices.groups import site_group
 from energy_portal import realtime
@@ -38,16 +37,6 @@ def _send_reading(ws, values: dict, msg_id: str) -> dict:
     return json.loads(ws.recv(timeout=10))
 
 
-def _session_cookie(user, server: servers.Server) -> dict:
-    """A signed-in session for the user. (The login form itself is driven in
-    test_browser_login; here the server is another process, whose password hashers differ from
-    the fast one the tests use.)"""
-    client = Client()
-    client.force_login(user)
-    value = client.cookies[settings.SESSION_COOKIE_NAME].value
-    return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
-
-
 def test_a_devices_reading_appears_live_on_its_residents_dashboard(
     browser, alice, alice_home, bob_home
 ):
@@ -57,7 +46,7 @@ def test_a_devices_reading_appears_live_on_its_residents_dashboard(
         try:
             servers.wait_until_answering(server)
             context = browser.new_context(base_url=server.http)
-            context.add_cookies([_session_cookie(alice, server)])
+            context.add_cookies([servers.session_cookie(alice, server)])
             page = context.new_page()
             page.set_default_timeout(15_000)
             # given alice on her dashboard, its live socket open

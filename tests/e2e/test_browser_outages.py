@@ -19,7 +19,6 @@ from websockets.sync.client import ClientConnection, connect
 
 from django.conf import settings
 from django.db import connection
-from django.test import Client
 
 from outages.models import CreditPolicy
 from tests.e2e import servers
@@ -46,13 +45,6 @@ def seconds_policy(db):
         tiers=[{"after": "PT5S", "period": "PT5S", "amount": "0.50"}],
         is_default=True,
     )
-
-
-def _session_cookie(user, server: servers.Server) -> dict:
-    client = Client()
-    client.force_login(user)
-    value = client.cookies[settings.SESSION_COOKIE_NAME].value
-    return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": server.http}
 
 
 def _report(pi: ClientConnection, state: str, at: datetime) -> None:
@@ -88,14 +80,14 @@ def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
                 )
             )
             resident = browser.new_context(base_url=server.http)
-            resident.add_cookies([_session_cookie(alice, server)])
+            resident.add_cookies([servers.session_cookie(alice, server)])
             page = resident.new_page()
             page.set_default_timeout(15_000)
             phone_context = browser.new_context(base_url=server.http, viewport=PHONE)
-            phone_context.add_cookies([_session_cookie(alice, server)])
+            phone_context.add_cookies([servers.session_cookie(alice, server)])
             phone = phone_context.new_page()
             ops = browser.new_context(base_url=server.http)
-            ops.add_cookies([_session_cookie(operator, server)])
+            ops.add_cookies([servers.session_cookie(operator, server)])
             fleet = ops.new_page()
             fleet.set_default_timeout(15_000)
 
