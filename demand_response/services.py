@@ -320,7 +320,8 @@ def events_transition_due(*, now: datetime) -> int:
 @transaction.atomic
 def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
     """Cancel an event that has not completed (scheduled or active). Cancelling a cancelled
-    event changes nothing."""
+    event changes nothing. An event cancelled while active is settled later over the part of
+    its window that ran, from its start to `now`."""
     now = now or timezone.now()
     allowed = [EventStatus.SCHEDULED, EventStatus.ACTIVE]
     if not _move(event_id, to=EventStatus.CANCELLED, allowed=allowed, now=now):
@@ -331,8 +332,11 @@ def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
             )
         return event
     _restore_later(event_id)
+    event = Event.objects.get(pk=event_id)
+    if selectors.event_settlement_window(event=event) is not None:
+        _settle_later(event_id)  # it ran until now: what it delivered so far is paid
     _tell(event_id, {"change": "status", "status": EventStatus.CANCELLED})
-    return Event.objects.get(pk=event_id)
+    return event
 
 
 def _tell(event_id: int, payload: dict, *, site_ids: Iterable[int] | None = None) -> None:
@@ -457,7 +461,7 @@ def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCo
             site_id=sent.site_id,
             device=sent.device,
             kind=DispatchKind.RESTORE,
-            command=command_issue(device=sent.device, name="restore"),
+            command=command_issue(device=sent.device, name="restore", args={"event": event_id}),
         )
         for sent in curtailed.exclude(device_id__in=restored).select_related("device")
     ]
@@ -549,43 +553,49 @@ def site_auto_response_set(
 def event_settle(*, event_id: int, now: datetime | None = None) -> list[SettlementResult]:
     """Settle a completed event: for each site opted in at its end, the baseline (see
     `demand_response.baseline`), the actual and the delivered kWh (baseline - actual, not below
-    0) and the reward, kept as a `SettlementResult` and paid into the credit ledger.
+    0) and the reward, kept as a `SettlementResult` and paid into the credit ledger. An event
+    cancelled while active is settled the same way over the part of its window that ran (start
+    to the cancel instant, `selectors.event_settlement_window`); one cancelled before it became
+    active has nothing to settle.
 
     Runs again safely: the event's row is locked for the whole settlement, results are replaced
     and the ledger is brought to the new reward (a difference, usually none), so a repeated or
     concurrent settlement never pays twice; data that arrived late is taken into account."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
-    if event.status != EventStatus.COMPLETED:
+    window = selectors.event_settlement_window(event=event)
+    if window is None:
         raise ValidationError(
-            {"status": f"The event is {event.status}; only a completed event is settled."}
+            {
+                "status": f"The event is {event.status} and never ran to a settlement: only a "
+                "completed event, or one cancelled after its start, is settled."
+            }
         )
+    start, end = window
     sites = list(
         Site.objects.filter(
             dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN
         ).order_by("pk")
     )
     earliest = min(
-        (_lookback_start(event.start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
+        (_lookback_start(start, zoneinfo.ZoneInfo(s.timezone)) for s in sites), default=None
     )
     if earliest is None:
         return []
-    energy = selectors.site_quarter_energy(
-        site_ids=[s.pk for s in sites], lo=earliest, hi=event.end
-    )
+    energy = selectors.site_quarter_energy(site_ids=[s.pk for s in sites], lo=earliest, hi=end)
     excluded = selectors.baseline_excluded_dates(
-        sites=sites, start=earliest, end=event.start, event_id=event.pk
+        sites=sites, start=earliest, end=start, event_id=event.pk
     )
     results = []
     for site in sites:
-        result = _site_result(event, site, energy[site.pk], excluded[site.pk], now)
+        result = _site_result(event, end, site, energy[site.pk], excluded[site.pk], now)
         SettlementResult.objects.filter(event=event, site=site).delete()
         result.save()
         credit_settle(
             site_id=site.pk,
             amount=result.reward,
             currency=result.currency,
-            memo=_memo(event, result),
+            memo=_memo(event, end, result),
             dr_event_id=event.pk,
         )
         results.append(result)
@@ -600,17 +610,18 @@ def _lookback_start(start: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
 
 
 def _site_result(
-    event: Event, site: Site, energy: dict, excluded: set, now: datetime
+    event: Event, end: datetime, site: Site, energy: dict, excluded: set, now: datetime
 ) -> SettlementResult:
+    """The site's result over [event.start, end): `end` is the event's, or its cancel instant."""
     program = event.program
     base = baseline.ten_in_ten(
         energy=energy,
         start=event.start,
-        end=event.end,
+        end=end,
         tz=zoneinfo.ZoneInfo(site.timezone),
         excluded=excluded,
     )
-    actual = baseline.window_energy(energy, event.start, event.end)
+    actual = baseline.window_energy(energy, event.start, end)
     result = SettlementResult(
         event=event,
         site=site,
@@ -636,8 +647,10 @@ def _site_result(
     return result
 
 
-def _memo(event: Event, result: SettlementResult) -> str:
+def _memo(event: Event, end: datetime, result: SettlementResult) -> str:
     what = f"demand response event {event.pk} ({event.program.name})"
+    if end != event.end:
+        what += f", cancelled at {end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
     if result.status != SettlementStatus.OK:
         return f"{what}: {result.get_status_display().lower()}, not paid"
     return (
