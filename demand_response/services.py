@@ -549,6 +549,23 @@ def site_auto_response_set(
     return auto
 
 
+def site_auto_response_from_iots(*, site: Site, auto_accept: bool, **_signal) -> str | None:
+    """Follow an imported `iots-right.json`'s new `dr_events_auto_accept` (telemetry's
+    `iots_dr_auto_accept` signal, inside the import's transaction): true accepts every event;
+    false removes an accept-all (the resident answers each invitation again) and leaves a
+    decline-all or accept-up-to-a-level a person chose. What changed, or None."""
+    current = SiteAutoResponse.objects.filter(site=site).first()
+    if auto_accept:
+        if current is not None and current.mode == AutoResponseMode.ACCEPT_ALL:
+            return None
+        site_auto_response_set(site_id=site.pk, mode=AutoResponseMode.ACCEPT_ALL)
+        return f"site {site}: demand-response events accepted automatically"
+    if current is None or current.mode != AutoResponseMode.ACCEPT_ALL:
+        return None
+    site_auto_response_set(site_id=site.pk, mode=None)
+    return f"site {site}: demand-response events no longer accepted automatically"
+
+
 @transaction.atomic
 def event_settle(*, event_id: int, now: datetime | None = None) -> list[SettlementResult]:
     """Settle a completed event: for each site opted in at its end, the baseline (see
