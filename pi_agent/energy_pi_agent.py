@@ -603,6 +603,7 @@ class BuiltinCommands:
         self.mains = mains
         self.hooks = hooks or RelayHooks(None, None)
         self._expiry: asyncio.Task[None] | None = None
+        self._last: Curtailment | None = None  # the latest curtailment applied, ended or not
         # Curtail, restore and the end of a curtailment wait on their hooks: one at a time, so
         # a restore's hook finishing late never lifts the curtailment that came after it.
         self._switching = asyncio.Lock()
@@ -642,7 +643,7 @@ class BuiltinCommands:
         problem = await self.hooks.run(curtailment, curtailment.event)
         if problem:
             return CommandResult("failed", f"on_curtail failed, loads left as they were: {problem}")
-        self.load.curtailment = curtailment
+        self.load.curtailment = self._last = curtailment
         self._expire_at(curtailment)
         shed = round(SHED_BY_LEVEL[curtailment.level] * 100)
         return CommandResult(
@@ -655,7 +656,8 @@ class BuiltinCommands:
         if set(args) - {"event"}:
             return CommandResult("rejected", 'restore takes no args or {"event": <id>}')
         event = args.get("event")
-        current = self.current(datetime.now(UTC))
+        now = datetime.now(UTC)
+        current = self.current(now)
         if event is not None and current is not None and current.event != event:
             return CommandResult(
                 "done",
@@ -669,6 +671,13 @@ class BuiltinCommands:
         if problem:
             return CommandResult("failed", f"on_restore failed: {problem}")
         if current is None:
+            ended = self._last
+            if ended is not None and event in (None, ended.event) and ended.until <= now:
+                return CommandResult(
+                    "done",
+                    f"curtailment for event {ended.event} had ended by itself at "
+                    f"{format_ts(ended.until)}; loads as normal",
+                )
             return CommandResult("done", "not curtailed; loads as normal")
         return CommandResult("done", f"curtailment for event {current.event} lifted")
 
@@ -693,10 +702,10 @@ class BuiltinCommands:
                 curtailment.event,
                 format_ts(curtailment.until),
             )
+            self.load.curtailment, self._expiry = None, None
             problem = await self.hooks.run(None, curtailment.event)
             if problem:
                 log.error("on_restore failed when the curtailment ended: %s", problem)
-            self.load.curtailment, self._expiry = None, None
 
     async def aclose(self) -> None:
         """Stop waiting for the curtailment's end (the agent is stopping)."""

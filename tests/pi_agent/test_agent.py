@@ -673,6 +673,11 @@ async def test_a_curtailment_ends_by_itself_at_until_when_no_restore_comes(make_
         ["curtail", "5", "3"],
         ["restore", "5", "0"],
     ]
+    # the portal's restore, coming late, finds it over
+    restored = await agent.command_handler.handle(Command("c-late", "restore", {"event": 5}, None))
+    assert restored.detail == (
+        f"curtailment for event 5 had ended by itself at {format_ts(until)}; loads as normal"
+    )
 
 
 def test_file_source_follows_json_lines_and_skips_bad_ones(tmp_path):
