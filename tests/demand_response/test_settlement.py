@@ -19,11 +19,14 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from django.core.exceptions import ValidationError
 
 from demand_response import services
 from demand_response.models import Invitation, SettlementResult
+from demand_response.rewards import reward_for
 from devices import services as device_services
 from outages import services as outage_services
 from outages.models import CreditEntry, Outage
@@ -321,3 +324,31 @@ def test_an_event_cancelled_before_it_became_active_is_not_settled(history, sche
 
 def history_site(event, name: str) -> int:
     return Invitation.objects.get(event=event, site__name=name).site_id
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(minutes=st.integers(min_value=1, max_value=59), runs=st.integers(min_value=1, max_value=3))
+def test_whenever_it_is_cancelled_and_however_often_settled_it_pays_the_part_that_ran_once(
+    history, schedule, minutes, runs
+):
+    # given the event cancelled `minutes` after its start: by hand, Alice's baseline is 2 kW and
+    # her use 0.8 kW over that part (see the module docstring)
+    event = cancelled_event(schedule, after=timedelta(minutes=minutes))
+    hours = Decimal(minutes) / 60
+    baseline = (2 * hours).quantize(Decimal("0.0001"))
+    actual = (Decimal("0.8") * hours).quantize(Decimal("0.0001"))
+    expected = reward_for(delivered_kwh=baseline - actual, rate=Decimal("0.2375"), currency="EUR")
+    # when it is settled once or more
+    for _ in range(runs):
+        services.event_settle(event_id=event.pk)
+    # then
+    alice = settled(event)["Alice home"]
+    assert (alice.baseline_kwh, alice.actual_kwh, alice.reward) == (baseline, actual, expected)
+    paid = CreditEntry.objects.filter(dr_event_id=event.pk).values_list("amount", flat=True)
+    assert sum(paid, Decimal(0)) == expected
+    assert len(paid) == (1 if expected else 0)
