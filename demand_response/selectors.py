@@ -93,6 +93,25 @@ def baseline_excluded_dates(
     return excluded
 
 
+def event_settlement_window(*, event: Event) -> tuple[datetime, datetime] | None:
+    """The window an event is settled over: its whole window once completed; from its start to
+    the instant it was cancelled when it was cancelled while active; None when there is nothing
+    to settle (scheduled, active, or cancelled before it ever became active)."""
+    if event.status == EventStatus.COMPLETED:
+        return event.start, event.end
+    if event.status != EventStatus.CANCELLED:
+        return None
+    changes = dict(
+        EventStatusChange.objects.filter(
+            event=event, status__in=[EventStatus.ACTIVE, EventStatus.CANCELLED]
+        ).values_list("status", "at")
+    )
+    cancelled_at = changes.get(EventStatus.CANCELLED)
+    if EventStatus.ACTIVE not in changes or cancelled_at is None or cancelled_at <= event.start:
+        return None
+    return event.start, min(cancelled_at, event.end)
+
+
 def event_ids_due(*, now: datetime) -> list[int]:
     """Events whose next transition is due: scheduled ones whose start has come, active ones
     whose end has."""

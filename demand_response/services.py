@@ -313,7 +313,8 @@ def events_transition_due(*, now: datetime) -> int:
 @transaction.atomic
 def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
     """Cancel an event that has not completed (scheduled or active). Cancelling a cancelled
-    event changes nothing."""
+    event changes nothing. An event cancelled while active is settled later over the part of
+    its window that ran, from its start to `now`."""
     now = now or timezone.now()
     allowed = [EventStatus.SCHEDULED, EventStatus.ACTIVE]
     if not _move(event_id, to=EventStatus.CANCELLED, allowed=allowed, now=now):
@@ -324,8 +325,11 @@ def event_cancel(*, event_id: int, now: datetime | None = None) -> Event:
             )
         return event
     _restore_later(event_id)
+    event = Event.objects.get(pk=event_id)
+    if selectors.event_settlement_window(event=event) is not None:
+        _settle_later(event_id)  # it ran until now: what it delivered so far is paid
     _tell(event_id, {"change": "status", "status": EventStatus.CANCELLED})
-    return Event.objects.get(pk=event_id)
+    return event
 
 
 def _tell(event_id: int, payload: dict, *, site_ids: Iterable[int] | None = None) -> None:
@@ -460,7 +464,7 @@ def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCo
         .select_related("device")
         .order_by("device_id")
     ]
-    commands = commands_issue(devices=devices, name="restore")
+    commands = commands_issue(devices=devices, name="restore", args={"event": event_id})
     return _dispatched(event_id, DispatchKind.RESTORE, devices, commands)
 
 
@@ -545,21 +549,46 @@ def site_auto_response_set(
     return auto
 
 
+def site_auto_response_from_iots(*, site: Site, auto_accept: bool, **_signal) -> str | None:
+    """Follow an imported `iots-right.json`'s new `dr_events_auto_accept` (telemetry's
+    `iots_dr_auto_accept` signal, inside the import's transaction): true accepts every event;
+    false removes an accept-all (the resident answers each invitation again) and leaves a
+    decline-all or accept-up-to-a-level a person chose. What changed, or None."""
+    current = SiteAutoResponse.objects.filter(site=site).first()
+    if auto_accept:
+        if current is not None and current.mode == AutoResponseMode.ACCEPT_ALL:
+            return None
+        site_auto_response_set(site_id=site.pk, mode=AutoResponseMode.ACCEPT_ALL)
+        return f"site {site}: demand-response events accepted automatically"
+    if current is None or current.mode != AutoResponseMode.ACCEPT_ALL:
+        return None
+    site_auto_response_set(site_id=site.pk, mode=None)
+    return f"site {site}: demand-response events no longer accepted automatically"
+
+
 @transaction.atomic
 def event_settle(*, event_id: int, now: datetime | None = None) -> list[SettlementResult]:
     """Settle a completed event: for each site opted in at its end, the baseline (see
     `demand_response.baseline`), the actual and the delivered kWh (baseline - actual, not below
-    0) and the reward, kept as a `SettlementResult` and paid into the credit ledger.
+    0) and the reward, kept as a `SettlementResult` and paid into the credit ledger. An event
+    cancelled while active is settled the same way over the part of its window that ran (start
+    to the cancel instant, `selectors.event_settlement_window`); one cancelled before it became
+    active has nothing to settle.
 
     Runs again safely: the event's row is locked for the whole settlement, results are replaced
     and the ledger is brought to the new reward (a difference, usually none), so a repeated or
     concurrent settlement never pays twice; data that arrived late is taken into account."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
-    if event.status != EventStatus.COMPLETED:
+    window = selectors.event_settlement_window(event=event)
+    if window is None:
         raise ValidationError(
-            {"status": f"The event is {event.status}; only a completed event is settled."}
+            {
+                "status": f"The event is {event.status} and never ran to a settlement: only a "
+                "completed event, or one cancelled after its start, is settled."
+            }
         )
+    start, end = window
     # Told once the settlement commits (not if it fails), so the pages show the results.
     _tell(event.pk, {"change": "settled", "status": event.status})
     sites = list(
@@ -567,6 +596,4 @@ def event_settle(*, event_id: int, now: datetime | None = None) -> list[Settleme
             dr_invitations__event=event, dr_invitations__status=InvitationStatus.OPTED_IN
         ).order_by("pk")
     )
-    return settlement.event_sites_settle(
-        event=event, sites=sites, start=event.start, end=event.end, now=now
-    )
+    return settlement.event_sites_settle(event=event, sites=sites, start=start, end=end, now=now)

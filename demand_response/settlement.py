@@ -13,7 +13,7 @@ it reported, else the devices), so the figures are those `selectors.site_quarter
 
 import zoneinfo
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from demand_response import baseline, selectors
@@ -56,7 +56,7 @@ def event_sites_settle(
     SettlementResult.objects.bulk_create(results, batch_size=2000)
     credits_settle_dr_event(
         dr_event_id=event.pk,
-        payments={r.site_id: (r.reward, r.currency, _memo(event, r)) for r in results},
+        payments={r.site_id: (r.reward, r.currency, _memo(event, end, r)) for r in results},
     )
     return results
 
@@ -153,8 +153,10 @@ def _result(
     return result
 
 
-def _memo(event: Event, result: SettlementResult) -> str:
+def _memo(event: Event, end: datetime, result: SettlementResult) -> str:
     what = f"demand response event {event.pk} ({event.program.name})"
+    if end != event.end:
+        what += f", cancelled at {end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
     if result.status != SettlementStatus.OK:
         return f"{what}: {result.get_status_display().lower()}, not paid"
     return (

@@ -3,7 +3,7 @@
 An event's start and end are each scheduled for their instant when the event is created or
 changed (`event_transition`); `events_transition_due` sweeps every 30 s for any a worker missed
 (a lost task, a restart, a clock running ahead). A completed event is settled a little after its
-end (`services.SETTLE_AFTER`)."""
+end, one cancelled while active a little after the cancel (`services.SETTLE_AFTER`)."""
 
 from celery import shared_task
 
@@ -50,5 +50,6 @@ def event_restore(event_id: int) -> int:
 
 @shared_task(**RETRY)
 def event_settle(event_id: int) -> int:
-    """Settle a completed event (queued a while after its end); how many sites were settled."""
+    """Settle a completed event, or one cancelled while active (queued a while after its end or
+    cancel); how many sites were settled."""
     return len(services.event_settle(event_id=event_id))

@@ -135,7 +135,12 @@ def devices_record_last_seen(*, seen: dict[int, datetime]) -> int:
 COMMAND_ARGS = {
     # name: validator of args, returning an error message or None
     "ping": lambda args: None if not args else "ping takes no args",
-    "restore": lambda args: None if not args else "restore takes no args",
+    # With the event whose curtailment it lifts, so a Pi ignores one arriving after the next.
+    "restore": lambda args: (
+        None
+        if not args or (set(args) == {"event"} and type(args["event"]) is int)
+        else 'restore takes no args or {"event": <id>}'
+    ),
     "relay": lambda args: (
         None
         if set(args) == {"state"} and args["state"] in ("on", "off")

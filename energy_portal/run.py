@@ -81,6 +81,7 @@ def _run(argv: list[str] | None) -> int:
     if not options.no_demo:
         _manage("seed_demo", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
         _manage("seed_demo_outages")
+        _manage("seed_demo_dr")
 
     manager = Manager()
     commands = processes(

@@ -148,12 +148,36 @@ class PowerMonitor(Protocol):
     def mains_on(self, now: datetime) -> bool | None: ...
 
 
+# Share of the flexible loads shed at each demand-response level: 0 is normal operation, 1 sheds
+# a third, 2 two thirds, 3 all of them.
+SHED_BY_LEVEL = {0: 0.0, 1: 1 / 3, 2: 2 / 3, 3: 1.0}
+MAX_CURTAIL_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class Curtailment:
+    """A demand-response event's call on this Pi: shed ``level`` until ``until``."""
+
+    event: int | str
+    level: int
+    until: datetime
+
+
 @dataclass
 class LoadControl:
-    """State of the simulated relay and curtailment, changed by the built-in commands."""
+    """State of the simulated relay and of the demand-response curtailment, changed by the
+    built-in commands. A curtailment ends by itself at its ``until``, restore or not; it is one
+    attribute replaced whole, so the simulator (in a worker thread) never sees half of one."""
 
     relay_on: bool = True
-    curtail_kw: float = 0.0
+    curtailment: Curtailment | None = None
+
+    def shed(self, now: datetime) -> float:
+        """The share (0 to 1) of the flexible loads switched off at ``now``."""
+        current = self.curtailment
+        if current is None or now >= current.until:
+            return 0.0
+        return SHED_BY_LEVEL[current.level]
 
 
 class OutageSimulator:
@@ -223,13 +247,13 @@ class OutageSimulator:
 # Household model constants. A refrigerator compressor cycles about a third of the time.
 FRIDGE_PERIOD_S = 40 * 60
 FRIDGE_ON_S = 14 * 60
-# (name, watts, shortest and longest run in seconds)
+# (name, watts, shortest and longest run in seconds, flexible: demand response may switch it off)
 APPLIANCES = (
-    ("kettle", 2000.0, 120, 240),
-    ("microwave", 1100.0, 60, 300),
-    ("toaster", 900.0, 120, 240),
-    ("hair dryer", 1600.0, 180, 480),
-    ("washing machine heater", 2000.0, 600, 1200),
+    ("kettle", 2000.0, 120, 240, False),
+    ("microwave", 1100.0, 60, 300, False),
+    ("toaster", 900.0, 120, 240, False),
+    ("hair dryer", 1600.0, 180, 480, False),
+    ("washing machine heater", 2000.0, 600, 1200, True),
 )
 NOMINAL_V = 230.0
 
@@ -246,6 +270,11 @@ class SimulatorSource:
     are active. Voltage stays within 230 V ±2 % and sags slightly as the load rises. ``energy_kwh``
     is a counter that never decreases. The relay and curtailment in ``load`` shape the output, and
     an :class:`OutageSimulator` in ``outages`` zeroes power and voltage during a cut.
+
+    The flexible loads, those demand response may switch off, are a heat pump (300-600 W, drawing
+    half of that when the home is quiet and up to one and a half times at its peaks) and the
+    washing machine's heater. A curtailment sheds them by level (``SHED_BY_LEVEL``: a third, two
+    thirds, all); the base load, fridge and other appliances keep running.
     """
 
     def __init__(
@@ -267,9 +296,10 @@ class SimulatorSource:
         self._fridge_w = self._rng.uniform(90.0, 130.0)
         self._fridge_phase_s = self._rng.uniform(0.0, FRIDGE_PERIOD_S)
         self._energy_kwh = self._rng.uniform(1000.0, 20000.0)
+        self._heat_pump_w = self._rng.uniform(300.0, 600.0)
         self._last: datetime | None = None
         self._last_power_w = 0.0
-        self._running: list[tuple[datetime, float]] = []
+        self._running: list[tuple[datetime, float, bool]] = []  # (until, watts, flexible)
 
     def read(self, now: datetime) -> dict[str, float]:
         """Return ``power_w``, ``voltage_v`` and ``energy_kwh`` for the instant ``now``."""
@@ -317,21 +347,19 @@ class SimulatorSource:
         )
         starts_per_hour = 0.3 + 3.0 * activity / 1500.0
         if self._rng.random() < 1.0 - math.exp(-starts_per_hour * elapsed_s / 3600.0):
-            _name, watts, shortest, longest = self._rng.choice(APPLIANCES)
-            self._running.append(
-                (now + timedelta(seconds=self._rng.uniform(shortest, longest)), watts)
-            )
-        self._running = [(end, watts) for end, watts in self._running if end > now]
-        appliances = sum(watts for _end, watts in self._running)
+            _name, watts, shortest, longest, flexible = self._rng.choice(APPLIANCES)
+            until = now + timedelta(seconds=self._rng.uniform(shortest, longest))
+            self._running.append((until, watts, flexible))
+        self._running = [running for running in self._running if running[0] > now]
+        fixed = sum(watts for _until, watts, shed in self._running if not shed)
+        flexible = sum(watts for _until, watts, shed in self._running if shed)
+        flexible += self._heat_pump_w * (0.5 + min(activity, 1000.0) / 1000.0)
 
-        power_w = (self._base_w + activity + fridge + appliances) * self._rng.uniform(0.97, 1.03)
         if not self.load.relay_on:
             # Only the meter and relay electronics stay behind an open relay.
             return self._rng.uniform(0.5, 3.0)
-        if self.load.curtail_kw > 0:
-            # Curtailment sheds flexible loads; the base load and fridge keep running.
-            power_w = max(power_w - self.load.curtail_kw * 1000.0, 0.4 * self._base_w)
-        return power_w
+        flexible *= 1.0 - self.load.shed(now)
+        return (self._base_w + activity + fridge + fixed + flexible) * self._rng.uniform(0.97, 1.03)
 
     def _voltage(self, now: datetime, power_w: float) -> float:
         # The grid runs a little high at night when demand is low, and the house sags it under load.
@@ -473,14 +501,112 @@ class CommandHandler(Protocol):
 MAX_SIMULATED_CUT_MINUTES = 24 * 60
 
 
-class BuiltinCommands:
-    """``ping``, ``relay`` {"state": "on"|"off"}, ``curtail`` {"kw": x}, ``restore``, and
-    ``simulate_mains`` {"state": "lost", "minutes": m} | {"state": "restored"} when the mains are
-    simulated (``mains``); a Pi on real mains rejects that one."""
+def parse_curtail(args: dict[str, Any], now: datetime) -> Curtailment | str:
+    """Read ``curtail`` args ``{"event": id, "level": 0-3, "until": ISO instant}``; a
+    :class:`Curtailment`, or what is wrong with them."""
+    usage = 'curtail needs args {"event": <id>, "level": <0 to 3>, "until": <ISO 8601 instant>}'
+    if "kw" in args:
+        return f'{usage}; {{"kw": ...}} is no longer supported: the portal sends a level'
+    missing = {"event", "level", "until"} - set(args)
+    if missing:
+        return f"{usage}; missing {', '.join(sorted(missing))}"
+    event, level, until = args["event"], args["level"], args["until"]
+    if isinstance(event, bool) or not isinstance(event, int | str) or event == "":
+        return f"{usage}; event must be the event's id, not {event!r}"
+    if type(level) is not int or not 0 <= level <= MAX_CURTAIL_LEVEL:
+        return f"{usage}; level must be a whole number from 0 to {MAX_CURTAIL_LEVEL}, not {level!r}"
+    if not isinstance(until, str):
+        return f"{usage}; until must be an ISO 8601 string, not {until!r}"
+    try:
+        end = parse_ts(until)
+    except ValueError as exc:
+        return f"{usage}; bad until: {exc}"
+    if end <= now:
+        return f"until {until} has passed; nothing to curtail"
+    return Curtailment(event, level, end)
 
-    def __init__(self, load: LoadControl, mains: OutageSimulator | None = None) -> None:
+
+class RelayHooks:
+    """Shell commands that switch real loads when a curtailment starts and ends: a relay, a GPIO
+    line (``echo 1 > /sys/class/gpio/gpio17/value``), a smart plug's HTTP API, ...
+
+    Each runs with ``EP_EVENT``, ``EP_LEVEL`` (0-3, 0 on restore), ``EP_SHED`` (the share of
+    flexible load to switch off, 0 to 1) and ``EP_UNTIL`` (empty on restore) in its environment.
+    Exit code 0 means it worked; anything else, or running past ``timeout``, is a failure whose
+    output becomes the command's detail.
+    """
+
+    def __init__(
+        self, on_curtail: str | None, on_restore: str | None, *, timeout: float = 30.0
+    ) -> None:
+        self.on_curtail = on_curtail
+        self.on_restore = on_restore
+        self.timeout = timeout
+
+    async def run(self, curtailment: Curtailment | None, event: int | str | None) -> str | None:
+        """Run ``on_curtail`` for a curtailment or ``on_restore`` (``curtailment`` None); None
+        when it worked (or there is no command), else what went wrong."""
+        command = self.on_restore if curtailment is None else self.on_curtail
+        if not command:
+            return None
+        level = 0 if curtailment is None else curtailment.level
+        env = {
+            **os.environ,
+            "EP_EVENT": "" if event is None else str(event),
+            "EP_LEVEL": str(level),
+            "EP_SHED": f"{SHED_BY_LEVEL[level]:.4f}",
+            "EP_UNTIL": "" if curtailment is None else format_ts(curtailment.until),
+        }
+        # The operator configures a shell command line on purpose (redirections, pipes, ...).
+        proc = await asyncio.create_subprocess_shell(
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            return f"{command!r} timed out after {self.timeout:g} s"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            said = out.decode(errors="replace").strip()[-300:]
+            return f"{command!r} exited with {proc.returncode}" + (f": {said}" if said else "")
+        return None
+
+
+class BuiltinCommands:
+    """``ping``, ``relay`` {"state": "on"|"off"}, ``curtail`` {"event", "level", "until"},
+    ``restore`` (optionally {"event"}), and ``simulate_mains`` {"state": "lost", "minutes": m} |
+    {"state": "restored"} when the mains are simulated (``mains``); a Pi on real mains rejects
+    that one.
+
+    A curtailment sheds the simulated flexible loads (``load``) and runs the ``hooks``' on_curtail
+    command; it ends at its ``until`` by itself (running on_restore), should the portal's
+    ``restore`` never come. A restore naming another event than the current curtailment's is
+    stale (that event's end arriving after the next one's start) and changes nothing.
+    """
+
+    def __init__(
+        self,
+        load: LoadControl,
+        mains: OutageSimulator | None = None,
+        *,
+        hooks: RelayHooks | None = None,
+    ) -> None:
         self.load = load
         self.mains = mains
+        self.hooks = hooks or RelayHooks(None, None)
+        self._expiry: asyncio.Task[None] | None = None
+        self._last: Curtailment | None = None  # the latest curtailment applied, ended or not
+        # Curtail, restore and the end of a curtailment wait on their hooks: one at a time, so
+        # a restore's hook finishing late never lifts the curtailment that came after it.
+        self._switching = asyncio.Lock()
 
     async def handle(self, command: Command) -> CommandResult:
         """Apply the command to the simulated relay and load; unknown names are rejected."""
@@ -495,18 +621,98 @@ class BuiltinCommands:
                 self.load.relay_on = state == "on"
                 return CommandResult("done", f"relay {state}")
             case "curtail":
-                kw = _finite(args.get("kw"))
-                if kw is None or kw < 0:
-                    return CommandResult("rejected", 'curtail needs args {"kw": <number >= 0>}')
-                self.load.curtail_kw = kw
-                return CommandResult("done", f"curtailed by {kw:g} kW")
+                async with self._switching:
+                    return await self._curtail(args)
             case "restore":
-                self.load.curtail_kw = 0.0
-                return CommandResult("done", "curtailment lifted")
+                async with self._switching:
+                    return await self._restore(args)
             case "simulate_mains":
                 return self._simulate_mains(args)
             case _:
                 return CommandResult("rejected", f"unknown command {command.name!r}")
+
+    def current(self, now: datetime) -> Curtailment | None:
+        """The curtailment in force at ``now``, if any."""
+        current = self.load.curtailment
+        return current if current is not None and now < current.until else None
+
+    async def _curtail(self, args: dict[str, Any]) -> CommandResult:
+        curtailment = parse_curtail(args, datetime.now(UTC))
+        if isinstance(curtailment, str):
+            return CommandResult("rejected", curtailment)
+        problem = await self.hooks.run(curtailment, curtailment.event)
+        if problem:
+            return CommandResult("failed", f"on_curtail failed, loads left as they were: {problem}")
+        self.load.curtailment = self._last = curtailment
+        self._expire_at(curtailment)
+        shed = round(SHED_BY_LEVEL[curtailment.level] * 100)
+        return CommandResult(
+            "done",
+            f"curtailed for event {curtailment.event} at level {curtailment.level} "
+            f"({shed}% of flexible load off) until {format_ts(curtailment.until)}",
+        )
+
+    async def _restore(self, args: dict[str, Any]) -> CommandResult:
+        if set(args) - {"event"}:
+            return CommandResult("rejected", 'restore takes no args or {"event": <id>}')
+        event = args.get("event")
+        now = datetime.now(UTC)
+        current = self.current(now)
+        if event is not None and current is not None and current.event != event:
+            return CommandResult(
+                "done",
+                f"not curtailed for event {event} (curtailed for event {current.event} until "
+                f"{format_ts(current.until)}); nothing changed",
+            )
+        # Run even when not curtailed here (say after a restart): restoring twice is harmless,
+        # a relay left open is not.
+        problem = await self.hooks.run(None, event if current is None else current.event)
+        self._lift()
+        if problem:
+            return CommandResult("failed", f"on_restore failed: {problem}")
+        if current is None:
+            ended = self._last
+            if ended is not None and event in (None, ended.event) and ended.until <= now:
+                return CommandResult(
+                    "done",
+                    f"curtailment for event {ended.event} had ended by itself at "
+                    f"{format_ts(ended.until)}; loads as normal",
+                )
+            return CommandResult("done", "not curtailed; loads as normal")
+        return CommandResult("done", f"curtailment for event {current.event} lifted")
+
+    def _lift(self) -> None:
+        self.load.curtailment = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expire_at(self, curtailment: Curtailment) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.create_task(self._expire(curtailment))
+
+    async def _expire(self, curtailment: Curtailment) -> None:
+        await asyncio.sleep(max(0.0, (curtailment.until - datetime.now(UTC)).total_seconds()))
+        async with self._switching:
+            if self.load.curtailment is not curtailment:
+                return  # restored or replaced meanwhile
+            log.warning(
+                "curtailment for event %s ended at %s without a restore; loads back",
+                curtailment.event,
+                format_ts(curtailment.until),
+            )
+            self.load.curtailment, self._expiry = None, None
+            problem = await self.hooks.run(None, curtailment.event)
+            if problem:
+                log.error("on_restore failed when the curtailment ended: %s", problem)
+
+    async def aclose(self) -> None:
+        """Stop waiting for the curtailment's end (the agent is stopping)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+            self._expiry = None
 
     def _simulate_mains(self, args: dict[str, Any]) -> CommandResult:
         if self.mains is None:
@@ -748,6 +954,7 @@ class Agent:
         heartbeat: float = 15.0,
         power_monitor: PowerMonitor | None = None,
         command_handler: CommandHandler | None = None,
+        relay_hooks: RelayHooks | None = None,
         offline_while_mains_off: bool = False,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -772,7 +979,7 @@ class Agent:
         if command_handler is None:
             load = source.load if isinstance(source, SimulatorSource) else LoadControl()
             mains = power_monitor if isinstance(power_monitor, OutageSimulator) else None
-            command_handler = BuiltinCommands(load, mains)
+            command_handler = BuiltinCommands(load, mains, hooks=relay_hooks)
         self.command_handler = command_handler
         self.offline_while_mains_off = offline_while_mains_off
         self.backoff_base = backoff_base
@@ -837,6 +1044,8 @@ class Agent:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if isinstance(self.command_handler, BuiltinCommands):
+                await self.command_handler.aclose()
             self._running = False
             self._stopped.set()
             log.info("stopped; %d row(s) kept in the queue", self.queue_length())
@@ -1241,12 +1450,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the socket during simulated cuts (default: drop it, as a router losing power)",
     )
     parser.add_argument("--command-hook", help="program run for each command (JSON on stdin)")
+    parser.add_argument(
+        "--on-curtail", help="shell command switching real loads off for a curtailment"
+    )
+    parser.add_argument("--on-restore", help="shell command switching them back on")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("give the portal URL with --url or PI_AGENT_URL")
     if not args.token:
         parser.error("give the device token with --token or PI_AGENT_TOKEN")
+    if args.command_hook and (args.on_curtail or args.on_restore):
+        parser.error(
+            "--command-hook handles every command: it cannot go with --on-curtail/--on-restore"
+        )
     return args
 
 
@@ -1289,6 +1506,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat=args.heartbeat,
         power_monitor=monitor,
         command_handler=HookCommands(args.command_hook) if args.command_hook else None,
+        relay_hooks=RelayHooks(args.on_curtail, args.on_restore),
         offline_while_mains_off=outages is not None and not args.router_on_ups,
     )
     try:

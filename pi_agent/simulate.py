@@ -6,7 +6,8 @@ The tokens file maps device uids to their tokens (`manage.py seed_demo --tokens-
 Each Pi gets its own simulator seed and SQLite queue under `--queue-dir`. Their mains fail at
 random (`--outage-rate`), on command from the portal (`simulate_mains`), and for the devices in
 `--scheduled-cuts` on a fixed schedule, so a demo shows a cut within a minute or two. During a cut
-a Pi drops its socket (its router has no power either) unless it is in `--router-on-ups`.
+a Pi drops its socket (its router has no power either) unless it is in `--router-on-ups`. Each
+obeys the portal's demand-response `curtail` / `restore`: its flexible loads drop by level.
 """
 
 import argparse

@@ -39,6 +39,7 @@ from telemetry.iots_config import IotsConfig, IotsConfigError, aggregate, parse_
 from telemetry.models import PolledAppliance, PollSource
 from telemetry.selectors import sensor_refs_by_public_id
 from telemetry.services import Item, readings_ingest, readings_validate
+from telemetry.signals import iots_dr_auto_accept
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def iots_import(*, site: Site, name: str = "main", data: bytes | str | dict) -> 
     plan = iots_plan(site=site, name=name, data=data)
     period = plan.config.monitoring_period
     source = PollSource.objects.select_for_update().filter(site=site, name=name).first()
+    previous_auto_accept = None if source is None else _dr_auto_accept(source.config)
     if source is None:
         source = PollSource.objects.create(
             site=site, name=name, config=plan.document, monitoring_period_s=period
@@ -269,7 +271,20 @@ def iots_import(*, site: Site, name: str = "main", data: bytes | str | dict) -> 
         )
         gone.delete()
     poll_source_schedule(source=source)
+    if plan.config.dr_auto_accept != previous_auto_accept:
+        # Only when the file says something new, so a resident's later choice stands until then.
+        answers = iots_dr_auto_accept.send(
+            sender=PollSource, site=site, auto_accept=plan.config.dr_auto_accept
+        )
+        report.updated += [line for _receiver, line in answers if isinstance(line, str)]
     return report
+
+
+def _dr_auto_accept(document: object) -> bool | None:
+    """The `app.dr_events_auto_accept` of a stored file, if it has one."""
+    app = document.get("app") if isinstance(document, dict) else None
+    value = app.get("dr_events_auto_accept") if isinstance(app, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _device_refresh(*, device: Device, item: PlannedAppliance, report: IotsImport) -> None:

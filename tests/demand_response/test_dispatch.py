@@ -100,7 +100,7 @@ async def test_an_opted_in_device_gets_curtail_at_the_start_and_restore_on_cance
         "curtail",
         {"event": event.pk, "level": 2, "until": event.end.isoformat()},
     )
-    assert (restore["name"], restore["args"]) == ("restore", {})
+    assert (restore["name"], restore["args"]) == ("restore", {"event": event.pk})
     curtail_command = await database_sync_to_async(Command.objects.get)(pk=curtail["id"])
     # expires at the end (the ttl counted from the dispatch, so a few ms after it)
     assert timedelta(0) <= curtail_command.expires_at - event.end < timedelta(minutes=1)

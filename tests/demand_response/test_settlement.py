@@ -19,11 +19,14 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from django.core.exceptions import ValidationError
 
 from demand_response import services
 from demand_response.models import Invitation, SettlementResult
+from demand_response.rewards import reward_for
 from devices import services as device_services
 from outages import services as outage_services
 from outages.models import CreditEntry, Outage
@@ -83,13 +86,25 @@ def completed_event(schedule, start: datetime, end: datetime):
 
 
 @pytest.fixture
-def world(schedule, alice_home, bob_home):
-    return worked_example(schedule, alice_home, bob_home)
+def world(history, schedule):
+    """The worked example's event, completed."""
+    return completed_event(schedule, START, END)
+
+
+@pytest.fixture
+def history(schedule, alice_home, bob_home):
+    worked_history(schedule, alice_home, bob_home)
 
 
 def worked_example(schedule, alice_home, bob_home):
-    """The worked example: Alice's history, outage and earlier event; Bob (opted in too) with
-    only three days of data. Returns the completed event (the pages' tests use it too)."""
+    """The worked example's event, completed after its history (the pages' tests use it too)."""
+    worked_history(schedule, alice_home, bob_home)
+    return completed_event(schedule, START, END)
+
+
+def worked_history(schedule, alice_home, bob_home):
+    """The worked example before its event: Alice's history, outage and earlier event; Bob
+    (opted in too) with only three days of data."""
     for home in (alice_home, bob_home):
         services.site_auto_response_set(site_id=home["site"].pk, mode="accept_all")
     alice_meter, bob_meter = meter_of(alice_home), meter_of(bob_home)
@@ -112,7 +127,6 @@ def worked_example(schedule, alice_home, bob_home):
         datetime(2026, 10, 21, 18, 0, tzinfo=LISBON),
         datetime(2026, 10, 21, 19, 0, tzinfo=LISBON),
     )
-    return completed_event(schedule, START, END)
 
 
 def settled(event) -> dict[str, SettlementResult]:
@@ -258,3 +272,126 @@ def test_set_based_settlement_equals_the_rule_on_each_quarter_hour_off_quarter_w
     assert result.adjustment == reference.adjustment.quantize(Decimal("0.0001"))
     assert result.actual_kwh == window_energy(energy, start, end).quantize(Decimal("0.0001"))
     assert result.days_used == [day.isoformat() for day in reference.days_used]
+
+
+def cancelled_event(schedule, *, after: timedelta):
+    """The worked example's event, active from its start and cancelled `after` it."""
+    event = schedule(start=START, end=END, now=START - timedelta(days=1))
+    services.event_transition(event_id=event.pk, now=START)
+    services.event_cancel(event_id=event.pk, now=START + after)
+    return event
+
+
+@pytest.mark.django_db
+def test_an_event_cancelled_mid_way_is_settled_over_the_part_that_ran(history, schedule):
+    # given the event cancelled at 18:20, a third of an hour after its start. By hand: Alice's
+    # baseline is 2 kW x 1/3 h = 0.6667 kWh (factor 1, as before); she used 0.2 kWh in 18:00-18:15
+    # and a third of 0.2 in 18:15-18:30, 0.2667 kWh; delivered 0.4000 kWh x 0.2375 = 0.095,
+    # paid 0.10 EUR (half up). Over the whole hour it would have been 1.2 kWh and 0.29 EUR.
+    event = cancelled_event(schedule, after=timedelta(minutes=20))
+    # when
+    services.event_settle(event_id=event.pk)
+    # then
+    alice = settled(event)["Alice home"]
+    assert (alice.status, alice.days_used) == ("ok", DAYS_USED)
+    assert (alice.baseline_kwh, alice.adjustment, alice.actual_kwh, alice.delivered_kwh) == (
+        Decimal("0.6667"),
+        Decimal("1.0000"),
+        Decimal("0.2667"),
+        Decimal("0.4000"),
+    )
+    assert alice.reward == Decimal("0.10")
+    [entry] = CreditEntry.objects.filter(site=alice.site)
+    assert (entry.amount, entry.dr_event_id) == (Decimal("0.10"), event.pk)
+    assert "cancelled at 2026-11-02 18:20:00 UTC" in entry.memo
+    # Bob still has too few days; his actual is over the 20 minutes too: 0.25 + 0.25 / 3
+    bob = settled(event)["Bob home"]
+    assert (bob.status, bob.actual_kwh, bob.reward) == (
+        "insufficient_baseline",
+        Decimal("0.3333"),
+        0,
+    )
+
+
+@pytest.mark.django_db
+def test_an_event_cancelled_mid_way_settled_again_pays_nothing_more(history, schedule):
+    event = cancelled_event(schedule, after=timedelta(minutes=20))
+    services.event_settle(event_id=event.pk)
+    services.event_settle(event_id=event.pk)
+    assert credit_balance([history_site(event, "Alice home")]) == {"EUR": Decimal("0.10")}
+    assert CreditEntry.objects.filter(dr_event_id=event.pk).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_settling_a_cancelled_event_at_once_pay_once(history, schedule):
+    event = cancelled_event(schedule, after=timedelta(minutes=20))
+    results = at_once(
+        lambda: services.event_settle(event_id=event.pk),
+        lambda: services.event_settle(event_id=event.pk),
+    )
+    assert [type(r) for r in results] == [list, list]
+    assert CreditEntry.objects.filter(dr_event_id=event.pk).count() == 1
+    assert credit_balance([history_site(event, "Alice home")]) == {"EUR": Decimal("0.10")}
+
+
+@pytest.mark.django_db
+def test_an_event_cancelled_after_its_end_but_before_completing_is_settled_whole(history, schedule):
+    # the end's transition had not run yet when the operator cancelled: it ran to its end
+    event = cancelled_event(schedule, after=timedelta(hours=2))
+    services.event_settle(event_id=event.pk)
+    alice = settled(event)["Alice home"]
+    assert (alice.baseline_kwh, alice.actual_kwh, alice.reward) == (
+        Decimal("2.0000"),
+        Decimal("0.8000"),
+        Decimal("0.29"),
+    )
+
+
+@pytest.mark.django_db
+def test_an_event_cancelled_before_it_became_active_is_not_settled(history, schedule):
+    # given cancelled before its start, and one whose start passed without it becoming active
+    early = schedule(start=START, end=END, now=START - timedelta(days=1))
+    services.event_cancel(event_id=early.pk, now=START - timedelta(minutes=5))
+    late = schedule(
+        start=START + timedelta(days=1), end=END + timedelta(days=1), now=START - timedelta(days=1)
+    )
+    services.event_cancel(event_id=late.pk, now=START + timedelta(days=1, minutes=5))
+    for event in (early, late):
+        # when / then
+        with pytest.raises(ValidationError) as raised:
+            services.event_settle(event_id=event.pk)
+        assert set(raised.value.message_dict) == {"status"}
+    assert not SettlementResult.objects.exists()
+    assert not CreditEntry.objects.exists()
+
+
+def history_site(event, name: str) -> int:
+    return Invitation.objects.get(event=event, site__name=name).site_id
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(minutes=st.integers(min_value=1, max_value=59), runs=st.integers(min_value=1, max_value=3))
+def test_whenever_it_is_cancelled_and_however_often_settled_it_pays_the_part_that_ran_once(
+    history, schedule, minutes, runs
+):
+    # given the event cancelled `minutes` after its start: by hand, Alice's baseline is 2 kW and
+    # her use 0.8 kW over that part (see the module docstring)
+    event = cancelled_event(schedule, after=timedelta(minutes=minutes))
+    hours = Decimal(minutes) / 60
+    baseline = (2 * hours).quantize(Decimal("0.0001"))
+    actual = (Decimal("0.8") * hours).quantize(Decimal("0.0001"))
+    expected = reward_for(delivered_kwh=baseline - actual, rate=Decimal("0.2375"), currency="EUR")
+    # when it is settled once or more
+    for _ in range(runs):
+        services.event_settle(event_id=event.pk)
+    # then
+    alice = settled(event)["Alice home"]
+    assert (alice.baseline_kwh, alice.actual_kwh, alice.reward) == (baseline, actual, expected)
+    paid = CreditEntry.objects.filter(dr_event_id=event.pk).values_list("amount", flat=True)
+    assert sum(paid, Decimal(0)) == expected
+    assert len(paid) == (1 if expected else 0)

@@ -145,3 +145,44 @@ def test_an_event_that_ends_queues_its_settlement_a_while_after(
     assert len(settles) == 1
     expected = timezone.now() + services.SETTLE_AFTER
     assert abs(settles[0] - expected) < timedelta(seconds=30)
+
+
+def queued_settlements(broker_queue, event: Event) -> list[datetime]:
+    return [
+        eta for name, args, eta in broker_queue()
+        if name == "demand_response.tasks.event_settle" and args == f"({event.pk},)"
+    ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_cancelling_an_active_event_queues_its_settlement_a_while_after(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    # given an event active on the real clock
+    event = started_event(schedule, start_in=-timedelta(minutes=30))
+    services.event_transition(event_id=event.pk, now=timezone.now())
+    sync_client().delete(BROKER_QUEUE)
+
+    # when the operator cancels it
+    with django_capture_on_commit_callbacks(execute=True):
+        services.event_cancel(event_id=event.pk)
+
+    # then the part that ran is settled SETTLE_AFTER from now, once
+    [eta] = queued_settlements(broker_queue, event)
+    assert abs(eta - (timezone.now() + services.SETTLE_AFTER)) < timedelta(seconds=30)
+
+
+@pytest.mark.django_db
+def test_cancelling_an_event_that_never_became_active_queues_no_settlement(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    # given one still to start and one whose start passed before any worker moved it
+    waiting = started_event(schedule, start_in=timedelta(hours=1))
+    missed = started_event(schedule, start_in=-timedelta(minutes=5))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for event in (waiting, missed):
+            services.event_cancel(event_id=event.pk)
+
+    assert queued_settlements(broker_queue, waiting) == []
+    assert queued_settlements(broker_queue, missed) == []

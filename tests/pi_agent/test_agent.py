@@ -28,11 +28,13 @@ from pi_agent.energy_pi_agent import (
     Command,
     CommandResult,
     CommandSource,
+    Curtailment,
     FileSource,
     HookCommands,
     LoadControl,
     OutageSimulator,
     PowerFileMonitor,
+    RelayHooks,
     Sample,
     SimulatorSource,
     format_ts,
@@ -502,20 +504,180 @@ def test_simulator_gives_a_plausible_household_day():
     assert sum(heavy) / len(heavy) < sum(light) / len(light)
 
 
-def test_simulator_load_follows_relay_and_curtailment():
-    source = SimulatorSource(seed=5, tz=UTC)
+def test_simulator_load_follows_relay_and_curtailment_by_level_until_it_ends():
     evening = datetime(2026, 11, 22, 19, tzinfo=UTC)
-    normal = source.read(evening)["power_w"]
+    until = evening + timedelta(minutes=30)
 
-    source.load.curtail_kw = 10.0
-    curtailed = source.read(evening + timedelta(seconds=1))["power_w"]
-    source.load.curtail_kw = 0.0
+    def power(level: int | None, at: datetime) -> float:
+        # the same seed each time, so the household is the same and only the curtailment differs
+        source = SimulatorSource(seed=5, tz=UTC)
+        if level is not None:
+            source.load.curtailment = Curtailment(7, level, until)
+        return source.read(at)["power_w"]
+
+    normal, level0, level1, level2, level3 = (power(level, evening) for level in (None, 0, 1, 2, 3))
+    assert level0 == normal
+    # each level sheds a third more of the heat pump (300-600 W, x1.5 at the evening peak)
+    steps = [normal - level1, level1 - level2, level2 - level3]
+    assert all(130.0 <= step <= 320.0 for step in steps), steps
+    assert max(steps) - min(steps) < 0.07 * normal  # equal thirds, but for the +-3 % noise
+    assert level3 >= 150.0  # the base load, fridge and evening activity keep running
+    # at `until` the curtailment is over by itself
+    assert power(3, until) == power(None, until)
+
+    source = SimulatorSource(seed=5, tz=UTC)
     source.load.relay_on = False
-    off = source.read(evening + timedelta(seconds=2))["power_w"]
+    assert source.read(evening)["power_w"] < 5.0
 
-    assert curtailed < normal
-    assert curtailed >= 50.0  # the base load and fridge keep running
-    assert off < 5.0
+
+@pytest.mark.parametrize(
+    ("args", "detail"),
+    [
+        ({"kw": 1.5}, "no longer supported"),
+        ({"event": 3, "level": 2}, "missing until"),
+        ({"event": 3, "level": 4, "until": "SOON"}, "level must be a whole number from 0 to 3"),
+        ({"event": 3, "level": 2.0, "until": "SOON"}, "level must be a whole number"),
+        ({"event": 3, "level": True, "until": "SOON"}, "level must be a whole number"),
+        ({"event": None, "level": 1, "until": "SOON"}, "event must be the event's id"),
+        ({"event": 3, "level": 1, "until": "tomorrow"}, "bad until"),
+        ({"event": 3, "level": 1, "until": "2030-01-01T10:00:00"}, "has no zone"),
+        ({"event": 3, "level": 1, "until": 1893456000}, "until must be an ISO 8601 string"),
+        ({"event": 3, "level": 1, "until": "2020-01-01T10:00:00Z"}, "has passed"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_curtail_with_bad_args_is_rejected_with_the_reason_and_sheds_nothing(args, detail):
+    soon = format_ts(datetime.now(UTC) + timedelta(minutes=5))
+    args = {key: soon if value == "SOON" else value for key, value in args.items()}
+    load = LoadControl()
+    handler = BuiltinCommands(load)
+
+    result = await handler.handle(Command("c-1", "curtail", args, None))
+
+    assert result.status == "rejected"
+    assert detail in result.detail
+    assert load.curtailment is None
+
+
+def relay_script(tmp_path, *, fail_on: str = "") -> tuple[str, str, Any]:
+    """Shell commands for on_curtail / on_restore that append what they were told to a log (as a
+    relay driver would switch a GPIO), and fail when the log's last line is `fail_on`."""
+    log_file = tmp_path / "relay.log"
+    script = tmp_path / "relay.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $EP_EVENT $EP_LEVEL $EP_SHED $EP_UNTIL" >> {log_file}\n'
+        f'[ "$1" = "{fail_on}" ] && {{ echo "relay stuck" ; exit 3 ; }}\n'
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+
+    def lines() -> list[str]:
+        return (
+            [line.rstrip() for line in log_file.read_text().splitlines()]
+            if log_file.exists()
+            else []
+        )
+
+    return f"{script} curtail", f"{script} restore", lines
+
+
+@pytest.mark.asyncio
+async def test_curtail_and_restore_run_the_relay_commands_with_the_event_level_and_end(tmp_path):
+    on_curtail, on_restore, relay_log = relay_script(tmp_path)
+    load = LoadControl()
+    handler = BuiltinCommands(load, hooks=RelayHooks(on_curtail, on_restore))
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    curtail = {"event": 12, "level": 2, "until": until.isoformat()}
+
+    result = await handler.handle(Command("c-1", "curtail", curtail, None))
+    assert result == CommandResult(
+        "done",
+        f"curtailed for event 12 at level 2 (67% of flexible load off) until {format_ts(until)}",
+    )
+    assert load.curtailment == Curtailment(12, 2, until)
+    assert load.shed(datetime.now(UTC)) == pytest.approx(2 / 3)
+
+    # a restore of another (earlier) event arriving late changes nothing
+    stale = await handler.handle(Command("c-2", "restore", {"event": 11}, None))
+    assert stale.status == "done"
+    assert "not curtailed for event 11" in stale.detail
+    assert load.curtailment is not None
+
+    restored = await handler.handle(Command("c-3", "restore", {"event": 12}, None))
+    assert restored == CommandResult("done", "curtailment for event 12 lifted")
+    assert load.curtailment is None
+    assert relay_log() == [
+        f"curtail 12 2 0.6667 {format_ts(until)}",
+        "restore 12 0 0.0000",
+    ]
+    await handler.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_relay_command_fails_the_curtail_and_leaves_the_load_alone(tmp_path):
+    on_curtail, on_restore, relay_log = relay_script(tmp_path, fail_on="curtail")
+    load = LoadControl()
+    handler = BuiltinCommands(load, hooks=RelayHooks(on_curtail, on_restore))
+    until = format_ts(datetime.now(UTC) + timedelta(minutes=5))
+
+    result = await handler.handle(
+        Command("c-1", "curtail", {"event": 1, "level": 3, "until": until}, None)
+    )
+
+    assert result.status == "failed"
+    assert "exited with 3: relay stuck" in result.detail
+    assert load.curtailment is None
+    assert len(relay_log()) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_restore_when_not_curtailed_still_switches_the_relay_back(tmp_path):
+    # given an agent restarted mid-event: it forgot the curtailment, the relay did not
+    on_curtail, on_restore, relay_log = relay_script(tmp_path)
+    handler = BuiltinCommands(LoadControl(), hooks=RelayHooks(on_curtail, on_restore))
+
+    result = await handler.handle(Command("c-1", "restore", {}, None))
+
+    assert result == CommandResult("done", "not curtailed; loads as normal")
+    assert relay_log() == ["restore  0 0.0000"]  # no event, level 0, nothing shed
+    bad = await handler.handle(Command("c-2", "restore", {"kw": 1}, None))
+    assert bad.status == "rejected"
+
+
+@pytest.mark.asyncio
+async def test_a_curtailment_ends_by_itself_at_until_when_no_restore_comes(make_agent, tmp_path):
+    on_curtail, on_restore, relay_log = relay_script(tmp_path)
+    until = datetime.now(UTC) + timedelta(seconds=1.5)
+    async with FakePortal() as portal:
+        portal.commands_on_connect = [
+            {
+                "type": "command",
+                "id": "c-curtail",
+                "name": "curtail",
+                "args": {"event": 5, "level": 3, "until": until.isoformat()},
+            }
+        ]
+        source = SimulatorSource(seed=8)
+        agent = make_agent(portal, source, relay_hooks=RelayHooks(on_curtail, on_restore))
+        async with running(agent):
+            await wait_until(lambda: len(portal.results) == 1, "the curtail's result")
+            assert portal.results[0]["status"] == "done"
+            assert source.load.curtailment is not None
+            # the portal goes quiet: no restore ever comes
+            await wait_until(lambda: len(relay_log()) == 2, "the relay switched back", timeout=5)
+
+    assert datetime.now(UTC) >= until
+    assert source.load.curtailment is None
+    assert [line.split()[:3] for line in relay_log()] == [
+        ["curtail", "5", "3"],
+        ["restore", "5", "0"],
+    ]
+    # the portal's restore, coming late, finds it over
+    restored = await agent.command_handler.handle(Command("c-late", "restore", {"event": 5}, None))
+    assert restored.detail == (
+        f"curtailment for event 5 had ended by itself at {format_ts(until)}; loads as normal"
+    )
 
 
 def test_file_source_follows_json_lines_and_skips_bad_ones(tmp_path):

@@ -172,7 +172,9 @@ def test_importing_the_sample_creates_devices_sensors_appliances_and_schedule(si
     assert (consumption.store_type, consumption.store_period_s) == ("consumption", 15)
     assert source.schedule is not None
     assert len(report.created) == 1 + 4 + 4  # the source, 4 devices, 4 polled appliances
-    assert not report.updated and not report.removed
+    # the sample's dr_events_auto_accept: true sets the site's auto-response (demand response)
+    assert report.updated == ["site Casa Azul: demand-response events accepted automatically"]
+    assert not report.removed
 
 
 @pytest.mark.django_db
