@@ -6,7 +6,7 @@ residents see and answer their own sites' (another's is a 404 exactly as a missi
 operators all. A site's auto-response: its residents and staff set it."""
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -27,6 +27,17 @@ from demand_response.serializers import (
 from devices import selectors as registry
 
 ID = r"[0-9]+"
+TAGS = ["Demand response"]
+PROGRAM_READERS = "Operators and staff only."
+PROGRAM_WRITERS = "Staff only (operators may read programs, not change them)."
+EVENT_READERS = (
+    "Residents: the events that invited their own sites (any other id answers 404); operators "
+    "and staff: all."
+)
+EVENT_WRITERS = "Operators and staff only."
+INVITATION_READERS = (
+    "Residents: their own sites' invitations (any other id answers 404); operators and staff: all."
+)
 
 
 class ProgramPermission(permissions.BasePermission):
@@ -38,6 +49,15 @@ class ProgramPermission(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(summary="List programs", description=PROGRAM_READERS),
+    retrieve=extend_schema(summary="One program", description=PROGRAM_READERS),
+    create=extend_schema(summary="Add a program", description=PROGRAM_WRITERS),
+    update=extend_schema(summary="Replace a program", description=PROGRAM_WRITERS),
+    partial_update=extend_schema(summary="Change a program", description=PROGRAM_WRITERS),
+    destroy=extend_schema(summary="Delete a program", description=PROGRAM_WRITERS),
+)
 class ProgramViewSet(viewsets.ModelViewSet):
     """Demand-response programs: the reward per kWh delivered, the notice an event gives, and
     the sites (listed, or on the listed feeders) it may call."""
@@ -61,6 +81,22 @@ class EventPermission(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or registry.user_is_operator(request.user)
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(summary="List events", description=EVENT_READERS),
+    retrieve=extend_schema(summary="One event", description=EVENT_READERS),
+    create=extend_schema(
+        summary="Schedule an event",
+        description="Schedule an event of a program; its start must give the program's notice. "
+        + EVENT_WRITERS,
+    ),
+    update=extend_schema(
+        summary="Replace an event", description="Only before its start. " + EVENT_WRITERS
+    ),
+    partial_update=extend_schema(
+        summary="Change an event", description="Only before its start. " + EVENT_WRITERS
+    ),
+)
 class EventViewSet(viewsets.ModelViewSet):
     """Demand-response events. A change is taken only before the start; a start must give the
     program's notice. Times are ISO 8601 with their offset."""
@@ -113,7 +149,13 @@ class EventViewSet(viewsets.ModelViewSet):
         services.event_update(event_id=event.pk, **fields)
         return self._answer(event.pk, status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses=EventSerializer)
+    @extend_schema(
+        summary="Cancel an event",
+        description="Cancel a scheduled or active event (an active one's devices are restored). "
+        + EVENT_WRITERS,
+        request=None,
+        responses=EventSerializer,
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a scheduled or active event (an active one's devices are restored)."""
@@ -121,7 +163,14 @@ class EventViewSet(viewsets.ModelViewSet):
         services.event_cancel(event_id=event.pk)
         return self._answer(event.pk, status.HTTP_200_OK)
 
-    @extend_schema(responses=EventReportSerializer)
+    @extend_schema(
+        summary="An event's report",
+        description="Per site what the event delivered and paid and the totals (empty and "
+        "`settled` false until it is settled), and each device's commands with their status. "
+        "Residents: their own sites' part of the events that invited them; operators and "
+        "staff: all.",
+        responses=EventReportSerializer,
+    )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def report(self, request, pk=None):
         """Per site what the event delivered and paid and the totals (empty and `settled`
@@ -131,6 +180,11 @@ class EventViewSet(viewsets.ModelViewSet):
         return Response(EventReportSerializer(report).data)
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(summary="List invitations", description=INVITATION_READERS),
+    retrieve=extend_schema(summary="One invitation", description=INVITATION_READERS),
+)
 class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
     """Invitations of sites to events and their answers."""
 
@@ -144,7 +198,14 @@ class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
             return Invitation.objects.none()
         return selectors.invitation_list(user=self.request.user)
 
-    @extend_schema(request=InvitationResponseSerializer, responses=InvitationSerializer)
+    @extend_schema(
+        summary="Opt in or out",
+        description="Opt in or out: either before the start, only out once the event is active "
+        "(the site's devices are restored at once). Residents: their own sites' invitations; "
+        "operators and staff: any (recorded as answered by an operator).",
+        request=InvitationResponseSerializer,
+        responses=InvitationSerializer,
+    )
     @action(detail=True, methods=["post"])
     def respond(self, request, pk=None):
         """Opt in or out: either before the start, only out once the event is active (the
@@ -167,6 +228,7 @@ class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(InvitationSerializer(answered).data)
 
 
+@extend_schema(tags=TAGS)
 class AutoResponseApi(APIView):
     """How a site answers new invitations at once: `accept_all`, `decline_all`, or
     `accept_up_to_level` with `max_level` (0-3); `mode` null lets its resident answer each.
@@ -188,11 +250,22 @@ class AutoResponseApi(APIView):
             }
         ).data
 
-    @extend_schema(responses=AutoResponseSerializer)
+    @extend_schema(
+        summary="A site's auto-response",
+        description="How the site answers new invitations. Residents: their own sites (any "
+        "other answers 404); operators and staff: all.",
+        responses=AutoResponseSerializer,
+    )
     def get(self, request, site_id: int):
         return Response(self._data(self._site(request, site_id).pk))
 
-    @extend_schema(request=AutoResponseSerializer, responses=AutoResponseSerializer)
+    @extend_schema(
+        summary="Set a site's auto-response",
+        description="Residents: their own sites; staff: all. Operators who are not staff may "
+        "read it, not set it (403).",
+        request=AutoResponseSerializer,
+        responses=AutoResponseSerializer,
+    )
     def put(self, request, site_id: int):
         site = self._site(request, site_id)
         if not request.user.is_staff and not site.residents.filter(pk=request.user.pk).exists():

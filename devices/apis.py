@@ -1,9 +1,12 @@
-"""REST endpoints of the registry: thin views over selectors and services."""
+"""REST endpoints of the registry: thin views over selectors and services.
+
+Everyone signed in reads the part of the registry they may see (residents: what belongs to their
+own sites; another's id answers 404 as a missing one); only operators and staff change it."""
 
 from datetime import timedelta
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -33,9 +36,47 @@ from devices.serializers import (
 from energy_portal.filters import SearchFilter
 from energy_portal.serializers import text_problem
 
+TAGS = ["Registry"]
+WRITERS = "Operators and staff only."
 
+
+def registry_docs(
+    *, noun: str, plural: str, residents_see: str, lookup: str = "id", own: tuple[str, ...] = ()
+):
+    """Each operation of a registry viewset described on its own, saying who may use it; the
+    actions in `own` are described on their methods instead."""
+    readers = f"Residents: {residents_see}; operators and staff: all."
+    docs = dict(
+        list=extend_schema(
+            summary=f"List {plural}",
+            description=f"The {plural} the caller may see, filtered, searched and ordered as "
+            f"asked, a page at a time. {readers}",
+        ),
+        retrieve=extend_schema(
+            summary=f"One {noun}",
+            description=f"The {noun} of this {lookup}. {readers} Any other {lookup} answers 404, "
+            "as one that does not exist.",
+        ),
+        create=extend_schema(summary=f"Add a {noun}", description=f"Add a {noun}. {WRITERS}"),
+        update=extend_schema(
+            summary=f"Replace a {noun}", description=f"Replace all of a {noun}'s fields. {WRITERS}"
+        ),
+        partial_update=extend_schema(
+            summary=f"Change a {noun}",
+            description=f"Change the {noun}'s fields given, keep the others. {WRITERS}",
+        ),
+        destroy=extend_schema(
+            summary=f"Delete a {noun}",
+            description=f"Delete the {noun}; refused (409, naming them) while other records "
+            f"depend on it. {WRITERS}",
+        ),
+    )
+    return extend_schema_view(**{action: doc for action, doc in docs.items() if action not in own})
+
+
+@extend_schema(tags=TAGS)
 class RegistryViewSet(viewsets.ModelViewSet):
-    """CRUD over one registry model, limited to the rows the caller may see."""
+    """One registry model, limited to the rows the caller may see."""
 
     permission_classes = [RegistryPermission]
     filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
@@ -57,6 +98,9 @@ class RegistryViewSet(viewsets.ModelViewSet):
         return type(self).selector(user=self.request.user)
 
 
+@registry_docs(
+    noun="substation", plural="substations", residents_see="the substations feeding their sites"
+)
 class SubstationViewSet(RegistryViewSet):
     serializer_class = SubstationSerializer
     selector = staticmethod(selectors.substation_list)
@@ -64,6 +108,11 @@ class SubstationViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(
+    noun="transformer",
+    plural="transformers",
+    residents_see="the transformers feeding their sites",
+)
 class TransformerViewSet(RegistryViewSet):
     serializer_class = TransformerSerializer
     selector = staticmethod(selectors.transformer_list)
@@ -72,6 +121,7 @@ class TransformerViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(noun="feeder", plural="feeders", residents_see="the feeders of their sites")
 class FeederViewSet(RegistryViewSet):
     serializer_class = FeederSerializer
     selector = staticmethod(selectors.feeder_list)
@@ -80,6 +130,7 @@ class FeederViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(noun="site", plural="sites", residents_see="their own sites")
 class SiteViewSet(RegistryViewSet):
     serializer_class = SiteSerializer
     selector = staticmethod(selectors.site_list)
@@ -88,6 +139,7 @@ class SiteViewSet(RegistryViewSet):
     ordering_fields = ["name", "created_at"]
 
 
+@registry_docs(noun="room", plural="rooms", residents_see="the rooms of their own sites")
 class RoomViewSet(RegistryViewSet):
     serializer_class = RoomSerializer
     selector = staticmethod(selectors.room_list)
@@ -96,6 +148,12 @@ class RoomViewSet(RegistryViewSet):
     ordering_fields = ["name"]
 
 
+@registry_docs(
+    noun="sensor",
+    plural="sensors",
+    residents_see="the sensors of their own sites' devices",
+    lookup="public id",
+)
 class SensorViewSet(RegistryViewSet):
     """Sensors, addressed by their public id `<device uid>.<key>`."""
 
@@ -117,6 +175,13 @@ class SensorViewSet(RegistryViewSet):
         return sensor
 
 
+@registry_docs(
+    noun="device",
+    plural="devices",
+    residents_see="their own sites' devices",
+    lookup="uid",
+    own=("create",),
+)
 class DeviceViewSet(RegistryViewSet):
     serializer_class = DeviceSerializer
     selector = staticmethod(selectors.device_list)
@@ -134,9 +199,14 @@ class DeviceViewSet(RegistryViewSet):
             "rotate_token": serializers.Serializer,
         }.get(self.action, DeviceSerializer)
 
-    @extend_schema(request=DeviceCreateSerializer, responses={201: DeviceCreatedSerializer})
+    @extend_schema(
+        summary="Register a device",
+        description="Register a device; the answer carries its token, which is shown only this "
+        f"once. {WRITERS}",
+        request=DeviceCreateSerializer,
+        responses={201: DeviceCreatedSerializer},
+    )
     def create(self, request, *args, **kwargs):
-        """Register a device; the answer carries its token, which is shown only this once."""
         serializer = DeviceCreateSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         device, token = services.device_create(**serializer.validated_data)
@@ -147,18 +217,30 @@ class DeviceViewSet(RegistryViewSet):
     def perform_update(self, serializer):
         services.device_update(device=serializer.instance, **serializer.validated_data)
 
-    @extend_schema(request=None, responses={200: DeviceTokenSerializer})
+    @extend_schema(
+        summary="Rotate a device's token",
+        description="Issue a new token for the device; the old one stops working at once. "
+        f"{WRITERS}",
+        request=None,
+        responses={200: DeviceTokenSerializer},
+    )
     @action(detail=True, methods=["post"], url_path="rotate-token")
     def rotate_token(self, request, uid=None):
-        """Issue a new token for the device; the old one stops working at once."""
         device: Device = self.get_object()
         token = services.device_issue_token(device=device)
         return Response(DeviceTokenSerializer({"uid": device.uid, "token": token}).data)
 
-    @extend_schema(request=CommandIssueSerializer, responses={202: CommandSerializer})
+    @extend_schema(
+        summary="Send a command to a device",
+        description="Send a command to the device now, or when it next connects, until it "
+        "expires (202 with the command; follow it at `commands/{id}/`). Residents: `relay` "
+        "only, on their own sites' controllable devices; operators and staff: any command to "
+        "any device.",
+        request=CommandIssueSerializer,
+        responses={202: CommandSerializer},
+    )
     @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated])
     def commands(self, request, uid=None):
-        """Send a command to the device now, or when it next connects, until it expires."""
         device: Device = self.get_object()
         serializer = CommandIssueSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -177,6 +259,12 @@ class DeviceViewSet(RegistryViewSet):
         return Response(CommandSerializer(command).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema(
+    tags=TAGS,
+    summary="A command's progress",
+    description="A command's progress: pending → sent → done / failed / rejected, or expired. "
+    "Residents: commands to their own sites' devices; operators and staff: all.",
+)
 class CommandDetailApi(generics.RetrieveAPIView):
     """A command's progress: pending → sent → done / failed / rejected, or expired."""
 

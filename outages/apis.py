@@ -6,7 +6,7 @@ staff only.
 """
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -27,8 +27,26 @@ from outages.serializers import (
 
 # Ids are numbers: `outages/indices/` and `credits/balance/` are never taken for one.
 ID = r"[0-9]+"
+TAGS = ["Outages & credits"]
+OWN_SITES = (
+    "Residents: their own sites' {what} (any other id answers 404); operators and staff: all."
+)
+POLICY_READERS = "Operators and staff only."
+POLICY_WRITERS = "Staff only (operators may read policies, not change them)."
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(
+        summary="List outages",
+        description="Site, feeder and transformer outages, newest first, with what the ledger "
+        "paid and, while open, the live quote. " + OWN_SITES.format(what="outages"),
+    ),
+    retrieve=extend_schema(
+        summary="One outage",
+        description="An outage with its credit. " + OWN_SITES.format(what="outages"),
+    ),
+)
 class OutageViewSet(viewsets.ReadOnlyModelViewSet):
     """Site, feeder and transformer outages with their credit: what the ledger paid, and while an
     outage is open the live quote (earned so far, next step's amount and instant)."""
@@ -68,6 +86,19 @@ class CreditPolicyPermission(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(summary="List credit policies", description=POLICY_READERS),
+    retrieve=extend_schema(summary="One credit policy", description=POLICY_READERS),
+    create=extend_schema(
+        summary="Add a credit policy",
+        description="Add a policy; a second default is refused with the current one's name. "
+        + POLICY_WRITERS,
+    ),
+    update=extend_schema(summary="Replace a credit policy", description=POLICY_WRITERS),
+    partial_update=extend_schema(summary="Change a credit policy", description=POLICY_WRITERS),
+    destroy=extend_schema(summary="Delete a credit policy", description=POLICY_WRITERS),
+)
 class CreditPolicyViewSet(viewsets.ModelViewSet):
     """How much residents are owed for a cut: threshold, base amount, tiers, cap. Durations are
     accepted as ISO 8601 (PT12H) or HH:MM:SS and returned as ISO 8601. Only one policy is the
@@ -82,6 +113,17 @@ class CreditPolicyViewSet(viewsets.ModelViewSet):
     queryset = CreditPolicy.objects.all()
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(
+        summary="List ledger entries",
+        description="The credit ledger's entries, filtered and ordered as asked. "
+        + OWN_SITES.format(what="entries"),
+    ),
+    retrieve=extend_schema(
+        summary="One ledger entry", description=OWN_SITES.format(what="entries")
+    ),
+)
 class CreditEntryViewSet(viewsets.ReadOnlyModelViewSet):
     """The credit ledger: append-only entries paying a site for an outage or a demand-response
     event; a correction is a further entry with the next revision."""
@@ -98,6 +140,9 @@ class CreditEntryViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.credit_entry_list(user=self.request.user)
 
     @extend_schema(
+        summary="Credit balance",
+        description="What the ledger holds per currency for the caller's sites, or one of them. "
+        "Residents: their own sites; operators and staff: any site, or all of them.",
         parameters=[
             OpenApiParameter("site", int, description="Only this site (one the caller may see).")
         ],

@@ -118,10 +118,14 @@ _SITE_ENERGY_PARAMETERS = [
 ]
 
 
+@extend_schema(tags=["History"])
 class SiteEnergyApi(SensorQueryApi):
     """Energy and cost of one site per hour (day), day (week, month) or month (year) of a
     period in its local time, with the previous period, the change and the breakdown by device
-    and by room; `?format=csv` gives the slots as CSV. Residents see only their own sites."""
+    and by room; `?format=csv` gives the slots as CSV. Each row is rounded once (energy to the
+    watt-hour, money to the currency's minor unit) and every total is the sum of its rows as
+    given. A period wholly in the future answers 200 with `future: true`. Residents: their own
+    sites (any other answers 404); operators and staff: all."""
 
     # The sensor query API's base gives the CSV negotiation and JSON errors in either format.
 
@@ -197,6 +201,7 @@ class SiteEnergyApi(SensorQueryApi):
         return response
 
 
+@extend_schema(tags=["History"])
 class OperatorApi(APIView):
     permission_classes = [IsAuthenticated, IsOperator]
     renderer_classes = api_settings.DEFAULT_RENDERER_CLASSES
@@ -224,7 +229,8 @@ class GridEnergyApi(OperatorApi):
     """Energy of every site over a day, week, month or year (each site in its own local time)
     by day (by month for a year), by feeder and by transformer, and the top consuming sites.
     Each site's local day is rounded once to the watt-hour and every figure is a sum of those, so
-    the days, the feeders, the transformers and the sites each add up to `energy_kwh`."""
+    the days, the feeders, the transformers and the sites each add up to `energy_kwh`. A period
+    that has begun nowhere yet answers 200 with `future: true`. Operators and staff only."""
 
     @extend_schema(
         parameters=[
@@ -286,8 +292,9 @@ class NotReportingQuerySerializer(serializers.Serializer):
 
 
 class NotReportingApi(OperatorApi):
-    """Operators: devices with no reading for `minutes` (15 by default): online but silent
-    first, then offline, longest silent first, with their last reading and last sign of life."""
+    """Devices with no reading for `minutes` (15 by default): online but silent first, then
+    offline, longest silent first, with their last reading and last sign of life. Operators and
+    staff only."""
 
     @extend_schema(
         parameters=[
