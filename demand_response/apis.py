@@ -25,16 +25,15 @@ from demand_response.serializers import (
     ProgramSerializer,
 )
 from devices import selectors as registry
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 
 ID = r"[0-9]+"
 TAGS = ["Demand response"]
-PROGRAM_READERS = "Operators and staff only."
 PROGRAM_WRITERS = "Staff only (operators may read programs, not change them)."
 EVENT_READERS = (
     "Residents: the events that invited their own sites (any other id answers 404); operators "
     "and staff: all."
 )
-EVENT_WRITERS = "Operators and staff only."
 INVITATION_READERS = (
     "Residents: their own sites' invitations (any other id answers 404); operators and staff: all."
 )
@@ -50,13 +49,11 @@ class ProgramPermission(permissions.BasePermission):
 
 
 @extend_schema(tags=TAGS)
-@extend_schema_view(
-    list=extend_schema(summary="List programs", description=PROGRAM_READERS),
-    retrieve=extend_schema(summary="One program", description=PROGRAM_READERS),
-    create=extend_schema(summary="Add a program", description=PROGRAM_WRITERS),
-    update=extend_schema(summary="Replace a program", description=PROGRAM_WRITERS),
-    partial_update=extend_schema(summary="Change a program", description=PROGRAM_WRITERS),
-    destroy=extend_schema(summary="Delete a program", description=PROGRAM_WRITERS),
+@crud_docs(
+    noun="program",
+    plural="programs",
+    readers=OPERATORS_AND_STAFF,
+    writers=PROGRAM_WRITERS,
 )
 class ProgramViewSet(viewsets.ModelViewSet):
     """Demand-response programs: the reward per kWh delivered, the notice an event gives, and
@@ -82,20 +79,17 @@ class EventPermission(permissions.BasePermission):
 
 
 @extend_schema(tags=TAGS)
-@extend_schema_view(
-    list=extend_schema(summary="List events", description=EVENT_READERS),
-    retrieve=extend_schema(summary="One event", description=EVENT_READERS),
-    create=extend_schema(
-        summary="Schedule an event",
-        description="Schedule an event of a program; its start must give the program's notice. "
-        + EVENT_WRITERS,
-    ),
-    update=extend_schema(
-        summary="Replace an event", description="Only before its start. " + EVENT_WRITERS
-    ),
-    partial_update=extend_schema(
-        summary="Change an event", description="Only before its start. " + EVENT_WRITERS
-    ),
+@crud_docs(
+    noun="event",
+    plural="events",
+    readers=EVENT_READERS,
+    writers=OPERATORS_AND_STAFF,
+    notes={
+        "create": "Its start must give the program's notice.",
+        "update": "Only before its start.",
+        "partial_update": "Only before its start.",
+    },
+    own=("destroy",),
 )
 class EventViewSet(viewsets.ModelViewSet):
     """Demand-response events. A change is taken only before the start; a start must give the
@@ -152,7 +146,7 @@ class EventViewSet(viewsets.ModelViewSet):
     @extend_schema(
         summary="Cancel an event",
         description="Cancel a scheduled or active event (an active one's devices are restored). "
-        + EVENT_WRITERS,
+        + OPERATORS_AND_STAFF,
         request=None,
         responses=EventSerializer,
     )

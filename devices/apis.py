@@ -6,7 +6,7 @@ own sites; another's id answers 404 as a missing one); only operators and staff 
 from datetime import timedelta
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -33,45 +33,24 @@ from devices.serializers import (
     SubstationSerializer,
     TransformerSerializer,
 )
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 from energy_portal.filters import SearchFilter
 from energy_portal.serializers import text_problem
 
 TAGS = ["Registry"]
-WRITERS = "Operators and staff only."
+WRITERS = OPERATORS_AND_STAFF
 
 
-def registry_docs(
-    *, noun: str, plural: str, residents_see: str, lookup: str = "id", own: tuple[str, ...] = ()
-):
-    """Each operation of a registry viewset described on its own, saying who may use it; the
-    actions in `own` are described on their methods instead."""
-    readers = f"Residents: {residents_see}; operators and staff: all."
-    docs = dict(
-        list=extend_schema(
-            summary=f"List {plural}",
-            description=f"The {plural} the caller may see, filtered, searched and ordered as "
-            f"asked, a page at a time. {readers}",
-        ),
-        retrieve=extend_schema(
-            summary=f"One {noun}",
-            description=f"The {noun} of this {lookup}. {readers} Any other {lookup} answers 404, "
-            "as one that does not exist.",
-        ),
-        create=extend_schema(summary=f"Add a {noun}", description=f"Add a {noun}. {WRITERS}"),
-        update=extend_schema(
-            summary=f"Replace a {noun}", description=f"Replace all of a {noun}'s fields. {WRITERS}"
-        ),
-        partial_update=extend_schema(
-            summary=f"Change a {noun}",
-            description=f"Change the {noun}'s fields given, keep the others. {WRITERS}",
-        ),
-        destroy=extend_schema(
-            summary=f"Delete a {noun}",
-            description=f"Delete the {noun}; refused (409, naming them) while other records "
-            f"depend on it. {WRITERS}",
-        ),
+def registry_docs(*, noun: str, plural: str, residents_see: str, **options):
+    """Each operation of a registry viewset described on its own, saying who may use it."""
+    return crud_docs(
+        noun=noun,
+        plural=plural,
+        readers=f"Residents: {residents_see}; operators and staff: all.",
+        writers=WRITERS,
+        notes={"destroy": "Refused (409, naming them) while other records depend on it."},
+        **options,
     )
-    return extend_schema_view(**{action: doc for action, doc in docs.items() if action not in own})
 
 
 @extend_schema(tags=TAGS)

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from django.utils import timezone
 
 from devices import selectors as registry
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 from outages import filters, selectors
 from outages.models import CreditEntry, CreditPolicy, Outage
 from outages.serializers import (
@@ -31,7 +32,6 @@ TAGS = ["Outages & credits"]
 OWN_SITES = (
     "Residents: their own sites' {what} (any other id answers 404); operators and staff: all."
 )
-POLICY_READERS = "Operators and staff only."
 POLICY_WRITERS = "Staff only (operators may read policies, not change them)."
 
 
@@ -87,17 +87,12 @@ class CreditPolicyPermission(permissions.BasePermission):
 
 
 @extend_schema(tags=TAGS)
-@extend_schema_view(
-    list=extend_schema(summary="List credit policies", description=POLICY_READERS),
-    retrieve=extend_schema(summary="One credit policy", description=POLICY_READERS),
-    create=extend_schema(
-        summary="Add a credit policy",
-        description="Add a policy; a second default is refused with the current one's name. "
-        + POLICY_WRITERS,
-    ),
-    update=extend_schema(summary="Replace a credit policy", description=POLICY_WRITERS),
-    partial_update=extend_schema(summary="Change a credit policy", description=POLICY_WRITERS),
-    destroy=extend_schema(summary="Delete a credit policy", description=POLICY_WRITERS),
+@crud_docs(
+    noun="credit policy",
+    plural="credit policies",
+    readers=OPERATORS_AND_STAFF,
+    writers=POLICY_WRITERS,
+    notes={"create": "A second default is refused with the current one's name."},
 )
 class CreditPolicyViewSet(viewsets.ModelViewSet):
     """How much residents are owed for a cut: threshold, base amount, tiers, cap. Durations are

@@ -167,9 +167,9 @@ def test_real_answers_match_the_schema(path, query, history_data, admin):
 
 
 def test_health_answers_match_the_schema_whether_healthy_or_not(db):
-    operation = schemathesis.openapi.from_wsgi("/api/v1/schema/", WSGIHandler())[
-        "/api/v1/health/"
-    ]["GET"]
+    operation = schemathesis.openapi.from_wsgi("/api/v1/schema/", WSGIHandler())["/api/v1/health/"][
+        "GET"
+    ]
     case = operation.Case()
 
     response = case.call()

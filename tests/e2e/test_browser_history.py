@@ -331,9 +331,7 @@ def test_operator_sees_the_grid_by_month_in_the_year(new_page, sign_in, october,
     page.locator("[data-figures] summary").click()
     months = page.locator("[data-grid-slots] tbody tr")
     expect(months).to_have_count(12)
-    expect(page.locator('[data-grid-slots] tr[data-slot="2026-10-01"]')).to_contain_text(
-        "745.000"
-    )
+    expect(page.locator('[data-grid-slots] tr[data-slot="2026-10-01"]')).to_contain_text("745.000")
     expect(page.locator("[data-grid-slots-total]")).to_have_text("745.000")
     assert _accent_pixels(page, "[data-slot-chart]") > 100
     _screenshot(page, "analytics-year-desktop")
