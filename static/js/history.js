@@ -279,7 +279,10 @@
     fillBody(root.querySelector("[data-slots]"), slots, "");
     root.querySelector("[data-slots-energy]").textContent = formatShown(data.energy_kwh);
     root.querySelector("[data-slots-cost]").textContent = formatMoney(data.cost, data.site.currency);
-    root.querySelector("[data-slots-previous]").textContent = formatShown(data.previous.energy_kwh);
+    const hadPrevious = previous.some((slot) => slot.energy_kwh !== null);
+    root.querySelector("[data-slots-previous]").textContent = hadPrevious
+      ? formatShown(data.previous.energy_kwh)
+      : "–";
     root.dataset.loaded = "true";
   }
 
