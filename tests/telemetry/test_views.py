@@ -298,6 +298,7 @@ def test_a_period_wholly_in_the_future_says_so_instead_of_zeros(
         assert "data-energy-api=" not in html
         assert "data-total-energy" not in html
         assert "data-grid-energy" not in html
+        assert "data-csv-link" not in html
 
 
 @pytest.mark.django_db
