@@ -6,7 +6,7 @@ residents see and answer their own sites' (another's is a 404 exactly as a missi
 operators all. A site's auto-response: its residents and staff set it."""
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -25,8 +25,18 @@ from demand_response.serializers import (
     ProgramSerializer,
 )
 from devices import selectors as registry
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 
 ID = r"[0-9]+"
+TAGS = ["Demand response"]
+PROGRAM_WRITERS = "Staff only (operators may read programs, not change them)."
+EVENT_READERS = (
+    "Residents: the events that invited their own sites (any other id answers 404); operators "
+    "and staff: all."
+)
+INVITATION_READERS = (
+    "Residents: their own sites' invitations (any other id answers 404); operators and staff: all."
+)
 
 
 class ProgramPermission(permissions.BasePermission):
@@ -38,6 +48,13 @@ class ProgramPermission(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+@extend_schema(tags=TAGS)
+@crud_docs(
+    noun="program",
+    plural="programs",
+    readers=OPERATORS_AND_STAFF,
+    writers=PROGRAM_WRITERS,
+)
 class ProgramViewSet(viewsets.ModelViewSet):
     """Demand-response programs: the reward per kWh delivered, the notice an event gives, and
     the sites (listed, or on the listed feeders) it may call."""
@@ -61,6 +78,19 @@ class EventPermission(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or registry.user_is_operator(request.user)
 
 
+@extend_schema(tags=TAGS)
+@crud_docs(
+    noun="event",
+    plural="events",
+    readers=EVENT_READERS,
+    writers=OPERATORS_AND_STAFF,
+    notes={
+        "create": "Its start must give the program's notice.",
+        "update": "Only before its start.",
+        "partial_update": "Only before its start.",
+    },
+    own=("destroy",),
+)
 class EventViewSet(viewsets.ModelViewSet):
     """Demand-response events. A change is taken only before the start; a start must give the
     program's notice. Times are ISO 8601 with their offset."""
@@ -113,7 +143,13 @@ class EventViewSet(viewsets.ModelViewSet):
         services.event_update(event_id=event.pk, **fields)
         return self._answer(event.pk, status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses=EventSerializer)
+    @extend_schema(
+        summary="Cancel an event",
+        description="Cancel a scheduled or active event (an active one's devices are restored). "
+        + OPERATORS_AND_STAFF,
+        request=None,
+        responses=EventSerializer,
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a scheduled or active event (an active one's devices are restored)."""
@@ -121,7 +157,14 @@ class EventViewSet(viewsets.ModelViewSet):
         services.event_cancel(event_id=event.pk)
         return self._answer(event.pk, status.HTTP_200_OK)
 
-    @extend_schema(responses=EventReportSerializer)
+    @extend_schema(
+        summary="An event's report",
+        description="Per site what the event delivered and paid and the totals (empty and "
+        "`settled` false until it is settled), and each device's commands with their status. "
+        "Residents: their own sites' part of the events that invited them; operators and "
+        "staff: all.",
+        responses=EventReportSerializer,
+    )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def report(self, request, pk=None):
         """Per site what the event delivered and paid and the totals (empty and `settled`
@@ -131,6 +174,11 @@ class EventViewSet(viewsets.ModelViewSet):
         return Response(EventReportSerializer(report).data)
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(summary="List invitations", description=INVITATION_READERS),
+    retrieve=extend_schema(summary="One invitation", description=INVITATION_READERS),
+)
 class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
     """Invitations of sites to events and their answers."""
 
@@ -144,7 +192,14 @@ class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
             return Invitation.objects.none()
         return selectors.invitation_list(user=self.request.user)
 
-    @extend_schema(request=InvitationResponseSerializer, responses=InvitationSerializer)
+    @extend_schema(
+        summary="Opt in or out",
+        description="Opt in or out: either before the start, only out once the event is active "
+        "(the site's devices are restored at once). Residents: their own sites' invitations; "
+        "operators and staff: any (recorded as answered by an operator).",
+        request=InvitationResponseSerializer,
+        responses=InvitationSerializer,
+    )
     @action(detail=True, methods=["post"])
     def respond(self, request, pk=None):
         """Opt in or out: either before the start, only out once the event is active (the
@@ -167,6 +222,7 @@ class InvitationViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(InvitationSerializer(answered).data)
 
 
+@extend_schema(tags=TAGS)
 class AutoResponseApi(APIView):
     """How a site answers new invitations at once: `accept_all`, `decline_all`, or
     `accept_up_to_level` with `max_level` (0-3); `mode` null lets its resident answer each.
@@ -188,11 +244,22 @@ class AutoResponseApi(APIView):
             }
         ).data
 
-    @extend_schema(responses=AutoResponseSerializer)
+    @extend_schema(
+        summary="A site's auto-response",
+        description="How the site answers new invitations. Residents: their own sites (any "
+        "other answers 404); operators and staff: all.",
+        responses=AutoResponseSerializer,
+    )
     def get(self, request, site_id: int):
         return Response(self._data(self._site(request, site_id).pk))
 
-    @extend_schema(request=AutoResponseSerializer, responses=AutoResponseSerializer)
+    @extend_schema(
+        summary="Set a site's auto-response",
+        description="Residents: their own sites; staff: all. Operators who are not staff may "
+        "read it, not set it (403).",
+        request=AutoResponseSerializer,
+        responses=AutoResponseSerializer,
+    )
     def put(self, request, site_id: int):
         site = self._site(request, site_id)
         if not request.user.is_staff and not site.residents.filter(pk=request.user.pk).exists():

@@ -1,4 +1,7 @@
-"""REST endpoints of the registry: thin views over selectors and services."""
+"""REST endpoints of the registry: thin views over selectors and services.
+
+Everyone signed in reads the part of the registry they may see (residents: what belongs to their
+own sites; another's id answers 404 as a missing one); only operators and staff change it."""
 
 from datetime import timedelta
 
@@ -30,12 +33,29 @@ from devices.serializers import (
     SubstationSerializer,
     TransformerSerializer,
 )
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 from energy_portal.filters import SearchFilter
 from energy_portal.serializers import text_problem
 
+TAGS = ["Registry"]
+WRITERS = OPERATORS_AND_STAFF
 
+
+def registry_docs(*, noun: str, plural: str, residents_see: str, **options):
+    """Each operation of a registry viewset described on its own, saying who may use it."""
+    return crud_docs(
+        noun=noun,
+        plural=plural,
+        readers=f"Residents: {residents_see}; operators and staff: all.",
+        writers=WRITERS,
+        notes={"destroy": "Refused (409, naming them) while other records depend on it."},
+        **options,
+    )
+
+
+@extend_schema(tags=TAGS)
 class RegistryViewSet(viewsets.ModelViewSet):
-    """CRUD over one registry model, limited to the rows the caller may see."""
+    """One registry model, limited to the rows the caller may see."""
 
     permission_classes = [RegistryPermission]
     filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
@@ -57,6 +77,9 @@ class RegistryViewSet(viewsets.ModelViewSet):
         return type(self).selector(user=self.request.user)
 
 
+@registry_docs(
+    noun="substation", plural="substations", residents_see="the substations feeding their sites"
+)
 class SubstationViewSet(RegistryViewSet):
     serializer_class = SubstationSerializer
     selector = staticmethod(selectors.substation_list)
@@ -64,6 +87,11 @@ class SubstationViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(
+    noun="transformer",
+    plural="transformers",
+    residents_see="the transformers feeding their sites",
+)
 class TransformerViewSet(RegistryViewSet):
     serializer_class = TransformerSerializer
     selector = staticmethod(selectors.transformer_list)
@@ -72,6 +100,7 @@ class TransformerViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(noun="feeder", plural="feeders", residents_see="the feeders of their sites")
 class FeederViewSet(RegistryViewSet):
     serializer_class = FeederSerializer
     selector = staticmethod(selectors.feeder_list)
@@ -80,6 +109,7 @@ class FeederViewSet(RegistryViewSet):
     ordering_fields = ["code", "name"]
 
 
+@registry_docs(noun="site", plural="sites", residents_see="their own sites")
 class SiteViewSet(RegistryViewSet):
     serializer_class = SiteSerializer
     selector = staticmethod(selectors.site_list)
@@ -88,6 +118,7 @@ class SiteViewSet(RegistryViewSet):
     ordering_fields = ["name", "created_at"]
 
 
+@registry_docs(noun="room", plural="rooms", residents_see="the rooms of their own sites")
 class RoomViewSet(RegistryViewSet):
     serializer_class = RoomSerializer
     selector = staticmethod(selectors.room_list)
@@ -96,6 +127,12 @@ class RoomViewSet(RegistryViewSet):
     ordering_fields = ["name"]
 
 
+@registry_docs(
+    noun="sensor",
+    plural="sensors",
+    residents_see="the sensors of their own sites' devices",
+    lookup="public id",
+)
 class SensorViewSet(RegistryViewSet):
     """Sensors, addressed by their public id `<device uid>.<key>`."""
 
@@ -117,6 +154,13 @@ class SensorViewSet(RegistryViewSet):
         return sensor
 
 
+@registry_docs(
+    noun="device",
+    plural="devices",
+    residents_see="their own sites' devices",
+    lookup="uid",
+    own=("create",),
+)
 class DeviceViewSet(RegistryViewSet):
     serializer_class = DeviceSerializer
     selector = staticmethod(selectors.device_list)
@@ -134,9 +178,14 @@ class DeviceViewSet(RegistryViewSet):
             "rotate_token": serializers.Serializer,
         }.get(self.action, DeviceSerializer)
 
-    @extend_schema(request=DeviceCreateSerializer, responses={201: DeviceCreatedSerializer})
+    @extend_schema(
+        summary="Register a device",
+        description="Register a device; the answer carries its token, which is shown only this "
+        f"once. {WRITERS}",
+        request=DeviceCreateSerializer,
+        responses={201: DeviceCreatedSerializer},
+    )
     def create(self, request, *args, **kwargs):
-        """Register a device; the answer carries its token, which is shown only this once."""
         serializer = DeviceCreateSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         device, token = services.device_create(**serializer.validated_data)
@@ -147,18 +196,30 @@ class DeviceViewSet(RegistryViewSet):
     def perform_update(self, serializer):
         services.device_update(device=serializer.instance, **serializer.validated_data)
 
-    @extend_schema(request=None, responses={200: DeviceTokenSerializer})
+    @extend_schema(
+        summary="Rotate a device's token",
+        description="Issue a new token for the device; the old one stops working at once. "
+        f"{WRITERS}",
+        request=None,
+        responses={200: DeviceTokenSerializer},
+    )
     @action(detail=True, methods=["post"], url_path="rotate-token")
     def rotate_token(self, request, uid=None):
-        """Issue a new token for the device; the old one stops working at once."""
         device: Device = self.get_object()
         token = services.device_issue_token(device=device)
         return Response(DeviceTokenSerializer({"uid": device.uid, "token": token}).data)
 
-    @extend_schema(request=CommandIssueSerializer, responses={202: CommandSerializer})
+    @extend_schema(
+        summary="Send a command to a device",
+        description="Send a command to the device now, or when it next connects, until it "
+        "expires (202 with the command; follow it at `commands/{id}/`). Residents: `relay` "
+        "only, on their own sites' controllable devices; operators and staff: any command to "
+        "any device.",
+        request=CommandIssueSerializer,
+        responses={202: CommandSerializer},
+    )
     @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated])
     def commands(self, request, uid=None):
-        """Send a command to the device now, or when it next connects, until it expires."""
         device: Device = self.get_object()
         serializer = CommandIssueSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -177,6 +238,12 @@ class DeviceViewSet(RegistryViewSet):
         return Response(CommandSerializer(command).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema(
+    tags=TAGS,
+    summary="A command's progress",
+    description="A command's progress: pending → sent → done / failed / rejected, or expired. "
+    "Residents: commands to their own sites' devices; operators and staff: all.",
+)
 class CommandDetailApi(generics.RetrieveAPIView):
     """A command's progress: pending → sent → done / failed / rejected, or expired."""
 

@@ -25,8 +25,11 @@ class TokenSerializer(serializers.Serializer):
     token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
 
 
+@extend_schema(tags=["Auth"])
 class ObtainTokenApi(APIView):
-    """Trade a username and password for a new API token."""
+    """Trade a username and password for a new API token, sent afterwards as
+    `Authorization: Token <token>`. Anyone, without signing in (residents, operators and staff
+    alike)."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -63,8 +66,9 @@ def _signed_out(request) -> Response:
     return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(tags=["Auth"])
 class LogoutApi(APIView):
-    """Revoke the token this request was sent with."""
+    """Revoke the token this request was sent with. Any signed-in user, for their own token."""
 
     authentication_classes = [ApiTokenAuthentication]
     permission_classes = [IsAuthenticated]
@@ -75,8 +79,10 @@ class LogoutApi(APIView):
         return _signed_out(request)
 
 
+@extend_schema(tags=["Auth"])
 class LogoutAllApi(APIView):
-    """Revoke every token of the signed-in user, on every client."""
+    """Revoke every token of the signed-in user, on every client. Any signed-in user, for their
+    own tokens."""
 
     authentication_classes = [ApiTokenAuthentication]
     permission_classes = [IsAuthenticated]

@@ -135,8 +135,17 @@ class DeviceTokenSerializer(serializers.Serializer):
     token = serializers.CharField()
 
 
+COMMAND_ARGS_HELP = (
+    'The command\'s arguments, which differ by command: `relay` {"state": "on" | "off"}; '
+    '`curtail` {"kw": number >= 0}; `restore` and `ping` none; `simulate_mains` (simulated '
+    'Pis) {"state": "lost", "minutes": number} or {"state": "restored"}. The '
+    "device checks them and rejects a command it cannot carry out."
+)
+
+
 class CommandSerializer(serializers.ModelSerializer):
     device = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+    args = serializers.DictField(read_only=True, help_text=COMMAND_ARGS_HELP)
 
     class Meta:
         model = Command
@@ -155,8 +164,10 @@ class CommandSerializer(serializers.ModelSerializer):
 
 
 class CommandIssueSerializer(serializers.Serializer):
-    name = serializers.SlugField(max_length=40)
-    args = StorableDictField(required=False, default=dict)
+    name = serializers.SlugField(
+        max_length=40, help_text="relay, curtail, restore, ping or simulate_mains."
+    )
+    args = StorableDictField(required=False, default=dict, help_text=COMMAND_ARGS_HELP)
     ttl_s = serializers.IntegerField(
         required=False,
         default=600,

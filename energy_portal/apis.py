@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -7,17 +7,51 @@ from rest_framework.views import APIView
 from energy_portal.health import health_report
 
 
+class CheckSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error = serializers.CharField(required=False, help_text="Why not ok; only when not ok.")
+
+
+class IngestCheckSerializer(CheckSerializer):
+    entries = serializers.IntegerField(
+        required=False, help_text="Readings waiting for the writer (absent without Redis)."
+    )
+    lag_s = serializers.FloatField(
+        required=False, help_text="Seconds the oldest of them has waited (absent without Redis)."
+    )
+
+
+class BeatCheckSerializer(CheckSerializer):
+    last_run = serializers.FloatField(
+        required=False, allow_null=True, help_text="Unix time of beat's last run; null: none yet."
+    )
+    age_s = serializers.FloatField(required=False, allow_null=True)
+
+
+class ChecksSerializer(serializers.Serializer):
+    database = CheckSerializer()
+    redis = CheckSerializer()
+    ingest_buffer = IngestCheckSerializer()
+    beat = BeatCheckSerializer()
+
+
+class HealthSerializer(serializers.Serializer):
+    healthy = serializers.BooleanField(help_text="True only when every check is ok.")
+    checks = ChecksSerializer()
+
+
+@extend_schema(tags=["Health"])
 class HealthApi(APIView):
-    """Database, Redis and beat; 200 when all are healthy, 503 otherwise."""
+    """Database, Redis, the ingest buffer and beat; 200 when all are healthy, 503 otherwise.
+    Anyone, without signing in (for load balancers and probes)."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
 
     @extend_schema(
         responses={
-            (200, "application/json"): inline_serializer(
-                "Health", {"healthy": serializers.BooleanField(), "checks": serializers.DictField()}
-            )
+            (200, "application/json"): HealthSerializer,
+            (503, "application/json"): HealthSerializer,
         }
     )
     def get(self, request):

@@ -6,7 +6,7 @@ staff only.
 """
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from devices import selectors as registry
 from devices.permissions import IsOperator
+from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 from outages import filters, selectors
 from outages.models import CreditEntry, CreditPolicy, Outage
 from outages.serializers import (
@@ -29,8 +30,25 @@ from outages.serializers import (
 
 # Ids are numbers: `outages/indices/` and `credits/balance/` are never taken for one.
 ID = r"[0-9]+"
+TAGS = ["Outages & credits"]
+OWN_SITES = (
+    "Residents: their own sites' {what} (any other id answers 404); operators and staff: all."
+)
+POLICY_WRITERS = "Staff only (operators may read policies, not change them)."
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(
+        summary="List outages",
+        description="Site, feeder and transformer outages, newest first, with what the ledger "
+        "paid and, while open, the live quote. " + OWN_SITES.format(what="outages"),
+    ),
+    retrieve=extend_schema(
+        summary="One outage",
+        description="An outage with its credit. " + OWN_SITES.format(what="outages"),
+    ),
+)
 class OutageViewSet(viewsets.ReadOnlyModelViewSet):
     """Site, feeder and transformer outages with their credit: what the ledger paid, and while an
     outage is open the live quote (earned so far, next step's amount and instant)."""
@@ -84,6 +102,14 @@ class CreditPolicyPermission(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+@extend_schema(tags=TAGS)
+@crud_docs(
+    noun="credit policy",
+    plural="credit policies",
+    readers=OPERATORS_AND_STAFF,
+    writers=POLICY_WRITERS,
+    notes={"create": "A second default is refused with the current one's name."},
+)
 class CreditPolicyViewSet(viewsets.ModelViewSet):
     """How much residents are owed for a cut: threshold, base amount, tiers, cap. Durations are
     accepted as ISO 8601 (PT12H) or HH:MM:SS and returned as ISO 8601. Only one policy is the
@@ -98,6 +124,17 @@ class CreditPolicyViewSet(viewsets.ModelViewSet):
     queryset = CreditPolicy.objects.all()
 
 
+@extend_schema(tags=TAGS)
+@extend_schema_view(
+    list=extend_schema(
+        summary="List ledger entries",
+        description="The credit ledger's entries, filtered and ordered as asked. "
+        + OWN_SITES.format(what="entries"),
+    ),
+    retrieve=extend_schema(
+        summary="One ledger entry", description=OWN_SITES.format(what="entries")
+    ),
+)
 class CreditEntryViewSet(viewsets.ReadOnlyModelViewSet):
     """The credit ledger: append-only entries paying a site for an outage or a demand-response
     event; a correction is a further entry with the next revision."""
@@ -114,6 +151,9 @@ class CreditEntryViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.credit_entry_list(user=self.request.user)
 
     @extend_schema(
+        summary="Credit balance",
+        description="What the ledger holds per currency for the caller's sites, or one of them. "
+        "Residents: their own sites; operators and staff: any site, or all of them.",
         parameters=[
             OpenApiParameter("site", int, description="Only this site (one the caller may see).")
         ],

@@ -32,41 +32,17 @@ The shipped policies (migration `0003_shipped_credit_policies`), worked by hand:
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from django.utils.dateparse import parse_duration
 
-# Digits after the decimal point of each currency's minor unit (ISO 4217) where it is not 2.
-MINOR_UNIT_DIGITS = {
-    "BHD": 3,
-    "CLP": 0,
-    "IQD": 3,
-    "ISK": 0,
-    "JOD": 3,
-    "JPY": 0,
-    "KRW": 0,
-    "KWD": 3,
-    "LYD": 3,
-    "OMR": 3,
-    "TND": 3,
-    "VND": 0,
-}
-DEFAULT_MINOR_UNIT_DIGITS = 2
+from devices.currency import minor_unit, round_money
+
 ZERO = Decimal(0)
 MICROSECOND = timedelta(microseconds=1)
 # Decimals a policy's amounts may have: rates finer than the minor unit add up before rounding.
 MAX_AMOUNT_DIGITS = 4
-
-
-def minor_unit(currency: str) -> Decimal:
-    """The smallest amount of `currency`: Decimal("0.01") for GBP, USD, EUR, INR."""
-    return Decimal(1).scaleb(-MINOR_UNIT_DIGITS.get(currency, DEFAULT_MINOR_UNIT_DIGITS))
-
-
-def round_money(amount: Decimal, currency: str) -> Decimal:
-    """`amount` rounded half up to the minor unit of `currency`."""
-    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
 @dataclass(frozen=True)

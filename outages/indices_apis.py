@@ -72,9 +72,12 @@ def _figure(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
+@extend_schema(tags=["Outages & credits"])
 class ReliabilityIndicesApi(APIView):
     """SAIFI, SAIDI, CAIDI (minutes) and MAIFI of a feeder over [start, end), IEEE 1366: each
-    site is a customer and each of its outages an interruption, clipped to the period."""
+    site is a customer and each of its outages an interruption, clipped to the period.
+    Residents: a feeder of their own sites (`feeder` required); operators and staff: any
+    feeder, or every site without `feeder`."""
 
     permission_classes = [IsAuthenticated]
 

@@ -33,11 +33,14 @@ class CanIngest(permissions.BasePermission):
         return bool(user and user.is_authenticated and user.has_perm("telemetry.ingest_readings"))
 
 
+@extend_schema(tags=["Telemetry"])
 class IngestApi(APIView):
     """Batch ingest: a JSON list of `{sensor_id, timestamp, value}`.
 
     Answers 202 once the accepted items are in the durable ingest buffer, with each rejected
-    item's index and reason. A device token writes only its own device's sensors.
+    item's index and reason. Devices (by their token): their own sensors only; users given the
+    "ingest readings" permission (`telemetry.ingest_readings`; superusers have it): any
+    sensor; anyone else is refused (403).
     """
 
     authentication_classes = [
@@ -96,10 +99,11 @@ def _explain(rejection: dict, device: Device | None) -> str:
     return rejection["error"]
 
 
+@extend_schema(tags=["Telemetry"])
 class SourcesApi(APIView):
     """Ingestion sources (FTP folders, HTTP-polled appliances) with last run, counts and errors.
 
-    For staff and operators: source settings and errors are fleet-wide information.
+    Operators and staff only: source settings and errors are fleet-wide information.
     """
 
     permission_classes = [IsOperator]

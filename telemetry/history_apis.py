@@ -5,6 +5,12 @@ stopped reporting.
 
 Periods are `?period=day|week|month|year&date=YYYY-MM-DD` (the period containing that date,
 today by default) in the site's local time; a DST day has 23 or 25 hours.
+
+Figures add up as given: each row (slot, device, room, a site's local day in the grid) is rounded
+once, energy to the watt-hour (0.001 kWh) and money to the currency's minor unit, and every
+total is the sum of its rows as given (`queries.shown_kwh`). A period wholly in the future
+answers 200 with `future: true` (and nothing measured), so a client can tell "not yet" from
+"nothing used".
 """
 
 import zoneinfo
@@ -26,6 +32,7 @@ from django.utils import timezone
 from devices.permissions import IsOperator
 from telemetry import queries
 from telemetry.query_apis import SensorQueryApi, iso
+from telemetry.serializers import GridEnergySerializer, NotReportingSerializer, SiteEnergySerializer
 
 
 def period_from(request, *, today, kinds: tuple[str, ...] = tuple(queries.PERIOD_UNITS)):
@@ -41,9 +48,9 @@ def period_from(request, *, today, kinds: tuple[str, ...] = tuple(queries.PERIOD
         raise ValidationError({exc.field: [str(exc)]}) from None
 
 
-def kwh(value: float | None) -> float | None:
-    """Energy as shown: to a thousandth of a watt-hour, without float noise."""
-    return None if value is None else round(value, 6)
+def kwh(value: Decimal | None) -> float | None:
+    """Energy as shown (already rounded, `queries.shown_kwh`), as a JSON number."""
+    return None if value is None else float(value)
 
 
 def amount(value: Decimal | None) -> str | None:
@@ -60,7 +67,7 @@ def _hour_name(start: datetime, end: datetime, zone_shown: bool) -> str:
 def slot_labels(slots: list[dict], unit: str) -> list[tuple[str, str]]:
     """(short label for a chart axis, full name) of each slot, in local time. The repeated
     hour of a day whose clocks go back is told apart by its zone abbreviation, and an hour
-    across a clock change names both zones."""
+    across a clock change names both zones. Days and months may start with a date."""
     if unit == "hour":
         labels = [f"{slot['start']:%H:%M}" for slot in slots]
         repeated = {label for label in labels if labels.count(label) > 1}
@@ -111,14 +118,18 @@ _SITE_ENERGY_PARAMETERS = [
 ]
 
 
+@extend_schema(tags=["History"])
 class SiteEnergyApi(SensorQueryApi):
     """Energy and cost of one site per hour (day), day (week, month) or month (year) of a
     period in its local time, with the previous period, the change and the breakdown by device
-    and by room; `?format=csv` gives the slots as CSV. Residents see only their own sites."""
+    and by room; `?format=csv` gives the slots as CSV. Each row is rounded once (energy to the
+    watt-hour, money to the currency's minor unit) and every total is the sum of its rows as
+    given. A period wholly in the future answers 200 with `future: true`. Residents: their own
+    sites (any other answers 404); operators and staff: all."""
 
     # The sensor query API's base gives the CSV negotiation and JSON errors in either format.
 
-    @extend_schema(parameters=_SITE_ENERGY_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(parameters=_SITE_ENERGY_PARAMETERS, responses={200: SiteEnergySerializer})
     def get(self, request, site_id: int):
         site = queries.site_for_user(user=request.user, site_id=site_id)
         if site is None:
@@ -148,6 +159,7 @@ class SiteEnergyApi(SensorQueryApi):
                 "start": iso(lo, tz),
                 "end": iso(hi, tz),
                 "in_progress": history["in_progress"],
+                "future": history["future"],
                 "energy_kwh": kwh(history["energy_kwh"]),
                 "cost": amount(history["cost"]),
                 "results": slots,
@@ -167,6 +179,7 @@ class SiteEnergyApi(SensorQueryApi):
                 "devices": _shares(history["devices"]),
                 "rooms": _shares(history["rooms"]),
                 "unattributed_kwh": kwh(history["unattributed_kwh"]),
+                "unattributed_cost": amount(history["unattributed_cost"]),
             }
         )
 
@@ -188,9 +201,24 @@ class SiteEnergyApi(SensorQueryApi):
         return response
 
 
+@extend_schema(tags=["History"])
 class OperatorApi(APIView):
     permission_classes = [IsAuthenticated, IsOperator]
     renderer_classes = api_settings.DEFAULT_RENDERER_CLASSES
+
+
+def _grid_slots(slots: list[dict], unit: str) -> list[dict]:
+    labels = slot_labels([{"start": slot["first"]} for slot in slots], unit)
+    return [
+        {
+            "date": slot["first"].isoformat(),
+            "end_date": (slot["end"] - timedelta(days=1)).isoformat(),
+            "label": label,
+            "name": name,
+            "energy_kwh": kwh(slot["energy_kwh"]),
+        }
+        for slot, (label, name) in zip(slots, labels, strict=True)
+    ]
 
 
 class GridQuerySerializer(serializers.Serializer):
@@ -198,8 +226,11 @@ class GridQuerySerializer(serializers.Serializer):
 
 
 class GridEnergyApi(OperatorApi):
-    """Operators: energy of every site over a day, week or month (each site in its own local
-    time) by feeder and by transformer, and the top consuming sites."""
+    """Energy of every site over a day, week, month or year (each site in its own local time)
+    by day (by month for a year), by feeder and by transformer, and the top consuming sites.
+    Each site's local day is rounded once to the watt-hour and every figure is a sum of those, so
+    the days, the feeders, the transformers and the sites each add up to `energy_kwh`. A period
+    that has begun nowhere yet answers 200 with `future: true`. Operators and staff only."""
 
     @extend_schema(
         parameters=[
@@ -207,7 +238,7 @@ class GridEnergyApi(OperatorApi):
             OpenApiParameter("date", OpenApiTypes.DATE, description="a day of the period"),
             OpenApiParameter("top", int, description="how many top sites, 1 to 100; 10"),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: GridEnergySerializer},
     )
     def get(self, request):
         params = GridQuerySerializer(data=request.query_params)
@@ -222,11 +253,14 @@ class GridEnergyApi(OperatorApi):
         return Response(
             {
                 "period": period.kind,
+                "unit": grid["unit"],
                 "date": period.first.isoformat(),
                 "end_date": (period.end - timedelta(days=1)).isoformat(),
+                "future": grid["future"],
                 "energy_kwh": kwh(grid["energy_kwh"]),
                 "sites": grid["sites"],
                 "sites_with_data": grid["sites_with_data"],
+                "results": _grid_slots(grid["slots"], grid["unit"]),
                 "feeders": [
                     {**row, "energy_kwh": kwh(row["energy_kwh"])} for row in grid["feeders"]
                 ],
@@ -258,15 +292,16 @@ class NotReportingQuerySerializer(serializers.Serializer):
 
 
 class NotReportingApi(OperatorApi):
-    """Operators: devices with no reading for `minutes` (15 by default): online but silent
-    first, then offline, longest silent first, with their last reading and last sign of life."""
+    """Devices with no reading for `minutes` (15 by default): online but silent first, then
+    offline, longest silent first, with their last reading and last sign of life. Operators and
+    staff only."""
 
     @extend_schema(
         parameters=[
             OpenApiParameter("minutes", int, description="silent for at least; 15"),
             OpenApiParameter("limit", int, description="1 to 1000; 100"),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: NotReportingSerializer},
     )
     def get(self, request):
         params = NotReportingQuerySerializer(data=request.query_params)

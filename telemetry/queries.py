@@ -30,6 +30,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import QuerySet
 
+from devices.currency import round_money
 from devices.models import (
     Device,
     DeviceKind,
@@ -883,7 +884,10 @@ def rooms_of(*, site_ids: list[int]) -> dict[int, list[int]]:
 # the site's time zone, shown per hour, day, day and month: a DST day has 23 or 25 hours.
 
 PERIOD_UNITS = {"day": "hour", "week": "day", "month": "day", "year": "month"}
-ANALYTICS_PERIODS = ("day", "week", "month")
+ANALYTICS_PERIODS = tuple(PERIOD_UNITS)
+# The zone where a calendar day begins first (UTC+14): a period has begun nowhere before its first
+# midnight there.
+EARLIEST_ZONE = zoneinfo.ZoneInfo("Etc/GMT-14")
 EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 _ISO_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 SUM_MODES = ("meter", "interval")  # sensors whose values are energy per interval
@@ -920,6 +924,14 @@ class Period:
 
     def next(self) -> "Period":
         return period_containing(kind=self.kind, day=self.end)
+
+    def is_future(self, now: datetime, tz: zoneinfo.ZoneInfo = EARLIEST_ZONE) -> bool:
+        """Nothing of the period has come yet at `now` in zone `tz` (by default: in any zone),
+        so nothing can have been measured in it."""
+        return now < local_midnight(self.first, tz)
+
+    def days(self) -> list[date]:
+        return [self.first + timedelta(days=n) for n in range((self.end - self.first).days)]
 
     def bounds(self, tz: zoneinfo.ZoneInfo) -> tuple[datetime, datetime]:
         """The period as UTC instants, from its first local midnight to the one after it."""
@@ -993,6 +1005,26 @@ def site_for_user(*, user: AbstractBaseUser, site_id: int) -> Site | None:
     return site_list(user=user).prefetch_related(None).filter(pk=site_id).first()
 
 
+# Figures as shown, and how they add up. Each row a page or the API shows (an hour, day or month
+# of a site; a device; a room; a site's local day in the grid's figures) is rounded once, half
+# up, from its exact energy: energy to ENERGY_SHOWN kWh, its cost to the currency's minor unit.
+# A total is the sum of its rows as shown, never the rounding of an exact sum, so the rows shown
+# always add up to the total shown: three hours of 0.3333 kWh show 0.333 each and 0.999 in all.
+# A watt-hour is what meters resolve; a coarser step (0.01 kWh) made a day of 24 hours of
+# 0.41667 kWh add up to 10.08 kWh instead of the 10.008 shown now.
+ENERGY_SHOWN = Decimal("0.001")  # a watt-hour
+
+
+def shown_kwh(kwh: float) -> Decimal:
+    """Energy as shown: to ENERGY_SHOWN kWh, half up."""
+    return Decimal(repr(kwh)).quantize(ENERGY_SHOWN, rounding=ROUND_HALF_UP)
+
+
+def shown_cost(kwh: float, *, tariff: Decimal, currency: str) -> Decimal:
+    """The cost of `kwh` (exact) at `tariff`, rounded once to the currency's minor unit."""
+    return round_money(Decimal(repr(kwh)) * tariff, currency)
+
+
 def _slot_key(start: datetime, unit: str) -> object:
     """What identifies an hour (its instant), a day (its local date) or a month."""
     if unit == "hour":
@@ -1002,7 +1034,9 @@ def _slot_key(start: datetime, unit: str) -> object:
     return (start.year, start.month)
 
 
-def _slots_with_energy(starts: list[datetime], end: datetime, entries: dict, unit: str) -> list:
+def _slots_with_energy(
+    starts: list[datetime], end: datetime, entries: dict, unit: str, site: Site
+) -> list:
     slots = []
     for n, start in enumerate(starts):
         entry = entries.get(_slot_key(start, unit))
@@ -1010,8 +1044,12 @@ def _slots_with_energy(starts: list[datetime], end: datetime, entries: dict, uni
             {
                 "start": start,
                 "end": starts[n + 1] if n + 1 < len(starts) else end,
-                "energy_kwh": entry["energy_kwh"] if entry else None,
-                "cost": entry["cost"] if entry else None,
+                "energy_kwh": shown_kwh(entry["energy_kwh"]) if entry else None,
+                "cost": shown_cost(
+                    entry["energy_kwh"], tariff=site.tariff_per_kwh, currency=site.currency
+                )
+                if entry
+                else None,
                 "source": entry["source"] if entry else None,
                 "devices": entry["devices"] if entry else {},
                 "rooms": entry["rooms"] if entry else {},
@@ -1020,20 +1058,21 @@ def _slots_with_energy(starts: list[datetime], end: datetime, entries: dict, uni
     return slots
 
 
-def _total(slots: list[dict]) -> tuple[float, Decimal]:
-    kwh = sum(s["energy_kwh"] for s in slots if s["energy_kwh"] is not None)
-    cost = sum((s["cost"] for s in slots if s["cost"] is not None), Decimal("0.0000"))
-    return kwh, cost
+def _total(slots: list[dict], site: Site) -> tuple[Decimal, Decimal]:
+    """The sums of the slots' energy and cost as shown."""
+    kwh = sum((s["energy_kwh"] for s in slots if s["energy_kwh"] is not None), Decimal("0.00"))
+    zero = round_money(Decimal(0), site.currency)
+    return kwh, sum((s["cost"] for s in slots if s["cost"] is not None), zero)
 
 
-def _shares(kwh_by_id: dict, names: dict, total: float, tariff: Decimal) -> list[dict]:
+def _shares(kwh_by_id: dict, names: dict, total: Decimal, site: Site) -> list[dict]:
     return sorted(
         (
             {
                 **names[key],
-                "energy_kwh": kwh,
-                "cost": money(kwh, tariff),
-                "share_pct": 100 * kwh / total if total > 0 else None,
+                "energy_kwh": shown_kwh(kwh),
+                "cost": shown_cost(kwh, tariff=site.tariff_per_kwh, currency=site.currency),
+                "share_pct": float(100 * shown_kwh(kwh) / total) if total > 0 else None,
             }
             for key, kwh in kwh_by_id.items()
         ),
@@ -1043,9 +1082,11 @@ def _shares(kwh_by_id: dict, names: dict, total: float, tariff: Decimal) -> list
 
 def site_history(*, site: Site, period: Period, now: datetime) -> dict:
     """Energy and cost of a site in each hour, day or month of `period` and of the period before
-    it, the comparison of the two, and the period's energy by device and by room.
+    it, the comparison of the two, and the period's energy by device and by room, all rounded
+    as shown (`shown_kwh`, `shown_cost`) with totals summed from the rounded rows.
 
-    Slots without data have `energy_kwh` None. While the period is in progress (or still to
+    Slots without data have `energy_kwh` None; `future` says the period has not begun in the
+    site's time. While the period is in progress (or still to
     come) it is compared with the previous period's slots up to the same one (`basis`
     'to_date'), else with the whole previous period. Energy the meter measured beyond what the
     devices did is `unattributed_kwh`. Four queries, whatever the period.
@@ -1057,16 +1098,16 @@ def site_history(*, site: Site, period: Period, now: datetime) -> dict:
         for entry in site_energy(site=site, start=previous.first, end=period.end, unit=period.unit)
     }
     lo, hi = period.bounds(tz)
-    slots = _slots_with_energy(period.slots(tz), hi.astimezone(tz), entries, period.unit)
-    before = _slots_with_energy(previous.slots(tz), lo.astimezone(tz), entries, period.unit)
-    kwh, cost = _total(slots)
-    previous_kwh, previous_cost = _total(before)
+    slots = _slots_with_energy(period.slots(tz), hi.astimezone(tz), entries, period.unit, site)
+    before = _slots_with_energy(previous.slots(tz), lo.astimezone(tz), entries, period.unit, site)
+    kwh, cost = _total(slots, site)
+    previous_kwh, previous_cost = _total(before, site)
 
     basis, compared_kwh = "whole", previous_kwh
     if now < hi:
         elapsed = sum(1 for s in slots if s["start"] <= now)
-        basis, compared_kwh = "to_date", _total(before[:elapsed])[0]
-    change = 100 * (kwh - compared_kwh) / compared_kwh if compared_kwh > 0 else None
+        basis, compared_kwh = "to_date", _total(before[:elapsed], site)[0]
+    change = float(100 * (kwh - compared_kwh) / compared_kwh) if compared_kwh > 0 else None
 
     device_kwh: dict[int, float] = defaultdict(float)
     room_kwh: dict[int | None, float] = defaultdict(float)
@@ -1091,18 +1132,23 @@ def site_history(*, site: Site, period: Period, now: datetime) -> dict:
 
     for slot in (*slots, *before):
         del slot["devices"], slot["rooms"]
+    devices = _shares(device_kwh, device_names, kwh, site)
+    # What the meter measured beyond the devices, as the rest of the shown total.
+    unattributed = max(Decimal("0.00"), kwh - sum(row["energy_kwh"] for row in devices))
     return {
         "period": period,
         "slots": slots,
         "energy_kwh": kwh,
         "cost": cost,
         "in_progress": lo <= now < hi,
+        "future": period.is_future(now, tz),
         "previous": {"period": previous, "slots": before, "energy_kwh": previous_kwh,
                      "cost": previous_cost},
         "comparison": {"basis": basis, "previous_kwh": compared_kwh, "change_pct": change},
-        "devices": _shares(device_kwh, device_names, kwh, site.tariff_per_kwh),
-        "rooms": _shares(room_kwh, room_names, kwh, site.tariff_per_kwh),
-        "unattributed_kwh": max(0.0, kwh - sum(device_kwh.values())),
+        "devices": devices,
+        "rooms": _shares(room_kwh, room_names, kwh, site),
+        "unattributed_kwh": unattributed,
+        "unattributed_cost": round_money(unattributed * site.tariff_per_kwh, site.currency),
     }  # fmt: skip
 
 
@@ -1430,10 +1476,11 @@ def _grid_made(grid: list[tuple]) -> tuple[list[dict], list[dict], list[dict]]:
         elif tag == "transformer":
             transformers.append({"id": row_id, "code": a, "name": b, "capacity_kva": amount,
                                  "substation_code": c, "feeders": 0, "sites": 0,
-                                 "energy_kwh": 0.0})  # fmt: skip
+                                 "energy_kwh": Decimal("0.00")})  # fmt: skip
         else:
             feeders.append({"id": row_id, "code": a, "name": b, "transformer_id": ref,
-                            "transformer_code": c, "sites": 0, "energy_kwh": 0.0})  # fmt: skip
+                            "transformer_code": c, "sites": 0,
+                            "energy_kwh": Decimal("0.00")})  # fmt: skip
     sites.sort(key=lambda site: site["id"])
     transformers.sort(key=lambda row: row["code"])
     feeders.sort(key=lambda row: row["code"])
@@ -1505,7 +1552,7 @@ def _stored_site_days(
             if through not in instants:
                 instants[through] = datetime.fromtimestamp(through, UTC)
             begun[site_id] = SiteToday(day, instants[through], meter, devices, key)
-    days = [period.first + timedelta(days=n) for n in range((period.end - period.first).days)]
+    days = period.days()
     first_live = {}
     for site_id in zones:
         gap = next(
@@ -1607,9 +1654,21 @@ def _site_energy_by_day(
     return result
 
 
+def grid_unit(period_kind: str) -> str:
+    """What the grid's figures of a period are given by: a year by month, shorter periods by
+    day (a day is one slot: the grid's days are stored whole, without hours)."""
+    return "month" if period_kind == "year" else "day"
+
+
 def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) -> dict:
-    """Energy of every site over the day, week or month containing `day`, each in its own local
-    time, summed by feeder and by transformer, with the `top` sites that used the most.
+    """Energy of every site over the day, week, month or year containing `day`, each in its own
+    local time, summed by feeder, by transformer and by day (by month for a year; a site's local
+    day counts in its own day and month), with the `top` sites that used the most.
+
+    Each site's local day is rounded once as shown (`shown_kwh`) and every figure is a sum of
+    those, so the feeders, the transformers, the days or months and the sites each add up to
+    the total; a site's figure (and cost: the sum of its days' costs) equals its own history's
+    total over a day, week or month (its year in the history sums rounded months instead).
 
     A site's energy of a local day is its meter's when the meter has data that day, else its
     devices' (the rule above); a period sums its days. Sites without a feeder are counted under
@@ -1626,19 +1685,39 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     fleet = _fleet()
     sites, transformers, feeders = fleet.sites, fleet.transformers, fleet.feeders
     zones = {site["id"]: site["timezone"] for site in sites}
-    site_kwh: dict[int, float] = defaultdict(float)
+    zero = Decimal("0.00")
+    unit = grid_unit(period.kind)
+    site_kwh: dict[int, Decimal] = defaultdict(lambda: zero)
+    site_cost: dict[int, Decimal] = defaultdict(Decimal)
+    slot_kwh: dict[object, Decimal] = defaultdict(lambda: zero)
     site_sources: dict[int, set[str]] = defaultdict(set)
     days = _site_energy_by_day(zones=zones, period=period, now=now, fleet=fleet)
-    for (site_id, _day), (source, kwh) in days.items():
-        site_kwh[site_id] += kwh
+    tariffs = {site["id"]: (site["tariff_per_kwh"], site["currency"]) for site in sites}
+    for (site_id, local_day), (source, kwh) in days.items():
+        shown = shown_kwh(kwh)
+        site_kwh[site_id] += shown
+        tariff, currency = tariffs[site_id]
+        site_cost[site_id] += shown_cost(kwh, tariff=tariff, currency=currency)
+        slot_kwh[_slot_key(datetime.combine(local_day, datetime.min.time()), unit)] += shown
         site_sources[site_id].add(source)
+    slot_periods = (
+        [period_containing(kind="month", day=date(period.first.year, m, 1)) for m in range(1, 13)]
+        if unit == "month"
+        else [period_containing(kind="day", day=d) for d in period.days()]
+    )
+    slots = [
+        {"first": slot.first, "end": slot.end,
+         "energy_kwh": slot_kwh.get(_slot_key(datetime.combine(slot.first, datetime.min.time()),
+                                              unit))}
+        for slot in slot_periods
+    ]  # fmt: skip
 
     unassigned = {"id": None, "code": None, "name": "No feeder", "transformer_id": None,
-                  "transformer_code": None, "sites": 0, "energy_kwh": 0.0}  # fmt: skip
+                  "transformer_code": None, "sites": 0, "energy_kwh": zero}  # fmt: skip
     for site in sites:
         feeder = feeders.get(site["feeder_id"], unassigned)
         feeder["sites"] += 1
-        feeder["energy_kwh"] += site_kwh.get(site["id"], 0.0)
+        feeder["energy_kwh"] += site_kwh.get(site["id"], zero)
     for feeder in feeders.values():
         transformer = transformers[feeder["transformer_id"]]
         transformer["feeders"] += 1
@@ -1647,7 +1726,7 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     feeder_rows = list(feeders.values()) + ([unassigned] if unassigned["sites"] else [])
 
     by_energy = sorted(
-        (site for site in sites if site_kwh.get(site["id"], 0.0) > 0),
+        (site for site in sites if site_kwh.get(site["id"], zero) > 0),
         key=lambda site: (-site_kwh[site["id"]], site["name"], site["id"]),
     )
     feeder_codes = {feeder_id: feeder["code"] for feeder_id, feeder in feeders.items()}
@@ -1657,7 +1736,7 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
             "name": site["name"],
             "feeder_code": feeder_codes.get(site["feeder_id"]),
             "energy_kwh": site_kwh[site["id"]],
-            "cost": money(site_kwh[site["id"]], site["tariff_per_kwh"]),
+            "cost": site_cost[site["id"]],
             "currency": site["currency"],
             "source": "+".join(sorted(site_sources[site["id"]])),
         }
@@ -1665,7 +1744,10 @@ def grid_energy(*, period_kind: str, day: date, now: datetime, top: int = 10) ->
     ]
     return {
         "period": period,
-        "energy_kwh": sum(site_kwh.values()),
+        "energy_kwh": sum(site_kwh.values(), zero),
+        "future": period.is_future(now),
+        "unit": unit,
+        "slots": slots,
         "sites": len(sites),
         "sites_with_data": len(by_energy),
         "feeders": sorted(feeder_rows, key=_most_energy_first),

@@ -180,6 +180,7 @@ async def _async_chunks(chunks: Iterator[str]):
         yield chunk
 
 
+@extend_schema(tags=["Telemetry"])
 class SensorQueryApi(APIView):
     renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, CsvRenderer]
     query_serializer: type[RangeSerializer] = RangeSerializer
@@ -215,7 +216,8 @@ def _range_parameters(*extra: OpenApiParameter) -> list[OpenApiParameter]:
 
 class ReadingsApi(SensorQueryApi):
     """Raw readings of one sensor in time order, a keyset page at a time (`next` links on),
-    or the whole range as a streamed CSV (`?format=csv`)."""
+    or the whole range as a streamed CSV (`?format=csv`). Residents: their own sites' sensors
+    (any other answers 404); operators and staff: all."""
 
     query_serializer = ReadingsQuerySerializer
 
@@ -286,7 +288,8 @@ class ReadingsApi(SensorQueryApi):
 class AggregatesApi(SensorQueryApi):
     """Per bucket (15m, 1h or 1d) avg, min, max, sum and count of one sensor's readings; hours
     and days of `tz` (UTC by default; DST days have 23 or 25 hours). Buckets without readings
-    are left out; the first and last cover only their part inside [start, end)."""
+    are left out; the first and last cover only their part inside [start, end). Residents:
+    their own sites' sensors (any other answers 404); operators and staff: all."""
 
     query_serializer = AggregatesQuerySerializer
 
@@ -300,7 +303,8 @@ class AggregatesApi(SensorQueryApi):
                 "Aggregates",
                 {
                     "sensor": serializers.CharField(),
-                    "bucket": serializers.CharField(),
+                    "unit": serializers.CharField(),
+                    "bucket": serializers.ChoiceField(choices=list(queries.STEPS)),
                     "tz": serializers.CharField(),
                     "results": inline_serializer(
                         "Aggregate",
@@ -347,7 +351,8 @@ class AggregatesApi(SensorQueryApi):
 
 
 class StatsApi(SensorQueryApi):
-    """min, max, avg, sum and count of one sensor's readings in [start, end)."""
+    """min, max, avg, sum and count of one sensor's readings in [start, end). Residents: their
+    own sites' sensors (any other answers 404); operators and staff: all."""
 
     renderer_classes = api_settings.DEFAULT_RENDERER_CLASSES
 
@@ -358,6 +363,9 @@ class StatsApi(SensorQueryApi):
                 "Stats",
                 {
                     "sensor": serializers.CharField(),
+                    "unit": serializers.CharField(),
+                    "start": serializers.DateTimeField(),
+                    "end": serializers.DateTimeField(),
                     "min": serializers.FloatField(allow_null=True),
                     "max": serializers.FloatField(allow_null=True),
                     "avg": serializers.FloatField(allow_null=True),

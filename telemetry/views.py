@@ -21,6 +21,10 @@ from telemetry import queries
 PERIOD_NAMES = {"day": "Day", "week": "Week", "month": "Month", "year": "Year"}
 
 
+def future_message(focus: date) -> str:
+    return f"{focus.isoformat()} is in the future; nothing measured yet."
+
+
 def _problem(request, message: str, status: int, back: str):
     return render(
         request, "telemetry/problem.html", {"message": message, "back": back}, status=status
@@ -92,7 +96,9 @@ def site_history(request, site_id: int):
             404,
             reverse("dashboard"),
         )
-    today = timezone.now().astimezone(zoneinfo.ZoneInfo(site.timezone)).date()
+    tz = zoneinfo.ZoneInfo(site.timezone)
+    now = timezone.now()
+    today = now.astimezone(tz).date()
     path = reverse("site-history", args=[site.id])
     try:
         period = queries.period_parse(
@@ -108,6 +114,7 @@ def site_history(request, site_id: int):
         "period": period,
         "title": period_title(period),
         "focus": focus,
+        "future": future_message(focus) if period.is_future(now, tz) else None,
         "api_url": _link(api, **query),
         "csv_url": _link(api, **query, format="csv"),
         **_navigation(path, period, focus, today, tuple(PERIOD_NAMES)),
@@ -119,7 +126,8 @@ def site_history(request, site_id: int):
 def analytics(request):
     if not user_is_operator(request.user):
         raise PermissionDenied("The analytics page is for operators.")
-    today = timezone.localdate()
+    now = timezone.now()
+    today = timezone.localdate(now)
     path = reverse("analytics")
     try:
         period = queries.period_parse(
@@ -136,6 +144,8 @@ def analytics(request):
         "period": period,
         "title": period_title(period),
         "focus": focus,
+        "future": future_message(focus) if period.is_future(now) else None,
+        "grid_unit": queries.grid_unit(period.kind),
         "energy_url": _link(reverse("api-analytics-energy"), **query),
         "not_reporting_url": reverse("api-analytics-not-reporting"),
         **_navigation(path, period, focus, today, queries.ANALYTICS_PERIODS),

@@ -100,3 +100,80 @@ def test_a_resident_gets_no_5xx_and_answers_match_the_schema(case, resident):
 @FUZZ
 def test_an_admin_gets_no_5xx_and_answers_match_the_schema(case, admin):
     call_alone(case, admin)
+
+
+# --- real answers with real figures, against the schema --------------------------------------
+
+
+@pytest.fixture
+def history_data(alice_home, bob_home):
+    """A day of Alice's meter (thirds of a kWh: rounding shows), a silent device, and Bob's
+    home with nothing: the history, grid and not-reporting answers all have rows."""
+    from datetime import UTC, datetime, timedelta
+
+    from devices import services as device_services
+    from telemetry.services import readings_insert
+
+    site = alice_home["site"]
+    meter, _ = device_services.device_create(
+        uid="meter-docs",
+        site=site,
+        kind="meter",
+        sensors=[{"key": "energy_kwh", "kind": "energy", "unit": "kWh"}],
+    )
+    start = datetime(2026, 5, 10, tzinfo=UTC)
+    times = [start + timedelta(minutes=15 * n) for n in range(96)]
+    with transaction.atomic():
+        readings_insert(
+            sensor_ids=[meter.sensors.get().id] * len(times),
+            times_us=[int(t.timestamp() * 1_000_000) for t in times],
+            values=[1 / 3] * len(times),
+        )
+    return {"site": site.id, "sensor": "meter-docs.energy_kwh"}
+
+
+REAL_ANSWERS = [
+    ("/api/v1/sites/{site_id}/energy/", {"period": "day", "date": "2026-05-10"}),
+    ("/api/v1/sites/{site_id}/energy/", {"period": "week", "date": "2026-05-10"}),
+    ("/api/v1/sites/{site_id}/energy/", {"period": "year", "date": "2026-05-10"}),
+    ("/api/v1/sites/{site_id}/energy/", {"period": "day", "date": "2099-12-31"}),
+    ("/api/v1/analytics/energy/", {"period": "day", "date": "2026-05-10"}),
+    ("/api/v1/analytics/energy/", {"period": "year", "date": "2026-05-10"}),
+    ("/api/v1/analytics/energy/", {"period": "month", "date": "2099-12-31"}),
+    ("/api/v1/analytics/not-reporting/", {}),
+    ("/api/v1/aggregates/", {"bucket": "1h"}),
+    ("/api/v1/stats/", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "query"), REAL_ANSWERS)
+def test_real_answers_match_the_schema(path, query, history_data, admin):
+    operation = schema[path]["GET"]
+    if "sensor" not in query and path in ("/api/v1/aggregates/", "/api/v1/stats/"):
+        query = {**query, "sensor": history_data["sensor"],
+                 "start": "2026-05-10T00:00:00Z", "end": "2026-05-11T00:00:00Z"}  # fmt: skip
+    case = operation.Case(
+        path_parameters={"site_id": history_data["site"]} if "{site_id}" in path else {},
+        query=query,
+    )
+
+    response = case.call(headers={"Authorization": admin})
+
+    assert response.status_code == 200, response.text
+    case.validate_response(response, checks=[response_schema_conformance])
+    body = response.json()
+    if "results" in body and path != "/api/v1/analytics/not-reporting/":
+        assert body["results"]
+
+
+def test_health_answers_match_the_schema_whether_healthy_or_not(db):
+    operation = schemathesis.openapi.from_wsgi("/api/v1/schema/", WSGIHandler())["/api/v1/health/"][
+        "GET"
+    ]
+    case = operation.Case()
+
+    response = case.call()
+
+    assert response.status_code in (200, 503)  # 503 here: beat and the writer are not running
+    case.validate_response(response, checks=[response_schema_conformance])
+    assert set(response.json()["checks"]) == {"database", "redis", "ingest_buffer", "beat"}

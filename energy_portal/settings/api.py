@@ -20,13 +20,40 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Energy Portal API",
-    "DESCRIPTION": "Registry, telemetry, demand response and outages of the Energy Portal.",
+    # Only what exists; each operation's own description says who may use it.
+    "DESCRIPTION": (
+        "The Energy Portal's REST API.\n\n"
+        "Sign in with `POST auth/token/` and send `Authorization: Token <token>`; devices send "
+        "their own token to `ingest/`. Residents see and use only what belongs to their own "
+        "sites (another's id answers 404, as one that does not exist); operators and staff see "
+        "everything, and only they change the registry. Bad input answers 400 with `errors` "
+        "naming each field.\n\n"
+        "- **Registry**: substations, transformers, feeders, sites, rooms, devices, sensors and "
+        "commands to devices.\n"
+        "- **Telemetry**: batch ingest, ingestion sources, and one sensor's raw readings, "
+        "aggregates and stats.\n"
+        "- **History**: a site's energy and cost per hour, day or month; the grid's energy and "
+        "the devices not reporting (operators).\n"
+        "- **Outages & credits**: outages, credit policies, the credit ledger and balances, "
+        "reliability indices.\n"
+        "- **Demand response**: programs, events, invitations and sites' auto-responses.\n"
+        "- **Auth** and **Health**."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "TAGS": [
+        {"name": "Registry", "description": "The grid and the homes: what is where."},
+        {"name": "Telemetry", "description": "Readings in, and one sensor's readings out."},
+        {"name": "History", "description": "Energy and cost over days, weeks, months, years."},
+        {"name": "Outages & credits", "description": "Cuts, what they pay, and reliability."},
+        {"name": "Demand response", "description": "Programs, events and the sites' answers."},
+        {"name": "Auth", "description": "API tokens."},
+        {"name": "Health", "description": "For probes."},
+    ],
     # Two models have a `kind` field with different choices; name their enums apart.
     "ENUM_NAME_OVERRIDES": {
         "DeviceKindEnum": "devices.models.DeviceKind",

@@ -4,7 +4,7 @@
   "use strict";
 
   const charts = window.EnergyCharts;
-  const { el, bar, fillBody, formatKwh, formatMoney, formatTime } = charts;
+  const { el, bar, fillBody, formatShown, formatMoney, formatTime } = charts;
   const FEEDERS_CHARTED = 30;
   const root = document.querySelector("[data-analytics]");
   if (!root) return;
@@ -15,6 +15,30 @@
 
   function detail(text) {
     return el("span", { class: "muted small detail" }, text);
+  }
+
+  // The grid by day, or by month for a year: each site's local days in its own days and months.
+  function renderSlots(data) {
+    charts.barChart(root.querySelector("[data-slot-chart]"), {
+      xLabel: data.unit === "month" ? "Month" : "Day",
+      labels: data.results.map((slot) => slot.label),
+      series: [
+        { label: "Energy", values: data.results.map((slot) => slot.energy_kwh), color: charts.ACCENT },
+      ],
+      height: 200,
+      minLabelPx: data.unit === "month" ? 34 : 60,
+      legend: false,
+    });
+    const rows = data.results.map((slot) =>
+      el(
+        "tr",
+        { dataset: { slot: slot.date } },
+        el("th", { scope: "row" }, slot.name),
+        el("td", { class: "num" }, formatShown(slot.energy_kwh))
+      )
+    );
+    fillBody(root.querySelector("[data-grid-slots]"), rows, "", 2);
+    root.querySelector("[data-grid-slots-total]").textContent = formatShown(data.energy_kwh);
   }
 
   function renderFeeders(data) {
@@ -40,7 +64,7 @@
           bar(share(f.energy_kwh, data.energy_kwh))),
         el("td", {}, f.transformer_code || "—"),
         el("td", { class: "num" }, f.sites),
-        el("td", { class: "num" }, formatKwh(f.energy_kwh))
+        el("td", { class: "num" }, formatShown(f.energy_kwh))
       )
     );
     fillBody(root.querySelector("[data-feeders]"), rows, "No feeders registered.", 4);
@@ -57,7 +81,7 @@
           bar(share(t.energy_kwh, data.energy_kwh))),
         el("td", { class: "num" }, t.feeders),
         el("td", { class: "num" }, t.sites),
-        el("td", { class: "num" }, formatKwh(t.energy_kwh))
+        el("td", { class: "num" }, formatShown(t.energy_kwh))
       );
     });
     fillBody(root.querySelector("[data-transformers]"), rows, "No transformers registered.", 4);
@@ -71,7 +95,7 @@
         el("td", { class: "muted" }, i + 1),
         el("th", { scope: "row" }, el("a", { href: s.history_url }, s.name),
           detail(s.feeder_code || "no feeder")),
-        el("td", { class: "num" }, formatKwh(s.energy_kwh)),
+        el("td", { class: "num" }, formatShown(s.energy_kwh)),
         el("td", { class: "num" }, formatMoney(s.cost, s.currency))
       )
     );
@@ -108,20 +132,24 @@
       "Could not load the figures: " + error.message + ". Reload the page to try again.";
   }
 
-  const status = root.querySelector("[data-status]");
-  charts
-    .fetchJson(root.dataset.energyApi)
-    .then((data) => {
-      root.querySelector("[data-grid-energy]").textContent = formatKwh(data.energy_kwh);
-      root.querySelector("[data-grid-sites]").textContent =
-        data.sites_with_data + " / " + data.sites;
-      renderFeeders(data);
-      renderTransformers(data);
-      renderTopSites(data);
-      status.textContent = "";
-      root.dataset.energyLoaded = "true";
-    })
-    .catch((error) => fail(status, error));
+  // A period wholly in the future has no `data-energy-api`: the page says so instead.
+  if (root.dataset.energyApi) {
+    const status = root.querySelector("[data-status]");
+    charts
+      .fetchJson(root.dataset.energyApi)
+      .then((data) => {
+        root.querySelector("[data-grid-energy]").textContent = formatShown(data.energy_kwh);
+        root.querySelector("[data-grid-sites]").textContent =
+          data.sites_with_data + " / " + data.sites;
+        renderSlots(data);
+        renderFeeders(data);
+        renderTransformers(data);
+        renderTopSites(data);
+        status.textContent = "";
+        root.dataset.energyLoaded = "true";
+      })
+      .catch((error) => fail(status, error));
+  }
 
   const minutes = root.querySelector("[data-silent-minutes]");
   function loadNotReporting() {

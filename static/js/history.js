@@ -18,6 +18,17 @@
     });
   }
 
+  // Energy as the API gives it: rounded once to the watt-hour, so it is shown with exactly
+  // three decimals, and rows shown add up to the totals shown (the API sums the rounded rows).
+  function formatShown(value) {
+    if (value === null || value === undefined) return "–";
+    return Number(value).toLocaleString(undefined, {
+      minimumFractionDigits: 3,
+      maximumFractionDigits: 3,
+    });
+  }
+
+  // Money as the API gives it, already rounded to the currency's minor unit.
   function formatMoney(value, currency) {
     if (value === null || value === undefined) return "–";
     try {
@@ -70,7 +81,7 @@
   }
 
   function kwhValue(u, v) {
-    return v === null || v === undefined ? "–" : formatKwh(v) + " kWh";
+    return v === null || v === undefined ? "–" : formatShown(v) + " kWh";
   }
 
   // A bar chart over labelled slots (hours, days, feeders…), with optional dashed line series,
@@ -150,8 +161,8 @@
     el,
     fetchJson,
     fillBody,
-    formatKwh,
     formatMoney,
+    formatShown,
     formatTime,
   };
 
@@ -174,12 +185,12 @@
       cost: row.cost,
       share: row.share_pct,
     }));
-    if (data.unattributed_kwh > 0.0005) {
+    if (data.unattributed_kwh > 0) {
       all.push({
         name: "Rest of the home",
         detail: "measured by the meter only",
         energy: data.unattributed_kwh,
-        cost: data.unattributed_kwh * Number(data.site.tariff_per_kwh),
+        cost: data.unattributed_cost,
         share: total > 0 ? (100 * data.unattributed_kwh) / total : null,
         other: true,
       });
@@ -192,7 +203,7 @@
         "tr",
         { class: row.other ? "other" : null },
         el("th", { scope: "row" }, row.name, detail, bar(row.share)),
-        el("td", { class: "num" }, formatKwh(row.energy) + " kWh"),
+        el("td", { class: "num" }, formatShown(row.energy) + " kWh"),
         el("td", { class: "num" }, formatMoney(row.cost, currency)),
         el("td", { class: "num muted" }, share)
       );
@@ -202,7 +213,7 @@
   function renderSummary(root, data) {
     const unitName = root.dataset.unitName;
     const comparison = data.comparison;
-    root.querySelector("[data-total-energy]").textContent = formatKwh(data.energy_kwh);
+    root.querySelector("[data-total-energy]").textContent = formatShown(data.energy_kwh);
     const cost = formatMoney(data.cost, data.site.currency);
     root.querySelector("[data-total-cost]").textContent = cost;
     const change = root.querySelector("[data-change]");
@@ -212,7 +223,7 @@
     change.classList.toggle("change-down", pct !== null && pct < 0);
     const upTo = comparison.basis === "to_date" ? " up to the same point" : "";
     root.querySelector("[data-previous-text]").textContent = comparison.previous_kwh
-      ? "vs " + formatKwh(comparison.previous_kwh) + " kWh the previous " + unitName + upTo
+      ? "vs " + formatShown(comparison.previous_kwh) + " kWh the previous " + unitName + upTo
       : "nothing recorded the previous " + unitName + upTo;
   }
 
@@ -260,17 +271,24 @@
         "tr",
         {},
         el("th", { scope: "row" }, link ? el("a", { href: link }, slot.name) : slot.name),
-        el("td", { class: "num" }, formatKwh(slot.energy_kwh)),
+        el("td", { class: "num" }, formatShown(slot.energy_kwh)),
         el("td", { class: "num" }, formatMoney(slot.cost, data.site.currency)),
-        el("td", { class: "num muted" }, formatKwh(previousKwh(i)))
+        el("td", { class: "num muted" }, formatShown(previousKwh(i)))
       );
     });
     fillBody(root.querySelector("[data-slots]"), slots, "");
+    root.querySelector("[data-slots-energy]").textContent = formatShown(data.energy_kwh);
+    root.querySelector("[data-slots-cost]").textContent = formatMoney(data.cost, data.site.currency);
+    const hadPrevious = previous.some((slot) => slot.energy_kwh !== null);
+    root.querySelector("[data-slots-previous]").textContent = hadPrevious
+      ? formatShown(data.previous.energy_kwh)
+      : "–";
     root.dataset.loaded = "true";
   }
 
+  // A period wholly in the future has no `data-api`: the page says so, with nothing to fetch.
   const root = document.querySelector("[data-history]");
-  if (root) {
+  if (root && root.dataset.api) {
     fetchJson(root.dataset.api)
       .then((data) => renderHistory(root, data))
       .catch((error) => {

@@ -122,10 +122,10 @@ def test_resident_sees_a_dst_day_switches_to_the_month_and_downloads_its_csv(
     root = page.locator("[data-history]")
     expect(root).to_have_attribute("data-loaded", "true")
     expect(page.locator("[data-period-title]")).to_have_text("Sunday 25 October 2026")
-    expect(page.locator("[data-total-energy]")).to_have_text("25.0")
+    expect(page.locator("[data-total-energy]")).to_have_text("25.000")
     expect(page.locator("[data-total-cost]")).to_have_text("€5.00")
     expect(page.locator("[data-change]")).to_have_text("+4.2%")
-    expect(page.locator("[data-previous-text]")).to_have_text("vs 24.0 kWh the previous day")
+    expect(page.locator("[data-previous-text]")).to_have_text("vs 24.000 kWh the previous day")
     chart = page.locator("[data-history-chart]")
     expect(chart.locator("canvas")).to_be_visible()
     assert _accent_pixels(page, "[data-history-chart]") > 1000
@@ -135,10 +135,11 @@ def test_resident_sees_a_dst_day_switches_to_the_month_and_downloads_its_csv(
     )
     devices = page.locator('[data-breakdown="devices"] tbody tr')
     expect(devices.first).to_contain_text("pi-a1")
-    expect(devices.first).to_contain_text("10.0 kWh")
+    expect(devices.first).to_contain_text("10.000 kWh")
     expect(devices.first).to_contain_text("€2.00")
     expect(devices.nth(1)).to_contain_text("Rest of the home")
-    expect(devices.nth(1)).to_contain_text("15.0 kWh")
+    expect(devices.nth(1)).to_contain_text("15.000 kWh")
+    expect(devices.nth(1)).to_contain_text("€3.00")
     expect(page.locator('[data-breakdown="rooms"] tbody tr').first).to_contain_text("Kitchen")
     _screenshot(page, "history-day-desktop")
 
@@ -149,8 +150,10 @@ def test_resident_sees_a_dst_day_switches_to_the_month_and_downloads_its_csv(
     expect(page).to_have_url(re.compile(r"period=month&date=2026-10-25"))
     expect(root).to_have_attribute("data-loaded", "true")
     expect(page.locator("[data-period-title]")).to_have_text("October 2026")
-    expect(page.locator("[data-total-energy]")).to_have_text("745")
+    expect(page.locator("[data-total-energy]")).to_have_text("745.000")
     expect(page.locator("[data-total-cost]")).to_have_text("€149.00")
+    expect(page.locator("[data-slots-energy]")).to_have_text("745.000")
+    expect(page.locator("[data-slots-cost]")).to_have_text("€149.00")
     expect(page.locator("[data-slots] tbody tr")).to_have_count(31)
     assert _accent_pixels(page, "[data-history-chart]") > 1000
     _screenshot(page, "history-month-desktop")
@@ -163,7 +166,7 @@ def test_resident_sees_a_dst_day_switches_to_the_month_and_downloads_its_csv(
     rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
     assert len(rows) == 31
     by_day = {row["start"][:10]: row for row in rows}
-    assert (by_day["2026-10-25"]["energy_kwh"], by_day["2026-10-25"]["cost"]) == ("25.0", "5.0000")
+    assert (by_day["2026-10-25"]["energy_kwh"], by_day["2026-10-25"]["cost"]) == ("25.0", "5.00")
     assert (by_day["2026-10-24"]["energy_kwh"], by_day["2026-10-24"]["currency"]) == ("24.0", "EUR")
 
 
@@ -177,7 +180,7 @@ def test_clicking_a_day_of_the_month_opens_that_day(new_page, sign_in, october):
     page.get_by_role("link", name="Sun 25 Oct 2026").click()
 
     expect(page).to_have_url(re.compile(r"period=day&date=2026-10-25"))
-    expect(page.locator("[data-total-energy]")).to_have_text("25.0")
+    expect(page.locator("[data-total-energy]")).to_have_text("25.000")
 
 
 def test_operator_sees_the_feeder_table_and_a_device_not_reporting(
@@ -196,8 +199,8 @@ def test_operator_sees_the_feeder_table_and_a_device_not_reporting(
     expect(root).to_have_attribute("data-energy-loaded", "true")
     feeder = page.locator('[data-feeders] tr[data-feeder="FD-1"]')
     expect(feeder).to_contain_text("TR-1")
-    expect(feeder).to_contain_text("25.0")
-    expect(page.locator("[data-grid-energy]")).to_have_text("25.0")
+    expect(feeder).to_contain_text("25.000")
+    expect(page.locator("[data-grid-energy]")).to_have_text("25.000")
     assert _accent_pixels(page, "[data-feeder-chart]") > 100
     expect(page.locator(f'[data-top-sites] tr[data-site="{october.id}"]')).to_contain_text(
         "Alice home"
@@ -216,7 +219,7 @@ def test_operator_sees_the_feeder_table_and_a_device_not_reporting(
     expect(page).to_have_url(
         re.compile(rf"/sites/{october.id}/history/\?period=day&date=2026-10-25")
     )
-    expect(page.locator("[data-total-energy]")).to_have_text("25.0")
+    expect(page.locator("[data-total-energy]")).to_have_text("25.000")
 
 
 HISTORY = "/sites/{site}/history/?date=2026-10-25&period="
@@ -230,6 +233,7 @@ HISTORY = "/sites/{site}/history/?date=2026-10-25&period="
         ("history-month", "alice", HISTORY + "month", "data-loaded"),
         ("history-year", "alice", HISTORY + "year", "data-loaded"),
         ("analytics", "olga", "/analytics/?period=week&date=2026-10-25", "data-energy-loaded"),
+        ("analytics-year", "olga", "/analytics/?period=year&date=2026-10-25", "data-energy-loaded"),
     ],
 )
 def test_pages_fit_a_phone_screen_without_sideways_scrolling(
@@ -245,3 +249,89 @@ def test_pages_fit_a_phone_screen_without_sideways_scrolling(
         expect(page.locator("[data-not-reporting] tbody tr").first).to_be_visible()
     _fits_the_screen(page)
     _screenshot(page, f"{name}-phone")
+
+
+def test_rows_shown_add_up_to_the_totals_shown(new_page, sign_in, alice_home):
+    # given three hours of 1/3 kWh: each shown as 0.333 kWh and €0.07
+    meter, _ = device_services.device_create(
+        uid="meter-t", site=alice_home["site"], kind="meter",
+        sensors=[{"key": "energy_kwh", "kind": "energy", "unit": "kWh"}],
+    )  # fmt: skip
+    lo = queries.local_midnight(date(2026, 5, 10), LISBON)
+    _insert([(meter.sensors.get().id, lo + timedelta(hours=h), 1 / 3) for h in range(3)])
+    page = new_page(viewport=DESKTOP)
+    sign_in(page, "alice")
+
+    page.goto(f"/sites/{alice_home['site'].id}/history/?period=day&date=2026-05-10")
+
+    expect(page.locator("[data-history]")).to_have_attribute("data-loaded", "true")
+    page.locator("[data-figures] summary").click()
+    rows = page.locator("[data-slots] tbody tr")
+    expect(rows.first).to_contain_text("0.333")
+    expect(rows.first).to_contain_text("€0.07")
+    expect(page.locator("[data-total-energy]")).to_have_text("0.999")
+    expect(page.locator("[data-total-cost]")).to_have_text("€0.21")
+    expect(page.locator("[data-slots-energy]")).to_have_text("0.999")
+    _screenshot(page, "history-adds-up-desktop")
+
+
+@pytest.mark.parametrize("who", ["alice", "olga"])
+def test_the_date_field_shows_and_takes_iso_dates(new_page, sign_in, alice_home, operator, who):
+    page = new_page(viewport=PHONE, is_mobile=True, has_touch=True, locale="en-US")
+    sign_in(page, who)
+    path = f"/sites/{alice_home['site'].id}/history/" if who == "alice" else "/analytics/"
+    page.goto(f"{path}?period=week&date=2026-10-28")
+
+    # then the field shows the ISO date as it is, whatever the browser's locale
+    field = page.locator("#jump-date")
+    expect(field).to_have_value("2026-10-28")
+    assert field.evaluate("el => el.type") == "text"
+
+    # when another ISO date is typed and shown
+    field.fill("2026-03-29")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"date=2026-03-29"))
+    expect(page.locator("#jump-date")).to_have_value("2026-03-29")
+
+    # and a date in another format is refused by the field, before any request
+    field = page.locator("#jump-date")
+    field.fill("29/03/2026")
+    assert field.evaluate("el => el.checkValidity()") is False
+    _fits_the_screen(page)
+
+
+@pytest.mark.parametrize("who", ["alice", "olga"])
+def test_a_future_period_says_so_instead_of_zeros(new_page, sign_in, alice_home, operator, who):
+    later = (datetime.now(LISBON).date() + timedelta(days=400)).isoformat()
+    page = new_page(viewport=DESKTOP)
+    sign_in(page, who)
+    path = f"/sites/{alice_home['site'].id}/history/" if who == "alice" else "/analytics/"
+
+    page.goto(f"{path}?period=month&date={later}")
+
+    expect(page.locator("[data-future]")).to_have_text(
+        f"{later} is in the future; nothing measured yet."
+    )
+    expect(page.locator("[data-total-energy], [data-grid-energy]")).to_have_count(0)
+    _screenshot(page, f"future-{who}-desktop")
+
+
+def test_operator_sees_the_grid_by_month_in_the_year(new_page, sign_in, october, operator):
+    page = new_page(viewport=DESKTOP)
+    sign_in(page, "olga")
+
+    page.goto("/analytics/?period=year&date=2026-10-25")
+
+    root = page.locator("[data-analytics]")
+    expect(root).to_have_attribute("data-energy-loaded", "true")
+    expect(page.locator("[data-period-title]")).to_have_text("2026")
+    expect(page.locator('[data-period-tab="year"]')).to_have_attribute("aria-current", "page")
+    expect(page.locator("[data-grid-energy]")).to_have_text("745.000")
+    page.locator("[data-figures] summary").click()
+    months = page.locator("[data-grid-slots] tbody tr")
+    expect(months).to_have_count(12)
+    expect(page.locator('[data-grid-slots] tr[data-slot="2026-10-01"]')).to_contain_text("745.000")
+    expect(page.locator("[data-grid-slots-total]")).to_have_text("745.000")
+    assert _accent_pixels(page, "[data-slot-chart]") > 100
+    _screenshot(page, "analytics-year-desktop")

@@ -135,7 +135,9 @@ def test_day_view_has_one_entry_per_local_hour_with_its_sum(home, alice_api, day
         for result, start in zip(results, starts, strict=True):
             assert result["energy_kwh"] == pytest.approx(expected[start], abs=1e-6)
             assert result["source"] == "meter"
-            assert Decimal(result["cost"]) == queries.money(result["energy_kwh"], Decimal("0.2"))
+            assert Decimal(result["cost"]) == queries.shown_cost(
+                expected[start], tariff=Decimal("0.2"), currency="EUR"
+            )
         total = sum(expected.values())
         assert body["energy_kwh"] == pytest.approx(total, abs=1e-6)
         assert Decimal(body["cost"]) == sum(Decimal(r["cost"]) for r in results)
@@ -217,7 +219,7 @@ def test_a_past_period_is_compared_with_the_whole_previous_one(home, alice_api):
     assert body["energy_kwh"] == pytest.approx(36.0)
     assert body["previous"]["date"] == "2026-06-01"
     assert body["previous"]["energy_kwh"] == pytest.approx(24.0)
-    assert body["previous"]["cost"] == "4.8000"
+    assert body["previous"]["cost"] == "4.80"
     assert len(body["previous"]["results"]) == 24
     assert body["comparison"] == {"basis": "whole", "previous_kwh": 24.0, "change_pct": 50.0}
     assert body["in_progress"] is False
@@ -262,16 +264,18 @@ def test_breakdown_by_device_and_room_with_the_meters_rest(home, alice_api):
 
     body = alice_api.get(energy_url(home["site"].id, period="day", date="2026-05-10")).json()
 
-    assert body["energy_kwh"] == pytest.approx(10.0)
+    # 24 hours of 0.41666… kWh, each shown as 0.417: the total is the sum of what is shown
+    assert body["energy_kwh"] == pytest.approx(10.008)
     devices = [(d["uid"], d["room"], d["energy_kwh"], d["cost"]) for d in body["devices"]]
-    assert devices == [("pi-a1", "Kitchen", 3.0, "0.6000"), ("heater-1", "Attic", 2.0, "0.4000")]
+    assert devices == [("pi-a1", "Kitchen", 3.0, "0.60"), ("heater-1", "Attic", 2.0, "0.40")]
     assert body["devices"][1]["kind"] == "HVAC"
-    assert body["devices"][0]["share_pct"] == pytest.approx(30.0)
+    assert body["devices"][0]["share_pct"] == pytest.approx(100 * 3 / 10.008, abs=0.01)
     assert [(r["name"], r["energy_kwh"]) for r in body["rooms"]] == [
         ("Kitchen", 3.0),
         ("Attic", 2.0),
     ]
-    assert body["unattributed_kwh"] == pytest.approx(5.0)
+    assert body["unattributed_kwh"] == pytest.approx(5.008)
+    assert body["unattributed_cost"] == "1.00"
 
 
 # --- CSV ------------------------------------------------------------------------------------------
@@ -294,7 +298,7 @@ def test_csv_holds_the_slots_shown(home, alice_api):
     assert list(rows[0]) == ["start", "end", "energy_kwh", "cost", "currency", "source"]
     assert rows[0]["start"] == "2026-10-25T00:00:00+01:00"
     assert rows[2]["start"] == "2026-10-25T01:00:00+00:00"  # the second 01:00
-    assert {(r["energy_kwh"], r["cost"], r["currency"]) for r in rows} == {("2.0", "0.4000", "EUR")}
+    assert {(r["energy_kwh"], r["cost"], r["currency"]) for r in rows} == {("2.0", "0.40", "EUR")}
 
 
 @pytest.mark.django_db
@@ -472,9 +476,9 @@ def test_top_sites_are_the_largest_users_with_their_cost(grid, operator_api):
     assert (body["date"], body["end_date"]) == ("2026-06-01", "2026-06-07")
     top = [(s["name"], s["energy_kwh"], s["cost"], s["feeder_code"]) for s in body["top_sites"]]
     assert top == [
-        ("S4", pytest.approx(4.0 * 168), "134.4000", "FD-2"),
-        ("S5", pytest.approx(3.0 * 168), "100.8000", "FD-3"),
-        ("S2", pytest.approx(2.0 * 168), "67.2000", "FD-1"),
+        ("S4", pytest.approx(4.0 * 168), "134.40", "FD-2"),
+        ("S5", pytest.approx(3.0 * 168), "100.80", "FD-3"),
+        ("S2", pytest.approx(2.0 * 168), "67.20", "FD-1"),
     ]
     site_id = grid["sites"]["S4"]["site"].id
     assert (
@@ -567,7 +571,12 @@ def test_analytics_are_for_operators_only(alice_api, alice_home, admin_user, api
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("period=year", "period"), ("date=2026-02-31", "date"), ("top=0", "top"), ("top=x", "top")],
+    [
+        ("period=fortnight", "period"),
+        ("date=2026-02-31", "date"),
+        ("top=0", "top"),
+        ("top=x", "top"),
+    ],
 )
 def test_grid_energy_refuses_bad_input_with_400(operator_api, query, field):
     response = operator_api.get(f"/api/v1/analytics/energy/?{query}")
@@ -683,3 +692,130 @@ def test_not_reporting_is_one_query_whatever_the_fleet(
     reading_queries = [q for q in queries_run.captured_queries if "energy_readings" in q["sql"]]
     assert len(reading_queries) == 1
     assert len(queries_run.captured_queries) <= 3
+
+
+# --- figures that add up, future periods, the grid's year -----------------------------------------
+
+
+@pytest.mark.django_db
+def test_totals_are_the_sums_of_the_rows_as_given(home, alice_api):
+    # given three hours of 1/3 kWh (each 0.333 kWh and 0.07 € as shown; exactly 1 kWh, 0.20 €)
+    day = date(2026, 5, 10)
+    lo = queries.local_midnight(day, LISBON)
+    insert([(home["meter"], lo + timedelta(hours=h), 1 / 3) for h in range(3)])
+    insert([(home["meter"], lo - timedelta(days=1) + timedelta(hours=h), 1 / 3) for h in range(3)])
+
+    body = alice_api.get(energy_url(home["site"].id, period="day", date=day.isoformat())).json()
+
+    rows = [r for r in body["results"] if r["energy_kwh"] is not None]
+    assert [(r["energy_kwh"], r["cost"]) for r in rows] == [(0.333, "0.07")] * 3
+    assert body["energy_kwh"] == 0.999  # not 1.0: the sum of the rows as given
+    assert body["cost"] == "0.21"  # not 0.20
+    assert body["previous"]["energy_kwh"] == 0.999
+    assert body["previous"]["cost"] == "0.21"
+    assert body["comparison"]["previous_kwh"] == 0.999
+    assert body["comparison"]["change_pct"] == 0.0
+    # the week's rows are days, each rounded once from its exact 1 kWh; the week adds them up
+    week = alice_api.get(energy_url(home["site"].id, period="week", date=day.isoformat())).json()
+    days = [(r["energy_kwh"], r["cost"]) for r in week["results"] if r["energy_kwh"] is not None]
+    assert days == [(1.0, "0.20"), (1.0, "0.20")]
+    assert (week["energy_kwh"], week["cost"]) == (2.0, "0.40")
+
+
+@pytest.mark.django_db
+def test_device_and_room_rows_add_up_with_the_rest_of_the_home(home, alice_api):
+    # given the meter 1/3 kWh in each of three hours, the heater 1/3 kW for an hour
+    day = date(2026, 5, 10)
+    lo = queries.local_midnight(day, LISBON)
+    insert([(home["meter"], lo + timedelta(hours=h), 1 / 3) for h in range(3)])
+    insert([(home["heater"], lo + timedelta(minutes=5 * i), 1 / 3) for i in range(12)])
+
+    body = alice_api.get(energy_url(home["site"].id, period="day", date=day.isoformat())).json()
+
+    [heater] = body["devices"]
+    shown = Decimal(str(heater["energy_kwh"])) + Decimal(str(body["unattributed_kwh"]))
+    assert shown == Decimal(str(body["energy_kwh"]))
+    assert [r["energy_kwh"] for r in body["rooms"]] == [heater["energy_kwh"]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["day", "week", "month", "year"])
+def test_a_period_wholly_in_the_future_is_flagged(home, alice_api, operator_api, kind):
+    today = timezone.now().astimezone(LISBON).date()
+    later = today.replace(year=today.year + 1).isoformat()
+
+    mine = alice_api.get(energy_url(home["site"].id, period=kind, date=later))
+    grid = operator_api.get(f"/api/v1/analytics/energy/?period={kind}&date={later}")
+    now = alice_api.get(energy_url(home["site"].id, period=kind, date=today.isoformat()))
+    grid_now = operator_api.get(f"/api/v1/analytics/energy/?period={kind}")
+
+    assert mine.status_code == grid.status_code == 200
+    assert mine.json()["future"] is True
+    assert {r["energy_kwh"] for r in mine.json()["results"]} == {None}
+    assert grid.json()["future"] is True
+    assert now.json()["future"] is False
+    assert grid_now.json()["future"] is False
+
+
+def test_a_period_has_begun_once_its_first_day_has_begun_somewhere():
+    period = queries.period_containing(kind="day", day=date(2026, 6, 2))
+    # 2 June begins at 10:00 UTC on 1 June at UTC+14, at 23:00 UTC in Lisbon (summer)
+    assert period.is_future(datetime(2026, 6, 1, 9, 59, tzinfo=UTC))
+    assert not period.is_future(datetime(2026, 6, 1, 10, 0, tzinfo=UTC))
+    assert period.is_future(datetime(2026, 6, 1, 22, 59, tzinfo=UTC), LISBON)
+    assert not period.is_future(datetime(2026, 6, 1, 23, 0, tzinfo=UTC), LISBON)
+
+
+@pytest.mark.django_db
+def test_grid_year_is_by_month_each_site_in_its_local_time(grid, operator_api):
+    # given New York's 31 January evening (1 February in UTC) and Lisbon's 1 February night
+    ny = grid["sites"]["NY"]
+    s1 = grid["sites"]["S1"]
+    new_york = zoneinfo.ZoneInfo("America/New_York")
+    insert(
+        [
+            (ny["meter"], datetime(2026, 1, 31, 22, 0, tzinfo=new_york), 2.5),
+            (s1["meter"], datetime(2026, 2, 1, 0, 30, tzinfo=LISBON), 1 / 3),
+            (s1["meter"], datetime(2026, 2, 1, 1, 30, tzinfo=LISBON), 1 / 3),
+            (s1["meter"], datetime(2026, 10, 25, 1, 30, tzinfo=LISBON), 1 / 3),
+        ]
+    )
+    rollups.rollups_refresh()
+
+    response = operator_api.get("/api/v1/analytics/energy/?period=year&date=2026-06-15")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["period"], body["unit"], body["date"], body["end_date"]) == (
+        "year", "month", "2026-01-01", "2026-12-31",
+    )  # fmt: skip
+    assert [r["label"] for r in body["results"]] == [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]  # fmt: skip
+    by_month = {r["date"]: r["energy_kwh"] for r in body["results"]}
+    assert by_month["2026-01-01"] == 2.5  # New York's January
+    assert by_month["2026-02-01"] == 0.667  # one Lisbon day of 2 x 1/3, rounded once
+    assert by_month["2026-10-01"] == 0.333
+    assert by_month["2026-03-01"] is None
+    assert body["results"][1]["end_date"] == "2026-02-28"
+    total = Decimal("3.5")
+    assert Decimal(str(body["energy_kwh"])) == total
+    for rows in (body["results"], body["feeders"], body["transformers"], body["top_sites"]):
+        assert sum(Decimal(str(r["energy_kwh"] or 0)) for r in rows) == total
+    [s1_row] = [s for s in body["top_sites"] if s["name"] == "S1"]
+    assert s1_row["energy_kwh"] == 1.0  # 0.667 + 0.333: its days as given
+
+
+@pytest.mark.django_db
+def test_grid_week_is_by_day(grid, operator_api):
+    fill_meters(grid, date(2026, 6, 1), 7)
+
+    body = operator_api.get("/api/v1/analytics/energy/?period=week&date=2026-06-03").json()
+
+    assert body["unit"] == "day"
+    assert [r["date"] for r in body["results"]][:2] == ["2026-06-01", "2026-06-02"]
+    assert len(body["results"]) == 7
+    assert body["results"][0]["name"] == "Mon 1 Jun 2026"
+    assert sum(Decimal(str(r["energy_kwh"])) for r in body["results"]) == Decimal(
+        str(body["energy_kwh"])
+    )

@@ -26,14 +26,16 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 def grid_kwh(day: date, now: datetime = NOW) -> dict[str, float]:
     answer = queries.grid_energy(period_kind="day", day=day, now=now)
-    return {site["name"]: site["energy_kwh"] for site in answer["top_sites"]}
+    return {site["name"]: float(site["energy_kwh"]) for site in answer["top_sites"]}
 
 
 def history_kwh(site, day: date) -> float:
-    return sum(
+    """The site's energy of the day, rounded once as the grid shows it."""
+    exact = sum(
         p["energy_kwh"]
         for p in queries.site_energy(site=site, start=day, end=day + timedelta(days=1))
     )
+    return float(queries.shown_kwh(exact))
 
 
 @pytest.fixture

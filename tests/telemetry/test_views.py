@@ -3,6 +3,7 @@ that they render without touching readings (the browser fetches the figures)."""
 
 import re
 import zoneinfo
+from datetime import timedelta
 
 import pytest
 
@@ -246,18 +247,91 @@ def test_analytics_page_is_a_frame_for_operators(client, request, who, alice_hom
     )
     assert attribute(html, "data-not-reporting-api") == "/api/v1/analytics/not-reporting/"
     assert "26 October \N{EN DASH} 1 November 2026" in html
-    assert 'data-period-tab="year"' not in html
     assert "js/analytics.js" in html
 
 
 @pytest.mark.django_db
-def test_analytics_page_refuses_a_year_with_400(client, operator):
+def test_analytics_page_has_a_year_view_by_month(client, operator):
     client.force_login(operator)
 
-    response = client.get("/analytics/?period=year")
+    response = client.get("/analytics/?period=year&date=2026-10-28")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'data-period-tab="year"' in html
+    assert attribute(html, "data-energy-api") == (
+        "/api/v1/analytics/energy/?period=year&date=2026-01-01"
+    )
+    assert "Energy by month" in html
+    assert "2026" in html
+
+
+@pytest.mark.django_db
+def test_analytics_page_refuses_an_unknown_period_with_400(client, operator):
+    client.force_login(operator)
+
+    response = client.get("/analytics/?period=fortnight")
 
     assert response.status_code == 400
-    assert "use day, week or month" in response.content.decode()
+    assert "use day, week, month or year" in response.content.decode()
+
+
+# --- a future period, and the date field ------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["day", "week", "month", "year"])
+def test_a_period_wholly_in_the_future_says_so_instead_of_zeros(
+    client, operator, alice, alice_home, kind
+):
+    site = alice_home["site"]
+    later = timezone.now().astimezone(zoneinfo.ZoneInfo(site.timezone)).date()
+    later = later.replace(year=later.year + 1)
+    for who, path in ((alice, history(site.id)), (operator, "/analytics/")):
+        client.force_login(who)
+
+        html = client.get(f"{path}?period={kind}&date={later.isoformat()}").content.decode()
+
+        assert f"{later.isoformat()} is in the future; nothing measured yet." in html
+        # nothing to fetch, no figures to show
+        assert "data-api=" not in html
+        assert "data-energy-api=" not in html
+        assert "data-total-energy" not in html
+        assert "data-grid-energy" not in html
+        assert "data-csv-link" not in html
+
+
+@pytest.mark.django_db
+def test_the_current_period_is_not_in_the_future(client, alice, alice_home):
+    client.force_login(alice)
+    site = alice_home["site"]
+    today = timezone.now().astimezone(zoneinfo.ZoneInfo(site.timezone)).date()
+    tomorrow = today + timedelta(days=1)
+
+    html = client.get(history(site.id, f"period=year&date={tomorrow.isoformat()}")).content
+    html = html.decode()
+
+    if tomorrow.year == today.year:  # the year holding today has begun
+        assert "is in the future" not in html
+        assert "data-api=" in html
+    day = client.get(history(site.id, f"period=day&date={tomorrow.isoformat()}")).content
+    assert f"{tomorrow.isoformat()} is in the future" in day.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["history", "/analytics/"])
+def test_the_date_field_holds_an_iso_date_as_text(client, operator, alice_home, path):
+    client.force_login(operator)
+    if path == "history":
+        path = history(alice_home["site"].id)
+
+    html = client.get(f"{path}?period=week&date=2026-10-28").content.decode()
+
+    field = re.search(r'<input type="text" id="jump-date"[^>]*>', html)
+    assert field, "the date field is a text field (type=date shows the locale's format)"
+    assert 'value="2026-10-28"' in field.group(0)
+    assert 'placeholder="YYYY-MM-DD"' in field.group(0)
+    assert 'pattern="[0-9]{4}-[0-9]{2}-[0-9]{2}"' in field.group(0)
 
 
 @pytest.mark.django_db
