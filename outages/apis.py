@@ -79,10 +79,21 @@ class OutageViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(self._data(self.get_object(), many=False))
 
 
+@extend_schema_view(
+    get=extend_schema(
+        tags=["Outages & credits"],
+        summary="List suspected outages",
+        description=(
+            "Suspected outages, newest first (filters: status suspected|confirmed|dismissed, "
+            "feeder): sockets of several sites of one feeder that dropped together with no report "
+            "of a cut, confirmed when the devices come back and replay a cut, dismissed when they "
+            f"come back without one. {OPERATORS_AND_STAFF} Residents get 403."
+        ),
+    )
+)
 class SuspectedOutageListApi(generics.ListAPIView):
-    """Operators: suspected outages, newest first (filter: status suspected|confirmed|dismissed,
-    feeder). Sockets of sites of one feeder that dropped together with no report of a cut;
-    residents are refused (403), as for the other operators' views."""
+    """Operators: suspected outages, newest first; residents are refused (403), as for the other
+    operators' views."""
 
     serializer_class = SuspectedOutageSerializer
     permission_classes = [IsOperator]
