@@ -16,7 +16,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
-from energy_portal import asgi_server
+from energy_portal import asgi_server, metrics_dir
 from energy_portal.environment import BASE_DIR, load
 
 DEMO_TOKENS = "demo-device-tokens.json"
@@ -82,6 +82,10 @@ def _run(argv: list[str] | None) -> int:
         _manage("seed_demo", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
         _manage("seed_demo_outages")
 
+    # Every process started below writes its metrics there; /metrics adds them up.
+    metrics_path = env.data_dir / "metrics"
+    metrics_dir.wipe(metrics_path)
+    os.environ[metrics_dir.VARIABLE] = str(metrics_path)
     manager = Manager()
     commands = processes(
         host=options.host, port=options.port, data_dir=env.data_dir, simulate=not options.no_demo
