@@ -113,7 +113,7 @@ def status_class(status: int) -> str:
 
 def _observe(request, response, started: float) -> None:
     match = getattr(request, "resolver_match", None)
-    route = match.route if match is not None and match.route else "unmatched"
+    route = "/" + match.route if match is not None else "unmatched"
     labels = (request.method, route, status_class(response.status_code))
     HTTP_REQUESTS.labels(*labels).inc()
     HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
@@ -121,7 +121,7 @@ def _observe(request, response, started: float) -> None:
 
 @sync_and_async_middleware
 def http_metrics_middleware(get_response):
-    """Counts and times each request by route pattern (`api/v1/sites/<int:pk>/`, never the raw
+    """Counts and times each request by route pattern (`/api/v1/sites/<int:pk>/`, never the raw
     path, so ids cannot multiply the series); an unrouted request (a 404, a static file) is
     `unmatched`. First in MIDDLEWARE, so it times the whole of Django's work; sync and async
     alike, so it adds no thread switch to an async chain."""
