@@ -1,5 +1,7 @@
 """Django core: apps, middleware, templates, auth, static files, logging."""
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 from energy_portal.environment import BASE_DIR, load
 
 ENV = load()
@@ -112,9 +114,11 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
             "json_ensure_ascii": False,
+            # Uvicorn's copy of each message with terminal colours: noise in a log store.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         },
     },
     "filters": {
