@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from channels.db import database_sync_to_async
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
@@ -28,7 +29,9 @@ from telemetry.services import INGEST_STREAM
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     clean_redis,
     fast_passwords,
+    live_communicator,
     recent,
+    session_cookie,
     telemetry,
 )
 from tests.e2e import servers
@@ -278,3 +281,20 @@ def test_a_command_outcome_is_counted_once_committed(alice_home):
     services.command_complete(command_id=command.id, device_id=device.id, status="done")
 
     assert REGISTRY.get_sample_value(name, {"status": "done"}) == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_viewer_socket_is_counted_while_open_and_counted_out_once(alice):
+    gauge = "energy_portal_sockets_open"
+    before = REGISTRY.get_sample_value(gauge, {"kind": "viewer"}) or 0
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    feed = live_communicator(cookie)
+
+    connected, _ = await feed.connect()
+    while_open = REGISTRY.get_sample_value(gauge, {"kind": "viewer"})
+    await feed.disconnect()  # the consumer stops on disconnect and again as it ends
+
+    assert connected
+    assert while_open == before + 1
+    assert REGISTRY.get_sample_value(gauge, {"kind": "viewer"}) == before
