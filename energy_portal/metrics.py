@@ -13,7 +13,9 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import time
+from pathlib import Path
 
 from asgiref.sync import iscoroutinefunction
 from prometheus_client import (
@@ -24,6 +26,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 
@@ -35,6 +38,21 @@ from energy_portal import metrics_dir
 logger = logging.getLogger(__name__)
 
 PREFIX = "energy_portal_"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(metrics_dir.VARIABLE) or None
+
+
+def process_identifier() -> str:
+    """This process among all that share the metrics folder: its host and pid. The containers of
+    a compose project share the volume, and each numbers its processes from 1."""
+    return f"{socket.gethostname().replace('_', '-')}-{os.getpid()}"
+
+
+if multiprocess_dir():
+    # Before any metric is made: each makes its value of this class, in files named by it.
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_identifier)
 
 DEVICE_FRAMES = Counter(
     PREFIX + "device_frames",
@@ -243,14 +261,11 @@ def _groups(client, stream: str, group: str) -> dict[str, dict]:
     return found
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get(metrics_dir.VARIABLE) or None
-
-
 def exposition() -> bytes:
     """The text `/metrics` serves: every process's metrics (or this one's) and Redis's figures."""
     registry = CollectorRegistry()
-    if multiprocess_dir():
+    if path := multiprocess_dir():
+        _forget_dead_processes(Path(path))
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_ThisProcess())
@@ -278,10 +293,32 @@ def metrics_allowed(*, authorization: str, address: str, token: str, allow: list
     return any(client in network for network in allow)
 
 
-def _mark_dead() -> None:
-    multiprocess.mark_process_dead(os.getpid())
+def process_exited() -> None:
+    """This process's live gauges (sockets open) stop counting: called as it exits (atexit; for
+    ASGI servers, whose Uvicorn ends them by re-raising SIGTERM, at lifespan shutdown)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(process_identifier())
+
+
+def _forget_dead_processes(path: Path) -> None:
+    """Live gauges of processes of this host that died without saying so (killed, crashed): a
+    server process Uvicorn restarts would otherwise have its sockets counted twice."""
+    host = process_identifier().rsplit("-", 1)[0]
+    for file in path.glob(f"gauge_live*_{host}-*.db"):
+        pid = file.stem.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(f"{host}-{pid}", str(path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
 
 
 if multiprocess_dir():
-    # This process's live gauges (sockets open) stop counting when it exits.
-    atexit.register(_mark_dead)
+    atexit.register(process_exited)

@@ -17,11 +17,13 @@ from channels.db import database_sync_to_async
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
+from websockets.sync.client import connect as sync_connect
 
 from django.conf import settings
 from django.db import connection
 
 from devices import services
+from energy_portal import metrics_dir as metrics_dir_module
 from energy_portal.health import BEAT_KEY
 from energy_portal.metrics import metrics_allowed
 from energy_portal.redis_client import sync_client
@@ -246,24 +248,76 @@ def test_beat_freshness_is_not_a_number_before_beat_ever_ran(portals, no_beat_ye
     assert value(samples, "energy_portal_ingest_stream_length") == 0
 
 
-def test_a_stopped_server_leaves_no_open_sockets_behind(django_db_setup, metrics_dir, tmp_path):
-    # given: a third server writing to the same folder
+@pytest.mark.django_db(transaction=True)
+def test_a_stopped_server_leaves_no_live_gauges_behind(metrics_dir, alice_home, tmp_path):
+    # given: a third server writing to the same folder, which has had a Pi's socket
     server = servers.spawn(
         database_url=servers.database_url(connection.settings_dict),
         redis_url=settings.REDIS_URL,
         log_dir=tmp_path,
         extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": TOKEN},
     )
+    pid = server.process.pid
     try:
         servers.wait_until_answering(server)
-        get(server, "/api/v1/health/")  # loads the app, and so its metrics
+        bearer = {"Authorization": f"Bearer {alice_home['token']}"}
+        with sync_connect(f"{server.ws}/ws/devices/", additional_headers=bearer) as pi:
+            pi.send(json.dumps({"type": "heartbeat"}))
+        wait_for(lambda: value(scrape(server), "energy_portal_sockets_open", kind="device") == 0)
+        assert list(metrics_dir.glob(f"gauge_livesum_*-{pid}.db"))
     finally:
         servers.stop(server)
 
     # then: its live gauges went with it (counters stay: what it did still counts)
+    assert not list(metrics_dir.glob(f"gauge_livesum_*-{pid}.db")), server.output()
+    assert list(metrics_dir.glob(f"counter_*-{pid}.db"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_server_s_open_sockets_are_forgotten_at_the_next_scrape(
+    portals, metrics_dir, alice_home, tmp_path
+):
+    # given: a third server killed while a Pi's socket is open on it
+    server = servers.spawn(
+        database_url=servers.database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        log_dir=tmp_path,
+        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": TOKEN},
+    )
     pid = server.process.pid
-    assert not list(metrics_dir.glob(f"gauge_livesum_{pid}.db")), server.output()
-    assert list(metrics_dir.glob(f"counter_{pid}.db"))
+    try:
+        servers.wait_until_answering(server)
+        bearer = {"Authorization": f"Bearer {alice_home['token']}"}
+        url = f"{server.ws}/ws/devices/"
+        with sync_connect(url, additional_headers=bearer, close_timeout=1):
+            wait_for(lambda: value(scrape(portals[0]), "energy_portal_sockets_open", kind="device"))
+            server.process.kill()
+    finally:
+        server.process.kill()
+        server.process.wait()
+    assert list(metrics_dir.glob(f"gauge_livesum_*-{pid}.db"))
+
+    # when: another server is scraped
+    samples = scrape(portals[0])
+
+    # then: the dead process's sockets are no longer counted
+    assert value(samples, "energy_portal_sockets_open", kind="device") == 0
+    assert not list(metrics_dir.glob(f"gauge_livesum_*-{pid}.db"))
+
+
+def test_the_metrics_folder_is_emptied_of_metrics_files_but_kept(tmp_path, monkeypatch):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"old")
+    (folder / "gauge_livesum_123.db").write_bytes(b"old")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+
+    assert metrics_dir_module.main() == 0
+
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
+    metrics_dir_module.wipe(tmp_path / "new")  # made when missing
+    assert (tmp_path / "new").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
