@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+import redis
 from asgiref.sync import iscoroutinefunction
 from prometheus_client import (
     REGISTRY,
@@ -169,6 +170,7 @@ class RedisCollector:
     failed scrape."""
 
     def collect(self):
+        # Imported here: the modules that know these names import this one to count.
         from energy_portal.health import BEAT_KEY
         from energy_portal.redis_client import sync_client
         from telemetry.services import INGEST_STREAM
@@ -239,8 +241,6 @@ def _age(entry_id: bytes, now: float) -> float:
 def _groups(client, stream: str, group: str) -> dict[str, dict]:
     """The writers' group of the stream: lag, pending count, oldest pending id; none if the
     stream or group does not exist yet."""
-    import redis
-
     try:
         infos = client.xinfo_groups(stream)
     except redis.ResponseError:  # no such stream yet

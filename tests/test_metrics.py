@@ -48,24 +48,30 @@ def metrics_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("prometheus-multiproc")
 
 
+def spawn_sharing(metrics_dir: Path, log_dir: Path) -> servers.Server:
+    """A one-process server writing its metrics to `metrics_dir`, readable only with TOKEN."""
+    return servers.spawn(
+        database_url=servers.database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        log_dir=log_dir,
+        extra_env={
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "METRICS_TOKEN": TOKEN,
+            "METRICS_ALLOW_IPS": ALLOW_ELSEWHERE,
+        },
+    )
+
+
+def pi_socket(server: servers.Server, token: str):
+    bearer = {"Authorization": f"Bearer {token}"}
+    return sync_connect(f"{server.ws}/ws/devices/", additional_headers=bearer, close_timeout=1)
+
+
 @pytest.fixture(scope="module")
 def portals(django_db_setup, metrics_dir, tmp_path_factory):
-    """Two one-process servers writing their metrics to one folder."""
+    """Two servers sharing one metrics folder."""
     log_dir = tmp_path_factory.mktemp("metrics-servers")
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "METRICS_TOKEN": TOKEN,
-        "METRICS_ALLOW_IPS": ALLOW_ELSEWHERE,
-    }
-    started = [
-        servers.spawn(
-            database_url=servers.database_url(connection.settings_dict),
-            redis_url=settings.REDIS_URL,
-            log_dir=log_dir,
-            extra_env=env,
-        )
-        for _ in range(2)
-    ]
+    started = [spawn_sharing(metrics_dir, log_dir) for _ in range(2)]
     try:
         for server in started:
             servers.wait_until_answering(server)
@@ -251,17 +257,11 @@ def test_beat_freshness_is_not_a_number_before_beat_ever_ran(portals, no_beat_ye
 @pytest.mark.django_db(transaction=True)
 def test_a_stopped_server_leaves_no_live_gauges_behind(metrics_dir, alice_home, tmp_path):
     # given: a third server writing to the same folder, which has had a Pi's socket
-    server = servers.spawn(
-        database_url=servers.database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        log_dir=tmp_path,
-        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": TOKEN},
-    )
+    server = spawn_sharing(metrics_dir, tmp_path)
     pid = server.process.pid
     try:
         servers.wait_until_answering(server)
-        bearer = {"Authorization": f"Bearer {alice_home['token']}"}
-        with sync_connect(f"{server.ws}/ws/devices/", additional_headers=bearer) as pi:
+        with pi_socket(server, alice_home["token"]) as pi:
             pi.send(json.dumps({"type": "heartbeat"}))
         wait_for(lambda: value(scrape(server), "energy_portal_sockets_open", kind="device") == 0)
         assert list(metrics_dir.glob(f"gauge_livesum_*-{pid}.db"))
@@ -278,18 +278,11 @@ def test_a_killed_server_s_open_sockets_are_forgotten_at_the_next_scrape(
     portals, metrics_dir, alice_home, tmp_path
 ):
     # given: a third server killed while a Pi's socket is open on it
-    server = servers.spawn(
-        database_url=servers.database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        log_dir=tmp_path,
-        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": TOKEN},
-    )
+    server = spawn_sharing(metrics_dir, tmp_path)
     pid = server.process.pid
     try:
         servers.wait_until_answering(server)
-        bearer = {"Authorization": f"Bearer {alice_home['token']}"}
-        url = f"{server.ws}/ws/devices/"
-        with sync_connect(url, additional_headers=bearer, close_timeout=1):
+        with pi_socket(server, alice_home["token"]):
             wait_for(lambda: value(scrape(portals[0]), "energy_portal_sockets_open", kind="device"))
             server.process.kill()
     finally:
