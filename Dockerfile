@@ -17,7 +17,10 @@ COPY . .
 RUN FIELD_ENCRYPTION_KEY=$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
     DJANGO_DEBUG=0 DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@127.0.0.1/build \
     REDIS_URL=redis://127.0.0.1:6379/0 python manage.py collectstatic --no-input
-RUN useradd --system --home /app portal && mkdir -p /app/var && chown portal /app/var
+# /var/lib/energy-portal/metrics: the metrics volume (compose.yaml) starts as this folder, the
+# portal user's.
+RUN useradd --system --home /app portal && mkdir -p /app/var /var/lib/energy-portal/metrics \
+    && chown portal /app/var /var/lib/energy-portal/metrics
 USER portal
 EXPOSE 8000
 CMD ["python", "-m", "energy_portal.asgi_server", "--host", "0.0.0.0", "--port", "8000"]

@@ -30,7 +30,7 @@ from django.utils import timezone
 from devices import selectors, services, socket_registry
 from devices.groups import device_group
 from devices.rate_limit import TokenBucket
-from energy_portal import realtime
+from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_record, socket_drop_record
 from telemetry.services import IngestResult, Item, readings_enqueue, readings_validate
@@ -293,6 +293,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
         self.accepted = True
+        metrics.socket_opened("device")
         await db(services.device_set_online)(device_id=self.device.id, online=True)
         self.seen.note(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
@@ -328,6 +329,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 if task is not None:
                     task.cancel()
             self._drop_answers()
+            metrics.socket_closed("device", counted=self.accepted)
             self.leaving = asyncio.create_task(self._give_up_place())
         await asyncio.shield(self.leaving)
 
@@ -409,6 +411,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         msg_id = None
+        counted_as = "error"  # until its type is known
         try:
             if not self.bucket.allow():
                 if self.bucket.refused > settings.DEVICE_RATE_BURST:
@@ -431,14 +434,18 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             # a list or object as the type cannot even be looked up (unhashable)
             handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
+                counted_as = "unknown"
                 known = ", ".join(self.HANDLERS)
                 raise FrameError("unknown_type", f"unknown frame type; known types: {known}")
+            counted_as = kind
             await handler(self, frame)
         except FrameError as error:
             answer = {"type": "error", "code": error.code, "detail": error.detail}
             if msg_id is not None:
                 answer["msg_id"] = msg_id
             await self._answer(json.dumps(answer))
+        finally:
+            metrics.DEVICE_FRAMES.labels(counted_as).inc()
 
     async def _telemetry(self, frame: dict) -> None:
         msg_id = _msg_id(frame)
@@ -655,6 +662,7 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
     hub: LiveHub | None = None
     renewer: asyncio.Task | None = None
     writer: asyncio.Task | None = None
+    counted = False  # among the open viewer sockets
 
     async def __call__(self, scope, receive, send):
         try:
@@ -680,6 +688,7 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
             await realtime.viewers_join(self.groups_joined, self.viewer_id)
             self.renewer = asyncio.create_task(self._stay_counted())
         await self.accept()
+        self.counted = metrics.socket_opened("viewer")
         self.writer = asyncio.create_task(self._write())
 
     async def disconnect(self, code):
@@ -687,6 +696,7 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
         await realtime.viewers_leave(self.groups_joined, self.viewer_id)
 
     def _stop(self) -> None:
+        self.counted = metrics.socket_closed("viewer", counted=self.counted)
         for task in (self.renewer, self.writer):
             if task is not None:
                 task.cancel()

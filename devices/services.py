@@ -15,6 +15,7 @@ from devices import socket_registry
 from devices.groups import device_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
 from devices.storable_text import storable_text
+from energy_portal import metrics
 from energy_portal.realtime import group_send, group_send_each, live_event, live_send_each
 from energy_portal.redis_client import sync_client
 
@@ -284,6 +285,7 @@ def command_mark_sent(*, command_id, device_id: int) -> Command | None:
         command.status, command.completed_at = CommandStatus.EXPIRED, now
         command.save(update_fields=["status", "completed_at"])
         _command_changed(command)
+        metrics.command_outcome_counted(CommandStatus.EXPIRED)
         return None
     command.status, command.sent_at = CommandStatus.SENT, now
     command.save(update_fields=["status", "sent_at"])
@@ -308,6 +310,7 @@ def command_complete(*, command_id, device_id: int, status: str, detail: str = "
         command.completed_at = timezone.now()
         command.save(update_fields=["status", "detail", "completed_at"])
         _command_changed(command)
+        metrics.command_outcome_counted(status)
     return command
 
 
@@ -323,6 +326,7 @@ def commands_expire(*, now: datetime | None = None) -> int:
         command.status, command.completed_at = CommandStatus.EXPIRED, now
         command.save(update_fields=["status", "completed_at"])
         _command_changed(command)
+        metrics.command_outcome_counted(CommandStatus.EXPIRED)
     return len(expired)
 
 

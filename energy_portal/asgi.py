@@ -21,12 +21,27 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from devices.routing import websocket_urlpatterns  # noqa: E402
 from energy_portal.body_limit import BodyLimitMiddleware  # noqa: E402
+from energy_portal.metrics import process_exited  # noqa: E402
+
+
+async def lifespan(scope, receive, send):
+    """The server's start and stop: at the stop, this process's live metrics leave the count."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            process_exited()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
 
 application = ProtocolTypeRouter(
     {
         # Bodies are bounded before Django reads them, on every route (see body_limit.py).
         "http": BodyLimitMiddleware(django_asgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
+        "lifespan": lifespan,
     }
 )
 

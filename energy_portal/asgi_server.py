@@ -24,7 +24,7 @@ OPTIONS = [
     "--ws", "websockets-sansio",
     "--loop", "uvloop",
     "--http", "httptools",
-    "--lifespan", "off",  # Django's ASGI handler has no lifespan events
+    "--lifespan", "on",  # energy_portal.asgi.lifespan: the metrics of a stopping process
     "--timeout-graceful-shutdown", "5",  # open sockets are closed (1012) after at most 5 s
     "--ws-max-size", str(WS_MAX_BYTES),
 ]  # fmt: skip

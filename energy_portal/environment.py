@@ -5,6 +5,7 @@ Every setting that can change between machines comes from here. When neither `DA
 so a fresh checkout runs with no configuration at all.
 """
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class Environment:
     outage_correlation_s: int
     outage_min_grid_sites: int
     outage_suspected_grace_s: int
+    metrics_token: str
+    metrics_allow_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    log_format: str
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -143,6 +147,19 @@ def _field_encryption_keys(debug: bool, data_dir: Path) -> list[str]:
     return keys
 
 
+def _networks(name: str, default: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma list of addresses and networks (`10.0.0.0/8`); a bare address is a network of one."""
+    networks = []
+    for entry in _list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated addresses or networks (CIDR), got {entry!r}"
+            ) from exc
+    return networks
+
+
 def load() -> Environment:
     """Read the environment once and start embedded services for what it leaves out."""
     from energy_portal import embedded
@@ -208,4 +225,7 @@ def load() -> Environment:
         outage_correlation_s=int_setting("OUTAGE_CORRELATION_S", 120),
         outage_min_grid_sites=_positive("OUTAGE_MIN_GRID_SITES", 2),
         outage_suspected_grace_s=int_setting("OUTAGE_SUSPECTED_GRACE_S", 120),
+        metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
+        metrics_allow_ips=_networks("METRICS_ALLOW_IPS", "127.0.0.1,::1"),
+        log_format=_choice("LOG_FORMAT", "plain", {"plain", "json"}),
     )

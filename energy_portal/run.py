@@ -16,7 +16,7 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
-from energy_portal import asgi_server
+from energy_portal import asgi_server, metrics_dir
 from energy_portal.environment import BASE_DIR, load
 
 DEMO_TOKENS = "demo-device-tokens.json"
@@ -83,6 +83,10 @@ def _run(argv: list[str] | None) -> int:
         _manage("seed_demo_outages")
         _manage("seed_demo_dr")
 
+    # Every process started below writes its metrics there; /metrics adds them up.
+    metrics_path = env.data_dir / "metrics"
+    metrics_dir.wipe(metrics_path)
+    os.environ[metrics_dir.VARIABLE] = str(metrics_path)
     manager = Manager()
     commands = processes(
         host=options.host, port=options.port, data_dir=env.data_dir, simulate=not options.no_demo

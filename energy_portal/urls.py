@@ -10,7 +10,7 @@ from devices import views as device_views
 from devices.auth_apis import LogoutAllApi, LogoutApi, ObtainTokenApi
 from energy_portal.apis import HealthApi
 from energy_portal.site_apis import SiteWithPolicyViewSet
-from energy_portal.views import FaviconRedirect
+from energy_portal.views import FaviconRedirect, metrics
 from telemetry.apis import IngestApi, SourcesApi
 from telemetry.history_apis import GridEnergyApi, NotReportingApi, SiteEnergyApi
 from telemetry.query_apis import AggregatesApi, ReadingsApi, StatsApi
@@ -50,6 +50,7 @@ admin.site.index_title = "Sites, devices, outages and demand response"
 urlpatterns = [
     path("", device_views.home, name="home"),
     path("favicon.ico", FaviconRedirect.as_view()),
+    path("metrics", metrics, name="metrics"),
     path("dashboard/", device_views.dashboard, name="dashboard"),
     path("fleet/", device_views.fleet, name="fleet"),
     path(

@@ -21,7 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
-from energy_portal import realtime
+from energy_portal import metrics, realtime
 from energy_portal.per_loop import per_loop
 from energy_portal.realtime import live_event
 from energy_portal.redis_client import ScriptLink, sync_client
@@ -231,6 +231,7 @@ def readings_ingest(*, result: IngestResult, source: str, live: str = "points") 
     `live="summary"` tells viewers what arrived per site instead of every point: for history
     (load-profile files) that no live chart shows point by point.
     """
+    metrics.readings_counted(result=result, source=source)
     if not result.readings:
         return
     pipe = sync_client().pipeline(transaction=False)  # broadcast and every entry: one round trip
@@ -445,6 +446,7 @@ def readings_enqueue(*, result: IngestResult, source: str, device_id: int) -> as
     the future that completes when the readings are in the buffer, or fails with the RedisError
     that kept them out (None: nothing to buffer). The frames of all this process's sockets travel
     to Redis together (`_SocketBuffer`)."""
+    metrics.readings_counted(result=result, source=source)
     if not result.readings:
         return None
     sites = {reading.sensor.site_id for reading in result.readings}

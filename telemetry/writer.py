@@ -30,6 +30,7 @@ from django.db import (
     transaction,
 )
 
+from energy_portal import metrics
 from energy_portal.redis_client import sync_client
 from telemetry.services import INGEST_STREAM, readings_insert_rows
 
@@ -207,6 +208,7 @@ class Writer:
 
     def _flush(self, batch: Batch) -> None:
         """Write the batch; retry on database trouble until it is in, then acknowledge it."""
+        started = time.perf_counter()
         delay = 0.5
         while True:
             try:
@@ -223,6 +225,8 @@ class Writer:
         pipe.xack(INGEST_STREAM, GROUP, *batch.ids)
         pipe.xdel(INGEST_STREAM, *batch.ids)
         pipe.execute()
+        metrics.WRITER_BATCH_ROWS.observe(len(batch))
+        metrics.WRITER_BATCH_SECONDS.observe(time.perf_counter() - started)
         self.written += inserted
         logger.debug("wrote %d new of %d readings", inserted, len(batch))
 

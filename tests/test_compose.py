@@ -9,6 +9,7 @@ gives it, until it is healthy, and is stopped. What differs from the containers,
   database and the test's Redis DB; `timescale://` becomes `postgres://`, since the local
   PostgreSQL has no TimescaleDB extension (migrations on TimescaleDB: tests/timescale/);
 - `web` listens on a free port of 127.0.0.1, never 8000;
+- the `metrics` volume (PROMETHEUS_MULTIPROC_DIR) becomes one temporary folder all share;
 - each process gets its own copy of the image's data folder (ENERGY_PORTAL_DATA_DIR), as each
   container has its own file system: the Dockerfile's build steps that can run here
   (collectstatic) fill the copy first, and anything a process writes stays its own.
@@ -197,6 +198,19 @@ class Local:
 
     database_url: str  # postgres://, a throwaway database
     redis_url: str
+    metrics_dir: Path  # the shared `metrics` volume
+
+    @staticmethod
+    def volume_paths(service: dict, volume: str) -> list[str]:
+        """Where `service` mounts the named `volume` (short or long form)."""
+        paths = []
+        for mount in service.get("volumes") or []:
+            if isinstance(mount, dict):
+                if mount.get("source") == volume:
+                    paths.append(mount["target"])
+            elif mount.split(":")[0] == volume:
+                paths.append(mount.split(":")[1])
+        return paths
 
     def environment(self, compose_env: dict[str, str]) -> dict[str, str]:
         env = dict(compose_env)
@@ -205,6 +219,7 @@ class Local:
         env["DATABASE_URL"] = self.database_url
         assert urlsplit(env["REDIS_URL"]).hostname == "redis", "REDIS_URL should name the service"
         env["REDIS_URL"] = self.redis_url
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         return env
 
 
@@ -251,16 +266,21 @@ class Process:
             raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.output()}") from None
 
 
-def http_status(port: int, path: str, headers: dict[str, str] | None = None) -> int:
-    """The status of GET `path` (redirects not followed), 0 while nothing answers."""
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """The status and body of GET `path` (redirects not followed), 0 while nothing answers."""
     client = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         client.request("GET", path, headers=headers or {})
-        return client.getresponse().status
+        response = client.getresponse()
+        return response.status, response.read().decode(errors="replace")
     except OSError:
-        return 0
+        return 0, ""
     finally:
         client.close()
+
+
+def http_status(port: int, path: str, headers: dict[str, str] | None = None) -> int:
+    return http_get(port, path, headers)[0]
 
 
 def succeeds(command: list[str], env: dict[str, str]) -> bool:
@@ -296,7 +316,7 @@ def secrets_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def local():
+def local(tmp_path):
     """A throwaway database beside the test database, and the test Redis DB, emptied."""
     test_url = urlsplit(os.environ["DATABASE_URL"])
     name = f"{test_url.path.lstrip('/') or 'energy_portal'}_compose"
@@ -309,6 +329,7 @@ def local():
     yield Local(
         database_url=urlunsplit(test_url._replace(scheme="postgres", path=f"/{name}")),
         redis_url=os.environ["REDIS_URL"],
+        metrics_dir=tmp_path / "metrics-volume",
     )
     redis_client.flushdb()
     with psycopg.connect(admin, autocommit=True) as connection:
@@ -413,12 +434,20 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
         and condition.get("condition") == "service_completed_successfully"
     }
     assert one_shot == {"migrate"}
+    # every portal service mounts the metrics volume where its PROMETHEUS_MULTIPROC_DIR says
+    for name, service in services.items():
+        target = environment_of(service)["PROMETHEUS_MULTIPROC_DIR"]
+        assert Local.volume_paths(service, "metrics") == [target], name
+    local.metrics_dir.mkdir()
+    stale = local.metrics_dir / "counter_999999.db"  # a process of the previous run
+    stale.write_bytes(b"left over")
     migrate = process(
         "migrate", command_of(services["migrate"]), environment_of(services["migrate"])
     )
     migrate.start()
     migrate.popen.wait(timeout=READY_TIMEOUT_S)
     assert migrate.popen.returncode == 0, migrate.output()
+    assert not stale.exists(), "migrate should empty the metrics volume"
 
     web_port, image_port = free_port(), free_port()
     web = services["web"]
@@ -462,6 +491,13 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
         wait_for("the worker answering", lambda: succeeds(ping, by_name["worker"].env), running)
         beat_log = by_name["beat"].output
         wait_for("beat sending a task", lambda: "Sending due task" in beat_log(), running)
+        # /metrics (from an allowed address: 127.0.0.1 by default) adds up web's processes
+        status, metrics = http_get(web_port, "/metrics")
+        assert status == 200, metrics
+        assert 'route="/api/v1/health/"' in metrics
+        assert "energy_portal_ingest_stream_length" in metrics
+        writers = {path.name.split("_")[-1] for path in local.metrics_dir.glob("*.db")}
+        assert len(writers) >= 2, sorted(local.metrics_dir.iterdir())  # web's two processes
     finally:
         for each in running:
             each.stop()

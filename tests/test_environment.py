@@ -35,6 +35,9 @@ VARIABLES = [
     "LOGIN_FAILURE_LIMIT",
     "LOGIN_LOCKOUT_MINUTES",
     "API_TOKEN_TTL_DAYS",
+    "METRICS_TOKEN",
+    "METRICS_ALLOW_IPS",
+    "LOG_FORMAT",
 ]
 
 FERNET_KEY = "Zm9ydHktdHdvLWJ5dGVzLW9mLWtleS1tYXRlcmlhbCE="
@@ -169,6 +172,26 @@ def test_development_keeps_one_generated_secret_key_in_the_data_folder(env, tmp_
     assert (tmp_path / "dev-secret-key").read_text().strip() == first.secret_key
 
 
+def test_metrics_are_for_loopback_only_and_plain_logs_by_default(env):
+    loaded = environment.load()
+
+    assert loaded.metrics_token == ""
+    assert [str(n) for n in loaded.metrics_allow_ips] == ["127.0.0.1/32", "::1/128"]
+    assert loaded.log_format == "plain"
+
+
+def test_metrics_access_and_log_format_come_from_the_environment(env):
+    env.setenv("METRICS_TOKEN", " scrape-me ")
+    env.setenv("METRICS_ALLOW_IPS", "10.0.0.0/8, 192.0.2.7,fd00::/8")
+    env.setenv("LOG_FORMAT", "json")
+
+    loaded = environment.load()
+
+    assert loaded.metrics_token == "scrape-me"
+    assert [str(n) for n in loaded.metrics_allow_ips] == ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]
+    assert loaded.log_format == "json"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "says"),
     [
@@ -176,6 +199,8 @@ def test_development_keeps_one_generated_secret_key_in_the_data_folder(env, tmp_
         ("CHANNEL_LAYER", "carrier-pigeon", "CHANNEL_LAYER must be one of"),
         ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT must be 1 or more"),
         ("FIELD_ENCRYPTION_KEY", "too-short", "FIELD_ENCRYPTION_KEY must be Fernet keys"),
+        ("METRICS_ALLOW_IPS", "10.0.0.0/8,prometheus", "METRICS_ALLOW_IPS must be .*'prometheus'"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env, name, value, says):

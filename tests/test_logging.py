@@ -5,10 +5,13 @@ at most one line of Django's saying why, and server errors still log their trace
 """
 
 import http.client
+import json
 import logging
 import sys
 
 import pytest
+
+from django.utils.module_loading import import_string
 
 from energy_portal.log_filters import RefusalWithoutTraceback
 from tests.devices.test_consumers import session_cookie
@@ -76,3 +79,61 @@ def test_only_refusals_lose_their_traceback(status_code, keeps_traceback):
 
     assert RefusalWithoutTraceback().filter(entry) is True
     assert (entry.exc_info is not None) is keeps_traceback
+
+
+# ---------------------------------------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line
+
+
+@pytest.fixture
+def json_portal(tmp_path, django_db_setup):
+    from django.conf import settings
+    from django.db import connection
+
+    server = servers.spawn(
+        database_url=servers.database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        log_dir=tmp_path,
+        extra_env={"LOG_FORMAT": "json"},
+    )
+    try:
+        servers.wait_until_answering(server)
+        yield server
+    finally:
+        servers.stop(server)
+
+
+def test_json_logs_are_one_object_per_line_from_django_and_the_server(json_portal):
+    # when: a page that is not there and one that is
+    assert get(json_portal, "/no-such-page/", {}) == 404
+    assert get(json_portal, "/api/v1/health/", {}) == 200
+    servers.stop(json_portal)  # its last lines written
+
+    # then: every line is a JSON object with when, how bad, who and what
+    lines = [line for line in json_portal.output().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries), lines
+    assert not any("color_message" in entry for entry in entries)
+    not_found = [e for e in entries if e["logger"] == "django.request"]
+    assert [e["message"] for e in not_found] == ["Not Found: /no-such-page/"]
+    assert not_found[0]["level"] == "WARNING"
+    assert not_found[0]["status_code"] == 404  # the record's extras are fields
+    access = [e for e in entries if e["logger"] == "uvicorn.access"]
+    assert any("/api/v1/health/" in e["message"] and "200" in e["message"] for e in access)
+
+
+def test_a_json_line_carries_its_traceback_in_a_field_and_stays_one_line():
+    from django.conf import settings
+
+    config = {**settings.LOGGING["formatters"]["json"]}
+    formatter = import_string(config.pop("()"))(**config)
+    entry = record(500, with_exception=True)
+
+    line = formatter.format(entry)
+
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["level"] == "WARNING"
+    assert parsed["logger"] == "django.request"
+    assert "ValueError: why" in parsed["exc_info"]
+    assert "Traceback" in parsed["exc_info"]

@@ -4,6 +4,7 @@ from energy_portal.settings.api import *  # noqa: F403
 from energy_portal.settings.auth import *  # noqa: F403
 from energy_portal.settings.base import *  # noqa: F403
 from energy_portal.settings.database import *  # noqa: F403
+from energy_portal.settings.monitoring import *  # noqa: F403
 from energy_portal.settings.outages import *  # noqa: F403
 from energy_portal.settings.realtime import *  # noqa: F403
 from energy_portal.settings.security import *  # noqa: F403

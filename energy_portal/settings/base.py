@@ -1,5 +1,7 @@
 """Django core: apps, middleware, templates, auth, static files, logging."""
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 from energy_portal.environment import BASE_DIR, load
 
 ENV = load()
@@ -33,6 +35,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts and times every request, whatever answers it (energy_portal/metrics.py).
+    "energy_portal.metrics.http_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -99,10 +103,24 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Name of the group whose members operate the fleet (see PRODUCT.md, "Who uses it").
 OPERATORS_GROUP = "operators"
 
+# LOG_FORMAT=json: one JSON object per line (time, level, logger, message, the record's extras;
+# a traceback goes into its `exc_info` field, so an event stays one line), for log collectors.
+# Uvicorn's own lines (access, errors) then go through the same handler.
+LOG_FORMAT = ENV.log_format
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "json_ensure_ascii": False,
+            # Uvicorn's copy of each message with terminal colours: noise in a log store.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
+        },
+    },
     "filters": {
         "refusals": {"()": "energy_portal.log_filters.RefusalWithoutTraceback"},
         "client_faults": {"()": "energy_portal.log_filters.ClientFaultWithoutTraceback"},
@@ -110,7 +128,7 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
+            "formatter": LOG_FORMAT,
             "filters": ["refusals"],
         }
     },
@@ -121,8 +139,18 @@ LOGGING = {
         "django": {"handlers": [], "level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
-        # Uvicorn's own handlers stay; a client's malformed frame loses its traceback.
+        # Uvicorn's own handlers stay (on `uvicorn`, where uvicorn.error's lines propagate), except
+        # in JSON, where its lines go through the portal's; a client's malformed frame loses its
+        # traceback.
         "uvicorn.error": {"filters": ["client_faults"]},
+        **(
+            {
+                name: {"handlers": ["console"], "propagate": False}
+                for name in ("uvicorn", "uvicorn.access")
+            }
+            if LOG_FORMAT == "json"
+            else {}
+        ),
         # One INFO line per polled appliance request is noise.
         "httpx": {"level": "WARNING"},
         # A refused sign-in is already one line from django.request (400, or 429 when locked

@@ -16,8 +16,9 @@ SECURE_PROXY_SSL_HEADER = (
     else None
 )
 SECURE_SSL_REDIRECT = ENV.secure_ssl_redirect
-# Load balancers and container health checks probe over plain http, inside the TLS boundary.
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/health/$"]
+# Load balancers, container health checks and Prometheus probe over plain http, inside the TLS
+# boundary (/metrics is guarded by its token or allow-list, not by the scheme).
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health/$", r"^metrics$"]
 SESSION_COOKIE_SECURE = ENV.secure_cookies
 CSRF_COOKIE_SECURE = ENV.secure_cookies
 # Browsers remember HSTS for this long (a year by default): only sent on https responses.

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from django.db import connection
 
@@ -64,6 +65,29 @@ def test_writer_writes_batches_and_drops_duplicates(power_sensor, ingest_stream)
     assert writer.written == 1000
     assert ingest_stream.xlen(INGEST_STREAM) == 0  # committed entries are deleted
     assert ingest_stream.xpending(INGEST_STREAM, GROUP)["pending"] == 0
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.mark.django_db
+def test_each_batch_written_is_measured_in_rows_and_seconds(power_sensor, ingest_stream):
+    # given 1,000 readings in entries of 200 and batches of at most 400 rows
+    _enqueue(ingest_stream, power_sensor.id, 0, 1000, per_entry=200)
+    writer = Writer(name="w1", max_rows=400, max_age_s=0)
+    writer.ensure_group()
+    batches = _sample("energy_portal_writer_batch_rows_count")
+    rows = _sample("energy_portal_writer_batch_rows_sum")
+    timed = _sample("energy_portal_writer_batch_write_seconds_count")
+    # when
+    _drain(writer)
+    # then: every row in some batch of at most 400 rows, each batch timed
+    written = _sample("energy_portal_writer_batch_rows_count") - batches
+    assert _sample("energy_portal_writer_batch_rows_sum") - rows == 1000
+    assert written >= 3
+    assert _sample("energy_portal_writer_batch_write_seconds_count") - timed == written
+    assert _sample("energy_portal_writer_batch_write_seconds_sum") > 0
 
 
 @pytest.mark.django_db
