@@ -3,10 +3,10 @@
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
 migrates, seeds the demo (90 days of readings the first time, the gap since the last run
 after), then runs the ASGI server, the ingest writer, a Celery worker, beat and the demo homes'
-simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's
-first, then, once they have all exited, the embedded servers (they run in sessions of their own,
-out of the terminal's reach, and stop when this process exits), so nothing loses its database or
-Redis while it shuts down.
+simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's first, then,
+once they have all exited, the embedded servers (they run in sessions of their own, out of the
+terminal's reach, and stop when this process exits), so nothing loses its database or Redis
+while it shuts down.
 """
 
 import argparse
@@ -25,8 +25,9 @@ DEMO_TOKENS = "demo-device-tokens.json"
 # start and every 15 minutes, for 6 minutes: long enough to pass the demo credit policy's
 # threshold and first step (outages/demo.py), and a feeder outage, as they go dark together.
 # Their routers are on a UPS, so the cut shows live and is paid once when it ends. (The other
-# Pis drop their sockets in their rare random cuts and report them afterwards; a late report earlier than a live one moves the outage's start, which
-# voids the live outage and its credit for a new one: a correction in the ledger.)
+# Pis drop their sockets in their rare random cuts and report them afterwards; a late report
+# earlier than a live one moves the outage's start, which voids the live outage and its credit
+# for a new one: a correction in the ledger.)
 FD101_PIS = "pi-0001,pi-0002,pi-0005,pi-0006,pi-0007"
 DEMO_SCHEDULED_CUTS = [
     "--scheduled-cuts", FD101_PIS, "--router-on-ups", FD101_PIS,

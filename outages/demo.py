@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from devices import services as device_services
 from devices.demo import DEMO_SITES
-from devices.models import Command, Device, Feeder, Site
+from devices.models import Command, Device, DeviceKind, Feeder, Site
 from outages import selectors, services
 from outages.models import CreditPolicy, PowerEvent
 from telemetry.demo_history import HISTORY_DAYS, HistoryResult, Progress, demo_history_fill
@@ -100,7 +100,7 @@ def demo_history_seed(*, now: datetime | None = None) -> list[str]:
 
 
 def demo_readings_seed(
-    *, now: datetime | None = None, progress: Progress | None = None
+    *, now: datetime | None = None, progress: Progress | None = None, days: int = HISTORY_DAYS
 ) -> HistoryResult:
     """Fill the demo devices' readings up to now (telemetry/demo_history.py), dark during the
     demo sites' recorded outages, so the readings and the outages tell one story."""
@@ -108,9 +108,9 @@ def demo_readings_seed(
     names = {spec["name"] for spec in DEMO_SITES}
     site_ids = Site.objects.filter(name__in=names).values_list("pk", flat=True)
     dark = selectors.site_outage_spans(
-        site_ids=site_ids, start=now - timedelta(days=HISTORY_DAYS + 1), end=now
+        site_ids=site_ids, start=now - timedelta(days=days + 1), end=now
     )
-    return demo_history_fill(now=now, dark=dark, progress=progress)
+    return demo_history_fill(now=now, dark=dark, progress=progress, days=days)
 
 
 @dataclass
@@ -125,17 +125,20 @@ class DemoOutageError(Exception):
 
 
 def demo_outage_issue(*, feeder_code: str, minutes: float, user=None) -> list[DemoCut]:
-    """Tell every device of every site on the feeder to cut its simulated mains for `minutes`
-    (the `simulate_mains` command, expiring when the cut would be over)."""
+    """Tell every Pi of every site on the feeder to cut its simulated mains for `minutes` (the
+    `simulate_mains` command, expiring when the cut would be over). Appliances run no simulator
+    (devices/demo.py): they are left out."""
     feeder = Feeder.objects.filter(code=feeder_code).first()
     if feeder is None:
         known = ", ".join(Feeder.objects.values_list("code", flat=True)) or "none yet"
         raise DemoOutageError(f"No feeder {feeder_code!r}; known feeders: {known}.")
     devices = list(
-        Device.objects.filter(site__feeder=feeder).select_related("site").order_by("uid")
+        Device.objects.filter(site__feeder=feeder, kind=DeviceKind.PI)
+        .select_related("site")
+        .order_by("uid")
     )
     if not devices:
-        raise DemoOutageError(f"Feeder {feeder_code} has no devices: give its sites devices first.")
+        raise DemoOutageError(f"Feeder {feeder_code} has no Pis: give its sites Pis first.")
     args = {"state": "lost", "minutes": minutes}
     ttl = timedelta(minutes=minutes)
     with transaction.atomic():

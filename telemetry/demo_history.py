@@ -216,12 +216,12 @@ def voltage_v(seed: int, i: Instant, watts: float) -> float:
 # --- filling ------------------------------------------------------------------------------
 
 
-def history_times(now: datetime) -> list[datetime]:
-    """The instants of the demo's past up to `now`: quarter-hours for HISTORY_DAYS, then
-    minutes for the last FINE_DAYS (both on the epoch's grid, as rollups cut buckets)."""
+def history_times(now: datetime, *, days: int = HISTORY_DAYS) -> list[datetime]:
+    """The instants of the demo's past up to `now`: quarter-hours for `days`, then minutes for
+    the last FINE_DAYS (both on the epoch's grid, as rollups cut buckets)."""
     quarter, minute = COARSE // timedelta(microseconds=1), FINE // timedelta(microseconds=1)
     now_us = (now - EPOCH) // timedelta(microseconds=1)
-    first = (now_us - HISTORY_DAYS * 86_400_000_000) // quarter * quarter + quarter
+    first = (now_us - days * 86_400_000_000) // quarter * quarter + quarter
     fine = (now_us - FINE_DAYS * 86_400_000_000) // quarter * quarter
     steps = [*range(first, fine, quarter), *range(fine, now_us // minute * minute + 1, minute)]
     return [EPOCH + timedelta(microseconds=us) for us in steps]
@@ -314,7 +314,11 @@ def _pending(plan: _Plan, times: list[datetime]) -> int:
 
 
 def demo_history_fill(
-    *, now: datetime | None = None, dark: Dark | None = None, progress: Progress | None = None
+    *,
+    now: datetime | None = None,
+    dark: Dark | None = None,
+    progress: Progress | None = None,
+    days: int = HISTORY_DAYS,
 ) -> HistoryResult:
     """Store what is missing of the demo devices' past up to `now` (module docstring) and bring
     rollups and dashboards current. `dark` holds each site's cuts (its recorded outages): no
@@ -322,7 +326,7 @@ def demo_history_fill(
     started = time.monotonic()
     now = now or timezone.now()
     dark = dark or {}
-    times = history_times(now)
+    times = history_times(now, days=days)
     plans = _plans()
     total = sum(_pending(plan, times) for plan in plans)
     result = HistoryResult()
