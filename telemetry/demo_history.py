@@ -222,7 +222,7 @@ def history_times(now: datetime, *, days: int = HISTORY_DAYS) -> list[datetime]:
     quarter, minute = COARSE // timedelta(microseconds=1), FINE // timedelta(microseconds=1)
     now_us = (now - EPOCH) // timedelta(microseconds=1)
     first = (now_us - days * 86_400_000_000) // quarter * quarter + quarter
-    fine = (now_us - FINE_DAYS * 86_400_000_000) // quarter * quarter
+    fine = (now_us - int(FINE_DAYS * 86_400_000_000)) // quarter * quarter
     steps = [*range(first, fine, quarter), *range(fine, now_us // minute * minute + 1, minute)]
     return [EPOCH + timedelta(microseconds=us) for us in steps]
 
