@@ -32,6 +32,13 @@ def few_minutes(monkeypatch):
     monkeypatch.setattr(demo_history, "FINE_DAYS", 0.25)
 
 
+@pytest.fixture
+def two_weeks(db, few_minutes):
+    """The demo with 15 days of past: two weekends, weather of several kinds."""
+    demo_seed(rotate_tokens=False)
+    demo_history_fill(now=NOW, days=15)
+
+
 def series(uid: str, key: str) -> dict[datetime, float]:
     return dict(
         Reading.objects.filter(sensor__device__uid=uid, sensor__key=key)
@@ -139,13 +146,8 @@ def test_the_same_instant_gets_the_same_values_whoever_fills_it():
     assert counter == sorted(counter) and counter[0] >= COUNTER_START_KWH  # above any Pi's
 
 
-@pytest.mark.django_db
-@pytest.mark.usefixtures("few_minutes")
+@pytest.mark.usefixtures("two_weeks")
 def test_the_pv_home_imports_below_zero_at_noon_and_nothing_at_night():
-    demo_seed(rotate_tokens=False)
-
-    demo_history_fill(now=NOW, days=15)
-
     grid, panels = series("pi-0008", "power_w"), series("pv-0008", "pv_w")
     noons = [t for t in grid if (t.hour, t.minute) == (12, 30)]
     assert len(noons) >= 14
@@ -158,13 +160,8 @@ def test_the_pv_home_imports_below_zero_at_noon_and_nothing_at_night():
     assert counter == sorted(counter)
 
 
-@pytest.mark.django_db
-@pytest.mark.usefixtures("few_minutes")
+@pytest.mark.usefixtures("two_weeks")
 def test_the_heat_pump_follows_the_weather_and_homes_differ_weekday_from_weekend():
-    demo_seed(rotate_tokens=False)
-
-    demo_history_fill(now=NOW, days=15)
-
     # heat pump: more power on the colder days
     temp, power = series("hp-0005", "outdoor_temp_c"), series("hp-0005", "power_w")
     by_day: dict = {}
