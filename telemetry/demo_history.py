@@ -293,7 +293,7 @@ def _device_rows(plan: _Plan, moments: list[Instant], dark: Sequence[tuple]) -> 
             if sid in counters:
                 last = prev[sid]
                 if last is not None and watts > 0:  # an import counter: export adds nothing
-                    plan.counters[sid] += watts * (i.at - last).total_seconds() / 3_600_000_000
+                    plan.counters[sid] += watts * (i.at - last).total_seconds() / 3_600_000
                 prev[sid] = i.at
                 rows.append(f"{{{sid},{i.us},{plan.counters[sid]:.5f}}}")
             elif sid in (power, pv):

@@ -182,6 +182,11 @@ def test_the_heat_pump_follows_the_weather_and_homes_differ_weekday_from_weekend
             if 11 <= local.hour < 15:
                 midday[local.weekday() >= 5].append(watts)
     assert statistics.mean(midday[True]) > 1.5 * statistics.mean(midday[False])
+    # and a home's counter counts what a home uses in a day, a heat pump's what it uses in autumn
+    for uid, least, most in (("pi-0006", 4, 20), ("hp-0005", 3, 60)):
+        counter = series(uid, "energy_kwh")
+        day = [v for t, v in counter.items() if timedelta(days=7) < NOW - t <= timedelta(days=8)]
+        assert least < day[-1] - day[0] < most, uid
 
 
 @pytest.mark.django_db
