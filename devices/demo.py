@@ -1,4 +1,5 @@
-"""Demo data: users, a small grid and two homes with devices, for `make run`."""
+"""Demo data: users, a small grid (3 feeders, 2 transformers) and 12 homes with devices, for
+`make run`."""
 
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +18,8 @@ DEMO_USERS = [
     ("operator", "demo-operator", "operator"),
     ("alice", "demo-alice", "resident"),
     ("bob", "demo-bob", "resident"),
+    ("carol", "demo-carol", "resident"),
+    ("dave", "demo-dave", "resident"),
 ]
 
 STANDARD_SENSORS = [
@@ -25,6 +28,35 @@ STANDARD_SENSORS = [
     {"key": "energy_kwh", "kind": "energy", "unit": "kWh"},
 ]
 
+# The sensors of each kind of demo device. Pis measure a circuit; the appliances report what
+# their own controllers know (a heat pump its outdoor probe too, an inverter what it generates).
+DEMO_SENSORS = {
+    "pi": STANDARD_SENSORS,
+    "hvac": [
+        {"key": "power_w", "kind": "power", "unit": "W"},
+        {"key": "energy_kwh", "kind": "energy", "unit": "kWh"},
+        {"key": "outdoor_temp_c", "kind": "temperature", "unit": "°C"},
+    ],
+    "ev_charger": [
+        {"key": "power_w", "kind": "power", "unit": "W"},
+        {"key": "energy_kwh", "kind": "energy", "unit": "kWh"},
+    ],
+    "pv_inverter": [
+        {"key": "pv_w", "kind": "generation", "unit": "W"},
+        {"key": "pv_energy_kwh", "kind": "generation", "unit": "kWh"},
+    ],
+}
+
+# (code, name, transformer code)
+DEMO_FEEDERS = [
+    ("FD-101", "Ramalde north", "TR-10"),
+    ("FD-102", "Ramalde south", "TR-10"),
+    ("FD-103", "Francos", "TR-11"),
+]
+
+# Each device: uid, name, kind, room, controllable, flexible kW, and the load profile its
+# synthetic history follows (telemetry/demo_history.py). Pis (kind "pi") are the ones `make
+# run` simulates live; the appliances have history only (see README, "Demo data").
 DEMO_SITES = [
     {
         "resident": "alice",
@@ -34,8 +66,8 @@ DEMO_SITES = [
         "feeder": "FD-101",
         "rooms": ["Kitchen", "Living room"],
         "devices": [
-            ("pi-0001", "Kitchen Pi", "pi", "Kitchen", True, "2.0"),
-            ("pi-0002", "Heat pump monitor", "pi", "Living room", True, "3.5"),
+            ("pi-0001", "Kitchen Pi", "pi", "Kitchen", True, "2.0", "household"),
+            ("pi-0002", "Heat pump monitor", "pi", "Living room", True, "3.5", "heat_pump"),
         ],
     },
     {
@@ -46,9 +78,112 @@ DEMO_SITES = [
         "feeder": "FD-102",
         "rooms": ["Garage", "Hall"],
         "devices": [
-            ("pi-0003", "Garage Pi", "pi", "Garage", True, "7.4"),
-            ("pi-0004", "Hall Pi", "pi", "Hall", False, "0"),
+            ("pi-0003", "Garage Pi", "pi", "Garage", True, "7.4", "ev"),
+            ("pi-0004", "Hall Pi", "pi", "Hall", False, "0", "household"),
         ],
+    },
+    {
+        "resident": "carol",
+        "name": "Carol's house",
+        "address": "Rua de Ramalde 88, Porto",
+        "cpe": "PT0002000070011223AB",
+        "feeder": "FD-101",
+        "rooms": ["Utility room"],
+        "devices": [
+            ("pi-0005", "Main board Pi", "pi", "Utility room", True, "1.5", "household"),
+            ("hp-0005", "Heat pump", "hvac", "Utility room", True, "3.0", "heat_pump"),
+        ],
+    },
+    {
+        "resident": None,
+        "name": "Rua de Ramalde 90, 1st floor",
+        "address": "Rua de Ramalde 90 1.º, Porto",
+        "cpe": "PT0002000070011224CD",
+        "feeder": "FD-101",
+        "rooms": [],
+        "devices": [("pi-0006", "Meter cupboard Pi", "pi", None, False, "0", "household")],
+    },
+    {
+        "resident": None,
+        "name": "Rua de Ramalde 90, 2nd floor",
+        "address": "Rua de Ramalde 90 2.º, Porto",
+        "cpe": "PT0002000070011225EF",
+        "feeder": "FD-101",
+        "rooms": [],
+        "devices": [("pi-0007", "Meter cupboard Pi", "pi", None, True, "1.0", "household")],
+    },
+    {
+        "resident": "dave",
+        "name": "Dave's house",
+        "address": "Rua do Lidador 15, Porto",
+        "cpe": "PT0002000070022331GH",
+        "feeder": "FD-102",
+        "rooms": ["Hall", "Roof"],
+        # The grid Pi measures the connection: import minus what the panels make.
+        "devices": [
+            ("pi-0008", "Grid connection Pi", "pi", "Hall", True, "2.0", "household_pv"),
+            ("pv-0008", "Rooftop PV inverter", "pv_inverter", "Roof", False, "0", "pv"),
+        ],
+    },
+    {
+        "resident": None,
+        "name": "Rua do Lidador 21",
+        "address": "Rua do Lidador 21, Porto",
+        "cpe": "PT0002000070022332IJ",
+        "feeder": "FD-102",
+        "rooms": ["Garage"],
+        "devices": [
+            ("pi-0009", "Main board Pi", "pi", "Garage", False, "0", "household"),
+            ("ev-0009", "EV charger", "ev_charger", "Garage", True, "7.2", "ev"),
+        ],
+    },
+    {
+        "resident": None,
+        "name": "Rua do Lidador 27",
+        "address": "Rua do Lidador 27, Porto",
+        "cpe": "PT0002000070022333KL",
+        "feeder": "FD-102",
+        "rooms": [],
+        "devices": [("pi-0010", "Main board Pi", "pi", None, True, "1.0", "household")],
+    },
+    {
+        "resident": None,
+        "name": "Rua de Francos 140",
+        "address": "Rua de Francos 140, Porto",
+        "cpe": "PT0002000070033441MN",
+        "feeder": "FD-103",
+        "rooms": ["Kitchen"],
+        "devices": [
+            ("pi-0011", "Main board Pi", "pi", "Kitchen", False, "0", "household"),
+            ("hp-0011", "Heat pump", "hvac", "Kitchen", True, "2.5", "heat_pump"),
+        ],
+    },
+    {
+        "resident": None,
+        "name": "Rua de Francos 152",
+        "address": "Rua de Francos 152, Porto",
+        "cpe": "PT0002000070033442OP",
+        "feeder": "FD-103",
+        "rooms": [],
+        "devices": [("pi-0012", "Main board Pi", "pi", None, True, "1.0", "household")],
+    },
+    {
+        "resident": None,
+        "name": "Bairro de Francos, block 3",
+        "address": "Bairro de Francos, bloco 3, Porto",
+        "cpe": "PT0002000070033443QR",
+        "feeder": "FD-103",
+        "rooms": [],
+        "devices": [("pi-0013", "Stairwell Pi", "pi", None, False, "0", "household")],
+    },
+    {
+        "resident": None,
+        "name": "Padaria Francos",
+        "address": "Rua de Francos 201, Porto",
+        "cpe": "PT0002000070033444ST",
+        "feeder": "FD-103",
+        "rooms": ["Bakery"],
+        "devices": [("pi-0014", "Bakery Pi", "pi", "Bakery", True, "4.0", "shop")],
     },
 ]
 
@@ -76,18 +211,24 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
     """Create what is missing of the demo data; existing rows and passwords are left alone.
 
     Device tokens are stored only as hashes, so each run issues fresh ones (when asked) for the
-    simulated Pis that `make run` starts.
+    simulated Pis that `make run` starts; only Pis get tokens back (the appliances are not
+    simulated live).
     """
     Group.objects.get_or_create(name=settings.OPERATORS_GROUP)
     users = [(u, p, r, _ensure_user(u, p, r)) for u, p, r in DEMO_USERS]
 
     substation, _ = Substation.objects.get_or_create(code="SUB-1", defaults={"name": "Ramalde"})
-    transformer, _ = Transformer.objects.get_or_create(
-        code="TR-10",
-        defaults={"name": "Ramalde T1", "substation": substation, "capacity_kva": Decimal("630")},
-    )
-    for code, name in [("FD-101", "Ramalde north"), ("FD-102", "Ramalde south")]:
-        Feeder.objects.get_or_create(code=code, defaults={"name": name, "transformer": transformer})
+    transformers = {
+        code: Transformer.objects.get_or_create(
+            code=code,
+            defaults={"name": name, "substation": substation, "capacity_kva": Decimal(kva)},
+        )[0]
+        for code, name, kva in [("TR-10", "Ramalde T1", "630"), ("TR-11", "Francos T1", "400")]
+    }
+    for code, name, transformer in DEMO_FEEDERS:
+        Feeder.objects.get_or_create(
+            code=code, defaults={"name": name, "transformer": transformers[transformer]}
+        )
 
     tokens: dict[str, str] = {}
     for spec in DEMO_SITES:
@@ -102,23 +243,28 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
                 "currency": "EUR",
             },
         )
-        site.residents.add(get_user_model().objects.get(username=spec["resident"]))
+        if spec["resident"]:
+            site.residents.add(get_user_model().objects.get(username=spec["resident"]))
         rooms = {
             name: Room.objects.get_or_create(site=site, name=name)[0] for name in spec["rooms"]
         }
-        for uid, name, kind, room, controllable, flexible_kw in spec["devices"]:
+        for uid, name, kind, room, controllable, flexible_kw, _profile in spec["devices"]:
             device = Device.objects.filter(uid=uid).first()
             if device is None:
-                device, tokens[uid] = services.device_create(
+                device, token = services.device_create(
                     uid=uid,
                     site=site,
                     kind=kind,
                     name=name,
-                    room=rooms[room],
+                    room=rooms.get(room),
                     controllable=controllable,
                     flexible_kw=Decimal(flexible_kw),
-                    sensors=STANDARD_SENSORS,
+                    sensors=DEMO_SENSORS[kind],
                 )
-            elif rotate_tokens:
-                tokens[uid] = services.device_issue_token(device=device)
+            elif rotate_tokens and kind == "pi":
+                token = services.device_issue_token(device=device)
+            else:
+                continue
+            if kind == "pi":  # the ones simulated live
+                tokens[uid] = token
     return DemoResult(users=users, device_tokens=tokens)

@@ -1,11 +1,12 @@
 """`make run`: one command that brings up the whole portal with demo data.
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
-migrates, seeds the demo, then runs the ASGI server, the ingest writer, a Celery worker, beat
-and a few simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's
-first, then, once they have all exited, the embedded servers (they run in sessions of their own,
-out of the terminal's reach, and stop when this process exits), so nothing loses its database or
-Redis while it shuts down.
+migrates, seeds the demo (90 days of readings the first time, the gap since the last run
+after), then runs the ASGI server, the ingest writer, a Celery worker, beat and the demo homes'
+simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's first, then,
+once they have all exited, the embedded servers (they run in sessions of their own, out of the
+terminal's reach, and stop when this process exits), so nothing loses its database or Redis
+while it shuts down.
 """
 
 import argparse
@@ -20,14 +21,16 @@ from energy_portal import asgi_server, metrics_dir
 from energy_portal.environment import BASE_DIR, load
 
 DEMO_TOKENS = "demo-device-tokens.json"
-# The Pis of Alice's flat, alone on feeder FD-101 (devices/demo.py), lose their mains a minute
-# after start and every 15 minutes, for 6 minutes: long enough to pass the demo credit policy's
-# threshold and first step (outages/demo.py). Their routers are on a UPS, so the cut shows live
-# and is paid once when it ends. (Bob's Pis drop their sockets in their rare random cuts and
-# report them afterwards; a late report earlier than a live one moves the outage's start, which
-# voids the live outage and its credit for a new one: a correction in the ledger.)
+# The Pis of the four homes on feeder FD-101 (devices/demo.py) lose their mains a minute after
+# start and every 15 minutes, for 6 minutes: long enough to pass the demo credit policy's
+# threshold and first step (outages/demo.py), and a feeder outage, as they go dark together.
+# Their routers are on a UPS, so the cut shows live and is paid once when it ends. (The other
+# Pis drop their sockets in their rare random cuts and report them afterwards; a late report
+# earlier than a live one moves the outage's start, which voids the live outage and its credit
+# for a new one: a correction in the ledger.)
+FD101_PIS = "pi-0001,pi-0002,pi-0005,pi-0006,pi-0007"
 DEMO_SCHEDULED_CUTS = [
-    "--scheduled-cuts", "pi-0001,pi-0002", "--router-on-ups", "pi-0001,pi-0002",
+    "--scheduled-cuts", FD101_PIS, "--router-on-ups", FD101_PIS,
     "--first-cut-after", "60", "--cut-every", "900", "--cut-for", "360",
 ]  # fmt: skip
 
@@ -81,6 +84,7 @@ def _run(argv: list[str] | None) -> int:
     if not options.no_demo:
         _manage("seed_demo", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
         _manage("seed_demo_outages")
+        _manage("seed_demo_readings")
         _manage("seed_demo_dr")
 
     # Every process started below writes its metrics there; /metrics adds them up.

@@ -1,5 +1,6 @@
 """Outage data for the demo (`make run`): a credit policy that pays within minutes, a short
-history of past cuts at the demo sites, and cuts on command (`manage.py demo_outage`)."""
+history of past cuts at the demo sites, their readings' past with those cuts in it, and cuts on
+command (`manage.py demo_outage`)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,9 +11,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from devices import services as device_services
-from devices.models import Command, Device, Feeder, Site
-from outages import services
+from devices.demo import DEMO_SITES
+from devices.models import Command, Device, DeviceKind, Feeder, Site
+from outages import selectors, services
 from outages.models import CreditPolicy, PowerEvent
+from telemetry.demo_history import HISTORY_DAYS, HistoryResult, Progress, demo_history_fill
 
 # Ofgem's shape (an amount at the threshold, then an amount per further whole period), in the
 # demo sites' currency, with minutes for hours so a demo cut earns something while one watches.
@@ -28,13 +31,19 @@ DEMO_POLICY = {
     "min_sites_affected": 1,
 }
 
-# Past cuts: (days ago, UTC start hour and minute, length, demo site names). Two cuts hit both
-# sites at once, so the grid sees them together.
+# Past cuts: (days ago, UTC start hour and minute, length, demo site names). Cuts of several
+# sites of one feeder at once make feeder outages (FD-101, FD-102, FD-103 in devices/demo.py).
+_FD101, _FD102, _FD103 = (
+    tuple(spec["name"] for spec in DEMO_SITES if spec["feeder"] == code)
+    for code in ("FD-101", "FD-102", "FD-103")
+)
 DEMO_HISTORY = [
-    (2, (18, 40), timedelta(minutes=47), ("Alice's flat", "Bob's house")),
+    (2, (18, 40), timedelta(minutes=47), (*_FD101, "Bob's house")),
     (6, (7, 12), timedelta(seconds=90), ("Alice's flat",)),
-    (11, (21, 5), timedelta(hours=2, minutes=15), ("Bob's house",)),
+    (11, (21, 5), timedelta(hours=2, minutes=15), _FD102),
     (19, (13, 30), timedelta(minutes=11), ("Alice's flat", "Bob's house")),
+    (27, (4, 50), timedelta(hours=1, minutes=5), _FD103),
+    (33, (16, 20), timedelta(minutes=25), ("Carol's house",)),
 ]
 
 
@@ -90,6 +99,20 @@ def demo_history_seed(*, now: datetime | None = None) -> list[str]:
     return seeded
 
 
+def demo_readings_seed(
+    *, now: datetime | None = None, progress: Progress | None = None, days: int = HISTORY_DAYS
+) -> HistoryResult:
+    """Fill the demo devices' readings up to now (telemetry/demo_history.py), dark during the
+    demo sites' recorded outages, so the readings and the outages tell one story."""
+    now = now or timezone.now()
+    names = {spec["name"] for spec in DEMO_SITES}
+    site_ids = Site.objects.filter(name__in=names).values_list("pk", flat=True)
+    dark = selectors.site_outage_spans(
+        site_ids=site_ids, start=now - timedelta(days=days + 1), end=now
+    )
+    return demo_history_fill(now=now, dark=dark, progress=progress, days=days)
+
+
 @dataclass
 class DemoCut:
     device_uid: str
@@ -102,17 +125,20 @@ class DemoOutageError(Exception):
 
 
 def demo_outage_issue(*, feeder_code: str, minutes: float, user=None) -> list[DemoCut]:
-    """Tell every device of every site on the feeder to cut its simulated mains for `minutes`
-    (the `simulate_mains` command, expiring when the cut would be over)."""
+    """Tell every Pi of every site on the feeder to cut its simulated mains for `minutes` (the
+    `simulate_mains` command, expiring when the cut would be over). Appliances run no simulator
+    (devices/demo.py): they are left out."""
     feeder = Feeder.objects.filter(code=feeder_code).first()
     if feeder is None:
         known = ", ".join(Feeder.objects.values_list("code", flat=True)) or "none yet"
         raise DemoOutageError(f"No feeder {feeder_code!r}; known feeders: {known}.")
     devices = list(
-        Device.objects.filter(site__feeder=feeder).select_related("site").order_by("uid")
+        Device.objects.filter(site__feeder=feeder, kind=DeviceKind.PI)
+        .select_related("site")
+        .order_by("uid")
     )
     if not devices:
-        raise DemoOutageError(f"Feeder {feeder_code} has no devices: give its sites devices first.")
+        raise DemoOutageError(f"Feeder {feeder_code} has no Pis: give its sites Pis first.")
     args = {"state": "lost", "minutes": minutes}
     ttl = timedelta(minutes=minutes)
     with transaction.atomic():

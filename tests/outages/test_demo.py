@@ -63,8 +63,16 @@ def test_past_outages_are_seeded_with_their_credits_and_only_once():
     alice = Outage.objects.filter(site__name="Alice's flat").order_by("started_at")
     assert [outage.momentary for outage in alice] == [False, True, False]
     assert all(outage.status == "ended" for outage in Outage.objects.all())
-    # two devices per site, a lost and a restored each, per cut: (3 + 3) cuts x 4 events
-    assert counts == (24, 6, 5)
+    # A lost and a restored per device per cut: 8 devices (FD-101's homes and Bob's), Alice's 2
+    # twice more, 7 (FD-102's homes), Alice's and Bob's 4, 5 (FD-103's), Carol's 2: 28 x 2.
+    # 17 site outages (16 paid, Alice's 90 s is momentary) and a feeder outage of each feeder.
+    assert counts == (56, 17 + 3, 16)
+    feeders = Outage.objects.filter(kind="feeder").order_by("feeder__code")
+    assert [(o.feeder.code, o.members.count()) for o in feeders] == [
+        ("FD-101", 4),
+        ("FD-102", 4),
+        ("FD-103", 4),
+    ]
     assert (PowerEvent.objects.count(), Outage.objects.count(), CreditEntry.objects.count()) == (
         counts
     )

@@ -20,7 +20,8 @@ def demo_outage(*args: str) -> str:
 
 @pytest.mark.django_db
 def test_demo_outage_cuts_every_device_of_every_site_on_the_feeder_until_the_cut_ends():
-    # given the demo: Alice's two Pis on FD-101, Bob's two on FD-102
+    # given the demo: on FD-101 Alice's two Pis, Carol's Pi (and heat pump, an appliance that
+    # runs no simulator) and one Pi in each flat of Rua de Ramalde 90; Bob's on FD-102
     demo_seed(rotate_tokens=False)
     before = timezone.now()
 
@@ -29,7 +30,13 @@ def test_demo_outage_cuts_every_device_of_every_site_on_the_feeder_until_the_cut
 
     # then
     commands = Command.objects.order_by("device__uid")
-    assert [c.device.uid for c in commands] == ["pi-0001", "pi-0002"]
+    assert [c.device.uid for c in commands] == [
+        "pi-0001",
+        "pi-0002",
+        "pi-0005",
+        "pi-0006",
+        "pi-0007",
+    ]
     for command in commands:
         assert (command.name, command.args) == ("simulate_mains", {"state": "lost", "minutes": 5})
         assert before + timedelta(minutes=5) <= command.expires_at
@@ -42,7 +49,8 @@ def test_demo_outage_cuts_every_device_of_every_site_on_the_feeder_until_the_cut
 def test_demo_outage_on_an_unknown_feeder_names_the_known_ones():
     demo_seed(rotate_tokens=False)
 
-    with pytest.raises(CommandError, match=r"No feeder 'FD-999'; known feeders: FD-101, FD-102"):
+    known = r"No feeder 'FD-999'; known feeders: FD-101, FD-102, FD-103\."
+    with pytest.raises(CommandError, match=known):
         demo_outage("--feeder", "FD-999")
 
     assert not Command.objects.exists()
@@ -52,12 +60,12 @@ def test_demo_outage_on_an_unknown_feeder_names_the_known_ones():
 def test_demo_outage_on_a_feeder_without_devices_says_so():
     demo_seed(rotate_tokens=False)
     empty = Feeder.objects.create(
-        code="FD-103", name="Empty", transformer=Feeder.objects.get(code="FD-101").transformer
+        code="FD-199", name="Empty", transformer=Feeder.objects.get(code="FD-101").transformer
     )
     Site.objects.create(name="No Pi yet", feeder=empty, timezone="Europe/Lisbon")
 
-    with pytest.raises(CommandError, match="Feeder FD-103 has no devices"):
-        demo_outage("--feeder", "FD-103")
+    with pytest.raises(CommandError, match="Feeder FD-199 has no Pis"):
+        demo_outage("--feeder", "FD-199")
 
 
 @pytest.mark.django_db
