@@ -274,7 +274,8 @@ class Bench:
         )
 
 
-async def run_relay(plan: dict) -> dict:
+async def run_connect_only(plan: dict) -> dict:
+    """Devices connect (the handshake rate) and close: the relay baseline, and `--connect-only`."""
     bench = Bench(plan)
     result = {
         "connect": await bench.open_many("devices", [bench._device_job(d) for d in bench.devices])
@@ -375,7 +376,8 @@ def main() -> None:
         plan = json.load(f)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    runner = run_relay if plan["kind"] == "relay" else run_portal
+    connect_only = plan["kind"] == "relay" or plan.get("connect_only")
+    runner = run_connect_only if connect_only else run_portal
     try:
         import uvloop
 
