@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/energy_portal
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint format bench-live bench-ingest bench-query system-deps clean
+.PHONY: run test lint format bench-live bench-ingest bench-query bench-outages system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-ingest: $(VENV)/.bench
 
 bench-query: $(VENV)/.bench
 	$(BIN)/python -m bench.query.run $(BENCH_ARGS)
+
+bench-outages: $(VENV)/.bench
+	$(BIN)/python -m bench.outages.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules tests/timescale/pglite/node_modules
