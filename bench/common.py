@@ -196,6 +196,44 @@ def django_setup(env: dict) -> None:
     django.setup()
 
 
+def residents_with_sessions(sites: dict) -> dict[str, dict]:
+    """A resident for each site of `sites` (name -> Site), named as it, who cannot log in with a
+    password and holds one session valid for a year; by name, {"user": id, "session": key}.
+    Inside the caller's transaction."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+    from django.utils.crypto import get_random_string
+
+    from devices.models import Site
+
+    User = get_user_model()
+    names = list(sites)
+    User.objects.bulk_create([User(username=name, password=make_password(None)) for name in names])
+    users = {u.username: u for u in User.objects.filter(username__in=names)}
+    Site.residents.through.objects.bulk_create(
+        [Site.residents.through(site_id=sites[n].pk, user_id=users[n].pk) for n in names]
+    )
+    store = SessionStore()
+    expire = timezone.now() + timezone.timedelta(days=365)
+    made, sessions = {}, []
+    for name, user in users.items():
+        key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
+        made[name] = {"user": user.pk, "session": key}
+        data = {
+            "_auth_user_id": str(user.pk),
+            "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+            "_auth_user_hash": user.get_session_auth_hash(),
+        }
+        sessions.append(
+            Session(session_key=key, session_data=store.encode(data), expire_date=expire)
+        )
+    Session.objects.bulk_create(sessions)
+    return made
+
+
 def migrations_fingerprint() -> str:
     """Changes whenever a migration file of the project does."""
     digest = hashlib.sha256()

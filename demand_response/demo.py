@@ -17,7 +17,7 @@ DEMO_PROGRAM = {
     "currency": "EUR",
     "notification_lead_time": timedelta(minutes=1),
 }
-DEMO_FEEDERS = ("FD-101", "FD-102")
+DEMO_FEEDERS = ("FD-101", "FD-102", "FD-103")
 # site name: (auto-response mode, max level); a site whose resident already chose keeps it.
 DEMO_AUTO_RESPONSES = {
     "Alice's flat": ("accept_all", None),

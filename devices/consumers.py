@@ -286,18 +286,21 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.last_frame = time.monotonic()
         self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
-        # If anything below fails, __call__ gives the registry entry back (`_leave`).
-        await self.channel_layer.group_add(device_group(self.device.id), self.channel_name)
-        previous = await socket_registry.claim(self.device.id, self.channel_name)
+        # If anything below fails, __call__ gives the registry entry back (`_leave`). Joining
+        # the group and claiming the registry are independent Redis calls: made together.
+        _, previous = await asyncio.gather(
+            self.channel_layer.group_add(device_group(self.device.id), self.channel_name),
+            socket_registry.claim(self.device.id, self.channel_name),
+        )
         if previous and previous != self.channel_name:
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
         self.accepted = True
         metrics.socket_opened("device")
-        await db(services.device_set_online)(device_id=self.device.id, online=True)
+        open_commands = await db(services.device_connected)(device=self.device)
         self.seen.note(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
-        for command_id in await db(selectors.open_commands)(device_id=self.device.id):
+        for command_id in open_commands:
             await self._deliver(command_id)
 
     async def disconnect(self, code):

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.postgres.aggregates import ArrayAgg
 from django.db.models import Count, Max, Min, Q, QuerySet
 
 from devices.groups import fleet_group, site_group
@@ -124,14 +125,30 @@ def device_by_token(*, token: str) -> Device | None:
 
 
 def device_for_socket(*, token: str) -> tuple[Device, dict[str, SensorRef]] | None:
-    """The device a token names, with its sensors by key as the ingest pipeline wants them."""
-    device = device_by_token(token=token)
+    """The device a token names, with its sensors by key as the ingest pipeline wants them: one
+    query (the sensors' ids and keys aggregated with the device), as each socket handshake
+    makes it."""
+    device = (
+        Device.objects.select_related("site")
+        .filter(token_hash=hash_token(token))
+        .annotate(
+            sensor_ids=ArrayAgg("sensors__id", order_by="sensors__id"),
+            sensor_keys=ArrayAgg("sensors__key", order_by="sensors__id"),
+        )
+        .first()
+    )
     if device is None:
         return None
-    return device, sensor_refs(device=device)
+    # A device without sensors has one row of nulls (the left join).
+    pairs = [(i, key) for i, key in zip(device.sensor_ids, device.sensor_keys, strict=True) if i]
+    return device, _sensor_refs(device, pairs)
 
 
 def sensor_refs(*, device: Device) -> dict[str, SensorRef]:
+    return _sensor_refs(device, device.sensors.values_list("id", "key"))
+
+
+def _sensor_refs(device: Device, pairs) -> dict[str, SensorRef]:
     return {
         key: SensorRef(
             sensor_id=sensor_id,
@@ -140,7 +157,7 @@ def sensor_refs(*, device: Device) -> dict[str, SensorRef]:
             device_uid=device.uid,
             site_id=device.site_id,
         )
-        for sensor_id, key in device.sensors.values_list("id", "key")
+        for sensor_id, key in pairs
     }
 
 

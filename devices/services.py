@@ -2,16 +2,17 @@
 
 import secrets
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
-from devices import socket_registry
+from devices import selectors, socket_registry
 from devices.groups import device_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
 from devices.storable_text import storable_text
@@ -92,6 +93,44 @@ def _status_payload(device: Device) -> dict:
     }
 
 
+@contextmanager
+def _soft_state_write():
+    """A transaction that commits without waiting for its WAL to reach the disk.
+
+    For the online flag and last-seen instant only: every socket that opens or closes writes
+    them, and the wait for the disk was about half of a handshake's time in connect()
+    (bench/outages). The commit is as visible and as atomic as any; a crash of PostgreSQL itself
+    may forget the last fraction of a second of them, which the device's next socket event and
+    the silent-devices job set right. Inside a caller's transaction it changes nothing (that
+    transaction may hold writes that must be durable)."""
+    outer = connection.in_atomic_block
+    with transaction.atomic():
+        if not outer:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
+def device_connected(*, device: Device, at: datetime | None = None) -> list:
+    """Record that the device's socket opened (online, seen `at`, default now), tell its viewers
+    after commit, and return the ids of its open commands, oldest first, for the socket to
+    deliver.
+
+    The socket's handshake does this in one trip to the thread pool and two statements, with
+    the device its token check just read (bench/outages: the handshake read the device again,
+    wrote it and read the commands in two trips). The socket has joined the device's group
+    before, so a command queued meanwhile is either read here or sent to the group.
+    """
+    at = at or timezone.now()
+    with _soft_state_write():
+        Device.objects.filter(pk=device.pk).update(online=True, last_seen=at, online_since=at)
+    device.online, device.last_seen, device.online_since = True, at, at
+    message = live_event(_status_payload(device))
+    groups = [site_group(device.site_id), fleet_group()]
+    transaction.on_commit(lambda: group_send(groups, message))
+    return selectors.open_commands(device_id=device.pk)
+
+
 def device_set_online(
     *, device_id: int, online: bool, at: datetime | None = None, abrupt: bool = False
 ) -> Device:
@@ -112,7 +151,8 @@ def device_set_online(
     else:
         device.online_since = None
         device.dropped_at = device.last_seen if abrupt else None
-    device.save(update_fields=["online", "last_seen", "online_since", "dropped_at"])
+    with _soft_state_write():
+        device.save(update_fields=["online", "last_seen", "online_since", "dropped_at"])
     message = live_event(_status_payload(device))
     groups = [site_group(device.site_id), fleet_group()]
     transaction.on_commit(lambda: group_send(groups, message))

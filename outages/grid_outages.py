@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from outages.site_outages import overlaps
+
 # Transformer outages need feeders of the transformer going out together: one feeder alone is a
 # feeder outage, however many sites it has.
 MIN_TRANSFORMER_FEEDERS = 2
@@ -97,3 +99,58 @@ def _sites(cluster: list[Member]) -> int:
     for member in cluster:
         per_unit[member.unit] = max(per_unit.get(member.unit, 0), member.sites_affected)
     return sum(per_unit.values())
+
+
+def chain_span(
+    starts: Iterable[datetime], lo: datetime, hi: datetime, window: timedelta
+) -> tuple[datetime, datetime]:
+    """Widen [lo, hi] over every start that chains to it, one start within `window` of the next.
+
+    Grouping restarts at every gap longer than the window (the member after it starts more than a
+    window after any anchor before it), so the grid outages of the members inside the returned
+    span depend on those members alone: it is all a change at instants in [lo, hi] can regroup.
+    """
+    for start in sorted(starts):
+        if start > hi + window:
+            break
+        if start >= lo - window:
+            lo, hi = min(lo, start), max(hi, start)
+    for start in sorted(starts, reverse=True):
+        if start < lo - window:
+            break
+        if start <= hi + window:
+            lo, hi = min(lo, start), max(hi, start)
+    return lo, hi
+
+
+def match_by_members(
+    derived: Sequence[GridOutage], stored: Sequence, parent_of: dict[Hashable, Hashable]
+) -> tuple[list[tuple[GridOutage, object | None]], list]:
+    """Pair each derived grid outage with a stored one (objects with `pk`, `started_at` and
+    `ended_at`) so a grid outage keeps its id while late reports regroup it: first by the members
+    they share (`parent_of`: member key -> the stored grid outage's pk it is linked to; most
+    shared wins, the earlier start breaks a tie), then a derived outage sharing none takes the
+    earliest free stored one it overlaps in time. Returns the pairs, in the derived order (None:
+    a new grid outage), and the stored ones no derived outage took (no longer grid outages)."""
+    free = sorted(stored, key=lambda s: (s.started_at, s.pk))
+    by_pk = {s.pk: s for s in free}
+    shared: dict[tuple[int, Hashable], int] = {}
+    for index, found in enumerate(derived):
+        for key in found.members:
+            parent = parent_of.get(key)
+            if parent in by_pk:
+                shared[index, parent] = shared.get((index, parent), 0) + 1
+    chosen: dict[int, object] = {}
+    for index, pk in sorted(
+        shared, key=lambda ip: (-shared[ip], by_pk[ip[1]].started_at, ip[1], ip[0])
+    ):
+        if index not in chosen and pk in by_pk:
+            chosen[index] = by_pk.pop(pk)
+    for index, found in enumerate(derived):
+        if index not in chosen:
+            match = next((s for s in by_pk.values() if overlaps(found, s)), None)
+            if match is not None:
+                chosen[index] = by_pk.pop(match.pk)
+    pairs = [(found, chosen.get(index)) for index, found in enumerate(derived)]
+    taken = {id(s) for s in chosen.values()}
+    return pairs, [s for s in free if id(s) not in taken]

@@ -180,10 +180,10 @@ class Outage(models.Model):
 
     A site outage keeps its row while late reports move its start or end (the live outages of a
     site never overlap, and a start is unique among them); it becomes void when it was no cut
-    after all or merged into an earlier one. A feeder outage (`outages.grid_outages`) is
-    identified by its feeder and start, a transformer outage by its transformer and start, and
-    made void the same way; `grid_outage` links a site outage to its feeder outage and a feeder
-    outage to its transformer outage.
+    after all or merged into an earlier one. A feeder outage (`outages.grid_outages`) keeps its
+    row the same way while its members regroup (a start is unique among the live ones of a
+    feeder, and of a transformer), and is made void the same way; `grid_outage` links a site
+    outage to its feeder outage and a feeder outage to its transformer outage.
     """
 
     kind = models.CharField(max_length=12, choices=OutageKind.choices, default=OutageKind.SITE)
@@ -256,12 +256,12 @@ class Outage(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["feeder", "started_at"],
-                condition=Q(kind="feeder"),
+                condition=Q(kind="feeder") & ~Q(status="void"),
                 name="outage_feeder_once_per_start",
             ),
             models.UniqueConstraint(
                 fields=["transformer", "started_at"],
-                condition=Q(kind="transformer"),
+                condition=Q(kind="transformer") & ~Q(status="void"),
                 name="outage_transformer_once_per_start",
             ),
             models.CheckConstraint(

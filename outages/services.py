@@ -19,7 +19,9 @@ from outages.credit_rules import credit_for, duration_iso
 from outages.grid_outages import (
     MIN_TRANSFORMER_FEEDERS,
     Member,
+    chain_span,
     grid_outages,
+    match_by_members,
     site_customer_minutes,
 )
 from outages.models import (
@@ -138,10 +140,10 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
             # feeder would deadlock with one holding the feeder and writing those rows.
             _lock(f"outages.feeder:{grid[0]}")
             _lock(f"outages.transformer:{grid[1]}")
-        result, to_settle = _site_outages_sync(site_id)
+        result, to_settle, moved = _site_outages_sync(site_id)
         if grid is not None:
             feeder_id, transformer_id = grid
-            regrouped = _grid_sync(feeder_id=feeder_id, transformer_id=transformer_id)
+            regrouped = _grid_sync(feeder_id=feeder_id, transformer_id=transformer_id, moved=moved)
             for outage in to_settle:
                 outage.sites_affected = regrouped.sites_affected.get(
                     outage.pk, outage.sites_affected
@@ -164,8 +166,12 @@ def _outages_changed_notify(*, site_id: int, feeder_id: int | None) -> None:
     transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
 
 
-def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
+def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage], set[datetime]]:
+    """Store the site's outages derived afresh; also returns `moved`: the starts, before and
+    after, of every outage of the site that was created, changed or voided (all its grid
+    outages can depend on)."""
     result = ReconcileResult()
+    moved: set[datetime] = set()
     reports = [
         PowerReport(device, state, at)
         for device, state, at in PowerEvent.objects.filter(site_id=site_id).values_list(
@@ -191,6 +197,7 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
         outage.save(update_fields=["status", "updated_at"])
         result.voided += 1
         to_settle.append(outage)
+        moved.add(outage.started_at)
     for interval, outage in pairs:
         # A void outage at exactly this start is the same cut derived again: revived, not copied.
         outage = outage or void_by_start.get(interval.started_at)
@@ -204,7 +211,9 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
         if outage is None:
             outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
             fresh.append(outage)
+            moved.add(interval.started_at)
         elif any(getattr(outage, name) != value for name, value in values.items()):
+            moved.update((outage.started_at, interval.started_at))
             for name, value in values.items():
                 setattr(outage, name, value)
             outage.save(update_fields=[*values, "updated_at"])
@@ -216,7 +225,7 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage]]:
         result.created += 1
     # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
     to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
-    return result, to_settle
+    return result, to_settle, moved
 
 
 def site_outages_sweep() -> list[int]:
@@ -253,77 +262,93 @@ class GridResult:
     sites_to_resettle: set[int] = field(default_factory=set)
 
 
-def _grid_sync(*, feeder_id: int, transformer_id: int) -> GridResult:
-    """Bring the feeder's outages, and its transformer's, in line with their site outages.
+def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> GridResult:
+    """Bring the feeder's outages, and its transformer's, in line with their site outages, near
+    the starts in `moved` (where the caller's site outages were created, changed or voided).
 
     Site outages of the feeder (not void) that start within OUTAGE_CORRELATION_WINDOW of each
     other, when of at least OUTAGE_MIN_GRID_SITES sites, make one feeder outage; feeder outages
     of one transformer's feeders starting within the window of each other make one transformer
-    outage (`outages.grid_outages`). Matched to the stored ones by start (site outages match by
-    overlap; grid outages not yet): a grid outage no longer derived becomes void, its members
-    are linked to the one that now holds them. Each site outage then gets the sites affected by
+    outage (`outages.grid_outages`). Grouping restarts at every gap between starts longer than
+    the window, so only the members chained to `moved` are grouped again (`chain_span`): a
+    report costs the same whatever else the feeder holds. The grid outages found are matched to
+    the stored ones by the members they share (`match_by_members`), so a cluster that grows
+    earlier keeps its id; a stored one no longer found becomes void and its members are linked
+    to the one that now holds them. Each site outage in the span then gets the sites affected by
     the widest grid outage it is part of (1 when none).
 
-    Derived from all the stored site outages every time, so the result never depends on which
-    site's reports came first. The caller, `site_outages_reconcile`, holds the feeder's and the
-    transformer's locks and has reconciled the site's own outages.
+    The result never depends on which site's reports came first: within the span the grouping
+    is derived afresh, and outside it nothing it depends on changed. The caller,
+    `site_outages_reconcile`, holds the feeder's and the transformer's locks and has reconciled
+    the site's own outages.
     """
     window = settings.OUTAGE_CORRELATION_WINDOW
-    site_outages = list(
-        Outage.objects.filter(kind=OutageKind.SITE, site__feeder_id=feeder_id).exclude(
-            status=OutageStatus.VOID
-        )
-    )
-    feeder_changed = _grid_level_sync(
-        members=site_outages,
-        units={outage.pk: outage.site_id for outage in site_outages},
+    live = ~Q(status=OutageStatus.VOID)
+    feeder = _grid_level_sync(
+        members=Outage.objects.filter(live, kind=OutageKind.SITE, site__feeder_id=feeder_id),
+        unit="site_id",
         stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
         new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
         window=window,
         min_units=settings.OUTAGE_MIN_GRID_SITES,
+        moved=moved,
     )
-    feeder_outages = list(
-        Outage.objects.filter(
-            kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
-        ).exclude(status=OutageStatus.VOID)
-    )
-    transformer_changed = _grid_level_sync(
-        members=feeder_outages,
-        units={outage.pk: outage.feeder_id for outage in feeder_outages},
+    transformer = _grid_level_sync(
+        members=Outage.objects.filter(
+            live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
+        ),
+        unit="feeder_id",
         stored=Outage.objects.filter(kind=OutageKind.TRANSFORMER, transformer_id=transformer_id),
         new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
         window=window,
         min_units=MIN_TRANSFORMER_FEEDERS,
+        moved=feeder.moved,
     )
-    if transformer_changed:
-        scope = {"site__feeder__transformer_id": transformer_id}
-    elif feeder_changed:
-        scope = {"site__feeder_id": feeder_id}
-    else:
+    if not (feeder.changed or transformer.changed):
         return GridResult()
     return _sites_affected_sync(
-        Outage.objects.filter(kind=OutageKind.SITE, **scope)
-        .exclude(status=OutageStatus.VOID)
+        Outage.objects.filter(live, kind=OutageKind.SITE)
+        .filter(Q(pk__in=feeder.members) | Q(grid_outage_id__in=transformer.members))
         .select_related("grid_outage__grid_outage", "credit_policy")
     )
 
 
+@dataclass
+class _LevelResult:
+    changed: bool = False
+    members: list[int] = field(default_factory=list)  # the members regrouped, by id
+    # The starts, before and after, of the grid outages made, changed or voided.
+    moved: set[datetime] = field(default_factory=set)
+
+
+def _grid_span(members, moved: set[datetime], window) -> list[Outage]:
+    """The members chained to the instants in `moved` (see `chain_span`), read a little wider
+    each time until the chain ends inside what was read."""
+    lo, hi = min(moved), max(moved)
+    reach = window
+    while True:
+        rows = list(members.filter(started_at__gte=lo - reach, started_at__lte=hi + reach))
+        first, last = chain_span([row.started_at for row in rows], lo, hi, window)
+        if first - window >= lo - reach and last + window <= hi + reach:
+            return [row for row in rows if first <= row.started_at <= last]
+        lo, hi, reach = first, last, reach * 4
+
+
 def _grid_level_sync(
-    *,
-    members: list[Outage],
-    units: dict[int, int],
-    stored,
-    new: dict,
-    window,
-    min_units: int,
-) -> bool:
-    """Derive one level of grid outages (a feeder's, or a transformer's) from `members`, store
-    them against `stored` by start and link the members; whether anything changed."""
+    *, members, unit: str, stored, new: dict, window, min_units: int, moved: set[datetime]
+) -> _LevelResult:
+    """Derive one level of grid outages (a feeder's, or a transformer's) from the `members`
+    chained to `moved`, store them against the `stored` ones they share members with and link
+    the members."""
+    if not moved:
+        return _LevelResult()
+    span = _grid_span(members, moved, window)
+    result = _LevelResult(members=[member.pk for member in span])
     derived = grid_outages(
         [
             Member(
                 key=outage.pk,
-                unit=units[outage.pk],
+                unit=getattr(outage, unit),
                 started_at=outage.started_at,
                 ended_at=outage.ended_at,
                 momentary=outage.momentary,
@@ -332,45 +357,79 @@ def _grid_level_sync(
                 if outage.kind != OutageKind.SITE
                 else site_customer_minutes(outage.started_at, outage.ended_at, outage.momentary),
             )
-            for outage in members
+            for outage in span
         ],
         window=window,
         min_units=min_units,
     )
-    by_start = {outage.started_at: outage for outage in stored}
-    changed = False
+    linked = {m.grid_outage_id for m in span if m.grid_outage_id is not None}
+    if span:
+        # Every stored grid outage a span member was (or might have been) part of: one starting
+        # in the span, or one a member is still linked to.
+        first, last = span[0].started_at, span[-1].started_at
+        for row in span:
+            first, last = min(first, row.started_at), max(last, row.started_at)
+        nearby = list(stored.filter(Q(started_at__range=(first, last)) | Q(pk__in=linked)))
+    else:
+        nearby = list(stored.filter(started_at__range=(min(moved), max(moved))))
+    pairs, unmatched = match_by_members(
+        derived,
+        [o for o in nearby if o.status != OutageStatus.VOID],
+        {m.pk: m.grid_outage_id for m in span},
+    )
+    void_by_start = {o.started_at: o for o in nearby if o.status == OutageStatus.VOID}
+    for outage in unmatched:
+        outage.status = OutageStatus.VOID
+        outage.save(update_fields=["status", "updated_at"])
+        result.moved.add(outage.started_at)
+    _grid_starts_clear(pairs)
     parent_of: dict[int, int] = {}
-    for found in derived:
+    for found, outage in pairs:
+        outage = outage or void_by_start.get(found.started_at)
         values = {
+            "started_at": found.started_at,
             "ended_at": found.ended_at,
             "momentary": found.momentary,
             "status": OutageStatus.OPEN if found.ended_at is None else OutageStatus.ENDED,
             "sites_affected": found.sites_affected,
             "customer_minutes": found.customer_minutes,
         }
-        outage = by_start.pop(found.started_at, None)
         if outage is None:
-            outage = Outage.objects.create(started_at=found.started_at, **new, **values)
-            changed = True
+            outage = Outage.objects.create(**new, **values)
+            result.moved.add(found.started_at)
         elif any(getattr(outage, name) != value for name, value in values.items()):
+            result.moved.update((outage.started_at, found.started_at))
             for name, value in values.items():
                 setattr(outage, name, value)
             outage.save(update_fields=[*values, "updated_at"])
-            changed = True
         parent_of.update(dict.fromkeys(found.members, outage.pk))
-    for outage in by_start.values():
-        if outage.status != OutageStatus.VOID:
-            outage.status = OutageStatus.VOID
-            outage.save(update_fields=["status", "updated_at"])
-            changed = True
     relinked: dict[int | None, list[int]] = defaultdict(list)
-    for member in members:
+    for member in span:
         parent = parent_of.get(member.pk)
         if member.grid_outage_id != parent:
             member.grid_outage_id = parent
             relinked[parent].append(member.pk)
     _update_grouped(relinked, "grid_outage_id")
-    return changed or bool(relinked)
+    result.changed = bool(result.moved or relinked)
+    return result
+
+
+def _grid_starts_clear(pairs) -> None:
+    """A start is unique among the live grid outages of a feeder (transformer): a stored one
+    that must move off a start another one moves onto is made void for the moment (it is saved
+    again with its own values just after), so no order of moves can collide."""
+    targets = {found.started_at for found, _ in pairs}
+    blocking = [
+        outage
+        for found, outage in pairs
+        if outage is not None
+        and outage.started_at != found.started_at
+        and outage.started_at in targets
+    ]
+    if blocking:
+        Outage.objects.filter(pk__in=[o.pk for o in blocking]).update(status=OutageStatus.VOID)
+        for outage in blocking:
+            outage.status = OutageStatus.VOID
 
 
 def _update_grouped(ids_by_value: dict, name: str) -> None:

@@ -75,7 +75,7 @@ def site_outage_intervals(
     return intervals
 
 
-def _overlap(a, b) -> bool:
+def overlaps(a, b) -> bool:
     # Closed intervals; an end of None runs on for ever. Touching counts: a derived outage that
     # ends at the instant a stored one starts is the same cut seen from another device.
     return (b.ended_at is None or a.started_at <= b.ended_at) and (
@@ -94,7 +94,7 @@ def match_by_overlap(
     free = sorted(stored, key=lambda s: s.started_at)
     pairs: list[tuple[T, S | None]] = []
     for interval in sorted(derived, key=lambda d: d.started_at):
-        match = next((s for s in free if _overlap(interval, s)), None)
+        match = next((s for s in free if overlaps(interval, s)), None)
         if match is not None:
             free.remove(match)
         pairs.append((interval, match))

@@ -58,61 +58,29 @@ def _wipe() -> None:
 
 def _create(start: int, stop: int) -> list[dict]:
     from django.contrib.auth import get_user_model
-    from django.contrib.auth.hashers import make_password
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.contrib.sessions.models import Session
     from django.db import transaction
-    from django.utils import timezone
-    from django.utils.crypto import get_random_string
 
     from devices.models import Site
     from devices.services import device_create
 
-    User = get_user_model()
     names = [f"{PREFIX}{i:05d}" for i in range(start, stop)]
     entries = []
     with transaction.atomic():
         # Leftovers of an interrupted run would collide on the unique names.
         Site.objects.filter(name__in=names).delete()
-        User.objects.filter(username__in=names).delete()
-        # Residents cannot log in with a password; they only hold the session made below.
-        User.objects.bulk_create(
-            [User(username=name, password=make_password(None)) for name in names]
-        )
+        get_user_model().objects.filter(username__in=names).delete()
         Site.objects.bulk_create([Site(name=name) for name in names])
-        users = {u.username: u for u in User.objects.filter(username__in=names)}
         sites = {s.name: s for s in Site.objects.filter(name__in=names)}
-        Site.residents.through.objects.bulk_create(
-            [Site.residents.through(site_id=sites[n].pk, user_id=users[n].pk) for n in names]
-        )
-        store = SessionStore()
-        expire = timezone.now() + timezone.timedelta(days=365)
-        sessions = []
+        # Residents cannot log in with a password; they only hold a session.
+        residents = shared.residents_with_sessions(sites)
         for index, name in enumerate(names):
-            user, site = users[name], sites[name]
-            _device, token = device_create(uid=name, site=site, sensors=SENSORS)
-            key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
-            data = {
-                "_auth_user_id": str(user.pk),
-                "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
-                "_auth_user_hash": user.get_session_auth_hash(),
-            }
-            sessions.append(
-                Session(session_key=key, session_data=store.encode(data), expire_date=expire)
-            )
+            _device, token = device_create(uid=name, site=sites[name], sensors=SENSORS)
             entries.append(
-                {
-                    "index": start + index,
-                    "uid": name,
-                    "token": token,
-                    "site": site.pk,
-                    "user": user.pk,
-                    "session": key,
-                }
+                {"index": start + index, "uid": name, "token": token, "site": sites[name].pk}
+                | residents[name]
             )
             if (index + 1) % 500 == 0:
                 print(f"  {index + 1}/{len(names)} devices", file=sys.stderr)
-        Session.objects.bulk_create(sessions)
     return entries
 
 

@@ -192,3 +192,43 @@ def test_a_recent_note_in_redis_keeps_a_device_online_whatever_the_database_says
 
     assert services.devices_mark_silent_offline(now=now) == 0
     assert Device.objects.get(pk=device_id).online is True
+
+
+def test_the_socket_token_check_gives_the_device_and_its_sensors_in_one_query(
+    alice_home, django_assert_num_queries
+):
+    with django_assert_num_queries(1):
+        device, sensors = selectors.device_for_socket(token=alice_home["token"])
+
+    assert device == alice_home["device"]
+    assert device.site == alice_home["site"]
+    assert {key: ref.sensor_id for key, ref in sensors.items()} == dict(
+        Sensor.objects.filter(device=device).values_list("key", "id")
+    )
+    assert {ref.device_uid for ref in sensors.values()} == {"pi-a1"}
+    assert selectors.device_for_socket(token="not a token") is None
+
+
+def test_the_socket_token_check_of_a_device_without_sensors(alice_home):
+    bare, token = services.device_create(uid="pi-bare", site=alice_home["site"])
+
+    assert selectors.device_for_socket(token=token) == (bare, {})
+
+
+def test_device_connected_marks_it_online_and_gives_its_open_commands_oldest_first(
+    alice_home, django_assert_max_num_queries
+):
+    device = alice_home["device"]
+    Device.objects.filter(pk=device.pk).update(online=False, last_seen=None)
+    first = services.command_issue(device=device, name="ping")
+    second = services.command_issue(device=device, name="relay", args={"state": "on"})
+    done = services.command_issue(device=device, name="restore")
+    services.command_complete(command_id=done.id, device_id=device.id, status="done")
+    at = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+
+    with django_assert_max_num_queries(4):  # SET LOCAL, UPDATE, SELECT (+ savepoint in tests)
+        open_ids = services.device_connected(device=device, at=at)
+
+    assert open_ids == [first.id, second.id]
+    assert Device.objects.filter(pk=device.pk, online=True, last_seen=at).exists()
+    assert (device.online, device.last_seen) == (True, at)

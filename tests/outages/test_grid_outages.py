@@ -3,6 +3,7 @@ outages of a feeder and its transformer (`services.site_outages_reconcile`)."""
 
 import itertools
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -17,7 +18,14 @@ from django.db.models import Q
 from devices import services as device_services
 from devices.models import Feeder, Site, Substation, Transformer
 from outages import services
-from outages.grid_outages import Member, grid_outages, site_customer_minutes
+from outages.grid_outages import (
+    GridOutage,
+    Member,
+    chain_span,
+    grid_outages,
+    match_by_members,
+    site_customer_minutes,
+)
 from outages.models import Outage, OutageKind, OutageStatus
 from outages.site_outages import PowerReport, site_outage_intervals
 from tests.outages.conftest import at
@@ -452,3 +460,112 @@ def test_sites_of_one_transformer_reconciled_at_once_by_two_workers_form_one_gri
         ("feeder", 3, Decimal("178.750")),  # starts at 0.25, 0.5 and 0.5
         ("transformer", 6, Decimal("358.500")),
     ]
+
+
+# Regrouping near the change only, matching stored grid outages by their members
+
+
+def test_chain_span_takes_every_start_chained_to_the_change_and_stops_at_a_longer_gap():
+    starts = [at(m) for m in (-10, -3, -1.5, 0, 1, 2.5, 9)]
+
+    assert chain_span(starts, at(0), at(0), WINDOW) == (at(-3), at(2.5))
+    assert chain_span(starts, at(5), at(5), WINDOW) == (at(5), at(5))  # nothing within 2 min
+
+
+def test_a_cluster_that_grows_earlier_from_a_late_report_keeps_its_id(db):
+    _, (a, b, c) = make_grid(1, 3)
+    record(a, "lost", 0)
+    record(b, "lost", 1)
+    reconcile(a, b)
+    [first] = Outage.objects.filter(kind=OutageKind.FEEDER)
+    assert first.started_at == at(0)
+
+    # c's report arrives late: c lost mains a minute before anyone else
+    record(c, "lost", -1)
+    reconcile(c)
+
+    [outage] = Outage.objects.filter(kind=OutageKind.FEEDER)
+    assert (outage.id, outage.started_at, outage.sites_affected) == (first.id, at(-1), 3)
+    assert set(
+        Outage.objects.filter(kind=OutageKind.SITE).values_list("grid_outage", "sites_affected")
+    ) == {(first.id, 3)}
+
+
+def test_a_far_away_outage_on_the_same_feeder_is_not_touched(db):
+    _, (a, b, c, d) = make_grid(1, 4)
+    record(a, "lost", 0)
+    record(b, "lost", 0.5)
+    record(a, "restored", 30)
+    record(b, "restored", 30)
+    reconcile(a, b)
+    [old] = Outage.objects.filter(kind=OutageKind.FEEDER)
+    old_sites = {o.pk: o.updated_at for o in Outage.objects.filter(kind=OutageKind.SITE)}
+
+    # a day later c and d are cut together
+    record(c, "lost", 24 * 60)
+    record(d, "lost", 24 * 60 + 1)
+    reconcile(c, d)
+
+    old_now = Outage.objects.get(pk=old.pk)
+    assert (old_now.updated_at, old_now.sites_affected) == (old.updated_at, 2)
+    assert {o.pk: o.updated_at for o in Outage.objects.filter(pk__in=old_sites)} == old_sites
+    [new] = Outage.objects.filter(kind=OutageKind.FEEDER, started_at=at(24 * 60))
+    assert new.sites_affected == 2
+
+
+def test_a_reconcile_groups_only_the_outages_near_the_change(db, monkeypatch):
+    # given a feeder with many old grid outages, one a day
+    _, (a, b) = make_grid(1, 2)
+    for day in range(20):
+        for device in (a, b):
+            record(device, "lost", day * 24 * 60)
+            record(device, "restored", day * 24 * 60 + 30)
+    reconcile(a, b)
+    assert Outage.objects.filter(kind=OutageKind.FEEDER).count() == 20
+
+    # when a new cut of a is reported, then b's, a minute apart
+    grouped = []
+
+    def counting(members, **kwargs):
+        members = list(members)
+        grouped.append(len(members))
+        return grid_outages(members, **kwargs)
+
+    monkeypatch.setattr(services, "grid_outages", counting)
+    record(a, "lost", 100 * 24 * 60)
+    reconcile(a)
+    record(b, "lost", 100 * 24 * 60 + 1)
+    reconcile(b)
+
+    # then each grouped the new cuts alone, never the 40 old site outages
+    assert grouped == [1, 2, 1]  # a's cut; a's and b's; the new feeder outage (transformer)
+    assert Outage.objects.filter(kind=OutageKind.FEEDER).exclude(status="void").count() == 21
+
+
+def test_grid_outages_are_matched_by_the_members_they_share_then_by_time():
+    stored = [Row(1, at(0), at(30)), Row(2, at(10), None)]
+    derived = [
+        grid(at(-1), at(30), members=("x", "y")),  # x and y were in 1
+        grid(at(10), None, members=("z",)),  # z was in none: takes 2 by time
+        grid(at(50), at(60), members=("w",)),  # overlaps nothing left: new
+    ]
+
+    pairs, unmatched = match_by_members(derived, stored, {"x": 1, "y": 1})
+
+    assert [(found.started_at, row and row.pk) for found, row in pairs] == [
+        (at(-1), 1),
+        (at(10), 2),
+        (at(50), None),
+    ]
+    assert unmatched == []
+
+
+@dataclass
+class Row:
+    pk: int
+    started_at: object
+    ended_at: object
+
+
+def grid(start, end, members):
+    return GridOutage(start, end, False, len(members), Decimal(0), members)
