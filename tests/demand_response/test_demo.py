@@ -31,7 +31,7 @@ def test_the_demo_program_lets_an_operator_call_the_demo_sites_within_minutes():
     program = Program.objects.get()
     assert "Demo peak saver" in output and "created" in output
     assert (program.reward_per_kwh, program.currency) == (Decimal("0.3000"), "EUR")
-    assert sorted(program.eligible_feeders.values_list("code", flat=True)) == ["FD-101", "FD-102"]
+    assert sorted(program.eligible_feeders.values_list("code", flat=True)) == ["FD-101", "FD-102", "FD-103"]
     # an event two minutes from now at level 3: Alice accepts all, Bob only up to level 2
     now = timezone.now()
     event = services.event_create(
