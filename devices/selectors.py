@@ -95,7 +95,11 @@ def fleet_devices(
     search: str = "",
 ) -> QuerySet[Device]:
     """Devices for the operators' fleet page, filtered as the page asks."""
-    qs = Device.objects.select_related("site", "room", "site__feeder").order_by("site__name", "uid")
+    qs = (
+        Device.objects.select_related("site", "room", "site__feeder")
+        .prefetch_related("sensors")  # the page's power column
+        .order_by("site__name", "uid")
+    )
     if online is not None:
         qs = qs.filter(online=online)
     if feeder_id:
@@ -240,4 +244,19 @@ def feeders_with_drops(*, since: datetime) -> list[int]:
         .values_list("site__feeder_id", flat=True)
         .distinct()
         .order_by("site__feeder_id")
+    )
+
+
+def device_for_user(*, user: AbstractBaseUser, uid: str) -> Device | None:
+    """The device with this uid if the user may see it (a resident's own, an operator's any),
+    with its site, room and sensors."""
+    return device_list(user=user).filter(uid=uid).first()
+
+
+def recent_commands(*, device_id: int, limit: int = 20) -> list[Command]:
+    """The device's latest commands, newest first, with who issued them."""
+    return list(
+        Command.objects.filter(device_id=device_id)
+        .select_related("created_by")
+        .order_by("-created_at")[:limit]
     )

@@ -3,6 +3,7 @@
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import redirect, render
 
 from devices import selectors
@@ -46,3 +47,19 @@ def fleet(request):
         "query": query.urlencode(),
     }
     return render(request, "devices/fleet.html", context)
+
+
+@login_required
+def device_detail(request, uid: str):
+    """One device: its readings live, the last hour of its power, its relay and its commands; a
+    resident's own devices, every device for operators."""
+    device = selectors.device_for_user(user=request.user, uid=uid)
+    if device is None:
+        raise Http404("No device with this id is yours to see.")
+    context = {
+        "device": device,
+        "commands": selectors.recent_commands(device_id=device.id),
+        "relays": selectors.relay_states(device_ids=[device.id]),
+        "is_operator_view": selectors.user_is_operator(request.user),
+    }
+    return render(request, "devices/device.html", context)

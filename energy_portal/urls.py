@@ -53,6 +53,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("dashboard/", device_views.dashboard, name="dashboard"),
     path("fleet/", device_views.fleet, name="fleet"),
+    path("devices/<slug:uid>/", device_views.device_detail, name="device-page"),
     path(
         "login/",
         auth_views.LoginView.as_view(template_name="registration/login.html"),

@@ -2,6 +2,7 @@
 
 import calendar
 import zoneinfo
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -92,6 +93,43 @@ def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> 
     return earlier.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class SensorFigures:
+    """Latest readings (under 15 minutes old) and the last hour of the power sensors."""
+
+    latest: dict[int, tuple[datetime, float]]  # sensor id -> latest (time, value)
+    series: dict[int, tuple[list[float], list[float]]]  # power sensor id -> ([unix s], [values])
+
+
+def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
+    """The latest reading of each sensor and the per-minute means of the last hour of each power
+    sensor: two round trips however many sensors."""
+    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
+    series: dict[int, tuple[list[float], list[float]]] = {
+        s.id: ([], []) for s in sensors if s.kind == SensorKind.POWER
+    }
+    for sensor_id, minute, mean in queries.minute_means(
+        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
+    ):
+        xs, ys = series[sensor_id]
+        xs.append(minute.timestamp())
+        ys.append(mean)
+    return SensorFigures(latest=latest, series=series)
+
+
+def fleet_power(*, devices: list[Device], now: datetime) -> dict[int, float]:
+    """Device id -> its power now (W: the sum of its power sensors' latest readings under 15
+    minutes old), for a page of the fleet: one round trip."""
+    power = [s for d in devices for s in d.sensors.all() if s.kind == SensorKind.POWER]
+    latest = queries.latest_values(sensor_ids=[s.id for s in power], now=now)
+    watts: dict[int, float] = defaultdict(float)
+    for sensor in power:
+        if sensor.id in latest:
+            factor = queries.POWER_FACTORS.get(sensor.unit.strip().lower(), 1.0)
+            watts[sensor.device_id] += latest[sensor.id][1] * factor
+    return dict(watts)
+
+
 def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigures]:
     """Site id -> its figures, for a resident's dashboard: latest readings and the last hour of
     each power sensor, today's and this month's energy against the same time yesterday and last
@@ -103,16 +141,13 @@ def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigu
         for sensor in device.sensors.all()
         if sensor.kind in SHOWN_KINDS
     ]
-    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
-    power = [s for s in sensors if s.kind == SensorKind.POWER]
-    factors = {s.id: queries.POWER_FACTORS.get(s.unit.strip().lower(), 1.0) for s in power}
-    series: dict[int, tuple[list[float], list[float]]] = {s.id: ([], []) for s in power}
-    for sensor_id, minute, mean in queries.minute_means(
-        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
-    ):
-        xs, ys = series[sensor_id]
-        xs.append(minute.timestamp())
-        ys.append(mean)
+    readings = sensor_figures(sensors=sensors, now=now)
+    latest, series = readings.latest, readings.series
+    factors = {
+        s.id: queries.POWER_FACTORS.get(s.unit.strip().lower(), 1.0)
+        for s in sensors
+        if s.kind == SensorKind.POWER
+    }
     spans, stretches = [], {}
     for site in sites:
         local = now.astimezone(zoneinfo.ZoneInfo(site.timezone))

@@ -71,3 +71,21 @@ def chart_series(figures: dict) -> dict:
 def power_sensor(device):
     """The device's first power sensor (from its prefetched sensors): the one its chart shows."""
     return next((s for s in device.sensors.all() if s.kind == SensorKind.POWER), None)
+
+
+@register.simple_tag
+def device_figures(device):
+    """The latest readings and the last hour of power of one device (its device page)."""
+    return selectors.sensor_figures(sensors=list(device.sensors.all()), now=timezone.now())
+
+
+@register.simple_tag
+def device_series(figures) -> dict:
+    """{power sensor id: [[unix s], [values]]} of one device's figures, for the page's JSON."""
+    return {str(sensor_id): [xs, ys] for sensor_id, (xs, ys) in figures.series.items()}
+
+
+@register.simple_tag
+def fleet_power(devices) -> dict:
+    """Device id -> W now, for a page of the fleet (one round trip)."""
+    return selectors.fleet_power(devices=list(devices), now=timezone.now())

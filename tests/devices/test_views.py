@@ -277,7 +277,45 @@ def test_fleet_page_query_count_does_not_grow_with_devices(
     add_devices(alice_home["site"], devices, "pi-q")
     client.force_login(operator)
 
-    # (two of them for the open outages panel: the open outages, the suspected ones)
-    with django_assert_max_num_queries(11):
+    # (two of them for the open outages panel: the open outages, the suspected ones; two for the
+    # power column: the page's sensors and their latest readings)
+    with django_assert_max_num_queries(13):
         response = client.get(f"/fleet/?feeder={alice_home['site'].feeder_id}")
     assert len(listed_devices(response)) == 2 + devices
+
+
+# --- a device's page and the fleet's links -------------------------------------------------
+
+
+def test_a_residents_device_page_shows_its_readings_and_commands(client, alice, alice_home):
+    device = alice_home["device"]
+    services.command_issue(device=device, name="relay", args={"state": "off"}, user=alice)
+    client.force_login(alice)
+
+    response = client.get(f"/devices/{device.uid}/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-metric-for="pi-a1:power_w"' in page and 'data-chart-for="pi-a1"' in page
+    assert "<code>relay</code> state=off" in page and "Pending" in page
+    assert 'id="dashboard-series"' in page
+
+
+def test_a_resident_cannot_open_another_homes_device(client, alice, bob_home):
+    client.force_login(alice)
+    response = client.get(f"/devices/{bob_home['device'].uid}/")
+    assert response.status_code == 404
+    assert "No device with this id is yours to see." in response.content.decode()
+
+
+def test_operators_open_any_device_and_fleet_rows_link_to_it_and_its_site(
+    client, operator, alice_home
+):
+    client.force_login(operator)
+    device, site = alice_home["device"], alice_home["site"]
+
+    fleet = client.get("/fleet/").content.decode()
+    assert f'href="/devices/{device.uid}/"' in fleet
+    assert f'href="/sites/{site.id}/history/"' in fleet
+    assert 'data-metric-for="pi-a1:power_w"' in fleet  # the power column, live
+    assert client.get(f"/devices/{device.uid}/").status_code == 200
