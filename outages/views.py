@@ -145,14 +145,32 @@ def history(request):
     return render(request, "outages/history.html", context)
 
 
+def _given_day(request, name: str, label: str, problems: list[str]):
+    """The day a query parameter gives (YYYY-MM-DD), or None, with a problem in plain words
+    when it is not one (the default period is shown instead)."""
+    text = (request.GET.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        day = parse_date(text)
+    except ValueError:
+        day = None
+    if day is None:
+        problems.append(
+            f"{label}: {text!r} is not a date; write it as YYYY-MM-DD, e.g. 2026-10-25."
+        )
+    return day
+
+
 @login_required
 def grid(request):
     """Operators: grid (feeder and transformer) outages with sites affected and customer-minutes,
     and each feeder's reliability indices over a chosen period (default the last 365 days)."""
     _operator(request)
     now = timezone.now()
-    start_day = parse_date(request.GET.get("start") or "")
-    end_day = parse_date(request.GET.get("end") or "")
+    problems: list[str] = []
+    start_day = _given_day(request, "start", "From", problems)
+    end_day = _given_day(request, "end", "To", problems)
     end = _day_start(end_day) + timedelta(days=1) if end_day else now
     start = _day_start(start_day) if start_day else end - DEFAULT_PERIOD
     if start >= end:
@@ -170,6 +188,7 @@ def grid(request):
         for feeder in feeders
     ]
     context = {
+        "problems": problems,
         "grid_outages": grid_outages,
         "indices": indices,
         "start": start,

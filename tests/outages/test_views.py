@@ -130,10 +130,10 @@ def test_grid_page_shows_feeder_outages_and_indices(client, operator, alice_home
     assert html.count("data-grid-outage=") == 1
     assert "Feeder FD-1" in html
     # SAIFI 2 interruptions / 2 customers = 1; SAIDI 120 min / 2 = 60; CAIDI 60; MAIFI 0
-    assert '<td data-index="saifi">1.000</td>' in html
-    assert '<td data-index="saidi">60.0</td>' in html
-    assert '<td data-index="caidi">60.0</td>' in html
-    assert '<td data-index="maifi">0.000</td>' in html
+    assert '<td class="num" data-index="saifi">1.000</td>' in html
+    assert '<td class="num" data-index="saidi">60.0</td>' in html
+    assert '<td class="num" data-index="caidi">60.0</td>' in html
+    assert '<td class="num" data-index="maifi">0.000</td>' in html
 
 
 def _heard(pubsub) -> list[tuple[str, dict]]:
@@ -212,3 +212,13 @@ def test_outage_pages_query_counts_do_not_grow_with_outages(
         assert client.get("/outages/grid/").status_code == 200
     with django_assert_max_num_queries(16):
         assert client.get("/fleet/").status_code == 200
+
+
+def test_the_grid_page_says_when_a_date_is_not_one_and_shows_the_default_period(client, operator):
+    client.force_login(operator)
+    response = client.get("/outages/grid/", {"start": "2026-02-30", "end": "soon"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "From: &#x27;2026-02-30&#x27; is not a date; write it as YYYY-MM-DD" in page
+    assert "To: &#x27;soon&#x27; is not a date" in page
+    assert 'placeholder="YYYY-MM-DD"' in page
