@@ -189,7 +189,7 @@
         box.querySelector("[data-relay-now]").textContent = msg.args.state;
         const since = box.querySelector("[data-relay-since]");
         const d = new Date();
-        if (since) since.textContent = "since " + pad(d.getHours()) + ":" + pad(d.getMinutes());
+        since.textContent = "since " + pad(d.getHours()) + ":" + pad(d.getMinutes());
       });
     }
   }
