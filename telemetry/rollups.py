@@ -263,6 +263,62 @@ def _derive(table: str, child: str, interval: str) -> str:
 _DERIVE_1H = _derive("rollup_1h", "rollup_15m", "1 hour")
 _DERIVE_1D = _derive("rollup_1d", "rollup_1h", "1 day")
 
+# A backlog (a batch of at least _SET_BASED_FROM marks: a catch-up after downtime, a history
+# loaded at once) is recomputed set-based: the batch's sensors' rows over the batch's time span
+# grouped once and joined to the marks, instead of one probe of the readings (or of the level
+# below) per mark. The answers are the same (tests/telemetry/test_rollups.py runs its property
+# both ways); the seeding of the demo's 90 days, 450,000 marks, went from 70-100 s of probes
+# under load to a few seconds.
+_SET_BASED_FROM = 2_000
+
+_RECOMPUTE_15M_SET = _UPSERT.format(
+    table="rollup_15m",
+    fresh=f"""WITH m AS (
+    SELECT * FROM unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[])
+        AS m(sensor_id, bucket)
+), x AS (
+    SELECT e.sensor_id, date_bin(interval '15 minutes', e.time, {ORIGIN_SQL}) AS bucket,
+           sum(e.value) AS sum, count(*) AS count, min(e.value) AS min, max(e.value) AS max,
+           (array_agg(e.value ORDER BY e.time DESC))[1] AS last
+    FROM energy_readings e
+    WHERE e.sensor_id = ANY(%(sensor_ids)s::bigint[])
+      AND e.time >= (SELECT min(bucket) FROM m)
+      AND e.time < (SELECT max(bucket) FROM m) + interval '15 minutes'
+    GROUP BY 1, 2
+), fresh AS (
+    SELECT m.sensor_id, m.bucket, x.sum, coalesce(x.count, 0)::bigint AS count, x.min, x.max,
+           x.last
+    FROM m LEFT JOIN x ON x.sensor_id = m.sensor_id AND x.bucket = m.bucket
+)""",
+)
+
+
+def _derive_set(table: str, child: str, interval: str) -> str:
+    return _UPSERT.format(
+        table=table,
+        fresh=f"""WITH parents AS (
+    SELECT DISTINCT m.sensor_id, date_bin(interval '{interval}', m.bucket, {ORIGIN_SQL}) AS bucket
+    FROM unnest(%(sensor_ids)s::bigint[], %(buckets)s::timestamptz[]) AS m(sensor_id, bucket)
+), x AS (
+    SELECT c.sensor_id, date_bin(interval '{interval}', c.bucket, {ORIGIN_SQL}) AS bucket,
+           sum(c.sum) AS sum, sum(c.count)::bigint AS count, min(c.min) AS min,
+           max(c.max) AS max, (array_agg(c.last ORDER BY c.bucket DESC))[1] AS last
+    FROM {child} c
+    WHERE c.sensor_id = ANY(%(sensor_ids)s::bigint[])
+      AND c.bucket >= (SELECT min(bucket) FROM parents)
+      AND c.bucket < (SELECT max(bucket) FROM parents) + interval '{interval}'
+    GROUP BY 1, 2
+), fresh AS (
+    SELECT p.sensor_id, p.bucket, x.sum, coalesce(x.count, 0)::bigint AS count, x.min, x.max,
+           x.last
+    FROM parents p LEFT JOIN x ON x.sensor_id = p.sensor_id AND x.bucket = p.bucket
+)""",
+    )
+
+
+_DERIVE_1H_SET = _derive_set("rollup_1h", "rollup_15m", "1 hour")
+_DERIVE_1D_SET = _derive_set("rollup_1d", "rollup_1h", "1 day")
+
 # Only marks still carrying the seq we read: a writer that re-marked a bucket meanwhile bumped
 # it (and holds its lock until commit), so that bucket stays marked for the next run.
 _UNMARK = """
@@ -370,10 +426,11 @@ def rollups_refresh(
                         "buckets": [m[1] for m in marks],
                         "seqs": [m[2] for m in marks],
                     }
+                    backlog = len(marks) >= _SET_BASED_FROM
                     for statement in (
-                        _RECOMPUTE_15M,
-                        _DERIVE_1H,
-                        _DERIVE_1D,
+                        _RECOMPUTE_15M_SET if backlog else _RECOMPUTE_15M,
+                        _DERIVE_1H_SET if backlog else _DERIVE_1H,
+                        _DERIVE_1D_SET if backlog else _DERIVE_1D,
                         _MARK_SITE_DAYS,
                         _DROP_SITES_TODAY,
                         _UNMARK,

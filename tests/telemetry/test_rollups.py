@@ -146,7 +146,12 @@ batches = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(batches=batches, data=st.data())
-def test_rollups_equal_direct_computation_whatever_the_arrival_order(sensors, batches, data):
+@pytest.mark.parametrize("set_based_from", [1, 10**9], ids=["set-based", "per-mark"])
+def test_rollups_equal_direct_computation_whatever_the_arrival_order(
+    sensors, batches, data, set_based_from, monkeypatch
+):
+    # both ways of recomputing a batch of marks: set-based (a backlog) and one mark at a time
+    monkeypatch.setattr(rollups, "_SET_BASED_FROM", set_based_from)
     with transaction.atomic():
         # given readings written in batches (late, out of order, repeated), the refresh job
         # running between some of them
