@@ -11,7 +11,9 @@ from channels.testing import WebsocketCommunicator
 
 from devices.consumers import LeanDispatch
 
-pytestmark = pytest.mark.asyncio
+# Channels' disconnect handler closes the thread's old database connections; a connection left
+# in a worker thread by an earlier test makes that a database access.
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db]
 
 
 class Probe(LeanDispatch, AsyncWebsocketConsumer):
