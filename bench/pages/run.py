@@ -224,12 +224,12 @@ def count_queries(client, url: str) -> dict:
 
     with CaptureQueriesContext(connection) as captured:
         size = get(client, url)
-    sql = [q["sql"] for q in captured.captured_queries]
+    captured_queries = captured.captured_queries
     return {
-        "queries": len(sql),
-        "sql_ms": round(sum(float(q["time"]) for q in captured.captured_queries) * 1000, 2),
+        "queries": len(captured_queries),
+        "sql_ms": round(sum(float(q["time"]) for q in captured_queries) * 1000, 2),
         "bytes": size,
-        "sql": [s[:300] for s in sql],
+        "sql": [f"{float(q['time']) * 1000:.1f} ms: {q['sql'][:300]}" for q in captured_queries],
     }
 
 
@@ -237,7 +237,7 @@ def measure(clients: dict, plan: list, repeat: int, warmup: int, seed: int) -> d
     """Warm-up renders, then `repeat` timed renders of each page, interleaved in a shuffled
     order each round so a drift of the machine's load hits every page alike."""
     for _ in range(warmup):
-        for name, who, url in plan:
+        for _name, who, url in plan:
             get(clients[who], url)
     times: dict[str, list[float]] = {name: [] for name, _, _ in plan}
     rng = random.Random(seed)
@@ -314,8 +314,11 @@ def measure_size(devices_n: int, sites_n: int, args, results: dict) -> None:
 
 
 def report(results: dict) -> str:
-    lines = [f"bench/pages {results['started']}  ({results['repeat']} renders a page after "
-             f"{results['warmup']} warm-up rounds; Django test client, in process)", ""]  # fmt: skip
+    lines = [
+        f"bench/pages {results['started']}  ({results['repeat']} renders a page after "
+        f"{results['warmup']} warm-up rounds; Django test client, in process)",
+        "",
+    ]
     names = list(results["sizes"][0]["counts"])
     for entry in results["sizes"]:
         base = entry["times"][names[0]]["p95"]
@@ -328,8 +331,10 @@ def report(results: dict) -> str:
             t, c = entry["times"][name], entry["counts"][name]
             verdict = "" if name == names[0] else (
                 "met" if t["p95"] <= TARGET_P95_MS else "MISSED")  # fmt: skip
-            lines.append(f"  {name:<18}{c['queries']:>8}{c['sql_ms']:>8.1f}{t['p50']:>9.2f}"
-                         f"{t['p95']:>9.2f}{t['max']:>9.2f}{t['p95'] / base:>10.2f}  {verdict}")  # fmt: skip
+            lines.append(
+                f"  {name:<18}{c['queries']:>8}{c['sql_ms']:>8.1f}{t['p50']:>9.2f}"
+                f"{t['p95']:>9.2f}{t['max']:>9.2f}{t['p95'] / base:>10.2f}  {verdict}"
+            )
         lines.append("")
     if len(results["sizes"]) > 1:
         first, last = results["sizes"][0], results["sizes"][-1]
