@@ -162,10 +162,14 @@ def _rows(q: _Sql, level: str, ids: list[int], lo: datetime, hi: datetime) -> st
         FROM rollup_dirty m CROSS JOIN LATERAL ({BUCKET_FROM_RAW}) x
         WHERE m.sensor_id = ANY({ids_p}) AND m.bucket >= {lo_p} AND m.bucket < {hi_p}
           AND x.count > 0"""
-    # The bounds [lo, hi) repeat what the bucket implies, so that the planner can read the
-    # marks of the range by time (rollup_dirty_bucket) rather than all of them.
+    # The bounds [lo, hi) and the sensors repeat what the row implies, so that the planner can
+    # read only these sensors' marks of the range (the primary key) rather than all of them: a
+    # hash anti-join over every mark of the range read by time (rollup_dirty_bucket) took 6 ms
+    # a statement with the 20,000 marks of a 10,000-device fleet's last quarter-hour
+    # (bench/pages: the dashboard's today, 6 statements).
     clean = f"""{rollup}
           AND NOT EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.sensor_id = r.sensor_id
+                          AND d.sensor_id = ANY({ids_p})
                           AND d.bucket >= r.bucket AND d.bucket < r.bucket + {step}
                           AND d.bucket >= {lo_p} AND d.bucket < {hi_p})"""
     if level == "15m":
