@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/energy_portal
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint format bench-live bench-ingest bench-query bench-dr system-deps clean
+.PHONY: run test lint format bench-live bench-ingest bench-query bench-dr bench-pages system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,9 @@ bench-query: $(VENV)/.bench
 
 bench-dr: $(VENV)/.bench
 	$(BIN)/python -m bench.dr.run $(BENCH_ARGS)
+
+bench-pages: $(VENV)/.bench
+	$(BIN)/python -m bench.pages.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules tests/timescale/pglite/node_modules
