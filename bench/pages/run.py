@@ -349,10 +349,12 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000:200,10000:2000",
-                        help="devices:sites at each measurement, smallest first")  # fmt: skip
-    parser.add_argument("--repeat", type=int, default=200, help="timed renders a page and size")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed rounds first")
+    parser.add_argument("--sizes", help="devices:sites at each measurement, smallest first "
+                        "(default 1000:200,10000:2000)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, help="timed renders a page and size (200)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first (20)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 100:20,500:100, 20 renders after 3 rounds")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     parser.add_argument("--wait-max", type=float, default=10, help="minutes to wait at most")
@@ -362,6 +364,11 @@ def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", help=f"default {common.DEFAULT_REDIS_URL}")
     args = parser.parse_args()
+    quick = {"sizes": "100:20,500:100", "repeat": 20, "warmup": 3}
+    full = {"sizes": "1000:200,10000:2000", "repeat": 200, "warmup": 20}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     common.set_urls(args.database_url, args.redis_url)
     if args.fresh:
