@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/energy_portal
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: run test lint format bench-live bench-ingest bench-query bench-dr bench-outages \
-	system-deps clean
+	bench-pages system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,9 @@ bench-dr: $(VENV)/.bench
 
 bench-outages: $(VENV)/.bench
 	$(BIN)/python -m bench.outages.run $(BENCH_ARGS)
+
+bench-pages: $(VENV)/.bench
+	$(BIN)/python -m bench.pages.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules tests/timescale/pglite/node_modules

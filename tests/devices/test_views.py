@@ -176,8 +176,9 @@ def test_dashboard_query_count_does_not_grow_with_devices(
     client.force_login(alice)
 
     # when / then (8 for the homes and devices, 2 for the outage panel: cuts and balances, 1 for
-    # the relays, 4 for the figures: sensors, energy of both sites, latest readings, last hour)
-    with django_assert_max_num_queries(15):
+    # the relays, 5 for the figures: sensors, stored site days, energy of both sites, latest
+    # readings, last hour)
+    with django_assert_max_num_queries(16):
         response = client.get("/dashboard/")
     assert len(listed_devices(response)) == 1 + 2 * devices_per_site
 

@@ -201,9 +201,9 @@ def test_outage_pages_query_counts_do_not_grow_with_outages(
         report_cut(bob_home["device"], lost=start, restored=start + timedelta(minutes=40))
     report_cut(alice_home["device"], lost=now - timedelta(minutes=20))
     client.force_login(alice)
-    # (12 for the homes, devices and outage panels; 5 for the relays and the energy figures; 1
-    # for the demand-response panels)
-    with django_assert_max_num_queries(18):
+    # (12 for the homes, devices and outage panels; 6 for the relays and the energy figures,
+    # stored site days included; 1 for the demand-response panels)
+    with django_assert_max_num_queries(19):
         assert client.get("/dashboard/").status_code == 200
     with django_assert_max_num_queries(10):
         assert client.get("/outages/").status_code == 200
