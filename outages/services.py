@@ -181,7 +181,11 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
     with transaction.atomic():
         for site_id in site_ids:
             _site_lock(site_id)
-        grids = selectors.sites_grid(site_ids)
+        grids = {
+            site_id: grid
+            for site_id, grid in selectors.sites_grid(site_ids).items()
+            if grid is not None
+        }
         # Taken before any row is written: the grid sync writes other sites' (and feeders')
         # outage rows, so a reconcile holding its site's rows while it waited for the
         # feeder would deadlock with one holding the feeder and writing those rows.
@@ -306,11 +310,12 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
         pipe.smembers(RECONCILE_DIRTY_KEY)
         pipe.delete(RECONCILE_DIRTY_KEY)
         members = pipe.execute()[0]
-    pending = sorted(int(member) for member in members)
+    marked = sorted(int(member) for member in members)
+    grids = selectors.sites_grid(marked)
+    pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
     by_feeder: dict[int | None, list[int]] = defaultdict(list)
-    grids = selectors.sites_grid(pending)
     for site_id in pending:
-        by_feeder[grids[site_id][0] if site_id in grids else None].append(site_id)
+        by_feeder[grids[site_id][0] if grids[site_id] else None].append(site_id)
     results: dict[int, ReconcileResult] = {}
     try:
         for feeder_id, site_ids in sorted(by_feeder.items(), key=lambda kv: kv[0] or 0):

@@ -134,6 +134,19 @@ def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     assert [row[0] for row in site_outages(devices)] == [devices[0].site_id]
 
 
+def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):
+    _, devices = make_grid(1, 2)
+    record(devices[0], "lost", 0)
+    record(devices[1], "lost", 0)
+    sync_client().sadd(services.RECONCILE_DIRTY_KEY, devices[0].site_id, devices[1].site_id)
+    gone = devices[1].site_id
+    devices[1].site.delete()
+
+    assert list(services.site_outages_drain()) == [devices[0].site_id]
+    assert marked() == set()
+    assert not Outage.objects.filter(site_id=gone).exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_drains_at_once_give_what_single_reconciles_give(queued):
     # given two grids with the same cuts: one reconciled site by site
