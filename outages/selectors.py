@@ -47,6 +47,17 @@ def site_grid(site_id: int) -> tuple[int, int] | None:
     return None if row is None else (row[0], row[1])
 
 
+def sites_grid(site_ids: Iterable[int]) -> dict[int, tuple[int, int] | None]:
+    """`site_grid` of many sites in one query: site id -> (feeder id, transformer id), or None
+    for a site on no feeder; ids of no site (deleted since) are left out."""
+    return {
+        site_id: None if feeder_id is None else (feeder_id, transformer_id)
+        for site_id, feeder_id, transformer_id in Site.objects.filter(
+            pk__in=list(site_ids)
+        ).values_list("pk", "feeder_id", "feeder__transformer_id")
+    }
+
+
 def credit_balance(site_ids: Iterable[int]) -> dict[str, Decimal]:
     """What the ledger holds for these sites, per currency: `{"GBP": Decimal("140.00")}`.
 

@@ -6,14 +6,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
+from redis.exceptions import RedisError
+
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max, Q, Sum
+from django.db.models import F, Max, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from devices import selectors as registry
 from devices.groups import fleet_group, site_group
 from energy_portal.realtime import group_send, live_event
+from energy_portal.redis_client import sync_client
 from outages import selectors
 from outages.credit_rules import credit_for, duration_iso
 from outages.grid_outages import (
@@ -69,8 +73,40 @@ def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: 
     transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
     # Robust: the report is stored and acked even if the broker is down; the site's next report
     # reconciles everything it missed, since a reconcile always starts from all the events.
-    transaction.on_commit(lambda: _reconcile_later(site_id), robust=True)
+    transaction.on_commit(lambda: _reconcile_soon(site_id), robust=True)
     return event, True
+
+
+# Reconciles are coalesced: a report adds its site to a Redis set of sites to reconcile and
+# queues one drain task only when none is queued yet (the flag, SET NX with a TTL so that a
+# lost task never blocks the next ones for long). The drain clears the flag before it takes the
+# set, so a report arriving while it runs queues the next drain: none is left unreconciled.
+RECONCILE_DIRTY_KEY = "ep:outages:reconcile:sites"
+RECONCILE_QUEUED_KEY = "ep:outages:reconcile:queued"
+RECONCILE_QUEUED_TTL_S = 30
+
+
+def _reconcile_soon(site_id: int) -> None:
+    """Have the site reconciled by the next drain (`site_outages_drain`), queuing it if none is
+    queued. With Redis unreachable, the site's own reconcile task is queued instead (and the
+    beat's sweep is the net under both)."""
+    try:
+        with sync_client().pipeline(transaction=False) as pipe:
+            pipe.sadd(RECONCILE_DIRTY_KEY, site_id)
+            pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
+            queued = pipe.execute()[1]
+    except RedisError:
+        _reconcile_later(site_id)
+        return
+    if queued:
+        from outages.tasks import site_outages_drain as task
+
+        try:
+            task.delay()
+        except Exception:
+            # Not queued after all: the next report (or the sweep) must be able to queue one.
+            sync_client().delete(RECONCILE_QUEUED_KEY)
+            raise
 
 
 def _reconcile_later(site_id: int) -> None:
@@ -131,32 +167,66 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     write), so concurrent calls give the same result as one; reconciles of sites under one
     transformer run one after the other.
     """
+    return sites_outages_reconcile(site_ids=[site_id])[site_id]
+
+
+def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
+    """`site_outages_reconcile` of many sites in one transaction (what a storm's drain does):
+    each site's outages are derived afresh as alone, then each feeder touched is regrouped once,
+    from the starts every one of its sites moved, instead of once per site. Same locks, taken in
+    one total order (the sites by id, then their feeders, then their transformers), so it runs
+    alongside single reconciles and other batches without deadlock and with the same result."""
+    site_ids = sorted(set(site_ids))
+    results: dict[int, ReconcileResult] = {}
     with transaction.atomic():
-        _site_lock(site_id)
-        grid = selectors.site_grid(site_id)
-        if grid is not None:
-            # Taken before any row is written: the grid sync writes other sites' (and feeders')
-            # outage rows, so a reconcile holding its site's rows while it waited for the
-            # feeder would deadlock with one holding the feeder and writing those rows.
-            _lock(f"outages.feeder:{grid[0]}")
-            _lock(f"outages.transformer:{grid[1]}")
-        result, to_settle, moved = _site_outages_sync(site_id)
-        if grid is not None:
-            feeder_id, transformer_id = grid
-            regrouped = _grid_sync(feeder_id=feeder_id, transformer_id=transformer_id, moved=moved)
-            for outage in to_settle:
-                outage.sites_affected = regrouped.sites_affected.get(
-                    outage.pk, outage.sites_affected
-                )
-            for other in sorted(regrouped.sites_to_resettle - {site_id}):
-                transaction.on_commit(partial(_reconcile_later, other), robust=True)
-        result.entries = _site_outages_settle(site_id, to_settle)
-        if result.created or result.updated or result.voided:
-            _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
-            if grid is not None:
-                # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
-                _suspected_sync(grid[0], timezone.now())
-        return result
+        for site_id in site_ids:
+            _site_lock(site_id)
+        grids = {
+            site_id: grid
+            for site_id, grid in selectors.sites_grid(site_ids).items()
+            if grid is not None
+        }
+        # Taken before any row is written: the grid sync writes other sites' (and feeders')
+        # outage rows, so a reconcile holding its site's rows while it waited for the
+        # feeder would deadlock with one holding the feeder and writing those rows.
+        for feeder_id in sorted({grid[0] for grid in grids.values()}):
+            _lock(f"outages.feeder:{feeder_id}")
+        for transformer_id in sorted({grid[1] for grid in grids.values()}):
+            _lock(f"outages.transformer:{transformer_id}")
+        to_settle: dict[int, list[Outage]] = {}
+        moved_on: dict[tuple[int, int], set[datetime]] = defaultdict(set)
+        for site_id in site_ids:
+            results[site_id], to_settle[site_id], moved = _site_outages_sync(site_id)
+            if site_id in grids:
+                moved_on[grids[site_id]].update(moved)
+        sites_affected: dict[int, int] = {}
+        resettle: set[int] = set()
+        for feeder_id, transformer_id in sorted(moved_on):
+            regrouped = _grid_sync(
+                feeder_id=feeder_id,
+                transformer_id=transformer_id,
+                moved=moved_on[feeder_id, transformer_id],
+            )
+            sites_affected.update(regrouped.sites_affected)
+            resettle |= regrouped.sites_to_resettle
+        for other in sorted(resettle - set(site_ids)):
+            transaction.on_commit(partial(_reconcile_soon, other), robust=True)
+        changed_feeders = set()
+        for site_id in site_ids:
+            result = results[site_id]
+            for outage in to_settle[site_id]:
+                outage.sites_affected = sites_affected.get(outage.pk, outage.sites_affected)
+            result.entries = _site_outages_settle(site_id, to_settle[site_id])
+            if result.created or result.updated or result.voided:
+                grid = grids.get(site_id)
+                _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
+                if grid is not None:
+                    changed_feeders.add(grid[0])
+        now = timezone.now()
+        for feeder_id in sorted(changed_feeders):
+            # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
+            _suspected_sync(feeder_id, now)
+    return results
 
 
 def _outages_changed_notify(*, site_id: int, feeder_id: int | None) -> None:
@@ -226,6 +296,40 @@ def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage], set
     # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
     to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
     return result, to_settle, moved
+
+
+def site_outages_drain() -> dict[int, ReconcileResult]:
+    """Reconcile every site reports marked since the last drain: the flag is cleared first, then
+    the set is taken (and emptied) at once, and the sites are reconciled a feeder at a time
+    (`sites_outages_reconcile`: one grid sync per feeder). A site marked meanwhile queues the
+    next drain. Should a feeder fail (database down), the sites not yet reconciled are marked
+    again before the error propagates, so the task's retry (or the next drain) takes them."""
+    client = sync_client()
+    client.delete(RECONCILE_QUEUED_KEY)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(RECONCILE_DIRTY_KEY)
+        pipe.delete(RECONCILE_DIRTY_KEY)
+        members = pipe.execute()[0]
+    marked = sorted(int(member) for member in members)
+    grids = selectors.sites_grid(marked)
+    pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
+    by_feeder: dict[int | None, list[int]] = defaultdict(list)
+    for site_id in pending:
+        by_feeder[grids[site_id][0] if grids[site_id] else None].append(site_id)
+    results: dict[int, ReconcileResult] = {}
+    try:
+        for feeder_id, site_ids in sorted(by_feeder.items(), key=lambda kv: kv[0] or 0):
+            if feeder_id is None:
+                for site_id in site_ids:
+                    results.update(sites_outages_reconcile(site_ids=[site_id]))
+            else:
+                results.update(sites_outages_reconcile(site_ids=site_ids))
+    except BaseException:
+        left = [site_id for site_id in pending if site_id not in results]
+        if left:
+            client.sadd(RECONCILE_DIRTY_KEY, *left)
+        raise
+    return results
 
 
 def site_outages_sweep() -> list[int]:
@@ -306,9 +410,18 @@ def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> 
     )
     if not (feeder.changed or transformer.changed):
         return GridResult()
+    # Only the site outages whose count differs are read (the comparison is the database's):
+    # in a storm a report changes the count of few of the transformer's site outages, and
+    # loading all of them on every report made a storm cost sites² per transformer.
     return _sites_affected_sync(
         Outage.objects.filter(live, kind=OutageKind.SITE)
         .filter(Q(pk__in=feeder.members) | Q(grid_outage_id__in=transformer.members))
+        .alias(
+            widest=Coalesce(
+                "grid_outage__grid_outage__sites_affected", "grid_outage__sites_affected", 1
+            )
+        )
+        .exclude(sites_affected=F("widest"))
         .select_related("grid_outage__grid_outage", "credit_policy")
     )
 

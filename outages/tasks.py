@@ -36,6 +36,14 @@ def site_outages_reconcile(site_id: int) -> dict:
 
 
 @shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
+def site_outages_drain() -> int:
+    """Reconcile every site power reports marked since the last drain (queued by a report when
+    no drain is queued: a storm's reports cost a few drains, not a task each). Returns how many
+    sites it reconciled; sites not reached when the database failed are marked again first."""
+    return len(services.site_outages_drain())
+
+
+@shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
 def suspected_outages_sync(feeder_id: int) -> bool:
     """Open, grow, confirm or dismiss the feeder's suspected outages (queued after an abrupt
     socket drop, and by the sweep). Safe twice or at once: it holds the feeder's lock."""

@@ -71,7 +71,9 @@ class Bench:
         self.viewers: list[Conn] = []
         self.rtts: list[tuple[float, float, bool]] = []  # (sent, rtt, spared) of telemetry acks
         self.lost_sent: dict[int, float] = {}  # site -> when its lost frame left
-        self.heard: dict[str, dict[int, float]] = {"power": {}, "outage": {}}
+        # `shown`: the first message on which the page shows the cut (since outages.js renders a
+        # provisional banner from the `power` report, that one; else the site's `outage`).
+        self.heard: dict[str, dict[int, float]] = {"power": {}, "outage": {}, "shown": {}}
         self.errors: Counter = Counter()
         self.closes: Counter = Counter()
         self.replayed = asyncio.Event()
@@ -187,8 +189,13 @@ class Bench:
             kind = message.get("type")
             heard = self.heard.get(kind)
             site = message.get("site")
-            if heard is not None and site in self.lost_sent and site not in heard:
+            if heard is None or site not in self.lost_sent:
+                continue
+            if site not in heard:
                 heard[site] = mono - self.lost_sent[site]
+            shows_cut = kind == "outage" or message.get("state") == "lost"
+            if shows_cut and site not in self.heard["shown"]:
+                self.heard["shown"][site] = mono - self.lost_sent[site]
 
     # ---- frames out
 
@@ -326,6 +333,7 @@ async def run_portal(plan: dict) -> dict:
     result["lost_sent"] = len(bench.lost_sent)
     result["lost_to_power_ms"] = summary_ms(list(bench.heard["power"].values()))
     result["lost_to_outage_ms"] = summary_ms(list(bench.heard["outage"].values()))
+    result["lost_to_shown_ms"] = summary_ms(list(bench.heard["shown"].values()))
     result["viewers_without_outage"] = len(bench.lost_sent) - len(bench.heard["outage"])
     bench.stop_telemetry(bench.devices)
     await asyncio.sleep(1)

@@ -25,7 +25,7 @@ from bench.common import log
 from bench.outages import common, setup_data
 
 TARGETS = {
-    "lost_to_outage_p99_ms": 100,  # at 5,000
+    "lost_to_shown_p99_ms": 100,  # at 5,000
     "feeder_outages_formed_s": 2,
     "telemetry_p99_ratio": 1.5,
     "reconnected_and_replayed_s": 10,  # at 5,000
@@ -264,10 +264,15 @@ def report(results: dict) -> str:
         )
         outage = p.get("lost_to_outage_ms", {})
         power = p.get("lost_to_power_ms", {})
+        shown = p.get("lost_to_shown_ms", {})
         lines.append(
-            f"  lost -> resident sees the cut (outage): p50 {outage.get('p50')} p95 "
-            f"{outage.get('p95')} p99 {outage.get('p99')} ms (target p99 <= 100 at 5,000; "
-            f"{outage.get('count')} of {p.get('lost_sent')} heard)"
+            f"  lost -> resident sees the cut (first of power/outage): p50 {shown.get('p50')} "
+            f"p95 {shown.get('p95')} p99 {shown.get('p99')} ms (target p99 <= 100 at 5,000; "
+            f"{shown.get('count')} of {p.get('lost_sent')} heard)"
+        )
+        lines.append(
+            f"  lost -> site outage formed (outage): p50 {outage.get('p50')} p95 "
+            f"{outage.get('p95')} p99 {outage.get('p99')} ms ({outage.get('count')} heard)"
         )
         lines.append(
             f"  lost -> resident hears the report (power): p50 {power.get('p50')} p95 "

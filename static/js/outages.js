@@ -85,6 +85,61 @@
     });
   }
 
+  function localTime(instant, tz) {
+    const options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    try {
+      return instant.toLocaleTimeString("en-GB", Object.assign({ timeZone: tz }, options));
+    } catch (error) {
+      return instant.toLocaleTimeString("en-GB", options);
+    }
+  }
+
+  // A device's power report reaches the page as soon as it is stored, before the site's outage
+  // is derived (a Celery task): show the cut (or its end) at once, from the device's instant,
+  // marked provisional; the site's `outage` message then brings the server's panel in its place.
+  function showReport(msg) {
+    const panel = document.querySelector('[data-outage-panel][data-site="' + Number(msg.site) + '"]');
+    const instant = new Date(msg.ts);
+    if (!panel || Number.isNaN(instant.getTime())) return;
+    const open = panel.querySelector("[data-outage-banner]");
+    const banner = document.createElement("div");
+    banner.setAttribute("role", "status");
+    banner.dataset.provisional = msg.state;
+    const title = document.createElement("p");
+    const strong = document.createElement("strong");
+    const note = document.createElement("span");
+    note.className = "muted small";
+    title.append(strong, " ", note);
+    banner.append(title);
+    if (msg.state === "lost") {
+      if (open && Date.parse(open.dataset.started) <= instant.getTime()) return; // already shown
+      banner.className = "outage-banner open";
+      banner.dataset.outageBanner = "";
+      banner.dataset.started = instant.toISOString();
+      title.className = "outage-title";
+      strong.textContent = "Power cut since " + localTime(instant, panel.dataset.tz);
+      note.textContent = "(reported by " + msg.device + "; credit follows)";
+      const figures = document.createElement("p");
+      figures.className = "outage-figures";
+      const lasting = document.createElement("span");
+      const elapsed = document.createElement("strong");
+      elapsed.dataset.outageElapsed = "";
+      lasting.append("Lasting ", elapsed);
+      figures.append(lasting);
+      banner.append(figures);
+    } else if (msg.state === "restored") {
+      if (!open) return; // no cut shown: nothing to end
+      banner.className = "outage-banner ended";
+      strong.textContent = "Power is back";
+      note.textContent = "since " + localTime(instant, panel.dataset.tz) + " (credit being worked out)";
+    } else {
+      return;
+    }
+    panel.querySelectorAll("[data-outage-banner], [data-outage-ended], [data-provisional]").forEach((el) => el.remove());
+    panel.prepend(banner);
+    tick();
+  }
+
   function replaceLater(url, selector) {
     window.livePanels.replace(url, selector, tick);
   }
@@ -94,6 +149,10 @@
     if (msg.type === "suspected") {
       // Operators only (the fleet group): suspected outages are shown in the open outages.
       if (document.querySelector("[data-open-outages]")) replaceLater("/outages/open/", "[data-open-outages]");
+      return;
+    }
+    if (msg.type === "power") {
+      showReport(msg);
       return;
     }
     if (msg.type !== "outage") return;

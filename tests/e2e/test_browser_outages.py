@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect
@@ -152,3 +153,60 @@ def test_a_cut_shows_live_ticks_steps_and_ends_with_its_credit(
             stack.close()
             servers.stop(server)
         assert "Traceback" not in server.output()
+
+
+def test_the_cut_shows_from_the_report_before_any_reconcile(browser, alice, alice_home):
+    # given no Celery worker at all (tasks only queued): nothing derives the site's outage
+    url = servers.database_url(connection.settings_dict)
+    with tempfile.TemporaryDirectory(prefix="ep-outage-") as logs, ExitStack() as stack:
+        server = servers.spawn(
+            database_url=url,
+            redis_url=settings.REDIS_URL,
+            log_dir=Path(logs),
+            extra_env={"CELERY_TASK_ALWAYS_EAGER": "0"},
+        )
+        try:
+            servers.wait_until_answering(server)
+            pi = stack.enter_context(
+                connect(
+                    f"{server.ws}/ws/devices/",
+                    additional_headers={"Authorization": f"Bearer {alice_home['token']}"},
+                )
+            )
+            contexts = []
+            pages = []
+            for viewport in (None, PHONE):
+                context = browser.new_context(base_url=server.http, viewport=viewport)
+                context.add_cookies([servers.session_cookie(alice, server)])
+                page = context.new_page()
+                page.set_default_timeout(15_000)
+                page.goto("/dashboard/")
+                expect(page.locator("[data-live-indicator]")).to_have_text("live")
+                contexts.append(context)
+                pages.append(page)
+
+            # when her Pi reports the mains lost an hour ago
+            lost_at = datetime.now(UTC) - timedelta(hours=1)
+            _report(pi, "lost", lost_at)
+
+            # then both pages show the cut at once, since the Pi's instant on her home's clock
+            since = lost_at.astimezone(ZoneInfo(alice_home["site"].timezone)).strftime("%H:%M")
+            for page in pages:
+                banner = page.locator("[data-outage-banner][data-provisional]")
+                expect(banner).to_contain_text(f"Power cut since {since}")
+                expect(banner.locator("[data-outage-elapsed]")).not_to_be_empty()
+            _shot(pages[0], "banner-provisional-desktop")
+            _shot(pages[1], "banner-provisional-phone")
+
+            # when it reports the power back, the pages say so
+            _report(pi, "restored", lost_at + timedelta(minutes=30))
+            for page in pages:
+                expect(page.locator("[data-outage-banner]")).to_have_count(0)
+                expect(page.locator('[data-provisional="restored"]')).to_contain_text(
+                    "Power is back"
+                )
+            _shot(pages[1], "banner-provisional-back-phone")
+            for context in contexts:
+                context.close()
+        finally:
+            servers.stop(server)

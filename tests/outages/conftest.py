@@ -7,6 +7,7 @@ import pytest
 
 from devices import services as device_services
 from energy_portal.celery import app as celery_app
+from energy_portal.redis_client import sync_client
 from outages import services
 from outages.models import CreditPolicy
 from tests.conftest import SENSORS
@@ -71,6 +72,15 @@ def report():
         return event
 
     return record
+
+
+@pytest.fixture(autouse=True)
+def reconcile_queue_empty():
+    """No site marked for reconcile, and no drain flagged queued, by an earlier test."""
+    client = sync_client()
+    client.delete(services.RECONCILE_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+    yield
+    client.delete(services.RECONCILE_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
 
 
 @pytest.fixture

@@ -1,0 +1,223 @@
+"""Coalesced reconciles: a storm's reports mark their sites in Redis and queue one drain task
+while none is queued (`services._reconcile_soon`), and the drain reconciles the marked sites a
+feeder at a time (`services.site_outages_drain`, `services.sites_outages_reconcile`)."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from django.db import OperationalError, connection
+
+from energy_portal.redis_client import sync_client
+from outages import services, tasks
+from outages.models import Outage, OutageKind, OutageStatus
+from tests.outages.test_grid_outages import (
+    FEEDERS,
+    SITES,
+    comparable,
+    cuts,
+    grid_state,
+    make_grid,
+    names_of,
+    reconcile,
+    record,
+)
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """Count the drains queued instead of sending them to a broker."""
+    calls = []
+    monkeypatch.setattr(tasks.site_outages_drain, "delay", lambda: calls.append(1))
+    return calls
+
+
+def marked() -> set[int]:
+    return {int(s) for s in sync_client().smembers(services.RECONCILE_DIRTY_KEY)}
+
+
+def site_outages(devices):
+    return list(
+        Outage.objects.filter(kind=OutageKind.SITE, site__in=[d.site_id for d in devices])
+        .exclude(status=OutageStatus.VOID)
+        .values_list("site_id", "started_at", "ended_at", "sites_affected")
+        .order_by("site_id")
+    )
+
+
+def test_a_storm_of_reports_queues_one_drain_which_reconciles_every_site(
+    db, queued, django_capture_on_commit_callbacks
+):
+    # given six sites of two feeders cut within the window, their reports committed
+    transformer, devices = make_grid(2, 3)
+    with django_capture_on_commit_callbacks(execute=True):
+        for n, device in enumerate(devices):
+            record(device, "lost", n * 0.25)
+
+    # then one drain is queued for all of them, and nothing is reconciled yet
+    assert len(queued) == 1
+    assert marked() == {d.site_id for d in devices}
+    assert site_outages(devices) == []
+
+    # when it runs
+    results = services.site_outages_drain()
+
+    # then every site has its outage, grouped as single reconciles group them, and none is left
+    assert sorted(results) == sorted(d.site_id for d in devices)
+    assert [row[3] for row in site_outages(devices)] == [6] * 6
+    assert [(row[0], row[6]) for row in grid_state(transformer)] == [
+        ("feeder", 3),
+        ("feeder", 3),
+        ("transformer", 6),
+    ]
+    assert marked() == set()
+    assert not sync_client().exists(services.RECONCILE_QUEUED_KEY)
+
+
+def test_a_report_arriving_during_a_drain_queues_the_next_one_and_is_not_lost(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks
+):
+    _, devices = make_grid(1, 3)
+    first, late = devices[:2], devices[2]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in first:
+            record(device, "lost", 0)
+    assert len(queued) == 1
+
+    # when the third site reports while the drain reconciles the first two
+    reconcile_many = services.sites_outages_reconcile
+
+    def with_a_report_meanwhile(*, site_ids):
+        with django_capture_on_commit_callbacks(execute=True):
+            record(late, "lost", 0.5)
+        return reconcile_many(site_ids=site_ids)
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", with_a_report_meanwhile)
+    drained = services.site_outages_drain()
+    monkeypatch.setattr(services, "sites_outages_reconcile", reconcile_many)
+
+    # then that drain did the first two, and another is queued for the third
+    assert sorted(drained) == sorted(d.site_id for d in first)
+    assert len(queued) == 2
+    assert marked() == {late.site_id}
+
+    # which the next drain reconciles: one feeder outage of the three sites
+    assert list(services.site_outages_drain()) == [late.site_id]
+    assert [row[3] for row in site_outages(devices)] == [3, 3, 3]
+
+
+def test_sites_a_failed_drain_did_not_reach_are_marked_again(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks
+):
+    _, devices = make_grid(2, 1)  # two feeders: two batches, in feeder order
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in devices:
+            record(device, "lost", 0)
+    reconcile_many = services.sites_outages_reconcile
+    calls = []
+
+    def second_fails(*, site_ids):
+        calls.append(site_ids)
+        if len(calls) == 2:
+            raise OperationalError("the database went away")
+        return reconcile_many(site_ids=site_ids)
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", second_fails)
+    with pytest.raises(OperationalError):
+        services.site_outages_drain()
+
+    # the first feeder's site was reconciled; the second's is marked for the retry
+    assert marked() == {devices[1].site_id}
+    assert [row[0] for row in site_outages(devices)] == [devices[0].site_id]
+
+
+def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):
+    _, devices = make_grid(1, 2)
+    record(devices[0], "lost", 0)
+    record(devices[1], "lost", 0)
+    sync_client().sadd(services.RECONCILE_DIRTY_KEY, devices[0].site_id, devices[1].site_id)
+    gone = devices[1].site_id
+    devices[1].site.delete()
+
+    assert list(services.site_outages_drain()) == [devices[0].site_id]
+    assert marked() == set()
+    assert not Outage.objects.filter(site_id=gone).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_drains_at_once_give_what_single_reconciles_give(queued):
+    # given two grids with the same cuts: one reconciled site by site
+    single = make_grid(2, 3)
+    for n, device in enumerate(single[1]):
+        record(device, "lost", n * 0.25)
+        reconcile(device)
+        record(device, "restored", 60)
+        reconcile(device)
+
+    # and one whose sites two workers drain at once, reports recorded meanwhile
+    drained = make_grid(2, 3)
+    client = sync_client()
+    client.delete(services.RECONCILE_DIRTY_KEY)  # the first grid's reports marked its sites
+    start = threading.Barrier(2)
+    failures = []
+
+    def worker(share):
+        try:
+            start.wait()
+            for n, device in share:
+                record(device, "lost", n * 0.25)
+                record(device, "restored", 60)  # each marks the site, once committed
+                services.site_outages_drain()
+        except Exception as exc:  # reported to the test's thread below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    indexed = list(enumerate(drained[1]))
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (indexed[0::2], indexed[1::2])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then no drain failed (no deadlock), none is left marked, and the grids are the same
+    assert failures == []
+    assert marked() == set()
+    assert comparable(grid_state(drained[0]), names_of(*drained)) == comparable(
+        grid_state(single[0]), names_of(*single)
+    )
+    assert [(row[0], row[6], row[7]) for row in grid_state(drained[0])] == [
+        ("feeder", 3, Decimal("179.250")),  # ends at 60, starts at 0, 0.25 and 0.5
+        ("feeder", 3, Decimal("177.000")),  # starts at 0.75, 1 and 1.25
+        ("transformer", 6, Decimal("356.250")),
+    ]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts(), st.randoms(use_true_random=False), st.integers(1, FEEDERS * SITES))
+def test_sites_reconciled_together_match_sites_reconciled_one_by_one(db, reports, rng, group):
+    # given the same reports on two grids: reconciled site by site, and in groups of sites
+    alone, together = make_grid(FEEDERS, SITES), make_grid(FEEDERS, SITES)
+    for index, state, minutes in reports:
+        record(alone[1][index], state, minutes)
+        record(together[1][index], state, minutes)
+    reconcile(*alone[1])
+    sites = [d.site_id for d in together[1]]
+    rng.shuffle(sites)
+    for start in range(0, len(sites), group):
+        services.sites_outages_reconcile(site_ids=sites[start : start + group])
+
+    # then both hold the same grid outages, and every site outage the same sites affected
+    assert comparable(grid_state(together[0]), names_of(*together)) == comparable(
+        grid_state(alone[0]), names_of(*alone)
+    )
+    assert [row[1:] for row in site_outages(together[1])] == [
+        row[1:] for row in site_outages(alone[1])
+    ]
