@@ -663,7 +663,6 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
     groups_joined: list[str] = []
     viewer_id = ""
     hub: LiveHub | None = None
-    renewer: asyncio.Task | None = None
     writer: asyncio.Task | None = None
     counted = False  # among the open viewer sockets
 
@@ -689,7 +688,7 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
             await self.hub.join(self, self.groups_joined)
             # Counted once subscribed: senders skip groups nobody watches.
             await realtime.viewers_join(self.groups_joined, self.viewer_id)
-            self.renewer = asyncio.create_task(self._stay_counted())
+            realtime.viewer_renewals().add(self.viewer_id, self.groups_joined)
         await self.accept()
         self.counted = metrics.socket_opened("viewer")
         self.writer = asyncio.create_task(self._write())
@@ -700,9 +699,10 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     def _stop(self) -> None:
         self.counted = metrics.socket_closed("viewer", counted=self.counted)
-        for task in (self.renewer, self.writer):
-            if task is not None:
-                task.cancel()
+        if self.viewer_id:
+            realtime.viewer_renewals().remove(self.viewer_id)
+        if self.writer is not None:
+            self.writer.cancel()
         if self.hub is not None:
             self.hub.leave(self, self.groups_joined)
 
@@ -722,15 +722,6 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
             "live socket %s fell %d messages behind; closing", self.viewer_id, self.outbox.limit
         )
         await self.close(code=CLOSE_TOO_SLOW)
-
-    async def _stay_counted(self):
-        """Renew this viewer's count before it expires; a process that died stops renewing."""
-        while True:
-            await asyncio.sleep(realtime.VIEWER_RENEW_S)
-            try:
-                await realtime.viewers_join(self.groups_joined, self.viewer_id)
-            except RedisError:
-                logger.warning("cannot renew a live viewer's count; trying again", exc_info=True)
 
     async def receive(self, text_data=None, bytes_data=None):
         """Browsers only listen; changes go through the API."""

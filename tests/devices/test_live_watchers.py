@@ -141,6 +141,30 @@ async def test_a_connected_viewer_stays_counted_past_the_expiry(alice_home, alic
     assert counted == [site]
 
 
+async def test_the_viewers_of_a_process_are_renewed_together(alice_home, alice, monkeypatch):
+    monkeypatch.setattr(realtime, "VIEWER_TTL_S", 0.5)
+    monkeypatch.setattr(realtime, "VIEWER_RENEW_S", 0.1)
+    renewals = []
+    count = realtime._viewers_count
+
+    async def counting(viewers):
+        renewals.append(len(viewers))
+        await count(viewers)
+
+    monkeypatch.setattr(realtime, "_viewers_count", counting)
+    site = site_group(alice_home["site"].id)
+
+    async with live_socket(alice), live_socket(alice), live_socket(alice):
+        await asyncio.sleep(0.2)  # all three joined
+        renewals.clear()
+        await asyncio.sleep(0.75)
+        counted = await viewers_counted([site])
+
+    # one pipeline per period for the three of them, not one per viewer
+    assert counted == [site]
+    assert renewals and set(renewals) == {3} and len(renewals) <= 8
+
+
 async def test_a_viewer_that_vanished_without_leaving_stops_counting_once_expired(
     alice_home, alice, monkeypatch
 ):
