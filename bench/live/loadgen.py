@@ -182,6 +182,28 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
+def connect_summary(
+    what: str, count: int, durations: list[float], failures: Counter, elapsed: float
+) -> dict:
+    """What a wave of `count` socket connects came to (logged in one line): how many opened,
+    how fast, the handshakes' percentiles, the failures by kind."""
+    result = {
+        "what": what,
+        "count": count,
+        "ok": len(durations),
+        "failed": dict(failures),
+        "seconds": round(elapsed, 2),
+        "per_s": round(len(durations) / elapsed, 1) if elapsed else None,
+        "handshake_ms": summary_ms(durations),
+    }
+    log(
+        f"{what}: {len(durations)}/{count} open in {elapsed:.1f}s ({result['per_s']}/s, "
+        f"handshake p99 {result['handshake_ms']['p99']} ms)"
+        + (f", failed {dict(failures)}" if failures else "")
+    )
+    return result
+
+
 def summary_ms(values: list[float]) -> dict:
     if not values:
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
@@ -463,22 +485,9 @@ class Fleet:
             await asyncio.gather(*(one(job) for job in jobs))
         finally:
             progress.cancel()
-        elapsed = time.monotonic() - started
-        result = {
-            "what": what,
-            "count": len(jobs),
-            "ok": len(durations),
-            "failed": dict(failures),
-            "seconds": round(elapsed, 2),
-            "per_s": round(len(durations) / elapsed, 1) if elapsed else None,
-            "handshake_ms": summary_ms(durations),
-        }
-        log(
-            f"[{self.label}] {what}: {len(durations)}/{len(jobs)} open in {elapsed:.1f}s "
-            f"({result['per_s']}/s, handshake p99 {result['handshake_ms']['p99']} ms)"
-            + (f", failed {dict(failures)}" if failures else "")
+        return connect_summary(
+            f"[{self.label}] {what}", len(jobs), durations, failures, time.monotonic() - started
         )
-        return result
 
     async def _connect_progress(self, what, durations, failures, total):
         while True:

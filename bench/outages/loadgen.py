@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from bench.live.loadgen import Conn, _request, log, summary_ms
+from bench.live.loadgen import Conn, _request, connect_summary, log, summary_ms
 
 
 def iso(t: datetime) -> str:
@@ -113,22 +113,7 @@ class Bench:
                     return
 
         await asyncio.gather(*(one(job) for job in jobs))
-        elapsed = time.monotonic() - started
-        result = {
-            "what": what,
-            "count": len(jobs),
-            "ok": len(durations),
-            "failed": dict(failures),
-            "seconds": round(elapsed, 2),
-            "per_s": round(len(durations) / elapsed, 1) if elapsed else None,
-            "handshake_ms": summary_ms(durations),
-        }
-        log(
-            f"{what}: {len(durations)}/{len(jobs)} open in {elapsed:.1f}s ({result['per_s']}/s, "
-            f"handshake p99 {result['handshake_ms']['p99']} ms)"
-            + (f", failed {dict(failures)}" if failures else "")
-        )
-        return result
+        return connect_summary(what, len(jobs), durations, failures, time.monotonic() - started)
 
     def _device_job(self, device: Device, then=None) -> tuple:
         async def done(conn):
