@@ -564,13 +564,7 @@ def site_energy_in_windows(
     for ids, counter in ((others, False), (counters, True)):
         if not ids:
             continue
-        modes = (
-            f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
-            f"{q.array([plan.modes[i] for i in ids], 'text')}, "
-            f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
-            f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
-            "AS m(sensor_id, mode, factor, device_id)"
-        )
+        modes = _modes_table(q, plan, ids)
         # A counter's quarter-hour counts from the reading before it: the last of its previous
         # quarter-hour in the span, for the span's first the last reading before the span. Only
         # counters need that window (a sort); the rest are read as they come.
@@ -618,6 +612,17 @@ def site_energy_in_windows(
     return _fetch(sql, q.params)
 
 
+def _modes_table(q: _Sql, plan: EnergyPlan, ids: list[int]) -> str:
+    """The sensors `ids` of `plan` as rows m(sensor_id, mode, factor, device_id)."""
+    return (
+        f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
+        f"{q.array([plan.modes[i] for i in ids], 'text')}, "
+        f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
+        f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
+        "AS m(sensor_id, mode, factor, device_id)"
+    )
+
+
 def _energy_sql(
     q: _Sql, *, plan: EnergyPlan, lo: datetime, hi: datetime, tz: str, unit: str,
     stored_last: bool,
@@ -629,13 +634,7 @@ def _energy_sql(
     ids = list(plan.modes)
     rows = _quarter_hours(q, ids, lo, hi)
     lo_p = q.p(lo)
-    modes = (
-        f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
-        f"{q.array([plan.modes[i] for i in ids], 'text')}, "
-        f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
-        f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
-        "AS m(sensor_id, mode, factor, device_id)"
-    )
+    modes = _modes_table(q, plan, ids)
     if stored_last:
         modes = f"""
         SELECT m.*, c.sensor_id IS NOT NULL AS stored, c.last AS stored_last FROM ({modes}) m
