@@ -109,69 +109,34 @@ def _settlement_event(sites: list[int]):
 # The ceiling: the same baselines in one statement, knowing what the data set is (one meter
 # per site, whole quarter-hours, no outage or other event, one zone): the event's local hours
 # on the 10 most recent complete weekdays, the adjustment's on the same days and the event day.
-# The least a set-based statement can do for these baselines, knowing the data set (one meter a
-# site, no gaps, outages or other events): read only the quarter-hours of the event's window and
-# its adjustment window on each day (their UTC bounds worked out per day, so no row is converted
-# to local time), sum them per meter and day, and keep the 10 latest full weekdays.
 CEILING_SQL = """
-WITH sp AS (
-    SELECT * FROM unnest(%(los)s::timestamptz[], %(his)s::timestamptz[], %(days)s::date[],
-                         %(kinds)s::text[]) AS sp(lo, hi, day, kind)
-),
-q AS (
-    SELECT r.sensor_id, sp.day, sp.kind, sum(r.sum) AS kwh, count(*) AS n
-    FROM sp JOIN rollup_15m r
-      ON r.sensor_id = ANY(%(sensors)s) AND r.bucket >= sp.lo AND r.bucket < sp.hi
-    GROUP BY 1, 2, 3
+WITH q AS (
+    SELECT s.device_id, r.bucket AT TIME ZONE %(tz)s AS l, r.sum
+    FROM rollup_15m r JOIN devices_sensor s ON s.id = r.sensor_id
+    WHERE r.sensor_id = ANY(%(sensors)s) AND r.bucket >= %(lo)s AND r.bucket < %(hi)s
 ),
 d AS (
-    SELECT sensor_id, day,
-           sum(kwh) FILTER (WHERE kind = 'w') AS w, sum(n) FILTER (WHERE kind = 'w') AS wn,
-           sum(kwh) FILTER (WHERE kind = 'a') AS a, sum(n) FILTER (WHERE kind = 'a') AS an
+    SELECT device_id, l::date AS day,
+           sum(sum) FILTER (WHERE l::time >= %(w_lo)s AND l::time < %(w_hi)s) AS w,
+           count(*) FILTER (WHERE l::time >= %(w_lo)s AND l::time < %(w_hi)s) AS wn,
+           sum(sum) FILTER (WHERE l::time >= %(a_lo)s AND l::time < %(a_hi)s) AS a,
+           count(*) FILTER (WHERE l::time >= %(a_lo)s AND l::time < %(a_hi)s) AS an
     FROM q GROUP BY 1, 2
 ),
 ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY sensor_id ORDER BY day DESC) AS rank FROM d
+    SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY day DESC) AS rank FROM d
     WHERE day < %(day)s AND extract(isodow FROM day) < 6 AND wn = %(wq)s AND an = %(aq)s
 ),
 base AS (
-    SELECT sensor_id, avg(w::text::numeric / %(w_h)s) AS kw, avg(a::text::numeric / 3) AS a_kw
+    SELECT device_id, avg(w::text::numeric / %(w_h)s) AS kw, avg(a::text::numeric / 3) AS a_kw
     FROM ranked WHERE rank <= 10 GROUP BY 1 HAVING count(*) = 10
 )
 SELECT m.site_id,
        b.kw * %(w_h)s * least(greatest(t.a::text::numeric / 3 / b.a_kw, 0.8), 1.2) AS baseline,
        t.w AS actual
-FROM base b JOIN d t ON t.sensor_id = b.sensor_id AND t.day = %(day)s
-JOIN devices_sensor s ON s.id = b.sensor_id JOIN devices_device m ON m.id = s.device_id
+FROM base b JOIN d t ON t.device_id = b.device_id AND t.day = %(day)s
+JOIN devices_device m ON m.id = b.device_id
 """
-
-
-def _ceiling_spans() -> dict[str, list]:
-    """The event's window ('w') and adjustment window ('a', the 3 hours ending an hour before
-    the start) on each local day from FIRST_DAY to the event's, as UTC bounds."""
-    from datetime import datetime as dt
-    from zoneinfo import ZoneInfo
-
-    tz = ZoneInfo(common.ZONE)
-    local_start = common.EVENT_START.astimezone(tz)
-    local_end = common.EVENT_END.astimezone(tz)
-    spans: dict[str, list] = {"los": [], "his": [], "days": [], "kinds": []}
-    day = common.FIRST_DAY.astimezone(tz).date()
-    while day <= local_start.date():
-        for kind, lo, hi in (
-            ("w", local_start.time(), local_end.time()),
-            (
-                "a",
-                (local_start - timedelta(hours=4)).time(),
-                (local_start - timedelta(hours=1)).time(),
-            ),
-        ):
-            spans["los"].append(dt.combine(day, lo, tz))
-            spans["his"].append(dt.combine(day, hi, tz))
-            spans["days"].append(day)
-            spans["kinds"].append(kind)
-        day += timedelta(days=1)
-    return spans
 
 
 def _ceiling(sites: list[int]) -> tuple[float, dict[int, Decimal]]:
@@ -185,9 +150,16 @@ def _ceiling(sites: list[int]) -> tuple[float, dict[int, Decimal]]:
         )
     )
     local_start = common.EVENT_START.astimezone(__import__("zoneinfo").ZoneInfo(common.ZONE))
+    local_end = common.EVENT_END.astimezone(local_start.tzinfo)
     params = {
+        "tz": common.ZONE,
         "sensors": sensors,
-        **_ceiling_spans(),
+        "lo": common.FIRST_DAY - timedelta(days=1),
+        "hi": common.EVENT_END,
+        "w_lo": local_start.time(),
+        "w_hi": local_end.time(),
+        "a_lo": (local_start - timedelta(hours=4)).time(),
+        "a_hi": (local_start - timedelta(hours=1)).time(),
         "day": local_start.date(),
         "wq": int((common.EVENT_END - common.EVENT_START) / timedelta(minutes=15)),
         "aq": 12,
@@ -228,6 +200,7 @@ def settle_part(n_sites: int) -> dict:
     out["entries_after_first"] = entries
     out["entries_after_second"] = CreditEntry.objects.filter(dr_event_id=event.pk).count()
     out["status"] = dict(__import__("collections").Counter(r.status for r in results).most_common())
+    log(f"  settled in {out['settle_s']}s (again: {out['resettle_s']}s)")
     ceiling_s, ceiling = _ceiling(sites)
     out["ceiling_sql_s"] = round(ceiling_s, 2)
     out["ratio_settle_to_ceiling"] = round(out["settle_s"] / ceiling_s, 1)
@@ -244,8 +217,7 @@ def settle_part(n_sites: int) -> dict:
     ]
     out["baselines_differing_from_ceiling"] = len(differ)
     out["loadavg_after"] = loadavg()
-    log(f"  settled in {out['settle_s']}s (again: {out['resettle_s']}s); ceiling SQL "
-        f"{out['ceiling_sql_s']}s; {len(differ)} baselines differ")  # fmt: skip
+    log(f"  ceiling SQL {out['ceiling_sql_s']}s; {len(differ)} baselines differ")
     return out
 
 
