@@ -30,6 +30,7 @@ from django.utils import timezone
 from devices import selectors, services, socket_registry
 from devices.groups import device_group
 from devices.rate_limit import TokenBucket
+from devices.sent_marks import sent_marks
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_record, socket_drop_record
@@ -601,21 +602,30 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         )
         if command is not None and not self.closing:  # (closed while the database answered)
             self.delivered.add(str(command.id))
-            frame = {
-                "type": "command",
-                "id": str(command.id),
-                "name": command.name,
-                "args": command.args,
-                "expires_at": command.expires_at.isoformat(),
-            }
             try:
-                await self.send_text(json.dumps(frame))
+                await self.send_text(services.command_frame(command))
             except OSError:  # the client is gone: the command is sent again when it reconnects
                 self.closing = True
 
     # Channel-layer events
     async def device_command(self, event):
-        await self._deliver(event["id"])
+        """A new command for this device. Its message carries the frame: written at once, and
+        recorded as sent with the process's next batch (`sent_marks`), no database trip on the
+        way. A message without a frame (or for an expired command: recorded as such) is
+        claimed from the database first, as a reconnecting socket's open commands are."""
+        frame, command_id = event.get("frame"), event["id"]
+        if frame is None or event.get("expires", 0) <= time.time():
+            await self._deliver(command_id)
+            return
+        if command_id in self.delivered or self.closing:
+            return
+        self.delivered.add(command_id)
+        try:
+            await self.send_text(frame)
+        except OSError:  # the client is gone: still pending, sent again when it reconnects
+            self.closing = True
+            return
+        sent_marks().note(command_id)
 
     async def device_replaced(self, event):
         await self.close(code=CLOSE_REPLACED)

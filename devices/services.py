@@ -1,5 +1,6 @@
 """Every write to the registry."""
 
+import json
 import secrets
 import time
 from contextlib import contextmanager
@@ -268,11 +269,34 @@ def command_issue(
         device=device, name=name, args=args, created_by=user, expires_at=timezone.now() + ttl
     )
     group = device_group(device.id)
-    transaction.on_commit(
-        lambda: group_send([group], {"type": "device.command", "id": str(command.id)})
-    )
+    message = command_message(command)
+    transaction.on_commit(lambda: group_send([group], message))
     _command_changed(command)
     return command
+
+
+def command_frame(command: Command) -> str:
+    """The command as its device's socket receives it (a JSON text frame)."""
+    frame = {
+        "type": "command",
+        "id": str(command.id),
+        "name": command.name,
+        "args": command.args,
+        "expires_at": command.expires_at.isoformat(),
+    }
+    return json.dumps(frame)
+
+
+def command_message(command: Command) -> dict:
+    """The channel-layer message telling the device's socket of a new command: it carries the
+    frame, so the socket writes it at once and records "sent" later, in bulk
+    (`commands_mark_sent`), instead of reading and claiming the command first."""
+    return {
+        "type": "device.command",
+        "id": str(command.id),
+        "frame": command_frame(command),
+        "expires": command.expires_at.timestamp(),
+    }
 
 
 def commands_issue(
@@ -291,9 +315,7 @@ def commands_issue(
         [Command(device=device, name=name, args=args, expires_at=expires_at) for device in devices],
         batch_size=2000,
     )
-    sends = [
-        (device_group(c.device_id), {"type": "device.command", "id": str(c.id)}) for c in commands
-    ]
+    sends = [(device_group(c.device_id), command_message(c)) for c in commands]
     live = [
         (
             [site_group(c.device.site_id), fleet_group()],
@@ -331,6 +353,50 @@ def command_mark_sent(*, command_id, device_id: int) -> Command | None:
     command.save(update_fields=["status", "sent_at"])
     _command_changed(command)
     return command
+
+
+def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
+    """Record that these commands' frames were written to their sockets (`at`, default now), in
+    one statement, and tell the viewers after commit. The sockets send a command's frame as soon
+    as its channel message arrives and gather the ids for this (`devices.consumers.SentMarks`).
+
+    Only a command not yet marked sent gets `sent_at`; only a pending one becomes sent (the
+    device may have answered already: done stays done). Returns how many were marked."""
+    if not command_ids:
+        return 0
+    at = at or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE devices_command c
+            SET sent_at = %s,
+                status = CASE WHEN c.status = %s THEN %s ELSE c.status END
+            FROM devices_device d
+            WHERE c.id = ANY(%s::uuid[]) AND c.sent_at IS NULL AND d.id = c.device_id
+            RETURNING c.id, d.uid, d.site_id, c.name, c.args, c.status, c.detail
+            """,
+            [at, CommandStatus.PENDING, CommandStatus.SENT, [str(i) for i in command_ids]],
+        )
+        rows = cursor.fetchall()
+    live = [
+        (
+            [site_group(site_id), fleet_group()],
+            live_event(
+                {
+                    "type": "command",
+                    "id": str(command_id),
+                    "device": uid,
+                    "name": name,
+                    "args": json.loads(args) if isinstance(args, str) else args,
+                    "status": status,
+                    "detail": detail,
+                }
+            ),
+        )
+        for command_id, uid, site_id, name, args, status, detail in rows
+    ]
+    transaction.on_commit(lambda: live_send_each(live))
+    return len(rows)
 
 
 def command_complete(*, command_id, device_id: int, status: str, detail: str = "") -> Command:

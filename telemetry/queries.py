@@ -143,7 +143,13 @@ def _rows(q: _Sql, level: str, ids: list[int], lo: datetime, hi: datetime) -> st
     """SQL for rows (sensor_id, bucket, sum, count, min, max, last) covering the readings of the
     sensors `ids` in [lo, hi), which is aligned to `level` buckets. Rows are `level` buckets or
     smaller pieces of them (a marked bucket's quarter-hours, raw readings)."""
-    ids_p, lo_p, hi_p = q.array(ids, "bigint"), q.p(lo), q.p(hi)
+    return _rows_between(q, level, ids, q.p(lo), q.p(hi))
+
+
+def _rows_between(q: _Sql, level: str, ids: list[int], lo_p: str, hi_p: str) -> str:
+    """`_rows` with the bounds as SQL expressions: parameters, or the columns of a table of
+    spans the rows are read for (`site_energy_in_windows`)."""
+    ids_p = q.array(ids, "bigint")
     if level == "raw":
         return f"""
         SELECT e.sensor_id, e.time AS bucket, e.value AS sum, 1::bigint AS count,
@@ -549,27 +555,58 @@ def site_energy_in_windows(
     if not plan.modes or not weights or not spans:
         return []
     q = _Sql()
-    parts = [
-        _energy_sql(q, plan=plan, lo=lo, hi=hi, tz="UTC", unit="minute", stored_last=False)
-        for lo, hi in spans
-    ]
+    # The spans are a table the rollups are read for (one scan of each span's quarter-hours in
+    # one plan, spans without data costing an index probe each), not one UNION part per span.
+    los, his = zip(*spans, strict=True)
+    span_table = (
+        f"SELECT * FROM unnest({q.array([str(t) for t in los], 'timestamptz')}, "
+        f"{q.array([str(t) for t in his], 'timestamptz')}) AS sp(lo, hi)"
+    )
+    counters = [i for i, mode in plan.modes.items() if mode == "counter"]
+    others = [i for i, mode in plan.modes.items() if mode != "counter"]
+    parts = []
+    for ids, counter in ((others, False), (counters, True)):
+        if not ids:
+            continue
+        modes = _modes_table(q, plan, ids)
+        # A counter's quarter-hour counts from the reading before it: the last of its previous
+        # quarter-hour in the span, for the span's first the last reading before the span. Only
+        # counters need that window (a sort); the rest are read as they come.
+        prev = (
+            """coalesce(lag(u.last) OVER (PARTITION BY u.sensor_id, sp.lo ORDER BY u.bucket),
+                        (SELECT e.value FROM energy_readings e
+                         WHERE e.sensor_id = u.sensor_id AND e.time < sp.lo
+                         ORDER BY e.time DESC LIMIT 1))"""
+            if counter
+            else "NULL::float8"
+        )
+        # Rows of the 15m level are whole quarter-hours, one per sensor and bucket (a marked
+        # quarter-hour is read from raw instead of its rollup row): no regrouping.
+        rows = _rows_between(q, "15m", ids, "sp.lo", "sp.hi")
+        parts.append(f"""
+        SELECT u.bucket, u.sum, u.count, u.min, u.last, m.mode, m.factor, m.device_id,
+               {prev} AS prev
+        FROM ({span_table}) sp CROSS JOIN LATERAL ({rows}) u
+        JOIN ({modes}) m ON m.sensor_id = u.sensor_id""")
     devices = list(plan.devices)
     sites = [plan.devices[d][0] for d in devices]
-    groups, ids, quarters, shares = zip(*weights, strict=True)
+    groups, window_ids, quarters, shares = zip(*weights, strict=True)
     sql = f"""
-    WITH e AS ({" UNION ALL ".join(f"({part})" for part in parts)}),
+    WITH x AS ({" UNION ALL ".join(f"({part})" for part in parts)}),
+    e AS (SELECT bucket, device_id, mode, sum(factor * {_QUARTER_KWH}) AS sum
+          FROM x GROUP BY 1, 2, 3),
     d AS (SELECT * FROM unnest({q.array(devices, "bigint")}, {q.array(sites, "bigint")},
                                {q.array([site_groups[s] for s in sites], "int")})
           AS d(device_id, site_id, grp)),
     s AS (
-        SELECT d.site_id, d.grp, to_timestamp(e.period) AS bucket,
+        SELECT d.site_id, d.grp, e.bucket,
                CASE WHEN bool_or(e.mode = 'meter') THEN sum(e.sum) FILTER (WHERE e.mode = 'meter')
                     ELSE sum(e.sum) END AS kwh
         FROM e JOIN d ON d.device_id = e.device_id
         GROUP BY 1, 2, 3
     ),
     w AS (SELECT w.grp, w.window_id, to_timestamp(w.epoch) AS bucket, w.share
-          FROM unnest({q.array(list(groups), "int")}, {q.array(list(ids), "int")},
+          FROM unnest({q.array(list(groups), "int")}, {q.array(list(window_ids), "int")},
                       {q.array([int(t.timestamp()) for t in quarters], "bigint")},
                       {q.array([str(share) for share in shares], "numeric")})
           AS w(grp, window_id, epoch, share))
@@ -577,6 +614,17 @@ def site_energy_in_windows(
     FROM s JOIN w ON w.grp = s.grp AND w.bucket = s.bucket
     GROUP BY 1, 2"""
     return _fetch(sql, q.params)
+
+
+def _modes_table(q: _Sql, plan: EnergyPlan, ids: list[int]) -> str:
+    """The sensors `ids` of `plan` as rows m(sensor_id, mode, factor, device_id)."""
+    return (
+        f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
+        f"{q.array([plan.modes[i] for i in ids], 'text')}, "
+        f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
+        f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
+        "AS m(sensor_id, mode, factor, device_id)"
+    )
 
 
 def _energy_sql(
@@ -590,13 +638,7 @@ def _energy_sql(
     ids = list(plan.modes)
     rows = _quarter_hours(q, ids, lo, hi)
     lo_p = q.p(lo)
-    modes = (
-        f"SELECT * FROM unnest({q.array(ids, 'bigint')}, "
-        f"{q.array([plan.modes[i] for i in ids], 'text')}, "
-        f"{q.array([plan.factors[i] for i in ids], 'float8')}, "
-        f"{q.array([plan.device_of[i] for i in ids], 'bigint')}) "
-        "AS m(sensor_id, mode, factor, device_id)"
-    )
+    modes = _modes_table(q, plan, ids)
     if stored_last:
         modes = f"""
         SELECT m.*, c.sensor_id IS NOT NULL AS stored, c.last AS stored_last FROM ({modes}) m
@@ -618,16 +660,23 @@ def _energy_sql(
     {_ENERGY_OF_QUARTERS.format(unit=q.p(unit), tz=q.p(tz))}"""
 
 
-# The energy per period, device and mode of the quarter-hours `x` (sensor_id, bucket, sum, count,
-# min, max, last, mode, factor, device_id, prev: the sensor's reading before the quarter-hour).
-_ENERGY_OF_QUARTERS = """
-    SELECT extract(epoch FROM date_trunc({unit}, bucket, {tz}))::bigint AS period,
-           device_id, mode, sum(factor * CASE mode
+# A quarter-hour's energy before its sensor's factor, by the sensor's mode, from its row of `x`.
+_QUARTER_KWH = """CASE mode
                WHEN 'counter' THEN CASE WHEN prev IS NOT NULL AND last >= prev THEN last - prev
                                         ELSE last - min END
                WHEN 'power' THEN sum / count / 4000.0
-               ELSE sum END)
+               ELSE sum END"""
+
+# The energy per period, device and mode of the quarter-hours `x` (sensor_id, bucket, sum, count,
+# min, max, last, mode, factor, device_id, prev: the sensor's reading before the quarter-hour).
+_ENERGY_OF_QUARTERS = (
+    """
+    SELECT extract(epoch FROM date_trunc({unit}, bucket, {tz}))::bigint AS period,
+           device_id, mode, sum(factor * """
+    + _QUARTER_KWH
+    + """)
     FROM x GROUP BY 1, 2, 3 ORDER BY 1, 2"""
+)
 
 
 def _recent_energy_sql(

@@ -25,6 +25,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from devices import consumers, services, socket_registry
+from devices import sent_marks as sent_marks_module
 from devices.consumers import (
     CLOSE_BUFFER_DOWN,
     CLOSE_FLOOD,
@@ -209,6 +210,17 @@ def command_fresh(command: Command) -> Command:
 
 
 issue_command = database_sync_to_async(services.command_issue)
+
+
+async def command_marked_sent(command: Command, timeout: float = 3.0) -> Command:
+    """The command once its socket's batch of sent marks was written (`sent_marks`: about
+    0.1 s after its frame went out), or as it is after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        fresh = await command_fresh(command)
+        if fresh.sent_at is not None or asyncio.get_running_loop().time() > deadline:
+            return fresh
+        await asyncio.sleep(0.02)
 
 
 # --- handshake ---------------------------------------------------------------------------------
@@ -1291,7 +1303,7 @@ async def test_command_issued_while_connected_is_delivered_and_its_result_record
         await settle(pi)
         command = await issue_command(device=device, name="relay", args={"state": "off"})
         frame = await pi.receive_json_from()
-        sent = await command_fresh(command)
+        sent = await command_marked_sent(command)
         await pi.send_json_to(
             {"type": "command_result", "id": frame["id"], "status": "done", "detail": "relay off"}
         )
@@ -1308,6 +1320,81 @@ async def test_command_issued_while_connected_is_delivered_and_its_result_record
     done = await command_fresh(command)
     assert (done.status, done.detail) == (CommandStatus.DONE, "relay off")
     assert done.completed_at is not None
+
+
+async def test_a_command_message_carries_its_frame_and_the_sent_mark_follows_in_a_batch(
+    alice_home, monkeypatch
+):
+    """The frame goes out without the socket reading the command: written before any sent
+    mark, which comes with the process's next batch."""
+    device = alice_home["device"]
+    claims = []
+    monkeypatch.setattr(
+        services, "command_mark_sent", lambda **kwargs: claims.append(kwargs) or None
+    )
+    layer = get_channel_layer()
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        first = await issue_command(device=device, name="relay", args={"state": "off"})
+        second = await issue_command(device=device, name="ping")
+        frames = [await pi.receive_json_from(), await pi.receive_json_from()]
+        # The same message again (e.g. from a retry): sent at most once per socket.
+        await layer.group_send(device_group(device.id), services.command_message(first))
+        await settle(pi)
+        assert await pi.receive_nothing(timeout=0.2)
+        marked = [await command_marked_sent(first), await command_marked_sent(second)]
+
+    assert claims == []  # no per-command claim on the way to the socket
+    assert [f["id"] for f in frames] == [str(first.id), str(second.id)]
+    assert [f["name"] for f in frames] == ["relay", "ping"]
+    assert [c.status for c in marked] == [CommandStatus.SENT, CommandStatus.SENT]
+    assert all(c.sent_at is not None for c in marked)
+
+
+async def test_a_command_sent_but_never_marked_stays_pending_and_is_sent_again_on_reconnect(
+    alice_home, monkeypatch
+):
+    """The process stops between writing the frame and its batch of sent marks (here: the mark
+    is lost): the command is still pending, so the device's next socket gets it again."""
+    device = alice_home["device"]
+    monkeypatch.setattr(sent_marks_module.SentMarks, "note", lambda self, command_id: None)
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command = await issue_command(device=device, name="ping")
+        first = await pi.receive_json_from()
+    still = await command_marked_sent(command, timeout=0.3)
+
+    monkeypatch.undo()
+    async with device_socket(alice_home["token"]) as pi:
+        again = await pi.receive_json_from()
+        await settle(pi)
+    claimed = await command_fresh(command)
+
+    assert first["id"] == again["id"] == str(command.id)
+    assert (still.status, still.sent_at) == (CommandStatus.PENDING, None)
+    assert claimed.status == CommandStatus.SENT  # claimed by the reconnect's delivery
+
+
+async def test_an_expired_command_message_is_not_sent_and_is_recorded_expired(alice_home):
+    device = alice_home["device"]
+    layer = get_channel_layer()
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command = await issue_command(device=device, name="ping")
+        await pi.receive_json_from()
+        await command_marked_sent(command)
+        stale = await issue_command(device=device, name="ping", ttl=timedelta(seconds=-1))
+        await settle(pi)
+        await layer.group_send(device_group(device.id), services.command_message(stale))
+        await settle(pi)
+        nothing = await pi.receive_nothing(timeout=0.2)
+    expired = await command_fresh(stale)
+
+    assert nothing
+    assert expired.status == CommandStatus.EXPIRED
 
 
 async def test_command_issued_while_offline_is_delivered_on_connect(alice_home):

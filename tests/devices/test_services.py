@@ -1,5 +1,6 @@
 """Registry services and the selectors that scope reads to a user."""
 
+import json
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -232,3 +233,42 @@ def test_device_connected_marks_it_online_and_gives_its_open_commands_oldest_fir
     assert open_ids == [first.id, second.id]
     assert Device.objects.filter(pk=device.pk, online=True, last_seen=at).exists()
     assert (device.online, device.last_seen) == (True, at)
+
+
+def test_commands_mark_sent_records_a_batch_once_and_never_reopens_a_finished_command(
+    alice_home,
+):
+    device = alice_home["device"]
+    pending = services.command_issue(device=device, name="ping")
+    answered = services.command_issue(device=device, name="relay", args={"state": "on"})
+    # the device answered before its socket's batch of sent marks was written
+    services.command_complete(command_id=answered.id, device_id=device.id, status="done")
+    at = datetime(2026, 11, 2, 18, 0, 1, tzinfo=UTC)
+
+    marked = services.commands_mark_sent(command_ids=[pending.id, answered.id], at=at)
+    again = services.commands_mark_sent(command_ids=[pending.id, answered.id])
+
+    pending.refresh_from_db()
+    answered.refresh_from_db()
+    assert (marked, again) == (2, 0)  # a second batch with the same ids changes nothing
+    assert (pending.status, pending.sent_at) == ("sent", at)
+    assert (answered.status, answered.sent_at) == ("done", at)
+
+
+def test_command_message_carries_the_frame_the_socket_writes(alice_home):
+    command = services.command_issue(
+        device=alice_home["device"], name="relay", args={"state": "off"}
+    )
+
+    message = services.command_message(command)
+
+    assert message["type"] == "device.command"
+    assert message["id"] == str(command.id)
+    assert message["expires"] == command.expires_at.timestamp()
+    assert json.loads(message["frame"]) == {
+        "type": "command",
+        "id": str(command.id),
+        "name": "relay",
+        "args": {"state": "off"},
+        "expires_at": command.expires_at.isoformat(),
+    }
