@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
 DATABASE_NAME = "energy_portal"
 DEFAULT_VALKEY_PORT = 6390
 VALKEY_START_TIMEOUT_S = 20
@@ -56,11 +58,36 @@ def _port_answers(port: int) -> bool:
 
 
 def redis_url(data_dir: Path) -> str:
-    """Start (or join) the embedded Valkey server and return its URL."""
+    """Start (or join) the embedded Valkey server and return its URL. A server already on the
+    port is joined only if it keeps its data in this data folder (the portal's own, started by
+    `make run` for the other processes): another portal's, or one left behind by a checkout
+    since deleted, would take this portal's writes or refuse them."""
     port = int(os.environ.get("EMBEDDED_VALKEY_PORT", DEFAULT_VALKEY_PORT))
+    own = data_dir / "valkey"
     if not _port_answers(port):
-        atexit.register(valkey_stop, valkey_start(port, data_dir / "valkey"))
+        atexit.register(valkey_stop, valkey_start(port, own))
+    elif (theirs := _server_dir(port)) != own.resolve():
+        raise ImproperlyConfigured(
+            f"Port {port} is taken by another server (its data folder: {theirs or 'unknown'}), "
+            f"not this portal's embedded Valkey ({own.resolve()}). Stop it, or set "
+            "EMBEDDED_VALKEY_PORT to a free port."
+        )
     return f"redis://127.0.0.1:{port}/0"
+
+
+def _server_dir(port: int) -> Path | None:
+    """The data folder of the Redis-compatible server on the port, or None if it does not say."""
+    import redis
+
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            folder = client.config_get("dir").get("dir")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
+    return Path(folder).resolve() if folder else None
 
 
 def valkey_start(port: int, data_dir: Path) -> subprocess.Popen:

@@ -2,7 +2,10 @@
 
 import os
 
+import pytest
 import redis
+
+from django.core.exceptions import ImproperlyConfigured
 
 from energy_portal import embedded
 from tests.e2e.servers import free_port
@@ -34,3 +37,18 @@ def test_embedded_valkey_runs_in_a_session_of_its_own_and_stops_with_its_data_sa
         assert redis.Redis(port=port).get("kept") == b"yes"
     finally:
         embedded.valkey_stop(restarted)
+
+
+def test_a_server_of_another_data_folder_on_the_port_is_refused_not_joined(tmp_path, monkeypatch):
+    # given: a Valkey of another portal (or of a checkout since deleted) on the port
+    port = free_port()
+    monkeypatch.setenv("EMBEDDED_VALKEY_PORT", str(port))
+    server = embedded.valkey_start(port, tmp_path / "other" / "valkey")
+    try:
+        # then: this portal says so instead of writing into it
+        with pytest.raises(ImproperlyConfigured, match=f"Port {port} is taken by another server"):
+            embedded.redis_url(tmp_path / "mine")
+        # and the portal whose server it is joins it
+        assert embedded.redis_url(tmp_path / "other") == f"redis://127.0.0.1:{port}/0"
+    finally:
+        embedded.valkey_stop(server)
