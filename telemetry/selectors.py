@@ -2,7 +2,6 @@
 
 import calendar
 import zoneinfo
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -117,17 +116,40 @@ def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
     return SensorFigures(latest=latest, series=series)
 
 
-def fleet_power(*, devices: list[Device], now: datetime) -> dict[int, float]:
-    """Device id -> its power now (W: the sum of its power sensors' latest readings under 15
-    minutes old), for a page of the fleet: one round trip."""
-    power = [s for d in devices for s in d.sensors.all() if s.kind == SensorKind.POWER]
-    latest = queries.latest_values(sensor_ids=[s.id for s in power], now=now)
-    watts: dict[int, float] = defaultdict(float)
-    for sensor in power:
-        if sensor.id in latest:
-            factor = queries.POWER_FACTORS.get(sensor.unit.strip().lower(), 1.0)
-            watts[sensor.device_id] += latest[sensor.id][1] * factor
-    return dict(watts)
+@dataclass(frozen=True)
+class FleetRow:
+    """A fleet page's row, made once so that the row template only prints: the device, the
+    power sensor its live figure follows, and that sensor's latest value (under 15 minutes old)
+    in the sensor's own unit, as the live feed writes it."""
+
+    device: Device
+    power_key: str | None
+    power_unit: str
+    power: float | None
+
+
+def fleet_rows(*, devices: list[Device], now: datetime) -> list[FleetRow]:
+    """The rows of a page of the fleet: one round trip for the latest power readings."""
+    chosen = {
+        d.id: next((s for s in d.sensors.all() if s.kind == SensorKind.POWER), None)
+        for d in devices
+    }
+    latest = queries.latest_values(
+        sensor_ids=[s.id for s in chosen.values() if s is not None], now=now
+    )
+    rows = []
+    for device in devices:
+        sensor = chosen[device.id]
+        reading = latest.get(sensor.id) if sensor is not None else None
+        rows.append(
+            FleetRow(
+                device=device,
+                power_key=sensor.key if sensor else None,
+                power_unit=sensor.unit if sensor else "",
+                power=reading[1] if reading else None,
+            )
+        )
+    return rows
 
 
 def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigures]:

@@ -86,6 +86,6 @@ def device_series(figures) -> dict:
 
 
 @register.simple_tag
-def fleet_power(devices) -> dict:
-    """Device id -> W now, for a page of the fleet (one round trip)."""
-    return selectors.fleet_power(devices=list(devices), now=timezone.now())
+def fleet_rows(devices) -> list:
+    """The rows of a page of the fleet, with each device's latest power (one round trip)."""
+    return selectors.fleet_rows(devices=list(devices), now=timezone.now())
