@@ -25,6 +25,7 @@ from demand_response.serializers import (
     ProgramSerializer,
 )
 from devices import selectors as registry
+from devices.permissions import OperatorsReadStaffWrite
 from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 
 ID = r"[0-9]+"
@@ -39,13 +40,8 @@ INVITATION_READERS = (
 )
 
 
-class ProgramPermission(permissions.BasePermission):
+class ProgramPermission(OperatorsReadStaffWrite):
     message = "Only staff may change programs; operators may read them."
-
-    def has_permission(self, request, view):
-        if request.method in permissions.SAFE_METHODS:
-            return registry.user_is_operator(request.user)
-        return bool(request.user and request.user.is_staff)
 
 
 @extend_schema(tags=TAGS)

@@ -32,6 +32,18 @@ class IsOperator(permissions.BasePermission):
         return user_is_operator(request.user)
 
 
+class OperatorsReadStaffWrite(permissions.BasePermission):
+    """Operators and staff read; only staff change (credit policies, programs). Subclasses name
+    what is refused in `message`."""
+
+    message = "Only staff may change this; operators may read it."
+
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS:
+            return user_is_operator(request.user)
+        return bool(request.user and request.user.is_staff)
+
+
 def resident_may_command(*, device, name: str, args: dict) -> str | None:
     """Residents may only switch the relay of their own controllable devices.
 

@@ -7,7 +7,7 @@ staff only.
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import generics, permissions, viewsets
+from rest_framework import generics, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter
@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from django.utils import timezone
 
 from devices import selectors as registry
-from devices.permissions import IsOperator
+from devices.permissions import IsOperator, OperatorsReadStaffWrite
 from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
 from outages import filters, selectors
 from outages.models import CreditEntry, CreditPolicy, Outage
@@ -104,13 +104,8 @@ class SuspectedOutageListApi(generics.ListAPIView):
         return selectors.suspected_outage_list()
 
 
-class CreditPolicyPermission(permissions.BasePermission):
+class CreditPolicyPermission(OperatorsReadStaffWrite):
     message = "Only staff may change credit policies; operators may read them."
-
-    def has_permission(self, request, view):
-        if request.method in permissions.SAFE_METHODS:
-            return registry.user_is_operator(request.user)
-        return bool(request.user and request.user.is_staff)
 
 
 @extend_schema(tags=TAGS)

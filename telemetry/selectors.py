@@ -155,7 +155,8 @@ def fleet_rows(*, devices: list[Device], now: datetime) -> list[FleetRow]:
 def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigures]:
     """Site id -> its figures, for a resident's dashboard: latest readings and the last hour of
     each power sensor, today's and this month's energy against the same time yesterday and last
-    month (from the rollups): five round trips however many sites and devices."""
+    month (from the rollups and stored site days): a fixed number of round trips however many
+    devices."""
     sensors = [
         sensor
         for site in sites
