@@ -1,6 +1,6 @@
-"""Admin for programs and auto-responses (editable), and for events, invitations and settlement
-results (read only: they change only through `demand_response.services`, which keeps the status
-history, the invitations and the ledger in step)."""
+"""Admin for programs, auto-responses and VTN connections (editable), and for events,
+invitations, settlement results, VTN events and the VEN's messages (read only: they change only
+through the services, which keep the status history, the invitations and the ledger in step)."""
 
 from django.contrib import admin
 
@@ -11,6 +11,9 @@ from demand_response.models import (
     Program,
     SettlementResult,
     SiteAutoResponse,
+    VtnConnection,
+    VtnEvent,
+    VtnMessage,
 )
 from outages.admin import ReadOnlyAdmin
 
@@ -50,9 +53,11 @@ class EventStatusChangeInline(admin.TabularInline):
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
-    list_display = ["id", "program", "start", "end", "signal_type", "signal_value", "status"]
+    list_display = [
+        "id", "program", "start", "end", "signal_type", "signal_value", "status", "vtn_source",
+    ]  # fmt: skip
     list_filter = ["status", "program", "signal_type"]
-    list_select_related = ["program"]
+    list_select_related = ["program", "vtn_source__connection"]
     date_hierarchy = "start"
     inlines = [EventStatusChangeInline]
 
@@ -80,3 +85,85 @@ class SettlementResultAdmin(ReadOnlyAdmin):
     list_filter = ["status", "currency"]
     list_select_related = ["event__program", "site"]
     search_fields = ["site__name"]
+
+
+class VtnEventInline(admin.TabularInline):
+    model = VtnEvent
+    extra = 0
+    can_delete = False
+    fields = [
+        "vtn_event_id",
+        "event",
+        "modification_number",
+        "vtn_status",
+        "opt_type",
+        "updated_at",
+    ]
+    readonly_fields = fields
+    ordering = ["-received_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class VtnMessageInline(admin.TabularInline):
+    model = VtnMessage
+    extra = 0
+    can_delete = False
+    fields = ["sent_at", "kind", "vtn_event", "opt_type", "report_name", "value", "ok", "detail"]
+    readonly_fields = fields
+    ordering = ["-sent_at", "-id"]
+    max_num = 0
+
+    def get_queryset(self, request):
+        recent = VtnMessage.objects.order_by("-sent_at", "-id").values("pk")[:50]
+        return (
+            super().get_queryset(request).filter(pk__in=list(recent.values_list("pk", flat=True)))
+        )
+
+
+@admin.register(VtnConnection)
+class VtnConnectionAdmin(admin.ModelAdmin):
+    """The VTNs the OpenADR VEN polls: configuration here, state written by the VEN process."""
+
+    list_display = ["ven_name", "vtn_url", "program", "enabled", "state", "last_poll_at", "ven_id"]
+    list_filter = ["state", "enabled", "program"]
+    list_select_related = ["program"]
+    search_fields = ["ven_name", "vtn_url", "ven_id"]
+    readonly_fields = [
+        "state",
+        "state_detail",
+        "state_changed_at",
+        "last_poll_at",
+        "ven_id",
+        "registration_id",
+    ]
+    inlines = [VtnEventInline, VtnMessageInline]
+
+
+@admin.register(VtnEvent)
+class VtnEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "vtn_event_id", "connection", "event", "modification_number", "vtn_status", "opt_type",
+        "received_at",
+    ]  # fmt: skip
+    list_filter = ["connection", "vtn_status", "opt_type"]
+    list_select_related = ["connection", "event__program"]
+    search_fields = ["vtn_event_id"]
+
+
+@admin.register(VtnMessage)
+class VtnMessageAdmin(ReadOnlyAdmin):
+    list_display = [
+        "sent_at",
+        "connection",
+        "kind",
+        "vtn_event",
+        "opt_type",
+        "report_name",
+        "value",
+        "ok",
+    ]
+    list_filter = ["connection", "kind", "ok", "report_name"]
+    list_select_related = ["connection", "vtn_event"]
+    date_hierarchy = "sent_at"
