@@ -105,6 +105,10 @@ class PortalVen(OpenADRClient):
             sampling_rate=SAMPLING,
             report_duration=timedelta(hours=1),
         )
+        # OpenLEADR's create_report collects the requested r_ids of all report requests in one
+        # list, so each report asks for the other's r_id too: answer those with no value.
+        self.report_callbacks[(USAGE_SPECIFIER, STATUS_RID)] = list
+        self.report_callbacks[(STATUS_SPECIFIER, USAGE_RID)] = list
 
     def _file(self, name: str, text: str) -> str | None:
         if not text:
