@@ -98,12 +98,6 @@ def test_bad_input_is_a_400_naming_the_field(clients, program, feeder, given, fi
 
 
 def test_a_connection_events_came_from_cannot_be_deleted(clients, program, alice_home):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from demand_response.openadr import services
-
     created = clients["staff"].post(URL, body(program, target_map={}), format="json").json()
     start = timezone.now() + timedelta(hours=1)
     services.vtn_event_receive(
