@@ -3,6 +3,7 @@ invitations, settlement results, VTN events and the VEN's messages (read only: t
 through the services, which keep the status history, the invitations and the ledger in step)."""
 
 from django.contrib import admin
+from django.db import models
 
 from demand_response.models import (
     Event,
@@ -139,6 +140,7 @@ class VtnConnectionAdmin(admin.ModelAdmin):
         "registration_id",
     ]
     inlines = [VtnEventInline, VtnMessageInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(VtnEvent)

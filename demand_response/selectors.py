@@ -186,8 +186,9 @@ def event_report(*, event: Event, user: AbstractBaseUser) -> dict:
 
 def event_list_with_counts() -> QuerySet[Event]:
     """Every event, newest first, with its program and how many sites it invited and how many
-    opted in and out (operators' events page: one query)."""
-    return Event.objects.select_related("program").annotate(
+    opted in and out, and the VTN event it came from if any (operators' events page: one
+    query)."""
+    return Event.objects.select_related("program", "vtn_source__connection").annotate(
         invited=Count("invitations"),
         opted_in=Count("invitations", filter=Q(invitations__status=InvitationStatus.OPTED_IN)),
         opted_out=Count("invitations", filter=Q(invitations__status=InvitationStatus.OPTED_OUT)),
