@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
@@ -42,6 +43,7 @@ STATUS_SPECIFIER, STATUS_RID = "portal-telemetry-status", "fleet-devices-online"
 SAMPLING = objects.SamplingRate(
     min_period=timedelta(seconds=1), max_period=timedelta(hours=1), on_change=False
 )
+REPORT_LOG_EVERY_S = 60.0  # a report's values are kept in the log at most this often
 WATCH_S = 2.0  # how often a running VEN checks that its connection is unchanged
 DISCOVER_S = 5.0  # how often the process looks for connections enabled or added
 BACKOFF_MAX_S = 60.0
@@ -82,6 +84,7 @@ class PortalVen(OpenADRClient):
             show_fingerprint=False,
         )
         self.resync = False
+        self._report_logged: dict[str, float] = {}
         self.add_handler("on_event", self._handle_event)
         self.add_handler("on_update_event", self._handle_event)
         self.add_report(
@@ -261,6 +264,12 @@ class PortalVen(OpenADRClient):
         return await _db(read)()
 
     async def _report(self, name: str, value: float, detail: str) -> float:
+        """The value for the report, kept in the message log at most once a minute per report
+        (a VTN may ask for one a second)."""
+        now = time.monotonic()
+        if now - self._report_logged.get(name, -REPORT_LOG_EVERY_S) < REPORT_LOG_EVERY_S:
+            return value
+        self._report_logged[name] = now
         await _db(services.vtn_message_log)(
             connection_id=self.connection_id,
             kind=VtnMessageKind.REPORT,
