@@ -1,6 +1,7 @@
 """Shape of a VTN connection in the API: the configuration staff set, and what the VEN process
 writes (read only). The client key is write-only: once set, the API says only whether it is."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from demand_response.models import Program, VtnConnection
@@ -8,7 +9,29 @@ from demand_response.openadr import mapping
 from devices.models import Feeder, Site
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "OpenADR resource or group id -> the feeders (codes) and sites (ids) it "
+        "means. An event whose targets are all unmapped (or absent) invites every eligible "
+        "site of the program.",
+        "additionalProperties": {
+            "type": "object",
+            "properties": {
+                "feeders": {"type": "array", "items": {"type": "string"}},
+                "sites": {"type": "array", "items": {"type": "integer"}},
+            },
+            "additionalProperties": False,
+        },
+        "example": {"R-NORTH": {"feeders": ["FD-1"]}, "G-PILOT": {"sites": [12, 14]}},
+    }
+)
+class TargetMapField(serializers.JSONField):
+    pass
+
+
 class VtnConnectionSerializer(serializers.ModelSerializer):
+    target_map = TargetMapField(required=False)
     program = serializers.PrimaryKeyRelatedField(queryset=Program.objects.all())
     client_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False,
