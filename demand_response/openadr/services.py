@@ -225,6 +225,15 @@ def vtn_events_implied_cancel(
     return cancelled
 
 
+def vtn_live_event_ids(*, connection_id: int) -> list[str]:
+    """The VTN event ids of the connection's events still to come or under way."""
+    return list(
+        VtnEvent.objects.filter(connection_id=connection_id, event__status__in=LIVE)
+        .order_by("id")
+        .values_list("vtn_event_id", flat=True)
+    )
+
+
 @transaction.atomic
 def vtn_answers_changed(*, connection_id: int, now: datetime | None = None) -> list[VtnEvent]:
     """The connection's live events whose fleet answer is no longer the one the VTN was given

@@ -43,6 +43,10 @@ STATUS_SPECIFIER, STATUS_RID = "portal-telemetry-status", "fleet-devices-online"
 SAMPLING = objects.SamplingRate(
     min_period=timedelta(seconds=1), max_period=timedelta(hours=1), on_change=False
 )
+# While events of the connection are live, the VEN asks for the full list (oadrRequestEvent) at
+# least this often: a VTN that answers polls with nothing (OpenLEADR's does once its last event
+# is gone) still has its removals seen as implied cancellations.
+RECONCILE_EVERY_S = 30.0
 REPORT_LOG_EVERY_S = 60.0  # a report's values are kept in the log at most this often
 WATCH_S = 2.0  # how often a running VEN checks that its connection is unchanged
 DISCOVER_S = 5.0  # how often the process looks for connections enabled or added
@@ -85,6 +89,7 @@ class PortalVen(OpenADRClient):
         )
         self.resync = False
         self._report_logged: dict[str, float] = {}
+        self._reconciled = time.monotonic()
         self.add_handler("on_event", self._handle_event)
         self.add_handler("on_update_event", self._handle_event)
         self.add_report(
@@ -162,9 +167,38 @@ class PortalVen(OpenADRClient):
             if self.resync:
                 self.resync = False
                 await self.sync_events()
+            elif time.monotonic() - self._reconciled >= max(
+                RECONCILE_EVERY_S, self.poll_interval.total_seconds()
+            ):
+                await self.reconcile()
         except Exception:
-            logger.exception("VEN %s: answers or resync failed", self.ven_name)
+            logger.exception("VEN %s: answers, resync or reconcile failed", self.ven_name)
         return response_type, payload
+
+    async def reconcile(self) -> None:
+        """Ask for the VTN's full list of events and cancel ours that are no longer in it. A
+        VTN's plain OK answer (OpenLEADR's VTN sends one instead of an empty distribution)
+        means none; an error, or no answer, means nothing."""
+        self._reconciled = time.monotonic()
+        if not await _db(services.vtn_live_event_ids)(connection_id=self.connection_id):
+            return
+        answer = await self.request_event()
+        response_type, payload = answer if answer else (None, {})
+        if response_type == "oadrDistributeEvent":
+            present = [
+                str(e["event_descriptor"]["event_id"])
+                for e in payload.get("events") or []
+                if e.get("event_descriptor", {}).get("event_id") is not None
+            ]
+        elif response_type == "oadrResponse" and (payload.get("response") or {}).get(
+            "response_code"
+        ) in (200, "200"):
+            present = []
+        else:
+            return
+        await _db(services.vtn_events_implied_cancel)(
+            connection_id=self.connection_id, present=present
+        )
 
     # --- events ------------------------------------------------------------------------------
 

@@ -281,6 +281,21 @@ async def test_modifications_update_and_an_implied_cancel_cancels(
 
 
 @pytest.mark.asyncio
+async def test_an_event_gone_from_the_vtns_list_is_cancelled_though_no_poll_says_so(
+    vtn, running_ven, monkeypatch
+):
+    monkeypatch.setattr(ven, "RECONCILE_EVERY_S", 1.0)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    vtn.add_event("ev-7", start=start, duration=timedelta(minutes=30))
+    await until("the event mapped", lambda: _mapped(running_ven, "ev-7"))
+    vtn.drop("ev-7", announce=False)  # polls answer "nothing new"; oadrRequestEvent: nothing
+    await until(
+        "the implied cancel",
+        lambda: _mapped(running_ven, "ev-7").event.status == EventStatus.CANCELLED,
+    )
+
+
+@pytest.mark.asyncio
 async def test_reports_of_the_fleets_power_and_status_arrive_at_the_vtn(
     vtn, running_ven, alice_home, bob_home
 ):

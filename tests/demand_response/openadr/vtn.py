@@ -132,10 +132,12 @@ class Vtn:
         event.event_descriptor.modification_number += 1
         self.changed = True
 
-    def drop(self, event_id: str):
-        """Leave the event out of the next distribution: an implied cancellation."""
+    def drop(self, event_id: str, *, announce: bool = True):
+        """Leave the event out of the next distribution: an implied cancellation. Not
+        `announce`d, the polls say nothing of it (as OpenLEADR's own VTN once its last event is
+        gone): only the VEN's asking for the list (oadrRequestEvent) finds it missing."""
         del self.events[event_id]
-        self.changed = True
+        self.changed = self.changed or announce
 
     # --- OpenLEADR handlers -----------------------------------------------------------------
 
