@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 from channels.db import database_sync_to_async
-from openleadr import objects
+from openleadr import OpenADRServer, objects
 
 from django.conf import settings
 from django.db import connection as db_connection
@@ -400,3 +400,50 @@ async def test_a_ven_killed_and_restarted_mid_event_keeps_every_mapping(
     events = await database_sync_to_async(lambda: connection.program.events.count())()
     assert events == 2
     assert await DispatchedCommand.objects.filter(kind=DispatchKind.CURTAIL).acount() == 1
+
+
+@pytest.mark.asyncio
+async def test_against_openleadrs_own_event_queue_a_cancel_restores_and_is_confirmed(
+    vtn_connection, alice_home, eager_celery
+):
+    """OpenLEADR's VTN as its documentation runs it: `add_event` with an opt callback and
+    `cancel_event`, its own queue and polling (no handlers of ours but registration)."""
+    server = OpenADRServer(
+        vtn_id="QUEUE-VTN",
+        http_host="127.0.0.1",
+        http_port=_port(),
+        requested_poll_freq=timedelta(seconds=1),
+        show_fingerprint=False,
+    )
+    server.add_handler("on_create_party_registration", lambda info: ("ven-q", "reg-q"))
+    await server.run()
+    url = f"http://127.0.0.1:{server.http_port}/OpenADR2/Simple/2.0b"
+    connection = await database_sync_to_async(vtn_connection)(url)
+    await database_sync_to_async(_auto_accept)(alice_home)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ven.run_connection(connection.pk, stop))
+    answers = []
+    try:
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        server.add_event(
+            ven_id="ven-q", signal_name="SIMPLE", signal_type="level", event_id="q-1",
+            intervals=[{"dtstart": start, "duration": timedelta(minutes=20), "signal_payload": 3}],
+            callback=lambda ven_id, event_id, opt_type: answers.append((event_id, opt_type)),
+        )  # fmt: skip
+        mapped = await until("the event mapped", lambda: _mapped(connection, "q-1"))
+        assert (mapped.event.signal_value, mapped.event.end) == (3, start + timedelta(minutes=20))
+        await until("the opt callback", lambda: answers == [("q-1", "optIn")])
+        async with device_socket(alice_home["token"]) as pi:
+            await settle(pi)
+            await _start_when_due(mapped.event)
+            assert (await pi.receive_json_from(timeout=5))["name"] == "curtail"
+            server.cancel_event("ven-q", "q-1")
+            assert (await pi.receive_json_from(timeout=WAIT_S))["name"] == "restore"
+        # the VEN confirmed the cancellation: the VTN dropped the event from its queue
+        await until("the cancellation confirmed", lambda: server.events["ven-q"] == [])
+        await mapped.event.arefresh_from_db()
+        assert mapped.event.status == EventStatus.CANCELLED
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await server.stop()
