@@ -2,8 +2,8 @@
 invitations, settlement results, VTN events and the VEN's messages (read only: they change only
 through the services, which keep the status history, the invitations and the ledger in step)."""
 
+from django import forms
 from django.contrib import admin
-from django.db import models
 
 from demand_response.models import (
     Event,
@@ -16,6 +16,7 @@ from demand_response.models import (
     VtnEvent,
     VtnMessage,
 )
+from demand_response.openadr import mapping
 from outages.admin import ReadOnlyAdmin
 
 
@@ -123,10 +124,55 @@ class VtnMessageInline(admin.TabularInline):
         )
 
 
+class _WriteOnlyTextarea(forms.Textarea):
+    """A textarea (a PEM key has line breaks) that never renders the stored value back."""
+
+    def format_value(self, value):
+        return ""
+
+
+class VtnConnectionForm(forms.ModelForm):
+    vtn_url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        help_text=VtnConnection._meta.get_field("vtn_url").help_text,
+    )
+    client_key = forms.CharField(
+        required=False,
+        strip=False,
+        widget=_WriteOnlyTextarea(attrs={"rows": 4}),
+        help_text="PEM private key of the client certificate: stored encrypted and never "
+        "shown. Leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = VtnConnection
+        fields = [
+            "vtn_url", "ven_name", "program", "enabled", "poll_interval_s", "target_map",
+            "opt_rule", "client_cert", "client_key", "vtn_ca_cert", "vtn_fingerprint",
+        ]  # fmt: skip
+
+    def clean_client_key(self):
+        key = self.cleaned_data["client_key"]
+        if not key and self.instance.pk is not None:
+            return self.instance.client_key
+        return key
+
+    def clean(self):
+        data = super().clean()
+        errors = mapping.target_map_errors(data.get("target_map") or {})
+        if errors:
+            self.add_error("target_map", errors)
+        if bool(data.get("client_cert")) != bool(data.get("client_key")):
+            self.add_error("client_cert", "Give the certificate and its key together (or neither).")
+        return data
+
+
 @admin.register(VtnConnection)
 class VtnConnectionAdmin(admin.ModelAdmin):
     """The VTNs the OpenADR VEN polls: configuration here, state written by the VEN process."""
 
+    form = VtnConnectionForm
     list_display = ["ven_name", "vtn_url", "program", "enabled", "state", "last_poll_at", "ven_id"]
     list_filter = ["state", "enabled", "program"]
     list_select_related = ["program"]
@@ -140,7 +186,6 @@ class VtnConnectionAdmin(admin.ModelAdmin):
         "registration_id",
     ]
     inlines = [VtnEventInline, VtnMessageInline]
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(VtnEvent)

@@ -24,6 +24,7 @@ import tempfile
 import time
 from datetime import timedelta
 
+import certifi
 from asgiref.sync import sync_to_async
 from openleadr import OpenADRClient, enums, objects, utils
 
@@ -76,7 +77,11 @@ class PortalVen(OpenADRClient):
         self._files = tempfile.TemporaryDirectory(prefix="openadr-ven-")
         cert = self._file("cert.pem", connection.client_cert)
         key = self._file("key.pem", connection.client_key)
-        ca = self._file("ca.pem", connection.vtn_ca_cert)
+        # OpenLEADR needs a CA file whenever it has a client certificate: the public CAs when
+        # the connection names none.
+        ca = self._file("ca.pem", connection.vtn_ca_cert) or (
+            certifi.where() if connection.client_cert else None
+        )
         super().__init__(
             ven_name=connection.ven_name,
             vtn_url=connection.vtn_url,

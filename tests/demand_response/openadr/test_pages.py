@@ -68,3 +68,29 @@ def test_the_admin_lists_connections_events_and_messages(client, admin_user, fro
         reverse("admin:demand_response_vtnconnection_change", args=[from_vtn.pk])
     ).content.decode()
     assert "UTIL-7" in page and "V-42" in page
+
+
+def test_the_admin_never_shows_the_client_key_and_keeps_it_when_left_empty(
+    client, admin_user, from_vtn
+):
+    key = "-----BEGIN PRIVATE KEY-----\nSECRETKEYBODY\n-----END PRIVATE KEY-----\n"
+    VtnConnection.objects.filter(pk=from_vtn.pk).update(client_cert="-----BEGIN CERTIFICATE-----")
+    from_vtn.refresh_from_db()
+    from_vtn.client_key = key
+    from_vtn.save()
+    client.force_login(admin_user)
+    url = reverse("admin:demand_response_vtnconnection_change", args=[from_vtn.pk])
+    page = client.get(url).content.decode()
+    assert "SECRETKEYBODY" not in page
+    form = {
+        "vtn_url": from_vtn.vtn_url, "ven_name": "renamed", "program": from_vtn.program_id,
+        "enabled": "on", "poll_interval_s": 3, "target_map": "{}", "opt_rule": "any_opted_in",
+        "client_cert": from_vtn.client_cert, "client_key": "", "vtn_ca_cert": "",
+        "vtn_fingerprint": "",
+        **{f"{prefix}-{field}": value for prefix in ("vtn_events", "messages")
+           for field, value in (("TOTAL_FORMS", 0), ("INITIAL_FORMS", 0))},
+    }  # fmt: skip
+    response = client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    from_vtn.refresh_from_db()
+    assert (from_vtn.ven_name, from_vtn.client_key) == ("renamed", key)
