@@ -447,3 +447,39 @@ async def test_against_openleadrs_own_event_queue_a_cancel_restores_and_is_confi
         stop.set()
         await asyncio.wait_for(task, timeout=10)
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_vtn_shows_as_failed_and_is_retried_until_it_answers(
+    vtn_connection, eager_celery
+):
+    port = _port()  # nothing listens there yet
+    connection = await database_sync_to_async(vtn_connection)(
+        f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b"
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(ven.run_connection(connection.pk, stop))
+    server = Vtn(port=port)
+    try:
+        failed = await until(
+            "the failed state",
+            lambda: (
+                (c := VtnConnection.objects.get(pk=connection.pk)).state == VenState.FAILED
+                and "retrying" in c.state_detail
+                and c
+            ),
+        )
+        assert failed.last_poll_at is None
+        await server.start()
+        await until(
+            "the registration on a retry",
+            lambda: VtnConnection.objects.get(pk=connection.pk).state == VenState.REGISTERED,
+        )
+        assert server.registrations == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        if hasattr(server.server, "app_runner"):  # it was started
+            await server.stop()
+    stopped = await VtnConnection.objects.aget(pk=connection.pk)
+    assert stopped.state == VenState.STOPPED
