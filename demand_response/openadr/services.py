@@ -14,6 +14,7 @@ from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from demand_response import selectors as dr_selectors
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 OPT_IN, OPT_OUT = "optIn", "optOut"
 LIVE = [EventStatus.SCHEDULED, EventStatus.ACTIVE]
+IMPLIED_CANCEL = "implied_cancel"
 
 
 def _targets(connection: VtnConnection, data: mapping.VtnEventData) -> tuple[list[int], list[int]]:
@@ -62,7 +64,10 @@ def _targets(connection: VtnConnection, data: mapping.VtnEventData) -> tuple[lis
 
 
 def fleet_answer(vtn_event: VtnEvent) -> str:
-    """optIn or optOut for the event as the invitations now stand, by the connection's rule."""
+    """optIn or optOut for the event as the invitations now stand, by the connection's rule;
+    optOut once an operator cancelled it here."""
+    if vtn_event.event.status == EventStatus.CANCELLED:
+        return OPT_OUT
     rule = vtn_event.connection.opt_rule
     if rule == OptRule.ALWAYS_IN:
         return OPT_IN
@@ -219,7 +224,7 @@ def vtn_events_implied_cancel(
     cancelled = []
     for known in gone:
         dr_services.event_cancel(event_id=known.event_id, now=now)
-        known.vtn_status, known.updated_at = "implied_cancel", now
+        known.vtn_status, known.updated_at = IMPLIED_CANCEL, now
         known.save(update_fields=["vtn_status", "updated_at"])
         cancelled.append(known.event_id)
     return cancelled
@@ -236,15 +241,19 @@ def vtn_live_event_ids(*, connection_id: int) -> list[str]:
 
 @transaction.atomic
 def vtn_answers_changed(*, connection_id: int, now: datetime | None = None) -> list[VtnEvent]:
-    """The connection's live events whose fleet answer is no longer the one the VTN was given
-    (a resident opted out mid-event, one opted in before the start), with the new answer set:
-    the VEN sends each an `oadrCreateOpt`."""
+    """The connection's events whose fleet answer is no longer the one the VTN was given (a
+    resident opted out mid-event, one opted in before the start, an operator cancelled the
+    event here before its end), with the new answer set: the VEN sends each an
+    `oadrCreateOpt`. Events the VTN cancelled are not answered again."""
     now = now or timezone.now()
     changed = []
+    cancelled_here = Q(event__status=EventStatus.CANCELLED, event__end__gt=now) & ~Q(
+        vtn_status__in=[mapping.CANCELLED, IMPLIED_CANCEL]
+    )
     for known in (
         VtnEvent.objects.select_for_update(of=("self",))
         .select_related("connection", "event")
-        .filter(connection_id=connection_id, event__status__in=LIVE)
+        .filter(Q(event__status__in=LIVE) | cancelled_here, connection_id=connection_id)
         .exclude(opt_type="")
     ):
         answer = fleet_answer(known)

@@ -133,3 +133,14 @@ def test_a_changed_answer_is_found_once(connection, alice_home):
     changed = services.vtn_answers_changed(connection_id=connection.pk)
     assert [(c.vtn_event_id, c.opt_type) for c in changed] == [("ev-1", "optIn")]
     assert services.vtn_answers_changed(connection_id=connection.pk) == []
+
+
+def test_an_operator_cancel_here_opts_out_but_a_vtn_cancel_is_not_answered_again(connection):
+    connection.opt_rule = OptRule.ALWAYS_IN
+    connection.save()
+    assert receive(connection, distributed("ev-1")) == "optIn"
+    assert receive(connection, distributed("ev-2")) == "optIn"
+    dr_services.event_cancel(event_id=VtnEvent.objects.get(vtn_event_id="ev-1").event_id)
+    receive(connection, distributed("ev-2", number=1, status="cancelled"))
+    changed = services.vtn_answers_changed(connection_id=connection.pk)
+    assert [(c.vtn_event_id, c.opt_type) for c in changed] == [("ev-1", "optOut")]
