@@ -134,7 +134,7 @@ def program_list() -> QuerySet[Program]:
 
 def event_list(*, user: AbstractBaseUser) -> QuerySet[Event]:
     """Operators see every event; a resident those that invited one of their sites."""
-    events = Event.objects.prefetch_related(
+    events = Event.objects.select_related("vtn_source").prefetch_related(
         Prefetch("target_sites", Site.objects.only("pk")),
         Prefetch("target_feeders", Feeder.objects.only("pk")),
     )

@@ -37,6 +37,16 @@ def body(program, /, **given) -> dict:
     } | given
 
 
+def _event(event_id: str, number: int) -> dict:
+    start = timezone.now() + timedelta(hours=1)
+    return {
+        "event_descriptor": {"event_id": event_id, "modification_number": number,
+                             "event_status": "far"},
+        "active_period": {"dtstart": start, "duration": timedelta(hours=1)},
+        "event_signals": [{"signal_name": "SIMPLE", "intervals": [{"signal_payload": 1}]}],
+    }  # fmt: skip
+
+
 def errors_of(response) -> dict:
     assert response.status_code == 400, response.content
     return response.json()["errors"]
@@ -99,15 +109,20 @@ def test_bad_input_is_a_400_naming_the_field(clients, program, feeder, given, fi
 
 def test_a_connection_events_came_from_cannot_be_deleted(clients, program, alice_home):
     created = clients["staff"].post(URL, body(program, target_map={}), format="json").json()
-    start = timezone.now() + timedelta(hours=1)
-    services.vtn_event_receive(
-        connection_id=created["id"],
-        event={
-            "event_descriptor": {"event_id": "e", "modification_number": 0, "event_status": "far"},
-            "active_period": {"dtstart": start, "duration": timedelta(hours=1)},
-            "event_signals": [{"signal_name": "SIMPLE", "intervals": [{"signal_payload": 1}]}],
-        },
-    )
+    services.vtn_event_receive(connection_id=created["id"], event=_event("e", 0))
     assert clients["staff"].delete(f"{URL}{created['id']}/").status_code == 409
     unused = clients["staff"].post(URL, body(program, ven_name="other"), format="json").json()
     assert clients["staff"].delete(f"{URL}{unused['id']}/").status_code == 204
+
+
+def test_an_event_says_which_vtn_event_it_came_from(clients, program, alice_home, schedule):
+    created = clients["staff"].post(URL, body(program, target_map={}), format="json").json()
+    services.vtn_event_receive(connection_id=created["id"], event=_event("UTIL-1", 4))
+    ours = schedule()
+    events = {e["id"]: e for e in clients["operator"].get("/api/v1/dr/events/").json()["results"]}
+    from_vtn = next(e for e in events.values() if e["source"])
+    assert from_vtn["source"] == {
+        "vtn_connection": created["id"], "vtn_event_id": "UTIL-1", "modification_number": 4,
+        "answer": "optOut",
+    }  # fmt: skip
+    assert events[ours.pk]["source"] is None
