@@ -230,12 +230,14 @@ class PortalVen(OpenADRClient):
                 request_id=getattr(self, "_request_id", ""),
             )
         except Exception:
-            # Not answered from the database: forget it, so it is taken again when asked for.
+            # Not taken (the database failed): optOut for now, and forgotten, so it is taken
+            # again when asked for at the next poll. Not raised: OpenLEADR would answer optOut
+            # for every other event of the message too.
             logger.exception("VEN %s: event could not be taken; will ask again", self.ven_name)
             event_id = event.get("event_descriptor", {}).get("event_id")
             utils.pop_by(self.received_events, "event_descriptor.event_id", event_id)
             self.resync = True
-            raise
+            return "optOut"
 
     async def send_changed_answers(self) -> None:
         """Tell the VTN of every answer that changed since it was given."""

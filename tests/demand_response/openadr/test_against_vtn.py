@@ -38,6 +38,7 @@ from demand_response.models import (
     VtnEvent,
     VtnMessage,
 )
+from demand_response.openadr import services as ven_services
 from demand_response.openadr import ven
 from devices.models import Sensor
 from energy_portal.celery import app as celery_app
@@ -483,3 +484,30 @@ async def test_an_unreachable_vtn_shows_as_failed_and_is_retried_until_it_answer
             await server.stop()
     stopped = await VtnConnection.objects.aget(pk=connection.pk)
     assert stopped.state == VenState.STOPPED
+
+
+@pytest.mark.asyncio
+async def test_an_event_that_failed_to_be_taken_is_asked_for_again_and_others_keep_their_answer(
+    vtn, running_ven, alice_home, monkeypatch
+):
+    await database_sync_to_async(_auto_accept)(alice_home)
+    real = ven_services.vtn_event_receive
+    failures = []
+
+    def flaky(*, connection_id, event, **kw):
+        if event["event_descriptor"]["event_id"] == "ev-9" and not failures:
+            failures.append(1)
+            raise ConnectionError("the database went away")  # once
+        return real(connection_id=connection_id, event=event, **kw)
+
+    monkeypatch.setattr(ven_services, "vtn_event_receive", flaky)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    vtn.add_event("ev-8", start=start, duration=timedelta(minutes=30))
+    vtn.add_event("ev-9", start=start, duration=timedelta(minutes=30))
+    await until(
+        "both mapped", lambda: _mapped(running_ven, "ev-8") and _mapped(running_ven, "ev-9")
+    )
+    await until("ev-9 answered again", lambda: ("ev-9", "optIn") in vtn.answers)
+    assert failures == [1]
+    assert ("ev-8", "optIn") in vtn.answers and ("ev-8", "optOut") not in vtn.answers
+    assert ("ev-9", "optOut") in vtn.answers  # the first, failed, answer
