@@ -126,3 +126,16 @@ def test_an_event_says_which_vtn_event_it_came_from(clients, program, alice_home
         "answer": "optOut",
     }  # fmt: skip
     assert events[ours.pk]["source"] is None
+
+
+def test_the_connection_list_takes_as_many_queries_for_one_as_for_five(
+    clients, program, django_assert_max_num_queries
+):
+    clients["staff"].post(URL, body(program, ven_name="v0"), format="json")
+    with django_assert_max_num_queries(20) as one:
+        assert len(clients["operator"].get(URL).json()["results"]) == 1
+    queries = len(one.captured_queries)  # read now: each request below empties Django's log
+    for n in range(1, 5):
+        clients["staff"].post(URL, body(program, ven_name=f"v{n}"), format="json")
+    with django_assert_max_num_queries(queries):
+        assert len(clients["operator"].get(URL).json()["results"]) == 5
