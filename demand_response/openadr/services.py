@@ -87,7 +87,8 @@ def vtn_event_receive(
 ) -> str:
     """Take one event of an `oadrDistributeEvent`: create, update or cancel ours, and return
     the answer for the VTN (optIn/optOut), logged as sent. An event that cannot be ours (no
-    window, a signal we do not act on, no eligible target) is answered optOut."""
+    window, a signal we do not act on, no eligible target) is answered optOut; one of ours
+    modified into such an event is cancelled here."""
     now = now or timezone.now()
     connection = VtnConnection.objects.select_related("program").get(pk=connection_id)
     try:
@@ -119,6 +120,13 @@ def vtn_event_receive(
         sites, feeders = _targets(connection, data)
     except (mapping.UnusableEvent, ValidationError) as exc:
         logger.warning("VTN event %s refused: %s", event_id, exc)
+        if known is not None:  # changed into one we cannot take: ours stops (opted out)
+            _cancel(known, now)
+            known.modification_number, known.vtn_status, known.updated_at = number, status, now
+            known.opt_type = OPT_OUT
+            known.save(
+                update_fields=["modification_number", "vtn_status", "updated_at", "opt_type"]
+            )
         return OPT_OUT
     if known is None:
         if data.end <= now:

@@ -144,3 +144,12 @@ def test_an_operator_cancel_here_opts_out_but_a_vtn_cancel_is_not_answered_again
     receive(connection, distributed("ev-2", number=1, status="cancelled"))
     changed = services.vtn_answers_changed(connection_id=connection.pk)
     assert [(c.vtn_event_id, c.opt_type) for c in changed] == [("ev-1", "optOut")]
+
+
+def test_an_event_modified_into_one_we_cannot_take_is_cancelled_and_opted_out(connection):
+    receive(connection, distributed())
+    changed = distributed(number=1)
+    changed["event_signals"] = [{"signal_name": "BID_LOAD", "intervals": []}]
+    assert receive(connection, changed) == "optOut"
+    mapping = VtnEvent.objects.select_related("event").get()
+    assert (mapping.event.status, mapping.modification_number) == (EventStatus.CANCELLED, 1)
