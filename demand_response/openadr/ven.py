@@ -372,8 +372,9 @@ async def run_connection(connection_id: int, stop: asyncio.Event) -> None:
                     connection_id=connection_id, state=VenState.STOPPED, detail="Disabled."
                 )
             return
-        ven = PortalVen(connection)
+        ven, failure = None, None
         try:
+            ven = PortalVen(connection)
             await ven.run()
             if not ven.registration_id:
                 raise VenFailed("The VTN did not register the VEN (or could not be reached).")
@@ -387,17 +388,19 @@ async def run_connection(connection_id: int, stop: asyncio.Event) -> None:
                     break
         except Exception as exc:
             logger.exception("VEN %s failed", connection.ven_name)
+            failure = exc
+        finally:
+            if ven is not None:  # its timers stop, its key files go
+                await ven.stop()
+        if failure is not None:
             await _db(services.connection_state_set)(
                 connection_id=connection_id,
                 state=VenState.FAILED,
-                detail=f"{exc.__class__.__name__}: {exc}; retrying in {backoff:.0f} s",
+                detail=f"{failure.__class__.__name__}: {failure}; retrying in {backoff:.0f} s",
             )
-            await ven.stop()
             if await _wait(stop, backoff):
                 break
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-            continue
-        await ven.stop()
     await _db(services.connection_state_set)(
         connection_id=connection_id, state=VenState.STOPPED, detail="The VEN process stopped."
     )

@@ -511,3 +511,23 @@ async def test_an_event_that_failed_to_be_taken_is_asked_for_again_and_others_ke
     assert failures == [1]
     assert ("ev-8", "optIn") in vtn.answers and ("ev-8", "optOut") not in vtn.answers
     assert ("ev-9", "optOut") in vtn.answers  # the first, failed, answer
+
+
+@pytest.mark.asyncio
+async def test_a_disabled_connection_stops_its_ven(vtn, running_ven):
+    await until(
+        "registered",
+        lambda: VtnConnection.objects.get(pk=running_ven.pk).state == VenState.REGISTERED,
+    )
+
+    def disable():
+        connection = VtnConnection.objects.get(pk=running_ven.pk)
+        connection.enabled = False
+        connection.save()
+
+    await database_sync_to_async(disable)()
+    stopped = await until(
+        "the stop",
+        lambda: (c := VtnConnection.objects.get(pk=running_ven.pk)).state == VenState.STOPPED and c,
+    )
+    assert stopped.state_detail == "Disabled."
