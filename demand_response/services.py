@@ -57,17 +57,21 @@ class _EventInput:
     randomization_s: int
 
 
-def _validated(program: Program, data: _EventInput, now: datetime) -> set[int]:
-    """Check an event's input against its program; return the ids of the sites to invite."""
+def _validated(
+    program: Program, data: _EventInput, now: datetime, *, notice: bool = True
+) -> set[int]:
+    """Check an event's input against its program; return the ids of the sites to invite.
+    `notice` False (an event a utility's VTN called: its notice is the VTN's to give) skips the
+    checks of the start against `now` and the program's lead time."""
     errors: dict[str, str] = {}
     if data.start.tzinfo is None or data.end.tzinfo is None:
         raise ValidationError({"start": "Give times with their UTC offset."})
     if data.end <= data.start:
         errors["end"] = "The end must be after the start."
     earliest = now + program.notification_lead_time
-    if data.start < now:
+    if notice and data.start < now:
         errors["start"] = "The start is in the past; give a time still to come."
-    elif data.start < earliest:
+    elif notice and data.start < earliest:
         errors["start"] = (
             f"The program {program.name} gives at least {program.notification_lead_time} "
             f"notice: start at {earliest.isoformat()} or later."
@@ -174,10 +178,12 @@ def event_create(
     target_feeders: Iterable[int] = (),
     randomization_s: int = 0,
     now: datetime | None = None,
+    notice: bool = True,
 ) -> Event:
     """Schedule an event of a program and invite its sites (each answered at once by the
     site's auto-response, if it has one that applies). The start must be at least the
-    program's notification lead time from `now`; targets must be known and eligible."""
+    program's notification lead time from `now` (unless `notice` is False: an event a VTN
+    called, which may even have started); targets must be known and eligible."""
     now = now or timezone.now()
     program = Program.objects.filter(pk=program_id).first()
     if program is None:
@@ -186,7 +192,7 @@ def event_create(
         start, end, signal_type, Decimal(signal_value), set(target_sites), set(target_feeders),
         randomization_s,
     )  # fmt: skip
-    invited = _validated(program, data, now)
+    invited = _validated(program, data, now, notice=notice)
     event = Event.objects.create(
         program=program,
         start=start,
@@ -216,9 +222,11 @@ def event_update(
     target_feeders: Iterable[int] | None = None,
     randomization_s: int | None = None,
     now: datetime | None = None,
+    notice: bool = True,
 ) -> Event:
     """Change a scheduled event before its start; what is not given stays. Validated as
-    `event_create` validates; the invitations follow the new targets and signal."""
+    `event_create` validates (`notice` as there); the invitations follow the new targets and
+    signal."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
     if event.status != EventStatus.SCHEDULED or now >= event.start:
@@ -242,7 +250,7 @@ def event_update(
         ),
         randomization_s=event.randomization_s if randomization_s is None else randomization_s,
     )
-    invited = _validated(event.program, data, now)
+    invited = _validated(event.program, data, now, notice=notice)
     event.start, event.end, event.signal_type, event.signal_value, event.randomization_s = (
         data.start, data.end, data.signal_type, data.signal_value, data.randomization_s,
     )  # fmt: skip
@@ -259,6 +267,46 @@ def event_update(
     event.target_sites.set(data.site_ids)
     event.target_feeders.set(data.feeder_ids)
     _invitations_sync(event, invited, now)
+    _transitions_schedule(event)
+    _tell(event.pk, {"change": "updated", "status": event.status})
+    return event
+
+
+@transaction.atomic
+def event_running_amend(
+    *,
+    event_id: int,
+    end: datetime,
+    signal_type: str,
+    signal_value: Decimal,
+    now: datetime | None = None,
+) -> Event:
+    """Change the end and signal of an active event (a VTN modified an event under way; our
+    own operators cannot). The end must be after the start and still to come; the devices
+    already curtailed keep their command (its `until` and expiry stay those first sent), and
+    the event completes, and restores them, at the new end."""
+    now = now or timezone.now()
+    event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
+    if event.status != EventStatus.ACTIVE:
+        raise ValidationError({"status": f"The event is {event.status}, not active."})
+    data = _EventInput(
+        event.start, end, signal_type, Decimal(signal_value), set(), set(), event.randomization_s
+    )
+    errors = {}
+    if end.tzinfo is None or end <= event.start:
+        errors["end"] = "The end must be after the start, with its UTC offset."
+    elif end <= now:
+        errors["end"] = "The end has passed; cancel the event instead."
+    if data.signal_type not in SignalType.values:
+        errors["signal"] = f"The signal type must be one of {', '.join(SignalType.values)}."
+    elif data.signal_type == SignalType.LEVEL and data.signal_value not in range(MAX_LEVEL + 1):
+        errors["signal"] = f"A level must be a whole number from 0 to {MAX_LEVEL}."
+    elif data.signal_type == SignalType.TARGET_KW and data.signal_value <= 0:
+        errors["signal"] = "A target reduction must be more than 0 kW."
+    if errors:
+        raise ValidationError(errors)
+    event.end, event.signal_type, event.signal_value = end, data.signal_type, data.signal_value
+    event.save(update_fields=["end", "signal_type", "signal_value", "updated_at"])
     _transitions_schedule(event)
     _tell(event.pk, {"change": "updated", "status": event.status})
     return event

@@ -2,11 +2,11 @@
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
 migrates, seeds the demo (90 days of readings the first time, the gap since the last run
-after), then runs the ASGI server, the ingest writer, a Celery worker, beat and the demo homes'
-simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's first, then,
-once they have all exited, the embedded servers (they run in sessions of their own, out of the
-terminal's reach, and stop when this process exits), so nothing loses its database or Redis
-while it shuts down.
+after), then runs the ASGI server, the ingest writer, a Celery worker, beat, the OpenADR VEN
+and the demo homes' simulated Pis under one supervisor. Ctrl-C stops every process: the
+supervisor's first, then, once they have all exited, the embedded servers (they run in sessions
+of their own, out of the terminal's reach, and stop when this process exits), so nothing loses
+its database or Redis while it shuts down.
 """
 
 import argparse
@@ -49,6 +49,8 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
                    "--without-mingle"],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(data_dir / "celerybeat")],
         "writer": [python, str(BASE_DIR / "manage.py"), "run_ingest_writer"],
+        # The OpenADR VEN of the VTN connections (it waits for one while none is configured).
+        "ven": [python, str(BASE_DIR / "manage.py"), "run_openadr_ven"],
     }  # fmt: skip
     if simulate:
         commands["pis"] = [python, "-m", "pi_agent.simulate",
