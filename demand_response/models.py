@@ -353,25 +353,36 @@ class VtnConnection(models.Model):
     `registration_id` are written by the VEN process only."""
 
     vtn_url = models.URLField(
+        "VTN URL",
         max_length=500,
         help_text="The VTN's OpenADR base URL, e.g. https://vtn.example/OpenADR2/Simple/2.0b",
     )
-    ven_name = models.CharField(max_length=100, help_text="The name this VEN registers under.")
+    ven_name = models.CharField(
+        "VEN name", max_length=100, help_text="The name this VEN registers under."
+    )
     client_cert = models.TextField(
-        blank=True, help_text="PEM certificate the VEN signs its messages and TLS with."
+        "client certificate",
+        blank=True,
+        help_text="PEM certificate the VEN signs its messages and TLS with.",
     )
     client_key = EncryptedTextField(blank=True, help_text="PEM private key of the certificate.")
     vtn_ca_cert = models.TextField(
-        blank=True, help_text="PEM CA certificate(s) the VTN's TLS certificate is checked against."
+        "VTN CA certificate",
+        blank=True,
+        help_text="PEM CA certificate(s) the VTN's TLS certificate is checked against.",
     )
     vtn_fingerprint = models.CharField(
+        "VTN fingerprint",
         max_length=100,
         blank=True,
         help_text="The VTN certificate's fingerprint; when set, unsigned or foreign messages "
         "are refused.",
     )
     poll_interval_s = models.PositiveIntegerField(
-        default=10, validators=[MinValueValidator(1)], help_text="Seconds between polls."
+        "poll interval (s)",
+        default=10,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds between polls.",
     )
     program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="vtn_connections")
     target_map = models.JSONField(
@@ -389,12 +400,13 @@ class VtnConnection(models.Model):
     state_detail = models.CharField(max_length=300, blank=True)
     state_changed_at = models.DateTimeField(null=True, blank=True)
     last_poll_at = models.DateTimeField(null=True, blank=True)
-    ven_id = models.CharField(max_length=200, blank=True)
+    ven_id = models.CharField("VEN id", max_length=200, blank=True)
     registration_id = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "VTN connection"
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["vtn_url", "ven_name"], name="dr_vtn_ven_once"),
@@ -421,7 +433,7 @@ class VtnEvent(models.Model):
     connection = models.ForeignKey(
         VtnConnection, on_delete=models.PROTECT, related_name="vtn_events"
     )
-    vtn_event_id = models.CharField(max_length=200)
+    vtn_event_id = models.CharField("VTN event id", max_length=200)
     event = models.OneToOneField(Event, on_delete=models.CASCADE, related_name="vtn_source")
     modification_number = models.PositiveIntegerField()
     vtn_status = models.CharField(max_length=16, blank=True)
@@ -433,6 +445,7 @@ class VtnEvent(models.Model):
     updated_at = models.DateTimeField()
 
     class Meta:
+        verbose_name = "VTN event"
         ordering = ["-received_at", "-id"]
         constraints = [
             models.UniqueConstraint(
@@ -469,6 +482,7 @@ class VtnMessage(models.Model):
     sent_at = models.DateTimeField()
 
     class Meta:
+        verbose_name = "VTN message"
         ordering = ["-sent_at", "-id"]
         indexes = [models.Index(fields=["connection", "-sent_at"], name="dr_vtn_message_recent")]
         constraints = [
