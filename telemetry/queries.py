@@ -923,6 +923,30 @@ def latest_values(
     return {sensor_id: (time, value) for sensor_id, time, value in _fetch(sql, q.params)}
 
 
+def latest_power_by_device(
+    *, device_ids: list[int], now: datetime, fresh: timedelta = POWER_FRESH
+) -> dict[int, tuple[str, str, float | None]]:
+    """Device id -> (key, unit, latest value as stored or None) of its first power sensor (by
+    key, the order the device's sensors are listed in), the value when younger than `fresh`;
+    devices without a power sensor are left out. One statement for the sensors and their
+    readings (a page of the fleet)."""
+    if not device_ids:
+        return {}
+    q = _Sql()
+    sql = f"""
+        SELECT s.device_id, s.key, s.unit, r.value
+        FROM (SELECT DISTINCT ON (se.device_id) se.id, se.device_id, se.key, se.unit
+              FROM {Sensor._meta.db_table} se
+              WHERE se.device_id = ANY({q.array(device_ids, "bigint")})
+                AND se.kind = {q.p(SensorKind.POWER.value)}
+              ORDER BY se.device_id, se.key) s
+        LEFT JOIN LATERAL (SELECT e.value FROM energy_readings e
+                           WHERE e.sensor_id = s.id AND e.time <= {q.p(now)}
+                             AND e.time > {q.p(now - fresh)}
+                           ORDER BY e.time DESC LIMIT 1) r ON true"""
+    return {device_id: (key, unit, value) for device_id, key, unit, value in _fetch(sql, q.params)}
+
+
 def minute_means(
     *, sensor_ids: list[int], lo: datetime, hi: datetime
 ) -> list[tuple[int, datetime, float]]:
