@@ -1018,14 +1018,17 @@ def latest_power_by_device(
 
 def minute_means(
     *, sensor_ids: list[int], lo: datetime, hi: datetime
-) -> list[tuple[int, datetime, float]]:
-    """(sensor id, minute, mean value) of the sensors' readings over [lo, hi), in time order:
-    an hour of a dashboard chart is at most 60 points a sensor, however often it reports."""
+) -> list[tuple[int, float, float]]:
+    """(sensor id, minute as Unix seconds, mean value) of the sensors' readings over [lo, hi), in
+    time order: an hour of a dashboard chart is at most 60 points a sensor, however often it
+    reports. The minutes travel as numbers, which is what the charts take: parsed as timestamps
+    they cost the dashboard 2 µs each (900 for 15 devices)."""
     if not sensor_ids:
         return []
     q = _Sql()
     sql = f"""
-        SELECT sensor_id, date_bin(interval '1 minute', time, {ORIGIN_SQL}) AS minute, avg(value)
+        SELECT sensor_id, extract(epoch FROM date_bin(interval '1 minute', time, {ORIGIN_SQL}))
+                              ::float8 AS minute, avg(value)
         FROM energy_readings
         WHERE sensor_id = ANY({q.array(sensor_ids, "bigint")})
           AND time >= {q.p(lo)} AND time < {q.p(hi)}

@@ -111,7 +111,7 @@ def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
         sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
     ):
         xs, ys = series[sensor_id]
-        xs.append(minute.timestamp())
+        xs.append(minute)
         ys.append(mean)
     return SensorFigures(latest=latest, series=series)
 
