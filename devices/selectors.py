@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.postgres.aggregates import ArrayAgg
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet
 
 from devices.groups import fleet_group, site_group
 from devices.models import (
@@ -79,10 +79,11 @@ def feeder_list(*, user: AbstractBaseUser) -> QuerySet[Feeder]:
 
 def resident_sites_with_devices(*, user: AbstractBaseUser) -> QuerySet[Site]:
     """A resident's own sites with their devices and rooms, loaded in a fixed number of queries."""
+    devices = Device.objects.select_related("room")  # the devices' rooms in their query
     return (
         Site.objects.filter(residents=user)
         .select_related("feeder")
-        .prefetch_related("devices__room", "devices__sensors")
+        .prefetch_related(Prefetch("devices", queryset=devices), "devices__sensors")
         .order_by("name")
     )
 

@@ -976,22 +976,6 @@ def latest_power(*, plan: EnergyPlan, now: datetime) -> dict[int, tuple[datetime
     return latest
 
 
-def latest_values(
-    *, sensor_ids: list[int], now: datetime, fresh: timedelta = POWER_FRESH
-) -> dict[int, tuple[datetime, float]]:
-    """The latest reading (time, value as stored) of each sensor, when younger than `fresh`."""
-    if not sensor_ids:
-        return {}
-    q = _Sql()
-    sql = f"""
-        SELECT s.id, r.time, r.value FROM unnest({q.array(sensor_ids, "bigint")}) AS s(id)
-        CROSS JOIN LATERAL (SELECT e.time, e.value FROM energy_readings e
-                            WHERE e.sensor_id = s.id AND e.time <= {q.p(now)}
-                              AND e.time > {q.p(now - fresh)}
-                            ORDER BY e.time DESC LIMIT 1) r"""
-    return {sensor_id: (time, value) for sensor_id, time, value in _fetch(sql, q.params)}
-
-
 def latest_power_by_device(
     *, device_ids: list[int], now: datetime, fresh: timedelta = POWER_FRESH
 ) -> dict[int, tuple[str, str, float | None]]:
@@ -1016,24 +1000,42 @@ def latest_power_by_device(
     return {device_id: (key, unit, value) for device_id, key, unit, value in _fetch(sql, q.params)}
 
 
-def minute_means(
-    *, sensor_ids: list[int], lo: datetime, hi: datetime
-) -> list[tuple[int, float, float]]:
-    """(sensor id, minute as Unix seconds, mean value) of the sensors' readings over [lo, hi), in
-    time order: an hour of a dashboard chart is at most 60 points a sensor, however often it
-    reports. The minutes travel as numbers, which is what the charts take: parsed as timestamps
-    they cost the dashboard 2 µs each (900 for 15 devices)."""
-    if not sensor_ids:
-        return []
-    q = _Sql()
-    sql = f"""
+def latest_and_minute_means(
+    *,
+    sensor_ids: list[int],
+    series_ids: list[int],
+    lo: datetime,
+    now: datetime,
+    fresh: timedelta = POWER_FRESH,
+) -> tuple[dict[int, tuple[datetime, float]], list[tuple[int, float, float]]]:
+    """The latest reading (time, value as stored) of each of `sensor_ids`, when younger than
+    `fresh`; and (sensor id, minute as Unix seconds, mean value) of the readings of `series_ids`
+    over [lo, now), in time order: an hour of a dashboard chart is at most 60 points a sensor,
+    however often it reports. One round trip for both. The minutes travel as numbers, which is
+    what the charts take: parsed as timestamps they cost the dashboard 2 µs each (900 for 15
+    devices)."""
+    statements = []
+    if sensor_ids:
+        q = _Sql("l")
+        statements.append((f"""
+        SELECT s.id, r.time, r.value FROM unnest({q.array(sensor_ids, "bigint")}) AS s(id)
+        CROSS JOIN LATERAL (SELECT e.time, e.value FROM energy_readings e
+                            WHERE e.sensor_id = s.id AND e.time <= {q.p(now)}
+                              AND e.time > {q.p(now - fresh)}
+                            ORDER BY e.time DESC LIMIT 1) r""", q.params))  # fmt: skip
+    if series_ids:
+        q = _Sql("m")
+        statements.append((f"""
         SELECT sensor_id, extract(epoch FROM date_bin(interval '1 minute', time, {ORIGIN_SQL}))
                               ::float8 AS minute, avg(value)
         FROM energy_readings
-        WHERE sensor_id = ANY({q.array(sensor_ids, "bigint")})
-          AND time >= {q.p(lo)} AND time < {q.p(hi)}
-        GROUP BY 1, 2 ORDER BY 1, 2"""
-    return _fetch(sql, q.params)
+        WHERE sensor_id = ANY({q.array(series_ids, "bigint")})
+          AND time >= {q.p(lo)} AND time < {q.p(now)}
+        GROUP BY 1, 2 ORDER BY 1, 2""", q.params))  # fmt: skip
+    results = _fetch_each(statements) if statements else []
+    latest = results.pop(0) if sensor_ids else []
+    means = results.pop(0) if series_ids else []
+    return {sensor_id: (time, value) for sensor_id, time, value in latest}, means
 
 
 def power_by_quarter(

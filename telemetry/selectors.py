@@ -102,14 +102,14 @@ class SensorFigures:
 
 def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
     """The latest reading of each sensor and the per-minute means of the last hour of each power
-    sensor: two round trips however many sensors."""
-    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
+    sensor: one round trip however many sensors."""
     series: dict[int, tuple[list[float], list[float]]] = {
         s.id: ([], []) for s in sensors if s.kind == SensorKind.POWER
     }
-    for sensor_id, minute, mean in queries.minute_means(
-        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
-    ):
+    latest, means = queries.latest_and_minute_means(
+        sensor_ids=[s.id for s in sensors], series_ids=list(series), lo=now - CHART_WINDOW, now=now
+    )
+    for sensor_id, minute, mean in means:
         xs, ys = series[sensor_id]
         xs.append(minute)
         ys.append(mean)
