@@ -178,10 +178,11 @@ def test_dashboard_query_count_does_not_grow_with_devices(
     add_devices(second, devices_per_site, "pi-c")
     client.force_login(alice)
 
-    # when / then (8 for the homes and devices, 2 for the outage panel: cuts and balances, 1 for
-    # the relays, 5 for the figures: sensors, stored site days, energy of both sites, latest
-    # readings, last hour)
-    with django_assert_max_num_queries(16):
+    # when / then (7 for the session, the user, the homes, their devices with rooms, their
+    # sensors, the role and the demand-response panel; 2 for the outage panel: cuts and
+    # balances; 1 for the relays; 4 for the figures: latest readings with the last hour, the
+    # energy plan, stored site days, the energy of both sites)
+    with django_assert_max_num_queries(14):
         response = client.get("/dashboard/")
     assert len(listed_devices(response)) == 1 + 2 * devices_per_site
 
@@ -282,8 +283,9 @@ def test_fleet_page_query_count_does_not_grow_with_devices(
     client.force_login(operator)
 
     # (two of them for the open outages panel: the open outages, the suspected ones; one for the
-    # power column: the page's power sensors and their latest readings)
-    with django_assert_max_num_queries(13):
+    # power column: the page's power sensors and their latest readings; one for the feeder the
+    # filter names)
+    with django_assert_max_num_queries(12):
         response = client.get(f"/fleet/?feeder={alice_home['site'].feeder_id}")
     assert len(listed_devices(response)) == 2 + devices
 
