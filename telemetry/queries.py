@@ -814,35 +814,41 @@ def _spans_energy(
         "AS sn(sensor_id, mode, factor, device_id, site_id)"
     )
     one = "ARRAY[ss.sensor_id]"  # the span's sensor (`ss`: no alias `_rows_between` uses)
-    parts = [
+    raw = [
         _rows_between(q, "raw", [], "ss.lo", "ss.qlo", ids_p=one),
-        _rows_between(q, "15m", [], "ss.qlo", "ss.qhi", ids_p=one),
         _rows_between(q, "raw", [], "ss.qhi", "ss.hi", ids_p=one),
     ]
+    # The 15m level's rows are whole quarter-hours already, one per sensor and bucket (a marked
+    # one read from raw instead of its rollup row); only the raw edges are grouped into theirs.
+    # Only counters need the quarter-hour before (a window: a sort); the rest are read as they
+    # come.
     sql = f"""
     WITH ss AS MATERIALIZED (
         SELECT sp.span, sp.lo, sp.qlo, sp.qhi, sp.hi, sp.tz, sn.sensor_id, sn.mode, sn.factor,
                sn.device_id
         FROM ({span_table}) sp JOIN ({sensor_table}) sn ON sn.site_id = sp.site_id
     ),
-    u AS (
-        SELECT ss.span, ss.sensor_id, r.bucket AS t, r.sum, r.count, r.min, r.max, r.last
-        FROM ss CROSS JOIN LATERAL ({" UNION ALL ".join(f"({part})" for part in parts)}) r
-    ),
-    quarters AS (
-        SELECT u.span, u.sensor_id, date_bin(interval '15 minutes', u.t, {ORIGIN_SQL}) AS bucket,
-               sum(u.sum) AS sum, sum(u.count)::bigint AS count, min(u.min) AS min,
-               max(u.max) AS max, (array_agg(u.last ORDER BY u.t DESC))[1] AS last
-        FROM u GROUP BY 1, 2, 3
+    k AS (
+        SELECT ss.span, ss.sensor_id, ss.mode, ss.factor, ss.device_id, ss.lo, ss.tz, r.bucket,
+               r.sum, r.count, r.min, r.last
+        FROM ss CROSS JOIN LATERAL ({_rows_between(q, "15m", [], "ss.qlo", "ss.qhi", ids_p=one)}) r
+        UNION ALL
+        SELECT ss.span, ss.sensor_id, ss.mode, ss.factor, ss.device_id, ss.lo, ss.tz, r.bucket,
+               r.sum, r.count, r.min, r.last
+        FROM ss CROSS JOIN LATERAL (
+            SELECT date_bin(interval '15 minutes', u.bucket, {ORIGIN_SQL}) AS bucket,
+                   sum(u.sum) AS sum, sum(u.count)::bigint AS count, min(u.min) AS min,
+                   (array_agg(u.last ORDER BY u.bucket DESC))[1] AS last
+            FROM ({" UNION ALL ".join(f"({part})" for part in raw)}) u GROUP BY 1) r
     ),
     x AS (
-        SELECT k.*, ss.mode, ss.factor, ss.device_id, ss.tz,
-               coalesce(lag(k.last) OVER (PARTITION BY k.span, k.sensor_id ORDER BY k.bucket),
-                        CASE WHEN ss.mode <> 'counter' THEN NULL
-                             ELSE (SELECT e.value FROM energy_readings e
-                                   WHERE e.sensor_id = k.sensor_id AND e.time < ss.lo
-                                   ORDER BY e.time DESC LIMIT 1) END) AS prev
-        FROM quarters k JOIN ss ON ss.span = k.span AND ss.sensor_id = k.sensor_id
+        SELECT k.*, NULL::float8 AS prev FROM k WHERE k.mode <> 'counter'
+        UNION ALL
+        SELECT k.*, coalesce(lag(k.last) OVER (PARTITION BY k.span, k.sensor_id ORDER BY k.bucket),
+                             (SELECT e.value FROM energy_readings e
+                              WHERE e.sensor_id = k.sensor_id AND e.time < k.lo
+                              ORDER BY e.time DESC LIMIT 1))
+        FROM k WHERE k.mode = 'counter'
     )
     SELECT extract(epoch FROM date_trunc('day', bucket, tz))::bigint AS period, span,
            device_id, mode, sum(factor * {_QUARTER_KWH})
