@@ -26,6 +26,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
+import psycopg
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import QuerySet
@@ -209,6 +211,33 @@ def _union(q: _Sql, ids: list[int], start: datetime, end: datetime, levels: tupl
 
 def _fetch(sql: str, params: dict) -> list[tuple]:
     with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+class _PreparedCursor(psycopg.Cursor):
+    """Binds on the server and prepares each statement on a connection when first run there, so
+    that PostgreSQL plans it once and keeps the plan (psycopg keeps the names, per connection).
+    Django's cursors bind on the client, which sends no statement to keep."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
+
+
+def _fetch_prepared(sql: str, params: dict) -> list[tuple]:
+    """`_fetch` for a statement whose text does not change from one call to the next (every
+    value a parameter: `_Sql`), run often enough for its planning to count: planned once per
+    connection instead of at every run (1.5 ms of the dashboard's energy statement). Through
+    Django's cursor wrapper, so that it is counted and logged like the rest."""
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = _PreparedCursor(connection.connection)
+    cursor = (
+        connection.make_debug_cursor(raw)
+        if connection.queries_logged
+        else connection.make_cursor(raw)
+    )
+    with cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -853,7 +882,7 @@ def _spans_energy(
     SELECT extract(epoch FROM date_trunc('day', bucket, tz))::bigint AS period, span,
            device_id, mode, sum(factor * {_QUARTER_KWH})
     FROM x GROUP BY 1, 2, 3, 4 ORDER BY 1, 3"""
-    for period, span, device_id, mode, kwh in _periods_as_instants(_fetch(sql, q.params)):
+    for period, span, device_id, mode, kwh in _periods_as_instants(_fetch_prepared(sql, q.params)):
         results[span].append((period, device_id, mode, kwh))
     return results
 
