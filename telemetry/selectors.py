@@ -102,25 +102,25 @@ class SensorFigures:
 
 def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
     """The latest reading of each sensor and the per-minute means of the last hour of each power
-    sensor: two round trips however many sensors."""
-    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
+    sensor: one round trip however many sensors."""
     series: dict[int, tuple[list[float], list[float]]] = {
         s.id: ([], []) for s in sensors if s.kind == SensorKind.POWER
     }
-    for sensor_id, minute, mean in queries.minute_means(
-        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
-    ):
+    latest, means = queries.latest_and_minute_means(
+        sensor_ids=[s.id for s in sensors], series_ids=list(series), lo=now - CHART_WINDOW, now=now
+    )
+    for sensor_id, minute, mean in means:
         xs, ys = series[sensor_id]
-        xs.append(minute.timestamp())
+        xs.append(minute)
         ys.append(mean)
     return SensorFigures(latest=latest, series=series)
 
 
 @dataclass(frozen=True)
 class FleetRow:
-    """A fleet page's row, made once so that the row template only prints: the device, the
-    power sensor its live figure follows, and that sensor's latest value (under 15 minutes old)
-    in the sensor's own unit, as the live feed writes it."""
+    """A fleet page's row, made once so that the row only prints: the device, the power sensor
+    its live figure follows (its first by key), and that sensor's latest value (under 15 minutes
+    old) in the sensor's own unit, as the live feed writes it."""
 
     device: Device
     power_key: str | None
@@ -129,26 +129,13 @@ class FleetRow:
 
 
 def fleet_rows(*, devices: list[Device], now: datetime) -> list[FleetRow]:
-    """The rows of a page of the fleet: one round trip for the latest power readings."""
-    chosen = {
-        d.id: next((s for s in d.sensors.all() if s.kind == SensorKind.POWER), None)
-        for d in devices
-    }
-    latest = queries.latest_values(
-        sensor_ids=[s.id for s in chosen.values() if s is not None], now=now
-    )
+    """The rows of a page of the fleet: one round trip for the power sensors and their latest
+    readings."""
+    power = queries.latest_power_by_device(device_ids=[d.id for d in devices], now=now)
     rows = []
     for device in devices:
-        sensor = chosen[device.id]
-        reading = latest.get(sensor.id) if sensor is not None else None
-        rows.append(
-            FleetRow(
-                device=device,
-                power_key=sensor.key if sensor else None,
-                power_unit=sensor.unit if sensor else "",
-                power=reading[1] if reading else None,
-            )
-        )
+        key, unit, value = power.get(device.id, (None, "", None))
+        rows.append(FleetRow(device=device, power_key=key, power_unit=unit, power=value))
     return rows
 
 
