@@ -77,7 +77,22 @@ class SiteFigures:
 
 
 CHART_WINDOW = timedelta(hours=1)
-SHOWN_KINDS = (SensorKind.POWER, SensorKind.VOLTAGE)
+# What a device's card shows: power, voltage and temperature (a heat pump's outdoor probe), and
+# generation in a power unit (an inverter's output; its kWh counter is for history).
+SHOWN_KINDS = (SensorKind.POWER, SensorKind.VOLTAGE, SensorKind.TEMPERATURE)
+
+
+def charted(sensor: Sensor) -> bool:
+    """Whether the last hour of a sensor is charted: power, or generation in a power unit."""
+    return sensor.kind == SensorKind.POWER or (
+        sensor.kind == SensorKind.GENERATION
+        and sensor.unit.strip().lower() in queries.POWER_FACTORS
+    )
+
+
+def shown(sensor: Sensor) -> bool:
+    """Whether a device's card shows a sensor's latest value (SHOWN_KINDS, or charted)."""
+    return sensor.kind in SHOWN_KINDS or charted(sensor)
 
 
 def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> datetime:
@@ -94,17 +109,17 @@ def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> 
 
 @dataclass(frozen=True)
 class SensorFigures:
-    """Latest readings (under 15 minutes old) and the last hour of the power sensors."""
+    """Latest readings (under 15 minutes old) and the last hour of the charted sensors."""
 
     latest: dict[int, tuple[datetime, float]]  # sensor id -> latest (time, value)
-    series: dict[int, tuple[list[float], list[float]]]  # power sensor id -> ([unix s], [values])
+    series: dict[int, tuple[list[float], list[float]]]  # charted sensor id -> ([unix s], [values])
 
 
 def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
-    """The latest reading of each sensor and the per-minute means of the last hour of each power
-    sensor: one round trip however many sensors."""
+    """The latest reading of each sensor and the per-minute means of the last hour of each
+    charted one: one round trip however many sensors."""
     series: dict[int, tuple[list[float], list[float]]] = {
-        s.id: ([], []) for s in sensors if s.kind == SensorKind.POWER
+        s.id: ([], []) for s in sensors if charted(s)
     }
     latest, means = queries.latest_and_minute_means(
         sensor_ids=[s.id for s in sensors], series_ids=list(series), lo=now - CHART_WINDOW, now=now
@@ -149,7 +164,7 @@ def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigu
         for site in sites
         for device in site.devices.all()
         for sensor in device.sensors.all()
-        if sensor.kind in SHOWN_KINDS
+        if shown(sensor)
     ]
     readings = sensor_figures(sensors=sensors, now=now)
     latest, series = readings.latest, readings.series

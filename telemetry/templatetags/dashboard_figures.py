@@ -74,9 +74,19 @@ def chart_series(figures: dict) -> dict:
 
 
 @register.filter
-def power_sensor(device):
-    """The device's first power sensor (from its prefetched sensors): the one its chart shows."""
-    return next((s for s in device.sensors.all() if s.kind == SensorKind.POWER), None)
+def chart_sensor(device):
+    """The sensor a device's chart shows (from its prefetched sensors): its first power sensor,
+    else its first charted one (an inverter's output)."""
+    sensors = device.sensors.all()
+    return next((s for s in sensors if s.kind == SensorKind.POWER), None) or next(
+        (s for s in sensors if selectors.charted(s)), None
+    )
+
+
+@register.filter
+def shown_sensors(device) -> list:
+    """The sensors whose latest values a device's card shows, in key order."""
+    return [s for s in device.sensors.all() if selectors.shown(s)]
 
 
 @register.simple_tag

@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from devices import services
-from devices.models import Device, Feeder, Room, Site, Transformer
+from devices.models import Device, Feeder, Room, Sensor, Site, Transformer
 from telemetry.services import readings_insert
 from tests.conftest import PASSWORD, SENSORS
 
@@ -165,6 +165,44 @@ def test_dashboard_of_a_resident_without_sites_says_so(client, make_user, alice_
     assert response.status_code == 200
     assert "no homes linked" in response.content.decode()
     assert listed_devices(response) == []
+
+
+def test_dashboard_cards_show_an_inverters_output_and_a_heat_pumps_outdoor_temperature(
+    client, alice, alice_home
+):
+    # given: at Alice's, a PV inverter generating 1.5 kW and a heat pump drawing 800 W at 4 °C
+    site, now = alice_home["site"], timezone.now()
+    services.device_create(uid="pv-1", site=site, kind="pv_inverter", sensors=[
+        {"key": "pv_w", "kind": "generation", "unit": "W"},
+        {"key": "pv_energy_kwh", "kind": "generation", "unit": "kWh"},
+    ])  # fmt: skip
+    services.device_create(uid="hp-1", site=site, kind="hvac", sensors=[
+        {"key": "power_w", "kind": "power", "unit": "W"},
+        {"key": "outdoor_temp_c", "kind": "temperature", "unit": "°C"},
+    ])  # fmt: skip
+    at = int((now - timedelta(minutes=1)).timestamp() * 1e6)
+    ids = {s.key + s.device.uid: s.id for s in Sensor.objects.select_related("device")}
+    readings_insert(
+        sensor_ids=[ids["pv_wpv-1"], ids["pv_energy_kwhpv-1"], ids["power_whp-1"],
+                    ids["outdoor_temp_chp-1"]],
+        times_us=[at] * 4, values=[1500.0, 4321.0, 800.0, 4.0],
+    )  # fmt: skip
+    client.force_login(alice)
+
+    html = re.sub(r"\s+", " ", client.get("/dashboard/").content.decode())
+
+    # then the inverter's output is shown and charted, its counter is not on the card
+    assert '<span class="metric-value" data-metric-for="pv-1:pv_w">1500</span>' in html
+    assert "W generated" in html
+    assert f'data-chart-for="pv-1" data-chart-key="pv_w" data-chart-sensor="{ids["pv_wpv-1"]}"' in (
+        html
+    )
+    assert "pv-1:pv_energy_kwh" not in html
+    # and the heat pump shows its outdoor temperature next to its power
+    assert 'data-metric-for="hp-1:outdoor_temp_c">4.0</span><span class="muted">°C outside' in html
+    # and what the panels make is not counted as what the home uses now
+    assert 'data-metric-for="pv-1:pv_w" data-power-unit' not in html
+    assert 'data-metric-for="hp-1:power_w" data-power-unit="W" data-value="800.0"' in html
 
 
 @pytest.mark.parametrize("devices_per_site", [1, 20])
