@@ -14,11 +14,17 @@ from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from devices import selectors, socket_registry
-from devices.groups import device_group, fleet_group, site_group
+from devices.groups import commands_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
 from devices.storable_text import storable_text
 from energy_portal import metrics
-from energy_portal.realtime import group_send, group_send_each, live_event, live_send_each
+from energy_portal.realtime import (
+    compact_json,
+    group_send,
+    live_channel,
+    live_event,
+    live_send_each,
+)
 from energy_portal.redis_client import sync_client
 
 TOKEN_BYTES = 32
@@ -268,9 +274,8 @@ def command_issue(
     command = Command.objects.create(
         device=device, name=name, args=args, created_by=user, expires_at=timezone.now() + ttl
     )
-    group = device_group(device.id)
-    message = command_message(command)
-    transaction.on_commit(lambda: group_send([group], message))
+    entries = [command_entry(command)]
+    transaction.on_commit(lambda: commands_publish(entries))
     _command_changed(command)
     return command
 
@@ -288,15 +293,44 @@ def command_frame(command: Command) -> str:
 
 
 def command_message(command: Command) -> dict:
-    """The channel-layer message telling the device's socket of a new command: it carries the
-    frame, so the socket writes it at once and records "sent" later, in bulk
-    (`commands_mark_sent`), instead of reading and claiming the command first."""
+    """A channel-layer message telling the device's socket (its group, `device_group`) of a
+    new command, as the portal sent them before `commands_publish`: it carries the frame, so
+    the socket writes it at once and records "sent" later, in bulk (`commands_mark_sent`). A
+    message without the frame makes the socket claim the command from the database first."""
     return {
         "type": "device.command",
         "id": str(command.id),
         "frame": command_frame(command),
         "expires": command.expires_at.timestamp(),
     }
+
+
+def command_entry(command: Command) -> list:
+    """The command as the server processes' inboxes get it (`devices.command_inbox`): device
+    id, command id, the frame its socket writes, and when it expires (epoch seconds)."""
+    return [
+        command.device_id,
+        str(command.id),
+        command_frame(command),
+        command.expires_at.timestamp(),
+    ]
+
+
+COMMANDS_PER_MESSAGE = 500  # a frame is ~250 bytes: ~125 kB a published message
+
+
+def commands_publish(entries: list[list]) -> None:
+    """Tell every server process of these commands (`command_entry`), once committed: one
+    PUBLISH per `COMMANDS_PER_MESSAGE` of them, all in one Redis round trip. Each process hands
+    those of its own device sockets to them (`devices.command_inbox`); a device connected
+    nowhere gets its command on its next socket."""
+    if not entries:
+        return
+    channel = live_channel(commands_group())
+    pipe = sync_client().pipeline(transaction=False)
+    for first in range(0, len(entries), COMMANDS_PER_MESSAGE):
+        pipe.publish(channel, compact_json(entries[first : first + COMMANDS_PER_MESSAGE]))
+    pipe.execute()
 
 
 def commands_issue(
@@ -307,15 +341,16 @@ def commands_issue(
     ttl: timedelta = DEFAULT_COMMAND_TTL,
 ) -> list[Command]:
     """`command_issue` for many devices at once (the same command to each): one insert, and
-    once committed one hop to the channel layer for every device socket and one Redis round
-    trip for the live viewers. Returns the commands in the order of `devices`."""
+    once committed one Redis round trip telling every server process of them all
+    (`commands_publish`) and one for the live viewers. Returns the commands in the order of
+    `devices`."""
     args = _command_args(name, args)
     expires_at = timezone.now() + ttl
     commands = Command.objects.bulk_create(
         [Command(device=device, name=name, args=args, expires_at=expires_at) for device in devices],
         batch_size=2000,
     )
-    sends = [(device_group(c.device_id), command_message(c)) for c in commands]
+    entries = [command_entry(c) for c in commands]
     live = [
         (
             [site_group(c.device.site_id), fleet_group()],
@@ -325,7 +360,7 @@ def commands_issue(
     ]
 
     def send() -> None:
-        group_send_each(sends)  # the devices first: the viewers can wait
+        commands_publish(entries)  # the devices first: the viewers can wait
         live_send_each(live)
 
     transaction.on_commit(send)

@@ -11,7 +11,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 
 from devices import selectors, services, socket_registry
+from devices.groups import commands_group
 from devices.models import Device, Sensor, hash_token
+from energy_portal.realtime import live_channel
 from energy_portal.redis_client import sync_client
 from tests.conftest import SENSORS
 
@@ -253,6 +255,35 @@ def test_commands_mark_sent_records_a_batch_once_and_never_reopens_a_finished_co
     assert (marked, again) == (2, 0)  # a second batch with the same ids changes nothing
     assert (pending.status, pending.sent_at) == ("sent", at)
     assert (answered.status, answered.sent_at) == ("done", at)
+
+
+def test_commands_issued_together_are_published_once_committed_in_chunks(
+    alice_home, bob_home, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The server processes hear of a batch of commands in one message per
+    COMMANDS_PER_MESSAGE (here 2), each entry the device, the command, the frame its socket
+    writes and the expiry; nothing before the commands are committed."""
+    monkeypatch.setattr(services, "COMMANDS_PER_MESSAGE", 2)
+    spare, _ = services.device_create(uid="pi-spare", site=alice_home["site"])
+    listener = sync_client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(live_channel(commands_group()))
+    listener.get_message(timeout=1)  # the subscription's confirmation
+
+    with django_capture_on_commit_callbacks(execute=True):
+        commands = services.commands_issue(
+            devices=[alice_home["device"], bob_home["device"], spare], name="ping"
+        )
+        before_commit = listener.get_message(timeout=0.2)
+    messages = [listener.get_message(timeout=1) for _ in range(2)]
+    listener.close()
+
+    batches = [json.loads(m["data"]) for m in messages]
+    assert before_commit is None
+    assert [len(batch) for batch in batches] == [2, 1]
+    assert [entry for batch in batches for entry in batch] == [
+        [c.device_id, str(c.id), services.command_frame(c), c.expires_at.timestamp()]
+        for c in commands
+    ]
 
 
 def test_command_message_carries_the_frame_the_socket_writes(alice_home):
