@@ -263,6 +263,33 @@ def _servers(before: bool) -> list:
     return procs
 
 
+def where_time_goes(event_id: int, start, end) -> dict:
+    """From the database: per kind, ms from the event's start (end) to the worker's transition
+    (`EventStatusChange.at`), to the commands' creation (`Command.created_at`, set as the
+    worker builds the insert), to the dispatch rows' (`DispatchedCommand.created_at`, just
+    before the commit), and to `sent_at` (the socket's batched mark, <= 0.1 s after the
+    write)."""
+    from demand_response.models import DispatchedCommand, EventStatus, EventStatusChange
+
+    out = {}
+    for kind, origin, status in (("curtail", start, EventStatus.ACTIVE),
+                                 ("restore", end, EventStatus.COMPLETED)):  # fmt: skip
+        moved = EventStatusChange.objects.filter(event_id=event_id, status=status).first()
+        rows = DispatchedCommand.objects.filter(event_id=event_id, kind=kind).values_list(
+            "command__created_at", "created_at", "command__sent_at"
+        )
+        created, dispatched, sent = zip(*rows, strict=True) if rows else ((), (), ())
+        out[kind] = {
+            "transition_ms": round((moved.at - origin).total_seconds() * 1000, 1)
+            if moved
+            else None,
+            "created": quantiles([(t - origin).total_seconds() for t in created]),
+            "dispatched": quantiles([(t - origin).total_seconds() for t in dispatched]),
+            "sent": quantiles([(t - origin).total_seconds() for t in sent if t is not None]),
+        }
+    return out
+
+
 def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
     import redis
 
@@ -332,8 +359,13 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
         "curtail": quantiles(curtail),
         "restore": quantiles(restore),
         "curtail_within_1s": sum(1 for x in curtail if x <= 1.0),
+        "restore_within_1s": sum(1 for x in restore if x <= 1.0),
+        "where": where_time_goes(event.pk, start, end),
     }
     log(f"  curtail {result['curtail']}  restore {result['restore']}")
+    for kind, where in result["where"].items():
+        log(f"  {kind}: transition {where['transition_ms']} ms, created {where['created']}, "
+            f"dispatched {where['dispatched']}, sent {where['sent']}")  # fmt: skip
     return result
 
 
@@ -356,14 +388,15 @@ def report(results: dict) -> str:
     if d := results.get("dispatch"):
         lines.append("Dispatch: event start (end) -> device receives curtail (restore), ms")
         lines.append(f"  {'mode':<20} {'N':>5} {'p50':>8} {'p99':>8} {'max':>8} | "
-                     f"{'p50':>8} {'p99':>8} {'max':>8}  <=1s   load")  # fmt: skip
+                     f"{'p50':>8} {'p99':>8} {'max':>8}  <=1s (c/r)   load")  # fmt: skip
         for r in d:
             c, x = r["curtail"], r["restore"]
             curtail = " ".join(f"{c.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
             restore = " ".join(f"{x.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
             lines.append(
                 f"  {r['mode']:<20} {r['n']:>5} {curtail} | {restore}  "
-                f"{r['curtail_within_1s']}/{r['n']}  {r['loadavg_before']}"
+                f"{r['curtail_within_1s']}/{r.get('restore_within_1s', '-')}/{r['n']}  "
+                f"{r['loadavg_before']}"
             )
     return "\n".join(lines)
 
