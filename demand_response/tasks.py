@@ -39,13 +39,13 @@ def events_transition_due() -> int:
 @shared_task(**RETRY)
 def event_sites_curtail(event_id: int, site_ids: list[int]) -> int:
     """Curtail the sites' controllable devices (queued for start + the sites' offset)."""
-    return len(services.event_sites_curtail(event_id=event_id, site_ids=site_ids))
+    return services.event_sites_curtail(event_id=event_id, site_ids=site_ids)
 
 
 @shared_task(**RETRY)
 def event_restore(event_id: int) -> int:
     """Restore every device the event curtailed (queued at its end and on cancel)."""
-    return len(services.event_restore(event_id=event_id))
+    return services.event_restore(event_id=event_id)
 
 
 @shared_task(**RETRY)

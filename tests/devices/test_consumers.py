@@ -1469,9 +1469,10 @@ async def test_command_already_delivered_on_this_socket_is_not_sent_again(alice_
 @database_sync_to_async
 def issue_commands(devices: list[Device], name: str) -> list[Command]:
     """Commands for several devices at once, as a demand-response event issues them: published
-    to the server processes' inboxes once committed."""
+    to the server processes' inboxes once committed. In the order of `devices`."""
     with transaction.atomic():
-        return services.commands_issue(devices=devices, name=name)
+        ids = services.commands_issue(device_ids=[d.pk for d in devices], name=name)
+    return [Command.objects.get(pk=ids[d.pk]) for d in devices]
 
 
 @database_sync_to_async

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 
 from devices import selectors, services, socket_registry
 from devices.groups import commands_group
-from devices.models import Device, Sensor, hash_token
+from devices.models import Command, Device, Sensor, hash_token
 from energy_portal.realtime import live_channel
 from energy_portal.redis_client import sync_client
 from tests.conftest import SENSORS
@@ -269,21 +269,35 @@ def test_commands_issued_together_are_published_once_committed_in_chunks(
     listener.subscribe(live_channel(commands_group()))
     listener.get_message(timeout=1)  # the subscription's confirmation
 
+    devices = [alice_home["device"], bob_home["device"], spare]
+
     with django_capture_on_commit_callbacks(execute=True):
-        commands = services.commands_issue(
-            devices=[alice_home["device"], bob_home["device"], spare], name="ping"
+        ids = services.commands_issue(
+            device_ids=[d.pk for d in devices] + [999_999], name="relay", args={"state": "off"}
         )
         before_commit = listener.get_message(timeout=0.2)
     messages = [listener.get_message(timeout=1) for _ in range(2)]
     listener.close()
+    commands = [Command.objects.get(pk=ids[d.pk]) for d in devices]
 
     batches = [json.loads(m["data"]) for m in messages]
     assert before_commit is None
+    assert set(ids) == {d.pk for d in devices}  # a device that does not exist gets none
+    assert [(c.name, c.args, c.status, c.sent_at) for c in commands] == [
+        ("relay", {"state": "off"}, "pending", None)
+    ] * 3
     assert [len(batch) for batch in batches] == [2, 1]
-    assert [entry for batch in batches for entry in batch] == [
+    assert sorted(entry for batch in batches for entry in batch) == sorted(
         [c.device_id, str(c.id), services.command_frame(c), c.expires_at.timestamp()]
         for c in commands
-    ]
+    )
+    assert json.loads(services.command_frame(commands[0])) == {
+        "type": "command",
+        "id": str(commands[0].id),
+        "name": "relay",
+        "args": {"state": "off"},
+        "expires_at": commands[0].expires_at.isoformat(),
+    }
 
 
 def test_command_message_carries_the_frame_the_socket_writes(alice_home):

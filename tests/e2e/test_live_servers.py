@@ -203,9 +203,10 @@ async def test_dashboard_on_one_server_gets_readings_from_a_device_on_another(
     assert seen[1]["points"] == [{"ts": ts, "values": {"power_w": 512.3}}]
 
 
-def _commands_issue(devices, name: str):
+def _commands_issue(devices, name: str) -> list[Command]:
     with transaction.atomic():
-        return services.commands_issue(devices=devices, name=name)
+        ids = services.commands_issue(device_ids=[d.pk for d in devices], name=name)
+    return [Command.objects.get(pk=ids[d.pk]) for d in devices]
 
 
 async def _marked_sent(commands, timeout: float = 5):
