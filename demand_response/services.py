@@ -293,9 +293,16 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
     ):
         moved.append(EventStatus.COMPLETED)
     if EventStatus.ACTIVE in moved and EventStatus.COMPLETED not in moved:
-        _curtail_schedule(Event.objects.get(pk=event_id))
+        event = Event.objects.get(pk=event_id)
+        if event.randomization_s <= 0:
+            # Every site's curtail is due now: sent in this transaction rather than by a task
+            # queued for the start (a Celery hop and a commit less in the event's first
+            # second, bench/dr). Should this fail, the move is undone with it and retried.
+            event_sites_curtail(event_id=event_id, site_ids=None, now=now)
+        else:
+            _curtail_schedule(event)
     if EventStatus.COMPLETED in moved:
-        _restore_later(event_id)
+        _restore(event_id, None)  # in this transaction, as the start's curtail
         _settle_later(event_id)
     for status in moved:
         _tell(event_id, {"change": "status", "status": status})
@@ -409,21 +416,22 @@ def _curtail_args(event: Event) -> dict:
 
 @transaction.atomic
 def event_sites_curtail(
-    *, event_id: int, site_ids: Iterable[int], now: datetime | None = None
+    *, event_id: int, site_ids: Iterable[int] | None, now: datetime | None = None
 ) -> int:
-    """Send `curtail` to each controllable device of those of `site_ids` still opted in, while
-    the event is active and before its end; the command expires at the end (an offline device
-    gets it on reconnect if still in time). A device already sent one is skipped, so a task run
-    twice sends nothing more. Returns how many were sent."""
+    """Send `curtail` to each controllable device of those of `site_ids` (None: all sites)
+    still opted in, while the event is active and before its end; the command expires at the
+    end (an offline device gets it on reconnect if still in time). A device already sent one
+    is skipped, so a task run twice sends nothing more. Returns how many were sent."""
     now = now or timezone.now()
     # The event's row is locked as `invitation_respond` locks it: an opt-out either comes
     # before this (and the site is skipped) or after (and restores what this sent).
     event = Event.objects.select_for_update().get(pk=event_id)
     if event.status != EventStatus.ACTIVE or now >= event.end:
         return 0
-    opted_in = Invitation.objects.filter(
-        event=event, site_id__in=list(site_ids), status=InvitationStatus.OPTED_IN
-    ).values("site_id")
+    opted_in = Invitation.objects.filter(event=event, status=InvitationStatus.OPTED_IN)
+    if site_ids is not None:
+        opted_in = opted_in.filter(site_id__in=list(site_ids))
+    opted_in = opted_in.values("site_id")
     sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
         "device_id"
     )
@@ -433,7 +441,7 @@ def event_sites_curtail(
         .values_list("pk", "site_id")
     )
     commands = commands_issue(
-        device_ids=sites, name="curtail", args=_curtail_args(event), ttl=event.end - now
+        device_ids=sites, name="curtail", args=_curtail_args(event), expires_at=event.end
     )
     return _dispatched(event.pk, DispatchKind.CURTAIL, sites, commands)
 

@@ -347,17 +347,19 @@ def commands_issue(
     name: str,
     args: dict | None = None,
     ttl: timedelta = DEFAULT_COMMAND_TTL,
+    expires_at: datetime | None = None,
 ) -> dict[int, uuid.UUID]:
     """`command_issue` for many devices at once (the same command to each; ids of devices that
     do not exist are skipped): one INSERT … SELECT, and once committed one Redis round trip
     telling every server process of them all (`commands_publish`) and one or two for the live
-    viewers. Returns each device's new command id.
+    viewers. They expire at `expires_at`, default `ttl` from now. Returns each device's new
+    command id.
 
     Set-based because a demand-response event issues thousands in the second of its start:
     building and saving them as models took most of that second (bench/dr)."""
     args = _command_args(name, args)
     now = timezone.now()
-    expires_at = now + ttl
+    expires_at = expires_at or now + ttl
     with connection.cursor() as cursor:
         cursor.execute(
             """

@@ -290,6 +290,23 @@ def where_time_goes(event_id: int, start, end) -> dict:
     return out
 
 
+def _forget_earlier_runs() -> None:
+    """What an earlier run (or one stopped midway) left would reach this run's sockets: its
+    events still to move (a restore at their end) and its open commands (sent to a device's
+    next socket, restores live 10 minutes). Cancelled and expired, without telling anyone."""
+    from django.utils import timezone
+
+    from demand_response.models import Event, EventStatus
+    from devices.models import Command, CommandStatus
+
+    Event.objects.filter(
+        program__name__startswith="bench-dr", status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE]
+    ).update(status=EventStatus.CANCELLED)
+    Command.objects.filter(
+        device__uid__startswith=common.PREFIX, status__in=Command.OPEN_STATUSES
+    ).update(status=CommandStatus.EXPIRED, completed_at=timezone.now())
+
+
 def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
     import redis
 
@@ -298,6 +315,7 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
 
     label = "before (per device)" if before else "batched"
     redis.Redis.from_url(common.redis_url()).flushdb()
+    _forget_earlier_runs()
     entries = entries[:n]
     sites = [e["site"] for e in entries]
     program, _ = Program.objects.get_or_create(
