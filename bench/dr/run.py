@@ -1,7 +1,7 @@
 """Driver of the demand-response benchmark (on demand; not part of the test suite).
 
     python -m bench.dr.run [--sites 10000] [--n 1000,5000] [--quick] [--skip-dispatch]
-        [--skip-settle] [--no-before]
+        [--skip-settle] [--no-before] [--profile]
 
 1. Data (`bench.dr.setup_data`): `--sites` sites with two weeks of 15-minute meter data; the
    first max(N) get a controllable device.
@@ -227,9 +227,10 @@ def settle_part(n_sites: int) -> dict:
 def _servers(before: bool) -> list:
     env = common.portal_env()
     common.LOG_DIR.mkdir(parents=True, exist_ok=True)
-    app = "energy_portal.asgi:application"
-    web = shared.spawn(
-        shared.uvicorn_command(app, common.port(), "--workers", "2"),
+    from energy_portal import asgi_server
+
+    web = shared.spawn(  # the production server command (websockets-sansio, uvloop, httptools)
+        asgi_server.command(host="127.0.0.1", port=common.port(), access_log=False, workers=2),
         env=env,
         log_path=common.LOG_DIR / "uvicorn.log",
     )
@@ -307,7 +308,48 @@ def _forget_earlier_runs() -> None:
     ).update(status=CommandStatus.EXPIRED, completed_at=timezone.now())
 
 
-def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
+def _profile(procs: dict, work, seconds: float) -> list:
+    """py-spy record (collapsed stacks, `--format raw`) of each of `procs` (name: process, its
+    children included) for `seconds`."""
+    import subprocess
+    from pathlib import Path
+
+    pyspy = str(Path(common.PYTHON).with_name("py-spy"))
+    spies = []
+    for name, proc in procs.items():
+        out = work / f"profile-{name}.txt"
+        command = [pyspy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
+                   "--rate", "200", "--format", "raw", "--subprocesses", "--nonblocking",
+                   "-o", str(out)]  # fmt: skip
+        spy = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        spies.append((name, out, spy))
+    return spies
+
+
+def _profile_summary(raw, top: int = 25) -> list[str]:
+    """The functions a profile's samples pass through most (inclusive), and where they are
+    spent (the innermost frame), as lines."""
+    from collections import Counter
+
+    inclusive: Counter = Counter()
+    innermost: Counter = Counter()
+    total = 0
+    for stack, count in shared.collapsed_stacks(raw):
+        frames = stack.split(";")
+        total += count
+        innermost[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"    {total} samples; inclusive:"]
+    lines += [f"    {c / total:6.1%} {f[:150]}" for f, c in inclusive.most_common(top)]
+    lines += ["    innermost:"]
+    lines += [f"    {c / total:6.1%} {f[:150]}" for f, c in innermost.most_common(top)]
+    return lines
+
+
+def dispatch_part(n: int, entries: list[dict], *, before: bool, profile: bool = False) -> dict:
     import redis
 
     from demand_response import services
@@ -360,7 +402,16 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
             signal_value=Decimal(2), target_sites=sites,
         )  # fmt: skip
         log(f"[{label} N={n}] event {event.pk} {start:%H:%M:%S}-{end:%H:%M:%S} (load {load})")
+        profiles = []
+        if profile:  # the start's second or three, in the servers and the devices' process
+            time.sleep(max(0.0, (start - timezone.now()).total_seconds() - 0.5))
+            profiles = _profile({"servers": procs[0], "devices": loadgen}, work, 4)
         loadgen.wait(timeout=200)
+        for name, path, spy in profiles:
+            spy.wait(timeout=30)
+            log(f"  profile of the {name} around the start ({path}):")
+            for line in _profile_summary(path):
+                log(line)
     finally:
         (work / "stop").touch()
         shared.stop(loadgen)
@@ -427,6 +478,11 @@ def main() -> None:
     parser.add_argument("--skip-settle", action="store_true")
     parser.add_argument("--skip-dispatch", action="store_true")
     parser.add_argument("--no-before", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the servers and the devices' process around each event's start",
+    )
     args = parser.parse_args()
     ns = [100, 300] if args.quick else [int(x) for x in args.n.split(",")]
     sites = 500 if args.quick else args.sites
@@ -439,7 +495,9 @@ def main() -> None:
         results["dispatch"] = []
         for n in ns:
             for before in ([] if args.no_before else [True]) + [False]:
-                results["dispatch"].append(dispatch_part(n, entries, before=before))
+                results["dispatch"].append(
+                    dispatch_part(n, entries, before=before, profile=args.profile)
+                )
     text = report(results)
     print(text)
     path = common.VAR / f"bench-dr-{time.strftime('%Y%m%d-%H%M%S')}.json"
