@@ -24,11 +24,11 @@ from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
 from devices.command_inbox import CommandInbox, command_inbox
+from devices.command_results import command_results
 from devices.groups import device_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
@@ -495,22 +495,17 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def _command_result(self, frame: dict) -> None:
         status, detail = frame.get("status"), frame.get("detail")
-        if not isinstance(status, str):  # a list or object would not even hash
+        if not isinstance(status, str) or status not in services.COMMAND_RESULTS:
             raise FrameError("invalid_payload", "status must be done, failed or rejected")
         if detail is None:
             detail = ""
         elif not isinstance(detail, str):
             raise FrameError("invalid_payload", "detail must be a string")
-        try:
-            # The service makes the detail storable (storable_text): NUL, lone surrogates.
-            await db(services.command_complete)(
-                command_id=_uuid(frame.get("id")),
-                device_id=self.device.id,
-                status=status,
-                detail=detail,
-            )
-        except ValidationError as exc:
-            raise FrameError("invalid_payload", "; ".join(exc.messages)) from None
+        command_id = _uuid(frame.get("id"))
+        # Recorded with the process's next batch of results (the service makes the detail
+        # storable: NUL, lone surrogates); the answer says whether it was this device's.
+        if not await command_results().note(str(command_id), self.device.id, status, detail):
+            raise FrameError("invalid_payload", "no such command for this device")
 
     async def _heartbeat(self, frame: dict) -> None:
         """Nothing to do: every frame already counted as a sign of life."""

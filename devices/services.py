@@ -443,6 +443,13 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
             [at, CommandStatus.PENDING, CommandStatus.SENT, [str(i) for i in command_ids]],
         )
         rows = cursor.fetchall()
+    _commands_changed(rows)
+    return len(rows)
+
+
+def _commands_changed(rows: list[tuple]) -> None:
+    """Tell the viewers, after commit, of the commands of `rows` (id, device uid, site, name,
+    args, status, detail) as they now are."""
     live = [
         (
             [site_group(site_id), fleet_group()],
@@ -461,15 +468,66 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
         for command_id, uid, site_id, name, args, status, detail in rows
     ]
     transaction.on_commit(lambda: live_send_each(live))
-    return len(rows)
+
+
+COMMAND_RESULTS = frozenset({CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED})
+
+
+@transaction.atomic
+def commands_complete(*, results: list[tuple], at: datetime | None = None) -> set[str]:
+    """Record devices' results for commands they were sent, in one statement: `results` are
+    (command id, device id, status, detail), each status one of `COMMAND_RESULTS`. As
+    `command_complete` one by one (the details made storable and cut at 2000 characters; a
+    command already final keeps its result; the viewers told after commit), for the sockets'
+    batches (`devices.command_results`). Returns the ids (text) of those that are commands of
+    their device: any other was not recorded."""
+    if not results:
+        return set()
+    if unknown := {status for _, _, status, _ in results} - COMMAND_RESULTS:
+        raise ValueError(f"not a command result: {sorted(unknown)}")
+    at = at or timezone.now()
+    ids = [str(command_id) for command_id, _, _, _ in results]
+    devices = [device_id for _, device_id, _, _ in results]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH v AS (
+                SELECT DISTINCT ON (id) *
+                FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[])
+                    AS v(id, device_id, status, detail)
+            )
+            UPDATE devices_command c
+            SET status = v.status, detail = v.detail, completed_at = %s
+            FROM v, devices_device d
+            WHERE c.id = v.id AND c.device_id = v.device_id AND c.status = ANY(%s)
+              AND d.id = c.device_id
+            RETURNING c.id, d.uid, d.site_id, c.name, c.args, c.status, c.detail
+            """,
+            [ids, devices, [str(status) for _, _, status, _ in results],
+             [storable_text(detail[:2000]) for _, _, _, detail in results],
+             at, list(Command.OPEN_STATUSES)],
+        )  # fmt: skip
+        rows = cursor.fetchall()
+        cursor.execute(
+            """
+            SELECT c.id FROM devices_command c
+            JOIN unnest(%s::uuid[], %s::bigint[]) AS v(id, device_id)
+              ON c.id = v.id AND c.device_id = v.device_id
+            """,
+            [ids, devices],
+        )
+        found = {str(command_id) for (command_id,) in cursor.fetchall()}
+    _commands_changed(rows)
+    for row in rows:
+        metrics.command_outcome_counted(row[5])
+    return found
 
 
 def command_complete(*, command_id, device_id: int, status: str, detail: str = "") -> Command:
     """Record the device's result for a command it was sent. `detail` is the device's own text:
     what PostgreSQL cannot store (NUL, lone surrogates) is replaced, and it is cut at 2000
     characters."""
-    final = {CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED}
-    if status not in final:
+    if status not in COMMAND_RESULTS:
         raise ValidationError({"status": "status must be done, failed or rejected"})
     command = (
         Command.objects.select_related("device").filter(pk=command_id, device_id=device_id).first()

@@ -24,6 +24,7 @@ from django.test import Client
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from devices import command_results as command_results_module
 from devices import consumers, services, socket_registry
 from devices import sent_marks as sent_marks_module
 from devices.consumers import (
@@ -928,12 +929,12 @@ async def test_a_defect_handling_a_frame_closes_with_1011_logs_one_line_and_give
     device = alice_home["device"]
     command = await issue_command(device=device, name="ping")
 
-    def command_complete_fails(**kwargs):
+    def commands_complete_fails(**kwargs):
         raise KeyError("a defect")
 
     async with device_socket(alice_home["token"]) as pi:
         await pi.receive_json_from()  # the command
-        monkeypatch.setattr(consumers.services, "command_complete", command_complete_fails)
+        monkeypatch.setattr(consumers.services, "commands_complete", commands_complete_fails)
         await pi.send_json_to({"type": "command_result", "id": str(command.id), "status": "done"})
         close_code = await receive_close(pi)
         await pi.wait()
@@ -1555,6 +1556,33 @@ async def test_a_command_reaches_the_socket_that_replaced_another_in_the_same_pr
             frame = await second.receive_json_from()
 
     assert frame["id"] == str(command.id)
+
+
+async def test_results_of_two_devices_in_one_moment_are_recorded_by_one_statement(
+    alice_home, bob_home, monkeypatch
+):
+    monkeypatch.setattr(command_results_module, "WRITE_EVERY_S", 0.5)  # one moment, even slow
+    calls = []
+    complete = services.commands_complete
+    monkeypatch.setattr(
+        services, "commands_complete", lambda **kwargs: calls.append(kwargs) or complete(**kwargs)
+    )
+    commands = await issue_commands([alice_home["device"], bob_home["device"]], "ping")
+
+    async with (
+        device_socket(alice_home["token"]) as alices,
+        device_socket(bob_home["token"]) as bobs,
+    ):
+        for pi, command in zip((alices, bobs), commands, strict=True):
+            assert (await pi.receive_json_from())["id"] == str(command.id)
+            await pi.send_json_to({"type": "command_result", "id": str(command.id),
+                                   "status": "done", "detail": "ok"})  # fmt: skip
+        await settle(alices)  # its result was recorded before the settle was answered
+        await settle(bobs)
+    stored = [await command_fresh(c) for c in commands]
+
+    assert [len(call["results"]) for call in calls] == [2]
+    assert [(c.status, c.detail) for c in stored] == [("done", "ok"), ("done", "ok")]
 
 
 async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):

@@ -300,6 +300,35 @@ def test_commands_issued_together_are_published_once_committed_in_chunks(
     }
 
 
+def test_commands_complete_records_a_batch_of_results_each_for_its_own_device_only(
+    alice_home, bob_home
+):
+    alices = services.command_issue(device=alice_home["device"], name="ping")
+    bobs = services.command_issue(device=bob_home["device"], name="ping")
+    finished = services.command_issue(device=alice_home["device"], name="ping")
+    services.command_complete(command_id=finished.id, device_id=alice_home["device"].pk,
+                              status="failed", detail="first")  # fmt: skip
+    alice, unknown = alice_home["device"].pk, "00000000-0000-0000-0000-000000000000"
+
+    found = services.commands_complete(
+        results=[
+            (str(alices.id), alice, "done", "relay\x00off"),
+            (str(bobs.id), alice, "done", ""),  # Bob's command, answered by Alice's device
+            (unknown, alice, "done", ""),
+            (str(finished.id), alice, "done", "again"),  # a second answer changes nothing
+        ]
+    )
+
+    assert found == {str(alices.id), str(finished.id)}
+    stored = {c.pk: c for c in Command.objects.all()}
+    assert (stored[alices.id].status, stored[alices.id].detail) == ("done", "relay\ufffdoff")
+    assert stored[alices.id].completed_at is not None
+    assert stored[bobs.id].status == "pending"
+    assert (stored[finished.id].status, stored[finished.id].detail) == ("failed", "first")
+    with pytest.raises(ValueError, match="not a command result"):
+        services.commands_complete(results=[(str(bobs.id), bob_home["device"].pk, "sent", "")])
+
+
 def test_command_message_carries_the_frame_the_socket_writes(alice_home):
     command = services.command_issue(
         device=alice_home["device"], name="relay", args={"state": "off"}
