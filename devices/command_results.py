@@ -8,21 +8,27 @@ answer a demand-response event's commands in the same second cost a few statemen
 process, instead of a thread-pool trip with a SELECT, an UPDATE and a Redis round trip each,
 which competed with the writing of the event's other commands (bench/dr).
 
-A batch that cannot be written (the database down, a defect) fails every socket waiting for it,
-as its own write would have: each closes with 1011 and its device answers again on its next
-socket (the command is still open).
+A batch that cannot be written (the database down, a defect; an OperationalError is tried
+`ATTEMPTS` times first) fails every socket waiting for it, as its own write would have: each
+closes with 1011 and its device answers again on its next socket (the command is still open).
 """
 
 import asyncio
 import contextlib
+import logging
 
 from channels.db import database_sync_to_async
+
+from django.db import OperationalError
 
 from devices import services
 from energy_portal.per_loop import per_loop
 
+logger = logging.getLogger(__name__)
+
 WRITE_EVERY_S = 0.1
 WRITE_AT = 500  # results waiting: written without waiting for the period's end
+ATTEMPTS = 3  # a batch failing with an OperationalError is tried this often before failing
 
 
 def _retrieved(future: asyncio.Future) -> None:
@@ -64,9 +70,17 @@ class CommandResults:
         batch, self.pending = self.pending, []
         if not batch:
             return
+        complete = database_sync_to_async(services.commands_complete, thread_sensitive=False)
         try:
-            complete = database_sync_to_async(services.commands_complete, thread_sensitive=False)
-            found = await complete(results=[entry[:4] for entry in batch])
+            for attempt in range(ATTEMPTS):
+                try:
+                    found = await complete(results=[entry[:4] for entry in batch])
+                    break
+                except OperationalError as exc:  # a deadlock, a lost connection: again, a few times
+                    if attempt == ATTEMPTS - 1:
+                        raise
+                    logger.warning("cannot record %d command results (%s); again", len(batch), exc)
+                    await asyncio.sleep(0.1 * (attempt + 1))
         except Exception as exc:
             for *_, future in batch:
                 if not future.done():

@@ -430,7 +430,8 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
     if not command_ids:
         return 0
     at = at or timezone.now()
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        _lock_in_order(cursor, command_ids)
         cursor.execute(
             """
             UPDATE devices_command c
@@ -445,6 +446,17 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
         rows = cursor.fetchall()
     _commands_changed(rows)
     return len(rows)
+
+
+def _lock_in_order(cursor, command_ids: list) -> None:
+    """Lock these commands' rows in the order of their ids. The batches of sent marks and of
+    results of one process run in threads of their own and update the same commands (a
+    device answers as soon as its command arrives): each updating its rows in its own order,
+    two deadlocked (bench/dr)."""
+    cursor.execute(
+        "SELECT id FROM devices_command WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
+        [[str(i) for i in command_ids]],
+    )
 
 
 def _commands_changed(rows: list[tuple]) -> None:
@@ -489,6 +501,7 @@ def commands_complete(*, results: list[tuple], at: datetime | None = None) -> se
     ids = [str(command_id) for command_id, _, _, _ in results]
     devices = [device_id for _, device_id, _, _ in results]
     with connection.cursor() as cursor:
+        _lock_in_order(cursor, ids)
         cursor.execute(
             """
             WITH v AS (
