@@ -1,14 +1,17 @@
 """Registry services and the selectors that scope reads to a user."""
 
 import json
+import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db import connections
+from django.utils import timezone
 
 from devices import selectors, services, socket_registry
 from devices.groups import commands_group
@@ -346,3 +349,40 @@ def test_command_message_carries_the_frame_the_socket_writes(alice_home):
         "args": {"state": "off"},
         "expires_at": command.expires_at.isoformat(),
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_of_sent_marks_and_of_results_over_the_same_commands_never_deadlock(alice_home):
+    """A process's two batch writers run in threads of their own over the same commands (a
+    device answers as soon as its command arrives), each listing them in its own order."""
+    device = alice_home["device"]
+    expires = timezone.now() + timedelta(minutes=5)
+    failures = []
+
+    def run(work, **kwargs):
+        try:
+            work(**kwargs)
+        except Exception as exc:  # a deadlock is an OperationalError
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    for _ in range(5):
+        commands = Command.objects.bulk_create(
+            [Command(device=device, name="ping", expires_at=expires) for _ in range(300)]
+        )
+        ids = [str(c.id) for c in commands]
+        results = [(i, device.pk, "done", "") for i in reversed(ids)]
+        threads = [
+            threading.Thread(target=run, args=(services.commands_mark_sent,),
+                             kwargs={"command_ids": ids}),
+            threading.Thread(target=run, args=(services.commands_complete,),
+                             kwargs={"results": results}),
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert failures == []
+    assert set(Command.objects.values_list("status", flat=True)) == {"done"}
