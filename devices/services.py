@@ -383,15 +383,8 @@ def commands_issue(
 
     def send() -> None:
         commands_publish(entries)  # the devices first: the viewers can wait
-        fleet = fleet_group()
-        watched = set(watched_groups.among_sync([*{site_group(s) for *_, s in rows}, fleet]))
-        live = []
-        for id_, _, uid, site_id in rows:
-            if groups := [g for g in (site_group(site_id), fleet) if g in watched]:
-                payload = {"type": "command", "id": str(id_), "device": uid, "name": name,
-                           "args": args, "status": CommandStatus.PENDING, "detail": ""}  # fmt: skip
-                live.append((groups, live_event(payload)))
-        live_send_each(live)
+        pending = CommandStatus.PENDING
+        _commands_tell([(id_, uid, site, name, args, pending, "") for id_, _, uid, site in rows])
 
     transaction.on_commit(send)
     return {device_id: id_ for id_, device_id, _, _ in rows}
@@ -462,24 +455,30 @@ def _lock_in_order(cursor, command_ids: list) -> None:
 def _commands_changed(rows: list[tuple]) -> None:
     """Tell the viewers, after commit, of the commands of `rows` (id, device uid, site, name,
     args, status, detail) as they now are."""
-    live = [
-        (
-            [site_group(site_id), fleet_group()],
-            live_event(
-                {
-                    "type": "command",
-                    "id": str(command_id),
-                    "device": uid,
-                    "name": name,
-                    "args": json.loads(args) if isinstance(args, str) else args,
-                    "status": status,
-                    "detail": detail,
-                }
-            ),
+    transaction.on_commit(
+        lambda: _commands_tell(
+            [
+                (command_id, uid, site_id, name,
+                 json.loads(args) if isinstance(args, str) else args, status, detail)
+                for command_id, uid, site_id, name, args, status, detail in rows
+            ]
         )
-        for command_id, uid, site_id, name, args, status, detail in rows
-    ]
-    transaction.on_commit(lambda: live_send_each(live))
+    )  # fmt: skip
+
+
+def _commands_tell(rows: list[tuple]) -> None:
+    """Live messages for the commands of `rows` (id, device uid, site, name, args, status,
+    detail) to their site's group and the fleet, only where someone watches: a batch of
+    thousands (an event's) encodes none for the groups nobody watches."""
+    fleet = fleet_group()
+    watched = set(watched_groups.among_sync([*{site_group(row[2]) for row in rows}, fleet]))
+    live = []
+    for command_id, uid, site_id, name, args, status, detail in rows:
+        if groups := [g for g in (site_group(site_id), fleet) if g in watched]:
+            payload = {"type": "command", "id": str(command_id), "device": uid, "name": name,
+                       "args": args, "status": status, "detail": detail}  # fmt: skip
+            live.append((groups, live_event(payload)))
+    live_send_each(live)
 
 
 COMMAND_RESULTS = frozenset({CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED})

@@ -1585,6 +1585,32 @@ async def test_results_of_two_devices_in_one_moment_are_recorded_by_one_statemen
     assert [(c.status, c.detail) for c in stored] == [("done", "ok"), ("done", "ok")]
 
 
+async def test_the_owners_live_socket_follows_a_batch_command_pending_sent_and_done(
+    alice_home, bob_home, alice
+):
+    """The batched paths (issue, sent marks, results) tell the viewers as `command_issue` and
+    `command_complete` one by one do; Alice hears of her device's command, not of Bob's."""
+    async with live_socket(alice) as browser, device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command, _ = await issue_commands([alice_home["device"], bob_home["device"]], "ping")
+        await pi.receive_json_from()
+        await command_marked_sent(command)
+        await pi.send_json_to({"type": "command_result", "id": str(command.id),
+                               "status": "done", "detail": "pong"})  # fmt: skip
+        await settle(pi)
+        heard = []
+        while len(heard) < 3:
+            message = await browser.receive_json_from(timeout=3)
+            if message["type"] == "command":
+                heard.append(message)
+
+    assert [(m["id"], m["device"], m["status"], m["detail"]) for m in heard] == [
+        (str(command.id), "pi-a1", "pending", ""),
+        (str(command.id), "pi-a1", "sent", ""),
+        (str(command.id), "pi-a1", "done", "pong"),
+    ]
+
+
 async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):
     command = await issue_command(device=alice_home["device"], name="ping")
 
