@@ -13,6 +13,7 @@ stable randomization offset), and `restore` at the end, on cancel, or at once wh
 out mid-event; `DispatchedCommand` keeps which command went to which device for the report."""
 
 import hashlib
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from demand_response import selectors, settlement
@@ -340,9 +341,16 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
     ):
         moved.append(EventStatus.COMPLETED)
     if EventStatus.ACTIVE in moved and EventStatus.COMPLETED not in moved:
-        _curtail_schedule(Event.objects.get(pk=event_id))
+        event = Event.objects.get(pk=event_id)
+        if event.randomization_s <= 0:
+            # Every site's curtail is due now: sent in this transaction rather than by a task
+            # queued for the start (a Celery hop and a commit less in the event's first
+            # second, bench/dr). Should this fail, the move is undone with it and retried.
+            event_sites_curtail(event_id=event_id, site_ids=None, now=now)
+        else:
+            _curtail_schedule(event)
     if EventStatus.COMPLETED in moved:
-        _restore_later(event_id)
+        _restore(event_id, None)  # in this transaction, as the start's curtail
         _settle_later(event_id)
     for status in moved:
         _tell(event_id, {"change": "status", "status": status})
@@ -456,76 +464,86 @@ def _curtail_args(event: Event) -> dict:
 
 @transaction.atomic
 def event_sites_curtail(
-    *, event_id: int, site_ids: Iterable[int], now: datetime | None = None
-) -> list[DispatchedCommand]:
-    """Send `curtail` to each controllable device of those of `site_ids` still opted in, while
-    the event is active and before its end; the command expires at the end (an offline device
-    gets it on reconnect if still in time). A device already sent one is skipped, so a task run
-    twice sends nothing more."""
+    *, event_id: int, site_ids: Iterable[int] | None, now: datetime | None = None
+) -> int:
+    """Send `curtail` to each controllable device of those of `site_ids` (None: all sites)
+    still opted in, while the event is active and before its end; the command expires at the
+    end (an offline device gets it on reconnect if still in time). A device already sent one
+    is skipped, so a task run twice sends nothing more. Returns how many were sent."""
     now = now or timezone.now()
     # The event's row is locked as `invitation_respond` locks it: an opt-out either comes
     # before this (and the site is skipped) or after (and restores what this sent).
     event = Event.objects.select_for_update().get(pk=event_id)
     if event.status != EventStatus.ACTIVE or now >= event.end:
-        return []
-    opted_in = Invitation.objects.filter(
-        event=event, site_id__in=list(site_ids), status=InvitationStatus.OPTED_IN
-    ).values("site_id")
+        return 0
+    opted_in = Invitation.objects.filter(event=event, status=InvitationStatus.OPTED_IN)
+    if site_ids is not None:
+        opted_in = opted_in.filter(site_id__in=list(site_ids))
+    opted_in = opted_in.values("site_id")
     sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
         "device_id"
     )
-    devices = list(
+    sites = dict(
         Device.objects.filter(site_id__in=opted_in, controllable=True)
         .exclude(pk__in=sent)
-        .order_by("pk")
+        .values_list("pk", "site_id")
     )
     commands = commands_issue(
-        devices=devices, name="curtail", args=_curtail_args(event), ttl=event.end - now
+        device_ids=sites, name="curtail", args=_curtail_args(event), expires_at=event.end
     )
-    return _dispatched(event.pk, DispatchKind.CURTAIL, devices, commands)
+    return _dispatched(event.pk, DispatchKind.CURTAIL, sites, commands)
 
 
 def _dispatched(
-    event_id: int, kind: str, devices: list[Device], commands
-) -> list[DispatchedCommand]:
-    return DispatchedCommand.objects.bulk_create(
-        [
-            DispatchedCommand(
-                event_id=event_id, site_id=device.site_id, device=device, kind=kind, command=command
-            )
-            for device, command in zip(devices, commands, strict=True)
-        ],
-        batch_size=2000,
-    )
+    event_id: int, kind: str, sites: dict[int, int], commands: dict[int, uuid.UUID]
+) -> int:
+    """Record which command went to which device (`sites`: device -> its site), in one
+    statement; how many."""
+    if not commands:
+        return 0
+    devices = list(commands)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO demand_response_dispatchedcommand
+                (event_id, site_id, device_id, command_id, kind, created_at)
+            SELECT %s, u.site_id, u.device_id, u.command_id, %s, %s
+            FROM unnest(%s::bigint[], %s::bigint[], %s::uuid[]) AS u(device_id, site_id, command_id)
+            """,
+            [
+                event_id,
+                kind,
+                timezone.now(),
+                devices,
+                [sites[device] for device in devices],
+                [commands[device] for device in devices],
+            ],
+        )
+    return len(devices)
 
 
-def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCommand]:
+def _restore(event_id: int, site_ids: Iterable[int] | None) -> int:
     curtailed = DispatchedCommand.objects.filter(event_id=event_id, kind=DispatchKind.CURTAIL)
     if site_ids is not None:
         curtailed = curtailed.filter(site_id__in=list(site_ids))
     restored = DispatchedCommand.objects.filter(
         event_id=event_id, kind=DispatchKind.RESTORE
     ).values("device_id")
-    devices = [
-        sent.device
-        for sent in curtailed.exclude(device_id__in=restored)
-        .select_related("device")
-        .order_by("device_id")
-    ]
-    commands = commands_issue(devices=devices, name="restore", args={"event": event_id})
-    return _dispatched(event_id, DispatchKind.RESTORE, devices, commands)
+    sites = dict(curtailed.exclude(device_id__in=restored).values_list("device_id", "site_id"))
+    commands = commands_issue(device_ids=sites, name="restore", args={"event": event_id})
+    return _dispatched(event_id, DispatchKind.RESTORE, sites, commands)
 
 
 @transaction.atomic
-def event_restore(*, event_id: int) -> list[DispatchedCommand]:
+def event_restore(*, event_id: int) -> int:
     """Send `restore` to every device the event curtailed and has not restored (at its end or
-    cancel); run twice, it sends nothing more."""
+    cancel); run twice, it sends nothing more. Returns how many were sent."""
     Event.objects.select_for_update().get(pk=event_id)
     return _restore(event_id, None)
 
 
 @transaction.atomic
-def event_site_restore(*, event_id: int, site_id: int) -> list[DispatchedCommand]:
+def event_site_restore(*, event_id: int, site_id: int) -> int:
     """Send `restore` to the devices of one site the event curtailed (it opted out)."""
     Event.objects.select_for_update().get(pk=event_id)
     return _restore(event_id, [site_id])

@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.postgres.aggregates import ArrayAgg
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from devices.models import (
@@ -198,6 +199,21 @@ def open_commands(*, device_id: int) -> list:
         Command.objects.filter(device_id=device_id, status__in=Command.OPEN_STATUSES)
         .order_by("created_at")
         .values_list("id", flat=True)
+    )
+
+
+def commands_pending(*, device_ids: list[int], now: datetime | None = None) -> list[Command]:
+    """The commands of these devices not yet sent to any socket and not expired, oldest first
+    (what an inbox that may have missed their announcement hands out, `command_inbox`)."""
+    return list(
+        Command.objects.filter(
+            device_id__in=device_ids,
+            status=CommandStatus.PENDING,
+            sent_at__isnull=True,
+            expires_at__gt=now or timezone.now(),
+        )
+        .order_by("created_at")
+        .only("id", "device_id", "name", "args", "expires_at")
     )
 
 
