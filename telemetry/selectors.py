@@ -131,6 +131,15 @@ def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
     return SensorFigures(latest=latest, series=series)
 
 
+def latest_readings(*, sensor_ids: list[int], now: datetime) -> dict[int, tuple[datetime, float]]:
+    """Sensor id -> its latest (time, value as stored), for the sensors with a reading under 15
+    minutes old at `now`."""
+    latest, _means = queries.latest_and_minute_means(
+        sensor_ids=sensor_ids, series_ids=[], lo=now, now=now
+    )
+    return latest
+
+
 @dataclass(frozen=True)
 class FleetRow:
     """A fleet page's row, made once so that the row only prints: the device, the power sensor

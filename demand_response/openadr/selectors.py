@@ -17,6 +17,7 @@ from demand_response.models import (
 )
 from devices.models import Device, Sensor
 from telemetry import queries
+from telemetry import selectors as telemetry_selectors
 
 RECENT_MESSAGES = 20
 
@@ -87,7 +88,7 @@ def connection_telemetry(*, connection: VtnConnection, now: datetime) -> Telemet
     )
     metered = {site for _pk, kind, site in sensors if kind == "meter"}
     counted = [pk for pk, kind, site in sensors if site not in metered or kind == "meter"]
-    latest = queries.latest_values(sensor_ids=counted, now=now)
+    latest = telemetry_selectors.latest_readings(sensor_ids=counted, now=now)
     power = sum(value * plan.factors[pk] for pk, (_time, value) in latest.items())
     devices = Device.objects.filter(site_id__in=site_ids)
     return Telemetry(
