@@ -234,13 +234,15 @@ def group_send_each(sends: list[tuple[str, dict]], *, concurrency: int = 64) -> 
 
 
 def live_send_each(sends: list[tuple[list[str], dict]]) -> None:
-    """Send each live message of `sends` to those of its groups someone watches, all in one
-    Redis round trip."""
+    """Send each live message of `sends` to those of its groups someone watches: at most one
+    Redis round trip to ask which groups are watched (all of them at once: a storm's thousands
+    of sites asked one by one cost a round trip each) and one to publish."""
+    watched = set(watched_groups.among_sync(list(dict.fromkeys(g for gs, _ in sends for g in gs))))
     pipe = None
     for groups, message in sends:
-        if watched := watched_groups.among_sync(groups):
+        if heard := [group for group in groups if group in watched]:
             pipe = pipe or sync_client().pipeline(transaction=False)
-            publish_live(pipe, watched, message)
+            publish_live(pipe, heard, message)
     if pipe is not None:
         pipe.execute()
 

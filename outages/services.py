@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from devices import selectors as registry
 from devices.groups import fleet_group, site_group
-from energy_portal.realtime import group_send, live_event
+from energy_portal.realtime import group_send, live_event, live_send_each
 from energy_portal.redis_client import sync_client
 from outages import selectors
 from outages.credit_rules import credit_for, duration_iso
@@ -99,14 +99,33 @@ def _reconcile_soon(site_id: int) -> None:
         _reconcile_later(site_id)
         return
     if queued:
-        from outages.tasks import site_outages_drain as task
+        _drain_queue()
 
-        try:
-            task.delay()
-        except Exception:
-            # Not queued after all: the next report (or the sweep) must be able to queue one.
-            sync_client().delete(RECONCILE_QUEUED_KEY)
-            raise
+
+def _reconcile_soon_many(site_ids: list[int]) -> None:
+    """`_reconcile_soon` of many sites in one Redis round trip."""
+    try:
+        with sync_client().pipeline(transaction=False) as pipe:
+            pipe.sadd(RECONCILE_DIRTY_KEY, *site_ids)
+            pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
+            queued = pipe.execute()[1]
+    except RedisError:
+        for site_id in site_ids:
+            _reconcile_later(site_id)
+        return
+    if queued:
+        _drain_queue()
+
+
+def _drain_queue() -> None:
+    from outages.tasks import site_outages_drain as task
+
+    try:
+        task.delay()
+    except Exception:
+        # Not queued after all: the next report (or the sweep) must be able to queue one.
+        sync_client().delete(RECONCILE_QUEUED_KEY)
+        raise
 
 
 def _reconcile_later(site_id: int) -> None:
@@ -171,16 +190,21 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
 
 
 def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
-    """`site_outages_reconcile` of many sites in one transaction (what a storm's drain does):
-    each site's outages are derived afresh as alone, then each feeder touched is regrouped once,
-    from the starts every one of its sites moved, instead of once per site. Same locks, taken in
-    one total order (the sites by id, then their feeders, then their transformers), so it runs
-    alongside single reconciles and other batches without deadlock and with the same result."""
+    """`site_outages_reconcile` of many sites in one transaction (what a storm's drain does),
+    set-based: every site's events, stored outages and ledger totals are read in one query each
+    and its outages written in a few statements for all the sites (`_sites_outages_sync`,
+    `_sites_outages_settle`); each feeder touched is regrouped once, from the starts every one
+    of its sites moved, instead of once per site. The sites' outages are still derived each
+    as alone (the same pure functions), so the result is the one of single reconciles. Same
+    locks, taken in one total order (the sites by id, then their feeders, then their
+    transformers; one statement per kind), so it runs alongside single reconciles and other
+    batches without deadlock and with the same result."""
     site_ids = sorted(set(site_ids))
     results: dict[int, ReconcileResult] = {}
+    if not site_ids:
+        return results
     with transaction.atomic():
-        for site_id in site_ids:
-            _site_lock(site_id)
+        _locks("outages.site:", site_ids)
         grids = {
             site_id: grid
             for site_id, grid in selectors.sites_grid(site_ids).items()
@@ -189,14 +213,13 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
         # Taken before any row is written: the grid sync writes other sites' (and feeders')
         # outage rows, so a reconcile holding its site's rows while it waited for the
         # feeder would deadlock with one holding the feeder and writing those rows.
-        for feeder_id in sorted({grid[0] for grid in grids.values()}):
-            _lock(f"outages.feeder:{feeder_id}")
-        for transformer_id in sorted({grid[1] for grid in grids.values()}):
-            _lock(f"outages.transformer:{transformer_id}")
+        _locks("outages.feeder:", sorted({grid[0] for grid in grids.values()}))
+        _locks("outages.transformer:", sorted({grid[1] for grid in grids.values()}))
+        synced = _sites_outages_sync(site_ids)
         to_settle: dict[int, list[Outage]] = {}
         moved_on: dict[tuple[int, int], set[datetime]] = defaultdict(set)
         for site_id in site_ids:
-            results[site_id], to_settle[site_id], moved = _site_outages_sync(site_id)
+            results[site_id], to_settle[site_id], moved = synced[site_id]
             if site_id in grids:
                 moved_on[grids[site_id]].update(moved)
         sites_affected: dict[int, int] = {}
@@ -209,19 +232,24 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
             )
             sites_affected.update(regrouped.sites_affected)
             resettle |= regrouped.sites_to_resettle
-        for other in sorted(resettle - set(site_ids)):
-            transaction.on_commit(partial(_reconcile_soon, other), robust=True)
+        others = sorted(resettle - set(site_ids))
+        if others:
+            transaction.on_commit(partial(_reconcile_soon_many, others), robust=True)
+        for outages in to_settle.values():
+            for outage in outages:
+                outage.sites_affected = sites_affected.get(outage.pk, outage.sites_affected)
+        entries = _sites_outages_settle(to_settle)
         changed_feeders = set()
+        notices = []
         for site_id in site_ids:
             result = results[site_id]
-            for outage in to_settle[site_id]:
-                outage.sites_affected = sites_affected.get(outage.pk, outage.sites_affected)
-            result.entries = _site_outages_settle(site_id, to_settle[site_id])
+            result.entries = entries.get(site_id, [])
             if result.created or result.updated or result.voided:
                 grid = grids.get(site_id)
-                _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
+                notices.append((site_id, grid[0] if grid else None))
                 if grid is not None:
                     changed_feeders.add(grid[0])
+        _outages_changed_notify(notices)
         now = timezone.now()
         for feeder_id in sorted(changed_feeders):
             # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
@@ -229,73 +257,139 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
     return results
 
 
-def _outages_changed_notify(*, site_id: int, feeder_id: int | None) -> None:
-    """Tell the site's viewers and the fleet, after commit, that the site's outages changed
-    (opened, ended, voided): a small message, on which pages fetch what they show afresh."""
-    message = live_event({"type": "outage", "site": site_id, "feeder": feeder_id})
-    transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
-
-
-def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage], set[datetime]]:
-    """Store the site's outages derived afresh; also returns `moved`: the starts, before and
-    after, of every outage of the site that was created, changed or voided (all its grid
-    outages can depend on)."""
-    result = ReconcileResult()
-    moved: set[datetime] = set()
-    reports = [
-        PowerReport(device, state, at)
-        for device, state, at in PowerEvent.objects.filter(site_id=site_id).values_list(
-            "device_id", "state", "at"
+def _locks(prefix: str, keys) -> None:
+    """`_lock` of each `prefix + key`, in the order of `keys` (sorted by the caller), in one
+    statement."""
+    if not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(%s || k, 0))) "
+            "FROM unnest(%s::bigint[]) AS k",
+            [prefix, list(keys)],
         )
+
+
+def _outages_changed_notify(notices: list[tuple[int, int | None]]) -> None:
+    """Tell each (site, feeder)'s viewers and the fleet, after commit, that the site's outages
+    changed (opened, ended, voided): a small message, on which pages fetch what they show
+    afresh. All of a reconcile's messages go in one Redis round trip."""
+    if not notices:
+        return
+    sends = [
+        (
+            [site_group(site_id), fleet_group()],
+            live_event({"type": "outage", "site": site_id, "feeder": feeder_id}),
+        )
+        for site_id, feeder_id in notices
     ]
-    intervals = site_outage_intervals(
-        reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
+    transaction.on_commit(lambda: live_send_each(sends))
+
+
+def _sites_outages_sync(
+    site_ids: list[int],
+) -> dict[int, tuple[ReconcileResult, list[Outage], set[datetime]]]:
+    """Store each site's outages derived afresh, set-based; per site, its result, the outages
+    to settle and `moved`: the starts, before and after, of every outage of the site that was
+    created, changed or voided (all its grid outages can depend on).
+
+    Each site is derived alone, as `site_outage_intervals` and `match_by_overlap` say; only the
+    reads and writes are shared: one query for all the events, one for all the stored outages,
+    one upsert of the reconcile counts, then the writes in an order that keeps a start unique
+    among a site's live outages at every row: the voided first (one statement), the outages
+    whose start moves one by one in time order, the others changed (one statement), the new
+    ones (one insert)."""
+    reports: dict[int, list[PowerReport]] = {site_id: [] for site_id in site_ids}
+    for site_id, device, state, at in PowerEvent.objects.filter(site_id__in=site_ids).values_list(
+        "site_id", "device_id", "state", "at"
+    ):
+        reports[site_id].append(PowerReport(device, state, at))
+    SiteReconcile.objects.bulk_create(
+        [SiteReconcile(site_id=site_id, events=len(reports[site_id])) for site_id in site_ids],
+        update_conflicts=True,
+        unique_fields=["site"],
+        update_fields=["events", "reconciled_at"],
     )
-    SiteReconcile.objects.update_or_create(site_id=site_id, defaults={"events": len(reports)})
-    stored = list(
-        Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related("credit_policy")
-    )
-    void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
-    pairs, unmatched = match_by_overlap(
-        intervals, [o for o in stored if o.status != OutageStatus.VOID]
-    )
-    to_settle, fresh = [], []
-    # Voided first, and moved in time order before any is created: a start is unique among the
-    # live outages of a site, and in this order no row takes a start another live row still has.
-    for outage in unmatched:
-        outage.status = OutageStatus.VOID
-        outage.save(update_fields=["status", "updated_at"])
-        result.voided += 1
-        to_settle.append(outage)
-        moved.add(outage.started_at)
-    for interval, outage in pairs:
-        # A void outage at exactly this start is the same cut derived again: revived, not copied.
-        outage = outage or void_by_start.get(interval.started_at)
-        status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
-        values = {
-            "started_at": interval.started_at,
-            "ended_at": interval.ended_at,
-            "momentary": interval.momentary,
-            "status": status,
-        }
-        if outage is None:
-            outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
-            fresh.append(outage)
-            moved.add(interval.started_at)
-        elif any(getattr(outage, name) != value for name, value in values.items()):
-            moved.update((outage.started_at, interval.started_at))
-            for name, value in values.items():
-                setattr(outage, name, value)
-            outage.save(update_fields=[*values, "updated_at"])
-            result.updated += 1
-        if status == OutageStatus.ENDED:
+    stored_of: dict[int, list[Outage]] = {site_id: [] for site_id in site_ids}
+    for outage in Outage.objects.filter(site_id__in=site_ids, kind=OutageKind.SITE).select_related(
+        "credit_policy"
+    ):
+        stored_of[outage.site_id].append(outage)
+    threshold = settings.OUTAGE_MOMENTARY_THRESHOLD
+    synced = {}
+    voided: list[Outage] = []
+    moving: list[Outage] = []
+    changed: list[Outage] = []
+    fresh: list[Outage] = []
+    for site_id in site_ids:
+        result = ReconcileResult()
+        moved: set[datetime] = set()
+        stored = stored_of[site_id]
+        intervals = site_outage_intervals(reports[site_id], momentary_threshold=threshold)
+        void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
+        pairs, unmatched = match_by_overlap(
+            intervals, [o for o in stored if o.status != OutageStatus.VOID]
+        )
+        to_settle = []
+        for outage in unmatched:
+            outage.status = OutageStatus.VOID
+            voided.append(outage)
+            result.voided += 1
             to_settle.append(outage)
-    for outage in fresh:
-        outage.save()
-        result.created += 1
-    # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
-    to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
-    return result, to_settle, moved
+            moved.add(outage.started_at)
+        for interval, outage in pairs:
+            # A void outage at exactly this start is the same cut derived again: revived.
+            outage = outage or void_by_start.get(interval.started_at)
+            status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
+            values = {
+                "started_at": interval.started_at,
+                "ended_at": interval.ended_at,
+                "momentary": interval.momentary,
+                "status": status,
+            }
+            if outage is None:
+                outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
+                fresh.append(outage)
+                result.created += 1
+                moved.add(interval.started_at)
+            elif any(getattr(outage, name) != value for name, value in values.items()):
+                moved.update((outage.started_at, interval.started_at))
+                (moving if outage.started_at != interval.started_at else changed).append(outage)
+                for name, value in values.items():
+                    setattr(outage, name, value)
+                result.updated += 1
+            if status == OutageStatus.ENDED:
+                to_settle.append(outage)
+        # Void ones settle again (to 0) on every reconcile, so none keeps a payment.
+        to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
+        synced[site_id] = (result, to_settle, moved)
+    now = timezone.now()
+    if voided:
+        Outage.objects.filter(pk__in=[o.pk for o in voided]).update(
+            status=OutageStatus.VOID, updated_at=now
+        )
+    for outage in moving:  # in each site's time order (the pairs'), as single reconciles do
+        outage.save(update_fields=["started_at", "ended_at", "momentary", "status", "updated_at"])
+    if changed:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE outages_outage AS o SET ended_at = v.ended_at, "
+                "momentary = v.momentary, status = v.status, updated_at = %s "
+                "FROM unnest(%s::bigint[], %s::timestamptz[], %s::boolean[], %s::text[]) "
+                "AS v(id, ended_at, momentary, status) WHERE o.id = v.id",
+                [
+                    now,
+                    [o.pk for o in changed],
+                    [o.ended_at for o in changed],
+                    [o.momentary for o in changed],
+                    [str(o.status) for o in changed],
+                ],
+            )
+    for outage in [*voided, *changed]:
+        outage.updated_at = now
+    if fresh:
+        Outage.objects.bulk_create(fresh)
+    return synced
 
 
 def site_outages_drain() -> dict[int, ReconcileResult]:
@@ -342,20 +436,54 @@ def site_outages_sweep() -> list[int]:
     return site_ids
 
 
-def _site_outages_settle(site_id: int, to_settle: list[Outage]) -> list[CreditEntry]:
-    entries = []
-    paid = selectors.outage_credit_totals(site_id=site_id)
-    for outage in to_settle:
-        amount, currency, memo = _outage_target(outage)
-        entries += _settle(
-            site_id=site_id,
-            reason={"outage_id": outage.pk},
-            paid=paid.get(outage.pk, {}),
-            amount=amount,
-            currency=currency,
-            memo=memo,
+def _sites_outages_settle(to_settle: dict[int, list[Outage]]) -> dict[int, list[CreditEntry]]:
+    """Settle the outages of many sites at once (site -> its outages to settle): what each must
+    have earned in all (`_outage_target`), what its entries sum to now and their last revision
+    (one query for all), and the differences appended in one insert; the entries by site. An
+    outage settled for the first time takes its site's policy now (one query for all the
+    sites, one update per policy)."""
+    outages = [outage for rows in to_settle.values() for outage in rows]
+    if not outages:
+        return {}
+    first = [o for o in outages if o.settled_at is None and o.status != OutageStatus.VOID]
+    if first:
+        policies = selectors.credit_policies_for_sites({o.site_id for o in first})
+        now = timezone.now()
+        by_policy: dict[int | None, list[int]] = defaultdict(list)
+        for outage in first:
+            outage.credit_policy = policies.get(outage.site_id)
+            outage.settled_at = outage.updated_at = now
+            by_policy[outage.credit_policy_id].append(outage.pk)
+        for policy_id, ids in by_policy.items():
+            Outage.objects.filter(pk__in=ids).update(
+                credit_policy_id=policy_id, settled_at=now, updated_at=now
+            )
+    paid: dict[int, dict[str, Decimal]] = defaultdict(dict)
+    last: dict[int, int] = {}
+    for outage_id, currency, total, revision in (
+        CreditEntry.objects.filter(
+            site_id__in=list(to_settle), outage_id__in=[o.pk for o in outages]
         )
-    return entries
+        .values("outage_id", "currency")
+        .annotate(total=Sum("amount"), last=Max("revision"))
+        .order_by()
+        .values_list("outage_id", "currency", "total", "last")
+    ):
+        paid[outage_id][currency] = total
+        last[outage_id] = max(last.get(outage_id, 0), revision)
+    entries = []
+    for outage in outages:
+        amount, currency, memo = _outage_target(outage)
+        revision = last.get(outage.pk, 0)
+        reason = {"outage_id": outage.pk}
+        owed = _owed(paid=paid.get(outage.pk, {}), amount=amount, currency=currency)
+        for cur, difference in sorted(owed.items()):
+            revision += 1
+            entries.append(_entry(outage.site_id, difference, cur, revision, memo, reason))
+    by_site: dict[int, list[CreditEntry]] = defaultdict(list)
+    for entry in CreditEntry.objects.bulk_create(entries, batch_size=2000):
+        by_site[entry.site_id].append(entry)
+    return by_site
 
 
 @dataclass
@@ -576,14 +704,11 @@ def _sites_affected_sync(site_outages) -> GridResult:
 
 
 def _outage_target(outage: Outage) -> tuple[Decimal, str | None, str]:
-    """What the outage must have earned in all: amount, currency (None: nothing in any), memo."""
+    """What the outage must have earned in all: amount, currency (None: nothing in any), memo.
+    A live outage has its policy (or none) from its first settlement (`_sites_outages_settle`)."""
     when = f"cut from {outage.started_at:%Y-%m-%d %H:%M:%S} UTC"
     if outage.status == OutageStatus.VOID:
         return Decimal(0), None, f"{when}: void, superseded by later reports"
-    if outage.settled_at is None:
-        outage.credit_policy = selectors.credit_policy_for_site(outage.site_id)
-        outage.settled_at = timezone.now()
-        outage.save(update_fields=["credit_policy", "settled_at", "updated_at"])
     policy = outage.credit_policy
     if policy is None:
         return Decimal(0), None, f"{when}: no credit policy"
