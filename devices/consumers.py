@@ -28,13 +28,19 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
-from devices.groups import device_group
+from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
-from outages.services import power_event_record, socket_drop_record
-from telemetry.services import IngestResult, Item, readings_enqueue, readings_validate
+from outages.services import power_event_message, power_event_record, socket_drop_record
+from telemetry.services import (
+    IngestResult,
+    Item,
+    live_enqueue,
+    readings_enqueue,
+    readings_validate,
+)
 from telemetry.validation import parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -287,6 +293,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.last_frame = time.monotonic()
         self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
+        self.announced: set[tuple[str, datetime]] = set()  # power reports its viewers heard of
         # If anything below fails, __call__ gives the registry entry back (`_leave`). Joining
         # the group and claiming the registry are independent Redis calls: made together.
         _, previous = await asyncio.gather(
@@ -475,12 +482,30 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             at = parse_timestamp(frame.get("ts"), now=timezone.now())
         except ValueError as exc:
             raise FrameError("invalid_payload", str(exc)) from None
+        # The site's viewers hear of the report at once, with this process's next trip to Redis,
+        # while it is stored: a resident sees the cut from the device's own instant within a
+        # trip, not after a hop to the thread pool and a commit (bench/outages). Should storing
+        # fail, the device gets no ack and reports again; its viewers heard what it saw.
+        # A report the Pi resends on this socket (no ack seen yet) is announced once.
+        site_id = self.device.site_id
+        if (state, at) not in self.announced:
+            self.announced.add((state, at))
+            message = power_event_message(
+                site_id=site_id, device_uid=self.device.uid, state=state, at=at
+            )
+            told = live_enqueue(
+                device_id=self.device.id,
+                groups=[site_group(site_id), fleet_group()],
+                message=message,
+            )
+            told.add_done_callback(_unheard)  # a failed publish is not the report's failure
         await db(power_event_record)(
             device_id=self.device.id,
-            site_id=self.device.site_id,
+            site_id=site_id,
             device_uid=self.device.uid,
             state=state,
             at=at,
+            announced=True,
         )
         await self._answer(_ack_text(msg_id, accepted=1, rejected=[]))
 

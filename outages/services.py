@@ -46,11 +46,27 @@ from outages.site_outages import PowerReport, match_by_overlap, site_outage_inte
 from outages.suspected_outages import SiteCut, cut_spans, verdict
 
 
-def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
+def power_event_message(*, site_id: int, device_uid: str, state: str, at: datetime) -> dict:
+    """The live message telling a site's viewers (and the fleet) of a device's power report."""
+    payload = {"type": "power", "device": device_uid, "site": site_id, "state": state}
+    return live_event({**payload, "ts": at.isoformat()})
+
+
+def power_event_record(
+    *,
+    device_id: int,
+    site_id: int,
+    device_uid: str,
+    state: str,
+    at: datetime,
+    announced: bool = False,
+):
     """Store a mains lost/restored report once; a repeat of the same report changes nothing.
 
-    Returns the event and whether it was new. Viewers of the site hear of new events after commit,
-    and the site's outages are reconciled (a Celery task) with the new event in.
+    Returns the event and whether it was new. Viewers of the site hear of new events after commit
+    (unless the caller `announced` it already: the device socket tells them before storing it,
+    see `devices.consumers.DeviceConsumer._power`), and the site's outages are reconciled (a
+    Celery task) with the new event in.
     """
     if state not in PowerState.values:
         raise ValueError("state must be 'lost' or 'restored'")
@@ -61,16 +77,9 @@ def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: 
             )
     except IntegrityError:
         return PowerEvent.objects.get(device_id=device_id, state=state, at=at), False
-    message = live_event(
-        {
-            "type": "power",
-            "device": device_uid,
-            "site": site_id,
-            "state": state,
-            "ts": at.isoformat(),
-        }
-    )
-    transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
+    if not announced:
+        message = power_event_message(site_id=site_id, device_uid=device_uid, state=state, at=at)
+        transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
     # Robust: the report is stored and acked even if the broker is down; the site's next report
     # reconciles everything it missed, since a reconcile always starts from all the events.
     transaction.on_commit(lambda: _reconcile_soon(site_id), robust=True)
