@@ -28,12 +28,13 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
+from devices.batched import socket_lookups, sockets_connected, sockets_disconnected
 from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
-from outages.services import power_event_message, power_event_record, socket_drop_record
+from outages.services import power_event_message, power_event_record
 from telemetry.services import (
     IngestResult,
     Item,
@@ -284,7 +285,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def connect(self):
         token = bearer_token(self.scope)
-        found = await db(selectors.device_for_socket)(token=token) if token else None
+        # The token check, marking online and the open commands go with the other handshakes
+        # of this process in one trip each (`devices.batched`).
+        found = await socket_lookups()(token) if token else None
         if found is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
@@ -305,7 +308,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         await self.accept()
         self.accepted = True
         metrics.socket_opened("device")
-        open_commands = await db(services.device_connected)(device=self.device)
+        open_commands = await sockets_connected()((self.device, timezone.now()))
         self.seen.note(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
         for command_id in open_commands:
@@ -358,20 +361,12 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         except Exception as exc:
             failed.append(("releasing its registry entry", exc))
         if released:
-            dropped = self._dropped()
+            # Offline, and an abrupt end noted (its home may have lost the mains: outages look
+            # for a suspected outage), with the other sockets of this process that end now.
             try:
-                await db(services.device_set_online)(
-                    device_id=device_id, online=False, at=self._last_life(), abrupt=dropped
-                )
+                await sockets_disconnected()((self.device, self._last_life(), self._dropped()))
             except Exception as exc:
                 failed.append(("marking it offline", exc))
-            else:
-                if dropped:
-                    try:
-                        # Its home may have lost the mains: outages look for a suspected outage.
-                        await db(socket_drop_record)(site_id=self.device.site_id)
-                    except Exception as exc:
-                        failed.append(("noting its drop", exc))
         if failed:
             # An outage (Redis, the database) as a rule: one line. The silent-devices job marks
             # the device offline later if this could not.

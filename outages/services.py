@@ -873,6 +873,15 @@ def socket_drop_record(*, site_id: int) -> None:
         transaction.on_commit(partial(_suspected_later, grid[0]), robust=True)
 
 
+def sockets_drop_record(*, site_ids: list[int]) -> None:
+    """`socket_drop_record` of many sites: one query for their feeders, one task per feeder."""
+    if not site_ids:
+        return
+    feeders = sorted({grid[0] for grid in selectors.sites_grid(site_ids).values() if grid})
+    for feeder_id in feeders:
+        transaction.on_commit(partial(_suspected_later, feeder_id), robust=True)
+
+
 def _suspected_later(feeder_id: int) -> None:
     from outages.tasks import suspected_outages_sync as task
 

@@ -906,7 +906,7 @@ async def test_a_connect_that_fails_after_accepting_closes_with_1011_and_gives_i
     def open_commands_fail(**kwargs):
         raise ConnectionError("database went away")
 
-    monkeypatch.setattr(consumers.selectors, "open_commands", open_commands_fail)
+    monkeypatch.setattr(consumers.selectors, "open_commands_of", open_commands_fail)
     pi = device_communicator(alice_home["token"])
     connected, _ = await pi.connect()
     close_code = await receive_close(pi)
