@@ -28,13 +28,18 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
-from devices.batched import socket_lookups, sockets_connected, sockets_disconnected
+from devices.batched import (
+    power_reports,
+    socket_lookups,
+    sockets_connected,
+    sockets_disconnected,
+)
 from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
-from outages.services import power_event_message, power_event_record
+from outages.services import power_event_message
 from telemetry.services import (
     IngestResult,
     Item,
@@ -494,14 +499,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 message=message,
             )
             told.add_done_callback(_unheard)  # a failed publish is not the report's failure
-        await db(power_event_record)(
-            device_id=self.device.id,
-            site_id=site_id,
-            device_uid=self.device.uid,
-            state=state,
-            at=at,
-            announced=True,
-        )
+        # Stored with the reports of this process's other sockets (`devices.batched`).
+        await power_reports()((self.device.id, site_id, state, at))
         await self._answer(_ack_text(msg_id, accepted=1, rejected=[]))
 
     async def _command_result(self, frame: dict) -> None:

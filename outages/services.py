@@ -86,6 +86,47 @@ def power_event_record(
     return event, True
 
 
+def power_events_record(*, reports: list[tuple[int, int, str, datetime]]) -> list:
+    """`power_event_record` of many reports (device id, site id, state, instant), announced by
+    their sockets, as one server process's sockets make them together (`devices.batched`): one
+    insert for all (a repeat changes nothing) and their sites marked for the next drain in one
+    Redis round trip after commit. Should the insert fail (a device deleted meanwhile), each
+    report is stored alone; the answer per report is None, or the error that kept it out."""
+    for _, _, state, _ in reports:
+        if state not in PowerState.values:
+            raise ValueError("state must be 'lost' or 'restored'")
+    try:
+        with transaction.atomic():
+            PowerEvent.objects.bulk_create(
+                [
+                    PowerEvent(device_id=device_id, site_id=site_id, state=state, at=at)
+                    for device_id, site_id, state, at in reports
+                ],
+                ignore_conflicts=True,
+            )
+    except IntegrityError:
+        answers: list = []
+        for device_id, site_id, state, at in reports:
+            try:
+                power_event_record(
+                    device_id=device_id,
+                    site_id=site_id,
+                    device_uid="",
+                    state=state,
+                    at=at,
+                    announced=True,
+                )
+            except Exception as exc:
+                answers.append(exc)
+            else:
+                answers.append(None)
+        return answers
+    # Every site of the batch, repeats too: a reconcile that finds nothing new changes nothing.
+    sites = sorted({site_id for _, site_id, _, _ in reports})
+    transaction.on_commit(partial(_reconcile_soon_many, sites), robust=True)
+    return [None] * len(reports)
+
+
 # Reconciles are coalesced: a report adds its site to a Redis set of sites to reconcile and
 # queues one drain task only when none is queued yet (the flag, SET NX with a TTL so that a
 # lost task never blocks the next ones for long). The drain clears the flag before it takes the
