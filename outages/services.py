@@ -272,17 +272,9 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
             results[site_id], to_settle[site_id], moved = synced[site_id]
             if site_id in grids:
                 moved_on[grids[site_id]].update(moved)
-        sites_affected: dict[int, int] = {}
-        resettle: set[int] = set()
-        for feeder_id, transformer_id in sorted(moved_on):
-            regrouped = _grid_sync(
-                feeder_id=feeder_id,
-                transformer_id=transformer_id,
-                moved=moved_on[feeder_id, transformer_id],
-            )
-            sites_affected.update(regrouped.sites_affected)
-            resettle |= regrouped.sites_to_resettle
-        others = sorted(resettle - set(site_ids))
+        regrouped = _grids_sync(moved_on)
+        sites_affected = regrouped.sites_affected
+        others = sorted(regrouped.sites_to_resettle - set(site_ids))
         if others:
             transaction.on_commit(partial(_reconcile_soon_many, others), robust=True)
         for outages in to_settle.values():
@@ -301,8 +293,12 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
                     changed_feeders.add(grid[0])
         _outages_changed_notify(notices)
         now = timezone.now()
-        for feeder_id in sorted(changed_feeders):
-            # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
+        # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones. A feeder
+        # with no suspected outage and no recent drop has nothing to sync: asked of all the
+        # feeders in two queries rather than five per feeder on every drain of a storm.
+        for feeder_id in selectors.feeders_with_suspicions(
+            sorted(changed_feeders), since=now - SUSPECTED_HORIZON
+        ):
             _suspected_sync(feeder_id, now)
     return results
 
@@ -444,10 +440,11 @@ def _sites_outages_sync(
 
 def site_outages_drain() -> dict[int, ReconcileResult]:
     """Reconcile every site reports marked since the last drain: the flag is cleared first, then
-    the set is taken (and emptied) at once, and the sites are reconciled a feeder at a time
-    (`sites_outages_reconcile`: one grid sync per feeder). A site marked meanwhile queues the
-    next drain. Should a feeder fail (database down), the sites not yet reconciled are marked
-    again before the error propagates, so the task's retry (or the next drain) takes them."""
+    the set is taken (and emptied) at once, and the sites are reconciled a transformer at a time
+    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once). A
+    site marked meanwhile queues the next drain. Should a transformer fail (database down), the
+    sites not yet reconciled are marked again before the error propagates, so the task's retry
+    (or the next drain) takes them."""
     client = sync_client()
     client.delete(RECONCILE_QUEUED_KEY)
     with client.pipeline(transaction=True) as pipe:
@@ -457,13 +454,13 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
     marked = sorted(int(member) for member in members)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
-    by_feeder: dict[int | None, list[int]] = defaultdict(list)
+    by_transformer: dict[int | None, list[int]] = defaultdict(list)
     for site_id in pending:
-        by_feeder[grids[site_id][0] if grids[site_id] else None].append(site_id)
+        by_transformer[grids[site_id][1] if grids[site_id] else None].append(site_id)
     results: dict[int, ReconcileResult] = {}
     try:
-        for feeder_id, site_ids in sorted(by_feeder.items(), key=lambda kv: kv[0] or 0):
-            if feeder_id is None:
+        for transformer_id, site_ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0):
+            if transformer_id is None:
                 for site_id in site_ids:
                     results.update(sites_outages_reconcile(site_ids=[site_id]))
             else:
@@ -545,8 +542,14 @@ class GridResult:
 
 
 def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> GridResult:
-    """Bring the feeder's outages, and its transformer's, in line with their site outages, near
-    the starts in `moved` (where the caller's site outages were created, changed or voided).
+    """`_grids_sync` of one feeder."""
+    return _grids_sync({(feeder_id, transformer_id): moved})
+
+
+def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
+    """Bring the outages of each (feeder, transformer) of `moved_on`, and its transformer's, in
+    line with their site outages, near the starts given for it (where the caller's site outages
+    were created, changed or voided).
 
     Site outages of the feeder (not void) that start within OUTAGE_CORRELATION_WINDOW of each
     other, when of at least OUTAGE_MIN_GRID_SITES sites, make one feeder outage; feeder outages
@@ -559,41 +562,60 @@ def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> 
     to the one that now holds them. Each site outage in the span then gets the sites affected by
     the widest grid outage it is part of (1 when none).
 
+    Every feeder is regrouped first, then each transformer once from what all its feeders moved,
+    then the sites affected once for all: a storm's drain over five feeders of a transformer
+    regroups the transformer and rewrites its site outages' counts once, not five times.
+
     The result never depends on which site's reports came first: within the span the grouping
     is derived afresh, and outside it nothing it depends on changed. The caller,
-    `site_outages_reconcile`, holds the feeder's and the transformer's locks and has reconciled
-    the site's own outages.
+    `sites_outages_reconcile`, holds the feeders' and the transformers' locks and has reconciled
+    the sites' own outages.
     """
     window = settings.OUTAGE_CORRELATION_WINDOW
     live = ~Q(status=OutageStatus.VOID)
-    feeder = _grid_level_sync(
-        members=Outage.objects.filter(live, kind=OutageKind.SITE, site__feeder_id=feeder_id),
-        unit="site_id",
-        stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
-        new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
-        window=window,
-        min_units=settings.OUTAGE_MIN_GRID_SITES,
-        moved=moved,
-    )
-    transformer = _grid_level_sync(
-        members=Outage.objects.filter(
-            live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
-        ),
-        unit="feeder_id",
-        stored=Outage.objects.filter(kind=OutageKind.TRANSFORMER, transformer_id=transformer_id),
-        new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
-        window=window,
-        min_units=MIN_TRANSFORMER_FEEDERS,
-        moved=feeder.moved,
-    )
-    if not (feeder.changed or transformer.changed):
+    changed = False
+    site_members: list[int] = []
+    feeder_moved: dict[int, set[datetime]] = defaultdict(set)
+    for feeder_id, transformer_id in sorted(moved_on):
+        feeder = _grid_level_sync(
+            members=Outage.objects.filter(
+                live, kind=OutageKind.SITE, site_id__in=selectors.feeder_site_ids(feeder_id)
+            ),
+            unit="site_id",
+            stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
+            new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
+            window=window,
+            min_units=settings.OUTAGE_MIN_GRID_SITES,
+            moved=moved_on[feeder_id, transformer_id],
+        )
+        changed |= feeder.changed
+        site_members += feeder.members
+        feeder_moved[transformer_id] |= feeder.moved
+    feeder_members: list[int] = []
+    for transformer_id, moved in sorted(feeder_moved.items()):
+        transformer = _grid_level_sync(
+            members=Outage.objects.filter(
+                live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
+            ),
+            unit="feeder_id",
+            stored=Outage.objects.filter(
+                kind=OutageKind.TRANSFORMER, transformer_id=transformer_id
+            ),
+            new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
+            window=window,
+            min_units=MIN_TRANSFORMER_FEEDERS,
+            moved=moved,
+        )
+        changed |= transformer.changed
+        feeder_members += transformer.members
+    if not changed:
         return GridResult()
     # Only the site outages whose count differs are read (the comparison is the database's):
     # in a storm a report changes the count of few of the transformer's site outages, and
     # loading all of them on every report made a storm cost sites² per transformer.
     return _sites_affected_sync(
         Outage.objects.filter(live, kind=OutageKind.SITE)
-        .filter(Q(pk__in=feeder.members) | Q(grid_outage_id__in=transformer.members))
+        .filter(Q(pk__in=site_members) | Q(grid_outage_id__in=feeder_members))
         .alias(
             widest=Coalesce(
                 "grid_outage__grid_outage__sites_affected", "grid_outage__sites_affected", 1
@@ -954,8 +976,9 @@ def _suspected_sync(feeder_id: int, now: datetime) -> bool:
     since = now - SUSPECTED_HORIZON
     sockets = registry.site_sockets(feeder_id=feeder_id)
     cuts_of: dict[int, list[SiteCut]] = defaultdict(list)
+    feeder_sites = selectors.feeder_site_ids(feeder_id)
     for key, site_id, start, end, grid in (
-        Outage.objects.filter(kind=OutageKind.SITE, site__feeder_id=feeder_id)
+        Outage.objects.filter(kind=OutageKind.SITE, site_id__in=feeder_sites)
         .exclude(status=OutageStatus.VOID)
         .exclude(ended_at__lt=since)
         .values_list("pk", "site_id", "started_at", "ended_at", "grid_outage_id")
