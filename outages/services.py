@@ -10,8 +10,7 @@ from redis.exceptions import RedisError
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from devices import selectors as registry
@@ -610,20 +609,9 @@ def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
         feeder_members += transformer.members
     if not changed:
         return GridResult()
-    # Only the site outages whose count differs are read (the comparison is the database's):
-    # in a storm a report changes the count of few of the transformer's site outages, and
-    # loading all of them on every report made a storm cost sites² per transformer.
-    return _sites_affected_sync(
-        Outage.objects.filter(live, kind=OutageKind.SITE)
-        .filter(Q(pk__in=site_members) | Q(grid_outage_id__in=feeder_members))
-        .alias(
-            widest=Coalesce(
-                "grid_outage__grid_outage__sites_affected", "grid_outage__sites_affected", 1
-            )
-        )
-        .exclude(sites_affected=F("widest"))
-        .select_related("grid_outage__grid_outage", "credit_policy")
-    )
+    # Only the site outages whose count differs are written (the comparison is the
+    # database's): loading all of the transformer's on every report made a storm cost sites².
+    return _sites_affected_sync(site_outages=site_members, feeder_outages=feeder_members)
 
 
 @dataclass
@@ -752,26 +740,43 @@ def _update_grouped(ids_by_value: dict, name: str) -> None:
         Outage.objects.filter(pk__in=ids).update(**{name: value})
 
 
-def _sites_affected_sync(site_outages) -> GridResult:
-    """Give each site outage the sites affected by the widest grid outage it is part of."""
+# Each live site outage among the given ones (by id, or by their feeder outage) takes the sites
+# affected by the widest grid outage it is part of (its feeder outage's transformer outage, else
+# its feeder outage, else 1), where that differs: one statement, the rows changed returned.
+_SITES_AFFECTED_SYNC = """
+UPDATE outages_outage AS o SET sites_affected = w.widest
+FROM (
+    SELECT s.id, COALESCE(t.sites_affected, f.sites_affected, 1) AS widest
+    FROM outages_outage s
+    LEFT JOIN outages_outage f ON f.id = s.grid_outage_id
+    LEFT JOIN outages_outage t ON t.id = f.grid_outage_id
+    WHERE s.kind = 'site' AND s.status <> 'void'
+      AND (s.id = ANY(%s::bigint[]) OR s.grid_outage_id = ANY(%s::bigint[]))
+) AS w
+WHERE o.id = w.id AND o.sites_affected <> w.widest
+RETURNING o.id, o.site_id, o.sites_affected, o.status, o.credit_policy_id
+"""
+
+
+def _sites_affected_sync(*, site_outages: list[int], feeder_outages: list[int]) -> GridResult:
+    """Give each site outage of `site_outages`, and each member of `feeder_outages`, the sites
+    affected by the widest grid outage it is part of. In the database, in one statement: in a
+    storm every drain changes the count of every site outage under the transformer, and read
+    as models (with their grid outages) they were most of a drain's time (bench/outages)."""
     result = GridResult()
-    updated: dict[int, list[int]] = defaultdict(list)
-    for outage in site_outages:
-        feeder_outage = outage.grid_outage
-        widest = feeder_outage and (feeder_outage.grid_outage or feeder_outage)
-        sites = widest.sites_affected if widest is not None else 1
-        if outage.sites_affected == sites:
-            continue
-        updated[sites].append(outage.pk)
-        result.sites_affected[outage.pk] = sites
-        policy = outage.credit_policy
-        if (
-            outage.status == OutageStatus.ENDED
-            and policy is not None
-            and policy.min_sites_affected > 1
-        ):
-            result.sites_to_resettle.add(outage.site_id)
-    _update_grouped(updated, "sites_affected")
+    with connection.cursor() as cursor:
+        cursor.execute(_SITES_AFFECTED_SYNC, [site_outages, feeder_outages])
+        rows = cursor.fetchall()
+    ended_under: dict[int, set[int]] = defaultdict(set)  # policy -> sites with an ended outage
+    for outage_id, site_id, sites, status, policy_id in rows:
+        result.sites_affected[outage_id] = sites
+        if status == OutageStatus.ENDED and policy_id is not None:
+            ended_under[policy_id].add(site_id)
+    if ended_under:
+        for policy_id in CreditPolicy.objects.filter(
+            pk__in=list(ended_under), min_sites_affected__gt=1
+        ).values_list("pk", flat=True):
+            result.sites_to_resettle |= ended_under[policy_id]
     return result
 
 
