@@ -57,6 +57,8 @@ MAX_MSG_ID = 64
 # Frames of one socket whose answers wait at most (acks waiting for their trip to the buffer,
 # answers behind them); past that the socket's next frame is read once the oldest is sent.
 MAX_UNANSWERED = 32
+# Power reports a socket remembers having announced to its viewers (see DeviceConsumer._power).
+MAX_ANNOUNCED = 64
 CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
 # Handling a message failed (a defect, or the database down): the Pi reconnects and resends what
 # was not acked. RFC 6455's "Internal Error".
@@ -489,6 +491,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         # A report the Pi resends on this socket (no ack seen yet) is announced once.
         site_id = self.device.site_id
         if (state, at) not in self.announced:
+            if len(self.announced) >= MAX_ANNOUNCED:
+                self.announced.clear()  # a resend is rarely more than a few reports back
             self.announced.add((state, at))
             message = power_event_message(
                 site_id=site_id, device_uid=self.device.uid, state=state, at=at
