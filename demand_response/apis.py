@@ -3,7 +3,8 @@
 Programs: staff change them, operators read them. Events: operators and staff create, change
 (before the start) and cancel them; residents see those that invited their sites. Invitations:
 residents see and answer their own sites' (another's is a 404 exactly as a missing one),
-operators all. A site's auto-response: its residents and staff set it."""
+operators all. A site's auto-response: its residents and staff set it. VTN connections (the
+OpenADR VEN's configuration): staff change them, operators read them."""
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -14,8 +15,12 @@ from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from django.db.models import ProtectedError
+
 from demand_response import filters, selectors, services
 from demand_response.models import AnsweredBy, Event, Invitation, SiteAutoResponse
+from demand_response.openadr import selectors as openadr_selectors
+from demand_response.openadr.serializers import VtnConnectionSerializer
 from demand_response.serializers import (
     AutoResponseSerializer,
     EventReportSerializer,
@@ -27,6 +32,7 @@ from demand_response.serializers import (
 from devices import selectors as registry
 from devices.permissions import OperatorsReadStaffWrite
 from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
+from energy_portal.api_errors import Conflict
 
 ID = r"[0-9]+"
 TAGS = ["Demand response"]
@@ -264,3 +270,41 @@ class AutoResponseApi(APIView):
         serializer.is_valid(raise_exception=True)
         services.site_auto_response_set(site_id=site.pk, **serializer.validated_data)
         return Response(self._data(site.pk))
+
+
+class VtnConnectionPermission(OperatorsReadStaffWrite):
+    message = "Only staff may change VTN connections; operators may read them."
+
+
+@extend_schema(tags=TAGS)
+@crud_docs(
+    noun="VTN connection",
+    plural="VTN connections",
+    readers=OPERATORS_AND_STAFF,
+    writers="Staff only (operators may read connections, not change them).",
+    notes={
+        "create": "The VEN process (`manage.py run_openadr_ven`) picks it up within seconds.",
+        "update": "The connection's VEN restarts with the new configuration.",
+        "partial_update": "The connection's VEN restarts with the new configuration.",
+        "destroy": "Refused (409) while events came from it: disable it instead.",
+    },
+)
+class VtnConnectionViewSet(viewsets.ModelViewSet):
+    """The utilities' VTNs the portal polls as an OpenADR 2.0b VEN: their events become events
+    of `program`, targets mapped through `target_map`. `state`, `last_poll_at`, `ven_id` are
+    written by the VEN process."""
+
+    serializer_class = VtnConnectionSerializer
+    permission_classes = [VtnConnectionPermission]
+    lookup_value_regex = ID
+
+    def get_queryset(self):
+        return openadr_selectors.connection_list()
+
+    def perform_destroy(self, instance):
+        try:
+            instance.delete()
+        except ProtectedError as exc:
+            raise Conflict(
+                "Events came from this connection; disable it instead of deleting it."
+            ) from exc

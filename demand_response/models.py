@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 
 from devices.models import Feeder, Site
+from energy_portal.field_encryption import EncryptedTextField
 from outages.models import CURRENCY_VALIDATOR
 
 MAX_LEVEL = 3
@@ -326,3 +327,169 @@ class DispatchedCommand(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.event_id} {self.kind} → device {self.device_id}"
+
+
+# --- OpenADR 2.0b: the portal as a VEN of utilities' VTNs (demand_response.openadr) ----------
+
+
+class VenState(models.TextChoices):
+    NEW = "new", "Not started"
+    REGISTERING = "registering", "Registering"
+    REGISTERED = "registered", "Registered, polling"
+    UNREACHABLE = "unreachable", "VTN unreachable"
+    FAILED = "failed", "Failed (restarting)"
+    STOPPED = "stopped", "Stopped"
+
+
+class OptRule(models.TextChoices):
+    ANY_OPTED_IN = "any_opted_in", "Opt in when any targeted site has opted in"
+    UNLESS_ALL_OUT = "unless_all_out", "Opt in unless every targeted site has opted out"
+    ALWAYS_IN = "always_in", "Always opt in"
+
+
+class VtnConnection(models.Model):
+    """A utility's VTN the portal polls as an OpenADR 2.0b VEN (`manage.py run_openadr_ven`): the
+    events it distributes become events of `program`. `state`, `last_poll_at`, `ven_id` and
+    `registration_id` are written by the VEN process only."""
+
+    vtn_url = models.URLField(
+        "VTN URL",
+        max_length=500,
+        help_text="The VTN's OpenADR base URL, e.g. https://vtn.example/OpenADR2/Simple/2.0b",
+    )
+    ven_name = models.CharField(
+        "VEN name", max_length=100, help_text="The name this VEN registers under."
+    )
+    client_cert = models.TextField(
+        "client certificate",
+        blank=True,
+        help_text="PEM certificate the VEN signs its messages and TLS with.",
+    )
+    client_key = EncryptedTextField(blank=True, help_text="PEM private key of the certificate.")
+    vtn_ca_cert = models.TextField(
+        "VTN CA certificate",
+        blank=True,
+        help_text="PEM CA certificate(s) the VTN's TLS certificate is checked against.",
+    )
+    vtn_fingerprint = models.CharField(
+        "VTN fingerprint",
+        max_length=100,
+        blank=True,
+        help_text="The VTN certificate's fingerprint; when set, unsigned or foreign messages "
+        "are refused.",
+    )
+    poll_interval_s = models.PositiveIntegerField(
+        "poll interval (s)",
+        default=10,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds between polls.",
+    )
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="vtn_connections")
+    target_map = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='OpenADR resource or group id -> {"feeders": [feeder codes], "sites": [site '
+        "ids]}. An event whose targets are all unmapped (or absent) invites every eligible "
+        "site of the program.",
+    )
+    opt_rule = models.CharField(
+        max_length=16, choices=OptRule.choices, default=OptRule.ANY_OPTED_IN
+    )
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(max_length=12, choices=VenState.choices, default=VenState.NEW)
+    state_detail = models.CharField(max_length=300, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    last_poll_at = models.DateTimeField(null=True, blank=True)
+    ven_id = models.CharField("VEN id", max_length=200, blank=True)
+    registration_id = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "VTN connection"
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["vtn_url", "ven_name"], name="dr_vtn_ven_once"),
+            models.CheckConstraint(
+                condition=Q(poll_interval_s__gte=1), name="dr_vtn_poll_interval_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=VenState.values), name="dr_vtn_state_known"
+            ),
+            models.CheckConstraint(
+                condition=Q(opt_rule__in=OptRule.values), name="dr_vtn_opt_rule_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ven_name} @ {self.vtn_url}"
+
+
+class VtnEvent(models.Model):
+    """Which of our events a VTN's event became: one per (connection, VTN event id), so an event
+    distributed again (every poll, after a VEN restart) is never a second event. Keeps the
+    modification number applied and the answer the VTN was last given."""
+
+    connection = models.ForeignKey(
+        VtnConnection, on_delete=models.PROTECT, related_name="vtn_events"
+    )
+    vtn_event_id = models.CharField("VTN event id", max_length=200)
+    event = models.OneToOneField(Event, on_delete=models.CASCADE, related_name="vtn_source")
+    modification_number = models.PositiveIntegerField()
+    vtn_status = models.CharField(max_length=16, blank=True)
+    market_context = models.CharField(max_length=500, blank=True)
+    targets = models.JSONField(default=list, help_text="The VTN's targets, as it sent them.")
+    opt_type = models.CharField(max_length=8, blank=True, help_text="The answer last given.")
+    request_id = models.CharField(max_length=200, blank=True)
+    received_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "VTN event"
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "vtn_event_id"], name="dr_vtn_event_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(opt_type__in=["", "optIn", "optOut"]), name="dr_vtn_event_opt_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection.ven_name}: {self.vtn_event_id} → event {self.event_id}"
+
+
+class VtnMessageKind(models.TextChoices):
+    CREATED_EVENT = "created_event", "oadrCreatedEvent (answer)"
+    CREATE_OPT = "create_opt", "oadrCreateOpt (changed answer)"
+    REPORT = "report", "oadrUpdateReport"
+
+
+class VtnMessage(models.Model):
+    """What the VEN told a VTN: its answers to events, changed answers, report values."""
+
+    connection = models.ForeignKey(VtnConnection, on_delete=models.CASCADE, related_name="messages")
+    vtn_event = models.ForeignKey(
+        VtnEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+    kind = models.CharField(max_length=16, choices=VtnMessageKind.choices)
+    opt_type = models.CharField(max_length=8, blank=True)
+    report_name = models.CharField(max_length=40, blank=True)
+    value = models.FloatField(null=True, blank=True)
+    ok = models.BooleanField(default=True, help_text="Whether the VTN acknowledged it.")
+    detail = models.CharField(max_length=300, blank=True)
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "VTN message"
+        ordering = ["-sent_at", "-id"]
+        indexes = [models.Index(fields=["connection", "-sent_at"], name="dr_vtn_message_recent")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=VtnMessageKind.values), name="dr_vtn_message_kind_known"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection.ven_name}: {self.kind} at {self.sent_at:%Y-%m-%d %H:%M:%S}"

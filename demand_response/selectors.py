@@ -134,7 +134,7 @@ def program_list() -> QuerySet[Program]:
 
 def event_list(*, user: AbstractBaseUser) -> QuerySet[Event]:
     """Operators see every event; a resident those that invited one of their sites."""
-    events = Event.objects.prefetch_related(
+    events = Event.objects.select_related("vtn_source").prefetch_related(
         Prefetch("target_sites", Site.objects.only("pk")),
         Prefetch("target_feeders", Feeder.objects.only("pk")),
     )
@@ -186,8 +186,9 @@ def event_report(*, event: Event, user: AbstractBaseUser) -> dict:
 
 def event_list_with_counts() -> QuerySet[Event]:
     """Every event, newest first, with its program and how many sites it invited and how many
-    opted in and out (operators' events page: one query)."""
-    return Event.objects.select_related("program").annotate(
+    opted in and out, and the VTN event it came from if any (operators' events page: one
+    query)."""
+    return Event.objects.select_related("program", "vtn_source__connection").annotate(
         invited=Count("invitations"),
         opted_in=Count("invitations", filter=Q(invitations__status=InvitationStatus.OPTED_IN)),
         opted_out=Count("invitations", filter=Q(invitations__status=InvitationStatus.OPTED_OUT)),

@@ -77,6 +77,15 @@ class TargetsSerializer(serializers.Serializer):
         }
 
 
+class EventSourceSerializer(serializers.Serializer):
+    """The utility VTN event an event came from (the OpenADR VEN made it)."""
+
+    vtn_connection = serializers.IntegerField(source="connection_id")
+    vtn_event_id = serializers.CharField()
+    modification_number = serializers.IntegerField()
+    answer = serializers.CharField(source="opt_type", help_text="optIn, optOut, or empty.")
+
+
 class EventSerializer(serializers.ModelSerializer):
     """An event as it is; also what a create or change takes (status is read only)."""
 
@@ -84,6 +93,12 @@ class EventSerializer(serializers.ModelSerializer):
     signal = SignalSerializer(source="*")
     targets = TargetsSerializer(source="*")
     randomization_s = serializers.IntegerField(min_value=0, max_value=86_400, default=0)
+    source = EventSourceSerializer(
+        source="vtn_source",
+        read_only=True,
+        allow_null=True,
+        help_text="The VTN event it came from; null for an event our operators called.",
+    )
 
     class Meta:
         model = Event
@@ -96,6 +111,7 @@ class EventSerializer(serializers.ModelSerializer):
             "targets",
             "randomization_s",
             "status",
+            "source",
             "created_at",
             "updated_at",
         ]

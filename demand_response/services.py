@@ -13,6 +13,7 @@ stable randomization offset), and `restore` at the end, on cancel, or at once wh
 out mid-event; `DispatchedCommand` keeps which command went to which device for the report."""
 
 import hashlib
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from demand_response import selectors, settlement
@@ -57,17 +58,21 @@ class _EventInput:
     randomization_s: int
 
 
-def _validated(program: Program, data: _EventInput, now: datetime) -> set[int]:
-    """Check an event's input against its program; return the ids of the sites to invite."""
+def _validated(
+    program: Program, data: _EventInput, now: datetime, *, notice: bool = True
+) -> set[int]:
+    """Check an event's input against its program; return the ids of the sites to invite.
+    `notice` False (an event a utility's VTN called: its notice is the VTN's to give) skips the
+    checks of the start against `now` and the program's lead time."""
     errors: dict[str, str] = {}
     if data.start.tzinfo is None or data.end.tzinfo is None:
         raise ValidationError({"start": "Give times with their UTC offset."})
     if data.end <= data.start:
         errors["end"] = "The end must be after the start."
     earliest = now + program.notification_lead_time
-    if data.start < now:
+    if notice and data.start < now:
         errors["start"] = "The start is in the past; give a time still to come."
-    elif data.start < earliest:
+    elif notice and data.start < earliest:
         errors["start"] = (
             f"The program {program.name} gives at least {program.notification_lead_time} "
             f"notice: start at {earliest.isoformat()} or later."
@@ -174,10 +179,12 @@ def event_create(
     target_feeders: Iterable[int] = (),
     randomization_s: int = 0,
     now: datetime | None = None,
+    notice: bool = True,
 ) -> Event:
     """Schedule an event of a program and invite its sites (each answered at once by the
     site's auto-response, if it has one that applies). The start must be at least the
-    program's notification lead time from `now`; targets must be known and eligible."""
+    program's notification lead time from `now` (unless `notice` is False: an event a VTN
+    called, which may even have started); targets must be known and eligible."""
     now = now or timezone.now()
     program = Program.objects.filter(pk=program_id).first()
     if program is None:
@@ -186,7 +193,7 @@ def event_create(
         start, end, signal_type, Decimal(signal_value), set(target_sites), set(target_feeders),
         randomization_s,
     )  # fmt: skip
-    invited = _validated(program, data, now)
+    invited = _validated(program, data, now, notice=notice)
     event = Event.objects.create(
         program=program,
         start=start,
@@ -216,9 +223,11 @@ def event_update(
     target_feeders: Iterable[int] | None = None,
     randomization_s: int | None = None,
     now: datetime | None = None,
+    notice: bool = True,
 ) -> Event:
     """Change a scheduled event before its start; what is not given stays. Validated as
-    `event_create` validates; the invitations follow the new targets and signal."""
+    `event_create` validates (`notice` as there); the invitations follow the new targets and
+    signal."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
     if event.status != EventStatus.SCHEDULED or now >= event.start:
@@ -242,7 +251,7 @@ def event_update(
         ),
         randomization_s=event.randomization_s if randomization_s is None else randomization_s,
     )
-    invited = _validated(event.program, data, now)
+    invited = _validated(event.program, data, now, notice=notice)
     event.start, event.end, event.signal_type, event.signal_value, event.randomization_s = (
         data.start, data.end, data.signal_type, data.signal_value, data.randomization_s,
     )  # fmt: skip
@@ -259,6 +268,46 @@ def event_update(
     event.target_sites.set(data.site_ids)
     event.target_feeders.set(data.feeder_ids)
     _invitations_sync(event, invited, now)
+    _transitions_schedule(event)
+    _tell(event.pk, {"change": "updated", "status": event.status})
+    return event
+
+
+@transaction.atomic
+def event_running_amend(
+    *,
+    event_id: int,
+    end: datetime,
+    signal_type: str,
+    signal_value: Decimal,
+    now: datetime | None = None,
+) -> Event:
+    """Change the end and signal of an active event (a VTN modified an event under way; our
+    own operators cannot). The end must be after the start and still to come; the devices
+    already curtailed keep their command (its `until` and expiry stay those first sent), and
+    the event completes, and restores them, at the new end."""
+    now = now or timezone.now()
+    event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
+    if event.status != EventStatus.ACTIVE:
+        raise ValidationError({"status": f"The event is {event.status}, not active."})
+    data = _EventInput(
+        event.start, end, signal_type, Decimal(signal_value), set(), set(), event.randomization_s
+    )
+    errors = {}
+    if end.tzinfo is None or end <= event.start:
+        errors["end"] = "The end must be after the start, with its UTC offset."
+    elif end <= now:
+        errors["end"] = "The end has passed; cancel the event instead."
+    if data.signal_type not in SignalType.values:
+        errors["signal"] = f"The signal type must be one of {', '.join(SignalType.values)}."
+    elif data.signal_type == SignalType.LEVEL and data.signal_value not in range(MAX_LEVEL + 1):
+        errors["signal"] = f"A level must be a whole number from 0 to {MAX_LEVEL}."
+    elif data.signal_type == SignalType.TARGET_KW and data.signal_value <= 0:
+        errors["signal"] = "A target reduction must be more than 0 kW."
+    if errors:
+        raise ValidationError(errors)
+    event.end, event.signal_type, event.signal_value = end, data.signal_type, data.signal_value
+    event.save(update_fields=["end", "signal_type", "signal_value", "updated_at"])
     _transitions_schedule(event)
     _tell(event.pk, {"change": "updated", "status": event.status})
     return event
@@ -292,9 +341,16 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
     ):
         moved.append(EventStatus.COMPLETED)
     if EventStatus.ACTIVE in moved and EventStatus.COMPLETED not in moved:
-        _curtail_schedule(Event.objects.get(pk=event_id))
+        event = Event.objects.get(pk=event_id)
+        if event.randomization_s <= 0:
+            # Every site's curtail is due now: sent in this transaction rather than by a task
+            # queued for the start (a Celery hop and a commit less in the event's first
+            # second, bench/dr). Should this fail, the move is undone with it and retried.
+            event_sites_curtail(event_id=event_id, site_ids=None, now=now)
+        else:
+            _curtail_schedule(event)
     if EventStatus.COMPLETED in moved:
-        _restore_later(event_id)
+        _restore(event_id, None)  # in this transaction, as the start's curtail
         _settle_later(event_id)
     for status in moved:
         _tell(event_id, {"change": "status", "status": status})
@@ -408,76 +464,86 @@ def _curtail_args(event: Event) -> dict:
 
 @transaction.atomic
 def event_sites_curtail(
-    *, event_id: int, site_ids: Iterable[int], now: datetime | None = None
-) -> list[DispatchedCommand]:
-    """Send `curtail` to each controllable device of those of `site_ids` still opted in, while
-    the event is active and before its end; the command expires at the end (an offline device
-    gets it on reconnect if still in time). A device already sent one is skipped, so a task run
-    twice sends nothing more."""
+    *, event_id: int, site_ids: Iterable[int] | None, now: datetime | None = None
+) -> int:
+    """Send `curtail` to each controllable device of those of `site_ids` (None: all sites)
+    still opted in, while the event is active and before its end; the command expires at the
+    end (an offline device gets it on reconnect if still in time). A device already sent one
+    is skipped, so a task run twice sends nothing more. Returns how many were sent."""
     now = now or timezone.now()
     # The event's row is locked as `invitation_respond` locks it: an opt-out either comes
     # before this (and the site is skipped) or after (and restores what this sent).
     event = Event.objects.select_for_update().get(pk=event_id)
     if event.status != EventStatus.ACTIVE or now >= event.end:
-        return []
-    opted_in = Invitation.objects.filter(
-        event=event, site_id__in=list(site_ids), status=InvitationStatus.OPTED_IN
-    ).values("site_id")
+        return 0
+    opted_in = Invitation.objects.filter(event=event, status=InvitationStatus.OPTED_IN)
+    if site_ids is not None:
+        opted_in = opted_in.filter(site_id__in=list(site_ids))
+    opted_in = opted_in.values("site_id")
     sent = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL).values(
         "device_id"
     )
-    devices = list(
+    sites = dict(
         Device.objects.filter(site_id__in=opted_in, controllable=True)
         .exclude(pk__in=sent)
-        .order_by("pk")
+        .values_list("pk", "site_id")
     )
     commands = commands_issue(
-        devices=devices, name="curtail", args=_curtail_args(event), ttl=event.end - now
+        device_ids=sites, name="curtail", args=_curtail_args(event), expires_at=event.end
     )
-    return _dispatched(event.pk, DispatchKind.CURTAIL, devices, commands)
+    return _dispatched(event.pk, DispatchKind.CURTAIL, sites, commands)
 
 
 def _dispatched(
-    event_id: int, kind: str, devices: list[Device], commands
-) -> list[DispatchedCommand]:
-    return DispatchedCommand.objects.bulk_create(
-        [
-            DispatchedCommand(
-                event_id=event_id, site_id=device.site_id, device=device, kind=kind, command=command
-            )
-            for device, command in zip(devices, commands, strict=True)
-        ],
-        batch_size=2000,
-    )
+    event_id: int, kind: str, sites: dict[int, int], commands: dict[int, uuid.UUID]
+) -> int:
+    """Record which command went to which device (`sites`: device -> its site), in one
+    statement; how many."""
+    if not commands:
+        return 0
+    devices = list(commands)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO demand_response_dispatchedcommand
+                (event_id, site_id, device_id, command_id, kind, created_at)
+            SELECT %s, u.site_id, u.device_id, u.command_id, %s, %s
+            FROM unnest(%s::bigint[], %s::bigint[], %s::uuid[]) AS u(device_id, site_id, command_id)
+            """,
+            [
+                event_id,
+                kind,
+                timezone.now(),
+                devices,
+                [sites[device] for device in devices],
+                [commands[device] for device in devices],
+            ],
+        )
+    return len(devices)
 
 
-def _restore(event_id: int, site_ids: Iterable[int] | None) -> list[DispatchedCommand]:
+def _restore(event_id: int, site_ids: Iterable[int] | None) -> int:
     curtailed = DispatchedCommand.objects.filter(event_id=event_id, kind=DispatchKind.CURTAIL)
     if site_ids is not None:
         curtailed = curtailed.filter(site_id__in=list(site_ids))
     restored = DispatchedCommand.objects.filter(
         event_id=event_id, kind=DispatchKind.RESTORE
     ).values("device_id")
-    devices = [
-        sent.device
-        for sent in curtailed.exclude(device_id__in=restored)
-        .select_related("device")
-        .order_by("device_id")
-    ]
-    commands = commands_issue(devices=devices, name="restore", args={"event": event_id})
-    return _dispatched(event_id, DispatchKind.RESTORE, devices, commands)
+    sites = dict(curtailed.exclude(device_id__in=restored).values_list("device_id", "site_id"))
+    commands = commands_issue(device_ids=sites, name="restore", args={"event": event_id})
+    return _dispatched(event_id, DispatchKind.RESTORE, sites, commands)
 
 
 @transaction.atomic
-def event_restore(*, event_id: int) -> list[DispatchedCommand]:
+def event_restore(*, event_id: int) -> int:
     """Send `restore` to every device the event curtailed and has not restored (at its end or
-    cancel); run twice, it sends nothing more."""
+    cancel); run twice, it sends nothing more. Returns how many were sent."""
     Event.objects.select_for_update().get(pk=event_id)
     return _restore(event_id, None)
 
 
 @transaction.atomic
-def event_site_restore(*, event_id: int, site_id: int) -> list[DispatchedCommand]:
+def event_site_restore(*, event_id: int, site_id: int) -> int:
     """Send `restore` to the devices of one site the event curtailed (it opted out)."""
     Event.objects.select_for_update().get(pk=event_id)
     return _restore(event_id, [site_id])

@@ -38,14 +38,16 @@ def events_transition_due() -> int:
 
 @shared_task(**RETRY)
 def event_sites_curtail(event_id: int, site_ids: list[int]) -> int:
-    """Curtail the sites' controllable devices (queued for start + the sites' offset)."""
-    return len(services.event_sites_curtail(event_id=event_id, site_ids=site_ids))
+    """Curtail the sites' controllable devices (queued for start + the sites' offset, when the
+    event randomizes; without, the start's transition curtails every site itself)."""
+    return services.event_sites_curtail(event_id=event_id, site_ids=site_ids)
 
 
 @shared_task(**RETRY)
 def event_restore(event_id: int) -> int:
-    """Restore every device the event curtailed (queued at its end and on cancel)."""
-    return len(services.event_restore(event_id=event_id))
+    """Restore every device the event curtailed (queued on cancel; the end's transition
+    restores them itself)."""
+    return services.event_restore(event_id=event_id)
 
 
 @shared_task(**RETRY)

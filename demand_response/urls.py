@@ -8,6 +8,7 @@ router = SimpleRouter()
 router.register("dr/programs", apis.ProgramViewSet, basename="dr-program")
 router.register("dr/events", apis.EventViewSet, basename="dr-event")
 router.register("dr/invitations", apis.InvitationViewSet, basename="dr-invitation")
+router.register("openadr/connections", apis.VtnConnectionViewSet, basename="openadr-connection")
 
 urlpatterns = [
     *router.urls,

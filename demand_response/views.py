@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from demand_response import selectors, services
 from demand_response.forms import EventForm
 from demand_response.models import AnsweredBy, Event, EventStatus
+from demand_response.openadr import selectors as openadr_selectors
 from devices import selectors as registry
 from outages.credit_rules import round_money
 
@@ -50,6 +51,7 @@ def events(request):
         "form": form,
         "events": selectors.event_list_with_counts()[:EVENTS_SHOWN],
         "time_zone": timezone.get_current_timezone_name(),
+        "vtn_connections": openadr_selectors.connections_overview(),
     }
     return render(
         request, "demand_response/events.html", context, status=400 if form.errors else 200
@@ -75,6 +77,7 @@ def event(request, event_id: int):
     event = _event(event_id)
     context = _summary(request, event) | {
         "chart": selectors.event_load_chart(event=event, now=timezone.now()),
+        "vtn_source": openadr_selectors.vtn_sources(event_ids=[event.pk]).get(event.pk),
     }
     return render(request, "demand_response/event.html", context)
 

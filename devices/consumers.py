@@ -24,7 +24,6 @@ from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
@@ -34,6 +33,8 @@ from devices.batched import (
     sockets_connected,
     sockets_disconnected,
 )
+from devices.command_inbox import CommandInbox, command_inbox
+from devices.command_results import command_results
 from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
@@ -242,6 +243,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
     watchdog: asyncio.Task | None = None
     answering: asyncio.Task | None = None  # sends the answers that wait (see _answer)
     leaving: asyncio.Task | None = None  # gives the socket's place up (see _leave)
+    inbox: CommandInbox | None = None  # hands this socket its device's commands
+    commanding: asyncio.Task | None = None  # writes the commands that arrived (command_arrived)
     accepted = False
     closing = False
     closed_with: int | None = None  # the code of our close frame, if we closed the socket
@@ -314,6 +317,10 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
         self.accepted = True
+        # Before the open commands are read: a command committed after that read reaches the
+        # socket through the inbox (devices.command_inbox).
+        self.inbox = command_inbox()
+        self.inbox.add(self.device.id, self)
         metrics.socket_opened("device")
         open_commands = await sockets_connected()((self.device, timezone.now()))
         self.seen.note(self.device.id)
@@ -346,7 +353,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             return
         if self.leaving is None:
             self.closing = True  # nothing more is sent
-            for task in (self.watchdog, self.answering):
+            if self.inbox is not None:
+                self.inbox.remove(self.device.id, self)
+            for task in (self.watchdog, self.answering, self.commanding):
                 if task is not None:
                     task.cancel()
             self._drop_answers()
@@ -509,22 +518,17 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def _command_result(self, frame: dict) -> None:
         status, detail = frame.get("status"), frame.get("detail")
-        if not isinstance(status, str):  # a list or object would not even hash
+        if not isinstance(status, str) or status not in services.COMMAND_RESULTS:
             raise FrameError("invalid_payload", "status must be done, failed or rejected")
         if detail is None:
             detail = ""
         elif not isinstance(detail, str):
             raise FrameError("invalid_payload", "detail must be a string")
-        try:
-            # The service makes the detail storable (storable_text): NUL, lone surrogates.
-            await db(services.command_complete)(
-                command_id=_uuid(frame.get("id")),
-                device_id=self.device.id,
-                status=status,
-                detail=detail,
-            )
-        except ValidationError as exc:
-            raise FrameError("invalid_payload", "; ".join(exc.messages)) from None
+        command_id = _uuid(frame.get("id"))
+        # Recorded with the process's next batch of results (the service makes the detail
+        # storable: NUL, lone surrogates); the answer says whether it was this device's.
+        if not await command_results().note(str(command_id), self.device.id, status, detail):
+            raise FrameError("invalid_payload", "no such command for this device")
 
     async def _heartbeat(self, frame: dict) -> None:
         """Nothing to do: every frame already counted as a sign of life."""
@@ -616,39 +620,74 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.room.set()
 
     async def _deliver(self, command_id) -> None:
-        # A command issued while this socket connects is both among its open commands and
-        # announced to its group: send it once per socket (a new socket gets it again).
+        """Claim an open command from the database and send it (a reconnecting socket's open
+        commands). A command issued while this socket connects is both among its open commands
+        and announced to it: sent once per socket (a new socket gets it again)."""
         if str(command_id) in self.delivered or self.closing:
             return
+        self.delivered.add(str(command_id))  # before the wait: the inbox may bring it meanwhile
+        await self._claim_and_send(command_id)
+
+    async def _claim_and_send(self, command_id) -> None:
         command = await db(services.command_mark_sent)(
             command_id=command_id, device_id=self.device.id
         )
         if command is not None and not self.closing:  # (closed while the database answered)
-            self.delivered.add(str(command.id))
             try:
                 await self.send_text(services.command_frame(command))
             except OSError:  # the client is gone: the command is sent again when it reconnects
                 self.closing = True
 
-    # Channel-layer events
-    async def device_command(self, event):
-        """A new command for this device. Its message carries the frame: written at once, and
-        recorded as sent with the process's next batch (`sent_marks`), no database trip on the
-        way. A message without a frame (or for an expired command: recorded as such) is
-        claimed from the database first, as a reconnecting socket's open commands are."""
-        frame, command_id = event.get("frame"), event["id"]
-        if frame is None or event.get("expires", 0) <= time.time():
-            await self._deliver(command_id)
-            return
+    def command_arrived(self, command_id: str, frame: str, expires: float) -> None:
+        """A new command for this device, from the process's inbox (`command_inbox`), with its
+        frame: written in order of arrival by the socket's command writer, and recorded as
+        sent with the process's next batch (`sent_marks`), no database trip on the way. Never
+        waits."""
         if command_id in self.delivered or self.closing:
             return
         self.delivered.add(command_id)
+        if self.commanding is None:
+            self.commands_due: deque[tuple[str, str, float]] = deque()
+            self.commanding = asyncio.create_task(self._write_commands())
+        self.commands_due.append((command_id, frame, expires))
+
+    async def _write_commands(self) -> None:
+        due = self.commands_due
+        try:
+            while due and not self.closing:
+                await self._write_command(*due.popleft())
+        except Exception as exc:  # claiming an expired one failed (the database down)
+            self._log_failure(exc)
+            await self.close(code=CLOSE_INTERNAL_ERROR)
+        finally:
+            self.commanding = None
+
+    async def _write_command(self, command_id: str, frame: str, expires: float) -> None:
+        """Write a command's frame and note it for the batched sent mark; one that expired on
+        its way is claimed from the database instead, which records it expired."""
+        if expires <= time.time():
+            await self._claim_and_send(command_id)
+            return
         try:
             await self.send_text(frame)
         except OSError:  # the client is gone: still pending, sent again when it reconnects
             self.closing = True
             return
         sent_marks().note(command_id)
+
+    # Channel-layer events
+    async def device_command(self, event):
+        """A new command sent to the device's group through the channel layer (as the portal
+        did before `command_inbox`; `services.command_message`): with its frame, written as
+        the inbox's are; without, claimed from the database first."""
+        frame, command_id = event.get("frame"), event["id"]
+        if frame is None:
+            await self._deliver(command_id)
+            return
+        if command_id in self.delivered or self.closing:
+            return
+        self.delivered.add(command_id)
+        await self._write_command(command_id, frame, event.get("expires", 0))
 
     async def device_replaced(self, event):
         await self.close(code=CLOSE_REPLACED)

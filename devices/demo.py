@@ -54,9 +54,9 @@ DEMO_FEEDERS = [
     ("FD-103", "Francos", "TR-11"),
 ]
 
-# Each device: uid, name, kind, room, controllable, flexible kW, and the load profile its
-# synthetic history follows (telemetry/demo_history.py). Pis (kind "pi") are the ones `make
-# run` simulates live; the appliances have history only (see README, "Demo data").
+# Each device: uid, name, kind, room, controllable, flexible kW, and the load profile
+# (pi_agent/demo_profiles.py) its synthetic history follows (telemetry/demo_history.py) and
+# `make run`'s simulated fleet continues live, appliances included (pi_agent/simulate.py).
 DEMO_SITES = [
     {
         "resident": "alice",
@@ -191,7 +191,9 @@ DEMO_SITES = [
 @dataclass
 class DemoResult:
     users: list[tuple[str, str, str, bool]]  # username, password, role, created now
-    device_tokens: dict[str, str]
+    # uid -> what the simulated fleet needs of each device: its fresh token and its profile
+    # (the `--tokens` file of pi_agent/simulate.py)
+    simulated: dict[str, dict]
 
 
 def _ensure_user(username: str, password: str, role: str) -> bool:
@@ -211,8 +213,7 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
     """Create what is missing of the demo data; existing rows and passwords are left alone.
 
     Device tokens are stored only as hashes, so each run issues fresh ones (when asked) for the
-    simulated Pis that `make run` starts; only Pis get tokens back (the appliances are not
-    simulated live).
+    simulated devices that `make run` starts.
     """
     Group.objects.get_or_create(name=settings.OPERATORS_GROUP)
     users = [(u, p, r, _ensure_user(u, p, r)) for u, p, r in DEMO_USERS]
@@ -230,7 +231,7 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
             code=code, defaults={"name": name, "transformer": transformers[transformer]}
         )
 
-    tokens: dict[str, str] = {}
+    simulated: dict[str, dict] = {}
     for spec in DEMO_SITES:
         site, _ = Site.objects.get_or_create(
             name=spec["name"],
@@ -248,7 +249,7 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
         rooms = {
             name: Room.objects.get_or_create(site=site, name=name)[0] for name in spec["rooms"]
         }
-        for uid, name, kind, room, controllable, flexible_kw, _profile in spec["devices"]:
+        for uid, name, kind, room, controllable, flexible_kw, profile in spec["devices"]:
             device = Device.objects.filter(uid=uid).first()
             if device is None:
                 device, token = services.device_create(
@@ -261,10 +262,15 @@ def demo_seed(*, rotate_tokens: bool = True) -> DemoResult:
                     flexible_kw=Decimal(flexible_kw),
                     sensors=DEMO_SENSORS[kind],
                 )
-            elif rotate_tokens and kind == "pi":
+            elif rotate_tokens:
                 token = services.device_issue_token(device=device)
             else:
                 continue
-            if kind == "pi":  # the ones simulated live
-                tokens[uid] = token
-    return DemoResult(users=users, device_tokens=tokens)
+            simulated[uid] = {
+                "token": token,
+                "profile": profile,
+                "sensors": [sensor["key"] for sensor in DEMO_SENSORS[kind]],
+                "flexible_w": float(flexible_kw) * 1000 if controllable else 0.0,
+                "timezone": site.timezone,
+            }
+    return DemoResult(users=users, simulated=simulated)

@@ -97,6 +97,10 @@ class Site(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
+        # The fleet page's order (site name, then device uid) by index: a page of it walks the
+        # sites in name order and each one's devices (`devices_device.site_id`), instead of
+        # joining and sorting every device (15 ms at 10,000 devices, bench/pages).
+        indexes = [models.Index(fields=["name", "id"], name="site_name_idx")]
 
     def __str__(self) -> str:
         return self.name

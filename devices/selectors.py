@@ -7,7 +7,9 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.postgres.aggregates import ArrayAgg
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from devices.groups import fleet_group, site_group
 from devices.models import (
@@ -79,12 +81,20 @@ def feeder_list(*, user: AbstractBaseUser) -> QuerySet[Feeder]:
 
 def resident_sites_with_devices(*, user: AbstractBaseUser) -> QuerySet[Site]:
     """A resident's own sites with their devices and rooms, loaded in a fixed number of queries."""
+    devices = Device.objects.select_related("room")  # the devices' rooms in their query
     return (
         Site.objects.filter(residents=user)
         .select_related("feeder")
-        .prefetch_related("devices__room", "devices__sensors")
+        .prefetch_related(Prefetch("devices", queryset=devices), "devices__sensors")
         .order_by("name")
     )
+
+
+# The fields of a fleet page's row (telemetry's `fleet_rows` tag prints them).
+FLEET_ROW_FIELDS = (
+    *("uid", "name", "kind", "site_id", "room_id", "online", "last_seen"),
+    *("site__name", "site__feeder_id", "site__feeder__code", "room__name"),
+)
 
 
 def fleet_devices(
@@ -98,7 +108,7 @@ def fleet_devices(
     """Devices for the operators' fleet page, filtered as the page asks."""
     qs = (
         Device.objects.select_related("site", "room", "site__feeder")
-        .prefetch_related("sensors")  # the page's power column
+        .only(*FLEET_ROW_FIELDS)  # what a row shows: 1.7 ms less a page of 100 (bench/pages)
         .order_by("site__name", "uid")
     )
     if online is not None:
@@ -114,6 +124,25 @@ def fleet_devices(
             Q(uid__icontains=search) | Q(name__icontains=search) | Q(site__name__icontains=search)
         )
     return qs
+
+
+class _IdsFirstPaginator(Paginator):
+    """A page whose rows are read by id: the ordered, filtered query picks the page's ids alone
+    (narrow rows, no relations: by the sites' name index for the first pages, a sort of ids
+    and keys for the last), and the rows with their relations are read for those ids only. One
+    statement still (the ids are a subquery); joining every device to its site, feeder and room
+    before sorting them all took 15 ms of the fleet page at 10,000 devices (bench/pages)."""
+
+    def page(self, number) -> Page:
+        page = super().page(number)
+        page.object_list = self.object_list.filter(pk__in=page.object_list.values("pk"))
+        return page
+
+
+def fleet_page(*, devices: QuerySet[Device], number, per_page: int = 100) -> Page:
+    """The page `number` (as the query string gives it: the first when unreadable, the last
+    when past it) of `fleet_devices`, in their order."""
+    return _IdsFirstPaginator(devices, per_page).get_page(number)
 
 
 def fleet_counts() -> dict[str, int]:
@@ -202,6 +231,21 @@ def open_commands(*, device_id: int) -> list:
         Command.objects.filter(device_id=device_id, status__in=Command.OPEN_STATUSES)
         .order_by("created_at")
         .values_list("id", flat=True)
+    )
+
+
+def commands_pending(*, device_ids: list[int], now: datetime | None = None) -> list[Command]:
+    """The commands of these devices not yet sent to any socket and not expired, oldest first
+    (what an inbox that may have missed their announcement hands out, `command_inbox`)."""
+    return list(
+        Command.objects.filter(
+            device_id__in=device_ids,
+            status=CommandStatus.PENDING,
+            sent_at__isnull=True,
+            expires_at__gt=now or timezone.now(),
+        )
+        .order_by("created_at")
+        .only("id", "device_id", "name", "args", "expires_at")
     )
 
 

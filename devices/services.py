@@ -3,6 +3,8 @@
 import json
 import secrets
 import time
+import uuid
+from collections.abc import Iterable
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,11 +16,18 @@ from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from devices import selectors, socket_registry
-from devices.groups import device_group, fleet_group, site_group
+from devices.groups import commands_group, fleet_group, site_group
 from devices.models import Command, CommandStatus, Device, Room, Sensor, Site, hash_token
 from devices.storable_text import storable_text
 from energy_portal import metrics
-from energy_portal.realtime import group_send, group_send_each, live_event, live_send_each
+from energy_portal.realtime import (
+    compact_json,
+    group_send,
+    live_channel,
+    live_event,
+    live_send_each,
+    watched_groups,
+)
 from energy_portal.redis_client import sync_client
 
 TOKEN_BYTES = 32
@@ -330,29 +339,34 @@ def command_issue(
     command = Command.objects.create(
         device=device, name=name, args=args, created_by=user, expires_at=timezone.now() + ttl
     )
-    group = device_group(device.id)
-    message = command_message(command)
-    transaction.on_commit(lambda: group_send([group], message))
+    entries = [command_entry(command)]
+    transaction.on_commit(lambda: commands_publish(entries))
     _command_changed(command)
     return command
 
 
+def _frame_maker(name: str, args: dict, expires_at: datetime):
+    """`command_id -> frame` for commands alike but for their id: the frame's text around the
+    id is encoded once (thousands of an event's commands differ only by it)."""
+    head = '{"type": "command", "id": "'
+    tail = (
+        f'", "name": {json.dumps(name)}, "args": {json.dumps(args)}, '
+        f'"expires_at": {json.dumps(expires_at.isoformat())}}}'
+    )
+    return lambda command_id: f"{head}{command_id}{tail}"
+
+
 def command_frame(command: Command) -> str:
-    """The command as its device's socket receives it (a JSON text frame)."""
-    frame = {
-        "type": "command",
-        "id": str(command.id),
-        "name": command.name,
-        "args": command.args,
-        "expires_at": command.expires_at.isoformat(),
-    }
-    return json.dumps(frame)
+    """The command as its device's socket receives it (a JSON text frame: type, id, name,
+    args, expires_at)."""
+    return _frame_maker(command.name, command.args, command.expires_at)(command.id)
 
 
 def command_message(command: Command) -> dict:
-    """The channel-layer message telling the device's socket of a new command: it carries the
-    frame, so the socket writes it at once and records "sent" later, in bulk
-    (`commands_mark_sent`), instead of reading and claiming the command first."""
+    """A channel-layer message telling the device's socket (its group, `device_group`) of a
+    new command, as the portal sent them before `commands_publish`: it carries the frame, so
+    the socket writes it at once and records "sent" later, in bulk (`commands_mark_sent`). A
+    message without the frame makes the socket claim the command from the database first."""
     return {
         "type": "device.command",
         "id": str(command.id),
@@ -361,37 +375,81 @@ def command_message(command: Command) -> dict:
     }
 
 
+def command_entry(command: Command) -> list:
+    """The command as the server processes' inboxes get it (`devices.command_inbox`): device
+    id, command id, the frame its socket writes, and when it expires (epoch seconds)."""
+    return [
+        command.device_id,
+        str(command.id),
+        command_frame(command),
+        command.expires_at.timestamp(),
+    ]
+
+
+COMMANDS_PER_MESSAGE = 500  # a frame is ~250 bytes: ~125 kB a published message
+
+
+def commands_publish(entries: list[list]) -> None:
+    """Tell every server process of these commands (`command_entry`), once committed: one
+    PUBLISH per `COMMANDS_PER_MESSAGE` of them, all in one Redis round trip. Each process hands
+    those of its own device sockets to them (`devices.command_inbox`); a device connected
+    nowhere gets its command on its next socket."""
+    if not entries:
+        return
+    channel = live_channel(commands_group())
+    pipe = sync_client().pipeline(transaction=False)
+    for first in range(0, len(entries), COMMANDS_PER_MESSAGE):
+        pipe.publish(channel, compact_json(entries[first : first + COMMANDS_PER_MESSAGE]))
+    pipe.execute()
+
+
 def commands_issue(
     *,
-    devices: list[Device],
+    device_ids: Iterable[int],
     name: str,
     args: dict | None = None,
     ttl: timedelta = DEFAULT_COMMAND_TTL,
-) -> list[Command]:
-    """`command_issue` for many devices at once (the same command to each): one insert, and
-    once committed one hop to the channel layer for every device socket and one Redis round
-    trip for the live viewers. Returns the commands in the order of `devices`."""
+    expires_at: datetime | None = None,
+) -> dict[int, uuid.UUID]:
+    """`command_issue` for many devices at once (the same command to each; ids of devices that
+    do not exist are skipped): one INSERT … SELECT, and once committed one Redis round trip
+    telling every server process of them all (`commands_publish`) and one or two for the live
+    viewers. They expire at `expires_at`, default `ttl` from now. Returns each device's new
+    command id.
+
+    Set-based because a demand-response event issues thousands in the second of its start:
+    building and saving them as models took most of that second (bench/dr)."""
     args = _command_args(name, args)
-    expires_at = timezone.now() + ttl
-    commands = Command.objects.bulk_create(
-        [Command(device=device, name=name, args=args, expires_at=expires_at) for device in devices],
-        batch_size=2000,
-    )
-    sends = [(device_group(c.device_id), command_message(c)) for c in commands]
-    live = [
-        (
-            [site_group(c.device.site_id), fleet_group()],
-            live_event(_command_payload(c)),
+    now = timezone.now()
+    expires_at = expires_at or now + ttl
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH issued AS (
+                INSERT INTO devices_command
+                    (id, device_id, name, args, status, detail, created_at, expires_at)
+                SELECT gen_random_uuid(), d.id, %s, %s::jsonb, %s, '', %s, %s
+                FROM devices_device d WHERE d.id = ANY(%s)
+                RETURNING id, device_id
+            )
+            SELECT issued.id, issued.device_id, d.uid, d.site_id
+            FROM issued JOIN devices_device d ON d.id = issued.device_id
+            ORDER BY issued.device_id
+            """,
+            [name, json.dumps(args), CommandStatus.PENDING, now, expires_at, list(device_ids)],
         )
-        for c in commands
-    ]
+        rows = cursor.fetchall()
+    frame = _frame_maker(name, args, expires_at)
+    expires = expires_at.timestamp()
+    entries = [[device_id, str(id_), frame(id_), expires] for id_, device_id, _, _ in rows]
 
     def send() -> None:
-        group_send_each(sends)  # the devices first: the viewers can wait
-        live_send_each(live)
+        commands_publish(entries)  # the devices first: the viewers can wait
+        pending = CommandStatus.PENDING
+        _commands_tell([(id_, uid, site, name, args, pending, "") for id_, _, uid, site in rows])
 
     transaction.on_commit(send)
-    return commands
+    return {device_id: id_ for id_, device_id, _, _ in rows}
 
 
 def command_mark_sent(*, command_id, device_id: int) -> Command | None:
@@ -427,7 +485,8 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
     if not command_ids:
         return 0
     at = at or timezone.now()
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        _lock_in_order(cursor, command_ids)
         cursor.execute(
             """
             UPDATE devices_command c
@@ -440,33 +499,109 @@ def commands_mark_sent(*, command_ids: list, at: datetime | None = None) -> int:
             [at, CommandStatus.PENDING, CommandStatus.SENT, [str(i) for i in command_ids]],
         )
         rows = cursor.fetchall()
-    live = [
-        (
-            [site_group(site_id), fleet_group()],
-            live_event(
-                {
-                    "type": "command",
-                    "id": str(command_id),
-                    "device": uid,
-                    "name": name,
-                    "args": json.loads(args) if isinstance(args, str) else args,
-                    "status": status,
-                    "detail": detail,
-                }
-            ),
-        )
-        for command_id, uid, site_id, name, args, status, detail in rows
-    ]
-    transaction.on_commit(lambda: live_send_each(live))
+    _commands_changed(rows)
     return len(rows)
+
+
+def _lock_in_order(cursor, command_ids: list) -> None:
+    """Lock these commands' rows in the order of their ids. The batches of sent marks and of
+    results of one process run in threads of their own and update the same commands (a
+    device answers as soon as its command arrives): each updating its rows in its own order,
+    two deadlocked (bench/dr)."""
+    cursor.execute(
+        "SELECT id FROM devices_command WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
+        [[str(i) for i in command_ids]],
+    )
+
+
+def _commands_changed(rows: list[tuple]) -> None:
+    """Tell the viewers, after commit, of the commands of `rows` (id, device uid, site, name,
+    args, status, detail) as they now are."""
+    transaction.on_commit(
+        lambda: _commands_tell(
+            [
+                (command_id, uid, site_id, name,
+                 json.loads(args) if isinstance(args, str) else args, status, detail)
+                for command_id, uid, site_id, name, args, status, detail in rows
+            ]
+        )
+    )  # fmt: skip
+
+
+def _commands_tell(rows: list[tuple]) -> None:
+    """Live messages for the commands of `rows` (id, device uid, site, name, args, status,
+    detail) to their site's group and the fleet, only where someone watches: a batch of
+    thousands (an event's) encodes none for the groups nobody watches."""
+    fleet = fleet_group()
+    watched = set(watched_groups.among_sync([*{site_group(row[2]) for row in rows}, fleet]))
+    live = []
+    for command_id, uid, site_id, name, args, status, detail in rows:
+        if groups := [g for g in (site_group(site_id), fleet) if g in watched]:
+            payload = {"type": "command", "id": str(command_id), "device": uid, "name": name,
+                       "args": args, "status": status, "detail": detail}  # fmt: skip
+            live.append((groups, live_event(payload)))
+    live_send_each(live)
+
+
+COMMAND_RESULTS = frozenset({CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED})
+
+
+@transaction.atomic
+def commands_complete(*, results: list[tuple], at: datetime | None = None) -> set[str]:
+    """Record devices' results for commands they were sent, in one statement: `results` are
+    (command id, device id, status, detail), each status one of `COMMAND_RESULTS`. As
+    `command_complete` one by one (the details made storable and cut at 2000 characters; a
+    command already final keeps its result; the viewers told after commit), for the sockets'
+    batches (`devices.command_results`). Returns the ids (text) of those that are commands of
+    their device: any other was not recorded."""
+    if not results:
+        return set()
+    if unknown := {status for _, _, status, _ in results} - COMMAND_RESULTS:
+        raise ValueError(f"not a command result: {sorted(unknown)}")
+    at = at or timezone.now()
+    ids = [str(command_id) for command_id, _, _, _ in results]
+    devices = [device_id for _, device_id, _, _ in results]
+    with connection.cursor() as cursor:
+        _lock_in_order(cursor, ids)
+        cursor.execute(
+            """
+            WITH v AS (
+                SELECT DISTINCT ON (id) *
+                FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[])
+                    AS v(id, device_id, status, detail)
+            )
+            UPDATE devices_command c
+            SET status = v.status, detail = v.detail, completed_at = %s
+            FROM v, devices_device d
+            WHERE c.id = v.id AND c.device_id = v.device_id AND c.status = ANY(%s)
+              AND d.id = c.device_id
+            RETURNING c.id, d.uid, d.site_id, c.name, c.args, c.status, c.detail
+            """,
+            [ids, devices, [str(status) for _, _, status, _ in results],
+             [storable_text(detail[:2000]) for _, _, _, detail in results],
+             at, list(Command.OPEN_STATUSES)],
+        )  # fmt: skip
+        rows = cursor.fetchall()
+        cursor.execute(
+            """
+            SELECT c.id FROM devices_command c
+            JOIN unnest(%s::uuid[], %s::bigint[]) AS v(id, device_id)
+              ON c.id = v.id AND c.device_id = v.device_id
+            """,
+            [ids, devices],
+        )
+        found = {str(command_id) for (command_id,) in cursor.fetchall()}
+    _commands_changed(rows)
+    for row in rows:
+        metrics.command_outcome_counted(row[5])
+    return found
 
 
 def command_complete(*, command_id, device_id: int, status: str, detail: str = "") -> Command:
     """Record the device's result for a command it was sent. `detail` is the device's own text:
     what PostgreSQL cannot store (NUL, lone surrogates) is replaced, and it is cut at 2000
     characters."""
-    final = {CommandStatus.DONE, CommandStatus.FAILED, CommandStatus.REJECTED}
-    if status not in final:
+    if status not in COMMAND_RESULTS:
         raise ValidationError({"status": "status must be done, failed or rejected"})
     command = (
         Command.objects.select_related("device").filter(pk=command_id, device_id=device_id).first()

@@ -2,7 +2,6 @@
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 
@@ -37,7 +36,7 @@ def fleet(request):
         kind=filters.get("kind") or None,
         search=filters.get("q") or "",
     )
-    page = Paginator(devices, 100).get_page(request.GET.get("page"))
+    page = selectors.fleet_page(devices=devices, number=request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     context = {

@@ -47,6 +47,11 @@ QUIET_S = 15.0
 
 
 class Viewer(Protocol):
+    """A socket watching live groups (or another listener: `devices.command_inbox`). One may
+    also have `subscribed(group)`, called each time Redis confirms the group's subscription,
+    the first and after every reconnect: messages published while it was not subscribed were
+    not heard."""
+
     def deliver(self, text: str) -> None:
         """Take one live message's text; must not wait."""
 
@@ -113,7 +118,18 @@ class LiveHub:
     async def join(self, viewer: Viewer, groups: list[str]) -> None:
         """Deliver `groups`' messages to `viewer` from now on: returns once Redis has confirmed
         every subscription, so a message published after that reaches it."""
-        waits = []
+        self.watch(viewer, groups)
+        waits = [self._confirmation(group) for group in groups if group not in self._confirmed]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT_S)
+            except BaseException:
+                self.leave(viewer, groups)
+                raise
+
+    def watch(self, viewer: Viewer, groups: list[str]) -> None:
+        """`join` without waiting for Redis to confirm: messages reach `viewer` once it has;
+        `viewer.subscribed(group)` says when, if the viewer has it."""
         for group in groups:
             watching = self._viewers.get(group)
             if watching is None:
@@ -122,16 +138,8 @@ class LiveHub:
                 if self._writer is not None:
                     self._writer.write(resp_command("SUBSCRIBE", live_channel(group)))
             watching.add(viewer)
-            if group not in self._confirmed:
-                waits.append(self._confirmation(group))
         if self._runner is None and self._viewers:
             self._runner = asyncio.create_task(self._run(), name="live hub")
-        if waits:
-            try:
-                await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT_S)
-            except BaseException:
-                self.leave(viewer, groups)
-                raise
 
     def leave(self, viewer: Viewer, groups: list[str]) -> None:
         """Stop delivering to `viewer`; a group nobody here watches any more is unsubscribed."""
@@ -163,6 +171,10 @@ class LiveHub:
         for future in self._confirming.pop(group, ()):
             if not future.done():
                 future.set_result(None)
+        for viewer in tuple(self._viewers.get(group, ())):
+            subscribed = getattr(viewer, "subscribed", None)
+            if subscribed is not None:
+                subscribed(group)
 
     async def _run(self) -> None:
         """Hold the connection while anything is watched; make it again when it is lost."""

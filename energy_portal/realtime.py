@@ -3,8 +3,9 @@
 Live messages (`live_event`: readings, device status, commands, outages) are JSON texts for
 browsers. They travel as plain Redis PUBLISHes on one channel per group (`live_channel`), which
 each process's live hub (`energy_portal.live_hub`) subscribes to once for all its browser sockets
-and writes straight to them. Everything else (commands for a device's socket, "you were
-replaced") goes through the Channels layer to one consumer, wherever it runs.
+and writes straight to them. Device commands take the same road, one message per batch for
+every process (`devices.command_inbox`). Everything else ("you were replaced") goes through the
+Channels layer to one consumer, wherever it runs.
 
 Live messages go only to groups someone watches. Each live viewer counts itself in Redis for the
 groups it joined: one sorted set per group, a member per viewer socket, scored with the time the
@@ -40,14 +41,14 @@ VIEWER_TTL_S = 30.0
 VIEWER_RENEW_S = 10.0
 
 
-# One encoder for every live message: json.dumps with options builds a new one per call, which
-# cost a third of the encoding's time on the live path.
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+# One encoder for every live message (and batch of device commands): json.dumps with options
+# builds a new one per call, which cost a third of the encoding's time on the live path.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def live_event(payload: dict) -> dict:
     """A live message: the JSON text viewers get as is (encoded once, not per viewer)."""
-    return {"type": LIVE_MESSAGE, "text": _compact_json(payload)}
+    return {"type": LIVE_MESSAGE, "text": compact_json(payload)}
 
 
 @cache
@@ -214,35 +215,16 @@ async def _channel_layer_send(groups: list[str], message: dict) -> None:
         await layer.group_send(group, message)
 
 
-async def _channel_layer_send_each(sends: list[tuple[str, dict]], concurrency: int) -> None:
-    layer = get_channel_layer()
-    room = asyncio.Semaphore(concurrency)
-
-    async def send(group: str, message: dict) -> None:
-        async with room:
-            await layer.group_send(group, message)
-
-    await asyncio.gather(*(send(group, message) for group, message in sends))
-
-
-def group_send_each(sends: list[tuple[str, dict]], *, concurrency: int = 64) -> None:
-    """Send each (group, message) of `sends` through the channel layer from sync code, many at
-    once (`concurrency` on the way at a time) in one hop to an event loop: a message per device
-    for thousands of devices in a fraction of the time of `group_send` one by one."""
-    if sends:
-        async_to_sync(_channel_layer_send_each)(sends, concurrency)
-
-
 def live_send_each(sends: list[tuple[list[str], dict]]) -> None:
-    """Send each live message of `sends` to those of its groups someone watches: at most one
-    Redis round trip to ask which groups are watched (all of them at once: a storm's thousands
-    of sites asked one by one cost a round trip each) and one to publish."""
-    watched = set(watched_groups.among_sync(list(dict.fromkeys(g for gs, _ in sends for g in gs))))
+    """Send each live message of `sends` to those of its groups someone watches: one Redis
+    round trip to learn which (for the groups not asked of late), one to send."""
+    every = list(dict.fromkeys(group for groups, _ in sends for group in groups))
+    watched = set(watched_groups.among_sync(every)) if every else set()
     pipe = None
     for groups, message in sends:
-        if heard := [group for group in groups if group in watched]:
+        if mine := [group for group in groups if group in watched]:
             pipe = pipe or sync_client().pipeline(transaction=False)
-            publish_live(pipe, heard, message)
+            publish_live(pipe, mine, message)
     if pipe is not None:
         pipe.execute()
 

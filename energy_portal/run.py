@@ -2,11 +2,11 @@
 
 It settles the environment (starting embedded PostgreSQL and Valkey when no URLs are given),
 migrates, seeds the demo (90 days of readings the first time, the gap since the last run
-after), then runs the ASGI server, the ingest writer, a Celery worker, beat and the demo homes'
-simulated Pis under one supervisor. Ctrl-C stops every process: the supervisor's first, then,
-once they have all exited, the embedded servers (they run in sessions of their own, out of the
-terminal's reach, and stop when this process exits), so nothing loses its database or Redis
-while it shuts down.
+after), then runs the ASGI server, the ingest writer, a Celery worker, beat, the OpenADR VEN
+and the demo homes' simulated Pis under one supervisor. Ctrl-C stops every process: the
+supervisor's first, then, once they have all exited, the embedded servers (they run in sessions
+of their own, out of the terminal's reach, and stop when this process exits), so nothing loses
+its database or Redis while it shuts down.
 """
 
 import argparse
@@ -21,16 +21,16 @@ from energy_portal import asgi_server, metrics_dir
 from energy_portal.environment import BASE_DIR, load
 
 DEMO_TOKENS = "demo-device-tokens.json"
-# The Pis of the four homes on feeder FD-101 (devices/demo.py) lose their mains a minute after
+# The devices of the four homes on feeder FD-101 (devices/demo.py) lose their mains a minute after
 # start and every 15 minutes, for 6 minutes: long enough to pass the demo credit policy's
 # threshold and first step (outages/demo.py), and a feeder outage, as they go dark together.
 # Their routers are on a UPS, so the cut shows live and is paid once when it ends. (The other
-# Pis drop their sockets in their rare random cuts and report them afterwards; a late report
+# devices drop their sockets in their rare random cuts and report them afterwards; a late report
 # earlier than a live one moves the outage's start, which voids the live outage and its credit
 # for a new one: a correction in the ledger.)
-FD101_PIS = "pi-0001,pi-0002,pi-0005,pi-0006,pi-0007"
+FD101_DEVICES = "pi-0001,pi-0002,pi-0005,hp-0005,pi-0006,pi-0007"
 DEMO_SCHEDULED_CUTS = [
-    "--scheduled-cuts", FD101_PIS, "--router-on-ups", FD101_PIS,
+    "--scheduled-cuts", FD101_DEVICES, "--router-on-ups", FD101_DEVICES,
     "--first-cut-after", "60", "--cut-every", "900", "--cut-for", "360",
 ]  # fmt: skip
 
@@ -49,6 +49,8 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
                    "--without-mingle"],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(data_dir / "celerybeat")],
         "writer": [python, str(BASE_DIR / "manage.py"), "run_ingest_writer"],
+        # The OpenADR VEN of the VTN connections (it waits for one while none is configured).
+        "ven": [python, str(BASE_DIR / "manage.py"), "run_openadr_ven"],
     }  # fmt: skip
     if simulate:
         commands["pis"] = [python, "-m", "pi_agent.simulate",

@@ -977,7 +977,8 @@ class Agent:
         self.heartbeat = heartbeat
         self.power_monitor = power_monitor
         if command_handler is None:
-            load = source.load if isinstance(source, SimulatorSource) else LoadControl()
+            # A simulated source obeys the built-in relay and curtail commands through its load.
+            load = getattr(source, "load", None) or LoadControl()
             mains = power_monitor if isinstance(power_monitor, OutageSimulator) else None
             command_handler = BuiltinCommands(load, mains, hooks=relay_hooks)
         self.command_handler = command_handler

@@ -77,7 +77,22 @@ class SiteFigures:
 
 
 CHART_WINDOW = timedelta(hours=1)
-SHOWN_KINDS = (SensorKind.POWER, SensorKind.VOLTAGE)
+# What a device's card shows: power, voltage and temperature (a heat pump's outdoor probe), and
+# generation in a power unit (an inverter's output; its kWh counter is for history).
+SHOWN_KINDS = (SensorKind.POWER, SensorKind.VOLTAGE, SensorKind.TEMPERATURE)
+
+
+def charted(sensor: Sensor) -> bool:
+    """Whether the last hour of a sensor is charted: power, or generation in a power unit."""
+    return sensor.kind == SensorKind.POWER or (
+        sensor.kind == SensorKind.GENERATION
+        and sensor.unit.strip().lower() in queries.POWER_FACTORS
+    )
+
+
+def shown(sensor: Sensor) -> bool:
+    """Whether a device's card shows a sensor's latest value (SHOWN_KINDS, or charted)."""
+    return sensor.kind in SHOWN_KINDS or charted(sensor)
 
 
 def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> datetime:
@@ -94,33 +109,33 @@ def _same_local_time(now_local: datetime, *, days: int = 0, months: int = 0) -> 
 
 @dataclass(frozen=True)
 class SensorFigures:
-    """Latest readings (under 15 minutes old) and the last hour of the power sensors."""
+    """Latest readings (under 15 minutes old) and the last hour of the charted sensors."""
 
     latest: dict[int, tuple[datetime, float]]  # sensor id -> latest (time, value)
-    series: dict[int, tuple[list[float], list[float]]]  # power sensor id -> ([unix s], [values])
+    series: dict[int, tuple[list[float], list[float]]]  # charted sensor id -> ([unix s], [values])
 
 
 def sensor_figures(*, sensors: list[Sensor], now: datetime) -> SensorFigures:
-    """The latest reading of each sensor and the per-minute means of the last hour of each power
-    sensor: two round trips however many sensors."""
-    latest = queries.latest_values(sensor_ids=[s.id for s in sensors], now=now)
+    """The latest reading of each sensor and the per-minute means of the last hour of each
+    charted one: one round trip however many sensors."""
     series: dict[int, tuple[list[float], list[float]]] = {
-        s.id: ([], []) for s in sensors if s.kind == SensorKind.POWER
+        s.id: ([], []) for s in sensors if charted(s)
     }
-    for sensor_id, minute, mean in queries.minute_means(
-        sensor_ids=list(series), lo=now - CHART_WINDOW, hi=now
-    ):
+    latest, means = queries.latest_and_minute_means(
+        sensor_ids=[s.id for s in sensors], series_ids=list(series), lo=now - CHART_WINDOW, now=now
+    )
+    for sensor_id, minute, mean in means:
         xs, ys = series[sensor_id]
-        xs.append(minute.timestamp())
+        xs.append(minute)
         ys.append(mean)
     return SensorFigures(latest=latest, series=series)
 
 
 @dataclass(frozen=True)
 class FleetRow:
-    """A fleet page's row, made once so that the row template only prints: the device, the
-    power sensor its live figure follows, and that sensor's latest value (under 15 minutes old)
-    in the sensor's own unit, as the live feed writes it."""
+    """A fleet page's row, made once so that the row only prints: the device, the power sensor
+    its live figure follows (its first by key), and that sensor's latest value (under 15 minutes
+    old) in the sensor's own unit, as the live feed writes it."""
 
     device: Device
     power_key: str | None
@@ -129,26 +144,13 @@ class FleetRow:
 
 
 def fleet_rows(*, devices: list[Device], now: datetime) -> list[FleetRow]:
-    """The rows of a page of the fleet: one round trip for the latest power readings."""
-    chosen = {
-        d.id: next((s for s in d.sensors.all() if s.kind == SensorKind.POWER), None)
-        for d in devices
-    }
-    latest = queries.latest_values(
-        sensor_ids=[s.id for s in chosen.values() if s is not None], now=now
-    )
+    """The rows of a page of the fleet: one round trip for the power sensors and their latest
+    readings."""
+    power = queries.latest_power_by_device(device_ids=[d.id for d in devices], now=now)
     rows = []
     for device in devices:
-        sensor = chosen[device.id]
-        reading = latest.get(sensor.id) if sensor is not None else None
-        rows.append(
-            FleetRow(
-                device=device,
-                power_key=sensor.key if sensor else None,
-                power_unit=sensor.unit if sensor else "",
-                power=reading[1] if reading else None,
-            )
-        )
+        key, unit, value = power.get(device.id, (None, "", None))
+        rows.append(FleetRow(device=device, power_key=key, power_unit=unit, power=value))
     return rows
 
 
@@ -162,7 +164,7 @@ def dashboard_figures(*, sites: list[Site], now: datetime) -> dict[int, SiteFigu
         for site in sites
         for device in site.devices.all()
         for sensor in device.sensors.all()
-        if sensor.kind in SHOWN_KINDS
+        if shown(sensor)
     ]
     readings = sensor_figures(sensors=sensors, now=now)
     latest, series = readings.latest, readings.series

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.compose
 COMPOSE_FILE = BASE_DIR / "compose.yaml"
 DOCKERFILE = BASE_DIR / "Dockerfile"
 PORTAL_IMAGE = "energy-portal:latest"
-PORTAL_SERVICES = {"migrate", "web", "writer", "worker", "beat"}
+PORTAL_SERVICES = {"migrate", "web", "writer", "worker", "beat", "ven"}
 REQUIRED_ENV = (
     "DATABASE_URL",
     "REDIS_URL",
@@ -460,7 +460,7 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
         process("web", local_command(command_of(web), web_port), environment_of(web)),
         *(
             process(name, command_of(services[name]), environment_of(services[name]))
-            for name in ("writer", "worker", "beat")
+            for name in ("writer", "worker", "beat", "ven")
         ),
         # The image's own CMD, as `docker run` would start it with web's environment.
         process("image-cmd", local_command(image.cmd, image_port), environment_of(web)),
@@ -491,6 +491,8 @@ def test_every_portal_service_runs_healthy_with_the_environment_compose_gives_it
         wait_for("the worker answering", lambda: succeeds(ping, by_name["worker"].env), running)
         beat_log = by_name["beat"].output
         wait_for("beat sending a task", lambda: "Sending due task" in beat_log(), running)
+        ven_log = by_name["ven"].output  # no VTN connection configured: it waits for one
+        wait_for("the OpenADR VEN", lambda: "OpenADR VEN for" in ven_log(), running)
         # /metrics (from an allowed address: 127.0.0.1 by default) adds up web's processes
         status, metrics = http_get(web_port, "/metrics")
         assert status == 200, metrics

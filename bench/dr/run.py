@@ -1,7 +1,7 @@
 """Driver of the demand-response benchmark (on demand; not part of the test suite).
 
     python -m bench.dr.run [--sites 10000] [--n 1000,5000] [--quick] [--skip-dispatch]
-        [--skip-settle] [--no-before]
+        [--skip-settle] [--no-before] [--profile] [--device-procs 4]
 
 1. Data (`bench.dr.setup_data`): `--sites` sites with two weeks of 15-minute meter data; the
    first max(N) get a controllable device.
@@ -227,9 +227,10 @@ def settle_part(n_sites: int) -> dict:
 def _servers(before: bool) -> list:
     env = common.portal_env()
     common.LOG_DIR.mkdir(parents=True, exist_ok=True)
-    app = "energy_portal.asgi:application"
-    web = shared.spawn(
-        shared.uvicorn_command(app, common.port(), "--workers", "2"),
+    from energy_portal import asgi_server
+
+    web = shared.spawn(  # the production server command (websockets-sansio, uvloop, httptools)
+        asgi_server.command(host="127.0.0.1", port=common.port(), access_log=False, workers=2),
         env=env,
         log_path=common.LOG_DIR / "uvicorn.log",
     )
@@ -263,7 +264,94 @@ def _servers(before: bool) -> list:
     return procs
 
 
-def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
+def where_time_goes(event_id: int, start, end) -> dict:
+    """From the database: per kind, ms from the event's start (end) to the worker's transition
+    (`EventStatusChange.at`), to the commands' creation (`Command.created_at`, set as the
+    worker builds the insert), to the dispatch rows' (`DispatchedCommand.created_at`, just
+    before the commit), and to `sent_at` (the socket's batched mark, <= 0.1 s after the
+    write)."""
+    from demand_response.models import DispatchedCommand, EventStatus, EventStatusChange
+
+    out = {}
+    for kind, origin, status in (("curtail", start, EventStatus.ACTIVE),
+                                 ("restore", end, EventStatus.COMPLETED)):  # fmt: skip
+        moved = EventStatusChange.objects.filter(event_id=event_id, status=status).first()
+        rows = DispatchedCommand.objects.filter(event_id=event_id, kind=kind).values_list(
+            "command__created_at", "created_at", "command__sent_at"
+        )
+        created, dispatched, sent = zip(*rows, strict=True) if rows else ((), (), ())
+        out[kind] = {
+            "transition_ms": round((moved.at - origin).total_seconds() * 1000, 1)
+            if moved
+            else None,
+            "created": quantiles([(t - origin).total_seconds() for t in created]),
+            "dispatched": quantiles([(t - origin).total_seconds() for t in dispatched]),
+            "sent": quantiles([(t - origin).total_seconds() for t in sent if t is not None]),
+        }
+    return out
+
+
+def _forget_earlier_runs() -> None:
+    """What an earlier run (or one stopped midway) left would reach this run's sockets: its
+    events still to move (a restore at their end) and its open commands (sent to a device's
+    next socket, restores live 10 minutes). Cancelled and expired, without telling anyone."""
+    from django.utils import timezone
+
+    from demand_response.models import Event, EventStatus
+    from devices.models import Command, CommandStatus
+
+    Event.objects.filter(
+        program__name__startswith="bench-dr", status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE]
+    ).update(status=EventStatus.CANCELLED)
+    Command.objects.filter(
+        device__uid__startswith=common.PREFIX, status__in=Command.OPEN_STATUSES
+    ).update(status=CommandStatus.EXPIRED, completed_at=timezone.now())
+
+
+def _profile(procs: dict, work, seconds: float) -> list:
+    """py-spy record (collapsed stacks, `--format raw`) of each of `procs` (name: process, its
+    children included) for `seconds`."""
+    import subprocess
+    from pathlib import Path
+
+    pyspy = str(Path(common.PYTHON).with_name("py-spy"))
+    spies = []
+    for name, proc in procs.items():
+        out = work / f"profile-{name}.txt"
+        command = [pyspy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
+                   "--rate", "200", "--format", "raw", "--subprocesses", "--nonblocking",
+                   "-o", str(out)]  # fmt: skip
+        spy = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        spies.append((name, out, spy))
+    return spies
+
+
+def _profile_summary(raw, top: int = 25) -> list[str]:
+    """The functions a profile's samples pass through most (inclusive), and where they are
+    spent (the innermost frame), as lines."""
+    from collections import Counter
+
+    inclusive: Counter = Counter()
+    innermost: Counter = Counter()
+    total = 0
+    for stack, count in shared.collapsed_stacks(raw):
+        frames = stack.split(";")
+        total += count
+        innermost[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"    {total} samples; inclusive:"]
+    lines += [f"    {c / total:6.1%} {f[:150]}" for f, c in inclusive.most_common(top)]
+    lines += ["    innermost:"]
+    lines += [f"    {c / total:6.1%} {f[:150]}" for f, c in innermost.most_common(top)]
+    return lines
+
+
+def dispatch_part(
+    n: int, entries: list[dict], *, before: bool, profile: bool = False, device_procs: int = 1
+) -> dict:
     import redis
 
     from demand_response import services
@@ -271,6 +359,7 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
 
     label = "before (per device)" if before else "batched"
     redis.Redis.from_url(common.redis_url()).flushdb()
+    _forget_earlier_runs()
     entries = entries[:n]
     sites = [e["site"] for e in entries]
     program, _ = Program.objects.get_or_create(
@@ -289,19 +378,32 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
     procs = _servers(before)
     work = common.WORK / f"dispatch-{n}-{'before' if before else 'after'}"
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("ready", "stop", "out.json"):
-        (work / name).unlink(missing_ok=True)
-    plan = {
-        "url": f"ws://127.0.0.1:{common.port()}/ws/devices/",
-        "devices": [{"uid": e["uid"], "token": e["token"]} for e in entries],
-        "ready": str(work / "ready"),
-        "stop": str(work / "stop"),
-        "timeout_s": 120,
-    }
-    loadgen, out_path = shared.start_loadgen("bench.dr.devices", plan, work)
+    (work / "stop").unlink(missing_ok=True)
+    # The simulated Pis in `device_procs` processes (a share each): in one, the last of 5,000
+    # waited behind the other 4,999's handling (websockets, deflate, the answer), which no
+    # real fleet does.
+    loadgens, out_paths, readies = [], [], []
+    for part in range(device_procs):
+        folder = work / f"devices-{part}"
+        folder.mkdir(exist_ok=True)
+        for name in ("ready", "out.json"):
+            (folder / name).unlink(missing_ok=True)
+        plan = {
+            "url": f"ws://127.0.0.1:{common.port()}/ws/devices/",
+            "devices": [
+                {"uid": e["uid"], "token": e["token"]} for e in entries[part::device_procs]
+            ],
+            "ready": str(folder / "ready"),
+            "stop": str(work / "stop"),
+            "timeout_s": 120,
+        }
+        loadgen, out_path = shared.start_loadgen("bench.dr.devices", plan, folder)
+        loadgens.append(loadgen)
+        out_paths.append(out_path)
+        readies.append(folder / "ready")
     try:
-        while not (work / "ready").exists():
-            if loadgen.poll() is not None:
+        while not all(ready.exists() for ready in readies):
+            if any(loadgen.poll() is not None for loadgen in loadgens):
                 raise SystemExit("the device sockets could not all open")
             time.sleep(0.5)
         time.sleep(2)
@@ -315,25 +417,44 @@ def dispatch_part(n: int, entries: list[dict], *, before: bool) -> dict:
             signal_value=Decimal(2), target_sites=sites,
         )  # fmt: skip
         log(f"[{label} N={n}] event {event.pk} {start:%H:%M:%S}-{end:%H:%M:%S} (load {load})")
-        loadgen.wait(timeout=200)
+        profiles = []
+        if profile:  # the start's second or three, in the servers and the devices' processes
+            time.sleep(max(0.0, (start - timezone.now()).total_seconds() - 0.5))
+            profiles = _profile({"servers": procs[0], "devices": loadgens[0]}, work, 4)
+        for loadgen in loadgens:
+            loadgen.wait(timeout=200)
+        for name, path, spy in profiles:
+            spy.wait(timeout=30)
+            log(f"  profile of the {name} around the start ({path}):")
+            for line in _profile_summary(path):
+                log(line)
     finally:
         (work / "stop").touch()
-        shared.stop(loadgen)
+        for loadgen in loadgens:
+            shared.stop(loadgen)
         for proc in reversed(procs):
             shared.stop(proc)
-    got = json.loads(out_path.read_text())
+    got = {}
+    for out_path in out_paths:
+        got.update(json.loads(out_path.read_text()))
     t_start, t_end = start.timestamp(), end.timestamp()
     curtail = [g["curtail"] - t_start for g in got.values() if "curtail" in g]
     restore = [g["restore"] - t_end for g in got.values() if "restore" in g]
     result = {
         "n": n,
         "mode": label,
+        "device_procs": device_procs,
         "loadavg_before": load,
         "curtail": quantiles(curtail),
         "restore": quantiles(restore),
         "curtail_within_1s": sum(1 for x in curtail if x <= 1.0),
+        "restore_within_1s": sum(1 for x in restore if x <= 1.0),
+        "where": where_time_goes(event.pk, start, end),
     }
     log(f"  curtail {result['curtail']}  restore {result['restore']}")
+    for kind, where in result["where"].items():
+        log(f"  {kind}: transition {where['transition_ms']} ms, created {where['created']}, "
+            f"dispatched {where['dispatched']}, sent {where['sent']}")  # fmt: skip
     return result
 
 
@@ -356,14 +477,15 @@ def report(results: dict) -> str:
     if d := results.get("dispatch"):
         lines.append("Dispatch: event start (end) -> device receives curtail (restore), ms")
         lines.append(f"  {'mode':<20} {'N':>5} {'p50':>8} {'p99':>8} {'max':>8} | "
-                     f"{'p50':>8} {'p99':>8} {'max':>8}  <=1s   load")  # fmt: skip
+                     f"{'p50':>8} {'p99':>8} {'max':>8}  <=1s (c/r)   load")  # fmt: skip
         for r in d:
             c, x = r["curtail"], r["restore"]
             curtail = " ".join(f"{c.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
             restore = " ".join(f"{x.get(k, '-'):>8}" for k in ("p50_ms", "p99_ms", "max_ms"))
             lines.append(
                 f"  {r['mode']:<20} {r['n']:>5} {curtail} | {restore}  "
-                f"{r['curtail_within_1s']}/{r['n']}  {r['loadavg_before']}"
+                f"{r['curtail_within_1s']}/{r.get('restore_within_1s', '-')}/{r['n']}  "
+                f"{r['loadavg_before']}"
             )
     return "\n".join(lines)
 
@@ -376,6 +498,14 @@ def main() -> None:
     parser.add_argument("--skip-settle", action="store_true")
     parser.add_argument("--skip-dispatch", action="store_true")
     parser.add_argument("--no-before", action="store_true")
+    parser.add_argument(
+        "--device-procs", type=int, default=4, help="processes the simulated Pis share"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the servers and the devices' process around each event's start",
+    )
     args = parser.parse_args()
     ns = [100, 300] if args.quick else [int(x) for x in args.n.split(",")]
     sites = 500 if args.quick else args.sites
@@ -388,7 +518,15 @@ def main() -> None:
         results["dispatch"] = []
         for n in ns:
             for before in ([] if args.no_before else [True]) + [False]:
-                results["dispatch"].append(dispatch_part(n, entries, before=before))
+                results["dispatch"].append(
+                    dispatch_part(
+                        n,
+                        entries,
+                        before=before,
+                        profile=args.profile,
+                        device_procs=args.device_procs,
+                    )
+                )
     text = report(results)
     print(text)
     path = common.VAR / f"bench-dr-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,6 +1,6 @@
 """The Celery worker as before dispatch was batched (the "before" of bench/dr): each device's
-`curtail` / `restore` issued by `command_issue` one by one (an insert, a channel-layer send
-and a live send per device). Everything else is the portal's own worker.
+`curtail` / `restore` issued by `command_issue` one by one (an insert, a publish to the server
+processes and a live send per device). Everything else is the portal's own worker.
 
     python -m bench.dr.whatif_worker <celery worker options>
 """
@@ -8,11 +8,16 @@ and a live send per device). Everything else is the portal's own worker.
 import sys
 
 
-def _per_device(*, devices, name, args=None, ttl=None):
+def _per_device(*, device_ids, name, args=None, ttl=None):
+    from devices.models import Device
     from devices.services import DEFAULT_COMMAND_TTL, command_issue
 
     ttl = DEFAULT_COMMAND_TTL if ttl is None else ttl
-    return [command_issue(device=device, name=name, args=args, ttl=ttl) for device in devices]
+    devices = Device.objects.in_bulk(list(device_ids))
+    return {
+        pk: command_issue(device=device, name=name, args=args, ttl=ttl).id
+        for pk, device in sorted(devices.items())
+    }
 
 
 def main() -> None:

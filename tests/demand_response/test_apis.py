@@ -90,6 +90,7 @@ def test_an_operator_creates_an_event_and_the_feeders_sites_are_invited(
         "targets": {"sites": [], "feeders": [homes["alice"].feeder_id]},
         "randomization_s": 0,
         "status": "scheduled",
+        "source": None,  # called by an operator, not a utility's VTN
     }
     invited = Invitation.objects.filter(event_id=created["id"]).values_list("site_id", flat=True)
     assert sorted(invited) == sorted([homes["alice"].pk, homes["bob"].pk])

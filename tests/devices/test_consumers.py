@@ -19,11 +19,12 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from django.contrib.sessions.backends.db import SessionStore
-from django.db import connections
+from django.db import connections, transaction
 from django.test import Client
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from devices import command_results as command_results_module
 from devices import consumers, services, socket_registry
 from devices import sent_marks as sent_marks_module
 from devices.consumers import (
@@ -37,6 +38,7 @@ from devices.consumers import (
 from devices.groups import device_group
 from devices.models import Command, CommandStatus, Device
 from energy_portal.asgi import application
+from energy_portal.live_hub import live_hub
 from energy_portal.redis_client import sync_client
 from energy_portal.settings.realtime import channel_layer_config
 from outages.models import PowerEvent
@@ -927,12 +929,12 @@ async def test_a_defect_handling_a_frame_closes_with_1011_logs_one_line_and_give
     device = alice_home["device"]
     command = await issue_command(device=device, name="ping")
 
-    def command_complete_fails(**kwargs):
+    def commands_complete_fails(**kwargs):
         raise KeyError("a defect")
 
     async with device_socket(alice_home["token"]) as pi:
         await pi.receive_json_from()  # the command
-        monkeypatch.setattr(consumers.services, "command_complete", command_complete_fails)
+        monkeypatch.setattr(consumers.services, "commands_complete", commands_complete_fails)
         await pi.send_json_to({"type": "command_result", "id": str(command.id), "status": "done"})
         close_code = await receive_close(pi)
         await pi.wait()
@@ -1394,11 +1396,13 @@ async def test_a_command_sent_but_never_marked_stays_pending_and_is_sent_again_o
     async with device_socket(alice_home["token"]) as pi:
         again = await pi.receive_json_from()
         await settle(pi)
-    claimed = await command_fresh(command)
+        # claimed by the reconnect's delivery, or marked by the batch if the process's inbox,
+        # subscribing anew, handed it out first (devices.command_inbox)
+        claimed = await command_marked_sent(command)
 
     assert first["id"] == again["id"] == str(command.id)
     assert (still.status, still.sent_at) == (CommandStatus.PENDING, None)
-    assert claimed.status == CommandStatus.SENT  # claimed by the reconnect's delivery
+    assert claimed.status == CommandStatus.SENT
 
 
 async def test_an_expired_command_message_is_not_sent_and_is_recorded_expired(alice_home):
@@ -1426,6 +1430,8 @@ async def test_command_issued_while_offline_is_delivered_on_connect(alice_home):
 
     async with device_socket(alice_home["token"]) as pi:
         frame = await pi.receive_json_from()
+        # claimed by the connect, or marked by the batch if the inbox handed it out first
+        sent = await command_marked_sent(command)
 
     assert (frame["type"], frame["id"], frame["name"], frame["args"]) == (
         "command",
@@ -1433,7 +1439,7 @@ async def test_command_issued_while_offline_is_delivered_on_connect(alice_home):
         "ping",
         {},
     )
-    assert (await command_fresh(command)).status == CommandStatus.SENT
+    assert sent.status == CommandStatus.SENT
 
 
 async def test_expired_command_is_not_delivered_and_is_marked_expired(alice_home):
@@ -1483,6 +1489,150 @@ async def test_command_already_delivered_on_this_socket_is_not_sent_again(alice_
 
     assert delivered["id"] == str(first.id)
     assert following["id"] == str(second.id)
+
+
+@database_sync_to_async
+def issue_commands(devices: list[Device], name: str) -> list[Command]:
+    """Commands for several devices at once, as a demand-response event issues them: published
+    to the server processes' inboxes once committed. In the order of `devices`."""
+    with transaction.atomic():
+        ids = services.commands_issue(device_ids=[d.pk for d in devices], name=name)
+    return [Command.objects.get(pk=ids[d.pk]) for d in devices]
+
+
+@database_sync_to_async
+def spare_device(home: dict) -> tuple[Device, str]:
+    return services.device_create(uid="pi-spare", site=home["site"], controllable=True)
+
+
+async def test_a_batch_of_commands_reaches_each_connected_device_once_and_a_later_socket_too(
+    alice_home, bob_home
+):
+    """One published batch for every device: those connected here get theirs (a batch heard
+    twice sends nothing twice); one connected nowhere gets its command on its next socket."""
+    spare, spare_token = await spare_device(alice_home)
+    devices = [alice_home["device"], bob_home["device"], spare]
+
+    async with (
+        device_socket(alice_home["token"]) as alices,
+        device_socket(bob_home["token"]) as bobs,
+    ):
+        await settle(alices)
+        await settle(bobs)
+        commands = await issue_commands(devices, "ping")
+        got = [await alices.receive_json_from(), await bobs.receive_json_from()]
+        # the same batch again (a sender retrying): nothing new for either socket
+        await database_sync_to_async(services.commands_publish)(
+            [services.command_entry(c) for c in commands]
+        )
+        await asyncio.sleep(0.2)
+        await settle(alices)  # the next frame is the settle's answer, not a repeat
+        await settle(bobs)
+        marked = [await command_marked_sent(c) for c in commands[:2]]
+    unsent = await command_fresh(commands[2])
+    async with device_socket(spare_token) as spares:
+        later = await spares.receive_json_from()
+        spare_marked = await command_marked_sent(commands[2])
+
+    assert [f["id"] for f in got] == [str(c.id) for c in commands[:2]]
+    assert [c.status for c in marked] == [CommandStatus.SENT, CommandStatus.SENT]
+    assert (unsent.status, unsent.sent_at) == (CommandStatus.PENDING, None)
+    assert later["id"] == str(commands[2].id)
+    assert spare_marked.status == CommandStatus.SENT
+
+
+async def test_a_command_published_while_the_inbox_was_not_listening_comes_once_it_listens_again(
+    alice_home, monkeypatch
+):
+    """PUB/SUB keeps nothing for a process whose connection to Redis is down: the commands it
+    missed are read from the database once its subscription is confirmed again."""
+    published = []
+    monkeypatch.setattr(services, "commands_publish", published.append)  # heard by nobody
+
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command = await issue_command(device=alice_home["device"], name="ping")
+        missed = await pi.receive_nothing(timeout=0.3)
+        hub = live_hub()
+        connections_before = hub.connections
+        hub._writer.transport.abort()  # the connection to Redis is lost; the hub makes it again
+        frame = await pi.receive_json_from(timeout=5)
+        sent = await command_marked_sent(command)
+
+    assert len(published) == 1  # it was published, and lost
+    assert missed
+    assert hub.connections == connections_before + 1
+    assert frame["id"] == str(command.id)
+    assert sent.status == CommandStatus.SENT
+
+
+async def test_a_command_reaches_the_socket_that_replaced_another_in_the_same_process(
+    alice_home,
+):
+    """The replaced socket leaving does not take its successor out of the inbox."""
+    async with device_socket(alice_home["token"]) as first:
+        await settle(first)
+        async with device_socket(alice_home["token"]) as second:
+            assert await receive_close(first) == CLOSE_REPLACED
+            await first.disconnect()
+            await settle(second)
+            command = await issue_command(device=alice_home["device"], name="ping")
+            frame = await second.receive_json_from()
+
+    assert frame["id"] == str(command.id)
+
+
+async def test_results_of_two_devices_in_one_moment_are_recorded_by_one_statement(
+    alice_home, bob_home, monkeypatch
+):
+    monkeypatch.setattr(command_results_module, "WRITE_EVERY_S", 0.5)  # one moment, even slow
+    calls = []
+    complete = services.commands_complete
+    monkeypatch.setattr(
+        services, "commands_complete", lambda **kwargs: calls.append(kwargs) or complete(**kwargs)
+    )
+    commands = await issue_commands([alice_home["device"], bob_home["device"]], "ping")
+
+    async with (
+        device_socket(alice_home["token"]) as alices,
+        device_socket(bob_home["token"]) as bobs,
+    ):
+        for pi, command in zip((alices, bobs), commands, strict=True):
+            assert (await pi.receive_json_from())["id"] == str(command.id)
+            await pi.send_json_to({"type": "command_result", "id": str(command.id),
+                                   "status": "done", "detail": "ok"})  # fmt: skip
+        await settle(alices)  # its result was recorded before the settle was answered
+        await settle(bobs)
+    stored = [await command_fresh(c) for c in commands]
+
+    assert [len(call["results"]) for call in calls] == [2]
+    assert [(c.status, c.detail) for c in stored] == [("done", "ok"), ("done", "ok")]
+
+
+async def test_the_owners_live_socket_follows_a_batch_command_pending_sent_and_done(
+    alice_home, bob_home, alice
+):
+    """The batched paths (issue, sent marks, results) tell the viewers as `command_issue` and
+    `command_complete` one by one do; Alice hears of her device's command, not of Bob's."""
+    async with live_socket(alice) as browser, device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        command, _ = await issue_commands([alice_home["device"], bob_home["device"]], "ping")
+        await pi.receive_json_from()
+        await command_marked_sent(command)
+        await pi.send_json_to({"type": "command_result", "id": str(command.id),
+                               "status": "done", "detail": "pong"})  # fmt: skip
+        await settle(pi)
+        heard = []
+        while len(heard) < 3:
+            message = await browser.receive_json_from(timeout=3)
+            if message["type"] == "command":
+                heard.append(message)
+
+    assert [(m["id"], m["device"], m["status"], m["detail"]) for m in heard] == [
+        (str(command.id), "pi-a1", "pending", ""),
+        (str(command.id), "pi-a1", "sent", ""),
+        (str(command.id), "pi-a1", "done", "pong"),
+    ]
 
 
 async def test_command_result_with_an_unknown_status_gets_an_error(alice_home):

@@ -1,17 +1,22 @@
 """Registry services and the selectors that scope reads to a user."""
 
 import json
+import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db import connections
+from django.utils import timezone
 
 from devices import selectors, services, socket_registry
-from devices.models import Device, Sensor, hash_token
+from devices.groups import commands_group
+from devices.models import Command, Device, Sensor, hash_token
+from energy_portal.realtime import live_channel
 from energy_portal.redis_client import sync_client
 from tests.conftest import SENSORS
 
@@ -255,6 +260,78 @@ def test_commands_mark_sent_records_a_batch_once_and_never_reopens_a_finished_co
     assert (answered.status, answered.sent_at) == ("done", at)
 
 
+def test_commands_issued_together_are_published_once_committed_in_chunks(
+    alice_home, bob_home, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The server processes hear of a batch of commands in one message per
+    COMMANDS_PER_MESSAGE (here 2), each entry the device, the command, the frame its socket
+    writes and the expiry; nothing before the commands are committed."""
+    monkeypatch.setattr(services, "COMMANDS_PER_MESSAGE", 2)
+    spare, _ = services.device_create(uid="pi-spare", site=alice_home["site"])
+    listener = sync_client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(live_channel(commands_group()))
+    listener.get_message(timeout=1)  # the subscription's confirmation
+
+    devices = [alice_home["device"], bob_home["device"], spare]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = services.commands_issue(
+            device_ids=[d.pk for d in devices] + [999_999], name="relay", args={"state": "off"}
+        )
+        before_commit = listener.get_message(timeout=0.2)
+    messages = [listener.get_message(timeout=1) for _ in range(2)]
+    listener.close()
+    commands = [Command.objects.get(pk=ids[d.pk]) for d in devices]
+
+    batches = [json.loads(m["data"]) for m in messages]
+    assert before_commit is None
+    assert set(ids) == {d.pk for d in devices}  # a device that does not exist gets none
+    assert [(c.name, c.args, c.status, c.sent_at) for c in commands] == [
+        ("relay", {"state": "off"}, "pending", None)
+    ] * 3
+    assert [len(batch) for batch in batches] == [2, 1]
+    assert sorted(entry for batch in batches for entry in batch) == sorted(
+        [c.device_id, str(c.id), services.command_frame(c), c.expires_at.timestamp()]
+        for c in commands
+    )
+    assert json.loads(services.command_frame(commands[0])) == {
+        "type": "command",
+        "id": str(commands[0].id),
+        "name": "relay",
+        "args": {"state": "off"},
+        "expires_at": commands[0].expires_at.isoformat(),
+    }
+
+
+def test_commands_complete_records_a_batch_of_results_each_for_its_own_device_only(
+    alice_home, bob_home
+):
+    alices = services.command_issue(device=alice_home["device"], name="ping")
+    bobs = services.command_issue(device=bob_home["device"], name="ping")
+    finished = services.command_issue(device=alice_home["device"], name="ping")
+    services.command_complete(command_id=finished.id, device_id=alice_home["device"].pk,
+                              status="failed", detail="first")  # fmt: skip
+    alice, unknown = alice_home["device"].pk, "00000000-0000-0000-0000-000000000000"
+
+    found = services.commands_complete(
+        results=[
+            (str(alices.id), alice, "done", "relay\x00off"),
+            (str(bobs.id), alice, "done", ""),  # Bob's command, answered by Alice's device
+            (unknown, alice, "done", ""),
+            (str(finished.id), alice, "done", "again"),  # a second answer changes nothing
+        ]
+    )
+
+    assert found == {str(alices.id), str(finished.id)}
+    stored = {c.pk: c for c in Command.objects.all()}
+    assert (stored[alices.id].status, stored[alices.id].detail) == ("done", "relay\ufffdoff")
+    assert stored[alices.id].completed_at is not None
+    assert stored[bobs.id].status == "pending"
+    assert (stored[finished.id].status, stored[finished.id].detail) == ("failed", "first")
+    with pytest.raises(ValueError, match="not a command result"):
+        services.commands_complete(results=[(str(bobs.id), bob_home["device"].pk, "sent", "")])
+
+
 def test_command_message_carries_the_frame_the_socket_writes(alice_home):
     command = services.command_issue(
         device=alice_home["device"], name="relay", args={"state": "off"}
@@ -272,3 +349,40 @@ def test_command_message_carries_the_frame_the_socket_writes(alice_home):
         "args": {"state": "off"},
         "expires_at": command.expires_at.isoformat(),
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_of_sent_marks_and_of_results_over_the_same_commands_never_deadlock(alice_home):
+    """A process's two batch writers run in threads of their own over the same commands (a
+    device answers as soon as its command arrives), each listing them in its own order."""
+    device = alice_home["device"]
+    expires = timezone.now() + timedelta(minutes=5)
+    failures = []
+
+    def run(work, **kwargs):
+        try:
+            work(**kwargs)
+        except Exception as exc:  # a deadlock is an OperationalError
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    for _ in range(5):
+        commands = Command.objects.bulk_create(
+            [Command(device=device, name="ping", expires_at=expires) for _ in range(300)]
+        )
+        ids = [str(c.id) for c in commands]
+        results = [(i, device.pk, "done", "") for i in reversed(ids)]
+        threads = [
+            threading.Thread(target=run, args=(services.commands_mark_sent,),
+                             kwargs={"command_ids": ids}),
+            threading.Thread(target=run, args=(services.commands_complete,),
+                             kwargs={"results": results}),
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert failures == []
+    assert set(Command.objects.values_list("status", flat=True)) == {"done"}

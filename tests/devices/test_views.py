@@ -1,14 +1,17 @@
 """Server-rendered pages: sign-in, the resident's dashboard and the operators' fleet page."""
 
 import re
+from datetime import timedelta
 
 import pytest
 
 from django.contrib.auth import SESSION_KEY
 from django.test import Client
+from django.utils import timezone
 
 from devices import services
-from devices.models import Device, Feeder, Room, Site, Transformer
+from devices.models import Device, Feeder, Room, Sensor, Site, Transformer
+from telemetry.services import readings_insert
 from tests.conftest import PASSWORD, SENSORS
 
 
@@ -164,6 +167,44 @@ def test_dashboard_of_a_resident_without_sites_says_so(client, make_user, alice_
     assert listed_devices(response) == []
 
 
+def test_dashboard_cards_show_an_inverters_output_and_a_heat_pumps_outdoor_temperature(
+    client, alice, alice_home
+):
+    # given: at Alice's, a PV inverter generating 1.5 kW and a heat pump drawing 800 W at 4 °C
+    site, now = alice_home["site"], timezone.now()
+    services.device_create(uid="pv-1", site=site, kind="pv_inverter", sensors=[
+        {"key": "pv_w", "kind": "generation", "unit": "W"},
+        {"key": "pv_energy_kwh", "kind": "generation", "unit": "kWh"},
+    ])  # fmt: skip
+    services.device_create(uid="hp-1", site=site, kind="hvac", sensors=[
+        {"key": "power_w", "kind": "power", "unit": "W"},
+        {"key": "outdoor_temp_c", "kind": "temperature", "unit": "°C"},
+    ])  # fmt: skip
+    at = int((now - timedelta(minutes=1)).timestamp() * 1e6)
+    ids = {s.key + s.device.uid: s.id for s in Sensor.objects.select_related("device")}
+    readings_insert(
+        sensor_ids=[ids["pv_wpv-1"], ids["pv_energy_kwhpv-1"], ids["power_whp-1"],
+                    ids["outdoor_temp_chp-1"]],
+        times_us=[at] * 4, values=[1500.0, 4321.0, 800.0, 4.0],
+    )  # fmt: skip
+    client.force_login(alice)
+
+    html = re.sub(r"\s+", " ", client.get("/dashboard/").content.decode())
+
+    # then the inverter's output is shown and charted, its counter is not on the card
+    assert '<span class="metric-value" data-metric-for="pv-1:pv_w">1500</span>' in html
+    assert "W generated" in html
+    assert f'data-chart-for="pv-1" data-chart-key="pv_w" data-chart-sensor="{ids["pv_wpv-1"]}"' in (
+        html
+    )
+    assert "pv-1:pv_energy_kwh" not in html
+    # and the heat pump shows its outdoor temperature next to its power
+    assert 'data-metric-for="hp-1:outdoor_temp_c">4.0</span><span class="muted">°C outside' in html
+    # and what the panels make is not counted as what the home uses now
+    assert 'data-metric-for="pv-1:pv_w" data-power-unit' not in html
+    assert 'data-metric-for="hp-1:power_w" data-power-unit="W" data-value="800.0"' in html
+
+
 @pytest.mark.parametrize("devices_per_site", [1, 20])
 def test_dashboard_query_count_does_not_grow_with_devices(
     client, alice, alice_home, django_assert_max_num_queries, devices_per_site
@@ -175,10 +216,11 @@ def test_dashboard_query_count_does_not_grow_with_devices(
     add_devices(second, devices_per_site, "pi-c")
     client.force_login(alice)
 
-    # when / then (8 for the homes and devices, 2 for the outage panel: cuts and balances, 1 for
-    # the relays, 5 for the figures: sensors, stored site days, energy of both sites, latest
-    # readings, last hour)
-    with django_assert_max_num_queries(16):
+    # when / then (7 for the session, the user, the homes, their devices with rooms, their
+    # sensors, the role and the demand-response panel; 2 for the outage panel: cuts and
+    # balances; 1 for the relays; 4 for the figures: latest readings with the last hour, the
+    # energy plan, stored site days, the energy of both sites)
+    with django_assert_max_num_queries(14):
         response = client.get("/dashboard/")
     assert len(listed_devices(response)) == 1 + 2 * devices_per_site
 
@@ -278,11 +320,78 @@ def test_fleet_page_query_count_does_not_grow_with_devices(
     add_devices(alice_home["site"], devices, "pi-q")
     client.force_login(operator)
 
-    # (two of them for the open outages panel: the open outages, the suspected ones; two for the
-    # power column: the page's sensors and their latest readings)
-    with django_assert_max_num_queries(13):
+    # (two of them for the open outages panel: the open outages, the suspected ones; one for the
+    # power column: the page's power sensors and their latest readings; one for the feeder the
+    # filter names)
+    with django_assert_max_num_queries(12):
         response = client.get(f"/fleet/?feeder={alice_home['site'].feeder_id}")
     assert len(listed_devices(response)) == 2 + devices
+
+
+def fleet_row(html: str, uid: str) -> str:
+    match = re.search(rf'<tr data-device="{re.escape(uid)}">.*?</tr>', html, re.S)
+    assert match, f"no row for {uid}"
+    return re.sub(r"\n\s*", "", match.group(0))
+
+
+def test_fleet_rows_show_each_device_its_power_site_feeder_state_and_kind(
+    client, operator, alice_home
+):
+    # given: Alice's Pi online with a reading a minute old; at a site without a feeder, an HVAC
+    # unit never seen, in no room, with no sensor and a name to escape; a plug whose power
+    # sensors are listed by key (the first is the one shown, in its unit)
+    now = timezone.now()
+    pi = alice_home["device"]
+    seen = now - timedelta(minutes=3)
+    Device.objects.filter(pk=pi.pk).update(online=True, last_seen=seen)
+    readings_insert(sensor_ids=[pi.sensors.get(key="power_w").id],
+                    times_us=[int((now - timedelta(minutes=1)).timestamp() * 1e6)],
+                    values=[1234.5])  # fmt: skip
+    clinic = Site.objects.create(name="Café <&> Co")
+    services.device_create(uid="hvac-1", site=clinic, kind="hvac", name='Heat "pump" <b>')
+    services.device_create(uid="plug-1", site=clinic, kind="plug", sensors=[
+        {"key": "z_power", "kind": "power", "unit": "W"},
+        {"key": "a_power", "kind": "power", "unit": "kW"},
+    ])  # fmt: skip
+    client.force_login(operator)
+
+    html = client.get("/fleet/").content.decode()
+
+    assert fleet_row(html, "pi-a1") == (
+        '<tr data-device="pi-a1"><td><a href="/devices/pi-a1/"><code>pi-a1</code> </a></td>'
+        '<td class="num"><span data-metric-for="pi-a1:power_w">1234</span> '
+        '<span class="muted small">W</span></td>'
+        f'<td><a href="/sites/{alice_home["site"].id}/history/">Alice home</a> / Kitchen</td>'
+        '<td>FD-1</td><td><span class="badge online" data-status-for="pi-a1">online</span></td>'
+        f'<td><span data-last-seen-for="pi-a1" data-ts="{seen.isoformat()}">'
+        '3\xa0minutes ago</span></td><td class="hide-phone">Raspberry Pi</td></tr>'
+    )
+    assert fleet_row(html, "hvac-1") == (
+        '<tr data-device="hvac-1"><td><a href="/devices/hvac-1/"><code>hvac-1</code> '
+        "Heat &quot;pump&quot; &lt;b&gt;</a></td>"
+        '<td class="num"><span class="muted">\N{EN DASH}</span></td>'
+        f'<td><a href="/sites/{clinic.id}/history/">Café &lt;&amp;&gt; Co</a></td>'
+        "<td>\N{EM DASH}</td>"
+        '<td><span class="badge offline" data-status-for="hvac-1">offline</span></td>'
+        '<td><span data-last-seen-for="hvac-1" data-ts="">never</span></td>'
+        f'<td class="hide-phone">{Device(kind="hvac").get_kind_display()}</td></tr>'
+    )
+    assert '<span data-metric-for="plug-1:a_power">\N{EN DASH}</span> ' in fleet_row(html, "plug-1")
+    assert '<span class="muted small">kW</span>' in fleet_row(html, "plug-1")
+
+
+def test_fleet_pages_list_devices_by_site_name_then_uid(client, operator, feeder):
+    # given: 150 devices on sites whose names sort against their creation order
+    for n in range(3):
+        site = Site.objects.create(name=f"Site {'cba'[n]}", feeder=feeder)
+        for m in range(50):
+            services.device_create(uid=f"d{n}-{(m * 7) % 50:02}", site=site)
+    client.force_login(operator)
+
+    listed = [*listed_devices(client.get("/fleet/")), *listed_devices(client.get("/fleet/?page=2"))]
+
+    by_site = {"Site a": 2, "Site b": 1, "Site c": 0}
+    assert listed == [f"d{n}-{m:02}" for n in by_site.values() for m in range(50)]
 
 
 # --- a device's page and the fleet's links -------------------------------------------------

@@ -10,9 +10,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
+from devices import services
 from devices.consumers import CLOSE_REPLACED
+from devices.models import Command
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     clean_redis,
     fast_passwords,
@@ -199,6 +201,56 @@ async def test_dashboard_on_one_server_gets_readings_from_a_device_on_another(
         ("status", "pi-a1", False),
     ]
     assert seen[1]["points"] == [{"ts": ts, "values": {"power_w": 512.3}}]
+
+
+def _commands_issue(devices, name: str) -> list[Command]:
+    with transaction.atomic():
+        ids = services.commands_issue(device_ids=[d.pk for d in devices], name=name)
+    return [Command.objects.get(pk=ids[d.pk]) for d in devices]
+
+
+async def _marked_sent(commands, timeout: float = 5):
+    """The commands as stored once all are marked sent (by their servers' batches), or as they
+    are after `timeout`."""
+    ids = [c.pk for c in commands]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        stored = await asyncio.to_thread(
+            lambda: list(Command.objects.filter(pk__in=ids).order_by("device_id"))
+        )
+        if all(c.sent_at for c in stored) or asyncio.get_running_loop().time() > deadline:
+            return stored
+        await asyncio.sleep(0.05)
+
+
+async def test_a_batch_of_commands_reaches_devices_on_both_servers_and_a_later_socket(
+    portals, alice_home, bob_home
+):
+    """A demand-response event's way: the commands of several devices issued at once (one
+    message for every server), each written by the server its device is connected to, once;
+    a device connected nowhere gets its command when it connects."""
+    server_a, server_b = portals
+    spare, spare_token = await asyncio.to_thread(
+        services.device_create, uid="pi-spare", site=alice_home["site"], controllable=True
+    )
+    devices = [alice_home["device"], bob_home["device"], spare]
+
+    async with pi(server_a, alice_home["token"]) as on_a, pi(server_b, bob_home["token"]) as on_b:
+        await settle(on_a)
+        await settle(on_b)
+        commands = await asyncio.to_thread(_commands_issue, devices, "ping")
+        got_a, got_b = await receive_json(on_a), await receive_json(on_b)
+        await settle(on_a)  # the next frame is the settle's answer: no command came twice
+        await settle(on_b)
+        connected = await _marked_sent(commands[:2])
+        async with pi(server_b, spare_token) as later:
+            got_later = await receive_json(later)
+            await settle(later)
+            everything = await _marked_sent(commands)
+
+    assert (got_a["id"], got_b["id"], got_later["id"]) == tuple(str(c.id) for c in commands)
+    assert [c.status for c in connected] == ["sent", "sent"]
+    assert [c.status for c in everything] == ["sent", "sent", "sent"]
 
 
 async def test_device_connecting_to_a_second_server_closes_its_socket_on_the_first(

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 
 from devices.models import Command, CommandStatus
 from devices.selectors import relay_states, resident_sites_with_devices
@@ -152,6 +153,31 @@ def test_stored_site_days_give_the_same_figures_as_the_quarter_hours(alice, lisb
         assert (b.cost, b.before_cost) == (a.cost, a.before_cost)
     assert computed.month.kwh > computed.today.kwh > 0
     assert computed.month.before_kwh > 0
+
+
+def test_the_energy_statement_is_prepared_once_a_connection_and_answers_the_same(
+    alice, lisbon_site
+):
+    # given a meter, a counter and power over June and July, nothing rolled up
+    insert(_month_rows(lisbon_site))
+    with CaptureQueriesContext(connection) as logged:  # queries logged: sent unprepared
+        unprepared = _figures(alice, lisbon_site["site"].id)
+    assert all(query["sql"] for query in logged.captured_queries)
+
+    # when the dashboard's figures are asked for again and again (queries not logged)
+    answers = [_figures(alice, lisbon_site["site"].id) for _ in range(3)]
+
+    # then the energy statement was prepared on this connection once, and answers the same
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        prepared = [row[0] for row in cursor.fetchall() if "WITH ss AS" in row[0]]
+    assert len(prepared) == 1
+    for prepared_answer in answers:
+        for name in ("today", "month"):
+            a, b = getattr(unprepared, name), getattr(prepared_answer, name)
+            assert (b.kwh, b.before_kwh) == pytest.approx((a.kwh, a.before_kwh), abs=1e-9)
+            assert (b.cost, b.before_cost) == (a.cost, a.before_cost)
+    assert unprepared.month.kwh > 0 and unprepared.today.before_kwh > 0
 
 
 def test_stored_site_days_are_read_and_a_late_reading_is_not_missed(alice, lisbon_site):

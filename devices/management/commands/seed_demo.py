@@ -13,7 +13,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--tokens-file",
             type=Path,
-            help="Write fresh device tokens here as JSON {uid: token}, for simulated Pis.",
+            help="Write fresh device tokens and profiles here as JSON, for the simulated fleet "
+            "(python -m pi_agent.simulate --tokens FILE).",
         )
 
     def handle(self, *args, tokens_file: Path | None = None, **options):
@@ -24,6 +25,6 @@ class Command(BaseCommand):
             self.stdout.write(f"  {role:9} {username:10} password: {password}{note}")
         if tokens_file:
             tokens_file.parent.mkdir(parents=True, exist_ok=True)
-            tokens_file.write_text(json.dumps(result.device_tokens, indent=2))
+            tokens_file.write_text(json.dumps(result.simulated, indent=2))
             tokens_file.chmod(0o600)
-            self.stdout.write(f"  device tokens for the simulated Pis written to {tokens_file}")
+            self.stdout.write(f"  device tokens for the simulated devices written to {tokens_file}")
