@@ -27,15 +27,27 @@ from django.conf import settings
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
+from devices.batched import (
+    power_reports,
+    socket_lookups,
+    sockets_connected,
+    sockets_disconnected,
+)
 from devices.command_inbox import CommandInbox, command_inbox
 from devices.command_results import command_results
-from devices.groups import device_group
+from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
-from outages.services import power_event_record, socket_drop_record
-from telemetry.services import IngestResult, Item, readings_enqueue, readings_validate
+from outages.services import power_event_message
+from telemetry.services import (
+    IngestResult,
+    Item,
+    live_enqueue,
+    readings_enqueue,
+    readings_validate,
+)
 from telemetry.validation import parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -46,6 +58,8 @@ MAX_MSG_ID = 64
 # Frames of one socket whose answers wait at most (acks waiting for their trip to the buffer,
 # answers behind them); past that the socket's next frame is read once the oldest is sent.
 MAX_UNANSWERED = 32
+# Power reports a socket remembers having announced to its viewers (see DeviceConsumer._power).
+MAX_ANNOUNCED = 64
 CLOSE_BUFFER_DOWN = 1011  # the ingest buffer (Redis) failed
 # Handling a message failed (a defect, or the database down): the Pi reconnects and resends what
 # was not acked. RFC 6455's "Internal Error".
@@ -281,7 +295,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def connect(self):
         token = bearer_token(self.scope)
-        found = await db(selectors.device_for_socket)(token=token) if token else None
+        # The token check, marking online and the open commands go with the other handshakes
+        # of this process in one trip each (`devices.batched`).
+        found = await socket_lookups()(token) if token else None
         if found is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
@@ -290,6 +306,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.last_frame = time.monotonic()
         self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
+        self.announced: set[tuple[str, datetime]] = set()  # power reports its viewers heard of
         # If anything below fails, __call__ gives the registry entry back (`_leave`). Joining
         # the group and claiming the registry are independent Redis calls: made together.
         _, previous = await asyncio.gather(
@@ -305,7 +322,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.inbox = command_inbox()
         self.inbox.add(self.device.id, self)
         metrics.socket_opened("device")
-        open_commands = await db(services.device_connected)(device=self.device)
+        open_commands = await sockets_connected()((self.device, timezone.now()))
         self.seen.note(self.device.id)
         self.watchdog = asyncio.create_task(self._watch_silence())
         for command_id in open_commands:
@@ -360,20 +377,12 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         except Exception as exc:
             failed.append(("releasing its registry entry", exc))
         if released:
-            dropped = self._dropped()
+            # Offline, and an abrupt end noted (its home may have lost the mains: outages look
+            # for a suspected outage), with the other sockets of this process that end now.
             try:
-                await db(services.device_set_online)(
-                    device_id=device_id, online=False, at=self._last_life(), abrupt=dropped
-                )
+                await sockets_disconnected()((self.device, self._last_life(), self._dropped()))
             except Exception as exc:
                 failed.append(("marking it offline", exc))
-            else:
-                if dropped:
-                    try:
-                        # Its home may have lost the mains: outages look for a suspected outage.
-                        await db(socket_drop_record)(site_id=self.device.site_id)
-                    except Exception as exc:
-                        failed.append(("noting its drop", exc))
         if failed:
             # An outage (Redis, the database) as a rule: one line. The silent-devices job marks
             # the device offline later if this could not.
@@ -484,13 +493,27 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             at = parse_timestamp(frame.get("ts"), now=timezone.now())
         except ValueError as exc:
             raise FrameError("invalid_payload", str(exc)) from None
-        await db(power_event_record)(
-            device_id=self.device.id,
-            site_id=self.device.site_id,
-            device_uid=self.device.uid,
-            state=state,
-            at=at,
-        )
+        # The site's viewers hear of the report at once, with this process's next trip to Redis,
+        # while it is stored: a resident sees the cut from the device's own instant within a
+        # trip, not after a hop to the thread pool and a commit (bench/outages). Should storing
+        # fail, the device gets no ack and reports again; its viewers heard what it saw.
+        # A report the Pi resends on this socket (no ack seen yet) is announced once.
+        site_id = self.device.site_id
+        if (state, at) not in self.announced:
+            if len(self.announced) >= MAX_ANNOUNCED:
+                self.announced.clear()  # a resend is rarely more than a few reports back
+            self.announced.add((state, at))
+            message = power_event_message(
+                site_id=site_id, device_uid=self.device.uid, state=state, at=at
+            )
+            told = live_enqueue(
+                device_id=self.device.id,
+                groups=[site_group(site_id), fleet_group()],
+                message=message,
+            )
+            told.add_done_callback(_unheard)  # a failed publish is not the report's failure
+        # Stored with the reports of this process's other sockets (`devices.batched`).
+        await power_reports()((self.device.id, site_id, state, at))
         await self._answer(_ack_text(msg_id, accepted=1, rejected=[]))
 
     async def _command_result(self, frame: dict) -> None:

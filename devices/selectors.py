@@ -1,5 +1,6 @@
 """Reads of the registry, scoped to what a user may see."""
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -159,22 +160,40 @@ def device_by_token(*, token: str) -> Device | None:
 
 def device_for_socket(*, token: str) -> tuple[Device, dict[str, SensorRef]] | None:
     """The device a token names, with its sensors by key as the ingest pipeline wants them: one
-    query (the sensors' ids and keys aggregated with the device), as each socket handshake
-    makes it."""
-    device = (
-        Device.objects.select_related("site")
-        .filter(token_hash=hash_token(token))
+    query (the sensors' ids and keys aggregated with the device)."""
+    return devices_for_sockets(tokens=[token])[0]
+
+
+def devices_for_sockets(*, tokens: list[str]) -> list[tuple[Device, dict[str, SensorRef]] | None]:
+    """`device_for_socket` of many tokens in one query, in their order (None: no device), as the
+    handshakes of one server process make it together (`devices.batched`). A token named twice
+    gets a copy of its device each time: each socket has its own."""
+    hashes = [hash_token(token) for token in tokens]
+    found = {
+        device.token_hash: device
+        for device in Device.objects.select_related("site")
+        .filter(token_hash__in=set(hashes))
         .annotate(
             sensor_ids=ArrayAgg("sensors__id", order_by="sensors__id"),
             sensor_keys=ArrayAgg("sensors__key", order_by="sensors__id"),
         )
-        .first()
-    )
-    if device is None:
-        return None
-    # A device without sensors has one row of nulls (the left join).
-    pairs = [(i, key) for i, key in zip(device.sensor_ids, device.sensor_keys, strict=True) if i]
-    return device, _sensor_refs(device, pairs)
+    }
+    answers: list[tuple[Device, dict[str, SensorRef]] | None] = []
+    given: set[str] = set()
+    for token_hash in hashes:
+        device = found.get(token_hash)
+        if device is None:
+            answers.append(None)
+            continue
+        if token_hash in given:
+            device = copy.copy(device)
+        given.add(token_hash)
+        # A device without sensors has one row of nulls (the left join).
+        pairs = [
+            (i, key) for i, key in zip(device.sensor_ids, device.sensor_keys, strict=True) if i
+        ]
+        answers.append((device, _sensor_refs(device, pairs)))
+    return answers
 
 
 def sensor_refs(*, device: Device) -> dict[str, SensorRef]:
@@ -192,6 +211,19 @@ def _sensor_refs(device: Device, pairs) -> dict[str, SensorRef]:
         )
         for sensor_id, key in pairs
     }
+
+
+def open_commands_of(*, device_ids: list[int]) -> dict[int, list]:
+    """`open_commands` of many devices in one query: device id -> its open commands' ids, oldest
+    first (devices with none left out)."""
+    found: dict[int, list] = {}
+    for device_id, command_id in (
+        Command.objects.filter(device_id__in=device_ids, status__in=Command.OPEN_STATUSES)
+        .order_by("created_at")
+        .values_list("device_id", "id")
+    ):
+        found.setdefault(device_id, []).append(command_id)
+    return found
 
 
 def open_commands(*, device_id: int) -> list:

@@ -124,21 +124,83 @@ def _soft_state_write():
 def device_connected(*, device: Device, at: datetime | None = None) -> list:
     """Record that the device's socket opened (online, seen `at`, default now), tell its viewers
     after commit, and return the ids of its open commands, oldest first, for the socket to
-    deliver.
+    deliver (`devices_connected` of one device)."""
+    return devices_connected(connections=[(device, at or timezone.now())])[0]
 
-    The socket's handshake does this in one trip to the thread pool and two statements, with
-    the device its token check just read (bench/outages: the handshake read the device again,
-    wrote it and read the commands in two trips). The socket has joined the device's group
-    before, so a command queued meanwhile is either read here or sent to the group.
+
+def devices_connected(*, connections: list[tuple[Device, datetime]]) -> list[list]:
+    """`device_connected` of many sockets at once (device, the instant its socket opened), as
+    the handshakes of one server process make it together (`devices.batched`): one UPDATE for
+    all the devices, one query for their open commands, their viewers told in one Redis round
+    trip after commit. Returns each socket's open commands, in the order given.
+
+    The sockets have joined their devices' groups before, so a command queued meanwhile is
+    either read here or sent to the group.
     """
-    at = at or timezone.now()
-    with _soft_state_write():
-        Device.objects.filter(pk=device.pk).update(online=True, last_seen=at, online_since=at)
-    device.online, device.last_seen, device.online_since = True, at, at
-    message = live_event(_status_payload(device))
-    groups = [site_group(device.site_id), fleet_group()]
-    transaction.on_commit(lambda: group_send(groups, message))
-    return selectors.open_commands(device_id=device.pk)
+    if not connections:
+        return []
+    latest: dict[int, datetime] = {}
+    for device, at in connections:
+        latest[device.pk] = max(at, latest.get(device.pk, at))
+    with _soft_state_write(), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE devices_device AS d SET online = true, last_seen = v.at, "
+            "online_since = v.at FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
+            "WHERE d.id = v.id",
+            [list(latest), list(latest.values())],
+        )
+    sends = []
+    for device, _ in connections:
+        at = latest[device.pk]
+        device.online, device.last_seen, device.online_since = True, at, at
+        groups = [site_group(device.site_id), fleet_group()]
+        sends.append((groups, live_event(_status_payload(device))))
+    transaction.on_commit(lambda: live_send_each(sends))
+    commands = selectors.open_commands_of(device_ids=list(latest))
+    return [list(commands.get(device.pk, [])) for device, _ in connections]
+
+
+def devices_disconnected(*, leaving: list[tuple[Device, datetime, bool]]) -> list[None]:
+    """`device_set_online(online=False)` of many sockets that ended (device, the instant of its
+    last sign of life, whether it ended abruptly), as one server process's sockets closing
+    together do (`devices.batched`): the registry asked once for all (a device another socket
+    holds stays online), one UPDATE, the viewers told in one Redis round trip after commit; the
+    abrupt ends are then noted for suspected outages (`outages.services.sockets_drop_record`).
+    """
+    from outages.services import sockets_drop_record  # outages' services import devices'
+
+    if not leaving:
+        return []
+    ids = list(dict.fromkeys(device.pk for device, _, _ in leaving))
+    held = sync_client().hmget(socket_registry.SOCKETS_KEY, ids)
+    free = {device_id for device_id, channel in zip(ids, held, strict=True) if channel is None}
+    gone: dict[int, tuple[Device, datetime, bool]] = {}
+    for device, at, abrupt in leaving:
+        if device.pk in free:
+            gone[device.pk] = (device, at, abrupt)
+    if gone:
+        rows = list(gone.values())
+        with _soft_state_write(), connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE devices_device AS d SET online = false, last_seen = v.at, "
+                "online_since = NULL, dropped_at = v.dropped_at "
+                "FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) "
+                "AS v(id, at, dropped_at) WHERE d.id = v.id",
+                [
+                    [device.pk for device, _, _ in rows],
+                    [at for _, at, _ in rows],
+                    [at if abrupt else None for _, at, abrupt in rows],
+                ],
+            )
+        sends = []
+        for device, at, abrupt in rows:
+            device.online, device.last_seen, device.online_since = False, at, None
+            device.dropped_at = at if abrupt else None
+            groups = [site_group(device.site_id), fleet_group()]
+            sends.append((groups, live_event(_status_payload(device))))
+        transaction.on_commit(lambda: live_send_each(sends))
+    sockets_drop_record(site_ids=sorted({d.site_id for d, _, abrupt in leaving if abrupt}))
+    return [None] * len(leaving)
 
 
 def device_set_online(

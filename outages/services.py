@@ -10,13 +10,12 @@ from redis.exceptions import RedisError
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from devices import selectors as registry
 from devices.groups import fleet_group, site_group
-from energy_portal.realtime import group_send, live_event
+from energy_portal.realtime import group_send, live_event, live_send_each
 from energy_portal.redis_client import sync_client
 from outages import selectors
 from outages.credit_rules import credit_for, duration_iso
@@ -46,11 +45,27 @@ from outages.site_outages import PowerReport, match_by_overlap, site_outage_inte
 from outages.suspected_outages import SiteCut, cut_spans, verdict
 
 
-def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: str, at: datetime):
+def power_event_message(*, site_id: int, device_uid: str, state: str, at: datetime) -> dict:
+    """The live message telling a site's viewers (and the fleet) of a device's power report."""
+    payload = {"type": "power", "device": device_uid, "site": site_id, "state": state}
+    return live_event({**payload, "ts": at.isoformat()})
+
+
+def power_event_record(
+    *,
+    device_id: int,
+    site_id: int,
+    device_uid: str,
+    state: str,
+    at: datetime,
+    announced: bool = False,
+):
     """Store a mains lost/restored report once; a repeat of the same report changes nothing.
 
-    Returns the event and whether it was new. Viewers of the site hear of new events after commit,
-    and the site's outages are reconciled (a Celery task) with the new event in.
+    Returns the event and whether it was new. Viewers of the site hear of new events after commit
+    (unless the caller `announced` it already: the device socket tells them before storing it,
+    see `devices.consumers.DeviceConsumer._power`), and the site's outages are reconciled (a
+    Celery task) with the new event in.
     """
     if state not in PowerState.values:
         raise ValueError("state must be 'lost' or 'restored'")
@@ -61,20 +76,54 @@ def power_event_record(*, device_id: int, site_id: int, device_uid: str, state: 
             )
     except IntegrityError:
         return PowerEvent.objects.get(device_id=device_id, state=state, at=at), False
-    message = live_event(
-        {
-            "type": "power",
-            "device": device_uid,
-            "site": site_id,
-            "state": state,
-            "ts": at.isoformat(),
-        }
-    )
-    transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
+    if not announced:
+        message = power_event_message(site_id=site_id, device_uid=device_uid, state=state, at=at)
+        transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
     # Robust: the report is stored and acked even if the broker is down; the site's next report
     # reconciles everything it missed, since a reconcile always starts from all the events.
     transaction.on_commit(lambda: _reconcile_soon(site_id), robust=True)
     return event, True
+
+
+def power_events_record(*, reports: list[tuple[int, int, str, datetime]]) -> list:
+    """`power_event_record` of many reports (device id, site id, state, instant), announced by
+    their sockets, as one server process's sockets make them together (`devices.batched`): one
+    insert for all (a repeat changes nothing) and their sites marked for the next drain in one
+    Redis round trip after commit. Should the insert fail (a device deleted meanwhile), each
+    report is stored alone; the answer per report is None, or the error that kept it out."""
+    for _, _, state, _ in reports:
+        if state not in PowerState.values:
+            raise ValueError("state must be 'lost' or 'restored'")
+    try:
+        with transaction.atomic():
+            PowerEvent.objects.bulk_create(
+                [
+                    PowerEvent(device_id=device_id, site_id=site_id, state=state, at=at)
+                    for device_id, site_id, state, at in reports
+                ],
+                ignore_conflicts=True,
+            )
+    except IntegrityError:
+        answers: list = []
+        for device_id, site_id, state, at in reports:
+            try:
+                power_event_record(
+                    device_id=device_id,
+                    site_id=site_id,
+                    device_uid="",
+                    state=state,
+                    at=at,
+                    announced=True,
+                )
+            except Exception as exc:
+                answers.append(exc)
+            else:
+                answers.append(None)
+        return answers
+    # Every site of the batch, repeats too: a reconcile that finds nothing new changes nothing.
+    sites = sorted({site_id for _, site_id, _, _ in reports})
+    transaction.on_commit(partial(_reconcile_soon_many, sites), robust=True)
+    return [None] * len(reports)
 
 
 # Reconciles are coalesced: a report adds its site to a Redis set of sites to reconcile and
@@ -99,14 +148,33 @@ def _reconcile_soon(site_id: int) -> None:
         _reconcile_later(site_id)
         return
     if queued:
-        from outages.tasks import site_outages_drain as task
+        _drain_queue()
 
-        try:
-            task.delay()
-        except Exception:
-            # Not queued after all: the next report (or the sweep) must be able to queue one.
-            sync_client().delete(RECONCILE_QUEUED_KEY)
-            raise
+
+def _reconcile_soon_many(site_ids: list[int]) -> None:
+    """`_reconcile_soon` of many sites in one Redis round trip."""
+    try:
+        with sync_client().pipeline(transaction=False) as pipe:
+            pipe.sadd(RECONCILE_DIRTY_KEY, *site_ids)
+            pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
+            queued = pipe.execute()[1]
+    except RedisError:
+        for site_id in site_ids:
+            _reconcile_later(site_id)
+        return
+    if queued:
+        _drain_queue()
+
+
+def _drain_queue() -> None:
+    from outages.tasks import site_outages_drain as task
+
+    try:
+        task.delay()
+    except Exception:
+        # Not queued after all: the next report (or the sweep) must be able to queue one.
+        sync_client().delete(RECONCILE_QUEUED_KEY)
+        raise
 
 
 def _reconcile_later(site_id: int) -> None:
@@ -171,16 +239,21 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
 
 
 def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
-    """`site_outages_reconcile` of many sites in one transaction (what a storm's drain does):
-    each site's outages are derived afresh as alone, then each feeder touched is regrouped once,
-    from the starts every one of its sites moved, instead of once per site. Same locks, taken in
-    one total order (the sites by id, then their feeders, then their transformers), so it runs
-    alongside single reconciles and other batches without deadlock and with the same result."""
+    """`site_outages_reconcile` of many sites in one transaction (what a storm's drain does),
+    set-based: every site's events, stored outages and ledger totals are read in one query each
+    and its outages written in a few statements for all the sites (`_sites_outages_sync`,
+    `_sites_outages_settle`); each feeder touched is regrouped once, from the starts every one
+    of its sites moved, instead of once per site. The sites' outages are still derived each
+    as alone (the same pure functions), so the result is the one of single reconciles. Same
+    locks, taken in one total order (the sites by id, then their feeders, then their
+    transformers; one statement per kind), so it runs alongside single reconciles and other
+    batches without deadlock and with the same result."""
     site_ids = sorted(set(site_ids))
     results: dict[int, ReconcileResult] = {}
+    if not site_ids:
+        return results
     with transaction.atomic():
-        for site_id in site_ids:
-            _site_lock(site_id)
+        _locks("outages.site:", site_ids)
         grids = {
             site_id: grid
             for site_id, grid in selectors.sites_grid(site_ids).items()
@@ -189,121 +262,188 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
         # Taken before any row is written: the grid sync writes other sites' (and feeders')
         # outage rows, so a reconcile holding its site's rows while it waited for the
         # feeder would deadlock with one holding the feeder and writing those rows.
-        for feeder_id in sorted({grid[0] for grid in grids.values()}):
-            _lock(f"outages.feeder:{feeder_id}")
-        for transformer_id in sorted({grid[1] for grid in grids.values()}):
-            _lock(f"outages.transformer:{transformer_id}")
+        _locks("outages.feeder:", sorted({grid[0] for grid in grids.values()}))
+        _locks("outages.transformer:", sorted({grid[1] for grid in grids.values()}))
+        synced = _sites_outages_sync(site_ids)
         to_settle: dict[int, list[Outage]] = {}
         moved_on: dict[tuple[int, int], set[datetime]] = defaultdict(set)
         for site_id in site_ids:
-            results[site_id], to_settle[site_id], moved = _site_outages_sync(site_id)
+            results[site_id], to_settle[site_id], moved = synced[site_id]
             if site_id in grids:
                 moved_on[grids[site_id]].update(moved)
-        sites_affected: dict[int, int] = {}
-        resettle: set[int] = set()
-        for feeder_id, transformer_id in sorted(moved_on):
-            regrouped = _grid_sync(
-                feeder_id=feeder_id,
-                transformer_id=transformer_id,
-                moved=moved_on[feeder_id, transformer_id],
-            )
-            sites_affected.update(regrouped.sites_affected)
-            resettle |= regrouped.sites_to_resettle
-        for other in sorted(resettle - set(site_ids)):
-            transaction.on_commit(partial(_reconcile_soon, other), robust=True)
+        regrouped = _grids_sync(moved_on)
+        sites_affected = regrouped.sites_affected
+        others = sorted(regrouped.sites_to_resettle - set(site_ids))
+        if others:
+            transaction.on_commit(partial(_reconcile_soon_many, others), robust=True)
+        for outages in to_settle.values():
+            for outage in outages:
+                outage.sites_affected = sites_affected.get(outage.pk, outage.sites_affected)
+        entries = _sites_outages_settle(to_settle)
         changed_feeders = set()
+        notices = []
         for site_id in site_ids:
             result = results[site_id]
-            for outage in to_settle[site_id]:
-                outage.sites_affected = sites_affected.get(outage.pk, outage.sites_affected)
-            result.entries = _site_outages_settle(site_id, to_settle[site_id])
+            result.entries = entries.get(site_id, [])
             if result.created or result.updated or result.voided:
                 grid = grids.get(site_id)
-                _outages_changed_notify(site_id=site_id, feeder_id=grid[0] if grid else None)
+                notices.append((site_id, grid[0] if grid else None))
                 if grid is not None:
                     changed_feeders.add(grid[0])
+        _outages_changed_notify(notices)
         now = timezone.now()
-        for feeder_id in sorted(changed_feeders):
-            # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones.
+        # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones. A feeder
+        # with no suspected outage and no recent drop has nothing to sync: asked of all the
+        # feeders in two queries rather than five per feeder on every drain of a storm.
+        for feeder_id in selectors.feeders_with_suspicions(
+            sorted(changed_feeders), since=now - SUSPECTED_HORIZON
+        ):
             _suspected_sync(feeder_id, now)
     return results
 
 
-def _outages_changed_notify(*, site_id: int, feeder_id: int | None) -> None:
-    """Tell the site's viewers and the fleet, after commit, that the site's outages changed
-    (opened, ended, voided): a small message, on which pages fetch what they show afresh."""
-    message = live_event({"type": "outage", "site": site_id, "feeder": feeder_id})
-    transaction.on_commit(lambda: group_send([site_group(site_id), fleet_group()], message))
-
-
-def _site_outages_sync(site_id: int) -> tuple[ReconcileResult, list[Outage], set[datetime]]:
-    """Store the site's outages derived afresh; also returns `moved`: the starts, before and
-    after, of every outage of the site that was created, changed or voided (all its grid
-    outages can depend on)."""
-    result = ReconcileResult()
-    moved: set[datetime] = set()
-    reports = [
-        PowerReport(device, state, at)
-        for device, state, at in PowerEvent.objects.filter(site_id=site_id).values_list(
-            "device_id", "state", "at"
+def _locks(prefix: str, keys) -> None:
+    """`_lock` of each `prefix + key`, in the order of `keys` (sorted by the caller), in one
+    statement."""
+    if not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(%s || k, 0))) "
+            "FROM unnest(%s::bigint[]) AS k",
+            [prefix, list(keys)],
         )
+
+
+def _outages_changed_notify(notices: list[tuple[int, int | None]]) -> None:
+    """Tell each (site, feeder)'s viewers and the fleet, after commit, that the site's outages
+    changed (opened, ended, voided): a small message, on which pages fetch what they show
+    afresh. All of a reconcile's messages go in one Redis round trip."""
+    if not notices:
+        return
+    sends = [
+        (
+            [site_group(site_id), fleet_group()],
+            live_event({"type": "outage", "site": site_id, "feeder": feeder_id}),
+        )
+        for site_id, feeder_id in notices
     ]
-    intervals = site_outage_intervals(
-        reports, momentary_threshold=settings.OUTAGE_MOMENTARY_THRESHOLD
+    transaction.on_commit(lambda: live_send_each(sends))
+
+
+def _sites_outages_sync(
+    site_ids: list[int],
+) -> dict[int, tuple[ReconcileResult, list[Outage], set[datetime]]]:
+    """Store each site's outages derived afresh, set-based; per site, its result, the outages
+    to settle and `moved`: the starts, before and after, of every outage of the site that was
+    created, changed or voided (all its grid outages can depend on).
+
+    Each site is derived alone, as `site_outage_intervals` and `match_by_overlap` say; only the
+    reads and writes are shared: one query for all the events, one for all the stored outages,
+    one upsert of the reconcile counts, then the writes in an order that keeps a start unique
+    among a site's live outages at every row: the voided first (one statement), the outages
+    whose start moves one by one in time order, the others changed (one statement), the new
+    ones (one insert)."""
+    reports: dict[int, list[PowerReport]] = {site_id: [] for site_id in site_ids}
+    for site_id, device, state, at in PowerEvent.objects.filter(site_id__in=site_ids).values_list(
+        "site_id", "device_id", "state", "at"
+    ):
+        reports[site_id].append(PowerReport(device, state, at))
+    SiteReconcile.objects.bulk_create(
+        [SiteReconcile(site_id=site_id, events=len(reports[site_id])) for site_id in site_ids],
+        update_conflicts=True,
+        unique_fields=["site"],
+        update_fields=["events", "reconciled_at"],
     )
-    SiteReconcile.objects.update_or_create(site_id=site_id, defaults={"events": len(reports)})
-    stored = list(
-        Outage.objects.filter(site_id=site_id, kind=OutageKind.SITE).select_related("credit_policy")
-    )
-    void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
-    pairs, unmatched = match_by_overlap(
-        intervals, [o for o in stored if o.status != OutageStatus.VOID]
-    )
-    to_settle, fresh = [], []
-    # Voided first, and moved in time order before any is created: a start is unique among the
-    # live outages of a site, and in this order no row takes a start another live row still has.
-    for outage in unmatched:
-        outage.status = OutageStatus.VOID
-        outage.save(update_fields=["status", "updated_at"])
-        result.voided += 1
-        to_settle.append(outage)
-        moved.add(outage.started_at)
-    for interval, outage in pairs:
-        # A void outage at exactly this start is the same cut derived again: revived, not copied.
-        outage = outage or void_by_start.get(interval.started_at)
-        status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
-        values = {
-            "started_at": interval.started_at,
-            "ended_at": interval.ended_at,
-            "momentary": interval.momentary,
-            "status": status,
-        }
-        if outage is None:
-            outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
-            fresh.append(outage)
-            moved.add(interval.started_at)
-        elif any(getattr(outage, name) != value for name, value in values.items()):
-            moved.update((outage.started_at, interval.started_at))
-            for name, value in values.items():
-                setattr(outage, name, value)
-            outage.save(update_fields=[*values, "updated_at"])
-            result.updated += 1
-        if status == OutageStatus.ENDED:
+    stored_of: dict[int, list[Outage]] = {site_id: [] for site_id in site_ids}
+    for outage in Outage.objects.filter(site_id__in=site_ids, kind=OutageKind.SITE).select_related(
+        "credit_policy"
+    ):
+        stored_of[outage.site_id].append(outage)
+    threshold = settings.OUTAGE_MOMENTARY_THRESHOLD
+    synced = {}
+    voided: list[Outage] = []
+    moving: list[Outage] = []
+    changed: list[Outage] = []
+    fresh: list[Outage] = []
+    for site_id in site_ids:
+        result = ReconcileResult()
+        moved: set[datetime] = set()
+        stored = stored_of[site_id]
+        intervals = site_outage_intervals(reports[site_id], momentary_threshold=threshold)
+        void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
+        pairs, unmatched = match_by_overlap(
+            intervals, [o for o in stored if o.status != OutageStatus.VOID]
+        )
+        to_settle = []
+        for outage in unmatched:
+            outage.status = OutageStatus.VOID
+            voided.append(outage)
+            result.voided += 1
             to_settle.append(outage)
-    for outage in fresh:
-        outage.save()
-        result.created += 1
-    # Void ones settle again (to 0) on every reconcile, so none keeps a payment whatever happened.
-    to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
-    return result, to_settle, moved
+            moved.add(outage.started_at)
+        for interval, outage in pairs:
+            # A void outage at exactly this start is the same cut derived again: revived.
+            outage = outage or void_by_start.get(interval.started_at)
+            status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
+            values = {
+                "started_at": interval.started_at,
+                "ended_at": interval.ended_at,
+                "momentary": interval.momentary,
+                "status": status,
+            }
+            if outage is None:
+                outage = Outage(kind=OutageKind.SITE, site_id=site_id, **values)
+                fresh.append(outage)
+                result.created += 1
+                moved.add(interval.started_at)
+            elif any(getattr(outage, name) != value for name, value in values.items()):
+                moved.update((outage.started_at, interval.started_at))
+                (moving if outage.started_at != interval.started_at else changed).append(outage)
+                for name, value in values.items():
+                    setattr(outage, name, value)
+                result.updated += 1
+            if status == OutageStatus.ENDED:
+                to_settle.append(outage)
+        # Void ones settle again (to 0) on every reconcile, so none keeps a payment.
+        to_settle += [o for o in stored if o.status == OutageStatus.VOID and o not in unmatched]
+        synced[site_id] = (result, to_settle, moved)
+    now = timezone.now()
+    if voided:
+        Outage.objects.filter(pk__in=[o.pk for o in voided]).update(
+            status=OutageStatus.VOID, updated_at=now
+        )
+    for outage in moving:  # in each site's time order (the pairs'), as single reconciles do
+        outage.save(update_fields=["started_at", "ended_at", "momentary", "status", "updated_at"])
+    if changed:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE outages_outage AS o SET ended_at = v.ended_at, "
+                "momentary = v.momentary, status = v.status, updated_at = %s "
+                "FROM unnest(%s::bigint[], %s::timestamptz[], %s::boolean[], %s::text[]) "
+                "AS v(id, ended_at, momentary, status) WHERE o.id = v.id",
+                [
+                    now,
+                    [o.pk for o in changed],
+                    [o.ended_at for o in changed],
+                    [o.momentary for o in changed],
+                    [str(o.status) for o in changed],
+                ],
+            )
+    for outage in [*voided, *changed]:
+        outage.updated_at = now
+    if fresh:
+        Outage.objects.bulk_create(fresh)
+    return synced
 
 
 def site_outages_drain() -> dict[int, ReconcileResult]:
     """Reconcile every site reports marked since the last drain: the flag is cleared first, then
-    the set is taken (and emptied) at once, and the sites are reconciled a feeder at a time
-    (`sites_outages_reconcile`: one grid sync per feeder). A site marked meanwhile queues the
-    next drain. Should a feeder fail (database down), the sites not yet reconciled are marked
-    again before the error propagates, so the task's retry (or the next drain) takes them."""
+    the set is taken (and emptied) at once, and the sites are reconciled a transformer at a time
+    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once). A
+    site marked meanwhile queues the next drain. Should a transformer fail (database down), the
+    sites not yet reconciled are marked again before the error propagates, so the task's retry
+    (or the next drain) takes them."""
     client = sync_client()
     client.delete(RECONCILE_QUEUED_KEY)
     with client.pipeline(transaction=True) as pipe:
@@ -313,13 +453,13 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
     marked = sorted(int(member) for member in members)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
-    by_feeder: dict[int | None, list[int]] = defaultdict(list)
+    by_transformer: dict[int | None, list[int]] = defaultdict(list)
     for site_id in pending:
-        by_feeder[grids[site_id][0] if grids[site_id] else None].append(site_id)
+        by_transformer[grids[site_id][1] if grids[site_id] else None].append(site_id)
     results: dict[int, ReconcileResult] = {}
     try:
-        for feeder_id, site_ids in sorted(by_feeder.items(), key=lambda kv: kv[0] or 0):
-            if feeder_id is None:
+        for transformer_id, site_ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0):
+            if transformer_id is None:
                 for site_id in site_ids:
                     results.update(sites_outages_reconcile(site_ids=[site_id]))
             else:
@@ -333,29 +473,78 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
 
 
 def site_outages_sweep() -> list[int]:
-    """Queue a reconcile of every site with power events its last reconcile did not read: the
-    safety net for a report whose own reconcile was lost (the broker was down when it was
-    queued). Runs on beat; returns the sites queued."""
+    """Have every site with power events its last reconcile did not read reconciled by a drain:
+    the safety net for a report whose own reconcile was lost (the broker was down when it was
+    queued). The sites are marked and a drain queued whatever the flag says (a flag left by a
+    lost task must not hold the net back; a drain with nothing marked does nothing). Marked,
+    not queued one task each: mid-storm, when thousands of sites wait for the running drain,
+    a task per site queued ahead of the next drain held the feeder outages back by seconds
+    (bench/outages). With Redis unreachable, each site's own task is queued. Runs on beat;
+    returns the sites."""
     site_ids = selectors.sites_not_reconciled()
-    for site_id in site_ids:
-        _reconcile_later(site_id)
+    if not site_ids:
+        return site_ids
+    try:
+        with sync_client().pipeline(transaction=False) as pipe:
+            pipe.sadd(RECONCILE_DIRTY_KEY, *site_ids)
+            pipe.set(RECONCILE_QUEUED_KEY, 1, ex=RECONCILE_QUEUED_TTL_S)
+            pipe.execute()
+    except RedisError:
+        for site_id in site_ids:
+            _reconcile_later(site_id)
+        return site_ids
+    _drain_queue()
     return site_ids
 
 
-def _site_outages_settle(site_id: int, to_settle: list[Outage]) -> list[CreditEntry]:
-    entries = []
-    paid = selectors.outage_credit_totals(site_id=site_id)
-    for outage in to_settle:
-        amount, currency, memo = _outage_target(outage)
-        entries += _settle(
-            site_id=site_id,
-            reason={"outage_id": outage.pk},
-            paid=paid.get(outage.pk, {}),
-            amount=amount,
-            currency=currency,
-            memo=memo,
+def _sites_outages_settle(to_settle: dict[int, list[Outage]]) -> dict[int, list[CreditEntry]]:
+    """Settle the outages of many sites at once (site -> its outages to settle): what each must
+    have earned in all (`_outage_target`), what its entries sum to now and their last revision
+    (one query for all), and the differences appended in one insert; the entries by site. An
+    outage settled for the first time takes its site's policy now (one query for all the
+    sites, one update per policy)."""
+    outages = [outage for rows in to_settle.values() for outage in rows]
+    if not outages:
+        return {}
+    first = [o for o in outages if o.settled_at is None and o.status != OutageStatus.VOID]
+    if first:
+        policies = selectors.credit_policies_for_sites({o.site_id for o in first})
+        now = timezone.now()
+        by_policy: dict[int | None, list[int]] = defaultdict(list)
+        for outage in first:
+            outage.credit_policy = policies.get(outage.site_id)
+            outage.settled_at = outage.updated_at = now
+            by_policy[outage.credit_policy_id].append(outage.pk)
+        for policy_id, ids in by_policy.items():
+            Outage.objects.filter(pk__in=ids).update(
+                credit_policy_id=policy_id, settled_at=now, updated_at=now
+            )
+    paid: dict[int, dict[str, Decimal]] = defaultdict(dict)
+    last: dict[int, int] = {}
+    for outage_id, currency, total, revision in (
+        CreditEntry.objects.filter(
+            site_id__in=list(to_settle), outage_id__in=[o.pk for o in outages]
         )
-    return entries
+        .values("outage_id", "currency")
+        .annotate(total=Sum("amount"), last=Max("revision"))
+        .order_by()
+        .values_list("outage_id", "currency", "total", "last")
+    ):
+        paid[outage_id][currency] = total
+        last[outage_id] = max(last.get(outage_id, 0), revision)
+    entries = []
+    for outage in outages:
+        amount, currency, memo = _outage_target(outage)
+        revision = last.get(outage.pk, 0)
+        reason = {"outage_id": outage.pk}
+        owed = _owed(paid=paid.get(outage.pk, {}), amount=amount, currency=currency)
+        for cur, difference in sorted(owed.items()):
+            revision += 1
+            entries.append(_entry(outage.site_id, difference, cur, revision, memo, reason))
+    by_site: dict[int, list[CreditEntry]] = defaultdict(list)
+    for entry in CreditEntry.objects.bulk_create(entries, batch_size=2000):
+        by_site[entry.site_id].append(entry)
+    return by_site
 
 
 @dataclass
@@ -367,8 +556,14 @@ class GridResult:
 
 
 def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> GridResult:
-    """Bring the feeder's outages, and its transformer's, in line with their site outages, near
-    the starts in `moved` (where the caller's site outages were created, changed or voided).
+    """`_grids_sync` of one feeder."""
+    return _grids_sync({(feeder_id, transformer_id): moved})
+
+
+def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
+    """Bring the outages of each (feeder, transformer) of `moved_on`, and its transformer's, in
+    line with their site outages, near the starts given for it (where the caller's site outages
+    were created, changed or voided).
 
     Site outages of the feeder (not void) that start within OUTAGE_CORRELATION_WINDOW of each
     other, when of at least OUTAGE_MIN_GRID_SITES sites, make one feeder outage; feeder outages
@@ -381,49 +576,57 @@ def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> 
     to the one that now holds them. Each site outage in the span then gets the sites affected by
     the widest grid outage it is part of (1 when none).
 
+    Every feeder is regrouped first, then each transformer once from what all its feeders moved,
+    then the sites affected once for all: a storm's drain over five feeders of a transformer
+    regroups the transformer and rewrites its site outages' counts once, not five times.
+
     The result never depends on which site's reports came first: within the span the grouping
     is derived afresh, and outside it nothing it depends on changed. The caller,
-    `site_outages_reconcile`, holds the feeder's and the transformer's locks and has reconciled
-    the site's own outages.
+    `sites_outages_reconcile`, holds the feeders' and the transformers' locks and has reconciled
+    the sites' own outages.
     """
     window = settings.OUTAGE_CORRELATION_WINDOW
     live = ~Q(status=OutageStatus.VOID)
-    feeder = _grid_level_sync(
-        members=Outage.objects.filter(live, kind=OutageKind.SITE, site__feeder_id=feeder_id),
-        unit="site_id",
-        stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
-        new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
-        window=window,
-        min_units=settings.OUTAGE_MIN_GRID_SITES,
-        moved=moved,
-    )
-    transformer = _grid_level_sync(
-        members=Outage.objects.filter(
-            live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
-        ),
-        unit="feeder_id",
-        stored=Outage.objects.filter(kind=OutageKind.TRANSFORMER, transformer_id=transformer_id),
-        new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
-        window=window,
-        min_units=MIN_TRANSFORMER_FEEDERS,
-        moved=feeder.moved,
-    )
-    if not (feeder.changed or transformer.changed):
-        return GridResult()
-    # Only the site outages whose count differs are read (the comparison is the database's):
-    # in a storm a report changes the count of few of the transformer's site outages, and
-    # loading all of them on every report made a storm cost sites² per transformer.
-    return _sites_affected_sync(
-        Outage.objects.filter(live, kind=OutageKind.SITE)
-        .filter(Q(pk__in=feeder.members) | Q(grid_outage_id__in=transformer.members))
-        .alias(
-            widest=Coalesce(
-                "grid_outage__grid_outage__sites_affected", "grid_outage__sites_affected", 1
-            )
+    changed = False
+    site_members: list[int] = []
+    feeder_moved: dict[int, set[datetime]] = defaultdict(set)
+    for feeder_id, transformer_id in sorted(moved_on):
+        feeder = _grid_level_sync(
+            members=Outage.objects.filter(
+                live, kind=OutageKind.SITE, site_id__in=selectors.feeder_site_ids(feeder_id)
+            ),
+            unit="site_id",
+            stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
+            new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
+            window=window,
+            min_units=settings.OUTAGE_MIN_GRID_SITES,
+            moved=moved_on[feeder_id, transformer_id],
         )
-        .exclude(sites_affected=F("widest"))
-        .select_related("grid_outage__grid_outage", "credit_policy")
-    )
+        changed |= feeder.changed
+        site_members += feeder.members
+        feeder_moved[transformer_id] |= feeder.moved
+    feeder_members: list[int] = []
+    for transformer_id, moved in sorted(feeder_moved.items()):
+        transformer = _grid_level_sync(
+            members=Outage.objects.filter(
+                live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
+            ),
+            unit="feeder_id",
+            stored=Outage.objects.filter(
+                kind=OutageKind.TRANSFORMER, transformer_id=transformer_id
+            ),
+            new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
+            window=window,
+            min_units=MIN_TRANSFORMER_FEEDERS,
+            moved=moved,
+        )
+        changed |= transformer.changed
+        feeder_members += transformer.members
+    if not changed:
+        return GridResult()
+    # Only the site outages whose count differs are written (the comparison is the
+    # database's): loading all of the transformer's on every report made a storm cost sites².
+    return _sites_affected_sync(site_outages=site_members, feeder_outages=feeder_members)
 
 
 @dataclass
@@ -552,38 +755,52 @@ def _update_grouped(ids_by_value: dict, name: str) -> None:
         Outage.objects.filter(pk__in=ids).update(**{name: value})
 
 
-def _sites_affected_sync(site_outages) -> GridResult:
-    """Give each site outage the sites affected by the widest grid outage it is part of."""
+# Each live site outage among the given ones (by id, or by their feeder outage) takes the sites
+# affected by the widest grid outage it is part of (its feeder outage's transformer outage, else
+# its feeder outage, else 1), where that differs: one statement, the rows changed returned.
+_SITES_AFFECTED_SYNC = """
+UPDATE outages_outage AS o SET sites_affected = w.widest
+FROM (
+    SELECT s.id, COALESCE(t.sites_affected, f.sites_affected, 1) AS widest
+    FROM outages_outage s
+    LEFT JOIN outages_outage f ON f.id = s.grid_outage_id
+    LEFT JOIN outages_outage t ON t.id = f.grid_outage_id
+    WHERE s.kind = 'site' AND s.status <> 'void'
+      AND (s.id = ANY(%s::bigint[]) OR s.grid_outage_id = ANY(%s::bigint[]))
+) AS w
+WHERE o.id = w.id AND o.sites_affected <> w.widest
+RETURNING o.id, o.site_id, o.sites_affected, o.status, o.credit_policy_id
+"""
+
+
+def _sites_affected_sync(*, site_outages: list[int], feeder_outages: list[int]) -> GridResult:
+    """Give each site outage of `site_outages`, and each member of `feeder_outages`, the sites
+    affected by the widest grid outage it is part of. In the database, in one statement: in a
+    storm every drain changes the count of every site outage under the transformer, and read
+    as models (with their grid outages) they were most of a drain's time (bench/outages)."""
     result = GridResult()
-    updated: dict[int, list[int]] = defaultdict(list)
-    for outage in site_outages:
-        feeder_outage = outage.grid_outage
-        widest = feeder_outage and (feeder_outage.grid_outage or feeder_outage)
-        sites = widest.sites_affected if widest is not None else 1
-        if outage.sites_affected == sites:
-            continue
-        updated[sites].append(outage.pk)
-        result.sites_affected[outage.pk] = sites
-        policy = outage.credit_policy
-        if (
-            outage.status == OutageStatus.ENDED
-            and policy is not None
-            and policy.min_sites_affected > 1
-        ):
-            result.sites_to_resettle.add(outage.site_id)
-    _update_grouped(updated, "sites_affected")
+    with connection.cursor() as cursor:
+        cursor.execute(_SITES_AFFECTED_SYNC, [site_outages, feeder_outages])
+        rows = cursor.fetchall()
+    ended_under: dict[int, set[int]] = defaultdict(set)  # policy -> sites with an ended outage
+    for outage_id, site_id, sites, status, policy_id in rows:
+        result.sites_affected[outage_id] = sites
+        if status == OutageStatus.ENDED and policy_id is not None:
+            ended_under[policy_id].add(site_id)
+    if ended_under:
+        for policy_id in CreditPolicy.objects.filter(
+            pk__in=list(ended_under), min_sites_affected__gt=1
+        ).values_list("pk", flat=True):
+            result.sites_to_resettle |= ended_under[policy_id]
     return result
 
 
 def _outage_target(outage: Outage) -> tuple[Decimal, str | None, str]:
-    """What the outage must have earned in all: amount, currency (None: nothing in any), memo."""
+    """What the outage must have earned in all: amount, currency (None: nothing in any), memo.
+    A live outage has its policy (or none) from its first settlement (`_sites_outages_settle`)."""
     when = f"cut from {outage.started_at:%Y-%m-%d %H:%M:%S} UTC"
     if outage.status == OutageStatus.VOID:
         return Decimal(0), None, f"{when}: void, superseded by later reports"
-    if outage.settled_at is None:
-        outage.credit_policy = selectors.credit_policy_for_site(outage.site_id)
-        outage.settled_at = timezone.now()
-        outage.save(update_fields=["credit_policy", "settled_at", "updated_at"])
     policy = outage.credit_policy
     if policy is None:
         return Decimal(0), None, f"{when}: no credit policy"
@@ -739,6 +956,15 @@ def socket_drop_record(*, site_id: int) -> None:
         transaction.on_commit(partial(_suspected_later, grid[0]), robust=True)
 
 
+def sockets_drop_record(*, site_ids: list[int]) -> None:
+    """`socket_drop_record` of many sites: one query for their feeders, one task per feeder."""
+    if not site_ids:
+        return
+    feeders = sorted({grid[0] for grid in selectors.sites_grid(site_ids).values() if grid})
+    for feeder_id in feeders:
+        transaction.on_commit(partial(_suspected_later, feeder_id), robust=True)
+
+
 def _suspected_later(feeder_id: int) -> None:
     from outages.tasks import suspected_outages_sync as task
 
@@ -770,8 +996,9 @@ def _suspected_sync(feeder_id: int, now: datetime) -> bool:
     since = now - SUSPECTED_HORIZON
     sockets = registry.site_sockets(feeder_id=feeder_id)
     cuts_of: dict[int, list[SiteCut]] = defaultdict(list)
+    feeder_sites = selectors.feeder_site_ids(feeder_id)
     for key, site_id, start, end, grid in (
-        Outage.objects.filter(kind=OutageKind.SITE, site__feeder_id=feeder_id)
+        Outage.objects.filter(kind=OutageKind.SITE, site_id__in=feeder_sites)
         .exclude(status=OutageStatus.VOID)
         .exclude(ended_at__lt=since)
         .values_list("pk", "site_id", "started_at", "ended_at", "grid_outage_id")

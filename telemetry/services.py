@@ -461,6 +461,20 @@ def readings_enqueue(*, result: IngestResult, source: str, device_id: int) -> as
     return done
 
 
+def live_enqueue(*, device_id: int, groups: list[str], message: dict) -> asyncio.Future:
+    """A live message from a device's socket, from its event loop: published to those of
+    `groups` someone watches with this process's next trip to Redis (`_SocketBuffer`, with the
+    sockets' readings: no round trip of its own, no connection of the pool). Returns the future
+    that completes once it is published (or fails with the RedisError that kept it back)."""
+    done = asyncio.get_running_loop().create_future()
+    perhaps = realtime.watched_groups.perhaps_watched(groups)
+    if not perhaps:  # nobody known to watch
+        done.set_result(None)
+        return done
+    _socket_buffer().add(_Frame(device_id, "socket", [(message["text"], perhaps)], [], done))
+    return done
+
+
 # Set-based insert of a whole batch, sent as ONE text parameter: a two-dimensional array literal
 # `{{sensor_id,epoch_us,value},...}`. The batch writer makes it from the stream entries' JSON with
 # byte-level replacements (no Python work per row) and PostgreSQL's number parser does the rest:

@@ -1,9 +1,10 @@
 """What reconciling a storm's reports costs, in one process with no other load: the storm's
 `lost` reports of the cut sites (N / 2 sites on 25 feeders, instants spread over 10 s) stored,
 then reconciled (a) site by site, as one task per report did (`site_outages_reconcile`), and
-(b) by drains of `drain` sites each, as the coalesced path does (`sites_outages_reconcile`, a
-feeder at a time). Each from a clean slate (`setup_data.reset`); seconds, statements and the
-ratio, and a check that both left the same outages.
+(b) by drains of `drain` sites each (`sites_outages_reconcile` of each drain's sites at once,
+set-based; the drain task splits them by transformer). Each from a clean slate
+(`setup_data.reset`); seconds, statements and the ratio, and a check that both left the same
+outages.
 
     python -m bench.outages.reconcile_steps --n 1000 --drain 50
 """

@@ -326,6 +326,14 @@ def report(results: dict) -> str:
         )
         for name, figures in steps["steps"].items():
             lines.append(f"  {name:<28} wall {figures['wall_ms']:>6}  cpu {figures['cpu_ms']:>6}")
+        burst = steps.get("burst") or {}
+        if burst:
+            lines.append(f"  the database steps of {burst['handshakes']} handshakes at once:")
+        for name, figures in burst.items():
+            if isinstance(figures, dict):
+                lines.append(
+                    f"  {name:<36} wall {figures['wall_ms']:>6}  cpu {figures['cpu_ms']:>6}"
+                )
     return "\n".join(lines)
 
 

@@ -94,9 +94,10 @@
     }
   }
 
-  // A device's power report reaches the page as soon as it is stored, before the site's outage
-  // is derived (a Celery task): show the cut (or its end) at once, from the device's instant,
-  // marked provisional; the site's `outage` message then brings the server's panel in its place.
+  // A device's power report reaches the page as soon as its socket gets it, before the site's
+  // outage is derived (a Celery task): show the cut (or its end) at once, from the device's
+  // instant, marked provisional; the site's `outage` message then brings the server's panel in
+  // its place.
   function showReport(msg) {
     const panel = document.querySelector('[data-outage-panel][data-site="' + Number(msg.site) + '"]');
     const instant = new Date(msg.ts);

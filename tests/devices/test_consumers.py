@@ -908,7 +908,7 @@ async def test_a_connect_that_fails_after_accepting_closes_with_1011_and_gives_i
     def open_commands_fail(**kwargs):
         raise ConnectionError("database went away")
 
-    monkeypatch.setattr(consumers.selectors, "open_commands", open_commands_fail)
+    monkeypatch.setattr(consumers.selectors, "open_commands_of", open_commands_fail)
     pi = device_communicator(alice_home["token"])
     connected, _ = await pi.connect()
     close_code = await receive_close(pi)
@@ -1163,6 +1163,30 @@ async def test_power_reports_are_acked_and_stored_once_even_when_repeated(alice_
         ("power", "lost"),
         ("power", "restored"),
     ]
+
+
+async def test_a_lost_report_reaches_the_residents_socket_before_it_is_stored(alice_home, alice):
+    lost = {"type": "power", "msg_id": "p1", "state": "lost", "ts": recent(5)[0]}
+
+    async with live_socket(alice) as browser, device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        assert (await browser.receive_json_from())["type"] == "status"  # the device came online
+        async with table_locked("outages_powerevent"):
+            # given a database that cannot store the report yet
+            await pi.send_json_to(lost)
+            # then the resident hears the cut from the device's instant meanwhile, unacked yet
+            heard = await browser.receive_json_from(timeout=2)
+            await pi.receive_nothing(timeout=0.2)
+        ack = await pi.receive_json_from(timeout=5)  # stored once the database takes it
+
+    assert {k: heard[k] for k in ("type", "state", "ts", "site")} == {
+        "type": "power",
+        "state": "lost",
+        "ts": datetime.fromisoformat(lost["ts"]).isoformat(),
+        "site": alice_home["site"].id,
+    }
+    assert (ack["type"], ack["msg_id"]) == ("ack", "p1")
+    assert await database_sync_to_async(PowerEvent.objects.filter(state="lost").count)() == 1
 
 
 # --- live feed ---------------------------------------------------------------------------------

@@ -24,6 +24,19 @@ CHROMIUM_ARGS = [
 PHONE = {"width": 390, "height": 844}
 
 
+@pytest.fixture(autouse=True)
+def no_reconcile_marks_left_over():
+    """The "drain queued" flag and the sites marked for a drain live in Redis, outside the
+    database's rollback: a test whose server queued a drain no worker ran (no eager Celery) left
+    the flag for 30 s, and the next test's reports then queued none (its outages never formed)."""
+    from energy_portal.redis_client import sync_client
+    from outages.services import RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY
+
+    sync_client().delete(RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY)
+    yield
+    sync_client().delete(RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY)
+
+
 @pytest.fixture(scope="module")
 def browser():
     with pytest.MonkeyPatch.context() as patch:

@@ -1,6 +1,6 @@
 """Coalesced reconciles: a storm's reports mark their sites in Redis and queue one drain task
 while none is queued (`services._reconcile_soon`), and the drain reconciles the marked sites a
-feeder at a time (`services.site_outages_drain`, `services.sites_outages_reconcile`)."""
+transformer at a time (`services.site_outages_drain`, `services.sites_outages_reconcile`)."""
 
 import threading
 from decimal import Decimal
@@ -112,7 +112,8 @@ def test_a_report_arriving_during_a_drain_queues_the_next_one_and_is_not_lost(
 def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     db, queued, monkeypatch, django_capture_on_commit_callbacks
 ):
-    _, devices = make_grid(2, 1)  # two feeders: two batches, in feeder order
+    # two transformers: two batches, in transformer order
+    devices = make_grid(1, 1)[1] + make_grid(1, 1)[1]
     with django_capture_on_commit_callbacks(execute=True):
         for device in devices:
             record(device, "lost", 0)
@@ -129,7 +130,7 @@ def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     with pytest.raises(OperationalError):
         services.site_outages_drain()
 
-    # the first feeder's site was reconciled; the second's is marked for the retry
+    # the first transformer's site was reconciled; the second's is marked for the retry
     assert marked() == {devices[1].site_id}
     assert [row[0] for row in site_outages(devices)] == [devices[0].site_id]
 

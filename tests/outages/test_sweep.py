@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from energy_portal.redis_client import sync_client
 from outages import services, tasks
 from outages.models import CreditEntry, Outage
 from outages.selectors import sites_not_reconciled
@@ -54,3 +55,22 @@ def test_the_sweep_runs_on_beat_every_minute():
     entry = settings.CELERY_BEAT_SCHEDULE["outages-sweep"]
 
     assert (entry["task"], entry["schedule"]) == ("outages.tasks.site_outages_sweep", 60.0)
+
+
+def test_the_sweep_marks_its_sites_for_one_drain_even_behind_a_stale_flag(
+    alice_home, bob_home, report, monkeypatch
+):
+    # given two sites whose reconciles were lost, and a "drain queued" flag left by a lost task
+    report(alice_home["device"], "lost", 0)
+    report(bob_home["device"], "lost", 1)
+    sync_client().set(services.RECONCILE_QUEUED_KEY, 1)
+    drains, singles = [], []
+    monkeypatch.setattr(tasks.site_outages_drain, "delay", lambda: drains.append(1))
+    monkeypatch.setattr(tasks.site_outages_reconcile, "delay", singles.append)
+
+    swept = services.site_outages_sweep()
+
+    # then both are marked and one drain is queued, not a task per site
+    marked = {int(s) for s in sync_client().smembers(services.RECONCILE_DIRTY_KEY)}
+    assert sorted(swept) == sorted(marked) == sorted([alice_home["site"].id, bob_home["site"].id])
+    assert (len(drains), singles) == (1, [])
