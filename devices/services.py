@@ -143,6 +143,7 @@ def devices_connected(*, connections: list[tuple[Device, datetime]]) -> list[lis
     for device, at in connections:
         latest[device.pk] = max(at, latest.get(device.pk, at))
     with _soft_state_write(), connection.cursor() as cursor:
+        _lock_devices_in_order(cursor, list(latest))
         cursor.execute(
             "UPDATE devices_device AS d SET online = true, last_seen = v.at, "
             "online_since = v.at FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
@@ -181,6 +182,7 @@ def devices_disconnected(*, leaving: list[tuple[Device, datetime, bool]]) -> lis
     if gone:
         rows = list(gone.values())
         with _soft_state_write(), connection.cursor() as cursor:
+            _lock_devices_in_order(cursor, list(gone))
             cursor.execute(
                 "UPDATE devices_device AS d SET online = false, last_seen = v.at, "
                 "online_since = NULL, dropped_at = v.dropped_at "
@@ -236,13 +238,16 @@ def devices_record_last_seen(*, seen: dict[int, datetime]) -> int:
     if not seen:
         return 0
     whens = [When(pk=device_id, then=Value(at)) for device_id, at in seen.items()]
-    return (
-        Device.objects.filter(pk__in=list(seen))
-        .filter(
-            Q(last_seen__isnull=True) | Q(last_seen__lt=Case(*whens, output_field=DateTimeField()))
+    with transaction.atomic(), connection.cursor() as cursor:
+        _lock_devices_in_order(cursor, list(seen))
+        return (
+            Device.objects.filter(pk__in=list(seen))
+            .filter(
+                Q(last_seen__isnull=True)
+                | Q(last_seen__lt=Case(*whens, output_field=DateTimeField()))
+            )
+            .update(last_seen=Case(*whens, output_field=DateTimeField()))
         )
-        .update(last_seen=Case(*whens, output_field=DateTimeField()))
-    )
 
 
 COMMAND_ARGS = {
@@ -511,6 +516,18 @@ def _lock_in_order(cursor, command_ids: list) -> None:
     cursor.execute(
         "SELECT id FROM devices_command WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
         [[str(i) for i in command_ids]],
+    )
+
+
+def _lock_devices_in_order(cursor, device_ids: list[int]) -> None:
+    """Lock these devices' rows in the order of their ids, before a batch updates them: the
+    handshakes and socket ends of several server processes and the last-seen copy each update
+    many devices at once, and two batches sharing devices (a Pi reconnecting to the other
+    process while its old socket closes) would otherwise deadlock, each holding some rows the
+    other waits for."""
+    cursor.execute(
+        "SELECT id FROM devices_device WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE",
+        [sorted(device_ids)],
     )
 
 

@@ -56,7 +56,7 @@ def test_devices_connected_marks_each_online_and_gives_each_its_open_commands(
     first = services.command_issue(device=bobs, name="ping")
     second = services.command_issue(device=bobs, name="relay", args={"state": "on"})
 
-    with django_assert_max_num_queries(4):  # SET LOCAL, UPDATE, SELECT (+ savepoint in tests)
+    with django_assert_max_num_queries(5):  # SET LOCAL, lock, UPDATE, SELECT (+ savepoint)
         open_ids = services.devices_connected(
             connections=[(alices, AT), (bobs, AT + timedelta(seconds=1))]
         )

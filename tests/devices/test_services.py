@@ -232,7 +232,7 @@ def test_device_connected_marks_it_online_and_gives_its_open_commands_oldest_fir
     services.command_complete(command_id=done.id, device_id=device.id, status="done")
     at = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
 
-    with django_assert_max_num_queries(4):  # SET LOCAL, UPDATE, SELECT (+ savepoint in tests)
+    with django_assert_max_num_queries(5):  # SET LOCAL, lock, UPDATE, SELECT (+ savepoint)
         open_ids = services.device_connected(device=device, at=at)
 
     assert open_ids == [first.id, second.id]
