@@ -14,7 +14,6 @@ closes with 1011 and its device answers again on its next socket (the command is
 """
 
 import asyncio
-import contextlib
 import logging
 
 from channels.db import database_sync_to_async
@@ -22,6 +21,7 @@ from channels.db import database_sync_to_async
 from django.db import OperationalError
 
 from devices import services
+from devices.sent_marks import WriteBehind
 from energy_portal.per_loop import per_loop
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,12 @@ def _retrieved(future: asyncio.Future) -> None:
         future.exception()
 
 
-class CommandResults:
+class CommandResults(WriteBehind):
+    write_every_s = WRITE_EVERY_S
+    write_at = WRITE_AT
+
     def __init__(self) -> None:
-        self.pending: list[tuple[str, int, str, str, asyncio.Future]] = []
-        self.writer: asyncio.Task | None = None
-        self.full = asyncio.Event()
+        super().__init__([])  # (command id, device id, status, detail, future)
 
     def note(self, command_id: str, device_id: int, status: str, detail: str) -> asyncio.Future:
         """Record the result with the next batch; the future says whether the command is one of
@@ -49,21 +50,8 @@ class CommandResults:
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
         self.pending.append((command_id, device_id, status, detail, future))
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._write_while_pending())
-        elif len(self.pending) >= WRITE_AT:
-            self.full.set()
+        self._noted()
         return future
-
-    async def _write_while_pending(self) -> None:
-        try:
-            while self.pending:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.full.wait(), WRITE_EVERY_S)
-                self.full.clear()
-                await self.write()
-        finally:
-            self.writer = None
 
     async def write(self) -> None:
         """Record the noted results now (the writer does this every `WRITE_EVERY_S`)."""

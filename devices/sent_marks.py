@@ -27,30 +27,49 @@ WRITE_EVERY_S = 0.1
 WRITE_AT = 500  # ids waiting: written without waiting for the period's end
 
 
-class SentMarks:
-    def __init__(self) -> None:
-        self.pending: set[str] = set()
+class WriteBehind:
+    """Items noted in `pending` (a set or a list), written by `write()` in batches: a writer
+    task runs while any wait, writing about every `WRITE_EVERY_S`, or at once when `WRITE_AT`
+    wait. Shared by the sent marks and the command results (`devices.command_results`)."""
+
+    write_every_s = WRITE_EVERY_S
+    write_at = WRITE_AT
+
+    def __init__(self, pending) -> None:
+        self.pending = pending
         self.writer: asyncio.Task | None = None
         self.full = asyncio.Event()
 
-    def note(self, command_id: str) -> None:
-        """Note that the command's frame was written to its socket; recorded with the next
-        batch."""
-        self.pending.add(command_id)
+    def _noted(self) -> None:
+        """Start the writer, or wake it when a batch is full: call after adding to `pending`."""
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_while_pending())
-        elif len(self.pending) >= WRITE_AT:
+        elif len(self.pending) >= self.write_at:
             self.full.set()
 
     async def _write_while_pending(self) -> None:
         try:
             while self.pending:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.full.wait(), WRITE_EVERY_S)
+                    await asyncio.wait_for(self.full.wait(), self.write_every_s)
                 self.full.clear()
                 await self.write()
         finally:
             self.writer = None
+
+    async def write(self) -> None:
+        raise NotImplementedError
+
+
+class SentMarks(WriteBehind):
+    def __init__(self) -> None:
+        super().__init__(set())
+
+    def note(self, command_id: str) -> None:
+        """Note that the command's frame was written to its socket; recorded with the next
+        batch."""
+        self.pending.add(command_id)
+        self._noted()
 
     async def write(self) -> None:
         """Record the noted ids as sent now (the writer does this every `WRITE_EVERY_S`). A
