@@ -283,9 +283,9 @@ def event_running_amend(
     now: datetime | None = None,
 ) -> Event:
     """Change the end and signal of an active event (a VTN modified an event under way; our
-    own operators cannot). The end must be after the start and still to come; the devices
-    already curtailed keep their command (its `until` and expiry stay those first sent), and
-    the event completes, and restores them, at the new end."""
+    own operators cannot). The end must be after the start and still to come. The devices
+    curtailed and not yet restored get a new `curtail` with the new level and `until` (a Pi
+    replaces its curtailment with it); the event completes, and restores them, at the new end."""
     now = now or timezone.now()
     event = Event.objects.select_for_update().select_related("program").get(pk=event_id)
     if event.status != EventStatus.ACTIVE:
@@ -306,11 +306,35 @@ def event_running_amend(
         errors["signal"] = "A target reduction must be more than 0 kW."
     if errors:
         raise ValidationError(errors)
+    changed = (event.end, event.signal_type, event.signal_value) != (
+        end, data.signal_type, data.signal_value
+    )  # fmt: skip
     event.end, event.signal_type, event.signal_value = end, data.signal_type, data.signal_value
     event.save(update_fields=["end", "signal_type", "signal_value", "updated_at"])
+    if changed:
+        _curtail_again(event)
     _transitions_schedule(event)
     _tell(event.pk, {"change": "updated", "status": event.status})
     return event
+
+
+def _curtail_again(event: Event) -> int:
+    """Send the devices an active event curtailed, and has not restored, a `curtail` with the
+    event's amended level and end; how many. These are the devices' commands like any other
+    (their pages list them); the event's report keeps each device's first curtail. A device
+    still offline gets both on reconnect, oldest first, so the newer one is what stays."""
+    restored = DispatchedCommand.objects.filter(event=event, kind=DispatchKind.RESTORE).values(
+        "device_id"
+    )
+    devices = (
+        DispatchedCommand.objects.filter(event=event, kind=DispatchKind.CURTAIL)
+        .exclude(device_id__in=restored)
+        .values_list("device_id", flat=True)
+    )
+    commands = commands_issue(
+        device_ids=list(devices), name="curtail", args=_curtail_args(event), expires_at=event.end
+    )
+    return len(commands)
 
 
 def _move(event_id: int, *, to: str, allowed: Iterable[str], now: datetime, **when) -> bool:

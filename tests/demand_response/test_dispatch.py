@@ -171,6 +171,54 @@ async def test_the_end_restores_and_nothing_goes_twice(eager_celery, running_eve
     assert (curtail["name"], restore["name"]) == ("curtail", "restore")
 
 
+@pytest.mark.asyncio
+async def test_a_running_amendment_curtails_again_with_the_new_level_and_end(
+    eager_celery, running_event, alice_home
+):
+    # given: a level-2 event under way, Alice's Pi curtailed
+    event = await database_sync_to_async(running_event)()
+    await start_event(event)
+    later = event.end + timedelta(minutes=30)
+    amend = database_sync_to_async(services.event_running_amend)
+
+    async with device_socket(alice_home["token"]) as pi:
+        first = await pi.receive_json_from(timeout=5)
+        # when: a VTN raises the level and moves the end while it runs
+        await amend(event_id=event.pk, end=later, signal_type="level", signal_value=3,
+                    now=event.start)  # fmt: skip
+        again = await pi.receive_json_from(timeout=5)
+        # and: the same amendment again sends nothing more
+        await amend(event_id=event.pk, end=later, signal_type="level", signal_value=3,
+                    now=event.start)  # fmt: skip
+        assert await pi.receive_nothing(timeout=0.2)
+
+    # then: the Pi got a second curtail with the new level and until, expiring at the new end
+    assert (first["name"], first["args"]["level"]) == ("curtail", 2)
+    assert again["name"] == "curtail"
+    assert again["args"] == {"event": event.pk, "level": 3, "until": later.isoformat()}
+    command = await Command.objects.aget(pk=again["id"])
+    assert command.expires_at == later
+    # and the report keeps the device's first curtail
+    dispatched = [d async for d in DispatchedCommand.objects.filter(event=event)]
+    assert [(d.kind, str(d.command_id)) for d in dispatched] == [("curtail", first["id"])]
+
+
+def test_a_running_amendment_skips_the_devices_already_restored(running_event, alice_home):
+    # given: Alice's Pi curtailed, then restored when her site opted out mid-event
+    event = running_event()
+    services.event_transition(event_id=event.pk, now=event.start)
+    invitation = event.invitations.get(site=alice_home["site"])
+    services.invitation_respond(invitation_id=invitation.pk, response="opt_out", by="resident",
+                                now=event.start + timedelta(minutes=1))  # fmt: skip
+    before = Command.objects.filter(device=alice_home["device"]).count()
+
+    services.event_running_amend(event_id=event.pk, end=event.end + timedelta(minutes=30),
+                                 signal_type="level", signal_value=3,
+                                 now=event.start + timedelta(minutes=2))  # fmt: skip
+
+    assert Command.objects.filter(device=alice_home["device"]).count() == before
+
+
 def test_only_controllable_devices_of_opted_in_sites_are_curtailed(running_event, alice_home):
     event = running_event()
     Device.objects.filter(pk=alice_home["device"].pk).update(controllable=False)
