@@ -86,7 +86,7 @@ def _run(argv: list[str] | None) -> int:
     if not options.no_demo:
         _manage("seed_demo", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
         _manage("seed_demo_outages")
-        _manage("seed_demo_readings")
+        _manage("seed_demo_readings", "--tokens-file", str(env.data_dir / DEMO_TOKENS))
         _manage("seed_demo_dr")
 
     # Every process started below writes its metrics there; /metrics adds them up.

@@ -3,11 +3,12 @@
     python -m pi_agent.simulate --url ws://127.0.0.1:8000/ws/devices/ --tokens var/tokens.json
 
 The tokens file maps device uids to their tokens, `{uid: token}`: each such device is a Pi with
-the reference agent's household simulator. `manage.py seed_demo --tokens-file` writes richer
-entries, `{uid: {"token", "profile", "sensors", "flexible_w", "timezone"}}`: each such device
-follows its demo profile (pi_agent/demo_profiles.py, the shapes of the history the portal
-seeded), so its live readings continue that history, appliances (heat pump, EV charger, PV
-inverter) included. Each device gets its own seed and SQLite queue under `--queue-dir`.
+the reference agent's household simulator. `manage.py seed_demo --tokens-file` (and then
+`seed_demo_readings --tokens-file`, for the counters) write richer entries, `{uid: {"token",
+"profile", "sensors", "flexible_w", "timezone", "counters"}}`: each such device follows its demo
+profile (pi_agent/demo_profiles.py, the shapes of the history the portal seeded), so its live
+readings continue that history, appliances (heat pump, EV charger, PV inverter) included. Each
+device gets its own seed and SQLite queue under `--queue-dir`.
 
 Their mains fail at random (`--outage-rate`), on command from the portal (`simulate_mains`), and
 for the devices in `--scheduled-cuts` on a fixed schedule, so a demo shows a cut within a minute
@@ -56,9 +57,10 @@ class ProfileSource:
     The mains (an :class:`OutageSimulator`) zero its power and voltage during a cut, as an
     inverter without grid stops too; its relay (``load``, set by the built-in commands) cuts
     all but the electronics' standby, a demand-response curtailment the flexible share of the
-    load by level; its energy counters add
-    up what it imports (or generates, for a PV inverter) from a start below any seeded
-    history's, so the portal reads the first live value as a counter reset.
+    load by level; its energy counters add up what it imports (or generates, for a PV
+    inverter) from `counters`, the values the seeded history ended on
+    (`seed_demo_readings --tokens-file` writes them), else from a start below any history's, so
+    that the portal reads the first live value as a counter reset rather than a jump.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ProfileSource:
         sensors: list[str],
         flexible_w: float = 0.0,
         timezone: str = "UTC",
+        counters: dict[str, float] | None = None,
         outages: OutageSimulator | None = None,
     ) -> None:
         if profile not in demo_profiles.PROFILES:
@@ -80,8 +83,9 @@ class ProfileSource:
         self.tz = zoneinfo.ZoneInfo(timezone)
         self.outages = outages
         self.load = LoadControl()
+        start = 1000.0 + 18000.0 * demo_profiles.noise(self.seed, 3)
         self._counters = {
-            key: 1000.0 + 18000.0 * demo_profiles.noise(self.seed, 3)
+            key: float((counters or {}).get(key, start))
             for key in self.sensors
             if key in COUNTER_KEYS
         }
@@ -170,6 +174,7 @@ def device_source(
         sensors=entry.get("sensors", ["power_w", "voltage_v", "energy_kwh"]),
         flexible_w=float(entry.get("flexible_w", 0.0)),
         timezone=entry.get("timezone", "UTC"),
+        counters=entry.get("counters"),
         outages=outages,
     )
     return entry["token"], source

@@ -113,6 +113,20 @@ def _plans() -> list[_Plan]:
     return plans
 
 
+def demo_counters() -> dict[str, dict[str, float]]:
+    """Each demo device's energy counters as last stored (uid -> sensor key -> kWh), for the
+    sensors that have readings: where the simulated fleet's live counters go on from, so the
+    quarter-hour a run starts in is not read as a counter reset (which counts only what came
+    after it)."""
+    counters = {}
+    for plan in _plans():
+        keys = {sid: key for key, sid in plan.sensors.items()}
+        counters[plan.device.uid] = {
+            keys[sid]: value for sid, value in plan.counters.items() if plan.since[sid] is not None
+        }
+    return counters
+
+
 def _device_rows(plan: _Plan, moments: list[Instant], dark: Sequence[tuple]) -> list[str]:
     """The array-literal rows `{sensor_id,epoch_us,value}` of one device's missing readings."""
     seed = zlib.crc32(plan.device.uid.encode())

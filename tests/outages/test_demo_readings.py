@@ -2,6 +2,7 @@
 no power while a recorded outage lasts, enough clean weekdays for every demo home's
 demand-response baseline, and `seed_demo_readings` reports its progress."""
 
+import json
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -16,6 +17,7 @@ from devices.demo import demo_seed
 from devices.models import Site
 from outages.demo import demo_history_seed, demo_readings_seed
 from outages.models import Outage
+from pi_agent.simulate import ProfileSource
 from telemetry import demo_history
 from telemetry.models import Reading
 
@@ -90,3 +92,34 @@ def test_the_command_shows_its_progress_and_what_it_stored():
     final = text.rsplit("\r", 1)[-1]
     stored = Reading.objects.count()
     assert final.startswith(f"  demo history: {stored:,} new readings for 52 sensors")
+
+
+@pytest.mark.django_db
+def test_the_simulated_fleet_is_told_where_each_energy_counter_stopped(tmp_path):
+    # given the simulated fleet's file as `make run` writes it before the history
+    fleet = tmp_path / "fleet.json"
+    call_command("seed_demo", "--tokens-file", str(fleet), stdout=StringIO())
+    tokens = {uid: entry["token"] for uid, entry in json.loads(fleet.read_text()).items()}
+
+    # when the history is filled with that file
+    call_command(
+        "seed_demo_readings", "--days", "1", "--tokens-file", str(fleet), stdout=StringIO()
+    )
+
+    # then every device's counters are the last stored values, its token untouched
+    entries = json.loads(fleet.read_text())
+    assert {uid: entry["token"] for uid, entry in entries.items()} == tokens
+    counters = Reading.objects.filter(sensor__key__in=["energy_kwh", "pv_energy_kwh"])
+    for uid, entry in entries.items():
+        for key, value in entry["counters"].items():
+            last = counters.filter(sensor__device__uid=uid, sensor__key=key).latest("time")
+            assert value == pytest.approx(last.value, abs=1e-9)
+    assert set(entries["pv-0008"]["counters"]) == {"pv_energy_kwh"}
+    assert set(entries["hp-0005"]["counters"]) == {"energy_kwh"}
+    # and a live device goes on from there
+    source = ProfileSource(
+        "hp-0005", **{k: v for k, v in entries["hp-0005"].items() if k != "token"}
+    )
+    assert source.read(NOW)["energy_kwh"] == pytest.approx(
+        entries["hp-0005"]["counters"]["energy_kwh"], abs=1e-5
+    )

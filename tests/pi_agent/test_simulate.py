@@ -127,3 +127,8 @@ def test_a_tokens_file_entry_chooses_the_source():
         device_source("x", {"token": "t", "profile": "boiler"}, mains)
     with pytest.raises(ValueError, match="expected a token"):
         device_source("x", {"profile": "ev"}, mains)
+
+
+def test_energy_counters_go_on_from_the_values_given():
+    source = heat_pump(counters={"energy_kwh": 31234.5})
+    assert source.read(WINTER_EVENING)["energy_kwh"] == 31234.5

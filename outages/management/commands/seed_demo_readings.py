@@ -1,7 +1,10 @@
+import json
+from pathlib import Path
+
 from django.core.management.base import BaseCommand
 
 from outages.demo import demo_readings_seed
-from telemetry.demo_history import HISTORY_DAYS
+from telemetry.demo_history import HISTORY_DAYS, demo_counters
 
 
 class Command(BaseCommand):
@@ -14,8 +17,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--days", type=int, default=HISTORY_DAYS, help="how far back a device's past starts"
         )
+        parser.add_argument(
+            "--tokens-file",
+            type=Path,
+            help="The simulated fleet's file (seed_demo --tokens-file): each device's energy "
+            "counters as last stored are added to it, for its live counters to go on from.",
+        )
 
-    def handle(self, *args, days: int = HISTORY_DAYS, **options):
+    def handle(self, *args, days: int = HISTORY_DAYS, tokens_file: Path | None = None, **options):
         def progress(phase: str, done: int, total: int) -> None:
             if phase == "readings":
                 line = f"  demo history: {done:,} of {total:,} readings ({done / total:.0%})"
@@ -29,3 +38,9 @@ class Command(BaseCommand):
             f"\r  demo history: {result.readings:,} new readings for {result.sensors} sensors, "
             f"{result.buckets:,} quarter-hours rolled up in {result.seconds:.1f} s\033[K"
         )
+        if tokens_file:
+            fleet = json.loads(tokens_file.read_text())
+            for uid, counters in demo_counters().items():
+                if isinstance(fleet.get(uid), dict):
+                    fleet[uid]["counters"] = counters
+            tokens_file.write_text(json.dumps(fleet, indent=2))
