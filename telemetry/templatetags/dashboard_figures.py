@@ -83,10 +83,17 @@ def chart_sensor(device):
     )
 
 
+# The order of a card's figures: what the device draws or makes first, then the supply, then the
+# weather.
+CARD_ORDER = {SensorKind.POWER: 0, SensorKind.GENERATION: 1, SensorKind.VOLTAGE: 2}
+
+
 @register.filter
 def shown_sensors(device) -> list:
-    """The sensors whose latest values a device's card shows, in key order."""
-    return [s for s in device.sensors.all() if selectors.shown(s)]
+    """The sensors whose latest values a device's card shows: power, generation, voltage, then
+    the rest, each kind in key order."""
+    shown = [s for s in device.sensors.all() if selectors.shown(s)]
+    return sorted(shown, key=lambda s: (CARD_ORDER.get(s.kind, 3), s.key))
 
 
 @register.simple_tag

@@ -200,6 +200,7 @@ def test_dashboard_cards_show_an_inverters_output_and_a_heat_pumps_outdoor_tempe
     assert "pv-1:pv_energy_kwh" not in html
     # and the heat pump shows its outdoor temperature next to its power
     assert 'data-metric-for="hp-1:outdoor_temp_c">4.0</span><span class="muted">°C outside' in html
+    assert html.index('data-metric-for="hp-1:power_w"') < html.index("hp-1:outdoor_temp_c")
     # and what the panels make is not counted as what the home uses now
     assert 'data-metric-for="pv-1:pv_w" data-power-unit' not in html
     assert 'data-metric-for="hp-1:power_w" data-power-unit="W" data-value="800.0"' in html
