@@ -18,7 +18,9 @@ from pathlib import Path
 import websockets
 
 
-async def device(entry: dict, url: str, got: dict, opened: asyncio.Semaphore, up: list) -> None:
+async def device(
+    entry: dict, url: str, got: dict, opened: asyncio.Semaphore, up: list, restored: set
+) -> None:
     headers = {"Authorization": f"Bearer {entry['token']}"}
     async with opened:
         ws = await websockets.connect(url, additional_headers=headers, max_queue=None)
@@ -35,7 +37,9 @@ async def device(entry: dict, url: str, got: dict, opened: asyncio.Semaphore, up
                 json.dumps({"type": "command_result", "id": frame["id"], "status": "done"})
             )
             if frame["name"] == "restore":
-                break
+                # Stay connected, as a Pi does: thousands of sockets closing in the second the
+                # restores go out would be measured as the restores' delay.
+                restored.add(entry["uid"])
     finally:
         await ws.close()
 
@@ -43,8 +47,12 @@ async def device(entry: dict, url: str, got: dict, opened: asyncio.Semaphore, up
 async def main_async(plan: dict) -> dict:
     got: dict[str, dict] = {}
     up: list[str] = []
+    restored: set[str] = set()
     opened = asyncio.Semaphore(64)
-    tasks = [asyncio.create_task(device(e, plan["url"], got, opened, up)) for e in plan["devices"]]
+    tasks = [
+        asyncio.create_task(device(e, plan["url"], got, opened, up, restored))
+        for e in plan["devices"]
+    ]
     while len(up) < len(tasks):
         failed = [t for t in tasks if t.done() and t.exception() is not None]
         if failed:
@@ -53,7 +61,12 @@ async def main_async(plan: dict) -> dict:
     Path(plan["ready"]).write_text(str(len(up)))
     deadline = time.monotonic() + plan["timeout_s"]
     stop = Path(plan["stop"])
-    while time.monotonic() < deadline and not stop.exists() and not all(t.done() for t in tasks):
+    while (
+        time.monotonic() < deadline
+        and not stop.exists()
+        and len(restored) < len(tasks)
+        and not all(t.done() for t in tasks)
+    ):
         await asyncio.sleep(0.2)
     for task in tasks:
         task.cancel()
