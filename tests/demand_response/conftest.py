@@ -13,6 +13,9 @@ from django.db import connection
 from demand_response import services
 from demand_response.models import Program
 from devices.models import Site
+from energy_portal.celery import app as celery_app
+from energy_portal.redis_client import sync_client
+from tests.devices.test_consumers import REDIS_PATTERNS
 
 # A Wednesday; events in the tests start an hour after it unless they say otherwise.
 NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
@@ -77,3 +80,29 @@ def at_once(*calls: Callable[[], object]) -> list[object]:
     for thread in threads:
         thread.join()
     return results
+
+
+@pytest.fixture
+def clean_redis():
+    """The socket and channel-layer keys, and the broker's queue, empty before and after."""
+
+    def clean():
+        client = sync_client()
+        client.delete("celery")
+        for pattern in REDIS_PATTERNS:
+            for key in client.scan_iter(match=pattern):
+                client.delete(key)
+
+    clean()
+    yield
+    clean()
+
+
+@pytest.fixture
+def eager_celery():
+    """Tasks run where they are queued (their eta is not waited for): the start's curtail is
+    sent as soon as the event turns active."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous

@@ -16,7 +16,6 @@ from django.utils import timezone
 from demand_response import selectors, services
 from demand_response.models import DispatchedCommand, Event
 from devices.models import Command, CommandStatus, Device
-from energy_portal.celery import app as celery_app
 from energy_portal.redis_client import sync_client
 from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
     REDIS_PATTERNS,
@@ -26,33 +25,7 @@ from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
     settle,
 )
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def clean_redis():
-    """The socket and channel-layer keys, and the broker's queue, empty before and after."""
-
-    def clean():
-        client = sync_client()
-        client.delete("celery")
-        for pattern in REDIS_PATTERNS:
-            for key in client.scan_iter(match=pattern):
-                client.delete(key)
-
-    clean()
-    yield
-    clean()
-
-
-@pytest.fixture
-def eager_celery():
-    """Tasks run where they are queued (their eta is not waited for): the start's curtail is
-    sent as soon as the event turns active."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clean_redis")]
 
 
 @pytest.fixture

@@ -41,8 +41,6 @@ from demand_response.models import (
 from demand_response.openadr import services as ven_services
 from demand_response.openadr import ven
 from devices.models import Sensor
-from energy_portal.celery import app as celery_app
-from energy_portal.redis_client import sync_client
 from telemetry.services import readings_insert
 from tests.demand_response.openadr.vtn import Vtn
 from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
@@ -53,7 +51,7 @@ from tests.devices.test_consumers import (  # noqa: F401 (an autouse fixture)
 )
 from tests.e2e.servers import BASE_DIR, database_url
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clean_redis")]
 
 PORTS = range(8210, 8250)  # this worktree's range
 WAIT_S = 15
@@ -68,28 +66,6 @@ def _port() -> int:
                 continue
             return port
     raise RuntimeError("no free port in 8210-8249")
-
-
-@pytest.fixture(autouse=True)
-def clean_redis():
-    def clean():
-        client = sync_client()
-        client.delete("celery")
-        for pattern in REDIS_PATTERNS:
-            for key in client.scan_iter(match=pattern):
-                client.delete(key)
-
-    clean()
-    yield
-    clean()
-
-
-@pytest.fixture
-def eager_celery():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
 
 
 @pytest_asyncio.fixture
