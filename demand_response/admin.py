@@ -177,14 +177,7 @@ class VtnConnectionAdmin(admin.ModelAdmin):
     list_filter = ["state", "enabled", "program"]
     list_select_related = ["program"]
     search_fields = ["ven_name", "vtn_url", "ven_id"]
-    readonly_fields = [
-        "state",
-        "state_detail",
-        "state_changed_at",
-        "last_poll_at",
-        "ven_id",
-        "registration_id",
-    ]
+    readonly_fields = VtnConnection.VEN_WRITTEN
     inlines = [VtnEventInline, VtnMessageInline]
 
 

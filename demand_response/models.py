@@ -405,6 +405,16 @@ class VtnConnection(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Written by the VEN process only: read-only in the admin and the API.
+    VEN_WRITTEN = (
+        "state",
+        "state_detail",
+        "state_changed_at",
+        "last_poll_at",
+        "ven_id",
+        "registration_id",
+    )
+
     class Meta:
         verbose_name = "VTN connection"
         ordering = ["id"]

@@ -58,6 +58,17 @@ class _EventInput:
     randomization_s: int
 
 
+def _signal_error(signal_type: str, signal_value: Decimal) -> str | None:
+    """What is wrong with an event's signal, if anything."""
+    if signal_type not in SignalType.values:
+        return f"The signal type must be one of {', '.join(SignalType.values)}."
+    if signal_type == SignalType.LEVEL and signal_value not in range(MAX_LEVEL + 1):
+        return f"A level must be a whole number from 0 to {MAX_LEVEL}."
+    if signal_type == SignalType.TARGET_KW and signal_value <= 0:
+        return "A target reduction must be more than 0 kW."
+    return None
+
+
 def _validated(
     program: Program, data: _EventInput, now: datetime, *, notice: bool = True
 ) -> set[int]:
@@ -77,12 +88,8 @@ def _validated(
             f"The program {program.name} gives at least {program.notification_lead_time} "
             f"notice: start at {earliest.isoformat()} or later."
         )
-    if data.signal_type not in SignalType.values:
-        errors["signal"] = f"The signal type must be one of {', '.join(SignalType.values)}."
-    elif data.signal_type == SignalType.LEVEL and data.signal_value not in range(MAX_LEVEL + 1):
-        errors["signal"] = f"A level must be a whole number from 0 to {MAX_LEVEL}."
-    elif data.signal_type == SignalType.TARGET_KW and data.signal_value <= 0:
-        errors["signal"] = "A target reduction must be more than 0 kW."
+    if signal_error := _signal_error(data.signal_type, data.signal_value):
+        errors["signal"] = signal_error
     if data.randomization_s < 0:
         errors["randomization_s"] = "The randomization must be 0 seconds or more."
     invited, target_error = _invited_sites(program, data.site_ids, data.feeder_ids)
@@ -298,12 +305,8 @@ def event_running_amend(
         errors["end"] = "The end must be after the start, with its UTC offset."
     elif end <= now:
         errors["end"] = "The end has passed; cancel the event instead."
-    if data.signal_type not in SignalType.values:
-        errors["signal"] = f"The signal type must be one of {', '.join(SignalType.values)}."
-    elif data.signal_type == SignalType.LEVEL and data.signal_value not in range(MAX_LEVEL + 1):
-        errors["signal"] = f"A level must be a whole number from 0 to {MAX_LEVEL}."
-    elif data.signal_type == SignalType.TARGET_KW and data.signal_value <= 0:
-        errors["signal"] = "A target reduction must be more than 0 kW."
+    if signal_error := _signal_error(data.signal_type, data.signal_value):
+        errors["signal"] = signal_error
     if errors:
         raise ValidationError(errors)
     changed = (event.end, event.signal_type, event.signal_value) != (

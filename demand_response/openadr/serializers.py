@@ -56,21 +56,9 @@ class VtnConnectionSerializer(serializers.ModelSerializer):
             "target_map",
             "opt_rule",
             "enabled",
-            "state",
-            "state_detail",
-            "state_changed_at",
-            "last_poll_at",
-            "ven_id",
-            "registration_id",
+            *VtnConnection.VEN_WRITTEN,
         ]
-        read_only_fields = [
-            "state",
-            "state_detail",
-            "state_changed_at",
-            "last_poll_at",
-            "ven_id",
-            "registration_id",
-        ]
+        read_only_fields = VtnConnection.VEN_WRITTEN
 
     def get_has_client_key(self, connection: VtnConnection) -> bool:
         return bool(connection.client_key)
