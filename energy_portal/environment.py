@@ -31,6 +31,7 @@ class Environment:
     embedded: bool
     time_zone: str
     celery_eager: bool
+    worker_nice: int
     heartbeat_timeout_s: int
     device_rate_per_s: int
     device_rate_burst: int
@@ -194,6 +195,7 @@ def load() -> Environment:
         embedded=embedded_used,
         time_zone=os.environ.get("ENERGY_PORTAL_TIME_ZONE", "UTC"),
         celery_eager=_flag("CELERY_TASK_ALWAYS_EAGER", False),
+        worker_nice=int_setting("WORKER_NICE", 10),
         heartbeat_timeout_s=int_setting("DEVICE_HEARTBEAT_TIMEOUT", 60),
         device_rate_per_s=int_setting("DEVICE_RATE_PER_S", 20),
         device_rate_burst=int_setting("DEVICE_RATE_BURST", 100),

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import psycopg
 
 from bench.live.loadgen import Conn, _request, connect_summary, log, summary_ms
@@ -57,6 +58,44 @@ class Device:
         self.pending: dict[str, float] = {}  # msg_id -> send time (monotonic)
         self.lost_at: datetime | None = None  # the instant its `lost` said
         self.replay_left = 0
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process under test, its children
+    included, by PostgreSQL's and Redis's processes, and by this load generator."""
+    used: dict[str, float] = {}
+
+    def add(name: str, proc: psutil.Process) -> None:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            return
+        used[name] = used.get(name, 0.0) + times.user + times.system
+
+    for name, pid in pids.items():
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                add(name, proc)
+        except psutil.Error:
+            continue
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "redis-server"):
+            add(proc.info["name"], proc)
+    add("loadgen", psutil.Process())
+    return used
+
+
+def cores_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """Cores each process group kept busy between two `cpu_seconds` snapshots (a process that
+    started or ended in between counts only its share after)."""
+    cores = {
+        name: round((after[name] - before.get(name, 0.0)) / seconds, 2)
+        for name in after
+        if after[name] - before.get(name, 0.0) > 0
+    }
+    cores["total"] = round(sum(cores.values()), 2)
+    return cores
 
 
 class Bench:
@@ -264,6 +303,31 @@ class Bench:
 
     # ---- phases
 
+    def timeline(self, start: float, end: float) -> list[dict]:
+        """Per second from `start`: the spared devices' ack round trips (p50, max, ms) of the
+        readings sent in it, the `lost` frames sent in it, and the cut sites whose resident
+        heard of it in it: where in the storm the time goes."""
+        seconds = int(end - start) + 1
+        rtts: list[list[float]] = [[] for _ in range(seconds)]
+        for sent, rtt, spared in self.rtts:
+            if spared and start <= sent < end:
+                rtts[int(sent - start)].append(rtt)
+        lost, heard = [0] * seconds, [0] * seconds
+        for site, sent in self.lost_sent.items():
+            if start <= sent < end:
+                lost[int(sent - start)] += 1
+            shown = self.heard["shown"].get(site)
+            if shown is not None and 0 <= sent + shown - start < seconds:
+                heard[int(sent + shown - start)] += 1
+        rows = []
+        for i in range(seconds):
+            figures = summary_ms(rtts[i])
+            rows.append(
+                {"s": i, "acks": figures["count"], "p50": figures["p50"], "max": figures["max"],
+                 "lost": lost[i], "shown": heard[i]}
+            )  # fmt: skip
+        return rows
+
     def telemetry_rtts(self, start: float, end: float) -> dict:
         return summary_ms(
             [rtt for sent, rtt, spared in self.rtts if spared and start <= sent < end]
@@ -296,12 +360,14 @@ async def run_portal(plan: dict) -> dict:
     # baseline: telemetry, no storm
     bench.start_telemetry(bench.devices)
     await asyncio.sleep(plan["warmup_s"])
-    start = time.monotonic()
+    pids = plan.get("pids", {})
+    start, cpu = time.monotonic(), cpu_seconds(pids)
     await asyncio.sleep(plan["baseline_s"])
     result["telemetry_without_storm_ms"] = bench.telemetry_rtts(start, time.monotonic())
+    result["cores_without_storm"] = cores_used(cpu, cpu_seconds(pids), time.monotonic() - start)
 
     # storm: every cut device reports `lost` once, at a random moment of the storm
-    storm_started = time.monotonic()
+    storm_started, cpu = time.monotonic(), cpu_seconds(pids)
     base = datetime.now(UTC) - timedelta(seconds=plan["outage_ago_s"])
     for device in bench.cut:
         offset = random.uniform(0, plan["storm_s"])
@@ -316,7 +382,9 @@ async def run_portal(plan: dict) -> dict:
     )
     await asyncio.sleep(plan["tail_s"])
     storm_end = time.monotonic()
+    result["cores_during_storm"] = cores_used(cpu, cpu_seconds(pids), storm_end - storm_started)
     result["telemetry_during_storm_ms"] = bench.telemetry_rtts(storm_started, storm_end)
+    result["storm_timeline"] = bench.timeline(storm_started - 5, storm_end)
     result["feeder_outages_formed_s"] = None if formed is None else round(formed - last_report, 3)
     result["feeder_outages_seen"] = [(round(t - last_report, 3), n) for t, n in seen]
     result["lost_sent"] = len(bench.lost_sent)

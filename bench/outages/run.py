@@ -206,6 +206,7 @@ def run_portal(entries: list[dict], args, folder: Path) -> dict:
             **poll_sql(entries),
         }
         plan["connect_only"] = args.connect_only
+        plan["pids"] = {name: proc.pid for name, proc in procs.items()}
         result = run_loadgen(plan, folder / "portal", timeout=1200)
         result["process_exits"] = {
             name: proc.poll() for name, proc in procs.items() if proc.poll() is not None
@@ -308,6 +309,10 @@ def report(results: dict) -> str:
             f"{ledger['doubled']}, wrong amount {ledger['wrong_amount']}, unpaid "
             f"{ledger['earning_unpaid']}: {'OK' if ledger['ok'] else 'FAILED'}"
         )
+        for phase in ("without_storm", "during_storm"):
+            cores = p.get(f"cores_{phase}") or {}
+            shares = ", ".join(f"{k} {v}" for k, v in sorted(cores.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  cores used {phase.replace('_', ' ')}: {shares}")
         portal_rate = _get(p, "connect", "per_s")
         relay_rate = _get(r, "relay", "connect", "per_s")
         lines.append(

@@ -16,6 +16,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = ENV.celery_eager
+# How far the Celery worker lowers its CPU priority below the servers' (energy_portal/priority.py).
+WORKER_NICE = ENV.worker_nice
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Imported into django-celery-beat's tables on beat start, where admins can edit them.
