@@ -38,6 +38,7 @@ from devices.command_results import command_results
 from devices.groups import device_group, fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
+from devices.silence_watch import silence_watch
 from energy_portal import metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_message
@@ -240,7 +241,6 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
     """
 
     device = None
-    watchdog: asyncio.Task | None = None
     answering: asyncio.Task | None = None  # sends the answers that wait (see _answer)
     leaving: asyncio.Task | None = None  # gives the socket's place up (see _leave)
     inbox: CommandInbox | None = None  # hands this socket its device's commands
@@ -324,7 +324,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         metrics.socket_opened("device")
         open_commands = await sockets_connected()((self.device, timezone.now()))
         self.seen.note(self.device.id)
-        self.watchdog = asyncio.create_task(self._watch_silence())
+        silence_watch().add(self)
         for command_id in open_commands:
             await self._deliver(command_id)
 
@@ -355,7 +355,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             self.closing = True  # nothing more is sent
             if self.inbox is not None:
                 self.inbox.remove(self.device.id, self)
-            for task in (self.watchdog, self.answering, self.commanding):
+            silence_watch().remove(self)
+            for task in (self.answering, self.commanding):
                 if task is not None:
                     task.cancel()
             self._drop_answers()
@@ -414,15 +415,12 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             self.busy = False
             self.last_frame += time.monotonic() - started
 
-    async def _watch_silence(self):
-        """Close a socket that has gone quiet: a hung link looks open from this side."""
-        timeout = settings.DEVICE_HEARTBEAT_TIMEOUT
-        while True:
-            await asyncio.sleep(min(timeout / 4, 5))
-            if not self.busy and time.monotonic() - self.last_frame > timeout:
-                logger.info("device %s silent for %ss; closing", self.device.uid, timeout)
-                await self.close(code=CLOSE_SILENT)
-                return
+    async def close_silent(self) -> None:
+        """Closed by the silence watch (`devices.silence_watch`): the link looks hung."""
+        logger.info(
+            "device %s silent for %ss; closing", self.device.uid, settings.DEVICE_HEARTBEAT_TIMEOUT
+        )
+        await self.close(code=CLOSE_SILENT)
 
     async def receive(self, text_data=None, bytes_data=None):
         self.last_frame = time.monotonic()

@@ -49,11 +49,15 @@ if _server_process:
     # The cyclic collector, tuned for a long-running server holding thousands of sockets. The
     # start-up heap (Django, the apps, their libraries: about 130,000 objects that live as long as
     # the process) is collected once and then frozen out of the collector's sight, and young
-    # collections are ten times rarer, so the short-lived objects of messages in flight die
-    # before they are promoted. Without this, full collections walked ~280,000 objects per 1,000
-    # sockets and held the event loop 100-260 ms each: 6 while 1,000 devices and 1,000 viewers
-    # connected and 2 in 90 s at 4,000 msg/s (bench/live `+probe`, run 20261125-020056). With
-    # it, none ran in that whole run.
+    # collections are rarer, so the short-lived objects of messages in flight die before they
+    # are promoted. Without this, full collections walked ~280,000 objects per 1,000 sockets and
+    # held the event loop 100-260 ms each: 6 while 1,000 devices and 1,000 viewers connected and
+    # 2 in 90 s at 4,000 msg/s (bench/live `+probe`, run 20261125-020056). With it, none ran in
+    # that whole run. Each socket keeps about a dozen young objects alive at any moment (its
+    # pending receive, its future, its parser's buffers), so with 3,750 sockets a process's young
+    # collection walked ~45,000 objects, 20-40 ms of CPU; at a threshold of 7,000 that was 1-3
+    # times a second per process in the bench/outages storm, each a pause every socket waited
+    # out. At 30,000 none fell in the storm's 15 s.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(7000, 10, 10)
+    gc.set_threshold(30000, 10, 10)

@@ -143,24 +143,43 @@ async def viewers_join(groups: list[str], viewer: str) -> None:
     await _viewers_count({viewer: groups})
 
 
+# Counts viewers in one call whatever their number: KEYS are the groups' sets; ARGV the time now,
+# the sets' lifetime, the members' expiry, then per key the number of its viewers and their names.
+# A pipeline of three commands per group cost 35-77 ms of the event loop at each renewal of
+# 1,250 viewers (bench/outages); one script call with their names costs a few.
+_COUNT_VIEWERS = """
+local now, ttl, expires = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local at = 4
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  for _ = 1, n do
+    redis.call('ZADD', key, expires, ARGV[at])
+    at = at + 1
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+_count_viewers_script = per_loop(lambda: async_client().register_script(_COUNT_VIEWERS))
+
+
 async def _viewers_count(viewers: dict[str, list[str]]) -> None:
     """Count each viewer of `viewers` (name -> its groups) for the next `VIEWER_TTL_S` seconds,
-    all in one pipeline."""
-    by_group: dict[str, dict[str, float]] = {}
-    until = time.time() + VIEWER_TTL_S
+    all in one call (`_COUNT_VIEWERS`): viewers of processes that died leave their groups."""
+    by_group: dict[str, list[str]] = {}
     for viewer, groups in viewers.items():
         for group in groups:
-            by_group.setdefault(group, {})[viewer] = until
+            by_group.setdefault(group, []).append(viewer)
     if not by_group:
         return
     now = time.time()
-    pipe = async_client().pipeline(transaction=False)
-    for group, members in by_group.items():
-        key = viewers_key(group)
-        pipe.zremrangebyscore(key, "-inf", now)  # viewers of processes that died
-        pipe.zadd(key, members)
-        pipe.expire(key, math.ceil(VIEWER_TTL_S))  # the whole set, once its last viewer is gone
-    await pipe.execute()
+    args: list[str | int | float] = [now, math.ceil(VIEWER_TTL_S), now + VIEWER_TTL_S]
+    for members in by_group.values():
+        args.append(len(members))
+        args += members
+    await _count_viewers_script()(keys=[viewers_key(group) for group in by_group], args=args)
     watched_groups.note_watched(list(by_group))
 
 

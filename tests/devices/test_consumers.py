@@ -37,6 +37,7 @@ from devices.consumers import (
 )
 from devices.groups import device_group
 from devices.models import Command, CommandStatus, Device
+from devices.silence_watch import silence_watch
 from energy_portal.asgi import application
 from energy_portal.live_hub import live_hub
 from energy_portal.redis_client import sync_client
@@ -970,7 +971,7 @@ async def test_a_consumer_cancelled_by_the_server_still_gives_its_place_back(ali
     pi = device_communicator(alice_home["token"])
     connected, _ = await pi.connect()
     await settle(pi)
-    watchdog = consumer_tasks_named("_watch_silence")
+    watched = len(silence_watch())
 
     pi.future.cancel()
     await pi.wait(timeout=5)
@@ -978,12 +979,7 @@ async def test_a_consumer_cancelled_by_the_server_still_gives_its_place_back(ali
     assert connected
     assert await socket_registry.connected_channel(device.id) is None
     assert await device_online(device) is False
-    assert len(watchdog) == 1 and watchdog[0].done()
-
-
-def consumer_tasks_named(name: str) -> list[asyncio.Task]:
-    """The running tasks whose coroutine is a consumer's method `name`."""
-    return [task for task in asyncio.all_tasks() if task.get_coro().__name__ == name]
+    assert (watched, len(silence_watch())) == (1, 0)
 
 
 async def test_second_connection_of_a_device_closes_the_first_and_it_stays_online(alice_home):

@@ -354,3 +354,24 @@ async def test_viewers_of_a_group_in_one_process_share_one_subscription(alice_ho
 
     assert subscribers == [(realtime.live_channel(site).encode(), 1)]
     assert heard == [{"type": "x"}, {"type": "x"}]
+
+
+async def test_many_viewers_of_many_groups_are_counted_in_one_call_and_the_dead_leave(settings):
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    groups = [f"site.{900000 + i}" for i in range(3)]
+    keys = [realtime.viewers_key(group) for group in groups]
+    await client.zadd(keys[0], {"live.of-a-dead-process": 1.0})  # expired long ago
+    try:
+        await realtime._viewers_count(
+            {"live.a": groups, "live.b": groups[:1], "live.c": groups[2:]}
+        )
+        members = [sorted(m.decode() for m in await client.zrange(key, 0, -1)) for key in keys]
+        lifetimes = [await client.ttl(key) for key in keys]
+        counted = await viewers_counted(groups)
+    finally:
+        await client.delete(*keys)
+        await client.aclose()
+
+    assert members == [["live.a", "live.b"], ["live.a"], ["live.a", "live.c"]]
+    assert all(0 < ttl <= realtime.VIEWER_TTL_S for ttl in lifetimes)
+    assert counted == groups
