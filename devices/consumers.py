@@ -416,7 +416,13 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
             self.last_frame += time.monotonic() - started
 
     async def close_silent(self) -> None:
-        """Closed by the silence watch (`devices.silence_watch`): the link looks hung."""
+        """Closed by the silence watch (`devices.silence_watch`): the link looks hung. A frame
+        that arrived between the watch's sweep and this call keeps the socket open."""
+        if self.closing:
+            return
+        if self.busy or time.monotonic() - self.last_frame <= settings.DEVICE_HEARTBEAT_TIMEOUT:
+            silence_watch().add(self)
+            return
         logger.info(
             "device %s silent for %ss; closing", self.device.uid, settings.DEVICE_HEARTBEAT_TIMEOUT
         )

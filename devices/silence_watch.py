@@ -22,7 +22,8 @@ class Watched(Protocol):
     last_frame: float  # time.monotonic() of its last sign of life
     busy: bool  # handling a message: its silence clock is stopped
 
-    async def close_silent(self) -> None: ...
+    async def close_silent(self) -> None:
+        """Close the socket, unless a frame came since the sweep (then it is watched again)."""
 
 
 class SilenceWatch:
@@ -46,7 +47,10 @@ class SilenceWatch:
         while self._sockets:
             timeout = settings.DEVICE_HEARTBEAT_TIMEOUT
             await asyncio.sleep(min(timeout / 4, 5))
-            self.sweep(time.monotonic(), timeout)
+            try:
+                self.sweep(time.monotonic(), timeout)
+            except Exception:  # a defect: logged, and the watch goes on for the other sockets
+                logger.exception("checking the device sockets for silence failed")
 
     def sweep(self, now: float, timeout: float) -> None:
         """Close each socket silent for more than `timeout` seconds at `now`."""

@@ -184,9 +184,10 @@ async def _viewers_count(viewers: dict[str, list[str]]) -> None:
 
 
 class ViewerRenewals:
-    """The live viewers of this process's event loop, renewed together: one pipeline every
-    `VIEWER_RENEW_S` for all of them. Renewed one socket at a time, 2,500 browsers ran the
-    Redis connection pool dry in bench/outages, and device sockets waiting for Redis closed."""
+    """The live viewers of this process's event loop, renewed together: one script call every
+    `VIEWER_RENEW_S` for all of them (`_viewers_count`). Renewed one socket at a time, 2,500
+    browsers ran the Redis connection pool dry in bench/outages, and device sockets waiting for
+    Redis closed."""
 
     def __init__(self) -> None:
         self._viewers: dict[str, list[str]] = {}

@@ -341,8 +341,8 @@ STAGES = [
     ("viewer: live hub reads Redis and fills outboxes", _any("LiveHub._serve")),
     ("viewer: outbox -> socket send", _any("Outbox.drain")),
     (
-        "device liveness: watchdog + last-seen notes (socket_registry)",
-        _any("_watch_silence", "socket_registry"),
+        "device liveness: silence watch + last-seen notes (socket_registry)",
+        _any("SilenceWatch", "socket_registry"),
     ),
 ]
 IDLE_LEAVES = (

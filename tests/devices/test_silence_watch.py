@@ -2,10 +2,12 @@
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from devices.silence_watch import SilenceWatch
+from devices.consumers import CLOSE_SILENT, DeviceConsumer
+from devices.silence_watch import SilenceWatch, silence_watch
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,15 +41,63 @@ async def test_a_sweep_closes_the_silent_sockets_once_and_keeps_the_others():
     watch._task.cancel()
 
 
-async def test_the_watch_sleeps_a_quarter_of_the_timeout_and_stops_with_its_last_socket(settings):
-    settings.DEVICE_HEARTBEAT_TIMEOUT = 0.2
+async def test_the_watch_looks_every_quarter_of_the_timeout_and_stops_with_its_last_socket(
+    settings,
+):
+    # Silent for more than 0.4 s: seen at the sweep at 0.5 s; sweeping only once per timeout
+    # would see it at 0.8 s.
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 0.4
     watch = SilenceWatch()
     quiet = Socket(last_frame=time.monotonic())
     watch.add(quiet)
 
-    await asyncio.sleep(0.4)  # silent past 0.2 s, seen within a quarter of it
+    await asyncio.sleep(0.3)
+    closed_early = quiet.closed
+    await asyncio.sleep(0.4)
 
-    assert quiet.closed == 1
+    assert (closed_early, quiet.closed) == (0, 1)
     assert len(watch) == 0
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.15)
     assert watch._task.done()  # nothing left to watch
+
+
+class Failing(Socket):
+    async def close_silent(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_socket_that_fails_to_close_does_not_stop_the_watch(settings, caplog):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 0.2
+    watch = SilenceWatch()
+    failing = Failing(last_frame=time.monotonic())
+    later = Socket(last_frame=time.monotonic() + 0.3)
+    watch.add(failing)
+    watch.add(later)
+
+    await asyncio.sleep(0.8)
+
+    assert later.closed == 1
+    assert "closing a silent device socket failed" in caplog.text
+
+
+async def test_a_socket_that_spoke_since_the_sweep_stays_open_and_watched(settings):
+    settings.DEVICE_HEARTBEAT_TIMEOUT = 60
+    closed = []
+
+    class Talking:  # the attributes DeviceConsumer.close_silent reads
+        closing = busy = False
+        last_frame = time.monotonic()
+        device = SimpleNamespace(uid="pi-0001")
+
+        async def close(self, code=None):
+            closed.append(code)
+
+    socket = Talking()
+    await DeviceConsumer.close_silent(socket)  # swept just before its last frame
+
+    assert closed == []
+    assert socket in silence_watch()._sockets
+    silence_watch().remove(socket)
+    socket.last_frame -= 61  # silent after all
+    await DeviceConsumer.close_silent(socket)
+    assert closed == [CLOSE_SILENT]
