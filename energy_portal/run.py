@@ -11,6 +11,7 @@ its database or Redis while it shuts down.
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,11 @@ def processes(*, host: str, port: int, data_dir: Path, simulate: bool) -> dict[s
     return commands
 
 
+def shell_line(command: list[str]) -> str:
+    """The shell line honcho runs for `command`: the shell replaced by the process itself."""
+    return "exec " + shlex.join(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _run(argv)
@@ -98,7 +104,10 @@ def _run(argv: list[str] | None) -> int:
         host=options.host, port=options.port, data_dir=env.data_dir, simulate=not options.no_demo
     )
     for name, command in commands.items():
-        manager.add_process(name, subprocess.list2cmdline(command), env=dict(os.environ))
+        # honcho starts each through a shell in a session of its own; `exec` makes the process
+        # itself lead that session, so the worker can lower its session's CPU priority below the
+        # server's (energy_portal/priority.py), and signals reach it without a shell between.
+        manager.add_process(name, shell_line(command), env=dict(os.environ))
     print(f"Portal at http://{options.host}:{options.port}/  (Ctrl-C stops everything)", flush=True)
     manager.loop()
     return 0 if manager.returncode in (0, 130, 143, None) else manager.returncode

@@ -79,3 +79,15 @@ def test_the_worker_yields_by_the_setting_when_it_starts(monkeypatch, settings):
 
     assert handler in listening
     assert asked == [12]
+
+
+def test_make_run_starts_each_process_as_its_sessions_leader():
+    # honcho runs each line through `sh -c` in a new session: without `exec` the shell would lead
+    # the session and the worker could not lower its session group (seen: "process nice 10" only).
+    from energy_portal.run import shell_line
+
+    line = shell_line([sys.executable, "-c", "import os; print(os.getsid(0) == os.getpid())"])
+    done = subprocess.run(
+        ["/bin/sh", "-c", line], capture_output=True, text=True, start_new_session=True, timeout=30
+    )
+    assert done.stdout.strip() == "True"
