@@ -36,10 +36,12 @@ import resource
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import psutil
 import psycopg
 
+from bench.ingest.procs import CpuMeter
 from bench.live.loadgen import Conn, _request, connect_summary, log, summary_ms
 
 
@@ -60,42 +62,15 @@ class Device:
         self.replay_left = 0
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process under test, its children
-    included, by PostgreSQL's and Redis's processes, and by this load generator."""
-    used: dict[str, float] = {}
-
-    def add(name: str, proc: psutil.Process) -> None:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            return
-        used[name] = used.get(name, 0.0) + times.user + times.system
-
-    for name, pid in pids.items():
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                add(name, proc)
-        except psutil.Error:
-            continue
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] in ("postgres", "redis-server"):
-            add(proc.info["name"], proc)
-    add("loadgen", psutil.Process())
-    return used
-
-
-def cores_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
-    """Cores each process group kept busy between two `cpu_seconds` snapshots (a process that
-    started or ended in between counts only its share after)."""
-    cores = {
-        name: round((after[name] - before.get(name, 0.0)) / seconds, 2)
-        for name in after
-        if after[name] - before.get(name, 0.0) > 0
-    }
-    cores["total"] = round(sum(cores.values()), 2)
-    return cores
+def cpu_meter(plan: dict) -> CpuMeter:
+    """bench/ingest's meter over the processes under test (children included), PostgreSQL's
+    processes by role, Redis, this load generator ("driver") and the whole machine."""
+    servers = psutil.process_iter(["name"])
+    redis = next((p.pid for p in servers if p.info["name"] == "redis-server"), None)
+    meter = CpuMeter(urlsplit(plan["database_url"]).path.lstrip("/"), redis)
+    for name, pid in plan.get("pids", {}).items():
+        meter.track(name, [pid])
+    return meter
 
 
 class Bench:
@@ -360,14 +335,14 @@ async def run_portal(plan: dict) -> dict:
     # baseline: telemetry, no storm
     bench.start_telemetry(bench.devices)
     await asyncio.sleep(plan["warmup_s"])
-    pids = plan.get("pids", {})
-    start, cpu = time.monotonic(), cpu_seconds(pids)
+    meter = cpu_meter(plan)
+    start, cpu = time.monotonic(), meter.snapshot()
     await asyncio.sleep(plan["baseline_s"])
     result["telemetry_without_storm_ms"] = bench.telemetry_rtts(start, time.monotonic())
-    result["cores_without_storm"] = cores_used(cpu, cpu_seconds(pids), time.monotonic() - start)
+    result["cores_without_storm"] = CpuMeter.cores(cpu, meter.snapshot())
 
     # storm: every cut device reports `lost` once, at a random moment of the storm
-    storm_started, cpu = time.monotonic(), cpu_seconds(pids)
+    storm_started, cpu = time.monotonic(), meter.snapshot()
     base = datetime.now(UTC) - timedelta(seconds=plan["outage_ago_s"])
     for device in bench.cut:
         offset = random.uniform(0, plan["storm_s"])
@@ -382,7 +357,7 @@ async def run_portal(plan: dict) -> dict:
     )
     await asyncio.sleep(plan["tail_s"])
     storm_end = time.monotonic()
-    result["cores_during_storm"] = cores_used(cpu, cpu_seconds(pids), storm_end - storm_started)
+    result["cores_during_storm"] = CpuMeter.cores(cpu, meter.snapshot())
     result["telemetry_during_storm_ms"] = bench.telemetry_rtts(storm_started, storm_end)
     result["storm_timeline"] = bench.timeline(storm_started - 5, storm_end)
     result["feeder_outages_formed_s"] = None if formed is None else round(formed - last_report, 3)

@@ -15,7 +15,7 @@ from demand_response.models import Program
 from devices.models import Site
 from energy_portal.celery import app as celery_app
 from energy_portal.redis_client import sync_client
-from tests.devices.test_consumers import REDIS_PATTERNS
+from tests.devices.test_consumers import socket_keys_delete
 
 # A Wednesday; events in the tests start an hour after it unless they say otherwise.
 NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
@@ -87,11 +87,8 @@ def clean_redis():
     """The socket and channel-layer keys, and the broker's queue, empty before and after."""
 
     def clean():
-        client = sync_client()
-        client.delete("celery")
-        for pattern in REDIS_PATTERNS:
-            for key in client.scan_iter(match=pattern):
-                client.delete(key)
+        sync_client().delete("celery")
+        socket_keys_delete()
 
     clean()
     yield

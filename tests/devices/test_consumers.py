@@ -68,19 +68,20 @@ async def close_sync_thread_connections():
     await database_sync_to_async(connections.close_all)()
 
 
+def socket_keys_delete() -> None:
+    """Delete the Redis keys sockets use (`REDIS_PATTERNS`)."""
+    client = sync_client()
+    for pattern in REDIS_PATTERNS:
+        for key in client.scan_iter(match=pattern):
+            client.delete(key)
+
+
 @pytest.fixture(autouse=True)
 def clean_redis():
     """The Redis keys sockets use, empty before and after the test."""
-
-    def clean():
-        client = sync_client()
-        for pattern in REDIS_PATTERNS:
-            for key in client.scan_iter(match=pattern):
-                client.delete(key)
-
-    clean()
+    socket_keys_delete()
     yield
-    clean()
+    socket_keys_delete()
 
 
 # --- helpers -----------------------------------------------------------------------------------
