@@ -35,7 +35,7 @@ from devices.batched import (
 )
 from devices.command_inbox import CommandInbox, command_inbox
 from devices.command_results import command_results
-from devices.groups import device_group, fleet_group, site_group
+from devices.groups import fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from devices.silence_watch import silence_watch
@@ -307,12 +307,11 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.seen = socket_registry.seen_notes()  # this loop's signs of life, looked up once
         self.delivered: set[str] = set()
         self.announced: set[tuple[str, datetime]] = set()  # power reports its viewers heard of
-        # If anything below fails, __call__ gives the registry entry back (`_leave`). Joining
-        # the group and claiming the registry are independent Redis calls: made together.
-        _, previous = await asyncio.gather(
-            self.channel_layer.group_add(device_group(self.device.id), self.channel_name),
-            socket_registry.claim(self.device.id, self.channel_name),
-        )
+        # If anything below fails, __call__ gives the registry entry back (`_leave`). The socket
+        # joins no channel-layer group: its commands come through the inbox, and the registry
+        # names its channel (a replaced socket is told on it, below). A group per device cost
+        # two Redis round trips per socket, at its start and its end, and nobody sent to it.
+        previous = await socket_registry.claim(self.device.id, self.channel_name)
         if previous and previous != self.channel_name:
             await self.channel_layer.send(previous, {"type": "device.replaced"})
         await self.accept()
@@ -342,8 +341,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         return self.ended_with in ABRUPT_ENDS
 
     async def _leave(self) -> None:
-        """End the socket's tasks, leave the device's group, give up its registry entry and
-        mark it offline; once, however often it is called.
+        """End the socket's tasks, give up its registry entry and mark it offline; once, however
+        often it is called.
 
         The steps run in a task of their own, so a cancellation of the consumer (the server
         shutting down) does not cut them short, and each runs even when an earlier one failed:
@@ -366,10 +365,6 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     async def _give_up_place(self) -> None:
         device_id, failed = self.device.id, []
-        try:
-            await self.channel_layer.group_discard(device_group(device_id), self.channel_name)
-        except Exception as exc:
-            failed.append(("leaving its group", exc))
         # When the registry cannot answer, still try: device_set_online looks at it again and
         # leaves the device online if another socket holds it.
         released = True
@@ -681,9 +676,9 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
 
     # Channel-layer events
     async def device_command(self, event):
-        """A new command sent to the device's group through the channel layer (as the portal
-        did before `command_inbox`; `services.command_message`): with its frame, written as
-        the inbox's are; without, claimed from the database first."""
+        """A command sent to the socket's channel (named in `socket_registry`) through the
+        channel layer, as the portal did before `command_inbox` (`services.command_message`):
+        with its frame, written as the inbox's are; without, claimed from the database first."""
         frame, command_id = event.get("frame"), event["id"]
         if frame is None:
             await self._deliver(command_id)

@@ -1,11 +1,6 @@
 """Channel-layer group names: one function per kind, built from ids only, never client input."""
 
 
-def device_group(device_id: int) -> str:
-    """The group a device's socket joins to receive commands, wherever it is connected."""
-    return f"device.{int(device_id)}"
-
-
 def site_group(site_id: int) -> str:
     """Viewers of one site: its residents' dashboards and operators looking at that site."""
     return f"site.{int(site_id)}"

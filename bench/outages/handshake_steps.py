@@ -4,10 +4,10 @@ one, in one process, one device at a time (no contention: what each step costs a
     python -m bench.outages.handshake_steps --count 500
 
 The steps are the consumer's own calls, in its order: the token check (`devices.batched`
-`socket_lookups`: one trip to the thread pool for the handshakes waiting), joining the device's
-group (channel layer), claiming the socket registry entry (Redis), marking the device online and
-reading its open commands (`sockets_connected`, one trip). Then, as a socket closing does,
-leaving: the group, the registry entry, and offline (`sockets_disconnected`). Wall time includes
+`socket_lookups`: one trip to the thread pool for the handshakes waiting), claiming the socket
+registry entry (Redis), marking the device online and reading its open commands
+(`sockets_connected`, one trip). Then, as a socket closing does, leaving: the registry entry,
+and offline (`sockets_disconnected`). Wall time includes
 the hop to the thread pool and back; CPU is this process's (every thread's). The server's own
 share (HTTP upgrade, WebSocket protocol, routing, the consumer's set-up) is what the load
 generator's handshake time has on top of these.
@@ -29,7 +29,6 @@ async def _time_steps(entries: list[dict], burst_size: int) -> dict:
 
     from devices import socket_registry
     from devices.batched import socket_lookups, sockets_connected, sockets_disconnected
-    from devices.groups import device_group
 
     layer = get_channel_layer()
     wall: dict[str, list[float]] = defaultdict(list)
@@ -46,17 +45,8 @@ async def _time_steps(entries: list[dict], burst_size: int) -> dict:
         for entry in entries[:20] if warm else entries:
             channel = await layer.new_channel()
             device, _sensors = await step("token check (db)", socket_lookups()(entry["token"]))
-            await step(
-                "group_add + registry claim",
-                asyncio.gather(
-                    layer.group_add(device_group(device.id), channel),
-                    socket_registry.claim(device.id, channel),
-                ),
-            )
+            await step("registry claim", socket_registry.claim(device.id, channel))
             await step("online + open commands (db)", sockets_connected()((device, timezone.now())))
-            await step(
-                "leave: group_discard", layer.group_discard(device_group(device.id), channel)
-            )
             await step("leave: registry release", socket_registry.release(device.id, channel))
             await step(
                 "leave: offline (db)", sockets_disconnected()((device, timezone.now(), False))

@@ -120,12 +120,14 @@ def _create(start: int, stop: int, feeders) -> list[dict]:
 
 
 def reset() -> None:
-    """No power report, outage, credit or open command left on the benchmark's sites (and no
-    credit at all: the database is the benchmark's own)."""
+    """No power report, outage, suspected outage, socket drop, credit or open command left on
+    the benchmark's sites (and no credit at all: the database is the benchmark's own). A
+    suspected outage left by an earlier run (sockets that dropped when it stopped) would have
+    every drain of this one sync its feeder's suspected outages for a day."""
     from django.db import connection
 
-    from devices.models import Command, Site
-    from outages.models import CreditEntry, Outage, PowerEvent, SiteReconcile
+    from devices.models import Command, Device, Site
+    from outages.models import CreditEntry, Outage, PowerEvent, SiteReconcile, SuspectedOutage
 
     sites = Site.objects.filter(name__startswith=PREFIX)
     with connection.cursor() as cursor:
@@ -140,6 +142,8 @@ def reset() -> None:
     PowerEvent.objects.filter(site__in=sites).delete()
     SiteReconcile.objects.filter(site__in=sites).delete()
     Command.objects.filter(device__site__in=sites).delete()
+    SuspectedOutage.objects.filter(feeder__code__startswith="BO-").delete()
+    Device.objects.filter(site__in=sites).exclude(dropped_at=None).update(dropped_at=None)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE outages_outage")
 

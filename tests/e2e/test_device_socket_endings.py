@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from channels.layers import get_channel_layer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -21,13 +20,13 @@ from django.db import connection
 
 from devices import socket_registry
 from devices.consumers import CLOSE_INTERNAL_ERROR
-from devices.groups import device_group
 from devices.models import Device
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
     clean_redis,
     fast_passwords,
     recent,
     table_locked,
+    to_socket,
 )
 from tests.e2e import servers
 
@@ -112,7 +111,7 @@ async def test_a_failure_handling_a_message_closes_with_a_close_frame_and_one_lo
     async with pi(portal, alice_home["token"]) as ws:
         await settle(ws)
         # A message the consumer has no handler for, through the real channel layer: a defect.
-        await get_channel_layer().group_send(device_group(device.id), {"type": "device.bogus"})
+        await to_socket(device.id, {"type": "device.bogus"})
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
     after = await until_left(device)

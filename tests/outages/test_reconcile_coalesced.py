@@ -222,3 +222,79 @@ def test_sites_reconciled_together_match_sites_reconciled_one_by_one(db, reports
     assert [row[1:] for row in site_outages(together[1])] == [
         row[1:] for row in site_outages(alone[1])
     ]
+
+
+class DrainLockHeld:
+    """The drain lock held by another session (a drain running in another worker)."""
+
+    def __init__(self):
+        from django.db import connections
+
+        self.connection = connections.create_connection("default")
+        self.cursor = self.connection.cursor()
+        self.cursor.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [services._DRAIN_LOCK]
+        )
+
+    def release(self):
+        self.cursor.execute(
+            "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [services._DRAIN_LOCK]
+        )
+        self.connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_queued_while_another_runs_waits_and_takes_the_sites_marked_meanwhile(queued):
+    sync_client().delete(services.RECONCILE_DIRTY_KEY)
+    _, devices = make_grid(1, 3)
+    first, late = devices[:2], devices[2]
+    for device in first:
+        record(device, "lost", 0)  # marks the site once committed
+    running = DrainLockHeld()
+    drained, failures = [], []
+
+    def worker():
+        try:
+            drained.append(services.site_outages_drain())
+        except Exception as exc:  # reported to the test's thread below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    # when a drain starts while another holds the lock, and a third site reports meanwhile
+    waiting = threading.Thread(target=worker)
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive(), "the drain did not wait for the running one"
+    assert marked() == {d.site_id for d in first}  # nothing taken while it waits
+    record(late, "lost", 0.5)
+    running.release()
+    waiting.join(timeout=30)
+
+    # then it took all three sites at once: one feeder outage of three
+    assert failures == []
+    assert sorted(drained[0]) == sorted(d.site_id for d in devices)
+    assert marked() == set()
+    assert [row[3] for row in site_outages(devices)] == [3, 3, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_that_waits_too_long_leaves_its_sites_marked_for_the_next(
+    queued, monkeypatch, caplog
+):
+    sync_client().delete(services.RECONCILE_DIRTY_KEY)
+    _, devices = make_grid(1, 2)
+    for device in devices:
+        record(device, "lost", 0)
+    monkeypatch.setattr(services, "DRAIN_WAIT_S", 1)
+    running = DrainLockHeld()
+    try:
+        assert services.site_outages_drain() == {}
+    finally:
+        running.release()
+
+    assert marked() == {d.site_id for d in devices}
+    assert site_outages(devices) == []
+    assert "a drain has run for over 1 s" in caplog.text
+    # and the next drain, the lock free, reconciles them
+    assert sorted(services.site_outages_drain()) == sorted(d.site_id for d in devices)
