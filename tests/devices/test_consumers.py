@@ -1483,7 +1483,7 @@ async def test_command_already_delivered_on_this_socket_is_not_sent_again(alice_
         delivered = await pi.receive_json_from()
         # The announcement of a command can arrive after the connect already delivered it.
         await to_socket(device.id, {"type": "device.command", "id": str(first.id)})
-        # The socket handles its group's messages in order: what comes next is either a repeat
+        # The socket handles its channel's messages in order: what comes next is either a repeat
         # of the first command or, correctly, the second one.
         second = await issue_command(device=device, name="restore")
         following = await pi.receive_json_from()
