@@ -369,9 +369,10 @@ def command_frame(command: Command) -> str:
 
 def command_message(command: Command) -> dict:
     """A channel-layer message telling the device's socket (on its channel, which
-    `socket_registry` names) of a new command, as the portal sent them before `commands_publish`: it carries the frame, so
-    the socket writes it at once and records "sent" later, in bulk (`commands_mark_sent`). A
-    message without the frame makes the socket claim the command from the database first."""
+    `socket_registry` names) of a new command, as the portal sent them before
+    `commands_publish`: it carries the frame, so the socket writes it at once and records "sent"
+    later, in bulk (`commands_mark_sent`). A message without the frame makes the socket claim
+    the command from the database first."""
     return {
         "type": "device.command",
         "id": str(command.id),
