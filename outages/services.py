@@ -1,6 +1,8 @@
 """Writes for mains power reports, site outages, credit policies and the credit ledger."""
 
+import logging
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -9,7 +11,7 @@ from functools import partial
 from redis.exceptions import RedisError
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
@@ -43,6 +45,8 @@ from outages.models import (
 )
 from outages.site_outages import PowerReport, match_by_overlap, site_outage_intervals
 from outages.suspected_outages import SiteCut, cut_spans, verdict
+
+logger = logging.getLogger(__name__)
 
 
 def power_event_message(*, site_id: int, device_uid: str, state: str, at: datetime) -> dict:
@@ -445,44 +449,51 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
     sites not yet reconciled are marked again before the error propagates, so the task's retry
     (or the next drain) takes them.
 
-    One drain runs at a time (`_DRAIN_LOCK`), and it goes on while sites are marked: a drain
-    that finds another running returns at once (that one takes its sites), leaving its worker
-    process to other tasks. Two drains at once each took the few sites marked when they started
-    and then waited for the other's feeder locks; a storm's reports made many small drains, each
-    paying the regrouping of every feeder it touched (bench/outages).
-
-    The set is looked at once the lock is let go: a site marked during the pass queued a drain
-    that may have found the lock still held."""
-    client = sync_client()
-    results: dict[int, ReconcileResult] = {}
-    while _drain_try_lock():
-        try:
-            results.update(_site_outages_drain())
-        finally:
-            _drain_unlock()
-        if not client.scard(RECONCILE_DIRTY_KEY):
-            break
-    return results
+    One drain runs at a time (`_DRAIN_LOCK`): a drain queued while another runs waits for it
+    before it clears the flag and takes the set, so it takes every site marked meanwhile. Two
+    drains at once each took the few sites marked when they started, then waited for the other's
+    feeder locks anyway; a storm's reports made many small drains, each paying the regrouping of
+    every feeder it touched (bench/outages)."""
+    with _drain_lock() as running:
+        if not running:
+            # Another drain has run for DRAIN_WAIT_S: the sites stay marked for the next one
+            # (queued once the flag lapses, or by the sweep).
+            logger.warning(
+                "outages: a drain has run for over %s s; leaving the sites to the next",
+                DRAIN_WAIT_S,
+            )
+            return {}
+        return _site_outages_drain()
 
 
 # A session-level advisory lock, taken before any other lock of the outages (so first in their
-# order: no deadlock), let go when the drain is done, or with its connection should the worker
-# die.
+# order: no deadlock), released at the end of the drain, or with its connection should the
+# worker die.
 _DRAIN_LOCK = "outages.drain"
+DRAIN_WAIT_S = 60
 
 
-def _drain_try_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [_DRAIN_LOCK])
-        return cursor.fetchone()[0]
-
-
-def _drain_unlock() -> None:
+@contextmanager
+def _drain_lock():
+    """Hold the drain lock for the block (yields True), waiting up to DRAIN_WAIT_S for it
+    (yields False if it did not come)."""
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [_DRAIN_LOCK])
-    except DatabaseError:
-        connection.close()  # the lock goes with its session
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{DRAIN_WAIT_S}s'")
+            cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [_DRAIN_LOCK])
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [_DRAIN_LOCK])
+        except DatabaseError:
+            connection.close()  # the lock goes with its session
 
 
 def _site_outages_drain() -> dict[int, ReconcileResult]:

@@ -77,7 +77,7 @@ def test_a_storm_of_reports_queues_one_drain_which_reconciles_every_site(
     assert not sync_client().exists(services.RECONCILE_QUEUED_KEY)
 
 
-def test_a_report_arriving_during_a_drain_is_drained_by_it_before_it_stops(
+def test_a_report_arriving_during_a_drain_queues_the_next_one_and_is_not_lost(
     db, queued, monkeypatch, django_capture_on_commit_callbacks
 ):
     _, devices = make_grid(1, 3)
@@ -89,26 +89,23 @@ def test_a_report_arriving_during_a_drain_is_drained_by_it_before_it_stops(
 
     # when the third site reports while the drain reconciles the first two
     reconcile_many = services.sites_outages_reconcile
-    passes = []
 
     def with_a_report_meanwhile(*, site_ids):
-        passes.append(sorted(site_ids))
-        if len(passes) == 1:
-            with django_capture_on_commit_callbacks(execute=True):
-                record(late, "lost", 0.5)
+        with django_capture_on_commit_callbacks(execute=True):
+            record(late, "lost", 0.5)
         return reconcile_many(site_ids=site_ids)
 
     monkeypatch.setattr(services, "sites_outages_reconcile", with_a_report_meanwhile)
     drained = services.site_outages_drain()
     monkeypatch.setattr(services, "sites_outages_reconcile", reconcile_many)
 
-    # then the drain took the third in a second pass (the report also queued a drain, which
-    # will find nothing), and the three form one feeder outage
-    assert passes == [sorted(d.site_id for d in first), [late.site_id]]
-    assert sorted(drained) == sorted(d.site_id for d in devices)
+    # then that drain did the first two, and another is queued for the third
+    assert sorted(drained) == sorted(d.site_id for d in first)
     assert len(queued) == 2
-    assert marked() == set()
-    assert services.site_outages_drain() == {}
+    assert marked() == {late.site_id}
+
+    # which the next drain reconciles: one feeder outage of the three sites
+    assert list(services.site_outages_drain()) == [late.site_id]
     assert [row[3] for row in site_outages(devices)] == [3, 3, 3]
 
 
@@ -247,46 +244,57 @@ class DrainLockHeld:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_drain_that_finds_another_running_returns_at_once_leaving_its_sites_marked(queued):
+def test_a_drain_queued_while_another_runs_waits_and_takes_the_sites_marked_meanwhile(queued):
+    sync_client().delete(services.RECONCILE_DIRTY_KEY)
+    _, devices = make_grid(1, 3)
+    first, late = devices[:2], devices[2]
+    for device in first:
+        record(device, "lost", 0)  # marks the site once committed
+    running = DrainLockHeld()
+    drained, failures = [], []
+
+    def worker():
+        try:
+            drained.append(services.site_outages_drain())
+        except Exception as exc:  # reported to the test's thread below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    # when a drain starts while another holds the lock, and a third site reports meanwhile
+    waiting = threading.Thread(target=worker)
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive(), "the drain did not wait for the running one"
+    assert marked() == {d.site_id for d in first}  # nothing taken while it waits
+    record(late, "lost", 0.5)
+    running.release()
+    waiting.join(timeout=30)
+
+    # then it took all three sites at once: one feeder outage of three
+    assert failures == []
+    assert sorted(drained[0]) == sorted(d.site_id for d in devices)
+    assert marked() == set()
+    assert [row[3] for row in site_outages(devices)] == [3, 3, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_that_waits_too_long_leaves_its_sites_marked_for_the_next(
+    queued, monkeypatch, caplog
+):
     sync_client().delete(services.RECONCILE_DIRTY_KEY)
     _, devices = make_grid(1, 2)
     for device in devices:
-        record(device, "lost", 0)  # marks the site once committed
+        record(device, "lost", 0)
+    monkeypatch.setattr(services, "DRAIN_WAIT_S", 1)
     running = DrainLockHeld()
     try:
         assert services.site_outages_drain() == {}
-        assert marked() == {d.site_id for d in devices}
-        assert site_outages(devices) == []
     finally:
         running.release()
 
+    assert marked() == {d.site_id for d in devices}
+    assert site_outages(devices) == []
+    assert "a drain has run for over 1 s" in caplog.text
     # and the next drain, the lock free, reconciles them
     assert sorted(services.site_outages_drain()) == sorted(d.site_id for d in devices)
-    assert marked() == set()
-
-
-def test_a_site_marked_as_a_drain_lets_go_of_the_lock_is_drained_by_it(
-    db, queued, monkeypatch, django_capture_on_commit_callbacks
-):
-    # given a report whose drain ran (and returned) while the lock was still held, just after
-    # the running drain last found nothing marked
-    _, devices = make_grid(1, 2)
-    first, late = devices
-    with django_capture_on_commit_callbacks(execute=True):
-        record(first, "lost", 0)
-    unlock, unlocks = services._drain_unlock, []
-
-    def with_a_report_first():
-        unlocks.append(1)
-        if len(unlocks) == 1:
-            with django_capture_on_commit_callbacks(execute=True):
-                record(late, "lost", 0.5)
-        unlock()
-
-    monkeypatch.setattr(services, "_drain_unlock", with_a_report_first)
-    drained = services.site_outages_drain()
-
-    # then the drain looked again once the lock was free, and took it
-    assert sorted(drained) == sorted(d.site_id for d in devices)
-    assert len(unlocks) == 2
-    assert marked() == set()
