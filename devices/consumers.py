@@ -39,7 +39,7 @@ from devices.groups import fleet_group, site_group
 from devices.rate_limit import TokenBucket
 from devices.sent_marks import sent_marks
 from devices.silence_watch import silence_watch
-from energy_portal import metrics, realtime
+from energy_portal import gc_settle, metrics, realtime
 from energy_portal.live_hub import LiveHub, Outbox, live_hub
 from outages.services import power_event_message
 from telemetry.services import (
@@ -321,6 +321,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
         self.inbox = command_inbox()
         self.inbox.add(self.device.id, self)
         metrics.socket_opened("device")
+        gc_settle.settler.socket_opened()
         open_commands = await sockets_connected()((self.device, timezone.now()))
         self.seen.note(self.device.id)
         silence_watch().add(self)
@@ -360,6 +361,8 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                     task.cancel()
             self._drop_answers()
             metrics.socket_closed("device", counted=self.accepted)
+            if self.accepted:
+                gc_settle.settler.socket_closed()
             self.leaving = asyncio.create_task(self._give_up_place())
         await asyncio.shield(self.leaving)
 
@@ -762,6 +765,7 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
             realtime.viewer_renewals().add(self.viewer_id, self.groups_joined)
         await self.accept()
         self.counted = metrics.socket_opened("viewer")
+        gc_settle.settler.socket_opened()
         self.writer = asyncio.create_task(self._write())
 
     async def disconnect(self, code):
@@ -769,6 +773,8 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
         await realtime.viewers_leave(self.groups_joined, self.viewer_id)
 
     def _stop(self) -> None:
+        if self.counted:
+            gc_settle.settler.socket_closed()
         self.counted = metrics.socket_closed("viewer", counted=self.counted)
         if self.viewer_id:
             realtime.viewer_renewals().remove(self.viewer_id)

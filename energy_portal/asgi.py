@@ -21,6 +21,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from devices.routing import websocket_urlpatterns  # noqa: E402
+from energy_portal import gc_settle  # noqa: E402
 from energy_portal.body_limit import BodyLimitMiddleware  # noqa: E402
 from energy_portal.metrics import process_exited  # noqa: E402
 
@@ -58,10 +59,12 @@ if _server_process:
     # pending receive, its future, its parser's buffers), so with 3,750 sockets a process's young
     # collection walked ~45,000 objects, 20-40 ms of CPU; at a threshold of 7,000 that was 1-3
     # times a second per process in the bench/outages storm, each a pause every socket waited
-    # out. At 30,000 none fell in the storm's 15 s.
+    # out. At 30,000 none fell in the storm's 15 s. The sockets' own long-lived objects are frozen
+    # out of sight in turn once a burst of them has connected (see gc_settle.py).
     gc.collect()
     gc.freeze()
     gc.set_threshold(30000, 10, 10)
+    gc_settle.enable()
     # The event loop takes the GIL back from a thread-pool thread (the batched handshakes,
     # power reports and socket ends run the ORM there) after 1 ms instead of 5: in the
     # bench/outages storm at 5,000 devices the loop's hold-ups fell (lost -> cut shown p99

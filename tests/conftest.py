@@ -1,5 +1,6 @@
 """Shared fixtures: users of each role and a small registry around them."""
 
+import gc
 from decimal import Decimal
 
 import pytest
@@ -13,6 +14,7 @@ from django.db import connection
 from devices import services
 from devices.api_tokens import api_token_issue
 from devices.models import Feeder, Room, Site, Substation, Transformer
+from energy_portal import gc_settle
 from energy_portal.redis_client import sync_client
 from tests.e2e import servers
 
@@ -145,3 +147,19 @@ def portal(django_db_setup):
         1, database_url=servers.database_url(connection.settings_dict), redis_url=settings.REDIS_URL
     ) as running:
         yield running[0]
+
+
+@pytest.fixture
+def gc_settler(monkeypatch):
+    """A fresh settler, enabled, with a burst of 3 sockets over after 50 ms; the process's
+    collector as it was afterwards."""
+    monkeypatch.setattr(gc_settle, "BURST_MIN", 3)
+    monkeypatch.setattr(gc_settle, "QUIET_S", 0.05)
+    monkeypatch.setattr(gc_settle, "THAW_CLOSED", 2)
+    fresh = gc_settle.Settler()
+    fresh.enabled = True
+    monkeypatch.setattr(gc_settle, "settler", fresh)
+    yield fresh
+    if fresh._watch is not None:
+        fresh._watch.cancel()
+    gc.unfreeze()

@@ -37,6 +37,7 @@ from devices.consumers import (
 )
 from devices.models import Command, CommandStatus, Device
 from devices.silence_watch import silence_watch
+from energy_portal import gc_settle
 from energy_portal.asgi import application
 from energy_portal.live_hub import live_hub
 from energy_portal.redis_client import sync_client
@@ -1798,3 +1799,15 @@ async def test_a_socket_we_close_for_flooding_is_no_drop(alice_home, feeder_sync
     assert code == CLOSE_FLOOD
     assert (await socket_state(device))[2] is None
     assert feeder_syncs == []
+
+
+async def test_device_and_viewer_sockets_are_counted_for_the_collectors_settle(
+    alice, alice_home, gc_settler, monkeypatch
+):
+    monkeypatch.setattr(gc_settle, "BURST_MIN", 1000)  # counted here, not settled
+    async with device_socket(alice_home["token"]) as pi:
+        await settle(pi)
+        async with live_socket(alice):
+            assert gc_settler.opened == 2
+        assert gc_settler.closed == 1
+    assert gc_settler.closed == 2
