@@ -12,7 +12,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY --from=assets /app/node_modules ./node_modules
 COPY . .
 # Static files are part of the image: every container of it serves the same, hashed names
-# (WhiteNoise's manifest). Settings load with placeholders here (a throwaway encryption key made
+# (ServeStatic's manifest). Settings load with placeholders here (a throwaway encryption key made
 # for this step); nothing connects at build time.
 RUN FIELD_ENCRYPTION_KEY=$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
     DJANGO_DEBUG=0 DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@127.0.0.1/build \
