@@ -8,12 +8,15 @@ import http.client
 import json
 import logging
 import sys
+import time
 
 import pytest
+from websockets.sync.client import connect
 
 from django.utils.module_loading import import_string
 
-from energy_portal.log_filters import RefusalWithoutTraceback
+from devices.models import Device
+from energy_portal.log_filters import RefusalWithoutTraceback, SocketChatterDropped
 from tests.devices.test_consumers import session_cookie
 from tests.e2e import servers
 
@@ -79,6 +82,31 @@ def test_only_refusals_lose_their_traceback(status_code, keeps_traceback):
 
     assert RefusalWithoutTraceback().filter(entry) is True
     assert (entry.exc_info is not None) is keeps_traceback
+
+
+def test_a_device_socket_logs_its_handshake_and_no_bare_open_or_close_line(portal, alice_home):
+    start = len(portal.output())
+    device = alice_home["device"]
+    headers = {"Authorization": f"Bearer {alice_home['token']}"}
+    with connect(f"{portal.ws}/ws/devices/", additional_headers=headers) as pi:
+        pi.send(json.dumps({"type": "settle"}))
+        assert json.loads(pi.recv(timeout=5))["code"] == "unknown_type"
+    deadline = time.monotonic() + 5
+    while Device.objects.get(pk=device.pk).online and time.monotonic() < deadline:
+        time.sleep(0.05)  # the socket's end handled
+
+    lines = portal.output()[start:].splitlines()
+    assert [line for line in lines if "/ws/devices/" in line and "[accepted]" in line], lines
+    assert not [line for line in lines if line.endswith(("connection open", "connection closed"))]
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [("connection open", False), ("connection closed", False), ("connection open!", True)],
+)
+def test_only_the_bare_socket_lines_are_dropped(message, kept):
+    entry = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, message, (), None)
+    assert SocketChatterDropped().filter(entry) is kept
 
 
 # ---------------------------------------------------------------------------------------------

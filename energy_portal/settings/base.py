@@ -128,6 +128,7 @@ LOGGING = {
     "filters": {
         "refusals": {"()": "energy_portal.log_filters.RefusalWithoutTraceback"},
         "client_faults": {"()": "energy_portal.log_filters.ClientFaultWithoutTraceback"},
+        "socket_chatter": {"()": "energy_portal.log_filters.SocketChatterDropped"},
     },
     "handlers": {
         "console": {
@@ -145,8 +146,8 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         # Uvicorn's own handlers stay (on `uvicorn`, where uvicorn.error's lines propagate), except
         # in JSON, where its lines go through the portal's; a client's malformed frame loses its
-        # traceback.
-        "uvicorn.error": {"filters": ["client_faults"]},
+        # traceback, and a socket's bare open and close lines are dropped.
+        "uvicorn.error": {"filters": ["client_faults", "socket_chatter"]},
         **(
             {
                 name: {"handlers": ["console"], "propagate": False}
