@@ -71,7 +71,7 @@ CLOSE_FLOOD = 4029
 CLOSE_TOO_SLOW = 4013  # a live socket that does not keep up with its messages
 # How a socket ends that the device did not choose to end: no close frame at all (Uvicorn says
 # 1005 for a lost connection, 1006 before the handshake completed), or our close for silence.
-# The mains may have failed under it (`outages.services.socket_drop_record`).
+# The mains may have failed under it (`outages.services.sockets_drop_record`).
 ABRUPT_ENDS = frozenset({1005, 1006})
 
 

@@ -2,6 +2,7 @@
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -137,34 +138,34 @@ def power_events_record(*, reports: list[tuple[int, int, str, datetime]]) -> lis
 RECONCILE_DIRTY_KEY = "ep:outages:reconcile:sites"
 RECONCILE_QUEUED_KEY = "ep:outages:reconcile:queued"
 RECONCILE_QUEUED_TTL_S = 30
+# Feeders whose suspected outages a socket's abrupt end may change (`sockets_drop_record`),
+# synced by the same drain after its sites.
+SUSPECTED_DIRTY_KEY = "ep:outages:suspected:feeders"
 
 
 def _reconcile_soon(site_id: int) -> None:
     """Have the site reconciled by the next drain (`site_outages_drain`), queuing it if none is
     queued. With Redis unreachable, the site's own reconcile task is queued instead (and the
     beat's sweep is the net under both)."""
-    try:
-        with sync_client().pipeline(transaction=False) as pipe:
-            pipe.sadd(RECONCILE_DIRTY_KEY, site_id)
-            pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
-            queued = pipe.execute()[1]
-    except RedisError:
-        _reconcile_later(site_id)
-        return
-    if queued:
-        _drain_queue()
+    _drain_soon(RECONCILE_DIRTY_KEY, [site_id], alone=_reconcile_later)
 
 
 def _reconcile_soon_many(site_ids: list[int]) -> None:
     """`_reconcile_soon` of many sites in one Redis round trip."""
+    _drain_soon(RECONCILE_DIRTY_KEY, site_ids, alone=_reconcile_later)
+
+
+def _drain_soon(key: str, ids: list[int], *, alone: Callable[[int], None]) -> None:
+    """Add `ids` to the set `key` the next drain takes, queuing that drain if none is queued,
+    in one Redis round trip; with Redis unreachable, `alone(id)` queues each one's own task."""
     try:
         with sync_client().pipeline(transaction=False) as pipe:
-            pipe.sadd(RECONCILE_DIRTY_KEY, *site_ids)
+            pipe.sadd(key, *ids)
             pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
             queued = pipe.execute()[1]
     except RedisError:
-        for site_id in site_ids:
-            _reconcile_later(site_id)
+        for one in ids:
+            alone(one)
         return
     if queued:
         _drain_queue()
@@ -444,10 +445,11 @@ def _sites_outages_sync(
 def site_outages_drain() -> dict[int, ReconcileResult]:
     """Reconcile every site reports marked since the last drain: the flag is cleared first, then
     the set is taken (and emptied) at once, and the sites are reconciled a transformer at a time
-    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once). A
-    site marked meanwhile queues the next drain. Should a transformer fail (database down), the
-    sites not yet reconciled are marked again before the error propagates, so the task's retry
-    (or the next drain) takes them.
+    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once);
+    then the suspected outages of each feeder that abrupt socket ends marked are synced
+    (`suspected_outages_sync`). A site or feeder marked meanwhile queues the next drain. Should
+    the database fail, the sites and feeders not yet done are marked again before the error
+    propagates, so the task's retry (or the next drain) takes them.
 
     One drain runs at a time (`_DRAIN_LOCK`): a drain queued while another runs waits for it
     before it clears the flag and takes the set, so it takes every site marked meanwhile. Two
@@ -502,14 +504,18 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
     with client.pipeline(transaction=True) as pipe:
         pipe.smembers(RECONCILE_DIRTY_KEY)
         pipe.delete(RECONCILE_DIRTY_KEY)
-        members = pipe.execute()[0]
+        pipe.smembers(SUSPECTED_DIRTY_KEY)
+        pipe.delete(SUSPECTED_DIRTY_KEY)
+        members, _, feeder_members, _ = pipe.execute()
     marked = sorted(int(member) for member in members)
+    feeders = sorted(int(member) for member in feeder_members)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
     by_transformer: dict[int | None, list[int]] = defaultdict(list)
     for site_id in pending:
         by_transformer[grids[site_id][1] if grids[site_id] else None].append(site_id)
     results: dict[int, ReconcileResult] = {}
+    synced: list[int] = []
     try:
         for transformer_id, site_ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0):
             if transformer_id is None:
@@ -517,10 +523,24 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
                     results.update(sites_outages_reconcile(site_ids=[site_id]))
             else:
                 results.update(sites_outages_reconcile(site_ids=site_ids))
+        # After the sites: a drop their reports explain (a cut spans it) is no suspicion. A
+        # feeder whose site outages just changed was synced with them (`sites_outages_reconcile`,
+        # its drop makes it a feeder with suspicions): once a drain is enough.
+        changed = {
+            grids[site_id][0]
+            for site_id, result in results.items()
+            if grids.get(site_id) and (result.created or result.updated or result.voided)
+        }
+        for feeder_id in feeders:
+            if feeder_id not in changed:
+                suspected_outages_sync(feeder_id=feeder_id)
+            synced.append(feeder_id)
     except BaseException:
         left = [site_id for site_id in pending if site_id not in results]
         if left:
             client.sadd(RECONCILE_DIRTY_KEY, *left)
+        if unsynced := feeders[len(synced) :]:
+            client.sadd(SUSPECTED_DIRTY_KEY, *unsynced)
         raise
     return results
 
@@ -1000,22 +1020,23 @@ SUSPECTED_HORIZON = timedelta(days=1)
 SWEEP_DROPS_SINCE = timedelta(minutes=15)
 
 
-def socket_drop_record(*, site_id: int) -> None:
-    """A device socket of the site ended abruptly (`devices.consumers`): after commit, a Celery
-    task looks for a suspected outage on the site's feeder, so the socket's end never waits for
-    it. Robust: with the broker down, the beat's sweep finds the drop instead."""
-    grid = selectors.site_grid(site_id)
-    if grid is not None:
-        transaction.on_commit(partial(_suspected_later, grid[0]), robust=True)
-
-
 def sockets_drop_record(*, site_ids: list[int]) -> None:
-    """`socket_drop_record` of many sites: one query for their feeders, one task per feeder."""
+    """Device sockets of these sites ended abruptly (`devices.services.devices_disconnected`):
+    after commit their feeders are marked for the next drain, which looks for suspected outages
+    on them once it has reconciled its sites, so a socket's end never waits for it. One mark
+    per feeder and one drain for a storm: a task per feeder and per batch of socket ends, as
+    before, was thousands of tasks when the sockets of 2,500 homes dropped within 10 s, and the
+    worker got to the feeder outages 5 s after the last report (bench/outages). With Redis
+    unreachable, each feeder's own task is queued; with the broker down too, the beat's sweep
+    finds the drops."""
     if not site_ids:
         return
     feeders = sorted({grid[0] for grid in selectors.sites_grid(site_ids).values() if grid})
-    for feeder_id in feeders:
-        transaction.on_commit(partial(_suspected_later, feeder_id), robust=True)
+    if feeders:
+        transaction.on_commit(
+            partial(_drain_soon, SUSPECTED_DIRTY_KEY, feeders, alone=_suspected_later),
+            robust=True,
+        )
 
 
 def _suspected_later(feeder_id: int) -> None:

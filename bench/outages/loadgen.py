@@ -13,8 +13,9 @@ Phases, against the portal:
    will spare are the "without storm" figure;
 3. storm: the devices of the cut feeders each send `lost` once, at a random moment of the storm
    (`storm_s`, 10 s), stamped with an instant `outage_ago_s` in the past plus that moment, and
-   close their socket once it is acked (their link goes down with the mains); the others go on
-   with telemetry (the "during storm" figure, storm and `tail_s` after). For each cut site:
+   drop their connection once it is acked, without a close frame (their link goes down with the
+   mains); the others go on with telemetry (the "during storm" figure, storm and `tail_s`
+   after). For each cut site:
    from its `lost` frame to its resident's socket hearing `power` (the report) and `outage`
    (the site's outage opened: what makes the page show the cut). The database is polled until
    every cut feeder has its feeder outage with all its sites: seconds from the last report;
@@ -172,7 +173,10 @@ class Bench:
             if msg_id.startswith("t"):
                 self.rtts.append((sent, mono - sent, not device.entry["affected"]))
             elif msg_id == "lost":
-                conn.close()  # the link goes down with the mains
+                # The link goes down with the mains: no close frame, an abrupt end to the
+                # server, as its router's death is to a Pi's socket (a suspected outage's stuff).
+                conn.open = False
+                conn.transport.close()
             elif msg_id.startswith("r"):
                 device.replay_left -= 1
                 if device.replay_left == 0:

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -455,3 +455,75 @@ def test_whatever_order_drops_and_reports_come_in_none_stays_suspected(feeder, p
         random.Random(seed).shuffle(steps)
         steps.sort(key=lambda step: step[0] == "back")  # a Pi comes back after its drop
         assert all(status == "confirmed" for status, _, _ in replay(feeder, pis, t0, steps))
+
+
+# --- abrupt ends marked for the drain --------------------------------------------------------
+
+
+def feeders_marked() -> set[int]:
+    return {int(f) for f in sync_client().smembers(services.SUSPECTED_DIRTY_KEY)}
+
+
+@pytest.fixture
+def drains(monkeypatch):
+    """Drains queued, counted instead of sent to a broker; no feeder's own task is queued."""
+    queued = []
+    monkeypatch.setattr(tasks.site_outages_drain, "delay", lambda: queued.append(1))
+    monkeypatch.setattr(services, "_suspected_later", lambda feeder_id: pytest.fail("a task"))
+    client = sync_client()
+    client.delete(services.SUSPECTED_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+    yield queued
+    client.delete(services.SUSPECTED_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+
+
+def test_abrupt_ends_mark_their_feeder_once_for_one_drain_that_opens_the_suspected_outage(
+    feeder, pis, drains, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    # when: three sites' sockets end abruptly, in three batches as a server's socket ends come
+    with django_capture_on_commit_callbacks(execute=True):
+        for n, pi in enumerate(pis[:3]):
+            device_services.devices_disconnected(
+                leaving=[(pi, now - timedelta(seconds=30 - n), True)]
+            )
+
+    # then: one drain is queued, the feeder is marked, nothing is suspected yet
+    assert len(drains) == 1
+    assert feeders_marked() == {feeder.id}
+    assert not SuspectedOutage.objects.exists()
+
+    # when: the drain runs
+    services.site_outages_drain()
+
+    # then: the feeder's suspected outage is open with the three sites, and nothing is left
+    suspected = SuspectedOutage.objects.get()
+    assert (suspected.feeder_id, suspected.status) == (feeder.id, SuspectedStatus.SUSPECTED)
+    assert suspected.drops.count() == 3
+    assert feeders_marked() == set()
+
+
+def test_clean_ends_mark_no_feeder(feeder, pis, drains, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        device_services.devices_disconnected(
+            leaving=[(pi, timezone.now(), False) for pi in pis[:3]]
+        )
+    assert drains == []
+    assert feeders_marked() == set()
+
+
+def test_a_drain_the_database_fails_marks_the_feeders_it_did_not_sync_again(
+    db, drains, monkeypatch
+):
+    sync_client().sadd(services.SUSPECTED_DIRTY_KEY, 11, 12, 13)
+    synced = []
+
+    def sync_or_fail(*, feeder_id):
+        if feeder_id == 12:
+            raise OperationalError("the database went away")
+        synced.append(feeder_id)
+
+    monkeypatch.setattr(services, "suspected_outages_sync", sync_or_fail)
+    with pytest.raises(OperationalError):
+        services.site_outages_drain()
+    assert synced == [11]
+    assert feeders_marked() == {12, 13}
