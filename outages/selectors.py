@@ -57,17 +57,31 @@ def feeder_site_ids(feeder_id: int) -> list[int]:
 
 def feeders_with_suspicions(feeder_ids: list[int], *, since: datetime) -> list[int]:
     """Those of the feeders that have a suspected outage still suspected or started since
-    `since`, or a device whose socket dropped since then: the only ones whose suspected outages
-    a reconcile can change (`services._suspected_sync` does nothing on the others)."""
+    `since`: the ones whose suspected outages a reconcile must look at again (replayed reports
+    confirm them, a voided cut unconfirms them). Feeders with only drops go to the suspected
+    outages' own drain (`feeders_dropped`)."""
     if not feeder_ids:
         return []
-    with_suspected = SuspectedOutage.objects.filter(feeder_id__in=feeder_ids).filter(
-        Q(status=SuspectedStatus.SUSPECTED) | Q(started_at__gte=since)
+    return sorted(
+        set(
+            SuspectedOutage.objects.filter(feeder_id__in=feeder_ids)
+            .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(started_at__gte=since))
+            .values_list("feeder_id", flat=True)
+        )
     )
-    with_drops = Device.objects.filter(site__feeder_id__in=feeder_ids, dropped_at__gte=since)
-    found = set(with_suspected.values_list("feeder_id", flat=True))
-    found.update(with_drops.values_list("site__feeder_id", flat=True))
-    return sorted(found)
+
+
+def feeders_dropped(feeder_ids: list[int], *, since: datetime) -> list[int]:
+    """Those of the feeders with a device whose socket dropped abruptly since `since`."""
+    if not feeder_ids:
+        return []
+    return sorted(
+        set(
+            Device.objects.filter(
+                site__feeder_id__in=feeder_ids, dropped_at__gte=since
+            ).values_list("site__feeder_id", flat=True)
+        )
+    )
 
 
 def sites_grid(site_ids: Iterable[int]) -> dict[int, tuple[int, int] | None]:

@@ -139,36 +139,43 @@ RECONCILE_DIRTY_KEY = "ep:outages:reconcile:sites"
 RECONCILE_QUEUED_KEY = "ep:outages:reconcile:queued"
 RECONCILE_QUEUED_TTL_S = 30
 # Feeders whose suspected outages a socket's abrupt end may change (`sockets_drop_record`),
-# synced by the same drain after its sites.
+# synced by a drain of their own (`suspected_outages_drain`), coalesced the same way.
 SUSPECTED_DIRTY_KEY = "ep:outages:suspected:feeders"
+SUSPECTED_QUEUED_KEY = "ep:outages:suspected:queued"
 
 
 def _reconcile_soon(site_id: int) -> None:
     """Have the site reconciled by the next drain (`site_outages_drain`), queuing it if none is
     queued. With Redis unreachable, the site's own reconcile task is queued instead (and the
     beat's sweep is the net under both)."""
-    _drain_soon(RECONCILE_DIRTY_KEY, [site_id], alone=_reconcile_later)
+    _reconcile_soon_many([site_id])
 
 
 def _reconcile_soon_many(site_ids: list[int]) -> None:
     """`_reconcile_soon` of many sites in one Redis round trip."""
-    _drain_soon(RECONCILE_DIRTY_KEY, site_ids, alone=_reconcile_later)
+    _drain_soon(
+        RECONCILE_DIRTY_KEY, site_ids, flag=RECONCILE_QUEUED_KEY, queue=_drain_queue,
+        alone=_reconcile_later,
+    )  # fmt: skip
 
 
-def _drain_soon(key: str, ids: list[int], *, alone: Callable[[int], None]) -> None:
-    """Add `ids` to the set `key` the next drain takes, queuing that drain if none is queued,
-    in one Redis round trip; with Redis unreachable, `alone(id)` queues each one's own task."""
+def _drain_soon(
+    key: str, ids: list[int], *, flag: str, queue: Callable[[], None], alone: Callable[[int], None]
+) -> None:
+    """Add `ids` to the set `key` a drain takes, and `queue()` that drain unless `flag` says one
+    is queued, in one Redis round trip; with Redis unreachable, `alone(id)` queues each one's own
+    task."""
     try:
         with sync_client().pipeline(transaction=False) as pipe:
             pipe.sadd(key, *ids)
-            pipe.set(RECONCILE_QUEUED_KEY, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
+            pipe.set(flag, 1, nx=True, ex=RECONCILE_QUEUED_TTL_S)
             queued = pipe.execute()[1]
     except RedisError:
         for one in ids:
             alone(one)
         return
     if queued:
-        _drain_queue()
+        queue()
 
 
 def _drain_queue() -> None:
@@ -297,13 +304,17 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
                     changed_feeders.add(grid[0])
         _outages_changed_notify(notices)
         now = timezone.now()
-        # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones. A feeder
-        # with no suspected outage and no recent drop has nothing to sync: asked of all the
-        # feeders in two queries rather than five per feeder on every drain of a storm.
-        for feeder_id in selectors.feeders_with_suspicions(
-            sorted(changed_feeders), since=now - SUSPECTED_HORIZON
-        ):
+        # Replayed reports confirm (or, voided, unconfirm) the feeder's suspected ones, synced
+        # here. A feeder with recent drops but no suspected outage (a changed cut may cover or
+        # uncover a drop) goes to the suspected outages' own drain, so a storm's site drains do
+        # not sync every feeder they touch, the sockets of the storm having dropped on all.
+        # Feeders with neither have nothing to sync: asked of all in two queries.
+        changed, since = sorted(changed_feeders), now - SUSPECTED_HORIZON
+        suspicious = selectors.feeders_with_suspicions(changed, since=since)
+        for feeder_id in suspicious:
             _suspected_sync(feeder_id, now)
+        dropped = set(selectors.feeders_dropped(changed, since=since)) - set(suspicious)
+        _suspected_soon(sorted(dropped))
     return results
 
 
@@ -445,11 +456,10 @@ def _sites_outages_sync(
 def site_outages_drain() -> dict[int, ReconcileResult]:
     """Reconcile every site reports marked since the last drain: the flag is cleared first, then
     the set is taken (and emptied) at once, and the sites are reconciled a transformer at a time
-    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once);
-    then the suspected outages of each feeder that abrupt socket ends marked are synced
-    (`suspected_outages_sync`). A site or feeder marked meanwhile queues the next drain. Should
-    the database fail, the sites and feeders not yet done are marked again before the error
-    propagates, so the task's retry (or the next drain) takes them.
+    (`sites_outages_reconcile`, set-based: each feeder regrouped once, its transformer once). A
+    site marked meanwhile queues the next drain. Should a transformer fail (database down), the
+    sites not yet reconciled are marked again before the error propagates, so the task's retry
+    (or the next drain) takes them.
 
     One drain runs at a time (`_DRAIN_LOCK`): a drain queued while another runs waits for it
     before it clears the flag and takes the set, so it takes every site marked meanwhile. Two
@@ -504,18 +514,14 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
     with client.pipeline(transaction=True) as pipe:
         pipe.smembers(RECONCILE_DIRTY_KEY)
         pipe.delete(RECONCILE_DIRTY_KEY)
-        pipe.smembers(SUSPECTED_DIRTY_KEY)
-        pipe.delete(SUSPECTED_DIRTY_KEY)
-        members, _, feeder_members, _ = pipe.execute()
+        members = pipe.execute()[0]
     marked = sorted(int(member) for member in members)
-    feeders = sorted(int(member) for member in feeder_members)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
     by_transformer: dict[int | None, list[int]] = defaultdict(list)
     for site_id in pending:
         by_transformer[grids[site_id][1] if grids[site_id] else None].append(site_id)
     results: dict[int, ReconcileResult] = {}
-    synced: list[int] = []
     try:
         for transformer_id, site_ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0):
             if transformer_id is None:
@@ -523,26 +529,39 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
                     results.update(sites_outages_reconcile(site_ids=[site_id]))
             else:
                 results.update(sites_outages_reconcile(site_ids=site_ids))
-        # After the sites: a drop their reports explain (a cut spans it) is no suspicion. A
-        # feeder whose site outages just changed was synced with them (`sites_outages_reconcile`,
-        # its drop makes it a feeder with suspicions): once a drain is enough.
-        changed = {
-            grids[site_id][0]
-            for site_id, result in results.items()
-            if grids.get(site_id) and (result.created or result.updated or result.voided)
-        }
-        for feeder_id in feeders:
-            if feeder_id not in changed:
-                suspected_outages_sync(feeder_id=feeder_id)
-            synced.append(feeder_id)
     except BaseException:
         left = [site_id for site_id in pending if site_id not in results]
         if left:
             client.sadd(RECONCILE_DIRTY_KEY, *left)
-        if unsynced := feeders[len(synced) :]:
-            client.sadd(SUSPECTED_DIRTY_KEY, *unsynced)
         raise
     return results
+
+
+def suspected_outages_drain() -> list[int]:
+    """Sync the suspected outages of every feeder abrupt socket ends marked since the last
+    drain of them (`sockets_drop_record`): the flag is cleared first, then the set taken at
+    once, each feeder synced in its own transaction under its lock (`suspected_outages_sync`).
+    A feeder marked meanwhile queues the next drain; should the database fail, the feeders not
+    yet synced are marked again before the error propagates. Apart from the sites' drains, so
+    the feeder outages of a storm never wait for its drops (a few ms of queries per feeder, on
+    every drain, as the storm's sockets keep dropping). Returns the feeders synced."""
+    client = sync_client()
+    client.delete(SUSPECTED_QUEUED_KEY)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(SUSPECTED_DIRTY_KEY)
+        pipe.delete(SUSPECTED_DIRTY_KEY)
+        members = pipe.execute()[0]
+    feeders = sorted(int(member) for member in members)
+    synced: list[int] = []
+    try:
+        for feeder_id in feeders:
+            suspected_outages_sync(feeder_id=feeder_id)
+            synced.append(feeder_id)
+    except BaseException:
+        if left := feeders[len(synced) :]:
+            client.sadd(SUSPECTED_DIRTY_KEY, *left)
+        raise
+    return synced
 
 
 def site_outages_sweep() -> list[int]:
@@ -1022,21 +1041,36 @@ SWEEP_DROPS_SINCE = timedelta(minutes=15)
 
 def sockets_drop_record(*, site_ids: list[int]) -> None:
     """Device sockets of these sites ended abruptly (`devices.services.devices_disconnected`):
-    after commit their feeders are marked for the next drain, which looks for suspected outages
-    on them once it has reconciled its sites, so a socket's end never waits for it. One mark
-    per feeder and one drain for a storm: a task per feeder and per batch of socket ends, as
-    before, was thousands of tasks when the sockets of 2,500 homes dropped within 10 s, and the
-    worker got to the feeder outages 5 s after the last report (bench/outages). With Redis
-    unreachable, each feeder's own task is queued; with the broker down too, the beat's sweep
-    finds the drops."""
-    if not site_ids:
-        return
-    feeders = sorted({grid[0] for grid in selectors.sites_grid(site_ids).values() if grid})
-    if feeders:
-        transaction.on_commit(
-            partial(_drain_soon, SUSPECTED_DIRTY_KEY, feeders, alone=_suspected_later),
-            robust=True,
-        )
+    after commit their feeders are marked for the next drain of suspected outages
+    (`suspected_outages_drain`), so a socket's end never waits for it. One mark per feeder and a
+    few drains for a storm: a task per feeder and per batch of socket ends, as before, was
+    thousands of tasks when the sockets of 2,500 homes dropped within 10 s, and the worker got
+    to the feeder outages 5 s after the last report (bench/outages). With Redis unreachable,
+    each feeder's own task is queued; with the broker down too, the beat's sweep finds the
+    drops."""
+    if site_ids:
+        grids = selectors.sites_grid(site_ids).values()
+        _suspected_soon(sorted({grid[0] for grid in grids if grid}))
+
+
+def _suspected_soon(feeder_ids: list[int]) -> None:
+    """After commit, mark the feeders for the next drain of suspected outages."""
+    if feeder_ids:
+        mark = partial(
+            _drain_soon, SUSPECTED_DIRTY_KEY, feeder_ids, flag=SUSPECTED_QUEUED_KEY,
+            queue=_suspected_drain_queue, alone=_suspected_later,
+        )  # fmt: skip
+        transaction.on_commit(mark, robust=True)
+
+
+def _suspected_drain_queue() -> None:
+    from outages.tasks import suspected_outages_drain as task
+
+    try:
+        task.delay()
+    except Exception:
+        sync_client().delete(SUSPECTED_QUEUED_KEY)  # the next drop (or the sweep) queues one
+        raise
 
 
 def _suspected_later(feeder_id: int) -> None:

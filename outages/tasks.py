@@ -38,10 +38,17 @@ def site_outages_reconcile(site_id: int) -> dict:
 @shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
 def site_outages_drain() -> int:
     """Reconcile every site power reports marked since the last drain (queued by a report when
-    no drain is queued: a storm's reports cost a few drains, not a task each), then sync the
-    suspected outages of every feeder abrupt socket ends marked. Returns how many sites it
-    reconciled; sites and feeders not reached when the database failed are marked again first."""
+    no drain is queued: a storm's reports cost a few drains, not a task each). Returns how many
+    sites it reconciled; sites not reached when the database failed are marked again first."""
     return len(services.site_outages_drain())
+
+
+@shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)
+def suspected_outages_drain() -> int:
+    """Sync the suspected outages of every feeder abrupt socket ends marked since the last
+    drain of them (queued by a socket's end when none is queued). Returns how many feeders it
+    synced; those not reached when the database failed are marked again first."""
+    return len(services.suspected_outages_drain())
 
 
 @shared_task(**RETRIED_WHILE_THE_DATABASE_IS_DOWN)

@@ -24,6 +24,8 @@ def no_marks_left_over():
     keys = [
         outage_services.RECONCILE_DIRTY_KEY,
         outage_services.RECONCILE_QUEUED_KEY,
+        outage_services.SUSPECTED_DIRTY_KEY,
+        outage_services.SUSPECTED_QUEUED_KEY,
         socket_registry.SOCKETS_KEY,
     ]
     sync_client().delete(*keys)

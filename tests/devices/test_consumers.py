@@ -1723,17 +1723,17 @@ def socket_state(device: Device) -> tuple:
 @pytest.fixture
 def feeder_syncs(monkeypatch):
     """The feeders a socket's end marked for a sync of their suspected outages (by the next
-    drain); other marks go on as usual."""
+    drain of them); other marks go on as usual."""
     from outages import services as outage_services
 
     marked = []
     mark = outage_services._drain_soon
 
-    def record(key, ids, *, alone):
+    def record(key, ids, **how):
         if key == outage_services.SUSPECTED_DIRTY_KEY:
             marked.extend(ids)
         else:
-            mark(key, ids, alone=alone)
+            mark(key, ids, **how)
 
     monkeypatch.setattr(outage_services, "_drain_soon", record)
     return marked

@@ -30,11 +30,11 @@ def no_reconcile_marks_left_over():
     database's rollback: a test whose server queued a drain no worker ran (no eager Celery) left
     the flag for 30 s, and the next test's reports then queued none (its outages never formed)."""
     from energy_portal.redis_client import sync_client
-    from outages.services import RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY
+    from tests.outages.conftest import DRAIN_KEYS
 
-    sync_client().delete(RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY)
+    sync_client().delete(*DRAIN_KEYS)
     yield
-    sync_client().delete(RECONCILE_DIRTY_KEY, RECONCILE_QUEUED_KEY)
+    sync_client().delete(*DRAIN_KEYS)
 
 
 @pytest.fixture(scope="module")

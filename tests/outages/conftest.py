@@ -74,13 +74,21 @@ def report():
     return record
 
 
+DRAIN_KEYS = [
+    services.RECONCILE_DIRTY_KEY,
+    services.RECONCILE_QUEUED_KEY,
+    services.SUSPECTED_DIRTY_KEY,
+    services.SUSPECTED_QUEUED_KEY,
+]
+
+
 @pytest.fixture(autouse=True)
 def reconcile_queue_empty():
-    """No site marked for reconcile, and no drain flagged queued, by an earlier test."""
+    """No site or feeder marked for a drain, and no drain flagged queued, by an earlier test."""
     client = sync_client()
-    client.delete(services.RECONCILE_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+    client.delete(*DRAIN_KEYS)
     yield
-    client.delete(services.RECONCILE_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+    client.delete(*DRAIN_KEYS)
 
 
 @pytest.fixture

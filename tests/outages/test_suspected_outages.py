@@ -466,17 +466,15 @@ def feeders_marked() -> set[int]:
 
 @pytest.fixture
 def drains(monkeypatch):
-    """Drains queued, counted instead of sent to a broker; no feeder's own task is queued."""
+    """Drains of suspected outages queued, counted instead of sent to a broker; no feeder's own
+    task is queued."""
     queued = []
-    monkeypatch.setattr(tasks.site_outages_drain, "delay", lambda: queued.append(1))
+    monkeypatch.setattr(tasks.suspected_outages_drain, "delay", lambda: queued.append(1))
     monkeypatch.setattr(services, "_suspected_later", lambda feeder_id: pytest.fail("a task"))
-    client = sync_client()
-    client.delete(services.SUSPECTED_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
-    yield queued
-    client.delete(services.SUSPECTED_DIRTY_KEY, services.RECONCILE_QUEUED_KEY)
+    return queued
 
 
-def test_abrupt_ends_mark_their_feeder_once_for_one_drain_that_opens_the_suspected_outage(
+def test_abrupt_ends_mark_their_feeder_once_for_one_drain_that_opens_its_suspected_outage(
     feeder, pis, drains, django_capture_on_commit_callbacks
 ):
     now = timezone.now()
@@ -493,7 +491,7 @@ def test_abrupt_ends_mark_their_feeder_once_for_one_drain_that_opens_the_suspect
     assert not SuspectedOutage.objects.exists()
 
     # when: the drain runs
-    services.site_outages_drain()
+    assert services.suspected_outages_drain() == [feeder.id]
 
     # then: the feeder's suspected outage is open with the three sites, and nothing is left
     suspected = SuspectedOutage.objects.get()
@@ -524,6 +522,49 @@ def test_a_drain_the_database_fails_marks_the_feeders_it_did_not_sync_again(
 
     monkeypatch.setattr(services, "suspected_outages_sync", sync_or_fail)
     with pytest.raises(OperationalError):
-        services.site_outages_drain()
+        services.suspected_outages_drain()
     assert synced == [11]
     assert feeders_marked() == {12, 13}
+
+
+def test_a_reconcile_leaves_a_feeder_with_only_drops_to_the_drain_of_suspected_outages(
+    feeder, pis, t0, drains, django_capture_on_commit_callbacks, monkeypatch
+):
+    # given: two sites dropped (nothing suspected yet), and the reconcile's own syncs watched
+    inline = []
+    sync_here = services._suspected_sync
+    monkeypatch.setattr(
+        services, "_suspected_sync", lambda f, now: inline.append(f) or sync_here(f, now)
+    )
+    now = timezone.now()
+    drop(pis[0], now - timedelta(minutes=1))
+    drop(pis[1], now - timedelta(minutes=1))
+
+    # when: a third site's report is reconciled
+    with django_capture_on_commit_callbacks(execute=True):
+        lost(pis[2], now - timedelta(minutes=3))
+
+    # then: the feeder is marked for the drain of suspected outages, not synced in the reconcile
+    assert inline == []
+    assert feeders_marked() == {feeder.id}
+    assert len(drains) == 1
+
+
+def test_a_reconcile_syncs_a_feeder_with_a_suspected_outage_itself(
+    feeder, pis, t0, drains, django_capture_on_commit_callbacks
+):
+    # given: two sites dropped together, their suspected outage open
+    drop(pis[0], minutes(t0, 0))
+    drop(pis[1], minutes(t0, 0.5))
+    sync(feeder, minutes(t0, 1))
+    assert SuspectedOutage.objects.get().status == SuspectedStatus.SUSPECTED
+
+    # when: their replayed reports are reconciled
+    with django_capture_on_commit_callbacks(execute=True):
+        lost(pis[0], minutes(t0, -0.2))
+        lost(pis[1], minutes(t0, 0.3))
+
+    # then: the reconcile confirmed it at once, and nothing waits for a drain
+    assert SuspectedOutage.objects.get().status == SuspectedStatus.CONFIRMED
+    assert feeders_marked() == set()
+    assert drains == []
