@@ -510,12 +510,7 @@ def _drain_lock():
 
 def _site_outages_drain() -> dict[int, ReconcileResult]:
     client = sync_client()
-    client.delete(RECONCILE_QUEUED_KEY)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.smembers(RECONCILE_DIRTY_KEY)
-        pipe.delete(RECONCILE_DIRTY_KEY)
-        members = pipe.execute()[0]
-    marked = sorted(int(member) for member in members)
+    marked = _marked_take(RECONCILE_DIRTY_KEY, flag=RECONCILE_QUEUED_KEY)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
     by_transformer: dict[int | None, list[int]] = defaultdict(list)
@@ -537,6 +532,18 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
     return results
 
 
+def _marked_take(key: str, *, flag: str) -> list[int]:
+    """A drain's start: its queued `flag` cleared (a mark from now on queues the next drain),
+    then every id of the set `key` taken and the set emptied at once."""
+    client = sync_client()
+    client.delete(flag)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(key)
+        pipe.delete(key)
+        members = pipe.execute()[0]
+    return sorted(int(member) for member in members)
+
+
 def suspected_outages_drain() -> list[int]:
     """Sync the suspected outages of every feeder abrupt socket ends marked since the last
     drain of them (`sockets_drop_record`): the flag is cleared first, then the set taken at
@@ -546,12 +553,7 @@ def suspected_outages_drain() -> list[int]:
     the feeder outages of a storm never wait for its drops (a few ms of queries per feeder, on
     every drain, as the storm's sockets keep dropping). Returns the feeders synced."""
     client = sync_client()
-    client.delete(SUSPECTED_QUEUED_KEY)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.smembers(SUSPECTED_DIRTY_KEY)
-        pipe.delete(SUSPECTED_DIRTY_KEY)
-        members = pipe.execute()[0]
-    feeders = sorted(int(member) for member in members)
+    feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
     synced: list[int] = []
     try:
         for feeder_id in feeders:

@@ -69,15 +69,22 @@ async def test_a_few_sockets_are_left_to_the_collectors_generations(gc_settler):
     assert gc_settler.opened == 0
 
 
-async def test_cycles_of_frozen_sockets_are_reclaimed_after_enough_closed(gc_settler):
-    # given: a settled burst, one of whose sockets then closes, leaving its cycle behind
+async def a_frozen_socket_closed(settler: gc_settle.Settler) -> weakref.ref:
+    """A settled burst, one of whose sockets then closes, leaving its cycle behind: a weak
+    reference to it."""
     socket = Held()
     closing = weakref.ref(socket)
     for _ in range(3):
-        gc_settler.socket_opened()
-    await burst_over(gc_settler)
+        settler.socket_opened()
+    await burst_over(settler)
     del socket
-    gc_settler.socket_closed()
+    settler.socket_closed()
+    return closing
+
+
+async def test_cycles_of_frozen_sockets_are_reclaimed_after_enough_closed(gc_settler):
+    # given: a settled burst, one of whose sockets then closes, leaving its cycle behind
+    closing = await a_frozen_socket_closed(gc_settler)
     gc.collect()
     assert closing() is not None, "a frozen cycle waits for a thaw"
     # when: a second socket closes (THAW_CLOSED), and the next burst is over
@@ -92,13 +99,7 @@ async def test_cycles_of_frozen_sockets_are_reclaimed_after_enough_closed(gc_set
 
 
 async def test_under_thaw_closed_a_settle_walks_only_what_is_not_frozen(gc_settler):
-    socket = Held()
-    closing = weakref.ref(socket)
-    for _ in range(3):
-        gc_settler.socket_opened()
-    await burst_over(gc_settler)
-    del socket
-    gc_settler.socket_closed()  # one, under THAW_CLOSED
+    closing = await a_frozen_socket_closed(gc_settler)  # one closed, under THAW_CLOSED
     for _ in range(3):
         gc_settler.socket_opened()
     await burst_over(gc_settler)
