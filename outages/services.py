@@ -154,17 +154,17 @@ def _reconcile_soon(site_id: int) -> None:
 def _reconcile_soon_many(site_ids: list[int]) -> None:
     """`_reconcile_soon` of many sites in one Redis round trip."""
     _drain_soon(
-        RECONCILE_DIRTY_KEY, site_ids, flag=RECONCILE_QUEUED_KEY, queue=_drain_queue,
+        RECONCILE_DIRTY_KEY, site_ids, flag=RECONCILE_QUEUED_KEY, task="site_outages_drain",
         alone=_reconcile_later,
     )  # fmt: skip
 
 
 def _drain_soon(
-    key: str, ids: list[int], *, flag: str, queue: Callable[[], None], alone: Callable[[int], None]
+    key: str, ids: list[int], *, flag: str, task: str, alone: Callable[[int], None]
 ) -> None:
-    """Add `ids` to the set `key` a drain takes, and `queue()` that drain unless `flag` says one
-    is queued, in one Redis round trip; with Redis unreachable, `alone(id)` queues each one's own
-    task."""
+    """Add `ids` to the set `key` a drain takes, and queue that drain (the `task` of
+    outages.tasks) unless `flag` says one is queued, in one Redis round trip; with Redis
+    unreachable, `alone(id)` queues each one's own task."""
     try:
         with sync_client().pipeline(transaction=False) as pipe:
             pipe.sadd(key, *ids)
@@ -175,17 +175,17 @@ def _drain_soon(
             alone(one)
         return
     if queued:
-        queue()
+        _drain_queue(task, flag=flag)
 
 
-def _drain_queue() -> None:
-    from outages.tasks import site_outages_drain as task
+def _drain_queue(task: str, *, flag: str) -> None:
+    from outages import tasks  # tasks import this module
 
     try:
-        task.delay()
+        getattr(tasks, task).delay()
     except Exception:
-        # Not queued after all: the next report (or the sweep) must be able to queue one.
-        sync_client().delete(RECONCILE_QUEUED_KEY)
+        # Not queued after all: the next mark (or the sweep) must be able to queue one.
+        sync_client().delete(flag)
         raise
 
 
@@ -587,7 +587,7 @@ def site_outages_sweep() -> list[int]:
         for site_id in site_ids:
             _reconcile_later(site_id)
         return site_ids
-    _drain_queue()
+    _drain_queue("site_outages_drain", flag=RECONCILE_QUEUED_KEY)
     return site_ids
 
 
@@ -1060,19 +1060,9 @@ def _suspected_soon(feeder_ids: list[int]) -> None:
     if feeder_ids:
         mark = partial(
             _drain_soon, SUSPECTED_DIRTY_KEY, feeder_ids, flag=SUSPECTED_QUEUED_KEY,
-            queue=_suspected_drain_queue, alone=_suspected_later,
+            task="suspected_outages_drain", alone=_suspected_later,
         )  # fmt: skip
         transaction.on_commit(mark, robust=True)
-
-
-def _suspected_drain_queue() -> None:
-    from outages.tasks import suspected_outages_drain as task
-
-    try:
-        task.delay()
-    except Exception:
-        sync_client().delete(SUSPECTED_QUEUED_KEY)  # the next drop (or the sweep) queues one
-        raise
 
 
 def _suspected_later(feeder_id: int) -> None:
