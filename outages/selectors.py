@@ -55,6 +55,101 @@ def feeder_site_ids(feeder_id: int) -> list[int]:
     return list(Site.objects.filter(feeder_id=feeder_id).values_list("pk", flat=True))
 
 
+def feeders_site_ids(feeder_ids: Iterable[int]) -> dict[int, list[int]]:
+    """`feeder_site_ids` of many feeders in one query (a feeder with no site is left out)."""
+    sites: dict[int, list[int]] = defaultdict(list)
+    for site_id, feeder_id in Site.objects.filter(feeder_id__in=list(feeder_ids)).values_list(
+        "pk", "feeder_id"
+    ):
+        sites[feeder_id].append(site_id)
+    return dict(sites)
+
+
+@dataclass(frozen=True, slots=True)
+class GridRow:
+    """An outage as the grid regrouping reads it: plain values, no model (a storm's drain reads
+    thousands of them, and building models was most of its reading)."""
+
+    pk: int
+    unit: int | None  # a site outage's site, a feeder outage's feeder; None for a transformer's
+    started_at: datetime
+    ended_at: datetime | None
+    momentary: bool
+    sites_affected: int
+    customer_minutes: Decimal | None
+    grid_outage_id: int | None
+    status: str
+
+
+_GRID_ROW_FIELDS = (
+    "pk",
+    "started_at",
+    "ended_at",
+    "momentary",
+    "sites_affected",
+    "customer_minutes",
+    "grid_outage_id",
+    "status",
+)
+
+
+def grid_members_near(
+    *, kind: str, spans: dict[int, tuple[datetime, datetime]], sites_of: dict[int, list[int]]
+) -> dict[int, list[GridRow]]:
+    """The live outages that make the grid outages of each group of `spans`, starting within
+    the group's (first, last), in one query for all the groups: for `kind` "site", a feeder's
+    site outages (the feeder's sites given by `sites_of`: read by site id, see
+    `feeder_site_ids`); for "feeder", a transformer's feeder outages. By group, in start order."""
+    if not spans:
+        return {}
+    condition = Q()
+    if kind == OutageKind.SITE:
+        group_of = {site: feeder for feeder in spans for site in sites_of.get(feeder, [])}
+        for feeder_id, (first, last) in spans.items():
+            condition |= Q(site_id__in=sites_of.get(feeder_id, []), started_at__range=(first, last))
+        fields = ("site_id", "site_id")
+    else:
+        for transformer_id, (first, last) in spans.items():
+            condition |= Q(feeder__transformer_id=transformer_id, started_at__range=(first, last))
+        fields = ("feeder__transformer_id", "feeder_id")
+    rows = (
+        Outage.objects.filter(condition, kind=kind)
+        .exclude(status=OutageStatus.VOID)
+        .order_by("started_at", "pk")
+        .values_list(*fields, *_GRID_ROW_FIELDS)
+    )
+    found: dict[int, list[GridRow]] = defaultdict(list)
+    for key, unit, *values in rows:
+        group = group_of[key] if kind == OutageKind.SITE else key
+        found[group].append(GridRow(values[0], unit, *values[1:]))
+    return dict(found)
+
+
+def grid_outages_near(
+    *, kind: str, near: dict[int, tuple[datetime, datetime, list[int]]]
+) -> dict[int, list[GridRow]]:
+    """The stored grid outages of `kind` ("feeder" or "transformer"), void ones too, that each
+    group's (first, last, linked) may regroup: of the group (feeder or transformer) and starting
+    within (first, last), or one of `linked`. In one query for all the groups; by group."""
+    if not near:
+        return {}
+    group = "feeder_id" if kind == OutageKind.FEEDER else "transformer_id"
+    condition = Q()
+    for group_id, (first, last, linked) in near.items():
+        condition |= Q(**{group: group_id}) & (
+            Q(started_at__range=(first, last)) | Q(pk__in=linked)
+        )
+    found: dict[int, list[GridRow]] = defaultdict(list)
+    for group_id, *values in (
+        Outage.objects.filter(condition, kind=kind)
+        .order_by("started_at", "pk")
+        .values_list(group, *_GRID_ROW_FIELDS)
+    ):
+        unit = group_id if kind == OutageKind.FEEDER else None
+        found[group_id].append(GridRow(values[0], unit, *values[1:]))
+    return dict(found)
+
+
 def feeders_with_suspicions(feeder_ids: list[int], *, since: datetime) -> list[int]:
     """Those of the feeders that have a suspected outage still suspected or started since
     `since`: the ones whose suspected outages a reconcile must look at again (replayed reports

@@ -229,7 +229,7 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
     no derived outage took (no cut after all, or merged into an earlier one) becomes void.
 
     The grid outages of the site's feeder (and its transformer) are then derived afresh from
-    their site outages (`_grid_sync`), which tells each site outage how many sites
+    their site outages (`_grids_sync`), which tells each site outage how many sites
     its grid outage affected.
 
     Every ended or void outage of the site is then settled in the same transaction: its ledger
@@ -649,11 +649,6 @@ class GridResult:
     sites_to_resettle: set[int] = field(default_factory=set)
 
 
-def _grid_sync(*, feeder_id: int, transformer_id: int, moved: set[datetime]) -> GridResult:
-    """`_grids_sync` of one feeder."""
-    return _grids_sync({(feeder_id, transformer_id): moved})
-
-
 def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
     """Bring the outages of each (feeder, transformer) of `moved_on`, and its transformer's, in
     line with their site outages, near the starts given for it (where the caller's site outages
@@ -672,7 +667,8 @@ def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
 
     Every feeder is regrouped first, then each transformer once from what all its feeders moved,
     then the sites affected once for all: a storm's drain over five feeders of a transformer
-    regroups the transformer and rewrites its site outages' counts once, not five times.
+    regroups the transformer and rewrites its site outages' counts once, not five times. Each
+    level is read and written for all its feeders (transformers) at once (`_grid_levels_sync`).
 
     The result never depends on which site's reports came first: within the span the grouping
     is derived afresh, and outside it nothing it depends on changed. The caller,
@@ -680,47 +676,31 @@ def _grids_sync(moved_on: dict[tuple[int, int], set[datetime]]) -> GridResult:
     the sites' own outages.
     """
     window = settings.OUTAGE_CORRELATION_WINDOW
-    live = ~Q(status=OutageStatus.VOID)
-    changed = False
-    site_members: list[int] = []
+    transformer_of = {feeder_id: transformer_id for feeder_id, transformer_id in moved_on}
+    feeders = _grid_levels_sync(
+        kind=OutageKind.FEEDER,
+        moved={feeder_id: moved for (feeder_id, _), moved in moved_on.items()},
+        window=window,
+        min_units=settings.OUTAGE_MIN_GRID_SITES,
+        sites_of=selectors.feeders_site_ids(transformer_of),
+    )
     feeder_moved: dict[int, set[datetime]] = defaultdict(set)
-    for feeder_id, transformer_id in sorted(moved_on):
-        feeder = _grid_level_sync(
-            members=Outage.objects.filter(
-                live, kind=OutageKind.SITE, site_id__in=selectors.feeder_site_ids(feeder_id)
-            ),
-            unit="site_id",
-            stored=Outage.objects.filter(kind=OutageKind.FEEDER, feeder_id=feeder_id),
-            new={"kind": OutageKind.FEEDER, "feeder_id": feeder_id},
-            window=window,
-            min_units=settings.OUTAGE_MIN_GRID_SITES,
-            moved=moved_on[feeder_id, transformer_id],
-        )
-        changed |= feeder.changed
-        site_members += feeder.members
-        feeder_moved[transformer_id] |= feeder.moved
-    feeder_members: list[int] = []
-    for transformer_id, moved in sorted(feeder_moved.items()):
-        transformer = _grid_level_sync(
-            members=Outage.objects.filter(
-                live, kind=OutageKind.FEEDER, feeder__transformer_id=transformer_id
-            ),
-            unit="feeder_id",
-            stored=Outage.objects.filter(
-                kind=OutageKind.TRANSFORMER, transformer_id=transformer_id
-            ),
-            new={"kind": OutageKind.TRANSFORMER, "transformer_id": transformer_id},
-            window=window,
-            min_units=MIN_TRANSFORMER_FEEDERS,
-            moved=moved,
-        )
-        changed |= transformer.changed
-        feeder_members += transformer.members
-    if not changed:
+    for feeder_id, result in feeders.items():
+        feeder_moved[transformer_of[feeder_id]] |= result.moved
+    transformers = _grid_levels_sync(
+        kind=OutageKind.TRANSFORMER,
+        moved=feeder_moved,
+        window=window,
+        min_units=MIN_TRANSFORMER_FEEDERS,
+    )
+    if not any(r.changed for r in [*feeders.values(), *transformers.values()]):
         return GridResult()
     # Only the site outages whose count differs are written (the comparison is the
     # database's): loading all of the transformer's on every report made a storm cost sites².
-    return _sites_affected_sync(site_outages=site_members, feeder_outages=feeder_members)
+    return _sites_affected_sync(
+        site_outages=[pk for r in feeders.values() for pk in r.members],
+        feeder_outages=[pk for r in transformers.values() for pk in r.members],
+    )
 
 
 @dataclass
@@ -731,122 +711,176 @@ class _LevelResult:
     moved: set[datetime] = field(default_factory=set)
 
 
-def _grid_span(members, moved: set[datetime], window) -> list[Outage]:
-    """The members chained to the instants in `moved` (see `chain_span`), read a little wider
-    each time until the chain ends inside what was read."""
-    lo, hi = min(moved), max(moved)
-    reach = window
-    while True:
-        rows = list(members.filter(started_at__gte=lo - reach, started_at__lte=hi + reach))
-        first, last = chain_span([row.started_at for row in rows], lo, hi, window)
-        if first - window >= lo - reach and last + window <= hi + reach:
-            return [row for row in rows if first <= row.started_at <= last]
-        lo, hi, reach = first, last, reach * 4
+def _grid_spans(
+    *, kind: str, moved: dict[int, set[datetime]], window, sites_of
+) -> dict[int, list[selectors.GridRow]]:
+    """The members of each group chained to the instants it `moved` (see `chain_span`): every
+    group read in one query, a little wider each time for the groups whose chain ran past what
+    was read."""
+    spans: dict[int, list[selectors.GridRow]] = {}
+    pending = {group: (min(starts), max(starts), window) for group, starts in moved.items()}
+    while pending:
+        rows_of = selectors.grid_members_near(
+            kind=kind,
+            spans={g: (lo - reach, hi + reach) for g, (lo, hi, reach) in pending.items()},
+            sites_of=sites_of,
+        )
+        wider = {}
+        for group, (lo, hi, reach) in pending.items():
+            rows = rows_of.get(group, [])
+            first, last = chain_span([row.started_at for row in rows], lo, hi, window)
+            if first - window >= lo - reach and last + window <= hi + reach:
+                spans[group] = [row for row in rows if first <= row.started_at <= last]
+            else:
+                wider[group] = (first, last, reach * 4)
+        pending = wider
+    return spans
 
 
-def _grid_level_sync(
-    *, members, unit: str, stored, new: dict, window, min_units: int, moved: set[datetime]
-) -> _LevelResult:
-    """Derive one level of grid outages (a feeder's, or a transformer's) from the `members`
-    chained to `moved`, store them against the `stored` ones they share members with and link
-    the members."""
-    if not moved:
-        return _LevelResult()
-    span = _grid_span(members, moved, window)
-    result = _LevelResult(members=[member.pk for member in span])
-    derived = grid_outages(
-        [
-            Member(
-                key=outage.pk,
-                unit=getattr(outage, unit),
-                started_at=outage.started_at,
-                ended_at=outage.ended_at,
-                momentary=outage.momentary,
-                sites_affected=outage.sites_affected if outage.kind != OutageKind.SITE else 1,
-                customer_minutes=outage.customer_minutes
-                if outage.kind != OutageKind.SITE
-                else site_customer_minutes(outage.started_at, outage.ended_at, outage.momentary),
-            )
-            for outage in span
-        ],
-        window=window,
-        min_units=min_units,
+@dataclass
+class _GridWrites:
+    """What a level's regrouping writes, for all its groups in a few statements."""
+
+    void: list[int] = field(default_factory=list)
+    changed: list[tuple[int, dict]] = field(default_factory=list)  # (stored pk, values)
+    new: list[Outage] = field(default_factory=list)
+    links: list[tuple[int, int | Outage | None]] = field(default_factory=list)  # member, parent
+
+    def apply(self) -> None:
+        """Voids first (so no start is held twice in between), then the moves and changes in one
+        statement, the new rows, and the members' links to their grid outages."""
+        now = timezone.now()
+        if self.void:
+            Outage.objects.filter(pk__in=self.void).update(status=OutageStatus.VOID, updated_at=now)
+        if self.changed:
+            columns = zip(*[(pk, *values.values()) for pk, values in self.changed], strict=True)
+            with connection.cursor() as cursor:
+                cursor.execute(_GRID_OUTAGES_UPDATE, [now, *map(list, columns)])
+        if self.new:
+            Outage.objects.bulk_create(self.new)
+        if self.links:
+            ids = [member for member, _ in self.links]
+            parents = [getattr(parent, "pk", parent) for _, parent in self.links]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE outages_outage AS o SET grid_outage_id = v.parent "
+                    "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, parent) WHERE o.id = v.id",
+                    [ids, parents],
+                )
+
+
+# The columns in the order of `_grid_values`.
+_GRID_OUTAGES_UPDATE = """
+UPDATE outages_outage AS o SET started_at = v.started_at, ended_at = v.ended_at,
+    momentary = v.momentary, status = v.status, sites_affected = v.sites_affected,
+    customer_minutes = v.customer_minutes, updated_at = %s
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::boolean[], %s::varchar[],
+    %s::integer[], %s::numeric[]) AS v(id, started_at, ended_at, momentary, status,
+    sites_affected, customer_minutes)
+WHERE o.id = v.id
+"""
+
+
+def _grid_values(found) -> dict:
+    """A found grid outage's stored values, in `_GRID_OUTAGES_UPDATE`'s order."""
+    return {
+        "started_at": found.started_at,
+        "ended_at": found.ended_at,
+        "momentary": found.momentary,
+        "status": OutageStatus.OPEN if found.ended_at is None else OutageStatus.ENDED,
+        "sites_affected": found.sites_affected,
+        "customer_minutes": found.customer_minutes,
+    }
+
+
+def _grid_member(row: selectors.GridRow, kind: str) -> Member:
+    if kind == OutageKind.FEEDER:  # a site outage joining a feeder outage
+        sites, minutes = 1, site_customer_minutes(row.started_at, row.ended_at, row.momentary)
+    else:
+        sites, minutes = row.sites_affected, row.customer_minutes
+    return Member(
+        key=row.pk,
+        unit=row.unit,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        momentary=row.momentary,
+        sites_affected=sites,
+        customer_minutes=minutes,
     )
-    linked = {m.grid_outage_id for m in span if m.grid_outage_id is not None}
-    if span:
+
+
+def _grid_levels_sync(
+    *, kind: str, moved: dict[int, set[datetime]], window, min_units: int, sites_of=None
+) -> dict[int, _LevelResult]:
+    """Derive one level of grid outages (`kind` "feeder": each feeder's from its site outages;
+    "transformer": each transformer's from its feeder outages) from the members chained to each
+    group's `moved` instants, store them against the stored ones they share members with and
+    link the members. All the groups are read in two queries and written in a few statements."""
+    moved = {group: starts for group, starts in moved.items() if starts}
+    results = {group: _LevelResult() for group in moved}
+    member_kind = OutageKind.SITE if kind == OutageKind.FEEDER else OutageKind.FEEDER
+    spans = _grid_spans(kind=member_kind, moved=moved, window=window, sites_of=sites_of)
+    near = {}
+    for group, starts in moved.items():
+        span = spans[group]
+        starts = [row.started_at for row in span] or starts
         # Every stored grid outage a span member was (or might have been) part of: one starting
         # in the span, or one a member is still linked to.
-        first, last = span[0].started_at, span[-1].started_at
-        for row in span:
-            first, last = min(first, row.started_at), max(last, row.started_at)
-        nearby = list(stored.filter(Q(started_at__range=(first, last)) | Q(pk__in=linked)))
-    else:
-        nearby = list(stored.filter(started_at__range=(min(moved), max(moved))))
-    pairs, unmatched = match_by_members(
-        derived,
-        [o for o in nearby if o.status != OutageStatus.VOID],
-        {m.pk: m.grid_outage_id for m in span},
-    )
-    void_by_start = {o.started_at: o for o in nearby if o.status == OutageStatus.VOID}
-    for outage in unmatched:
-        outage.status = OutageStatus.VOID
-        outage.save(update_fields=["status", "updated_at"])
-        result.moved.add(outage.started_at)
-    _grid_starts_clear(pairs)
-    parent_of: dict[int, int] = {}
-    for found, outage in pairs:
-        outage = outage or void_by_start.get(found.started_at)
-        values = {
-            "started_at": found.started_at,
-            "ended_at": found.ended_at,
-            "momentary": found.momentary,
-            "status": OutageStatus.OPEN if found.ended_at is None else OutageStatus.ENDED,
-            "sites_affected": found.sites_affected,
-            "customer_minutes": found.customer_minutes,
-        }
-        if outage is None:
-            outage = Outage.objects.create(**new, **values)
-            result.moved.add(found.started_at)
-        elif any(getattr(outage, name) != value for name, value in values.items()):
-            result.moved.update((outage.started_at, found.started_at))
-            for name, value in values.items():
-                setattr(outage, name, value)
-            outage.save(update_fields=[*values, "updated_at"])
-        parent_of.update(dict.fromkeys(found.members, outage.pk))
-    relinked: dict[int | None, list[int]] = defaultdict(list)
-    for member in span:
-        parent = parent_of.get(member.pk)
-        if member.grid_outage_id != parent:
-            member.grid_outage_id = parent
-            relinked[parent].append(member.pk)
-    _update_grouped(relinked, "grid_outage_id")
-    result.changed = bool(result.moved or relinked)
-    return result
-
-
-def _grid_starts_clear(pairs) -> None:
-    """A start is unique among the live grid outages of a feeder (transformer): a stored one
-    that must move off a start another one moves onto is made void for the moment (it is saved
-    again with its own values just after), so no order of moves can collide."""
-    targets = {found.started_at for found, _ in pairs}
-    blocking = [
-        outage
-        for found, outage in pairs
-        if outage is not None
-        and outage.started_at != found.started_at
-        and outage.started_at in targets
-    ]
-    if blocking:
-        Outage.objects.filter(pk__in=[o.pk for o in blocking]).update(status=OutageStatus.VOID)
-        for outage in blocking:
-            outage.status = OutageStatus.VOID
-
-
-def _update_grouped(ids_by_value: dict, name: str) -> None:
-    # One UPDATE per value (a grid outage's members share theirs): bulk_update's CASE over every
-    # row cost ~35 ms a call at 100 sites, on every reconcile of a growing grid outage.
-    for value, ids in ids_by_value.items():
-        Outage.objects.filter(pk__in=ids).update(**{name: value})
+        linked = sorted({row.grid_outage_id for row in span if row.grid_outage_id is not None})
+        near[group] = (min(starts), max(starts), linked)
+    stored = selectors.grid_outages_near(kind=kind, near=near)
+    group_field = "feeder_id" if kind == OutageKind.FEEDER else "transformer_id"
+    writes = _GridWrites()
+    for group in sorted(moved):
+        span, result = spans[group], results[group]
+        result.members = [row.pk for row in span]
+        derived = grid_outages(
+            [_grid_member(row, kind) for row in span], window=window, min_units=min_units
+        )
+        nearby = stored.get(group, [])
+        pairs, unmatched = match_by_members(
+            derived,
+            [o for o in nearby if o.status != OutageStatus.VOID],
+            {row.pk: row.grid_outage_id for row in span},
+        )
+        void_by_start = {o.started_at: o for o in nearby if o.status == OutageStatus.VOID}
+        for outage in unmatched:
+            writes.void.append(outage.pk)
+            result.moved.add(outage.started_at)
+        # A start is unique among a group's live grid outages: one that must move off a start
+        # another moves onto is made void for the moment (it is written with its own values
+        # just after), so no order of moves can collide.
+        targets = {found.started_at for found, _ in pairs}
+        writes.void += [
+            outage.pk
+            for found, outage in pairs
+            if outage is not None
+            and outage.started_at != found.started_at
+            and outage.started_at in targets
+        ]
+        parent_of: dict[int, int | Outage] = {}
+        for found, outage in pairs:
+            outage = outage or void_by_start.get(found.started_at)
+            values = _grid_values(found)
+            if outage is None:
+                parent = Outage(kind=kind, **{group_field: group}, **values)
+                writes.new.append(parent)
+                result.moved.add(found.started_at)
+            else:
+                parent = outage.pk
+                if any(getattr(outage, name) != value for name, value in values.items()):
+                    result.moved.update((outage.started_at, found.started_at))
+                    writes.changed.append((outage.pk, values))
+            parent_of.update(dict.fromkeys(found.members, parent))
+        relinked = [
+            (row.pk, parent_of.get(row.pk))
+            for row in span
+            if row.grid_outage_id != parent_of.get(row.pk)
+        ]
+        writes.links += relinked
+        result.changed = bool(result.moved or relinked)
+    writes.apply()
+    return results
 
 
 # Each live site outage among the given ones (by id, or by their feeder outage) takes the sites

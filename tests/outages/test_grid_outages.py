@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from django.conf import settings as django_settings
 from django.db import connection
 from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
 
 from devices import services as device_services
 from devices.models import Feeder, Site, Substation, Transformer
@@ -387,10 +388,11 @@ def names_of(transformer, devices):
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(cuts(), st.randoms(use_true_random=False), st.integers(1, 5))
-def test_grid_outages_do_not_depend_on_arrival_order(db, reports, rng, batch_size):
+@given(cuts(), st.randoms(use_true_random=False), st.integers(1, 5), st.booleans())
+def test_grid_outages_do_not_depend_on_arrival_order(db, reports, rng, batch_size, together):
     # given the same reports delivered to two grids: in one batch, and shuffled, repeated and
-    # in batches of `batch_size`, each batch's sites reconciled after it
+    # in batches of `batch_size`, each batch's sites reconciled after it, site by site or
+    # `together` in one call as a drain does (every feeder of the batch regrouped at once)
     one_batch = make_grid(FEEDERS, SITES)
     for index, state, minutes in reports:
         record(one_batch[1][index], state, minutes)
@@ -403,7 +405,11 @@ def test_grid_outages_do_not_depend_on_arrival_order(db, reports, rng, batch_siz
         batch = deliveries[start : start + batch_size]
         for index, state, minutes in batch:
             record(batched[1][index], state, minutes)
-        reconcile(*(batched[1][index] for index, _, _ in batch))
+        devices = [batched[1][index] for index, _, _ in batch]
+        if together:
+            services.sites_outages_reconcile(site_ids=[d.site_id for d in devices])
+        else:
+            reconcile(*devices)
 
     # then both hold the same grid outages
     first = comparable(grid_state(one_batch[0]), names_of(*one_batch))
@@ -460,6 +466,33 @@ def test_sites_of_one_transformer_reconciled_at_once_by_two_workers_form_one_gri
         ("feeder", 3, Decimal("178.750")),  # starts at 0.25, 0.5 and 0.5
         ("transformer", 6, Decimal("358.500")),
     ]
+
+
+def statements_of_a_drain(feeders: int) -> int:
+    """The statements one reconcile takes for the sites of `feeders` feeders of one transformer,
+    two sites each, all cut a minute apart and one of each feeder restored: feeder outages and
+    a transformer outage formed, then regrouped as they end."""
+    transformer, devices = make_grid(feeders, 2)
+    for n, device in enumerate(devices):
+        record(device, "lost", n % 2)
+    services.sites_outages_reconcile(site_ids=[d.site_id for d in devices])
+    for device in devices[::2]:
+        record(device, "restored", 30)
+    with CaptureQueriesContext(connection) as queries:
+        services.sites_outages_reconcile(site_ids=[d.site_id for d in devices])
+    feeder_outages = Outage.objects.filter(kind=OutageKind.FEEDER, feeder__transformer=transformer)
+    assert [o.sites_affected for o in feeder_outages] == [2] * feeders
+    assert Outage.objects.filter(transformer=transformer).count() == 1
+    return len(queries)
+
+
+def test_a_drain_regroups_many_feeders_in_as_many_statements_as_two(db):
+    # given sites of 2, then of 5 feeders of a transformer, cut together and reconciled at once
+    # when some of them are restored and reconciled at once again
+    # then the feeders' and the transformer's grid outages are read and written for all the
+    # feeders together: five cost no more statements than two (one per feeder made a storm's
+    # drain of 25 feeders cost some 220, bench/outages)
+    assert statements_of_a_drain(5) == statements_of_a_drain(2)
 
 
 # Regrouping near the change only, matching stored grid outages by their members
