@@ -1,6 +1,7 @@
 """Coalesced reconciles: a storm's reports mark their sites in Redis and queue one drain task
-while none is queued (`services._reconcile_soon`), and the drain reconciles the marked sites a
-transformer at a time (`services.site_outages_drain`, `services.sites_outages_reconcile`)."""
+while none is queued (`services._reconcile_soon`), and the drain reconciles the marked sites whole
+transformers at a time, up to a chunk of sites a transaction (`services.site_outages_drain`,
+`services.sites_outages_reconcile`)."""
 
 import threading
 from decimal import Decimal
@@ -112,7 +113,8 @@ def test_a_report_arriving_during_a_drain_queues_the_next_one_and_is_not_lost(
 def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     db, queued, monkeypatch, django_capture_on_commit_callbacks
 ):
-    # two transformers: two batches, in transformer order
+    # two transformers, a chunk of one site: two batches, in transformer order
+    monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 1)
     devices = make_grid(1, 1)[1] + make_grid(1, 1)[1]
     with django_capture_on_commit_callbacks(execute=True):
         for device in devices:
@@ -133,6 +135,42 @@ def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     # the first transformer's site was reconciled; the second's is marked for the retry
     assert marked() == {devices[1].site_id}
     assert [row[0] for row in site_outages(devices)] == [devices[0].site_id]
+
+
+def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given reports of three transformers: two of two sites, then one of three
+    grids = [make_grid(1, 2)[1], make_grid(1, 2)[1], make_grid(1, 3)[1]]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in [d for devices in grids for d in devices]:
+            record(device, "lost", 0)
+    reconcile_many = services.sites_outages_reconcile
+    calls = []
+
+    def counted(*, site_ids):
+        calls.append(sorted(site_ids))
+        return reconcile_many(site_ids=site_ids)
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", counted)
+    monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 4)
+
+    # when a drain runs with chunks of four sites
+    services.site_outages_drain()
+
+    # then it reconciled the first two transformers' four sites together, and the third's three
+    # (seven would pass the chunk; a transformer is never split) in a transaction of their own
+    sites = [sorted(d.site_id for d in devices) for devices in grids]
+    assert calls == [sites[0] + sites[1], sites[2]]
+
+    # and with room for all, in one transaction
+    calls.clear()
+    monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in [d for devices in grids for d in devices]:
+            record(device, "restored", 30)
+    services.site_outages_drain()
+    assert calls == [sorted(site for ids in sites for site in ids)]
 
 
 def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):
