@@ -12,9 +12,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from devices.currency import validate_currency
 from devices.models import Feeder, Site
 from energy_portal.field_encryption import EncryptedTextField
-from outages.models import CURRENCY_VALIDATOR
 
 MAX_LEVEL = 3
 
@@ -36,7 +36,7 @@ class Program(models.Model):
         validators=[MinValueValidator(Decimal(0))],
         help_text="Paid per kWh delivered, in the program's currency.",
     )
-    currency = models.CharField(max_length=3, validators=[CURRENCY_VALIDATOR])
+    currency = models.CharField(max_length=3, validators=[validate_currency])
     baseline_method = models.CharField(
         max_length=16, choices=BaselineMethod.choices, default=BaselineMethod.TEN_IN_TEN
     )
@@ -272,7 +272,7 @@ class SettlementResult(models.Model):
     actual_kwh = _kwh(null=True, blank=True)
     delivered_kwh = _kwh(default=Decimal(0))
     reward = models.DecimalField(max_digits=14, decimal_places=4, default=Decimal(0))
-    currency = models.CharField(max_length=3, validators=[CURRENCY_VALIDATOR])
+    currency = models.CharField(max_length=3, validators=[validate_currency])
     days_used = models.JSONField(default=list, help_text="ISO dates of the baseline days.")
     settled_at = models.DateTimeField()
 

@@ -10,7 +10,6 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
-from rest_framework.filters import OrderingFilter
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
@@ -34,7 +33,7 @@ from devices.serializers import (
     TransformerSerializer,
 )
 from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
-from energy_portal.filters import SearchFilter
+from energy_portal.filters import OrderingFilter, SearchFilter
 from energy_portal.serializers import text_problem
 
 TAGS = ["Registry"]

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from devices.currency import validate_currency
+
 code_validator = RegexValidator(
     r"^[A-Za-z0-9_.-]+$", "Use letters, digits, dots, hyphens and underscores only."
 )
@@ -77,7 +79,7 @@ class Site(models.Model):
     currency = models.CharField(
         max_length=3,
         default="EUR",
-        validators=[RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code, e.g. EUR.")],
+        validators=[validate_currency],
     )
     cpe = models.CharField(
         "CPE meter code",

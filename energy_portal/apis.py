@@ -1,5 +1,6 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -57,3 +58,17 @@ class HealthApi(APIView):
     def get(self, request):
         report = health_report()
         return Response(report, status=200 if report["healthy"] else 503)
+
+
+@extend_schema(exclude=True)
+class ApiNotFound(APIView):
+    """Any path under the API that names no endpoint (`outages/abc/`): a JSON 404 like every
+    other API error, in development too, not Django's HTML page."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    def _not_found(self, request, *args, **kwargs):
+        raise NotFound(f"No API endpoint at {request.path}; the endpoints are at /api/v1/docs/.")
+
+    get = post = put = patch = delete = head = options = _not_found

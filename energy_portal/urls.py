@@ -3,12 +3,12 @@ from rest_framework.routers import SimpleRouter
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from devices import urls as device_urls
 from devices import views as device_views
 from devices.auth_apis import LogoutAllApi, LogoutApi, ObtainTokenApi
-from energy_portal.apis import HealthApi
+from energy_portal.apis import ApiNotFound, HealthApi
 from energy_portal.site_apis import SiteWithPolicyViewSet
 from energy_portal.views import FaviconRedirect, metrics
 from telemetry.apis import IngestApi, SourcesApi
@@ -41,6 +41,8 @@ api_v1 = [
     path("", include("outages.indices_urls")),  # before outages/{id}/
     path("", include("outages.urls")),
     path("", include("demand_response.urls")),
+    # Last: a path that matched nothing (without its slash, it is redirected here first).
+    re_path(r"^.*/$", ApiNotFound.as_view(), name="api-not-found"),
 ]
 
 admin.site.site_header = "Energy Portal administration"

@@ -10,7 +10,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema
 from rest_framework import generics, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.filters import OrderingFilter
 from rest_framework.response import Response
 
 from django.utils import timezone
@@ -18,6 +17,7 @@ from django.utils import timezone
 from devices import selectors as registry
 from devices.permissions import IsOperator, OperatorsReadStaffWrite
 from energy_portal.api_docs import OPERATORS_AND_STAFF, crud_docs
+from energy_portal.filters import OrderingFilter
 from outages import filters, selectors
 from outages.models import CreditEntry, CreditPolicy, Outage
 from outages.serializers import (
@@ -57,6 +57,7 @@ class OutageViewSet(viewsets.ReadOnlyModelViewSet):
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = filters.OutageFilter
     ordering_fields = ["started_at", "ended_at"]
+    ordering_aliases = {"start": "started_at", "end": "ended_at"}  # the names the API shows
     # Many sites of a feeder share a start instant: the id keeps pages stable.
     ordering = ["-started_at", "-id"]
     lookup_value_regex = ID
@@ -65,6 +66,13 @@ class OutageViewSet(viewsets.ReadOnlyModelViewSet):
         if getattr(self, "swagger_fake_view", False):
             return Outage.objects.none()
         return selectors.outage_list(user=self.request.user)
+
+    def filter_queryset(self, queryset):
+        # An id names one outage, void ones too (`?status=void` lists them, ledger entries
+        # point at them); the list's filters are for lists.
+        if self.action == "retrieve":
+            return queryset
+        return super().filter_queryset(queryset)
 
     def _data(self, outages, *, many: bool):
         credits = selectors.outage_credits(outages if many else [outages], now=timezone.now())

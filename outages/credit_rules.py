@@ -43,6 +43,10 @@ ZERO = Decimal(0)
 MICROSECOND = timedelta(microseconds=1)
 # Decimals a policy's amounts may have: rates finer than the minor unit add up before rounding.
 MAX_AMOUNT_DIGITS = 4
+# The longest duration a policy may name (threshold, a tier's after or period): no regulator's
+# rule runs longer, and a cut's next step must stay a date (year 9999 is the last).
+MAX_DURATION = timedelta(days=3660)
+TOO_LONG = "at most ten years (P3660D)"
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,18 @@ class TierError(ValueError):
 
 def _duration(value: Any, where: str) -> timedelta:
     if isinstance(value, timedelta):
-        return value
-    parsed = parse_duration(value) if isinstance(value, str) else None
-    if parsed is None:
-        raise TierError(f"{where}: give a duration as ISO 8601 (PT12H) or HH:MM:SS, got {value!r}")
+        parsed = value
+    else:
+        try:
+            parsed = parse_duration(value) if isinstance(value, str) else None
+        except OverflowError:  # more days than a timedelta holds
+            parsed = None
+        if parsed is None:
+            raise TierError(
+                f"{where}: give a duration as ISO 8601 (PT12H) or HH:MM:SS, got {value!r}"
+            )
+    if parsed > MAX_DURATION:
+        raise TierError(f"{where}: {TOO_LONG}")
     return parsed
 
 

@@ -37,7 +37,12 @@ class OutageFilter(django_filters.FilterSet):
         method="filter_status",
         help_text="Void outages (superseded by later reports) are listed only when asked for.",
     )
-    open = django_filters.BooleanFilter(method="filter_open", help_text="Still going on, or not.")
+    # `true` or `false`, nothing else: a BooleanFilter ignores `open=maybe` and lists everything.
+    open = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        method="filter_open",
+        help_text="Still going on (true), or not (false).",
+    )
     start = django_filters.IsoDateTimeFilter(
         method="filter_start", help_text="Outages still going on at or after this instant."
     )
@@ -65,7 +70,7 @@ class OutageFilter(django_filters.FilterSet):
 
     def filter_open(self, queryset, name, value):
         is_open = Q(status=OutageStatus.OPEN)
-        return queryset.filter(is_open if value else ~is_open)
+        return queryset.filter(is_open if value == "true" else ~is_open)
 
     def filter_start(self, queryset, name, value):
         return queryset.filter(Q(ended_at__isnull=True) | Q(ended_at__gt=value))

@@ -5,10 +5,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from devices.currency import validate_currency
 from devices.models import Device, Feeder, Site, Transformer
 from outages import credit_rules
 
@@ -48,11 +49,6 @@ def _money(**kwargs) -> models.DecimalField:
     )
 
 
-CURRENCY_VALIDATOR = RegexValidator(
-    r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code in capitals, e.g. GBP."
-)
-
-
 class CreditPolicy(models.Model):
     """How much a resident is owed for a cut of a given length (see `outages.credit_rules`).
 
@@ -61,7 +57,7 @@ class CreditPolicy(models.Model):
     """
 
     name = models.CharField(max_length=120, unique=True)
-    currency = models.CharField(max_length=3, validators=[CURRENCY_VALIDATOR])
+    currency = models.CharField(max_length=3, validators=[validate_currency])
     threshold = models.DurationField(help_text="No credit for a cut shorter than this.")
     base_amount = _money(help_text="Paid once the cut lasts the threshold.")
     tiers = models.JSONField(
@@ -121,6 +117,8 @@ class CreditPolicy(models.Model):
             errors["tiers"] = str(exc)
         if self.threshold is not None and self.threshold < timedelta(0):
             errors["threshold"] = "The threshold must not be negative."
+        elif self.threshold is not None and self.threshold > credit_rules.MAX_DURATION:
+            errors["threshold"] = f"The threshold is {credit_rules.TOO_LONG}."
         if self.cap is not None and self.currency:
             unit = credit_rules.minor_unit(self.currency)
             if self.cap != self.cap.quantize(unit):
@@ -301,7 +299,7 @@ class CreditEntry(models.Model):
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="credit_entries")
     amount = models.DecimalField(max_digits=14, decimal_places=credit_rules.MAX_AMOUNT_DIGITS)
-    currency = models.CharField(max_length=3, validators=[CURRENCY_VALIDATOR])
+    currency = models.CharField(max_length=3, validators=[validate_currency])
     outage = models.ForeignKey(
         Outage, on_delete=models.PROTECT, null=True, blank=True, related_name="credit_entries"
     )

@@ -2,7 +2,7 @@
 of `{currency, amount}`, not free-form objects), so the OpenAPI schema describes all of it."""
 
 import copy
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from drf_spectacular.utils import extend_schema_field
@@ -155,6 +155,10 @@ class OutageSerializer(serializers.ModelSerializer):
     policy = serializers.SerializerMethodField(
         help_text="Name of the credit policy that prices it; null: no credit."
     )
+    feeder = serializers.SerializerMethodField(
+        help_text="The feeder it is on: a feeder outage's own, a site outage's site's (what "
+        "`?feeder=` finds it by); null for a transformer outage or a site on no feeder."
+    )
 
     class Meta:
         model = Outage
@@ -177,6 +181,11 @@ class OutageSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def get_feeder(self, outage: Outage) -> int | None:
+        if outage.site_id is not None:
+            return outage.site.feeder_id
+        return outage.feeder_id
+
     def _credit(self, outage: Outage) -> OutageCredit:
         return self.context["credits"][outage.pk]
 
@@ -196,15 +205,22 @@ class OutageSerializer(serializers.ModelSerializer):
                 "quoted_at": credit.quoted_at,
                 "next_amount": None if q.next_amount is None else str(q.next_amount),
                 "next_step_after": q.next_step_after,
-                "next_step_at": None
-                if q.next_step_after is None
-                else outage.started_at + q.next_step_after,
+                "next_step_at": _instant_after(outage.started_at, q.next_step_after),
             }
         return OutageCreditSerializer({"paid": sorted(credit.paid.items()), "quote": quote}).data
 
     def get_policy(self, outage: Outage) -> str | None:
         policy = self._credit(outage).policy
         return None if policy is None else policy.name
+
+
+def _instant_after(start: datetime, after: timedelta | None) -> datetime | None:
+    """`start + after`, or None when there is no next step or it lies past year 9999 (a policy
+    stored before durations were bounded)."""
+    try:
+        return None if after is None else start + after
+    except OverflowError:
+        return None
 
 
 class ReasonSerializer(serializers.Serializer):

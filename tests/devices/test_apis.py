@@ -581,6 +581,13 @@ VALIDATION_CASES = [
     ),
     ("bad currency", "sites", lambda h: {"name": "X", "currency": "euro"}, "currency", "ISO 4217"),
     (
+        "unknown currency",
+        "sites",
+        lambda h: {"name": "X", "currency": "XYZ"},
+        "currency",
+        "no ISO 4217",
+    ),
+    (
         "non-numeric tariff",
         "sites",
         lambda h: {"name": "X", "tariff_per_kwh": "cheap"},
@@ -703,6 +710,11 @@ def test_moving_a_device_into_a_room_of_another_site_is_400(
         "sensors/pi-nope.power_w/",
         "sensors/no-dot/",
         "devices/pi-nope/rotate-token/",
+        # paths no endpoint matches: the API's JSON 404 too, not Django's page
+        "outages/abc/",
+        "credit-policies/1.5/",
+        "no-such-endpoint/",
+        "outages/1/more/",
     ],
 )
 def test_unknown_ids_are_404_with_a_message(api_client_for, operator, alice_home, path):

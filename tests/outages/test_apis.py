@@ -81,7 +81,7 @@ def test_an_ended_outage_shows_its_times_and_what_the_ledger_paid(alice_client, 
         "id": alice_cut.id,
         "kind": "site",
         "site": alice_cut.site_id,
-        "feeder": None,
+        "feeder": alice_cut.site.feeder_id,  # the site's
         "transformer": None,
         "grid_outage": None,
         "sites_affected": 1,
@@ -128,6 +128,20 @@ def test_an_open_outage_past_its_threshold_quotes_the_amount_so_far(
         "140.00",
         "P1D",
     )
+
+
+def test_a_next_step_past_year_9999_is_shown_as_none_not_a_500(alice_client, alice_home, ofgem):
+    # given a policy stored without the model's checks, its threshold past any date
+    CreditPolicy.objects.filter(pk=ofgem.pk).update(threshold=timedelta(days=99_999_999))
+    outage = cut(alice_home["device"], lost=timezone.now() - timedelta(hours=1))
+
+    # when the resident lists and opens the open cut
+    listed = alice_client.get(f"{API}outages/")
+    opened = alice_client.get(f"{API}outages/{outage.id}/")
+
+    # then both answer, with no instant for the next step
+    assert (listed.status_code, opened.status_code) == (200, 200)
+    assert opened.json()["credit"]["quote"]["next_step_at"] is None
 
 
 def test_an_open_outage_without_any_policy_has_no_quote(alice_client, alice_home):
@@ -182,6 +196,10 @@ def three_cuts(alice_home, bob_home, ofgem):
         (f"start={iso(at(11 * 60))}&end={iso(at(11 * 60 + 1))}", ["bob", "alice_ended"]),
         (f"start={iso(at(26 * 60))}&end={iso(at(40 * 60))}", []),
         (f"start={iso(at(26 * 60))}", ["alice_open"]),
+        # ordered by the names the API shows (an open cut's end last going up, first going down)
+        ("ordering=start", ["alice_ended", "bob", "alice_open"]),
+        ("ordering=end", ["alice_ended", "bob", "alice_open"]),
+        ("ordering=-end", ["alice_open", "bob", "alice_ended"]),
     ],
 )
 def test_outage_filters(operator_client, three_cuts, query, expected):
@@ -221,6 +239,8 @@ def test_a_feeder_outage_is_listed_with_its_sites_under_its_feeder(
     assert Decimal(rows[0]["customer_minutes"]) == 120  # 60 + 60
     members = operator_client.get(f"{API}outages/?feeder={feeder.id}&kind=site").json()
     assert {r["grid_outage"] for r in members["results"]} == {rows[0]["id"]}
+    # which name the feeder they are on, as the feeder outage does
+    assert {r["feeder"] for r in members["results"]} == {feeder.id}
 
 
 def test_void_outages_are_listed_only_when_asked_for(operator_client, alice_home, ofgem):
@@ -246,6 +266,9 @@ def test_void_outages_are_listed_only_when_asked_for(operator_client, alice_home
     assert Outage.objects.get(pk=first.pk).status == OutageStatus.VOID
     assert [row["id"] for row in listed] == [earlier.id]
     assert [row["id"] for row in void] == [first.id]
+    # and a void one is still found by its id, as its ledger entries name it
+    opened = operator_client.get(f"{API}outages/{first.id}/")
+    assert (opened.status_code, opened.json()["status"]) == (200, "void")
 
 
 def test_a_resident_filtering_by_another_residents_site_gets_the_400_of_a_missing_one(
@@ -265,6 +288,9 @@ def test_a_resident_filtering_by_another_residents_site_gets_the_400_of_a_missin
         ("start=yesterday", "start"),
         ("kind=street", "kind"),
         ("status=gone", "status"),
+        ("open=maybe", "open"),
+        ("ordering=duration", "ordering"),
+        ("ordering=start,-started", "ordering"),
     ],
 )
 def test_bad_outage_filters_are_400_naming_the_parameter(operator_client, query, field):
@@ -371,6 +397,18 @@ def test_durations_are_taken_as_hh_mm_ss_and_returned_as_iso_8601(staff_client, 
         ({"threshold": "-PT1H"}, "threshold", "must not be negative"),
         ({"threshold": "P999999999999D"}, "threshold", "ISO 8601"),
         ({"currency": "gbp"}, "currency", "ISO 4217"),
+        ({"currency": "XYZ"}, "currency", "'XYZ' is no ISO 4217 currency"),
+        ({"threshold": "P99999999D"}, "threshold", "at most ten years"),
+        (
+            {"tiers": [{"after": "P3661D", "period": "PT12H", "amount": "1"}]},
+            "tiers",
+            "tiers[0].after: at most ten years",
+        ),
+        (
+            {"tiers": [{"after": "PT12H", "period": "P999999999999D", "amount": "1"}]},
+            "tiers",
+            "tiers[0].period: give a duration",
+        ),
         ({"cap": "100.005"}, "cap", "whole number of 0.01"),
         ({"min_sites_affected": 0}, "min_sites_affected", "greater than or equal to 1"),
         ({"base_amount": "-1"}, "base_amount", "greater than or equal to 0"),

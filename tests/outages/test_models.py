@@ -65,7 +65,7 @@ def test_clean_normalises_tiers_to_iso_8601():
     ("fields", "field", "message"),
     [
         ({"tiers": [{"after": "PT1H"}]}, "tiers", "missing"),
-        ({"currency": "gbp"}, "currency", "three-letter ISO 4217"),
+        ({"currency": "gbp"}, "currency", "no ISO 4217 currency"),
         ({"cap": Decimal("10.005")}, "cap", "whole number of 0.01"),
         ({"threshold": timedelta(hours=-1)}, "threshold", "must not be negative"),
         ({"min_sites_affected": 0}, "min_sites_affected", "greater than or equal to 1"),

@@ -416,6 +416,31 @@ def test_the_fleet_panel_shows_suspected_outages_to_operators_only(
     assert "data-suspected-outage" not in client.get("/").content.decode()
 
 
+def test_the_fleet_panel_drops_a_confirmed_suspicion_once_its_cut_has_ended(
+    client, operator, feeder, pis
+):
+    # given the sockets of two sites that dropped, then their replayed reports of the cut
+    t0 = timezone.now().replace(microsecond=0) - timedelta(minutes=10)
+    drop(pis[0], t0)
+    drop(pis[1], minutes(t0, 0.5))
+    sync(feeder, minutes(t0, 1))
+    lost(pis[0], minutes(t0, -0.1))
+    lost(pis[1], minutes(t0, 0.4))
+    sync(feeder, minutes(t0, 2))
+    [suspected] = SuspectedOutage.objects.filter(feeder=feeder)
+    assert suspected.status == "confirmed"
+    client.force_login(operator)
+    marker = f'data-suspected-outage="{suspected.pk}"'
+
+    # then the panel shows it confirmed while the cut goes on
+    assert marker in client.get("/outages/open/").content.decode()
+
+    # and no longer once both sites report their mains back (the cut, not the suspicion, is over)
+    lost(pis[0], minutes(t0, -0.1), restored=minutes(t0, 5))
+    lost(pis[1], minutes(t0, 0.4), restored=minutes(t0, 5))
+    assert marker not in client.get("/outages/open/").content.decode()
+
+
 def replay(feeder, pis, t0, steps):
     """Start from three online Pis, no reports and no suspicion; apply `steps` in order, the
     feeder synced after each; give back the feeder's suspected outages."""
