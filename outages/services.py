@@ -1247,9 +1247,11 @@ def _suspected_judge(outage, rows, sockets, cuts, now: datetime) -> bool:
 
 
 def suspected_outages_sweep(*, now: datetime | None = None) -> list[int]:
-    """Queue a sync of every feeder with a suspected outage still open or a recent abrupt drop:
-    dismisses the ones whose sites are back for the grace period, and catches drops whose own
-    task was lost or that the silent-devices job found. Runs on beat; returns the feeders."""
+    """Mark every feeder with a suspected outage still open or a recent abrupt drop for the
+    drain of suspected outages (one task, not one a feeder: after a storm, 25 of them held both
+    worker processes while the sites' drain waited, bench/outages): dismisses the ones whose
+    sites are back for the grace period, and catches drops whose drain was lost or that the
+    silent-devices job found. Runs on beat; returns the feeders."""
     now = now or timezone.now()
     feeders = set(
         SuspectedOutage.objects.filter(status=SuspectedStatus.SUSPECTED).values_list(
@@ -1257,6 +1259,5 @@ def suspected_outages_sweep(*, now: datetime | None = None) -> list[int]:
         )
     )
     feeders.update(registry.feeders_with_drops(since=now - SWEEP_DROPS_SINCE))
-    for feeder_id in sorted(feeders):
-        _suspected_later(feeder_id)
+    _suspected_soon(sorted(feeders))
     return sorted(feeders)

@@ -318,22 +318,33 @@ def test_a_cut_starting_long_after_the_drop_confirms_nothing(feeder, pis, t0):
     assert SuspectedOutage.objects.get().status == SuspectedStatus.SUSPECTED
 
 
-def test_the_sweep_queues_feeders_with_open_suspicions_and_recent_drops(
-    feeder, pis, t0, monkeypatch
+def test_the_sweep_marks_feeders_with_open_suspicions_and_recent_drops_for_one_drain(
+    feeder, pis, t0, drains, django_capture_on_commit_callbacks
 ):
-    queued = []
-    monkeypatch.setattr(services, "_suspected_later", queued.append)
+    def sweep():
+        with django_capture_on_commit_callbacks(execute=True):  # the task commits at once
+            return services.suspected_outages_sweep(now=now)
+
+    # a recent drop: the feeder is marked for the drain of suspected outages, queued once
     now = timezone.now()
     drop(pis[0], now - timedelta(minutes=1))
-    assert services.suspected_outages_sweep(now=now) == [feeder.id]
+    assert sweep() == [feeder.id]
+    assert (feeders_marked(), len(drains)) == ({feeder.id}, 1)
+    # back, and drained: nothing to mark
     back(pis[0], now)
-    assert services.suspected_outages_sweep(now=now) == []
+    services.suspected_outages_drain()
+    assert sweep() == []
+    assert feeders_marked() == set()
+    # an open suspicion (to dismiss on time): marked again, one more drain (not a task a
+    # feeder: 25 of them after a storm held both worker processes while the sites' drain waited)
     SuspectedOutage.objects.create(feeder=feeder, started_at=t0)
-    assert services.suspected_outages_sweep(now=now) == [feeder.id]
-    assert queued == [feeder.id, feeder.id]
+    assert sweep() == [feeder.id]
+    assert (feeders_marked(), len(drains)) == ({feeder.id}, 2)
 
 
-def test_the_sweep_task_dismisses_when_the_grace_has_passed(feeder, pis, settings, eager_celery):
+def test_the_sweep_task_dismisses_when_the_grace_has_passed(
+    feeder, pis, settings, eager_celery, django_capture_on_commit_callbacks
+):
     settings.OUTAGE_SUSPECTED_GRACE = GRACE
     now = timezone.now()
     drop(pis[0], now - timedelta(minutes=10))
@@ -342,7 +353,8 @@ def test_the_sweep_task_dismisses_when_the_grace_has_passed(feeder, pis, setting
     back(pis[0], now - timedelta(minutes=5))
     back(pis[1], now - timedelta(minutes=5))
 
-    tasks.site_outages_sweep.apply().get()
+    with django_capture_on_commit_callbacks(execute=True):  # the task commits at once
+        tasks.site_outages_sweep.apply().get()
 
     assert SuspectedOutage.objects.get().status == SuspectedStatus.DISMISSED
 
