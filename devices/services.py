@@ -12,7 +12,6 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from devices import selectors, socket_registry
@@ -234,20 +233,21 @@ def device_set_online(
 
 
 def devices_record_last_seen(*, seen: dict[int, datetime]) -> int:
-    """Copy signs of life gathered in Redis into the database in one statement."""
+    """Copy signs of life gathered in Redis into the database in one statement; a device's
+    `last_seen` only moves forward. The instants travel as arrays: a CASE of a WHEN per device
+    cost 1.3 s of CPU for 5,000 devices to build and send, every flush (bench/outages)."""
     if not seen:
         return 0
-    whens = [When(pk=device_id, then=Value(at)) for device_id, at in seen.items()]
+    ids = list(seen)
     with transaction.atomic(), connection.cursor() as cursor:
-        _lock_devices_in_order(cursor, list(seen))
-        return (
-            Device.objects.filter(pk__in=list(seen))
-            .filter(
-                Q(last_seen__isnull=True)
-                | Q(last_seen__lt=Case(*whens, output_field=DateTimeField()))
-            )
-            .update(last_seen=Case(*whens, output_field=DateTimeField()))
+        _lock_devices_in_order(cursor, ids)
+        cursor.execute(
+            "UPDATE devices_device AS d SET last_seen = v.at "
+            "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
+            "WHERE d.id = v.id AND (d.last_seen IS NULL OR d.last_seen < v.at)",
+            [ids, [seen[device_id] for device_id in ids]],
         )
+        return cursor.rowcount
 
 
 COMMAND_ARGS = {

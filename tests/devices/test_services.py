@@ -14,6 +14,7 @@ from django.db import connections
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
+from devices import tasks as device_tasks
 from devices.groups import commands_group
 from devices.models import Command, Device, Sensor, hash_token
 from energy_portal.realtime import live_channel
@@ -183,6 +184,28 @@ def test_silent_devices_go_offline_by_the_latest_of_redis_and_the_database(
     )
     assert registry_keys.hget(socket_registry.SOCKETS_KEY, alice_id) is not None
     assert registry_keys.hget(socket_registry.SOCKETS_KEY, bob_id) is None
+
+
+def test_the_flush_copies_signs_of_life_forward_only(alice_home, bob_home, registry_keys):
+    # given Alice's Pi last seen an hour ago and Bob's never, by the database
+    alice_id, bob_id = alice_home["device"].id, bob_home["device"].id
+    now = time.time()
+    hour_ago = datetime.fromtimestamp(now - 3600, tz=UTC)
+    Device.objects.filter(pk=alice_id).update(last_seen=hour_ago)
+    Device.objects.filter(pk=bob_id).update(last_seen=None)
+
+    # when the sockets' notes say both were heard just now, and the beat job flushes them
+    registry_keys.hset(socket_registry.LAST_SEEN_KEY, alice_id, f"{now:.3f}")
+    registry_keys.hset(socket_registry.LAST_SEEN_KEY, bob_id, f"{now:.3f}")
+    assert device_tasks.devices_flush_last_seen() == 2
+
+    # then both moved to it
+    heard = datetime.fromtimestamp(float(f"{now:.3f}"), tz=UTC)
+    assert set(Device.objects.values_list("last_seen", flat=True)) == {heard}
+
+    # and an older note (a flush racing a newer write) moves nothing back
+    assert services.devices_record_last_seen(seen={alice_id: hour_ago, bob_id: heard}) == 0
+    assert Device.objects.get(pk=alice_id).last_seen == heard
 
 
 def test_a_recent_note_in_redis_keeps_a_device_online_whatever_the_database_says(
