@@ -293,11 +293,12 @@ class SiteSockets:
     back_at: datetime | None
 
 
-def site_sockets(*, feeder_id: int) -> dict[int, SiteSockets]:
-    """The sockets of every site of the feeder that has devices, in one query."""
+def sites_sockets(*, feeder_ids: list[int]) -> dict[int, dict[int, SiteSockets]]:
+    """The sockets of every site with devices of each feeder (feeder -> site -> sockets), in
+    one query for all the feeders."""
     rows = (
-        Device.objects.filter(site__feeder_id=feeder_id)
-        .values("site_id")
+        Device.objects.filter(site__feeder_id__in=feeder_ids)
+        .values("site_id", "site__feeder_id")
         .annotate(
             devices_online=Count("id", filter=Q(online=True)),
             dropped=Max("dropped_at"),
@@ -305,12 +306,12 @@ def site_sockets(*, feeder_id: int) -> dict[int, SiteSockets]:
         )
         .order_by("site_id")
     )
-    return {
-        row["site_id"]: SiteSockets(
+    found: dict[int, dict[int, SiteSockets]] = {feeder_id: {} for feeder_id in feeder_ids}
+    for row in rows:
+        found[row["site__feeder_id"]][row["site_id"]] = SiteSockets(
             dropped_at=row["dropped"] if row["devices_online"] == 0 else None, back_at=row["back"]
         )
-        for row in rows
-    }
+    return found
 
 
 def feeders_with_drops(*, since: datetime) -> list[int]:

@@ -27,6 +27,7 @@ from outages.models import (
     SuspectedSite,
     SuspectedStatus,
 )
+from outages.suspected_outages import SiteCut
 
 
 def credit_policy_for_site(site: Site | int) -> CreditPolicy | None:
@@ -48,16 +49,12 @@ def site_grid(site_id: int) -> tuple[int, int] | None:
     return None if row is None else (row[0], row[1])
 
 
-def feeder_site_ids(feeder_id: int) -> list[int]:
-    """The ids of the feeder's sites. Outages are read by these ids rather than joined to the
-    sites: in a storm the outage table grows faster than its statistics, and the join planned
-    for a table of a few rows scanned the feeder's sites once per outage (130 ms a query at
-    2,500 outages, bench/outages); by site id it is an index scan whatever the statistics."""
-    return list(Site.objects.filter(feeder_id=feeder_id).values_list("pk", flat=True))
-
-
 def feeders_site_ids(feeder_ids: Iterable[int]) -> dict[int, list[int]]:
-    """`feeder_site_ids` of many feeders in one query (a feeder with no site is left out)."""
+    """The ids of each feeder's sites, in one query (a feeder with no site is left out).
+    Outages are read by these ids rather than joined to the sites: in a storm the outage table
+    grows faster than its statistics, and the join planned for a table of a few rows scanned
+    the feeder's sites once per outage (130 ms a query at 2,500 outages, bench/outages); by
+    site id it is an index scan whatever the statistics."""
     sites: dict[int, list[int]] = defaultdict(list)
     for site_id, feeder_id in Site.objects.filter(feeder_id__in=list(feeder_ids)).values_list(
         "pk", "feeder_id"
@@ -114,7 +111,7 @@ def grid_members_near(
     """The live outages that make the grid outages of each group of `spans`, starting within
     the group's (first, last), in one query for all the groups: for `kind` "site", a feeder's
     site outages (the feeder's sites given by `sites_of`: read by site id, see
-    `feeder_site_ids`); for "feeder", a transformer's feeder outages. By group, in start order."""
+    `feeders_site_ids`); for "feeder", a transformer's feeder outages. By group, in start order."""
     if not spans:
         return {}
     if kind == OutageKind.SITE:
@@ -165,6 +162,32 @@ def grid_outages_near(
         unit = group_id if kind == OutageKind.FEEDER else None
         found[group_id].append(GridRow(values[0], unit, *values[1:]))
     return dict(found)
+
+
+def site_cuts(*, site_ids: list[int], since: datetime) -> dict[int, list[SiteCut]]:
+    """The live outages of these sites not ended before `since`, by site, as the suspected
+    outages read them: in one query, the sites as one array parameter."""
+    cuts: dict[int, list[SiteCut]] = defaultdict(list)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, site_id, started_at, ended_at, grid_outage_id FROM outages_outage "
+            "WHERE kind = 'site' AND status <> 'void' AND site_id = ANY(%s::bigint[]) "
+            "AND (ended_at IS NULL OR ended_at >= %s)",
+            [site_ids, since],
+        )
+        for key, site_id, start, end, grid in cursor.fetchall():
+            cuts[site_id].append(SiteCut(key, start, end, grid))
+    return cuts
+
+
+def suspected_outages_near(*, feeder_ids: list[int], since: datetime) -> list[SuspectedOutage]:
+    """The feeders' suspected outages a sync may change (still suspected, or started since
+    `since`), with their drops."""
+    return list(
+        SuspectedOutage.objects.filter(feeder_id__in=feeder_ids)
+        .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(started_at__gte=since))
+        .prefetch_related("drops")
+    )
 
 
 def feeders_with_suspicions(feeder_ids: list[int], *, since: datetime) -> list[int]:

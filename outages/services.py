@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import Max, Q, Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from devices import selectors as registry
@@ -311,8 +311,7 @@ def sites_outages_reconcile(*, site_ids) -> dict[int, ReconcileResult]:
         # Feeders with neither have nothing to sync: asked of all in two queries.
         changed, since = sorted(changed_feeders), now - SUSPECTED_HORIZON
         suspicious = selectors.feeders_with_suspicions(changed, since=since)
-        for feeder_id in suspicious:
-            _suspected_sync(feeder_id, now)
+        _suspected_syncs(suspicious, now)
         dropped = set(selectors.feeders_dropped(changed, since=since)) - set(suspicious)
         _suspected_soon(sorted(dropped))
     return results
@@ -556,23 +555,23 @@ def _marked_take(key: str, *, flag: str) -> list[int]:
 def suspected_outages_drain() -> list[int]:
     """Sync the suspected outages of every feeder abrupt socket ends marked since the last
     drain of them (`sockets_drop_record`): the flag is cleared first, then the set taken at
-    once, each feeder synced in its own transaction under its lock (`suspected_outages_sync`).
-    A feeder marked meanwhile queues the next drain; should the database fail, the feeders not
-    yet synced are marked again before the error propagates. Apart from the sites' drains, so
-    the feeder outages of a storm never wait for its drops (a few ms of queries per feeder, on
-    every drain, as the storm's sockets keep dropping). Returns the feeders synced."""
+    once, and every feeder synced in one transaction under their locks (`_suspected_syncs`:
+    read for all in four queries; a transaction and five queries a feeder kept a worker
+    process busy through a storm, bench/outages). A feeder marked meanwhile queues the next
+    drain; should the database fail, the feeders are marked again before the error propagates.
+    Apart from the sites' drains, so the feeder outages of a storm never wait for its drops.
+    Returns the feeders synced."""
     client = sync_client()
     feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
-    synced: list[int] = []
     try:
-        for feeder_id in feeders:
-            suspected_outages_sync(feeder_id=feeder_id)
-            synced.append(feeder_id)
+        with transaction.atomic():
+            _locks("outages.feeder:", feeders)
+            _suspected_syncs(feeders, timezone.now())
     except BaseException:
-        if left := feeders[len(synced) :]:
-            client.sadd(SUSPECTED_DIRTY_KEY, *left)
+        if feeders:
+            client.sadd(SUSPECTED_DIRTY_KEY, *feeders)
         raise
-    return synced
+    return feeders
 
 
 def site_outages_sweep() -> list[int]:
@@ -1131,27 +1130,46 @@ def suspected_outages_sync(*, feeder_id: int, now: datetime | None = None) -> bo
     """
     with transaction.atomic():
         _lock(f"outages.feeder:{feeder_id}")
-        return _suspected_sync(feeder_id, now or timezone.now())
+        return _suspected_syncs([feeder_id], now or timezone.now())[feeder_id]
 
 
-def _suspected_sync(feeder_id: int, now: datetime) -> bool:
+def _suspected_syncs(feeder_ids: list[int], now: datetime) -> dict[int, bool]:
+    """`suspected_outages_sync` of each feeder (the caller holds their locks), read for all of
+    them in a few queries: whether each changed."""
+    if not feeder_ids:
+        return {}
+    since = now - SUSPECTED_HORIZON
+    sockets_of = registry.sites_sockets(feeder_ids=feeder_ids)
+    sites_of = selectors.feeders_site_ids(feeder_ids)
+    cuts_of = selectors.site_cuts(
+        site_ids=[site for sites in sites_of.values() for site in sites], since=since
+    )
+    suspected_of: dict[int, list[SuspectedOutage]] = defaultdict(list)
+    for outage in selectors.suspected_outages_near(feeder_ids=feeder_ids, since=since):
+        suspected_of[outage.feeder_id].append(outage)
+    return {
+        feeder_id: _suspected_sync(
+            feeder_id,
+            now,
+            sockets=sockets_of[feeder_id],
+            cuts_of={site: cuts_of[site] for site in sites_of.get(feeder_id, [])},
+            suspected=suspected_of[feeder_id],
+        )
+        for feeder_id in sorted(feeder_ids)
+    }
+
+
+def _suspected_sync(
+    feeder_id: int,
+    now: datetime,
+    *,
+    sockets: dict,
+    cuts_of: dict[int, list[SiteCut]],
+    suspected: list[SuspectedOutage],
+) -> bool:
     window = settings.OUTAGE_CORRELATION_WINDOW
     since = now - SUSPECTED_HORIZON
-    sockets = registry.site_sockets(feeder_id=feeder_id)
-    cuts_of: dict[int, list[SiteCut]] = defaultdict(list)
-    feeder_sites = selectors.feeder_site_ids(feeder_id)
-    for key, site_id, start, end, grid in (
-        Outage.objects.filter(kind=OutageKind.SITE, site_id__in=feeder_sites)
-        .exclude(status=OutageStatus.VOID)
-        .exclude(ended_at__lt=since)
-        .values_list("pk", "site_id", "started_at", "ended_at", "grid_outage_id")
-    ):
-        cuts_of[site_id].append(SiteCut(key, start, end, grid))
-    suspected = list(
-        SuspectedOutage.objects.filter(feeder_id=feeder_id)
-        .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(started_at__gte=since))
-        .prefetch_related("drops")
-    )
+    cuts_of = defaultdict(list, cuts_of)
     drops = {s.pk: list(s.drops.all()) for s in suspected}
     known = {(d.site_id, d.dropped_at) for rows in drops.values() for d in rows}
     fresh = sorted(

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices import services as device_services
-from devices.models import Room, Site
+from devices.models import Feeder, Room, Site
 from energy_portal.redis_client import sync_client
 from outages import services, tasks
 from outages.models import Outage, OutageKind, PowerEvent, SuspectedOutage, SuspectedStatus
@@ -546,22 +546,49 @@ def test_clean_ends_mark_no_feeder(feeder, pis, drains, django_capture_on_commit
     assert feeders_marked() == set()
 
 
-def test_a_drain_the_database_fails_marks_the_feeders_it_did_not_sync_again(
-    db, drains, monkeypatch
-):
+def test_a_drain_the_database_fails_marks_its_feeders_again(db, drains, monkeypatch):
     sync_client().sadd(services.SUSPECTED_DIRTY_KEY, 11, 12, 13)
-    synced = []
+    asked = []
 
-    def sync_or_fail(*, feeder_id):
-        if feeder_id == 12:
-            raise OperationalError("the database went away")
-        synced.append(feeder_id)
+    def sync_fails(feeder_ids, now):
+        asked.append(feeder_ids)
+        raise OperationalError("the database went away")
 
-    monkeypatch.setattr(services, "suspected_outages_sync", sync_or_fail)
+    monkeypatch.setattr(services, "_suspected_syncs", sync_fails)
     with pytest.raises(OperationalError):
         services.suspected_outages_drain()
-    assert synced == [11]
-    assert feeders_marked() == {12, 13}
+    # all three were to be synced in the one transaction, and all three are marked again
+    assert asked == [[11, 12, 13]]
+    assert feeders_marked() == {11, 12, 13}
+
+
+def test_a_drain_syncs_its_feeders_in_as_many_queries_as_one(
+    feeder, pis, t0, drains, django_capture_on_commit_callbacks
+):
+    # given: two sites of each of two feeders dropped together (nothing suspected yet)
+    other = Feeder.objects.create(code="FD-2", name="Two", transformer=feeder.transformer)
+    others = [make_site(other, n) for n in (10, 11)]
+    now = timezone.now()
+
+    def drops_then_drain(devices):
+        with django_capture_on_commit_callbacks(execute=True):
+            device_services.devices_disconnected(
+                leaving=[(d, now - timedelta(seconds=n), True) for n, d in enumerate(devices)]
+            )
+        with CaptureQueriesContext(connection) as queries:
+            services.suspected_outages_drain()
+        return [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+
+    # when: the first feeder's drops are drained (its suspected outage opens), then a third
+    # site's drop there, then a fourth's there and the second feeder's two at once
+    drops_then_drain(pis[:2])
+    one = drops_then_drain(pis[2:3])
+    both = drops_then_drain(pis[3:] + others)
+
+    # then: each feeder has its suspected outage, and the two feeders were read in as many
+    # queries as one (the writes are each suspected outage's own)
+    assert SuspectedOutage.objects.filter(feeder__in=[feeder, other]).count() == 2
+    assert len(both) == len(one)
 
 
 def test_a_reconcile_leaves_a_feeder_with_only_drops_to_the_drain_of_suspected_outages(
@@ -569,9 +596,9 @@ def test_a_reconcile_leaves_a_feeder_with_only_drops_to_the_drain_of_suspected_o
 ):
     # given: two sites dropped (nothing suspected yet), and the reconcile's own syncs watched
     inline = []
-    sync_here = services._suspected_sync
+    sync_here = services._suspected_syncs
     monkeypatch.setattr(
-        services, "_suspected_sync", lambda f, now: inline.append(f) or sync_here(f, now)
+        services, "_suspected_syncs", lambda fs, now: inline.extend(fs) or sync_here(fs, now)
     )
     now = timezone.now()
     drop(pis[0], now - timedelta(minutes=1))
