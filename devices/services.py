@@ -525,9 +525,15 @@ def _lock_devices_in_order(cursor, device_ids: list[int]) -> None:
     handshakes and socket ends of several server processes and the last-seen copy each update
     many devices at once, and two batches sharing devices (a Pi reconnecting to the other
     process while its old socket closes) would otherwise deadlock, each holding some rows the
-    other waits for."""
+    other waits for.
+
+    FOR NO KEY UPDATE, the lock the updates themselves take (they change no key): it leaves
+    alone the key-share locks with which rows referring to a device check it exists at commit.
+    FOR UPDATE blocked them, and a batch of power reports (its checks in the order of its rows)
+    deadlocked with the last-seen copy of the whole fleet (in id order) in a storm: its sockets
+    were closed with 1011 and their reports not stored until resent (bench/outages)."""
     cursor.execute(
-        "SELECT id FROM devices_device WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE",
+        "SELECT id FROM devices_device WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE",
         [sorted(device_ids)],
     )
 

@@ -248,6 +248,16 @@ class Bench:
             for i in range(self.plan["replay_points"])
         )
         device.replay_left = 2
+        if device.pending.pop("lost", None) is not None:
+            # Never acked (the server closed the socket first): a Pi keeps the report and
+            # sends it again with the rest, with its own instant.
+            self.errors["lost_unacked_resent"] += 1
+            device.replay_left += 1
+            self._send(
+                device,
+                "r0",
+                f'{{"type":"power","msg_id":"r0","state":"lost","ts":"{iso(device.lost_at)}"}}',
+            )
         self._send(
             device,
             "r1",

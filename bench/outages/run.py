@@ -46,7 +46,7 @@ def portal_processes(port: int, workers: int, concurrency: int) -> dict[str, lis
     return {
         "web": asgi_server.command(host="127.0.0.1", port=port, access_log=False, workers=workers),
         "writer": [py, str(common.ROOT / "manage.py"), "run_ingest_writer"],
-        "worker": [*celery, "worker", "-l", "info", "--concurrency", str(concurrency),
+        "worker": [*celery, "worker", *quiet, "--concurrency", str(concurrency),
                    "--without-gossip", "--without-mingle"],
         "beat": [*celery, "beat", *quiet, "--schedule", str(common.WORK / "celerybeat")],
     }  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import connections
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from devices import selectors, services, socket_registry
@@ -372,6 +372,47 @@ def test_command_message_carries_the_frame_the_socket_writes(alice_home):
         "args": {"state": "off"},
         "expires_at": command.expires_at.isoformat(),
     }
+
+
+@pytest.mark.django_db(transaction=True)  # foreign keys are checked at commit
+def test_a_batch_holding_devices_never_blocks_a_power_report_of_them(alice_home):
+    """The device batches' row locks (socket ends, the fleet's last-seen copy) must leave the
+    key-share locks of the reports' foreign-key checks alone: with FOR UPDATE a batch of power
+    reports and the last-seen copy deadlocked in a storm (bench/outages)."""
+    from outages.services import power_events_record
+
+    device = alice_home["device"]
+    locked, release = threading.Event(), threading.Event()
+    failures = []
+
+    def hold_the_fleet():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                services._lock_devices_in_order(cursor, [device.pk])
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_fleet)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        # when a report of the locked device is stored meanwhile (its check waits 2 s at most)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            answers = power_events_record(
+                reports=[(device.pk, device.site_id, "lost", timezone.now())]
+            )
+    except Exception as exc:  # lock_not_available: the check waited for the batch
+        failures.append(exc)
+    finally:
+        release.set()
+        holder.join()
+
+    # then it was stored at once
+    assert failures == []
+    assert answers == [None]
 
 
 @pytest.mark.django_db(transaction=True)
