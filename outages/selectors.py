@@ -428,15 +428,13 @@ def suspected_outage_list() -> QuerySet[SuspectedOutage]:
 
 
 def suspected_outages_shown(*, now: datetime, recent: timedelta) -> list[SuspectedOutage]:
-    """What the fleet page shows among its open outages: the suspected outages still open, and
-    those confirmed or dismissed within `recent` (so operators see what became of them), oldest
-    first; but not one confirmed by a cut that has ended since (no cut is going on: the history
-    lists it)."""
-    confirmed_and_over = Q(status=SuspectedStatus.CONFIRMED, grid_outage__ended_at__isnull=False)
+    """What the fleet page shows: the suspected outages still open, and those confirmed or
+    dismissed within `recent` (so operators see what became of them), oldest first, each with
+    the grid outage that confirmed it (the page says when that cut ended)."""
     return list(
         suspected_outage_list()
+        .select_related("grid_outage")
         .prefetch_related(None)  # the page shows how many sites, not which: one query
         .filter(Q(status=SuspectedStatus.SUSPECTED) | Q(resolved_at__gte=now - recent))
-        .exclude(confirmed_and_over)
         .order_by("started_at", "id")
     )

@@ -428,7 +428,7 @@ def test_the_fleet_panel_shows_suspected_outages_to_operators_only(
     assert "data-suspected-outage" not in client.get("/").content.decode()
 
 
-def test_the_fleet_panel_drops_a_confirmed_suspicion_once_its_cut_has_ended(
+def test_the_fleet_panel_says_when_the_cut_that_confirmed_a_suspicion_ended(
     client, operator, feeder, pis
 ):
     # given the sockets of two sites that dropped, then their replayed reports of the cut
@@ -442,15 +442,21 @@ def test_the_fleet_panel_drops_a_confirmed_suspicion_once_its_cut_has_ended(
     [suspected] = SuspectedOutage.objects.filter(feeder=feeder)
     assert suspected.status == "confirmed"
     client.force_login(operator)
-    marker = f'data-suspected-outage="{suspected.pk}"'
+
+    def row():
+        page = client.get("/outages/open/").content.decode()
+        start = page.index(f'data-suspected-outage="{suspected.pk}"')
+        return page[start : page.index("</li>", start)]
 
     # then the panel shows it confirmed while the cut goes on
-    assert marker in client.get("/outages/open/").content.decode()
+    assert "their reports confirm a cut" in row() and "over since" not in row()
 
-    # and no longer once both sites report their mains back (the cut, not the suspicion, is over)
+    # and, once both sites report their mains back, when the cut it confirmed ended (it is no
+    # longer going on, though the suspicion stays listed a while for what became of it)
     lost(pis[0], minutes(t0, -0.1), restored=minutes(t0, 5))
     lost(pis[1], minutes(t0, 0.4), restored=minutes(t0, 5))
-    assert marker not in client.get("/outages/open/").content.decode()
+    ended = timezone.localtime(minutes(t0, 5)).strftime("%H:%M")
+    assert f"their reports confirm a cut, over since {ended}" in row()
 
 
 def replay(feeder, pis, t0, steps):
