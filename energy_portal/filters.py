@@ -49,7 +49,8 @@ class OrderingFilter(filters.OrderingFilter):
         asked = []
         for term in (term.strip() for term in raw.split(",")):
             if term:
-                descending, name = term.startswith("-"), term.lstrip("-")
+                descending = term.startswith("-")
+                name = term[1:] if descending else term  # `--start` stays unknown
                 asked.append(("-" if descending else "") + aliases.get(name, name))
         valid = self.remove_invalid_fields(queryset, asked, view, request)
         if len(valid) != len(asked) or not valid:

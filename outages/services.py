@@ -522,8 +522,11 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
         by_transformer[grids[site_id][1] if grids[site_id] else None].append(site_id)
     # Whole transformers together, up to DRAIN_CHUNK_SITES sites a transaction: each level of
     # the regrouping costs a few statements whatever the number of feeders (`_grids_sync`).
+    # Sites on no feeder share nothing: each is a group of its own.
+    groups = [ids for t, ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0) if t]
+    groups += [[site_id] for site_id in by_transformer.get(None, [])]
     chunks: list[list[int]] = []
-    for _, site_ids in sorted(by_transformer.items(), key=lambda kv: kv[0] or 0):
+    for site_ids in groups:
         if chunks and len(chunks[-1]) + len(site_ids) <= DRAIN_CHUNK_SITES:
             chunks[-1] += site_ids
         else:
@@ -559,8 +562,10 @@ def suspected_outages_drain() -> list[int]:
     read for all in four queries; a transaction and five queries a feeder kept a worker
     process busy through a storm, bench/outages). A feeder marked meanwhile queues the next
     drain; should the database fail, the feeders are marked again before the error propagates.
-    Apart from the sites' drains, so the feeder outages of a storm never wait for its drops.
-    Returns the feeders synced."""
+    Apart from the sites' drains, so the feeder outages of a storm wait for its drops only while
+    a drain holds their feeders' locks (68 ms of CPU for 25 feeders). All or nothing: should
+    one feeder fail, every feeder of the drain is synced again by the next. Returns the
+    feeders synced."""
     client = sync_client()
     feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
     try:

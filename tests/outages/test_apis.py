@@ -291,6 +291,7 @@ def test_a_resident_filtering_by_another_residents_site_gets_the_400_of_a_missin
         ("open=maybe", "open"),
         ("ordering=duration", "ordering"),
         ("ordering=start,-started", "ordering"),
+        ("ordering=--start", "ordering"),
     ],
 )
 def test_bad_outage_filters_are_400_naming_the_parameter(operator_client, query, field):

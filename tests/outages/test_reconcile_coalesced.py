@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from django.db import OperationalError, connection
 
+from devices import services as device_services
+from devices.models import Site
 from energy_portal.redis_client import sync_client
 from outages import services, tasks
 from outages.models import Outage, OutageKind, OutageStatus
@@ -171,6 +173,38 @@ def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
             record(device, "restored", 30)
     services.site_outages_drain()
     assert calls == [sorted(site for ids in sites for site in ids)]
+
+
+def test_a_drain_splits_sites_on_no_feeder_freely_by_its_chunk(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given reports of three sites on no feeder (no grid: nothing ties them together)
+    devices = [
+        device_services.device_create(
+            uid=f"pi-alone-{n}", site=Site.objects.create(name=f"Alone {n}")
+        )[0]
+        for n in range(3)
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in devices:
+            record(device, "lost", 0)
+    reconcile_many = services.sites_outages_reconcile
+    calls = []
+
+    def counted(*, site_ids):
+        calls.append(sorted(site_ids))
+        return reconcile_many(site_ids=site_ids)
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", counted)
+    monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 2)
+
+    # when a drain runs with chunks of two sites
+    services.site_outages_drain()
+
+    # then they were reconciled two, then one, each site's outage made
+    sites = sorted(d.site_id for d in devices)
+    assert calls == [sites[:2], sites[2:]]
+    assert Outage.objects.filter(site_id__in=sites, kind=OutageKind.SITE).count() == 3
 
 
 def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):
