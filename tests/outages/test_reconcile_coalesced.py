@@ -139,14 +139,9 @@ def test_sites_a_failed_drain_did_not_reach_are_marked_again(
     assert [row[0] for row in site_outages(devices)] == [devices[0].site_id]
 
 
-def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
-    db, queued, monkeypatch, django_capture_on_commit_callbacks
-):
-    # given reports of three transformers: two of two sites, then one of three
-    grids = [make_grid(1, 2)[1], make_grid(1, 2)[1], make_grid(1, 3)[1]]
-    with django_capture_on_commit_callbacks(execute=True):
-        for device in [d for devices in grids for d in devices]:
-            record(device, "lost", 0)
+@pytest.fixture
+def reconciled(monkeypatch):
+    """The site ids of each `sites_outages_reconcile` call (each a transaction), in order."""
     reconcile_many = services.sites_outages_reconcile
     calls = []
 
@@ -155,6 +150,17 @@ def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
         return reconcile_many(site_ids=site_ids)
 
     monkeypatch.setattr(services, "sites_outages_reconcile", counted)
+    return calls
+
+
+def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+):
+    # given reports of three transformers: two of two sites, then one of three
+    grids = [make_grid(1, 2)[1], make_grid(1, 2)[1], make_grid(1, 3)[1]]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in [d for devices in grids for d in devices]:
+            record(device, "lost", 0)
     monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 4)
 
     # when a drain runs with chunks of four sites
@@ -163,20 +169,20 @@ def test_a_drain_reconciles_whole_transformers_together_up_to_its_chunk(
     # then it reconciled the first two transformers' four sites together, and the third's three
     # (seven would pass the chunk; a transformer is never split) in a transaction of their own
     sites = [sorted(d.site_id for d in devices) for devices in grids]
-    assert calls == [sites[0] + sites[1], sites[2]]
+    assert reconciled == [sites[0] + sites[1], sites[2]]
 
     # and with room for all, in one transaction
-    calls.clear()
+    reconciled.clear()
     monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 1000)
     with django_capture_on_commit_callbacks(execute=True):
         for device in [d for devices in grids for d in devices]:
             record(device, "restored", 30)
     services.site_outages_drain()
-    assert calls == [sorted(site for ids in sites for site in ids)]
+    assert reconciled == [sorted(site for ids in sites for site in ids)]
 
 
 def test_a_drain_splits_sites_on_no_feeder_freely_by_its_chunk(
-    db, queued, monkeypatch, django_capture_on_commit_callbacks
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
 ):
     # given reports of three sites on no feeder (no grid: nothing ties them together)
     devices = [
@@ -188,14 +194,6 @@ def test_a_drain_splits_sites_on_no_feeder_freely_by_its_chunk(
     with django_capture_on_commit_callbacks(execute=True):
         for device in devices:
             record(device, "lost", 0)
-    reconcile_many = services.sites_outages_reconcile
-    calls = []
-
-    def counted(*, site_ids):
-        calls.append(sorted(site_ids))
-        return reconcile_many(site_ids=site_ids)
-
-    monkeypatch.setattr(services, "sites_outages_reconcile", counted)
     monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 2)
 
     # when a drain runs with chunks of two sites
@@ -203,7 +201,7 @@ def test_a_drain_splits_sites_on_no_feeder_freely_by_its_chunk(
 
     # then they were reconciled two, then one, each site's outage made
     sites = sorted(d.site_id for d in devices)
-    assert calls == [sites[:2], sites[2:]]
+    assert reconciled == [sites[:2], sites[2:]]
     assert Outage.objects.filter(site_id__in=sites, kind=OutageKind.SITE).count() == 3
 
 
