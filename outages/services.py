@@ -12,7 +12,14 @@ from functools import partial
 from redis.exceptions import RedisError
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.db.models import Max, Sum
 from django.utils import timezone
 
@@ -458,7 +465,10 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
     time, up to DRAIN_CHUNK_SITES sites a transaction (`sites_outages_reconcile`, set-based:
     each feeder regrouped once, its transformer once). A site marked meanwhile queues the next
     drain. Should a transaction fail (database down), the sites not yet reconciled are marked
-    again before the error propagates, so the task's retry (or the next drain) takes them.
+    again before the error propagates, so the task's retry (or the next drain) takes them. A
+    chunk failing for another reason (something of one site the code cannot take) is
+    reconciled in halves, down to one site a transaction (`_in_parts`): the site that keeps
+    failing is marked again alone, and its error propagates once every other site is reconciled.
 
     One drain runs at a time (`_DRAIN_LOCK`): a drain queued while another runs waits for it
     before it clears the flag and takes the set, so it takes every site marked meanwhile. Two
@@ -532,15 +542,50 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
         else:
             chunks.append(list(site_ids))
     results: dict[int, ReconcileResult] = {}
+
+    def reconcile(site_ids: list[int]) -> None:
+        results.update(sites_outages_reconcile(site_ids=site_ids))
+
+    failures: dict[int, Exception] = {}
     try:
         for site_ids in chunks:
-            results.update(sites_outages_reconcile(site_ids=site_ids))
-    except BaseException:
-        left = [site_id for site_id in pending if site_id not in results]
-        if left:
+            failures.update(_in_parts(site_ids, reconcile))
+    finally:
+        if left := [site_id for site_id in pending if site_id not in results]:
             client.sadd(RECONCILE_DIRTY_KEY, *left)
-        raise
+    _failures_raise(failures, "sites")
     return results
+
+
+def _in_parts(ids: list[int], run: Callable[[list[int]], None]) -> dict[int, Exception]:
+    """`run(ids)`, a transaction of its own; should it fail for another reason than the database
+    itself (something of one site or feeder that the code cannot take), `run` of each half
+    apart, and so on down to single ids, so that one that keeps failing holds none of the others
+    back (a drain failing whole each time would pay no one behind it). Returns the ids that
+    failed alone, with their errors; the database's own failures propagate."""
+    try:
+        run(ids)
+    except (OperationalError, InterfaceError):  # the database is away: every part would fail
+        raise
+    except Exception as exc:
+        if len(ids) == 1:
+            return {ids[0]: exc}
+        middle = len(ids) // 2
+        return {**_in_parts(ids[:middle], run), **_in_parts(ids[middle:], run)}
+    return {}
+
+
+def _failures_raise(failures: dict[int, Exception], what: str) -> None:
+    """After a drain: log the ids that failed alone (marked again for the next drain), and raise
+    the first one's error so the task fails visibly."""
+    if failures:
+        logger.error(
+            "outages: %s %s could not be drained (%s); marked for the next drain",
+            what,
+            ", ".join(map(str, failures)),
+            "; ".join(sorted({f"{type(e).__name__}: {e}" for e in failures.values()}))[:500],
+        )
+        raise next(iter(failures.values()))
 
 
 def _marked_take(key: str, *, flag: str) -> list[int]:
@@ -561,21 +606,28 @@ def suspected_outages_drain() -> list[int]:
     once, and every feeder synced in one transaction under their locks (`_suspected_syncs`:
     read for all in four queries; a transaction and five queries a feeder kept a worker
     process busy through a storm, bench/outages). A feeder marked meanwhile queues the next
-    drain; should the database fail, the feeders are marked again before the error propagates.
-    Apart from the sites' drains, so the feeder outages of a storm wait for its drops only while
-    a drain holds their feeders' locks (68 ms of CPU for 25 feeders). All or nothing: should
-    one feeder fail, every feeder of the drain is synced again by the next. Returns the
-    feeders synced."""
-    client = sync_client()
+    drain; should the database fail, the feeders not synced are marked again before the error
+    propagates. Apart from the sites' drains, so the feeder outages of a storm wait for its
+    drops only while a drain holds their feeders' locks (68 ms of CPU for 25 feeders). Should
+    the transaction fail for another reason, its feeders are synced in halves, down to one a
+    transaction (`_in_parts`): a feeder that keeps failing is marked again alone, and its error
+    propagates once the others are synced. Returns the feeders synced."""
     feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
-    try:
+    synced: list[int] = []
+
+    def sync(feeder_ids: list[int]) -> None:
         with transaction.atomic():
-            _locks("outages.feeder:", feeders)
-            _suspected_syncs(feeders, timezone.now())
-    except BaseException:
-        if feeders:
-            client.sadd(SUSPECTED_DIRTY_KEY, *feeders)
-        raise
+            _locks("outages.feeder:", feeder_ids)
+            _suspected_syncs(feeder_ids, timezone.now())
+        synced.extend(feeder_ids)
+
+    failures: dict[int, Exception] = {}
+    try:
+        failures = _in_parts(feeders, sync)
+    finally:
+        if again := sorted(set(feeders) - set(synced)):
+            sync_client().sadd(SUSPECTED_DIRTY_KEY, *again)
+    _failures_raise(failures, "feeders")
     return feeders
 
 

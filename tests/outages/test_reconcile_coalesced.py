@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 
 from devices import services as device_services
 from devices.models import Site
@@ -203,6 +203,46 @@ def test_a_drain_splits_sites_on_no_feeder_freely_by_its_chunk(
     sites = sorted(d.site_id for d in devices)
     assert reconciled == [sites[:2], sites[2:]]
     assert Outage.objects.filter(site_id__in=sites, kind=OutageKind.SITE).count() == 3
+
+
+def test_a_site_whose_reconcile_keeps_failing_holds_none_of_the_others_back(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+):
+    # given reports of two transformers' sites (one chunk), the third site's reconcile failing
+    # on something of its own (not the database's failure), whatever sites it comes with
+    devices = make_grid(1, 3)[1] + make_grid(1, 2)[1]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in devices:
+            record(device, "lost", 0)
+    bad = devices[2].site_id
+    reconcile_counted = services.sites_outages_reconcile
+
+    def fails_with_the_bad_site(*, site_ids):
+        with transaction.atomic():  # its writes roll back with the raise
+            results = reconcile_counted(site_ids=site_ids)
+            if bad in site_ids:
+                raise ValueError("the bad site's data")
+        return results
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", fails_with_the_bad_site)
+
+    # when the drain runs, then again
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad site"):
+            services.site_outages_drain()
+        # then every other site has its outage, and only the bad one is marked again
+        assert marked() == {bad}
+        assert {row[0] for row in site_outages(devices)} == {d.site_id for d in devices} - {bad}
+
+    # the chunk was halved down to the bad site: five sites, [0, 1] [2, 3, 4] then [2] [3, 4]
+    sites = [d.site_id for d in devices]
+    assert reconciled[:5] == [sorted(sites), sites[:2], sites[2:], [bad], sites[3:]]
+
+    # when its data can be taken again, the next drain reconciles it
+    monkeypatch.setattr(services, "sites_outages_reconcile", reconcile_counted)
+    assert list(services.site_outages_drain()) == [bad]
+    assert marked() == set()
+    assert len(site_outages(devices)) == 5
 
 
 def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):

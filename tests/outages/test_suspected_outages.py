@@ -568,6 +568,66 @@ def test_a_drain_the_database_fails_marks_its_feeders_again(db, drains, monkeypa
     assert feeders_marked() == {11, 12, 13}
 
 
+def test_a_feeder_whose_sync_keeps_failing_holds_none_of_the_others_back(
+    feeder, pis, drains, django_capture_on_commit_callbacks, monkeypatch
+):
+    # given: two sites of each of three feeders dropped together, and the second feeder's sync
+    # failing on something of its own (not the database's failure)
+    two = Feeder.objects.create(code="FD-2", name="Two", transformer=feeder.transformer)
+    three = Feeder.objects.create(code="FD-3", name="Three", transformer=feeder.transformer)
+    devices = [
+        *pis[:2],
+        *(make_site(two, n) for n in (10, 11)),
+        *(make_site(three, n) for n in (20, 21)),
+    ]
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        device_services.devices_disconnected(
+            leaving=[(d, now - timedelta(seconds=n), True) for n, d in enumerate(devices)]
+        )
+    sync_here = services._suspected_sync
+
+    def sync_fails_on_two(feeder_id, now, **kwargs):
+        if feeder_id == two.id:
+            raise ValueError("feeder two's data")
+        return sync_here(feeder_id, now, **kwargs)
+
+    monkeypatch.setattr(services, "_suspected_sync", sync_fails_on_two)
+
+    # when: the drain runs, then again
+    for _ in range(2):
+        with pytest.raises(ValueError, match="feeder two"):
+            services.suspected_outages_drain()
+
+    # then: the other two feeders' suspected outages are open, and only the failing feeder is
+    # marked again (the whole drain failing each time would have opened none)
+    opened = set(SuspectedOutage.objects.values_list("feeder_id", flat=True))
+    assert opened == {feeder.id, three.id}
+    assert feeders_marked() == {two.id}
+
+    # when: its data can be taken again
+    monkeypatch.setattr(services, "_suspected_sync", sync_here)
+    assert services.suspected_outages_drain() == [two.id]
+
+    # then: its suspected outage opens too, and nothing is left marked
+    assert SuspectedOutage.objects.filter(feeder=two).count() == 1
+    assert feeders_marked() == set()
+
+
+def test_a_lone_feeder_whose_sync_fails_is_marked_again(feeder, pis, drains, monkeypatch):
+    sync_client().sadd(services.SUSPECTED_DIRTY_KEY, feeder.id)
+    asked = []
+
+    def sync_fails(feeder_ids, now):
+        asked.append(feeder_ids)
+        raise ValueError("this feeder's data")
+
+    monkeypatch.setattr(services, "_suspected_syncs", sync_fails)
+    with pytest.raises(ValueError):
+        services.suspected_outages_drain()
+    assert (asked, feeders_marked()) == ([[feeder.id]], {feeder.id})
+
+
 def test_a_drain_syncs_its_feeders_in_as_many_queries_as_one(
     feeder, pis, t0, drains, django_capture_on_commit_callbacks
 ):
