@@ -125,6 +125,21 @@ def event_ids_due(*, now: datetime) -> list[int]:
     )
 
 
+def event_instants_near(*, now: datetime, horizon: timedelta) -> list[tuple[int, list[datetime]]]:
+    """Events with a transition still to come within `horizon` of `now`: scheduled ones by their
+    start and end, active ones by their end; (id, those instants) each."""
+    until = now + horizon
+    rows = (
+        Event.objects.filter(
+            Q(status=EventStatus.SCHEDULED, start__gt=now, start__lte=until)
+            | Q(status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE], end__gt=now, end__lte=until)
+        )
+        .order_by("start")
+        .values_list("pk", "start", "end")
+    )
+    return [(pk, [start, end]) for pk, start, end in rows]
+
+
 def program_list() -> QuerySet[Program]:
     return Program.objects.prefetch_related(
         Prefetch("eligible_sites", Site.objects.only("pk")),

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from redis.exceptions import RedisError
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -45,6 +47,7 @@ from devices.groups import fleet_group, site_group
 from devices.models import Device, Feeder, Site
 from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
+from energy_portal.redis_client import sync_client
 
 
 @dataclass(frozen=True)
@@ -385,12 +388,16 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
 
 
 def events_transition_due(*, now: datetime) -> int:
-    """Move every event whose start or end has passed by `now` (each in its own transaction);
-    how many moved. The safety net behind the tasks scheduled for each instant."""
-    return sum(
+    """Move every event whose start or end has passed by `now` (each in its own transaction),
+    the safety net behind the tasks of each instant; then queue the tasks of the instants that
+    have come within SCHEDULE_HORIZON (`_transitions_queue`). How many moved."""
+    moved = sum(
         bool(event_transition(event_id=event_id, now=now))
         for event_id in selectors.event_ids_due(now=now)
     )
+    for event_id, instants in selectors.event_instants_near(now=now, horizon=SCHEDULE_HORIZON):
+        _transitions_queue(event_id, instants, now=now)
+    return moved
 
 
 @transaction.atomic
@@ -424,16 +431,46 @@ def _tell(event_id: int, payload: dict, *, site_ids: Iterable[int] | None = None
     transaction.on_commit(lambda: group_send(groups, message), robust=True)
 
 
+# Celery's Redis transport gives a task that is not acknowledged within the broker's visibility
+# timeout (CELERY_BROKER_TRANSPORT_OPTIONS, 1 h) to a worker again: a task queued for an instant
+# further away would be held, then run, once for every hour it waited (a day-ahead event's start
+# 24 times). So an instant gets its task only once it is at most SCHEDULE_HORIZON away: when
+# the event is created or changed, if it is near, else from the beat's sweep as it comes near
+# (`events_transition_due`, every 30 s). A Redis key per instant keeps it to one task.
+SCHEDULE_HORIZON = timedelta(minutes=30)
+_SCHEDULED_KEY = "ep:dr:transition-queued:{event_id}:{instant}"
+
+
 def _transitions_schedule(event: Event) -> None:
-    # Imported here: tasks import this module. A changed event's earlier tasks still run and
-    # find nothing due (event_transition checks the instants); the beat sweep is the safety net.
-    from demand_response.tasks import event_transition as task
+    """After commit, queue the task of each of the event's instants that is near (a changed
+    event's earlier tasks still run and find nothing due: event_transition checks the
+    instants)."""
+    event_id, instants = event.pk, [event.start, event.end]
+    transaction.on_commit(
+        lambda: _transitions_queue(event_id, instants, now=timezone.now()), robust=True
+    )
 
-    def schedule():
-        task.apply_async((event.pk,), eta=event.start)
-        task.apply_async((event.pk,), eta=event.end)
 
-    transaction.on_commit(schedule, robust=True)
+def _transitions_queue(event_id: int, instants: list[datetime], *, now: datetime) -> int:
+    """Queue an `event_transition` for each of `instants` that is still to come and at most
+    SCHEDULE_HORIZON away, unless one was queued for it already; how many were queued. With
+    Redis unreachable for the key, the task is queued anyway (one queued twice finds nothing
+    due the second time)."""
+    from demand_response.tasks import event_transition as task  # tasks import this module
+
+    queued = 0
+    for instant in instants:
+        if not now < instant <= now + SCHEDULE_HORIZON:
+            continue
+        key = _SCHEDULED_KEY.format(event_id=event_id, instant=instant.isoformat())
+        try:
+            first = sync_client().set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds()))
+        except RedisError:
+            first = True
+        if first:
+            task.apply_async((event_id,), eta=instant)
+            queued += 1
+    return queued
 
 
 def site_offset(event: Event, site_id: int) -> int:

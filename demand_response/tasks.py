@@ -1,8 +1,9 @@
 """Celery tasks of demand response: they take ids, load, call a service, retry with a countdown.
 
-An event's start and end are each scheduled for their instant when the event is created or
-changed (`event_transition`); `events_transition_due` sweeps every 30 s for any a worker missed
-(a lost task, a restart, a clock running ahead). A completed event is settled a little after its
+An event's start and end each get a task for their instant (`event_transition`) once it is
+within `services.SCHEDULE_HORIZON`: when the event is created or changed, or from the sweep,
+`events_transition_due`, which also runs every 30 s for any instant a worker missed (a lost
+task, a restart, a clock running ahead). A completed event is settled a little after its
 end, one cancelled while active a little after the cancel (`services.SETTLE_AFTER`)."""
 
 from celery import shared_task

@@ -15,6 +15,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A task not acknowledged this long after a worker took it is given to a worker again (Redis
+# transport). Tasks with an eta are held unacknowledged until it comes, so none is queued further
+# ahead than half of it (demand_response.services.SCHEDULE_HORIZON; the sweeps are the nets).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = ENV.celery_eager
 # How far the Celery worker lowers its CPU priority below the servers' (energy_portal/priority.py).
 WORKER_NICE = ENV.worker_nice
@@ -29,7 +33,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
     },
     "commands-expire": {"task": "devices.tasks.commands_expire", "schedule": 15.0},
-    # The safety net of demand-response events' start and end (each has a task at its instant).
+    # Demand-response events' start and end: the safety net, and each instant's task queued
+    # once it is within half an hour (demand_response.services.SCHEDULE_HORIZON).
     "dr-events-transition-due": {
         "task": "demand_response.tasks.events_transition_due",
         "schedule": 30.0,

@@ -82,6 +82,15 @@ def at_once(*calls: Callable[[], object]) -> list[object]:
     return results
 
 
+@pytest.fixture(autouse=True)
+def no_transitions_queued_before():
+    """Each instant's task is queued once (a Redis key per instant): none left by another test
+    or run, whose events may have had the same ids and instants."""
+    client = sync_client()
+    if stale := list(client.scan_iter(match="ep:dr:transition-queued:*")):
+        client.delete(*stale)
+
+
 @pytest.fixture
 def clean_redis():
     """The socket and channel-layer keys, and the broker's queue, empty before and after."""

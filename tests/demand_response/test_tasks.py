@@ -44,33 +44,69 @@ def started_event(schedule, *, start_in: timedelta) -> Event:
     return schedule(start=start, end=start + timedelta(hours=2), now=start - timedelta(hours=1))
 
 
+def transition_etas(broker_queue) -> list[datetime]:
+    return sorted(eta for name, _, eta in broker_queue() if name.endswith(".event_transition"))
+
+
 @pytest.mark.django_db
-def test_creating_an_event_queues_a_transition_for_its_start_and_its_end(
+def test_an_instant_gets_its_task_once_it_is_within_the_horizon(
     schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
 ):
+    # given: an event starting in 10 minutes, for two hours
     with django_capture_on_commit_callbacks(execute=True):
-        event = started_event(schedule, start_in=timedelta(hours=1))
+        event = started_event(schedule, start_in=timedelta(minutes=10))
 
-    transitions = [
-        (eta, args) for name, args, eta in broker_queue()
-        if name == "demand_response.tasks.event_transition"
-    ]  # fmt: skip
-    assert sorted(eta for eta, _ in transitions) == [event.start, event.end]
-    assert {args for _, args in transitions} == {f"({event.pk},)"}
+    # then: its start has its task, its end (beyond the horizon) none yet
+    [(name, args, eta)] = broker_queue()
+    assert (name, args, eta) == (
+        "demand_response.tasks.event_transition",
+        f"({event.pk},)",
+        event.start,
+    )
+
+    # when: the beat's sweep runs while the end is still far, then twice once it is near
+    services.events_transition_due(now=event.end - services.SCHEDULE_HORIZON - timedelta(seconds=1))
+    assert transition_etas(broker_queue) == [event.start]
+    for before in (timedelta(minutes=20), timedelta(minutes=19, seconds=30)):
+        services.events_transition_due(now=event.end - before)
+
+    # then: the end got its task, once
+    assert transition_etas(broker_queue) == [event.start, event.end]
+
+
+@pytest.mark.django_db
+def test_a_day_ahead_event_holds_no_task_until_its_start_comes_near(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    # A task with an eta hours away would be handed to a worker again every hour the broker's
+    # visibility timeout lapsed, and run as many times.
+    with django_capture_on_commit_callbacks(execute=True):
+        event = started_event(schedule, start_in=timedelta(hours=24))
+    assert broker_queue() == []
+
+    services.events_transition_due(now=event.start - timedelta(hours=12))
+    assert broker_queue() == []
+
+    services.events_transition_due(now=event.start - timedelta(minutes=29))
+    services.events_transition_due(now=event.start - timedelta(minutes=28))
+    assert transition_etas(broker_queue) == [event.start]
 
 
 @pytest.mark.django_db
 def test_changing_the_start_queues_a_transition_for_the_new_instant(
     schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
 ):
-    event = started_event(schedule, start_in=timedelta(hours=1))
-    new_start = event.start + timedelta(minutes=45)
+    with django_capture_on_commit_callbacks(execute=True):
+        event = started_event(schedule, start_in=timedelta(minutes=10))
+    new_start = event.start + timedelta(minutes=30)  # the program's notice: 30 min from now
 
     with django_capture_on_commit_callbacks(execute=True):
         services.event_update(event_id=event.pk, start=new_start)
+    assert transition_etas(broker_queue) == [event.start]  # the new one beyond the horizon
+    services.events_transition_due(now=new_start - timedelta(minutes=20))
 
-    etas = [eta for name, _, eta in broker_queue() if name.endswith(".event_transition")]
-    assert sorted(etas) == [new_start, event.end]
+    # the old start's task runs and finds nothing due; the new start has its own
+    assert transition_etas(broker_queue) == [event.start, new_start]
 
 
 @pytest.mark.django_db(transaction=True)
