@@ -326,6 +326,32 @@ def many_cuts(make_user, feeder, ofgem):
     return make
 
 
+@pytest.mark.parametrize("ordering", ["start", "-start", "end", "-end"])
+def test_pages_of_outages_sharing_an_instant_neither_repeat_nor_skip_one(
+    api_client_for, many_cuts, ordering
+):
+    # given: seven sites cut at one instant and ended at one instant, each with an open cut too
+    many_cuts(7)
+    client = api_client_for(many_cuts.resident)
+
+    # when: the resident reads them three at a time in that order
+    rows, url = [], f"{API}outages/?ordering={ordering}&page_size=3"
+    while url:
+        page = client.get(url).json()
+        rows += page["results"]
+        url = page["next"]
+
+    # then: each outage once, in the order asked, ties broken by id the same way
+    ids = [row["id"] for row in rows]
+    assert sorted(ids) == sorted(Outage.objects.values_list("id", flat=True))
+    field, descending = ordering.lstrip("-"), ordering.startswith("-")
+
+    def key(row):  # an open cut's end (null) last going up, first going down
+        return row[field] is None, row[field] or "", row["id"]
+
+    assert rows == sorted(rows, key=key, reverse=descending)
+
+
 # token, user's groups (operator check), count, page, ledger sums, site policies, default policy
 OUTAGE_LIST_QUERIES = 7
 
