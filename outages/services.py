@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
+from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from django.conf import settings
@@ -467,8 +468,8 @@ def site_outages_drain() -> dict[int, ReconcileResult]:
     drain. Should a transaction fail (database down), the sites not yet reconciled are marked
     again before the error propagates, so the task's retry (or the next drain) takes them. A
     chunk failing for another reason (something of one site the code cannot take) is
-    reconciled in halves, down to one site a transaction (`_in_parts`): the site that keeps
-    failing is marked again alone, and its error propagates once every other site is reconciled.
+    reconciled in halves, down to the site to blame (`_in_parts`): it is marked again alone, and
+    its error propagates once every other site is reconciled.
 
     One drain runs at a time (`_DRAIN_LOCK`): a drain queued while another runs waits for it
     before it clears the flag and takes the set, so it takes every site marked meanwhile. Two
@@ -557,32 +558,61 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
     return results
 
 
+# Failures no part of a drain is to blame for: the database away (or a deadlock, retried by the
+# task), or the task's time running out. They propagate at once.
+_DRAIN_STOPS = (OperationalError, InterfaceError, SoftTimeLimitExceeded)
+
+
 def _in_parts(ids: list[int], run: Callable[[list[int]], None]) -> dict[int, Exception]:
-    """`run(ids)`, a transaction of its own; should it fail for another reason than the database
-    itself (something of one site or feeder that the code cannot take), `run` of each half
-    apart, and so on down to single ids, so that one that keeps failing holds none of the others
-    back (a drain failing whole each time would pay no one behind it). Returns the ids that
-    failed alone, with their errors; the database's own failures propagate."""
+    """`run(ids)`, a transaction of its own. Should it fail for a reason of the ids' own
+    (something of one site or feeder that the code cannot take), the ids are halved, and the
+    half that fails again halved in turn, down to the one id to blame: one that keeps failing
+    holds none of the others back (a drain failing whole each time paid no one behind it). When
+    both halves fail, the failure is not one id's: the part's ids are all given up, and the
+    halving stops there (at most about three times the part's work, not a run per id). Returns
+    the ids given up, with their error; `_DRAIN_STOPS` propagate."""
     try:
         run(ids)
-    except (OperationalError, InterfaceError):  # the database is away: every part would fail
+    except _DRAIN_STOPS:
         raise
     except Exception as exc:
-        if len(ids) == 1:
-            return {ids[0]: exc}
-        middle = len(ids) // 2
-        return {**_in_parts(ids[:middle], run), **_in_parts(ids[middle:], run)}
+        return _blamed(ids, exc, run)
     return {}
 
 
+def _blamed(
+    ids: list[int], exc: Exception, run: Callable[[list[int]], None]
+) -> dict[int, Exception]:
+    """The ids to give up of a part that failed with `exc` (see `_in_parts`)."""
+    if len(ids) <= 1:
+        return dict.fromkeys(ids, exc)
+    middle = len(ids) // 2
+    failed = []
+    for half in (ids[:middle], ids[middle:]):
+        try:
+            run(half)
+        except _DRAIN_STOPS:
+            raise
+        except Exception as half_exc:
+            failed.append((half, half_exc))
+    if len(failed) == 2:
+        return dict.fromkeys(ids, failed[0][1])
+    if failed:
+        return _blamed(*failed[0], run)
+    return {}  # it passed when tried again
+
+
 def _failures_raise(failures: dict[int, Exception], what: str) -> None:
-    """After a drain: log the ids that failed alone (marked again for the next drain), and raise
-    the first one's error so the task fails visibly."""
+    """After a drain: log the ids given up (marked again for the next drain), and raise the
+    first one's error so the task fails visibly."""
     if failures:
+        ids = list(failures)
         logger.error(
-            "outages: %s %s could not be drained (%s); marked for the next drain",
+            "outages: %d %s could not be drained (%s%s: %s); marked for the next drain",
+            len(ids),
             what,
-            ", ".join(map(str, failures)),
+            ", ".join(map(str, ids[:20])),
+            ", ..." if len(ids) > 20 else "",
             "; ".join(sorted({f"{type(e).__name__}: {e}" for e in failures.values()}))[:500],
         )
         raise next(iter(failures.values()))
@@ -609,9 +639,9 @@ def suspected_outages_drain() -> list[int]:
     drain; should the database fail, the feeders not synced are marked again before the error
     propagates. Apart from the sites' drains, so the feeder outages of a storm wait for its
     drops only while a drain holds their feeders' locks (68 ms of CPU for 25 feeders). Should
-    the transaction fail for another reason, its feeders are synced in halves, down to one a
-    transaction (`_in_parts`): a feeder that keeps failing is marked again alone, and its error
-    propagates once the others are synced. Returns the feeders synced."""
+    the transaction fail for another reason, its feeders are synced in halves, down to the
+    feeder to blame (`_in_parts`): it is marked again alone, and its error propagates once the
+    others are synced. Returns the feeders synced."""
     feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
     synced: list[int] = []
 

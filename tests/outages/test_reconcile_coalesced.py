@@ -7,6 +7,7 @@ import threading
 from decimal import Decimal
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -243,6 +244,58 @@ def test_a_site_whose_reconcile_keeps_failing_holds_none_of_the_others_back(
     assert list(services.site_outages_drain()) == [bad]
     assert marked() == set()
     assert len(site_outages(devices)) == 5
+
+
+def test_a_failure_of_every_site_is_not_retried_site_by_site(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+):
+    # given: eight sites' reports, and every reconcile failing (a defect, not one site's data)
+    devices = make_grid(2, 4)[1]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in devices:
+            record(device, "lost", 0)
+    counted = services.sites_outages_reconcile
+
+    def always_fails(*, site_ids):
+        counted(site_ids=site_ids)
+        raise ValueError("a defect")
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", always_fails)
+
+    # when: the drain runs
+    with pytest.raises(ValueError, match="a defect"):
+        services.site_outages_drain()
+
+    # then: the chunk and its two halves were tried, no more, and every site is marked again
+    sites = sorted(d.site_id for d in devices)
+    assert reconciled == [sites, sites[:4], sites[4:]]
+    assert marked() == set(sites)
+
+
+def test_a_drain_out_of_time_stops_at_once_with_every_site_marked_again(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+):
+    # given: two transformers' reports (two chunks), the first chunk running out of time
+    monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 2)
+    devices = make_grid(1, 2)[1] + make_grid(1, 2)[1]
+    with django_capture_on_commit_callbacks(execute=True):
+        for device in devices:
+            record(device, "lost", 0)
+    counted = services.sites_outages_reconcile
+
+    def out_of_time(*, site_ids):
+        counted(site_ids=site_ids)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", out_of_time)
+
+    # when: the drain runs
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.site_outages_drain()
+
+    # then: nothing was halved or tried after it, and all four sites wait for the next drain
+    assert len(reconciled) == 1
+    assert marked() == {d.site_id for d in devices}
 
 
 def test_a_site_deleted_after_its_report_is_skipped_not_retried_forever(db, queued):
