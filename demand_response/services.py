@@ -12,11 +12,13 @@ controllable devices get `curtail` through the devices' command path (each site 
 stable randomization offset), and `restore` at the end, on cancel, or at once when the site opts
 out mid-event; `DispatchedCommand` keeps which command went to which device for the report."""
 
+import contextlib
 import hashlib
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from redis.exceptions import RedisError
@@ -48,6 +50,8 @@ from devices.models import Device, Feeder, Site
 from devices.services import commands_issue
 from energy_portal.realtime import group_send, live_event
 from energy_portal.redis_client import sync_client
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -388,15 +392,21 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
 
 
 def events_transition_due(*, now: datetime) -> int:
-    """Move every event whose start or end has passed by `now` (each in its own transaction),
-    the safety net behind the tasks of each instant; then queue the tasks of the instants that
-    have come within SCHEDULE_HORIZON (`_transitions_queue`). How many moved."""
-    moved = sum(
-        bool(event_transition(event_id=event_id, now=now))
-        for event_id in selectors.event_ids_due(now=now)
-    )
+    """Queue the tasks of the instants that have come within SCHEDULE_HORIZON
+    (`_transitions_queue`), then move every event whose start or end has passed by `now`, each
+    in its own transaction: the safety net behind those tasks. An event that fails to move is
+    logged and the others still move; the first failure then propagates. How many moved."""
     for event_id, instants in selectors.event_instants_near(now=now, horizon=SCHEDULE_HORIZON):
         _transitions_queue(event_id, instants, now=now)
+    moved, failures = 0, []
+    for event_id in selectors.event_ids_due(now=now):
+        try:
+            moved += bool(event_transition(event_id=event_id, now=now))
+        except Exception as exc:
+            logger.exception("demand response: event %s could not move", event_id)
+            failures.append(exc)
+    if failures:
+        raise failures[0]
     return moved
 
 
@@ -442,34 +452,46 @@ _SCHEDULED_KEY = "ep:dr:transition-queued:{event_id}:{instant}"
 
 
 def _transitions_schedule(event: Event) -> None:
-    """After commit, queue the task of each of the event's instants that is near (a changed
-    event's earlier tasks still run and find nothing due: event_transition checks the
+    """After commit, queue the task of each of the event's instants that is near or has passed
+    (an event the VTN sent late may have started: its start's task runs at once). A changed
+    event's earlier tasks still run and find nothing due (event_transition checks the
     instants)."""
     event_id, instants = event.pk, [event.start, event.end]
     transaction.on_commit(
-        lambda: _transitions_queue(event_id, instants, now=timezone.now()), robust=True
+        lambda: _transitions_queue(event_id, instants, now=timezone.now(), past=True), robust=True
     )
 
 
-def _transitions_queue(event_id: int, instants: list[datetime], *, now: datetime) -> int:
-    """Queue an `event_transition` for each of `instants` that is still to come and at most
-    SCHEDULE_HORIZON away, unless one was queued for it already; how many were queued. With
-    Redis unreachable for the key, the task is queued anyway (one queued twice finds nothing
-    due the second time)."""
+def _transitions_queue(
+    event_id: int, instants: list[datetime], *, now: datetime, past: bool = False
+) -> int:
+    """Queue an `event_transition` for each of `instants` at most SCHEDULE_HORIZON away (and
+    still to come, unless `past`), unless one was queued for it already; how many were queued.
+    With Redis unreachable for the key, the task is queued anyway (one queued twice finds
+    nothing due the second time); should queuing fail, the key goes, so the next sweep tries
+    again."""
     from demand_response.tasks import event_transition as task  # tasks import this module
 
     queued = 0
+    client = sync_client()
     for instant in instants:
-        if not now < instant <= now + SCHEDULE_HORIZON:
+        if instant > now + SCHEDULE_HORIZON or (instant <= now and not past):
             continue
-        key = _SCHEDULED_KEY.format(event_id=event_id, instant=instant.isoformat())
+        key = _SCHEDULED_KEY.format(event_id=event_id, instant=instant.astimezone(UTC).isoformat())
         try:
-            first = sync_client().set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds()))
+            first = client.set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds()))
         except RedisError:
-            first = True
-        if first:
+            first, key = True, None
+        if not first:
+            continue
+        try:
             task.apply_async((event_id,), eta=instant)
-            queued += 1
+        except BaseException:
+            if key is not None:
+                with contextlib.suppress(RedisError):
+                    client.delete(key)
+            raise
+        queued += 1
     return queued
 
 

@@ -93,6 +93,63 @@ def test_a_day_ahead_event_holds_no_task_until_its_start_comes_near(
 
 
 @pytest.mark.django_db
+def test_an_event_that_has_started_by_its_commit_has_its_start_task_at_once(
+    schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
+):
+    # (a VTN's event may reach the VEN after its start: it starts at once, not at the sweep)
+    with django_capture_on_commit_callbacks(execute=True):
+        event = started_event(schedule, start_in=-timedelta(minutes=1))
+    assert transition_etas(broker_queue) == [event.start]
+
+
+@pytest.mark.django_db
+def test_a_task_the_broker_refused_is_queued_by_the_next_sweep(
+    schedule, alice_home, broker_queue, monkeypatch
+):
+    event = started_event(schedule, start_in=timedelta(minutes=10))
+    real = tasks.event_transition.apply_async
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("the broker is away")
+
+    monkeypatch.setattr(tasks.event_transition, "apply_async", refused)
+    with pytest.raises(ConnectionError):
+        services.events_transition_due(now=timezone.now())
+    monkeypatch.setattr(tasks.event_transition, "apply_async", real)
+    services.events_transition_due(now=timezone.now())
+
+    assert transition_etas(broker_queue) == [event.start]
+
+
+@pytest.mark.django_db
+def test_an_event_that_fails_to_move_holds_none_of_the_others_back(
+    schedule, alice_home, broker_queue, monkeypatch
+):
+    # given: two events due to start, the first failing to, and a third starting soon
+    first = started_event(schedule, start_in=-timedelta(minutes=2))
+    second = started_event(schedule, start_in=-timedelta(minutes=1))
+    soon = started_event(schedule, start_in=timedelta(minutes=10))
+    broker_queue_before = transition_etas(broker_queue)
+    move = services.event_transition
+
+    def first_fails(*, event_id, now):
+        if event_id == first.pk:
+            raise ValueError("the first event's data")
+        return move(event_id=event_id, now=now)
+
+    monkeypatch.setattr(services, "event_transition", first_fails)
+
+    # when: the sweep runs
+    with pytest.raises(ValueError, match="first event"):
+        services.events_transition_due(now=timezone.now())
+
+    # then: the second started, and the soon one got its task all the same
+    second.refresh_from_db()
+    assert second.status == EventStatus.ACTIVE
+    assert transition_etas(broker_queue) == [*broker_queue_before, soon.start]
+
+
+@pytest.mark.django_db
 def test_changing_the_start_queues_a_transition_for_the_new_instant(
     schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
 ):
