@@ -246,21 +246,36 @@ def test_a_site_whose_reconcile_keeps_failing_holds_none_of_the_others_back(
     assert len(site_outages(devices)) == 5
 
 
-def test_a_failure_of_every_site_is_not_retried_site_by_site(
-    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
-):
-    # given: eight sites' reports, and every reconcile failing (a defect, not one site's data)
-    devices = make_grid(2, 4)[1]
-    with django_capture_on_commit_callbacks(execute=True):
+def reported(devices, capture_on_commit):
+    """The devices, each having reported `lost` (its site marked for the drain)."""
+    with capture_on_commit(execute=True):
         for device in devices:
             record(device, "lost", 0)
+    return devices
+
+
+@pytest.fixture
+def reconciles_fail(monkeypatch, reconciled):
+    """`reconciles_fail(error)`: every reconcile from then on is counted in `reconciled`, then
+    raises `error`."""
     counted = services.sites_outages_reconcile
 
-    def always_fails(*, site_ids):
-        counted(site_ids=site_ids)
-        raise ValueError("a defect")
+    def fail_with(error: BaseException) -> None:
+        def failing(*, site_ids):
+            counted(site_ids=site_ids)
+            raise error
 
-    monkeypatch.setattr(services, "sites_outages_reconcile", always_fails)
+        monkeypatch.setattr(services, "sites_outages_reconcile", failing)
+
+    return fail_with
+
+
+def test_a_failure_of_every_site_is_not_retried_site_by_site(
+    db, queued, django_capture_on_commit_callbacks, reconciled, reconciles_fail
+):
+    # given: eight sites' reports, and every reconcile failing (a defect, not one site's data)
+    devices = reported(make_grid(2, 4)[1], django_capture_on_commit_callbacks)
+    reconciles_fail(ValueError("a defect"))
 
     # when: the drain runs
     with pytest.raises(ValueError, match="a defect"):
@@ -273,21 +288,13 @@ def test_a_failure_of_every_site_is_not_retried_site_by_site(
 
 
 def test_a_drain_out_of_time_stops_at_once_with_every_site_marked_again(
-    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled, reconciles_fail
 ):
     # given: two transformers' reports (two chunks), the first chunk running out of time
     monkeypatch.setattr(services, "DRAIN_CHUNK_SITES", 2)
     devices = make_grid(1, 2)[1] + make_grid(1, 2)[1]
-    with django_capture_on_commit_callbacks(execute=True):
-        for device in devices:
-            record(device, "lost", 0)
-    counted = services.sites_outages_reconcile
-
-    def out_of_time(*, site_ids):
-        counted(site_ids=site_ids)
-        raise SoftTimeLimitExceeded()
-
-    monkeypatch.setattr(services, "sites_outages_reconcile", out_of_time)
+    reported(devices, django_capture_on_commit_callbacks)
+    reconciles_fail(SoftTimeLimitExceeded())
 
     # when: the drain runs
     with pytest.raises(SoftTimeLimitExceeded):

@@ -552,20 +552,27 @@ def test_clean_ends_mark_no_feeder(feeder, pis, drains, django_capture_on_commit
     assert feeders_marked() == set()
 
 
-def test_a_drain_the_database_fails_marks_its_feeders_again(db, drains, monkeypatch):
-    sync_client().sadd(services.SUSPECTED_DIRTY_KEY, 11, 12, 13)
+@pytest.mark.parametrize(
+    ("error", "feeders"),
+    [
+        # the database away: all three in the one transaction, none halved, all marked again
+        (OperationalError("the database went away"), [11, 12, 13]),
+        # a lone feeder failing on its own data: marked again
+        (ValueError("this feeder's data"), [11]),
+    ],
+)
+def test_a_drain_that_fails_marks_its_feeders_again(db, drains, monkeypatch, error, feeders):
+    sync_client().sadd(services.SUSPECTED_DIRTY_KEY, *feeders)
     asked = []
 
     def sync_fails(feeder_ids, now):
         asked.append(feeder_ids)
-        raise OperationalError("the database went away")
+        raise error
 
     monkeypatch.setattr(services, "_suspected_syncs", sync_fails)
-    with pytest.raises(OperationalError):
+    with pytest.raises(type(error)):
         services.suspected_outages_drain()
-    # all three were to be synced in the one transaction, and all three are marked again
-    assert asked == [[11, 12, 13]]
-    assert feeders_marked() == {11, 12, 13}
+    assert (asked, feeders_marked()) == ([feeders], set(feeders))
 
 
 def test_a_feeder_whose_sync_keeps_failing_holds_none_of_the_others_back(
@@ -612,20 +619,6 @@ def test_a_feeder_whose_sync_keeps_failing_holds_none_of_the_others_back(
     # then: its suspected outage opens too, and nothing is left marked
     assert SuspectedOutage.objects.filter(feeder=two).count() == 1
     assert feeders_marked() == set()
-
-
-def test_a_lone_feeder_whose_sync_fails_is_marked_again(feeder, pis, drains, monkeypatch):
-    sync_client().sadd(services.SUSPECTED_DIRTY_KEY, feeder.id)
-    asked = []
-
-    def sync_fails(feeder_ids, now):
-        asked.append(feeder_ids)
-        raise ValueError("this feeder's data")
-
-    monkeypatch.setattr(services, "_suspected_syncs", sync_fails)
-    with pytest.raises(ValueError):
-        services.suspected_outages_drain()
-    assert (asked, feeders_marked()) == ([[feeder.id]], {feeder.id})
 
 
 def test_a_drain_syncs_its_feeders_in_as_many_queries_as_one(
