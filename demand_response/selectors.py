@@ -140,6 +140,15 @@ def event_instants_near(*, now: datetime, horizon: timedelta) -> list[tuple[int,
     return [(pk, [start, end]) for pk, start, end in rows]
 
 
+def event_ids_randomizing(*, now: datetime, horizon: timedelta) -> list[int]:
+    """Active events whose randomized start still has (or had, within `horizon`) sites' curtails
+    to send."""
+    rows = Event.objects.filter(status=EventStatus.ACTIVE, randomization_s__gt=0).values_list(
+        "pk", "start", "randomization_s"
+    )
+    return [pk for pk, start, spread in rows if start + timedelta(seconds=spread) > now - horizon]
+
+
 def program_list() -> QuerySet[Program]:
     return Program.objects.prefetch_related(
         Prefetch("eligible_sites", Site.objects.only("pk")),

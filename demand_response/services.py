@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -392,12 +392,15 @@ def event_transition(*, event_id: int, now: datetime) -> list[str]:
 
 
 def events_transition_due(*, now: datetime) -> int:
-    """Queue the tasks of the instants that have come within SCHEDULE_HORIZON
-    (`_transitions_queue`), then move every event whose start or end has passed by `now`, each
-    in its own transaction: the safety net behind those tasks. An event that fails to move is
-    logged and the others still move; the first failure then propagates. How many moved."""
+    """Queue the tasks of what has come within SCHEDULE_HORIZON: events' instants
+    (`_transitions_queue`) and the curtails of randomized starts (`_curtails_queue`). Then move
+    every event whose start or end has passed by `now`, each in its own transaction: the
+    safety net behind those tasks. An event that fails to move is logged and the others still
+    move; the first failure then propagates. How many moved."""
     for event_id, instants in selectors.event_instants_near(now=now, horizon=SCHEDULE_HORIZON):
         _transitions_queue(event_id, instants, now=now)
+    for event_id in selectors.event_ids_randomizing(now=now, horizon=SCHEDULE_HORIZON):
+        _curtails_queue(event_id, now=now)
     moved, failures = 0, []
     for event_id in selectors.event_ids_due(now=now):
         try:
@@ -449,6 +452,7 @@ def _tell(event_id: int, payload: dict, *, site_ids: Iterable[int] | None = None
 # (`events_transition_due`, every 30 s). A Redis key per instant keeps it to one task.
 SCHEDULE_HORIZON = timedelta(minutes=30)
 _SCHEDULED_KEY = "ep:dr:transition-queued:{event_id}:{instant}"
+_CURTAIL_KEY = "ep:dr:curtail-queued:{event_id}:{start}:{offset}"
 
 
 def _transitions_schedule(event: Event) -> None:
@@ -466,33 +470,42 @@ def _transitions_queue(
     event_id: int, instants: list[datetime], *, now: datetime, past: bool = False
 ) -> int:
     """Queue an `event_transition` for each of `instants` at most SCHEDULE_HORIZON away (and
-    still to come, unless `past`), unless one was queued for it already; how many were queued.
-    With Redis unreachable for the key, the task is queued anyway (one queued twice finds
-    nothing due the second time); should queuing fail, the key goes, so the next sweep tries
-    again."""
+    still to come, unless `past`), unless one was queued for it already (`_queue_once`); how
+    many were queued."""
     from demand_response.tasks import event_transition as task  # tasks import this module
 
     queued = 0
-    client = sync_client()
     for instant in instants:
         if instant > now + SCHEDULE_HORIZON or (instant <= now and not past):
             continue
-        key = _SCHEDULED_KEY.format(event_id=event_id, instant=instant.astimezone(UTC).isoformat())
-        try:
-            first = client.set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds()))
-        except RedisError:
-            first, key = True, None
-        if not first:
-            continue
-        try:
-            task.apply_async((event_id,), eta=instant)
-        except BaseException:
-            if key is not None:
-                with contextlib.suppress(RedisError):
-                    client.delete(key)
-            raise
-        queued += 1
+        key = _SCHEDULED_KEY.format(event_id=event_id, instant=_utc(instant))
+        queued += _queue_once(key, lambda at=instant: task.apply_async((event_id,), eta=at))
     return queued
+
+
+def _queue_once(key: str, queue: Callable[[], object]) -> bool:
+    """`queue()` unless the Redis `key` says it was done (the key is kept for twice
+    SCHEDULE_HORIZON); whether it was. With Redis unreachable it is done anyway (a task queued
+    twice finds nothing to do the second time); should it fail, the key goes, so the next
+    sweep tries again."""
+    client = sync_client()
+    try:
+        if not client.set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds())):
+            return False
+    except RedisError:
+        key = None
+    try:
+        queue()
+    except BaseException:
+        if key is not None:
+            with contextlib.suppress(RedisError):
+                client.delete(key)
+        raise
+    return True
+
+
+def _utc(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat()
 
 
 def site_offset(event: Event, site_id: int) -> int:
@@ -505,21 +518,38 @@ def site_offset(event: Event, site_id: int) -> int:
 
 
 def _curtail_schedule(event: Event) -> None:
-    """Queue the opted-in sites' curtailment, one task per offset, at start + offset."""
-    from demand_response.tasks import event_sites_curtail as task
-
-    site_ids = Invitation.objects.filter(event=event, status=InvitationStatus.OPTED_IN).values_list(
-        "site_id", flat=True
+    """After the start commits, queue the opted-in sites' curtailment, one task per offset at
+    start + offset (`_curtails_queue`): every offset at most SCHEDULE_HORIZON away now, the
+    later ones (a randomization over half an hour) from the beat's sweep as they come near."""
+    event_id = event.pk
+    transaction.on_commit(
+        lambda: _curtails_queue(event_id, now=timezone.now(), past=True), robust=True
     )
+
+
+def _curtails_queue(event_id: int, *, now: datetime, past: bool = False) -> int:
+    """Queue `event_sites_curtail` for each offset of the active event's opted-in sites whose
+    instant is at most SCHEDULE_HORIZON away (or passed: any when `past`, else within the last
+    SCHEDULE_HORIZON, which the sweep still covers), once each (`_queue_once`); how many
+    were queued. A site that opted out since is skipped by the task."""
+    from demand_response.tasks import event_sites_curtail as task  # tasks import this module
+
+    event = Event.objects.filter(pk=event_id, status=EventStatus.ACTIVE).first()
+    if event is None:
+        return 0
     by_offset: dict[int, list[int]] = {}
-    for site_id in site_ids:
+    for site_id in Invitation.objects.filter(
+        event_id=event_id, status=InvitationStatus.OPTED_IN
+    ).values_list("site_id", flat=True):
         by_offset.setdefault(site_offset(event, site_id), []).append(site_id)
-
-    def schedule():
-        for offset, ids in sorted(by_offset.items()):
-            task.apply_async((event.pk, ids), eta=event.start + timedelta(seconds=offset))
-
-    transaction.on_commit(schedule, robust=True)
+    queued = 0
+    for offset, ids in sorted(by_offset.items()):
+        at = event.start + timedelta(seconds=offset)
+        if at > now + SCHEDULE_HORIZON or (at <= now - SCHEDULE_HORIZON and not past):
+            continue
+        key = _CURTAIL_KEY.format(event_id=event_id, start=_utc(event.start), offset=offset)
+        queued += _queue_once(key, lambda ids=ids, at=at: task.apply_async((event_id, ids), eta=at))
+    return queued
 
 
 # Settlement waits this long after an event ends: the devices' last readings of the window reach

@@ -17,9 +17,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A task not acknowledged this long after a worker took it is given to a worker again (Redis
 # transport), and a task with an eta is held unacknowledged until it comes: events' transitions
-# are queued at most half of it ahead (demand_response.services.SCHEDULE_HORIZON). A site's
-# curtail at a start randomized by more than an hour may be handed out again (it sends nothing
-# twice: devices already sent one are skipped).
+# and the curtails of a randomized start are queued at most half of it ahead
+# (demand_response.services.SCHEDULE_HORIZON).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = ENV.celery_eager
 # How far the Celery worker lowers its CPU priority below the servers' (energy_portal/priority.py).

@@ -87,7 +87,7 @@ def no_transitions_queued_before():
     """Each instant's task is queued once (a Redis key per instant): none left by another test
     or run, whose events may have had the same ids and instants."""
     client = sync_client()
-    if stale := list(client.scan_iter(match="ep:dr:transition-queued:*")):
+    if stale := list(client.scan_iter(match="ep:dr:*-queued:*")):
         client.delete(*stale)
 
 

@@ -241,6 +241,46 @@ def test_the_start_queues_each_sites_curtail_for_start_plus_its_offset(
     }
 
 
+def test_a_start_randomized_over_hours_queues_each_curtail_only_as_it_comes_near(
+    schedule, alice_home, bob_home, monkeypatch
+):
+    # given: both homes opted in to a three-hour event whose start is randomized over two hours,
+    # Alice's offset a minute, Bob's an hour and a half
+    start = timezone.now() + timedelta(seconds=5)
+    event = schedule(
+        start=start, end=start + timedelta(hours=3), now=start - timedelta(hours=1),
+        randomization_s=7200,
+    )  # fmt: skip
+    for invitation in event.invitations.all():
+        services.invitation_respond(invitation_id=invitation.pk, response="opt_in", by="resident")
+    offsets = {alice_home["site"].pk: 60, bob_home["site"].pk: 5400}
+    monkeypatch.setattr(services, "site_offset", lambda event, site_id: offsets[site_id])
+
+    def curtails() -> list[tuple[list[int], datetime]]:
+        queued = [json.loads(raw)["headers"] for raw in sync_client().lrange("celery", 0, -1)]
+        return sorted(
+            (ast.literal_eval(h["argsrepr"])[1], datetime.fromisoformat(h["eta"]))
+            for h in queued
+            if h["task"] == "demand_response.tasks.event_sites_curtail"
+        )
+
+    # when: it starts; then the beat's sweep runs an hour before Bob's curtail, and twice within
+    # half an hour of it
+    services.event_transition(event_id=event.pk, now=event.start)
+    at_start = curtails()
+    services.events_transition_due(now=event.start + timedelta(minutes=30))
+    an_hour_before = curtails()
+    for minutes in (61, 62):
+        services.events_transition_due(now=event.start + timedelta(minutes=minutes))
+
+    # then: Alice's curtail was queued at the start, Bob's only once it came near, once (a task
+    # held past the broker's one-hour visibility timeout would be handed out again every hour)
+    alice = ([alice_home["site"].pk], event.start + timedelta(seconds=60))
+    bob = ([bob_home["site"].pk], event.start + timedelta(seconds=5400))
+    assert (at_start, an_hour_before) == ([alice], [alice])
+    assert curtails() == [alice, bob]
+
+
 async def dr_messages(browser, count: int) -> list[dict]:
     """The next `count` demand-response messages the browser hears (commands' are skipped)."""
     heard = []
