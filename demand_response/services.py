@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from redis.exceptions import RedisError
 
@@ -395,19 +396,30 @@ def events_transition_due(*, now: datetime) -> int:
     """Queue the tasks of what has come within SCHEDULE_HORIZON: events' instants
     (`_transitions_queue`) and the curtails of randomized starts (`_curtails_queue`). Then move
     every event whose start or end has passed by `now`, each in its own transaction: the
-    safety net behind those tasks. An event that fails to move is logged and the others still
-    move; the first failure then propagates. How many moved."""
-    for event_id, instants in selectors.event_instants_near(now=now, horizon=SCHEDULE_HORIZON):
-        _transitions_queue(event_id, instants, now=now)
-    for event_id in selectors.event_ids_randomizing(now=now, horizon=SCHEDULE_HORIZON):
-        _curtails_queue(event_id, now=now)
-    moved, failures = 0, []
-    for event_id in selectors.event_ids_due(now=now):
+    safety net behind those tasks. An event whose step fails is logged and the other events'
+    steps still run; the first failure then propagates. How many moved."""
+    failures: list[Exception] = []
+
+    def each(what: str, event_id: int, step: Callable[[], object]) -> object:
         try:
-            moved += bool(event_transition(event_id=event_id, now=now))
+            return step()
         except Exception as exc:
-            logger.exception("demand response: event %s could not move", event_id)
+            logger.exception("demand response: %s of event %s failed", what, event_id)
             failures.append(exc)
+            return None
+
+    for event_id, instants in selectors.event_instants_near(now=now, horizon=SCHEDULE_HORIZON):
+        each(
+            "queuing the transitions",
+            event_id,
+            partial(_transitions_queue, event_id, instants, now=now),
+        )
+    for event_id in selectors.event_ids_randomizing(now=now, horizon=SCHEDULE_HORIZON):
+        each("queuing the curtails", event_id, partial(_curtails_queue, event_id, now=now))
+    moved = sum(
+        bool(each("the move", event_id, partial(event_transition, event_id=event_id, now=now)))
+        for event_id in selectors.event_ids_due(now=now)
+    )
     if failures:
         raise failures[0]
     return moved

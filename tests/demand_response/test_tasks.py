@@ -150,6 +150,24 @@ def test_an_event_that_fails_to_move_holds_none_of_the_others_back(
 
 
 @pytest.mark.django_db
+def test_an_event_whose_tasks_cannot_be_queued_holds_no_due_event_back(
+    schedule, alice_home, broker_queue, monkeypatch
+):
+    due = started_event(schedule, start_in=-timedelta(minutes=1))
+    soon = started_event(schedule, start_in=timedelta(minutes=10))
+
+    def fails(event_id, instants, *, now):
+        raise ValueError(f"event {event_id}'s instants")
+
+    monkeypatch.setattr(services, "_transitions_queue", fails)
+    with pytest.raises(ValueError, match=f"event {soon.pk}"):
+        services.events_transition_due(now=timezone.now())
+
+    due.refresh_from_db()
+    assert due.status == EventStatus.ACTIVE
+
+
+@pytest.mark.django_db
 def test_changing_the_start_queues_a_transition_for_the_new_instant(
     schedule, alice_home, broker_queue, django_capture_on_commit_callbacks
 ):
