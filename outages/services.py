@@ -565,41 +565,40 @@ _DRAIN_STOPS = (OperationalError, InterfaceError, SoftTimeLimitExceeded)
 
 def _in_parts(ids: list[int], run: Callable[[list[int]], None]) -> dict[int, Exception]:
     """`run(ids)`, a transaction of its own. Should it fail for a reason of the ids' own
-    (something of one site or feeder that the code cannot take), the ids are halved, and the
-    half that fails again halved in turn, down to the one id to blame: one that keeps failing
-    holds none of the others back (a drain failing whole each time paid no one behind it). When
-    both halves fail, the failure is not one id's: the part's ids are all given up, and the
-    halving stops there (at most about three times the part's work, not a run per id). Returns
-    the ids given up, with their error; `_DRAIN_STOPS` propagate."""
+    (something of one site or feeder that the code cannot take), each half is run apart, and
+    each half that fails again is halved in turn, down to the ids to blame: those that keep
+    failing hold none of the others back (a drain failing whole each time paid no one behind
+    it). The halving has a budget of about four runs per halving level (enough to find a few
+    bad ids among a thousand); a failure of every id (a defect) spends it and the parts left
+    are given up whole, so it costs a few times the part's work, not a run per id. Returns the
+    ids given up, with their error; `_DRAIN_STOPS` propagate."""
     try:
         run(ids)
     except _DRAIN_STOPS:
         raise
     except Exception as exc:
-        return _blamed(ids, exc, run)
+        return _blamed(ids, exc, run, budget=[4 * len(ids).bit_length() + 4])
     return {}
 
 
 def _blamed(
-    ids: list[int], exc: Exception, run: Callable[[list[int]], None]
+    ids: list[int], exc: Exception, run: Callable[[list[int]], None], *, budget: list[int]
 ) -> dict[int, Exception]:
-    """The ids to give up of a part that failed with `exc` (see `_in_parts`)."""
-    if len(ids) <= 1:
+    """The ids to give up of a part that failed with `exc` (see `_in_parts`); `budget` holds
+    the runs left."""
+    if len(ids) <= 1 or budget[0] < 2:
         return dict.fromkeys(ids, exc)
+    budget[0] -= 2
     middle = len(ids) // 2
-    failed = []
+    blamed: dict[int, Exception] = {}
     for half in (ids[:middle], ids[middle:]):
         try:
             run(half)
         except _DRAIN_STOPS:
             raise
         except Exception as half_exc:
-            failed.append((half, half_exc))
-    if len(failed) == 2:
-        return dict.fromkeys(ids, failed[0][1])
-    if failed:
-        return _blamed(*failed[0], run)
-    return {}  # it passed when tried again
+            blamed.update(_blamed(half, half_exc, run, budget=budget))
+    return blamed
 
 
 def _failures_raise(failures: dict[int, Exception], what: str) -> None:

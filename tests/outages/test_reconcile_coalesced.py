@@ -270,21 +270,50 @@ def reconciles_fail(monkeypatch, reconciled):
     return fail_with
 
 
+def test_two_sites_whose_reconciles_keep_failing_hold_none_of_the_others_back(
+    db, queued, monkeypatch, django_capture_on_commit_callbacks, reconciled
+):
+    # given: forty sites' reports (one chunk), the 4th's and the 31st's reconciles failing (in
+    # either half), whatever sites they come with
+    devices = reported(make_grid(4, 10)[1], django_capture_on_commit_callbacks)
+    sites = sorted(d.site_id for d in devices)
+    bad = {sites[3], sites[30]}
+    counted = services.sites_outages_reconcile
+
+    def fails_with_a_bad_site(*, site_ids):
+        with transaction.atomic():  # its writes roll back with the raise
+            results = counted(site_ids=site_ids)
+            if bad & set(site_ids):
+                raise ValueError("a bad site's data")
+        return results
+
+    monkeypatch.setattr(services, "sites_outages_reconcile", fails_with_a_bad_site)
+
+    # when: the drain runs
+    with pytest.raises(ValueError, match="bad site"):
+        services.site_outages_drain()
+
+    # then: every other site has its outage, and only the two are marked again
+    assert marked() == bad
+    assert {row[0] for row in site_outages(devices)} == set(sites) - bad
+
+
 def test_a_failure_of_every_site_is_not_retried_site_by_site(
     db, queued, django_capture_on_commit_callbacks, reconciled, reconciles_fail
 ):
-    # given: eight sites' reports, and every reconcile failing (a defect, not one site's data)
-    devices = reported(make_grid(2, 4)[1], django_capture_on_commit_callbacks)
+    # given: forty sites' reports, and every reconcile failing (a defect, not one site's data)
+    devices = reported(make_grid(4, 10)[1], django_capture_on_commit_callbacks)
     reconciles_fail(ValueError("a defect"))
 
     # when: the drain runs
     with pytest.raises(ValueError, match="a defect"):
         services.site_outages_drain()
 
-    # then: the chunk and its two halves were tried, no more, and every site is marked again
-    sites = sorted(d.site_id for d in devices)
-    assert reconciled == [sites, sites[:4], sites[4:]]
-    assert marked() == set(sites)
+    # then: the chunk and, within the halving's budget (four runs a level of forty sites'
+    # six, and four), parts of it were tried: not each of the 79 parts down to every site;
+    # every site is marked again
+    assert len(reconciled) <= 1 + 4 * 6 + 4
+    assert marked() == {d.site_id for d in devices}
 
 
 def test_a_drain_out_of_time_stops_at_once_with_every_site_marked_again(
