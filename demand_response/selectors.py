@@ -140,13 +140,13 @@ def event_instants_near(*, now: datetime, horizon: timedelta) -> list[tuple[int,
     return [(pk, [start, end]) for pk, start, end in rows]
 
 
-def event_ids_randomizing(*, now: datetime, horizon: timedelta) -> list[int]:
-    """Active events whose randomized start still has (or had, within `horizon`) sites' curtails
-    to send."""
-    rows = Event.objects.filter(status=EventStatus.ACTIVE, randomization_s__gt=0).values_list(
-        "pk", "start", "randomization_s"
+def event_ids_randomizing() -> list[int]:
+    """Active events with a randomized start: sites' curtails may still be to send."""
+    return list(
+        Event.objects.filter(status=EventStatus.ACTIVE, randomization_s__gt=0)
+        .order_by("start")
+        .values_list("pk", flat=True)
     )
-    return [pk for pk, start, spread in rows if start + timedelta(seconds=spread) > now - horizon]
 
 
 def program_list() -> QuerySet[Program]:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
+from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -403,6 +404,8 @@ def events_transition_due(*, now: datetime) -> int:
     def each(what: str, event_id: int, step: Callable[[], object]) -> object:
         try:
             return step()
+        except SoftTimeLimitExceeded:  # the task's time is up: stop, not the next event
+            raise
         except Exception as exc:
             logger.exception("demand response: %s of event %s failed", what, event_id)
             failures.append(exc)
@@ -414,7 +417,7 @@ def events_transition_due(*, now: datetime) -> int:
             event_id,
             partial(_transitions_queue, event_id, instants, now=now),
         )
-    for event_id in selectors.event_ids_randomizing(now=now, horizon=SCHEDULE_HORIZON):
+    for event_id in selectors.event_ids_randomizing():
         each("queuing the curtails", event_id, partial(_curtails_queue, event_id, now=now))
     moved = sum(
         bool(each("the move", event_id, partial(event_transition, event_id=event_id, now=now)))
@@ -482,38 +485,56 @@ def _transitions_queue(
     event_id: int, instants: list[datetime], *, now: datetime, past: bool = False
 ) -> int:
     """Queue an `event_transition` for each of `instants` at most SCHEDULE_HORIZON away (and
-    still to come, unless `past`), unless one was queued for it already (`_queue_once`); how
-    many were queued."""
+    still to come, unless `past`) that was not queued already (`_queue_once`); how many were
+    queued."""
     from demand_response.tasks import event_transition as task  # tasks import this module
 
-    queued = 0
-    for instant in instants:
-        if instant > now + SCHEDULE_HORIZON or (instant <= now and not past):
-            continue
-        key = _SCHEDULED_KEY.format(event_id=event_id, instant=_utc(instant))
-        queued += _queue_once(key, lambda at=instant: task.apply_async((event_id,), eta=at))
-    return queued
+    due = [
+        instant
+        for instant in instants
+        if instant <= now + SCHEDULE_HORIZON and (past or instant > now)
+    ]
+    return _queue_once(
+        [
+            (
+                _SCHEDULED_KEY.format(event_id=event_id, instant=_utc(instant)),
+                partial(task.apply_async, (event_id,), eta=instant),
+            )
+            for instant in due
+        ],
+        keep_s=int(2 * SCHEDULE_HORIZON.total_seconds()),
+    )
 
 
-def _queue_once(key: str, queue: Callable[[], object]) -> bool:
-    """`queue()` unless the Redis `key` says it was done (the key is kept for twice
-    SCHEDULE_HORIZON); whether it was. With Redis unreachable it is done anyway (a task queued
-    twice finds nothing to do the second time); should it fail, the key goes, so the next
-    sweep tries again."""
+def _queue_once(tasks: list[tuple[str, Callable[[], object]]], *, keep_s: int) -> int:
+    """Call each task's `queue` whose Redis key says it was not queued yet (one round trip for
+    all), then keep the keys of those queued for `keep_s` seconds; how many were queued. The
+    key is written only once its task is queued: should queuing fail, the next sweep tries
+    again; with Redis unreachable every task is queued (a task queued twice finds nothing to do
+    the second time)."""
+    if not tasks:
+        return 0
     client = sync_client()
     try:
-        if not client.set(key, 1, nx=True, ex=int(2 * SCHEDULE_HORIZON.total_seconds())):
-            return False
+        with client.pipeline(transaction=False) as pipe:
+            for key, _ in tasks:
+                pipe.exists(key)
+            seen = pipe.execute()
     except RedisError:
-        key = None
+        seen = [0] * len(tasks)
+    queued: list[str] = []
     try:
-        queue()
-    except BaseException:
-        if key is not None:
-            with contextlib.suppress(RedisError):
-                client.delete(key)
-        raise
-    return True
+        for (key, queue), was in zip(tasks, seen, strict=True):
+            if not was:
+                queue()
+                queued.append(key)
+    finally:
+        if queued:
+            with contextlib.suppress(RedisError), client.pipeline(transaction=False) as pipe:
+                for key in queued:
+                    pipe.set(key, 1, ex=keep_s)
+                pipe.execute()
+    return len(queued)
 
 
 def _utc(instant: datetime) -> str:
@@ -534,16 +555,14 @@ def _curtail_schedule(event: Event) -> None:
     start + offset (`_curtails_queue`): every offset at most SCHEDULE_HORIZON away now, the
     later ones (a randomization over half an hour) from the beat's sweep as they come near."""
     event_id = event.pk
-    transaction.on_commit(
-        lambda: _curtails_queue(event_id, now=timezone.now(), past=True), robust=True
-    )
+    transaction.on_commit(lambda: _curtails_queue(event_id, now=timezone.now()), robust=True)
 
 
-def _curtails_queue(event_id: int, *, now: datetime, past: bool = False) -> int:
+def _curtails_queue(event_id: int, *, now: datetime) -> int:
     """Queue `event_sites_curtail` for each offset of the active event's opted-in sites whose
-    instant is at most SCHEDULE_HORIZON away (or passed: any when `past`, else within the last
-    SCHEDULE_HORIZON, which the sweep still covers), once each (`_queue_once`); how many
-    were queued. A site that opted out since is skipped by the task."""
+    instant is at most SCHEDULE_HORIZON away or has passed, and that was not queued already
+    (`_queue_once`, the keys kept until the event's end: a curtail after it sends nothing); how
+    many were queued. A site that opted out since is skipped by the task."""
     from demand_response.tasks import event_sites_curtail as task  # tasks import this module
 
     event = Event.objects.filter(pk=event_id, status=EventStatus.ACTIVE).first()
@@ -554,14 +573,15 @@ def _curtails_queue(event_id: int, *, now: datetime, past: bool = False) -> int:
         event_id=event_id, status=InvitationStatus.OPTED_IN
     ).values_list("site_id", flat=True):
         by_offset.setdefault(site_offset(event, site_id), []).append(site_id)
-    queued = 0
+    start = _utc(event.start)
+    tasks = []
     for offset, ids in sorted(by_offset.items()):
         at = event.start + timedelta(seconds=offset)
-        if at > now + SCHEDULE_HORIZON or (at <= now - SCHEDULE_HORIZON and not past):
-            continue
-        key = _CURTAIL_KEY.format(event_id=event_id, start=_utc(event.start), offset=offset)
-        queued += _queue_once(key, lambda ids=ids, at=at: task.apply_async((event_id, ids), eta=at))
-    return queued
+        if at <= now + SCHEDULE_HORIZON:
+            key = _CURTAIL_KEY.format(event_id=event_id, start=start, offset=offset)
+            tasks.append((key, partial(task.apply_async, (event_id, ids), eta=at)))
+    keep = max(event.end - now, timedelta(0)) + SCHEDULE_HORIZON
+    return _queue_once(tasks, keep_s=int(keep.total_seconds()))
 
 
 # Settlement waits this long after an event ends: the devices' last readings of the window reach

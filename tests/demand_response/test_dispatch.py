@@ -241,44 +241,77 @@ def test_the_start_queues_each_sites_curtail_for_start_plus_its_offset(
     }
 
 
-def test_a_start_randomized_over_hours_queues_each_curtail_only_as_it_comes_near(
-    schedule, alice_home, bob_home, monkeypatch
-):
-    # given: both homes opted in to a three-hour event whose start is randomized over two hours,
-    # Alice's offset a minute, Bob's an hour and a half
-    start = timezone.now() + timedelta(seconds=5)
-    event = schedule(
-        start=start, end=start + timedelta(hours=3), now=start - timedelta(hours=1),
-        randomization_s=7200,
-    )  # fmt: skip
-    for invitation in event.invitations.all():
-        services.invitation_respond(invitation_id=invitation.pk, response="opt_in", by="resident")
-    offsets = {alice_home["site"].pk: 60, bob_home["site"].pk: 5400}
-    monkeypatch.setattr(services, "site_offset", lambda event, site_id: offsets[site_id])
+@pytest.fixture
+def randomized_over_hours(schedule, alice_home, bob_home, monkeypatch):
+    """A three-hour event whose start is randomized over two hours, both homes opted in, with
+    the sites' offsets given (site -> seconds); and the curtail tasks queued on the broker."""
 
-    def curtails() -> list[tuple[list[int], datetime]]:
-        queued = [json.loads(raw)["headers"] for raw in sync_client().lrange("celery", 0, -1)]
-        return sorted(
-            (ast.literal_eval(h["argsrepr"])[1], datetime.fromisoformat(h["eta"]))
-            for h in queued
-            if h["task"] == "demand_response.tasks.event_sites_curtail"
-        )
+    def make(offsets: dict[int, int]) -> Event:
+        start = timezone.now() + timedelta(seconds=5)
+        event = schedule(
+            start=start, end=start + timedelta(hours=3), now=start - timedelta(hours=1),
+            randomization_s=7200,
+        )  # fmt: skip
+        for invitation in event.invitations.all():
+            services.invitation_respond(
+                invitation_id=invitation.pk, response="opt_in", by="resident"
+            )
+        monkeypatch.setattr(services, "site_offset", lambda event, site_id: offsets[site_id])
+        return event
+
+    return make
+
+
+def curtails_queued() -> list[tuple[list[int], datetime]]:
+    queued = [json.loads(raw)["headers"] for raw in sync_client().lrange("celery", 0, -1)]
+    return sorted(
+        (ast.literal_eval(h["argsrepr"])[1], datetime.fromisoformat(h["eta"]))
+        for h in queued
+        if h["task"] == "demand_response.tasks.event_sites_curtail"
+    )
+
+
+def test_a_start_randomized_over_hours_queues_each_curtail_only_as_it_comes_near(
+    randomized_over_hours, alice_home, bob_home
+):
+    # given: Alice's offset a minute, Bob's an hour and a half
+    alice, bob = alice_home["site"].pk, bob_home["site"].pk
+    event = randomized_over_hours({alice: 60, bob: 5400})
 
     # when: it starts; then the beat's sweep runs an hour before Bob's curtail, and twice within
     # half an hour of it
     services.event_transition(event_id=event.pk, now=event.start)
-    at_start = curtails()
+    at_start = curtails_queued()
     services.events_transition_due(now=event.start + timedelta(minutes=30))
-    an_hour_before = curtails()
+    an_hour_before = curtails_queued()
     for minutes in (61, 62):
         services.events_transition_due(now=event.start + timedelta(minutes=minutes))
 
     # then: Alice's curtail was queued at the start, Bob's only once it came near, once (a task
     # held past the broker's one-hour visibility timeout would be handed out again every hour)
-    alice = ([alice_home["site"].pk], event.start + timedelta(seconds=60))
-    bob = ([bob_home["site"].pk], event.start + timedelta(seconds=5400))
-    assert (at_start, an_hour_before) == ([alice], [alice])
-    assert curtails() == [alice, bob]
+    alices = ([alice], event.start + timedelta(seconds=60))
+    bobs = ([bob], event.start + timedelta(seconds=5400))
+    assert (at_start, an_hour_before) == ([alices], [alices])
+    assert curtails_queued() == [alices, bobs]
+
+
+def test_a_curtail_whose_moment_passed_while_the_beat_was_down_is_queued_when_it_is_back(
+    randomized_over_hours, alice_home, bob_home
+):
+    # given: Bob's offset 40 minutes, so not queued at the start
+    alice, bob = alice_home["site"].pk, bob_home["site"].pk
+    event = randomized_over_hours({alice: 60, bob: 2400})
+    services.event_transition(event_id=event.pk, now=event.start)
+
+    # when: the beat's first sweep after the start comes 70 minutes in (30 after Bob's moment)
+    services.events_transition_due(now=event.start + timedelta(minutes=70))
+
+    # then: Bob's curtail is queued then (its eta passed: it runs at once), and only once
+    services.events_transition_due(now=event.start + timedelta(minutes=71))
+    assert curtails_queued() == [
+        ([alice], event.start + timedelta(seconds=60)),
+        ([bob], event.start + timedelta(seconds=2400)),
+    ]
 
 
 async def dr_messages(browser, count: int) -> list[dict]:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from django.utils import timezone
 
@@ -165,6 +166,23 @@ def test_an_event_whose_tasks_cannot_be_queued_holds_no_due_event_back(
 
     due.refresh_from_db()
     assert due.status == EventStatus.ACTIVE
+
+
+@pytest.mark.django_db
+def test_a_sweep_out_of_time_stops_at_once(schedule, alice_home, broker_queue, monkeypatch):
+    due = started_event(schedule, start_in=-timedelta(minutes=1))
+    started_event(schedule, start_in=timedelta(minutes=10))
+
+    def out_of_time(event_id, instants, *, now):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(services, "_transitions_queue", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.events_transition_due(now=timezone.now())
+
+    # the next sweep moves it (a sweep out of time must not run on to the worker's hard kill)
+    due.refresh_from_db()
+    assert due.status == EventStatus.SCHEDULED
 
 
 @pytest.mark.django_db
