@@ -5,6 +5,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from django.urls import Resolver404, resolve
+
 from energy_portal.health import health_report
 
 
@@ -63,12 +65,27 @@ class HealthApi(APIView):
 @extend_schema(exclude=True)
 class ApiNotFound(APIView):
     """Any path under the API that names no endpoint (`outages/abc/`): a JSON 404 like every
-    other API error, in development too, not Django's HTML page."""
+    other API error, in development too, not Django's HTML page. An endpoint's path without its
+    final slash (`outages`) answers 308 to it: the client repeats the same request there, body
+    and method kept (Django's slash redirect was a 301, which clients follow with a GET, and
+    for a POST in development an HTML error page)."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
 
     def _not_found(self, request, *args, **kwargs):
+        if not request.path.endswith("/") and _is_endpoint(request.path + "/"):
+            query = request.META.get("QUERY_STRING", "")
+            location = request.path + "/" + (f"?{query}" if query else "")
+            detail = f"The endpoint is {request.path}/ (with its final slash)."
+            return Response({"detail": detail}, status=308, headers={"Location": location})
         raise NotFound(f"No API endpoint at {request.path}; the endpoints are at /api/v1/docs/.")
 
     get = post = put = patch = delete = head = options = _not_found
+
+
+def _is_endpoint(path: str) -> bool:
+    try:
+        return resolve(path).url_name != "api-not-found"
+    except Resolver404:
+        return False

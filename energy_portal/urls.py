@@ -41,8 +41,8 @@ api_v1 = [
     path("", include("outages.indices_urls")),  # before outages/{id}/
     path("", include("outages.urls")),
     path("", include("demand_response.urls")),
-    # Last: a path that matched nothing (without its slash, it is redirected here first).
-    re_path(r"^.*/$", ApiNotFound.as_view(), name="api-not-found"),
+    # Last: a path that matched nothing (an endpoint's without its slash: 308 to it).
+    re_path(r"^.*$", ApiNotFound.as_view(), name="api-not-found"),
 ]
 
 admin.site.site_header = "Energy Portal administration"

@@ -727,6 +727,29 @@ def test_unknown_ids_are_404_with_a_message(api_client_for, operator, alice_home
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_an_endpoint_without_its_slash_answers_308_to_it_keeping_the_request(
+    api_client_for, operator, method
+):
+    # (a 301 is followed with a GET, and Django's slash redirect of a POST in development
+    # answered an HTML error page)
+    response = getattr(api_client_for(operator), method)(f"{API}outages?ordering=start")
+
+    assert response.status_code == 308
+    assert response["Location"] == f"{API}outages/?ordering=start"
+    assert "final slash" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["no-such-endpoint", "outages/abc", "sites/1/nowhere"])
+def test_a_path_without_a_slash_that_names_no_endpoint_is_a_json_404(
+    api_client_for, operator, path
+):
+    response = api_client_for(operator).post(f"{API}{path}", {"a": 1}, format="json")
+
+    assert response.status_code == 404
+    assert "No API endpoint" in response.json()["detail"]
+
+
 HUGE = "x" * 100_000
 JUNK = [
     ("post", "sites/", {"name": ["list"], "timezone": 5, "tariff_per_kwh": {"a": 1}}),
