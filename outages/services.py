@@ -524,7 +524,6 @@ def _drain_lock():
 
 
 def _site_outages_drain() -> dict[int, ReconcileResult]:
-    client = sync_client()
     marked = _marked_take(RECONCILE_DIRTY_KEY, flag=RECONCILE_QUEUED_KEY)
     grids = selectors.sites_grid(marked)
     pending = [site_id for site_id in marked if site_id in grids]  # a site deleted meanwhile
@@ -547,15 +546,40 @@ def _site_outages_drain() -> dict[int, ReconcileResult]:
     def reconcile(site_ids: list[int]) -> None:
         results.update(sites_outages_reconcile(site_ids=site_ids))
 
+    _drain_parts(RECONCILE_DIRTY_KEY, chunks, reconcile, what="sites")
+    return results
+
+
+def _drain_parts(
+    key: str, parts: list[list[int]], run: Callable[[list[int]], None], *, what: str
+) -> None:
+    """Run each part of a drain (`_in_parts`); the ids not done when it ends, by a failure or a
+    stop, are marked in the Redis set `key` again for the next drain. The ids given up are then
+    logged and the first one's error raised, so the task fails visibly."""
+    done: set[int] = set()
+
+    def tracked(ids: list[int]) -> None:
+        run(ids)
+        done.update(ids)
+
     failures: dict[int, Exception] = {}
     try:
-        for site_ids in chunks:
-            failures.update(_in_parts(site_ids, reconcile))
+        for part in parts:
+            failures.update(_in_parts(part, tracked))
     finally:
-        if left := [site_id for site_id in pending if site_id not in results]:
-            client.sadd(RECONCILE_DIRTY_KEY, *left)
-    _failures_raise(failures, "sites")
-    return results
+        if left := sorted({i for part in parts for i in part} - done):
+            sync_client().sadd(key, *left)
+    if failures:
+        ids = list(failures)
+        logger.error(
+            "outages: %d %s could not be drained (%s%s: %s); marked for the next drain",
+            len(ids),
+            what,
+            ", ".join(map(str, ids[:20])),
+            ", ..." if len(ids) > 20 else "",
+            "; ".join(sorted({f"{type(e).__name__}: {e}" for e in failures.values()}))[:500],
+        )
+        raise next(iter(failures.values()))
 
 
 # Failures no part of a drain is to blame for: the database away (or a deadlock, retried by the
@@ -601,22 +625,6 @@ def _blamed(
     return blamed
 
 
-def _failures_raise(failures: dict[int, Exception], what: str) -> None:
-    """After a drain: log the ids given up (marked again for the next drain), and raise the
-    first one's error so the task fails visibly."""
-    if failures:
-        ids = list(failures)
-        logger.error(
-            "outages: %d %s could not be drained (%s%s: %s); marked for the next drain",
-            len(ids),
-            what,
-            ", ".join(map(str, ids[:20])),
-            ", ..." if len(ids) > 20 else "",
-            "; ".join(sorted({f"{type(e).__name__}: {e}" for e in failures.values()}))[:500],
-        )
-        raise next(iter(failures.values()))
-
-
 def _marked_take(key: str, *, flag: str) -> list[int]:
     """A drain's start: its queued `flag` cleared (a mark from now on queues the next drain),
     then every id of the set `key` taken and the set emptied at once."""
@@ -642,21 +650,13 @@ def suspected_outages_drain() -> list[int]:
     feeder to blame (`_in_parts`): it is marked again alone, and its error propagates once the
     others are synced. Returns the feeders synced."""
     feeders = _marked_take(SUSPECTED_DIRTY_KEY, flag=SUSPECTED_QUEUED_KEY)
-    synced: list[int] = []
 
     def sync(feeder_ids: list[int]) -> None:
         with transaction.atomic():
             _locks("outages.feeder:", feeder_ids)
             _suspected_syncs(feeder_ids, timezone.now())
-        synced.extend(feeder_ids)
 
-    failures: dict[int, Exception] = {}
-    try:
-        failures = _in_parts(feeders, sync)
-    finally:
-        if again := sorted(set(feeders) - set(synced)):
-            sync_client().sadd(SUSPECTED_DIRTY_KEY, *again)
-    _failures_raise(failures, "feeders")
+    _drain_parts(SUSPECTED_DIRTY_KEY, [feeders], sync, what="feeders")
     return feeders
 
 
