@@ -1,13 +1,18 @@
 """Admin for credit policies and their assignment to sites (editable), outages and the credit
 ledger (read only: outages are derived from power events, and the ledger is append-only)."""
 
+from datetime import timedelta
+
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db import models
 from django.forms.models import BaseInlineFormSet
 
 from devices.admin import SiteAdmin as RegistrySiteAdmin
 from devices.models import Site
 from outages import services
-from outages.credit_rules import round_money
+from outages.credit_rules import duration_parse, round_money
 from outages.models import (
     CreditEntry,
     CreditPolicy,
@@ -30,8 +35,33 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class PolicyDurationField(forms.DurationField):
+    """A duration read as the API reads it (`credit_rules.duration_parse`): Django's own field
+    would take "12" as 12 seconds and "00:61:00" as 61 minutes."""
+
+    default_error_messages = {
+        "invalid": "Give a duration as HH:MM:SS (12:00:00) or ISO 8601 (PT12H).",
+    }
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        if isinstance(value, timedelta):
+            return value
+        try:
+            parsed = duration_parse(str(value))
+        except OverflowError:
+            parsed = None
+        if parsed is None:
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return parsed
+
+
 @admin.register(CreditPolicy)
 class CreditPolicyAdmin(admin.ModelAdmin):
+    formfield_overrides = {
+        models.DurationField: {"form_class": PolicyDurationField},
+    }
     list_display = [
         "name",
         "currency",

@@ -29,6 +29,7 @@ The shipped policies (migration `0003_shipped_credit_policies`), worked by hand:
   by the ledger, not here). 72 h → $0; 95 h 59 min → $0; 96 h → $25; 120 h → $50.
 """
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,13 +87,42 @@ class TierError(ValueError):
     """A tier list that cannot be read; the message names the tier and the field."""
 
 
+# `HH:MM:SS` with optional fractions of a second, after an optional count of days as Django writes
+# durations ("1 00:00:00"); hours may pass 24 (72:00:00), minutes and seconds may not pass 59. A
+# sign is read so that "-01:00:00" is refused as negative, not as unreadable.
+_CLOCK = re.compile(r"(-?)(?:(\d+) )?(\d+):([0-5]\d):([0-5]\d)(?:\.(\d{1,6}))?")
+# An ISO 8601 duration that names at least one component (Django's parser takes a bare "P").
+_ISO = re.compile(r"[-+]?P(?=.*\d).*")
+
+
+def duration_parse(text: str) -> timedelta | None:
+    """A policy's duration, as ISO 8601 (`PT12H`, `P3D`) or `HH:MM:SS` (`12:00:00`, `72:00:00`,
+    or `1 00:00:00` as Django writes a day); None if it is neither. Stricter than Django's
+    `parse_duration`, which would read "12" as 12 seconds, "1:30" as 90 seconds and "00:61:00"
+    as 61 minutes: a policy written that way would pay by a rule nobody meant."""
+    text = text.strip()
+    if clock := _CLOCK.fullmatch(text):
+        sign, days, hours, minutes, seconds, fraction = clock.groups()
+        parsed = timedelta(
+            days=int(days or 0),
+            hours=int(hours),
+            minutes=int(minutes),
+            seconds=int(seconds),
+            microseconds=int((fraction or "").ljust(6, "0")),
+        )
+        return -parsed if sign else parsed
+    if _ISO.fullmatch(text):
+        return parse_duration(text)
+    return None
+
+
 def _duration(value: Any, where: str) -> timedelta:
     if isinstance(value, timedelta):
         parsed = value
     else:
         try:
-            parsed = parse_duration(value) if isinstance(value, str) else None
-        except OverflowError:  # more days than a timedelta holds
+            parsed = duration_parse(value) if isinstance(value, str) else None
+        except OverflowError:  # more hours or days than a timedelta holds
             parsed = None
         if parsed is None:
             raise TierError(

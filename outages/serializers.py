@@ -9,9 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.utils.dateparse import parse_duration
 
-from outages.credit_rules import duration_iso, minor_unit
+from outages.credit_rules import duration_iso, duration_parse, minor_unit
 from outages.models import CreditEntry, CreditPolicy, Outage, SuspectedOutage, SuspectedSite
 from outages.selectors import OutageCredit
 
@@ -27,7 +26,7 @@ class IsoDurationField(serializers.DurationField):
         if isinstance(value, timedelta):
             return value
         try:
-            parsed = parse_duration(str(value)) if isinstance(value, str) else None
+            parsed = duration_parse(value) if isinstance(value, str) else None
         except OverflowError:  # e.g. P999999999999D: more days than a timedelta holds
             parsed = None
         if parsed is None:

@@ -1,6 +1,7 @@
 """The admin of outages and credits, driven as a superuser would: policies and site assignments
 are edited there; outages, power events and the ledger are only read."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -77,6 +78,44 @@ def test_policy_form_refuses_unreadable_tiers_with_the_reason(admin_client):
     assert response.status_code == 200
     assert "tiers[0].period must be longer than zero" in response.content.decode()
     assert not CreditPolicy.objects.filter(name="Broken").exists()
+
+
+@pytest.mark.parametrize("threshold", ["12", "00:61:00", "1:30"])
+def test_policy_form_refuses_a_threshold_in_neither_form(admin_client, threshold):
+    """Django's duration field would take these as 12 s, 61 min and 90 s."""
+    response = admin_client.post(
+        "/admin/outages/creditpolicy/add/",
+        {
+            "name": "Vague",
+            "currency": "GBP",
+            "threshold": threshold,
+            "base_amount": "95.00",
+            "tiers": "[]",
+            "min_sites_affected": "1",
+        },
+    )
+
+    assert response.status_code == 200
+    assert (
+        "Give a duration as HH:MM:SS (12:00:00) or ISO 8601 (PT12H)." in response.content.decode()
+    )
+    assert not CreditPolicy.objects.filter(name="Vague").exists()
+
+
+def test_policy_form_shows_a_threshold_of_days_as_it_reads_it(admin_client, db):
+    policy = CreditPolicy.objects.create(
+        name="Three days", currency="USD", threshold=timedelta(hours=72), base_amount=0
+    )
+    page = admin_client.get(f"/admin/outages/creditpolicy/{policy.pk}/change/").content.decode()
+    assert 'value="3 00:00:00"' in page
+
+    form = {"name": "Three days", "currency": "USD", "threshold": "3 00:00:00"}
+    form |= {"base_amount": "0", "tiers": "[]", "min_sites_affected": "1"}
+    response = admin_client.post(f"/admin/outages/creditpolicy/{policy.pk}/change/", form)
+
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert policy.threshold == timedelta(hours=72)
 
 
 def test_policy_form_saves_tiers_normalised(admin_client):

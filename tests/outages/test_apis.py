@@ -421,6 +421,13 @@ def test_durations_are_taken_as_hh_mm_ss_and_returned_as_iso_8601(staff_client, 
         ),
         ({"tiers": [{"after": "PT12H"}]}, "tiers", "tiers[0] needs exactly after, period"),
         ({"threshold": "twelve hours"}, "threshold", "ISO 8601 (PT12H) or HH:MM:SS"),
+        ({"threshold": "12"}, "threshold", "ISO 8601 (PT12H) or HH:MM:SS"),  # not 12 seconds
+        ({"threshold": "00:61:00"}, "threshold", "ISO 8601 (PT12H) or HH:MM:SS"),
+        (
+            {"tiers": [{"after": "1:30", "period": "PT1H", "amount": "1"}]},
+            "tiers",
+            "tiers[0].after: give a duration",
+        ),
         ({"threshold": "-PT1H"}, "threshold", "must not be negative"),
         ({"threshold": "P999999999999D"}, "threshold", "ISO 8601"),
         ({"currency": "gbp"}, "currency", "ISO 4217"),

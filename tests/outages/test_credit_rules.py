@@ -15,6 +15,7 @@ from outages.credit_rules import (
     credit_for,
     credit_quote,
     duration_iso,
+    duration_parse,
     parse_tiers,
     round_money,
 )
@@ -189,6 +190,36 @@ def test_tiers_accept_hh_mm_ss_durations():
     (tier,) = parse_tiers([{"after": "12:00:00", "period": "1 00:00:00", "amount": "45.00"}])
 
     assert (tier.after, tier.period, tier.amount) == (hours(12), hours(24), Decimal("45.00"))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("PT12H", hours(12)),
+        ("P3D", hours(72)),
+        ("P1DT2H", hours(26)),
+        ("12:00:00", hours(12)),
+        ("72:00:00", hours(72)),
+        ("1 00:00:00", hours(24)),
+        ("01:00:00.5", hours(1) + timedelta(milliseconds=500)),
+        (" PT1H ", hours(1)),
+        ("-01:00:00", -hours(1)),  # read, so that it is refused as negative
+    ],
+)
+def test_durations_are_read_as_iso_8601_or_hh_mm_ss(text, value):
+    assert duration_parse(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    # Django's parse_duration reads these as 12 s, 90 s, 61 min, 0 s, 0 s and 3 d 4 h 5 min 6 s:
+    # a policy written so would pay by a rule nobody meant.
+    ["12", "1:30", "00:61:00", "00:00:60", "P", "PT", "3 days 04:05:06", "twelve hours", ""],
+)
+def test_durations_that_are_neither_form_are_refused(text):
+    assert duration_parse(text) is None
+    with pytest.raises(TierError, match=r"tiers\[0\]\.after: give a duration"):
+        parse_tiers([{"after": text, "period": "PT1H", "amount": "1"}])
 
 
 @pytest.mark.parametrize(
