@@ -432,6 +432,7 @@ def test_durations_are_taken_as_hh_mm_ss_and_returned_as_iso_8601(staff_client, 
         ({"threshold": "P999999999999D"}, "threshold", "ISO 8601"),
         ({"currency": "gbp"}, "currency", "ISO 4217"),
         ({"currency": "XYZ"}, "currency", "'XYZ' is no ISO 4217 currency"),
+        ({"currency": "XAU"}, "currency", "not of a currency anyone is paid in"),
         ({"threshold": "P99999999D"}, "threshold", "at most ten years"),
         (
             {"tiers": [{"after": "P3661D", "period": "PT12H", "amount": "1"}]},
