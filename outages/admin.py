@@ -12,7 +12,7 @@ from django.forms.models import BaseInlineFormSet
 from devices.admin import SiteAdmin as RegistrySiteAdmin
 from devices.models import Site
 from outages import services
-from outages.credit_rules import duration_parse, round_money
+from outages.credit_rules import DURATION_FORMS, duration_parse, round_money
 from outages.models import (
     CreditEntry,
     CreditPolicy,
@@ -39,19 +39,14 @@ class PolicyDurationField(forms.DurationField):
     """A duration read as the API reads it (`credit_rules.duration_parse`): Django's own field
     would take "12" as 12 seconds and "00:61:00" as 61 minutes."""
 
-    default_error_messages = {
-        "invalid": "Give a duration as HH:MM:SS (12:00:00) or ISO 8601 (PT12H).",
-    }
+    default_error_messages = {"invalid": DURATION_FORMS}
 
     def to_python(self, value):
         if value in self.empty_values:
             return None
         if isinstance(value, timedelta):
             return value
-        try:
-            parsed = duration_parse(str(value))
-        except OverflowError:
-            parsed = None
+        parsed = duration_parse(str(value))
         if parsed is None:
             raise ValidationError(self.error_messages["invalid"], code="invalid")
         return parsed

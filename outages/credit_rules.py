@@ -87,6 +87,7 @@ class TierError(ValueError):
     """A tier list that cannot be read; the message names the tier and the field."""
 
 
+DURATION_FORMS = "Give a duration as ISO 8601 (PT12H) or HH:MM:SS (12:00:00)."
 # `HH:MM:SS` with optional fractions of a second, after an optional count of days as Django writes
 # durations ("1 00:00:00"); hours may pass 24 (72:00:00), minutes and seconds may not pass 59. A
 # sign is read so that "-01:00:00" is refused as negative, not as unreadable.
@@ -99,20 +100,24 @@ def duration_parse(text: str) -> timedelta | None:
     """A policy's duration, as ISO 8601 (`PT12H`, `P3D`) or `HH:MM:SS` (`12:00:00`, `72:00:00`,
     or `1 00:00:00` as Django writes a day); None if it is neither. Stricter than Django's
     `parse_duration`, which would read "12" as 12 seconds, "1:30" as 90 seconds and "00:61:00"
-    as 61 minutes: a policy written that way would pay by a rule nobody meant."""
+    as 61 minutes: a policy written that way would pay by a rule nobody meant. Also None for
+    more days than a `timedelta` holds (P999999999999D)."""
     text = text.strip()
-    if clock := _CLOCK.fullmatch(text):
-        sign, days, hours, minutes, seconds, fraction = clock.groups()
-        parsed = timedelta(
-            days=int(days or 0),
-            hours=int(hours),
-            minutes=int(minutes),
-            seconds=int(seconds),
-            microseconds=int((fraction or "").ljust(6, "0")),
-        )
-        return -parsed if sign else parsed
-    if _ISO.fullmatch(text):
-        return parse_duration(text)
+    try:
+        if clock := _CLOCK.fullmatch(text):
+            sign, days, hours, minutes, seconds, fraction = clock.groups()
+            parsed = timedelta(
+                days=int(days or 0),
+                hours=int(hours),
+                minutes=int(minutes),
+                seconds=int(seconds),
+                microseconds=int((fraction or "").ljust(6, "0")),
+            )
+            return -parsed if sign else parsed
+        if _ISO.fullmatch(text):
+            return parse_duration(text)
+    except OverflowError:
+        pass
     return None
 
 
@@ -120,10 +125,7 @@ def _duration(value: Any, where: str) -> timedelta:
     if isinstance(value, timedelta):
         parsed = value
     else:
-        try:
-            parsed = duration_parse(value) if isinstance(value, str) else None
-        except OverflowError:  # more hours or days than a timedelta holds
-            parsed = None
+        parsed = duration_parse(value) if isinstance(value, str) else None
         if parsed is None:
             raise TierError(
                 f"{where}: give a duration as ISO 8601 (PT12H) or HH:MM:SS, got {value!r}"

@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 
-from outages.credit_rules import duration_iso, duration_parse, minor_unit
+from outages.credit_rules import DURATION_FORMS, duration_iso, duration_parse, minor_unit
 from outages.models import CreditEntry, CreditPolicy, Outage, SuspectedOutage, SuspectedSite
 from outages.selectors import OutageCredit
 
@@ -18,17 +18,12 @@ from outages.selectors import OutageCredit
 class IsoDurationField(serializers.DurationField):
     """A duration read as ISO 8601 (`PT12H`) or `HH:MM:SS` (`12:00:00`), written as ISO 8601."""
 
-    default_error_messages = {
-        "invalid": "Give a duration as ISO 8601 (PT12H) or HH:MM:SS (12:00:00).",
-    }
+    default_error_messages = {"invalid": DURATION_FORMS}
 
     def to_internal_value(self, value):
         if isinstance(value, timedelta):
             return value
-        try:
-            parsed = duration_parse(value) if isinstance(value, str) else None
-        except OverflowError:  # e.g. P999999999999D: more days than a timedelta holds
-            parsed = None
+        parsed = duration_parse(value) if isinstance(value, str) else None
         if parsed is None:
             self.fail("invalid")
         self.run_validators(parsed)

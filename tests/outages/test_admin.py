@@ -97,7 +97,7 @@ def test_policy_form_refuses_a_threshold_in_neither_form(admin_client, threshold
 
     assert response.status_code == 200
     assert (
-        "Give a duration as HH:MM:SS (12:00:00) or ISO 8601 (PT12H)." in response.content.decode()
+        "Give a duration as ISO 8601 (PT12H) or HH:MM:SS (12:00:00)." in response.content.decode()
     )
     assert not CreditPolicy.objects.filter(name="Vague").exists()
 
