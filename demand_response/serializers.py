@@ -15,7 +15,7 @@ from demand_response.models import (
     SignalType,
 )
 from devices.models import Feeder, Site
-from outages.serializers import IsoDurationField, MoneySerializer
+from outages.serializers import IsoDurationField, MoneySerializer, amount_text
 
 
 class ProgramSerializer(serializers.ModelSerializer):
@@ -140,6 +140,13 @@ class AutoResponseSerializer(serializers.Serializer):
 
 
 class SettlementRowSerializer(serializers.ModelSerializer):
+    # In the currency's minor unit ("2.40" EUR), as the totals and the ledger show money; the
+    # column keeps four decimals for rates finer than it.
+    reward = serializers.SerializerMethodField()
+
+    def get_reward(self, row: SettlementResult) -> str:
+        return amount_text(row.reward, row.currency)
+
     class Meta:
         model = SettlementResult
         fields = [

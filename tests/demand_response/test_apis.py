@@ -10,7 +10,14 @@ import pytest
 from django.utils import timezone
 
 from demand_response import services
-from demand_response.models import Event, EventStatus, Invitation, Program
+from demand_response.models import (
+    Event,
+    EventStatus,
+    Invitation,
+    Program,
+    SettlementResult,
+    SettlementStatus,
+)
 
 API = "/api/v1/"
 
@@ -253,8 +260,8 @@ def test_the_report_after_settlement_shows_each_site_and_a_resident_only_theirs(
 
     assert (report["status"], report["settled"]) == ("completed", True)
     assert [(r["site"], r["status"], r["reward"]) for r in report["sites"]] == [
-        (homes["alice"].pk, "insufficient_baseline", "0.0000"),
-        (homes["bob"].pk, "insufficient_baseline", "0.0000"),
+        (homes["alice"].pk, "insufficient_baseline", "0.00"),
+        (homes["bob"].pk, "insufficient_baseline", "0.00"),
     ]
     assert report["totals"] == {
         "sites": 2,
@@ -263,6 +270,27 @@ def test_the_report_after_settlement_shows_each_site_and_a_resident_only_theirs(
         "rewards": [{"currency": "EUR", "amount": "0.00"}],
     }
     assert [r["site"] for r in alices["sites"]] == [homes["alice"].pk]
+
+
+def test_the_reports_rewards_are_in_the_currencys_minor_unit(clients, event, homes):
+    # given an event settled with a reward for alice (as `event_settle` writes it)
+    services.event_transition(event_id=event.pk, now=event.end)
+    SettlementResult.objects.create(
+        event=event,
+        site=homes["alice"],
+        status=SettlementStatus.OK,
+        delivered_kwh=Decimal("1.2"),
+        reward=Decimal("0.29"),
+        currency="EUR",
+        settled_at=event.end,
+    )
+
+    report = clients["operator"].get(f"{API}dr/events/{event.pk}/report/").json()
+
+    assert [(r["site"], r["reward"], r["currency"]) for r in report["sites"]] == [
+        (homes["alice"].pk, "0.29", "EUR")
+    ]
+    assert report["totals"]["rewards"] == [{"currency": "EUR", "amount": "0.29"}]
 
 
 # --- dr/invitations/ ----------------------------------------------------------------------------
