@@ -231,8 +231,10 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
 
     The outages are derived afresh from every event the site has (`site_outage_intervals`) and
     matched to the stored live ones by overlap (`match_by_overlap`): a derived outage takes the
-    earliest stored one it overlaps and moves its start and end there, so a late report with an
-    earlier instant keeps the cut's id and pays it once, with no void-and-repay churn. A derived
+    stored one it shares most time with and moves its start and end there, so a late report
+    with an earlier instant keeps the cut's id (and the policy it was first paid by) and pays it
+    once, with no void-and-repay churn, and a cut split by late reports keeps its id on the
+    piece holding most of it. A derived
     outage overlapping none is new (or revives a void one with exactly its start); a stored one
     no derived outage took (no cut after all, or merged into an earlier one) becomes void.
 

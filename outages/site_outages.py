@@ -7,6 +7,7 @@ of reports gives the same outages however it arrived: late, reordered, repeated 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -86,16 +87,102 @@ def overlaps(a, b) -> bool:
 def match_by_overlap(
     derived: Sequence[T], stored: Sequence[S]
 ) -> tuple[list[tuple[T, S | None]], list[S]]:
-    """Pair each derived outage (in time order) with the earliest stored one it overlaps that no
-    earlier derived outage took, so a cut keeps its identity when late reports move its start or
-    end; returns the pairs (None: a new cut) and the stored outages no derived one took (no longer
-    cuts, or merged into an earlier one). Both sides have `started_at` and `ended_at` (None:
-    open) and each side's outages are disjoint, so the pairing keeps their order."""
+    """Pair derived outages with stored ones they overlap, so a cut keeps its identity (its row,
+    its ledger entries, the policy it was first paid by) when late reports move its start or
+    end; returns the pairs in time order (None: a new cut) and the stored outages no derived one
+    took (no longer cuts, or merged into another). Both sides have `started_at` and `ended_at`
+    (None: open) and each side's outages are disjoint, so the pairing keeps their order.
+
+    Where one cut split into several (a late pair of reports inside it) or several merged, the
+    pairing covers as much of the stored outages as it can (`coverage`), then keeps the most
+    identities: a stored cut stays with the piece that holds most of it, not with a few minutes
+    a late report showed before it, and cuts merged into one all count whole, so the earliest
+    keeps its row. Ties go to the earliest."""
     free = sorted(stored, key=lambda s: s.started_at)
+    ordered = sorted(derived, key=lambda d: d.started_at)
     pairs: list[tuple[T, S | None]] = []
-    for interval in sorted(derived, key=lambda d: d.started_at):
-        match = next((s for s in free if overlaps(interval, s)), None)
-        if match is not None:
-            free.remove(match)
-        pairs.append((interval, match))
-    return pairs, free
+    taken: set[int] = set()
+    for group_derived, group_stored in _overlap_groups(ordered, free):
+        matched = dict(_best_pairing(group_derived, group_stored))
+        for interval in group_derived:
+            match = matched.get(id(interval))
+            if match is not None:
+                taken.add(id(match))
+            pairs.append((interval, match))
+    return pairs, [s for s in free if id(s) not in taken]
+
+
+def coverage(derived, stored) -> Fraction:
+    """The share of a stored outage that a derived one overlapping it covers, 0 to 1: where
+    late reports split a cut, each piece covers part of it; where they merge cuts, each is
+    covered whole. An open stored outage is covered whole by an open derived one and not at all
+    by an ended one; one of no length, whole by any that overlaps it."""
+    if stored.ended_at is None:
+        return Fraction(derived.ended_at is None)
+    length = stored.ended_at - stored.started_at
+    if not length:
+        return Fraction(1)
+    end = stored.ended_at if derived.ended_at is None else min(derived.ended_at, stored.ended_at)
+    shared = max(end - max(derived.started_at, stored.started_at), timedelta(0))
+    return Fraction(shared // _MICROSECOND, length // _MICROSECOND)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _overlap_groups(derived: list[T], stored: list[S]) -> list[tuple[list[T], list[S]]]:
+    """The derived outages (in time order) in groups that overlap stored ones (in time order)
+    only within the group, each with those stored ones; a derived outage overlapping none is a
+    group alone. One pass over both: each side is disjoint, so the stored ones a derived outage
+    overlaps follow on from those of the one before."""
+    groups: list[tuple[list[T], list[S]]] = []
+    first = 0  # the first stored outage that may still overlap a derived one
+    last_stored: S | None = None  # the latest stored outage of the group being built
+    for interval in derived:
+        while (
+            first < len(stored)
+            and stored[first].ended_at is not None
+            and stored[first].ended_at < interval.started_at
+        ):
+            first += 1
+        touching = []
+        for outage in stored[first:]:
+            if not overlaps(interval, outage):
+                break
+            touching.append(outage)
+        if touching and touching[0] is last_stored:
+            group_derived, group_stored = groups[-1]
+            group_derived.append(interval)
+            group_stored.extend(touching[1:])
+        else:
+            groups.append(([interval], touching))
+        last_stored = touching[-1] if touching else None
+    return groups
+
+
+def _best_pairing(derived: list[T], stored: list[S]) -> list[tuple[int, S]]:
+    """Order-keeping pairs of overlapping outages, as `id(derived)` and the stored one: the most
+    coverage, then the most pairs (outages that only touch cover nothing), ties to the
+    earliest. Groups are small (a cut and the few pieces late reports split it into): a table
+    of |derived| x |stored| scores."""
+    # best[i][j]: (coverage, pairs) of the first i derived with the first j stored
+    zero = (Fraction(0), 0)
+    best = [[zero] * (len(stored) + 1) for _ in range(len(derived) + 1)]
+    for i, interval in enumerate(derived, 1):
+        for j, outage in enumerate(stored, 1):
+            score = max(best[i][j - 1], best[i - 1][j])  # leave the later one out: ties
+            if overlaps(interval, outage):
+                covered, pairs = best[i - 1][j - 1]
+                score = max(score, (covered + coverage(interval, outage), pairs + 1))
+            best[i][j] = score
+    chosen = []
+    i, j = len(derived), len(stored)
+    while i and j:
+        if best[i][j] == best[i][j - 1]:
+            j -= 1
+        elif best[i][j] == best[i - 1][j]:
+            i -= 1
+        else:
+            chosen.append((id(derived[i - 1]), stored[j - 1]))
+            i, j = i - 1, j - 1
+    return chosen

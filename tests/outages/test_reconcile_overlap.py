@@ -2,9 +2,14 @@
 ledger entries) when late reports move its start or end, and only merges and non-cuts void."""
 
 from decimal import Decimal
+from fractions import Fraction
 
-from outages.models import CreditEntry, Outage
-from outages.site_outages import OutageInterval, match_by_overlap
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from outages import services
+from outages.models import CreditEntry, CreditPolicy, Outage
+from outages.site_outages import OutageInterval, coverage, match_by_overlap, overlaps
 from tests.outages.conftest import at, reconcile
 
 
@@ -86,6 +91,37 @@ def test_two_cuts_merged_by_a_late_report_keep_the_earlier_and_void_the_later(ho
     ]
 
 
+def test_a_late_short_cut_before_a_paid_one_leaves_it_its_row_and_policy(home, ofgem, report):
+    # given a 2 h 30 min cut paid by Delhi's policy (INR 200), then the site moved to Ofgem's
+    delhi = CreditPolicy.objects.get(name="Delhi")
+    services.site_credit_policy_set(site_id=home["site"].id, policy_id=delhi.id)
+    report(home["a"], "lost", 15 * 60)
+    report(home["a"], "restored", 17 * 60 + 30)
+    reconcile(home)
+    [(paid, *_)] = rows(home)
+    services.site_credit_policy_set(site_id=home["site"].id, policy_id=ofgem.id)
+    # when the Pi replays a cut of 4 min 30 s the night before, its `lost` first (for a moment
+    # the site looks out from then until the paid cut's end), then its `restored`
+    report(home["a"], "lost", 0)
+    reconcile(home)
+    report(home["a"], "restored", 4.5)
+    reconcile(home)
+
+    # then the paid cut keeps its row and Delhi's price; the short cut is new, priced by Ofgem
+    [(short, *_), _] = rows(home)
+    assert rows(home) == [
+        (short, at(0), at(4.5), "ended"),
+        (paid, at(15 * 60), at(17 * 60 + 30), "ended"),
+    ]
+    assert Outage.objects.get(pk=paid).credit_policy == delhi
+    assert Outage.objects.get(pk=short).credit_policy == ofgem
+    assert entries(home) == [
+        (paid, Decimal("200.00"), 1),
+        (paid, Decimal("1500.00"), 2),  # the 17 h 30 min the reports showed for a moment
+        (paid, Decimal("-1500.00"), 3),
+    ]
+
+
 def test_a_void_outage_at_the_start_a_live_one_moves_to_does_not_block_it(home, ofgem, report):
     # given a live cut from 70 and a void outage (from reports long superseded) starting at 60
     report(home["a"], "lost", 70)
@@ -106,7 +142,7 @@ def _interval(start, end):
     return OutageInterval(at(start), None if end is None else at(end), momentary=False)
 
 
-def test_match_by_overlap_pairs_each_derived_outage_with_the_earliest_it_overlaps():
+def test_match_by_overlap_pairs_each_derived_outage_with_the_one_it_shares_most_with():
     stored = [_interval(0, 10), _interval(20, 30), _interval(40, None)]
     derived = [_interval(-5, 25), _interval(35, None)]
 
@@ -116,13 +152,70 @@ def test_match_by_overlap_pairs_each_derived_outage_with_the_earliest_it_overlap
     assert unmatched == [stored[1]]
 
 
-def test_match_by_overlap_gives_a_split_cut_its_row_once():
+def test_match_by_overlap_gives_a_split_cut_its_row_once_with_the_piece_holding_most_of_it():
     stored = [_interval(0, 100)]
     derived = [_interval(0, 30), _interval(60, 100)]
 
     pairs, unmatched = match_by_overlap(derived, stored)
 
-    assert pairs == [(derived[0], stored[0]), (derived[1], None)]
+    assert pairs == [(derived[0], None), (derived[1], stored[0])]
+    assert unmatched == []
+
+
+def test_match_by_overlap_gives_ties_to_the_earliest():
+    split = match_by_overlap([_interval(0, 30), _interval(70, 100)], [_interval(0, 100)])
+    merged = match_by_overlap([_interval(0, 100)], [_interval(0, 30), _interval(70, 100)])
+
+    assert [stored for _, stored in split[0]] == [_interval(0, 100), None]
+    assert merged == ([(_interval(0, 100), _interval(0, 30))], [_interval(70, 100)])
+
+
+def test_match_by_overlap_gives_a_row_to_the_cut_holding_most_of_it_before_keeping_rows():
+    # the long derived cut holds most of the first row and merges the second into it: it takes
+    # the first row (the second is void), not the second row with the first left to 5 minutes
+    stored = [_interval(0, 100), _interval(110, 120)]
+    derived = [_interval(0, 5), _interval(6, 115)]
+
+    pairs, unmatched = match_by_overlap(derived, stored)
+
+    assert pairs == [(derived[0], None), (derived[1], stored[0])]
+    assert unmatched == [stored[1]]
+
+
+def test_match_by_overlap_keeps_rows_for_cuts_that_only_touch():
+    stored = [_interval(0, 10), _interval(20, 30)]
+    derived = [_interval(10, 10), _interval(30, 40)]
+
+    assert match_by_overlap(derived, stored) == (
+        [(derived[0], stored[0]), (derived[1], stored[1])],
+        [],
+    )
+
+
+def test_a_merged_cut_keeps_the_row_of_the_earliest_it_covers_whole():
+    stored = [_interval(0, 10), _interval(20, 90)]
+    derived = [_interval(0, 90)]
+
+    assert match_by_overlap(derived, stored) == ([(derived[0], stored[0])], [stored[1]])
+
+
+def test_coverage_is_the_share_of_the_stored_cut_covered():
+    assert coverage(_interval(0, 30), _interval(0, 120)) == Fraction(1, 4)
+    assert coverage(_interval(-60, 200), _interval(0, 120)) == 1
+    assert coverage(_interval(120, 130), _interval(0, 120)) == 0  # touching
+    assert coverage(_interval(60, None), _interval(0, 120)) == Fraction(1, 2)
+    assert coverage(_interval(60, None), _interval(0, None)) == 1
+    assert coverage(_interval(0, 50), _interval(0, None)) == 0
+    assert coverage(_interval(5, 10), _interval(10, 10)) == 1
+
+
+def test_match_by_overlap_pairs_an_open_cut_with_the_open_row():
+    stored = [_interval(0, 10), _interval(20, None)]
+    derived = [_interval(0, 25), _interval(30, None)]
+
+    pairs, unmatched = match_by_overlap(derived, stored)
+
+    assert pairs == [(derived[0], stored[0]), (derived[1], stored[1])]
     assert unmatched == []
 
 
@@ -131,3 +224,53 @@ def test_match_by_overlap_counts_touching_ends_as_one_cut():
     derived = [_interval(0, 10)]
 
     assert match_by_overlap(derived, stored) == ([(derived[0], stored[0])], [])
+
+
+# --- the pairing against every order-keeping pairing, for small random sets of cuts ------------
+
+
+@st.composite
+def disjoint_cuts(draw):
+    """Up to four disjoint cuts in time order (minutes), the last perhaps open; zero-length
+    cuts and cuts touching the next included."""
+    bounds = sorted(draw(st.lists(st.integers(0, 60), min_size=0, max_size=8)))
+    spans = [
+        [bounds[k], bounds[k + 1]]
+        for k in range(0, len(bounds) - 1, 2)
+        if k == 0 or bounds[k] > bounds[k - 1]
+    ]
+    if spans and draw(st.booleans()):
+        spans[-1][1] = None
+    return [_interval(start, end) for start, end in spans]
+
+
+def _score(pairs):
+    return sum((coverage(d, s) for d, s in pairs), Fraction(0)), len(pairs)
+
+
+def _every_pairing(derived, stored):
+    """Every order-keeping set of overlapping pairs."""
+    if not derived or not stored:
+        yield []
+        return
+    first, rest = derived[0], derived[1:]
+    yield from _every_pairing(rest, stored)  # the first derived cut takes no row
+    for k, row in enumerate(stored):
+        if overlaps(first, row):
+            for more in _every_pairing(rest, stored[k + 1 :]):
+                yield [(first, row), *more]
+
+
+@settings(max_examples=300, deadline=None)
+@given(derived=disjoint_cuts(), stored=disjoint_cuts())
+def test_match_by_overlap_is_the_best_order_keeping_pairing(derived, stored):
+    pairs, unmatched = match_by_overlap(derived, stored)
+
+    taken = [(d, s) for d, s in pairs if s is not None]
+    assert [d for d, _ in pairs] == derived  # every derived cut once, in time order
+    assert all(overlaps(d, s) for d, s in taken)
+    rows_taken = [s for _, s in taken]
+    assert rows_taken == sorted(rows_taken, key=lambda s: s.started_at)  # order kept
+    assert len(set(map(id, rows_taken))) == len(rows_taken)
+    assert sorted(map(id, unmatched)) == sorted(id(s) for s in stored if s not in rows_taken)
+    assert _score(taken) == max(_score(p) for p in _every_pairing(derived, stored))
