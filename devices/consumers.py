@@ -763,9 +763,11 @@ class LiveConsumer(LeanDispatch, AsyncWebsocketConsumer):
             # Counted once subscribed: senders skip groups nobody watches.
             await realtime.viewers_join(self.groups_joined, self.viewer_id)
             realtime.viewer_renewals().add(self.viewer_id, self.groups_joined)
-        await self.accept()
+        # Counted before the browser hears it is accepted, so a count read after the handshake
+        # includes it (`_stop` counts it out however the socket ends).
         self.counted = metrics.socket_opened("viewer")
         gc_settle.settler.socket_opened()
+        await self.accept()
         self.writer = asyncio.create_task(self._write())
 
     async def disconnect(self, code):

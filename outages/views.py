@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Sum
@@ -136,10 +137,12 @@ def history(request):
         .order_by("-started_at", "-id")[:500]
     )
     credits = selectors.outage_credits(outages, now=now)
-    site_ids = registry.site_list(user=request.user).values_list("id", flat=True)
+    site_ids = list(registry.site_list(user=request.user).values_list("id", flat=True))
     context = {
         "rows": [(outage, credits[outage.pk]) for outage in outages],
         "balance": selectors.credit_balance(site_ids),
+        "several_homes": len(site_ids) > 1,
+        "momentary_threshold": settings.OUTAGE_MOMENTARY_THRESHOLD,
         "now": now,
     }
     return render(request, "outages/history.html", context)

@@ -54,7 +54,7 @@ def span(seconds) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     if minutes:
-        return f"{minutes} min {secs} s" if minutes < 10 else f"{minutes} min"
+        return f"{minutes} min {secs} s" if minutes < 10 and secs else f"{minutes} min"
     return f"{secs} s"
 
 

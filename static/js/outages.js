@@ -47,15 +47,7 @@
       banner.dataset.nextAt = quote.next_step_at;
       banner.dataset.nextAmount = quote.next_amount;
       setText(banner, "[data-outage-next-amount]", banner.dataset.symbol + quote.next_amount);
-      const at = new Date(quote.next_step_at);
-      const options = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
-      try {
-        options.timeZone = banner.dataset.tz; // the home's clock, as the server shows it
-        setText(banner, "[data-outage-next-time]", at.toLocaleTimeString("en-GB", options));
-      } catch (error) {
-        delete options.timeZone;
-        setText(banner, "[data-outage-next-time]", at.toLocaleTimeString("en-GB", options));
-      }
+      setText(banner, "[data-outage-next-time]", stepTime(new Date(quote.next_step_at), banner.dataset.tz));
     } else {
       delete banner.dataset.nextAt;
       setText(banner, "[data-outage-next]", "No further credit for this cut.");
@@ -83,6 +75,24 @@
       delete banner.dataset.nextAt;
       refreshQuote(banner).catch(() => {});
     });
+  }
+
+  // The next step's time on the home's clock, as the server shows it, with its day when that is
+  // not today (a step days away would otherwise read as today's).
+  function stepTime(instant, tz) {
+    const time = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
+    const day = { day: "numeric", month: "short" };
+    let zone = {};
+    try {
+      instant.toLocaleTimeString("en-GB", { timeZone: tz });
+      zone = { timeZone: tz };
+    } catch (error) {
+      // an unknown zone: the browser's own
+    }
+    const text = instant.toLocaleTimeString("en-GB", Object.assign({}, zone, time));
+    const stepDay = instant.toLocaleDateString("en-GB", Object.assign({}, zone, day));
+    const today = new Date(Date.now() + skewMs).toLocaleDateString("en-GB", Object.assign({}, zone, day));
+    return stepDay === today ? text : text + " on " + stepDay;
   }
 
   function localTime(instant, tz) {

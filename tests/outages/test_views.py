@@ -55,6 +55,23 @@ def test_dashboard_shows_an_open_cut_with_its_credit_and_next_step(
     assert "data-outage-next-amount>£1.50<" in html
 
 
+def test_dashboard_gives_the_day_of_a_next_step_that_is_not_today(client, alice, alice_home, db):
+    # given a policy paying only after two days, and a cut at Alice's home since an hour ago
+    CreditPolicy.objects.filter(is_default=True).update(is_default=False)
+    CreditPolicy.objects.create(
+        name="Two days", currency="GBP", threshold=timedelta(days=2), base_amount=Decimal("5"),
+        is_default=True,
+    )  # fmt: skip
+    started = timezone.now() - timedelta(hours=1)
+    report_cut(alice_home["device"], lost=started)
+    client.force_login(alice)
+
+    html = client.get("/dashboard/").content.decode()
+
+    step = timezone.localtime(started + timedelta(days=2), ZoneInfo(alice_home["site"].timezone))
+    assert f"<strong data-outage-next-time>{step:%H:%M:%S} on {step.day} {step:%b}</strong>" in html
+
+
 def test_dashboard_shows_the_ledger_entry_once_the_cut_ends(
     client, alice, alice_home, short_policy
 ):
@@ -91,6 +108,10 @@ def test_history_lists_only_the_residents_own_cuts_with_their_credit_and_balance
     assert "1 h 0 min" in html and "£3.50" in html  # 60 min: £1.00 + 5 x £0.50
     assert "momentary (not paid)" in html
     assert 'data-balance="GBP"' in html
+    # each cell names its column, for the phone's stacked rows; the threshold in plain words
+    assert '<td data-label="Credit">£3.50</td>' in html
+    assert "Cuts shorter than 3 min are counted but not paid" in html
+    assert "all your homes" not in html  # one home: its balance needs no saying whose
 
 
 def test_a_resident_cannot_fetch_anothers_site_panel(client, alice, bob_home):
@@ -134,6 +155,22 @@ def test_grid_page_shows_feeder_outages_and_indices(client, operator, alice_home
     assert '<td class="num" data-index="saidi">60.0</td>' in html
     assert '<td class="num" data-index="caidi">60.0</td>' in html
     assert '<td class="num" data-index="maifi">0.000</td>' in html
+
+
+def test_grid_page_says_an_open_outages_customer_minutes_count_once_cuts_end(
+    client, operator, alice_home, bob_home
+):
+    # given both homes of FD-1 out for an hour, still out: their minutes are not counted yet
+    now = timezone.now()
+    for home in (alice_home, bob_home):
+        report_cut(home["device"], lost=now - timedelta(hours=1))
+    client.force_login(operator)
+
+    html = client.get("/outages/grid/").content.decode()
+
+    row = html[html.index("data-grid-outage=") :].split("</tr>")[0]
+    assert "still out" in row and "so far" in row
+    assert "once cuts end" in row and ">0<" not in row
 
 
 def _heard(pubsub) -> list[tuple[str, dict]]:
