@@ -27,8 +27,7 @@ DEMO_TOKENS = "demo-device-tokens.json"
 # threshold and first step (outages/demo.py), and a feeder outage, as they go dark together.
 # Their routers are on a UPS, so the cut shows live and is paid once when it ends. (The other
 # devices drop their sockets in their rare random cuts and report them afterwards; a late report
-# earlier than a live one moves the outage's start, which voids the live outage and its credit
-# for a new one: a correction in the ledger.)
+# earlier than a live one moves the outage's start, and the same outage is paid the difference.)
 FD101_DEVICES = "pi-0001,pi-0002,pi-0005,hp-0005,pi-0006,pi-0007"
 DEMO_SCHEDULED_CUTS = [
     "--scheduled-cuts", FD101_DEVICES, "--router-on-ups", FD101_DEVICES,
