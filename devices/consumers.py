@@ -469,7 +469,7 @@ class DeviceConsumer(LeanDispatch, AsyncWebsocketConsumer):
                 answer["msg_id"] = msg_id
             await self._answer(json.dumps(answer))
         finally:
-            metrics.DEVICE_FRAMES.labels(counted_as).inc()
+            metrics.frame_counted(counted_as)
 
     async def _telemetry(self, frame: dict) -> None:
         msg_id = _msg_id(frame)

@@ -23,16 +23,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from devices.routing import websocket_urlpatterns  # noqa: E402
 from energy_portal import gc_settle  # noqa: E402
 from energy_portal.body_limit import BodyLimitMiddleware  # noqa: E402
-from energy_portal.metrics import process_exited  # noqa: E402
+from energy_portal.metrics import process_exited, tally_flush  # noqa: E402
 
 
 async def lifespan(scope, receive, send):
-    """The server's start and stop: at the stop, this process's live metrics leave the count."""
+    """The server's start and stop: at the stop, the sockets' tallied counts are added and this
+    process's live metrics leave the count."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            tally_flush()  # the sockets' last counts, before the process's files are left
             process_exited()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -446,7 +446,7 @@ def readings_enqueue(*, result: IngestResult, source: str, device_id: int) -> as
     the future that completes when the readings are in the buffer, or fails with the RedisError
     that kept them out (None: nothing to buffer). The frames of all this process's sockets travel
     to Redis together (`_SocketBuffer`)."""
-    metrics.readings_counted(result=result, source=source)
+    metrics.readings_counted(result=result, source=source, later=True)
     if not result.readings:
         return None
     sites = {reading.sensor.site_id for reading in result.readings}

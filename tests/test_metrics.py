@@ -5,6 +5,7 @@ happens on one is read through the other. The counters are read from the scrape'
 Prometheus reads it.
 """
 
+import asyncio
 import http.client
 import ipaddress
 import json
@@ -25,7 +26,7 @@ from django.db import connection
 from devices import services
 from energy_portal import metrics_dir as metrics_dir_module
 from energy_portal.health import BEAT_KEY
-from energy_portal.metrics import metrics_allowed
+from energy_portal.metrics import DEVICE_FRAMES, Tally, metrics_allowed
 from energy_portal.redis_client import sync_client
 from telemetry.services import INGEST_STREAM
 from tests.devices.test_consumers import (  # noqa: F401 (fixtures used by name)
@@ -186,13 +187,19 @@ async def test_frames_readings_sockets_and_requests_of_both_servers_add_up(porta
     for server in portals:
         assert get(server, "/api/v1/health/")[0] == 200
 
-    # then: the second server reports what happened on the first
+    # then: the second server reports what happened on the first (the sockets' counts within
+    # a second: energy_portal.metrics.Tally)
+    frames = "energy_portal_device_frames_total"
+    wait_for(
+        lambda: (
+            value(scrape(second), frames, type="unknown") > value(before, frames, type="unknown")
+        )
+    )
     after = scrape(second)
 
     def moved(name: str, **labels) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    frames = "energy_portal_device_frames_total"
     assert moved(frames, type="telemetry") == 1
     assert moved(frames, type="heartbeat") == 1
     assert moved(frames, type="error") == 1
@@ -345,3 +352,29 @@ async def test_a_viewer_socket_is_counted_while_open_and_counted_out_once(alice)
     assert connected
     assert while_open == before + 1
     assert REGISTRY.get_sample_value(gauge, {"kind": "viewer"}) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The sockets' tally
+
+
+@pytest.mark.asyncio
+async def test_the_tally_adds_its_counts_to_the_counters_at_once_after_the_first():
+    frames = "energy_portal_device_frames_total"
+
+    def counted(kind: str) -> float:
+        return REGISTRY.get_sample_value(frames, {"type": kind}) or 0.0
+
+    before = counted("telemetry"), counted("heartbeat")
+    tally = Tally(flush_s=0.05)
+    for _ in range(3):
+        tally.add(DEVICE_FRAMES, ("telemetry",))
+    tally.add(DEVICE_FRAMES, ("heartbeat",), 2)
+
+    assert (counted("telemetry"), counted("heartbeat")) == before  # not yet: one call per series
+    await asyncio.sleep(0.2)
+    assert (counted("telemetry"), counted("heartbeat")) == (before[0] + 3, before[1] + 2)
+    # and a count after the flush starts the next period; flushing by hand adds it at once
+    tally.add(DEVICE_FRAMES, ("telemetry",))
+    tally.flush()
+    assert counted("telemetry") == before[0] + 4

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import common as shared
 from bench.common import log
 from bench.outages import common, setup_data
+from energy_portal import metrics_dir
 
 TARGETS = {
     "lost_to_shown_p99_ms": 100,  # at 5,000
@@ -178,7 +179,11 @@ def run_portal(entries: list[dict], args, folder: Path) -> dict:
     setup_data.reset()
     redis_flush()
     procs = {}
-    env = common.portal_env()
+    # The processes keep their Prometheus metrics in files, as `make run` and compose run them
+    # (each counter increment then writes its file: part of the real cost of a frame).
+    metrics_path = common.WORK / "metrics"
+    metrics_dir.wipe(metrics_path)
+    env = {**common.portal_env(), metrics_dir.VARIABLE: str(metrics_path)}
     try:
         for name, command in portal_processes(args.port, args.workers, args.concurrency).items():
             procs[name] = shared.spawn(command, env=env, log_path=common.LOG_DIR / f"{name}.log")
