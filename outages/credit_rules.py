@@ -103,6 +103,8 @@ def duration_parse(text: str) -> timedelta | None:
     as 61 minutes: a policy written that way would pay by a rule nobody meant. Also None for
     more days than a `timedelta` holds (P999999999999D)."""
     text = text.strip()
+    if not text.isascii():  # fullwidth or Arabic-Indic digits are no ISO 8601 nor HH:MM:SS
+        return None
     try:
         if clock := _CLOCK.fullmatch(text):
             sign, days, hours, minutes, seconds, fraction = clock.groups()

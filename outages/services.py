@@ -231,12 +231,12 @@ def site_outages_reconcile(*, site_id: int) -> ReconcileResult:
 
     The outages are derived afresh from every event the site has (`site_outage_intervals`) and
     matched to the stored live ones by overlap (`match_by_overlap`): a derived outage takes the
-    stored one it shares most time with and moves its start and end there, so a late report
-    with an earlier instant keeps the cut's id (and the policy it was first paid by) and pays it
-    once, with no void-and-repay churn, and a cut split by late reports keeps its id on the
-    piece holding most of it. A derived
-    outage overlapping none is new (or revives a void one with exactly its start); a stored one
-    no derived outage took (no cut after all, or merged into an earlier one) becomes void.
+    stored one it covers most and moves its start and end there, so a late report with an
+    earlier instant keeps the cut's id (and the policy it was first paid by) and pays it once,
+    with no void-and-repay churn, and a cut split by late reports keeps its id on the piece
+    holding most of it. A derived outage starting exactly where a void one did takes that row
+    back (a merge undone), unless that would give up a live row; one overlapping none is new; a
+    stored one no derived outage took (no cut after all, or merged into another) becomes void.
 
     The grid outages of the site's feeder (and its transformer) are then derived afresh from
     their site outages (`_grids_sync`), which tells each site outage how many sites
@@ -396,9 +396,10 @@ def _sites_outages_sync(
         moved: set[datetime] = set()
         stored = stored_of[site_id]
         intervals = site_outage_intervals(reports[site_id], momentary_threshold=threshold)
-        void_by_start = {o.started_at: o for o in stored if o.status == OutageStatus.VOID}
         pairs, unmatched = match_by_overlap(
-            intervals, [o for o in stored if o.status != OutageStatus.VOID]
+            intervals,
+            [o for o in stored if o.status != OutageStatus.VOID],
+            void=[o for o in stored if o.status == OutageStatus.VOID],
         )
         to_settle = []
         for outage in unmatched:
@@ -407,9 +408,7 @@ def _sites_outages_sync(
             result.voided += 1
             to_settle.append(outage)
             moved.add(outage.started_at)
-        for interval, outage in pairs:
-            # A void outage at exactly this start is the same cut derived again: revived.
-            outage = outage or void_by_start.get(interval.started_at)
+        for interval, outage in pairs:  # a void one paired is the same cut derived again: revived
             status = OutageStatus.OPEN if interval.ended_at is None else OutageStatus.ENDED
             values = {
                 "started_at": interval.started_at,

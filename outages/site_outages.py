@@ -85,7 +85,7 @@ def overlaps(a, b) -> bool:
 
 
 def match_by_overlap(
-    derived: Sequence[T], stored: Sequence[S]
+    derived: Sequence[T], stored: Sequence[S], void: Sequence[S] = ()
 ) -> tuple[list[tuple[T, S | None]], list[S]]:
     """Pair derived outages with stored ones they overlap, so a cut keeps its identity (its row,
     its ledger entries, the policy it was first paid by) when late reports move its start or
@@ -97,19 +97,65 @@ def match_by_overlap(
     pairing covers as much of the stored outages as it can (`coverage`), then keeps the most
     identities: a stored cut stays with the piece that holds most of it, not with a few minutes
     a late report showed before it, and cuts merged into one all count whole, so the earliest
-    keeps its row. Ties go to the earliest."""
+    keeps its row. Ties go to the earliest.
+
+    `void` holds outages voided before (merged into another, or no cut after all): a derived
+    outage starting exactly where one of them did is that cut derived again and takes its row
+    back (`_revive`), as a merge undone by a later report gives each cut its own row again."""
     free = sorted(stored, key=lambda s: s.started_at)
     ordered = sorted(derived, key=lambda d: d.started_at)
     pairs: list[tuple[T, S | None]] = []
-    taken: set[int] = set()
     for group_derived, group_stored in _overlap_groups(ordered, free):
-        matched = dict(_best_pairing(group_derived, group_stored))
-        for interval in group_derived:
-            match = matched.get(id(interval))
-            if match is not None:
-                taken.add(id(match))
-            pairs.append((interval, match))
+        if len(group_derived) * len(group_stored) > MAX_TABLE:
+            matched = dict(_earliest_pairing(group_derived, group_stored))
+        else:
+            matched = dict(_best_pairing(group_derived, group_stored))
+        pairs += [(interval, matched.get(id(interval))) for interval in group_derived]
+    if void:
+        _revive(pairs, {outage.started_at: outage for outage in void})
+    taken = {id(outage) for _, outage in pairs if outage is not None}
     return pairs, [s for s in free if id(s) not in taken]
+
+
+# The largest group (derived x stored outages overlapping in one chain) paired by the table of
+# `_best_pairing`; past it, each derived outage takes the earliest it overlaps (linear). A chain
+# that long takes years of flapping reports at one site: 64 x 64 cells cost a few milliseconds.
+MAX_TABLE = 4096
+
+
+def _revive(pairs: list[tuple[T, S | None]], void_at: dict[datetime, S]) -> None:
+    """Give a void outage back its row where a derived one starts exactly where it did: a
+    derived outage with no row takes it; one paired with a live row that starts elsewhere takes
+    it when that live row can go to another derived outage it overlaps that has no row (the
+    one it covers most), so no live row is given up for a void one. In place."""
+    for k, (interval, outage) in enumerate(pairs):
+        again = void_at.get(interval.started_at)
+        if again is None or (outage is not None and outage.started_at == interval.started_at):
+            continue
+        if outage is None:
+            pairs[k] = (interval, again)
+            continue
+        free = [
+            (coverage(other, outage), -j)
+            for j, (other, row) in enumerate(pairs)
+            if row is None and other.started_at not in void_at and overlaps(other, outage)
+        ]
+        if free:
+            _, minus_j = max(free)
+            pairs[-minus_j] = (pairs[-minus_j][0], outage)
+            pairs[k] = (interval, again)
+
+
+def _earliest_pairing(derived: list[T], stored: list[S]) -> list[tuple[int, S]]:
+    """Each derived outage (in time order) with the earliest stored one it overlaps that no
+    earlier one took."""
+    chosen, free = [], list(stored)
+    for interval in derived:
+        match = next((outage for outage in free if overlaps(interval, outage)), None)
+        if match is not None:
+            free.remove(match)
+            chosen.append((id(interval), match))
+    return chosen
 
 
 def coverage(derived, stored) -> Fraction:
@@ -146,10 +192,10 @@ def _overlap_groups(derived: list[T], stored: list[S]) -> list[tuple[list[T], li
         ):
             first += 1
         touching = []
-        for outage in stored[first:]:
-            if not overlaps(interval, outage):
+        for k in range(first, len(stored)):
+            if not overlaps(interval, stored[k]):
                 break
-            touching.append(outage)
+            touching.append(stored[k])
         if touching and touching[0] is last_stored:
             group_derived, group_stored = groups[-1]
             group_derived.append(interval)

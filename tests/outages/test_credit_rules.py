@@ -214,7 +214,10 @@ def test_durations_are_read_as_iso_8601_or_hh_mm_ss(text, value):
     "text",
     # Django's parse_duration reads these as 12 s, 90 s, 61 min, 0 s, 0 s and 3 d 4 h 5 min 6 s:
     # a policy written so would pay by a rule nobody meant.
-    ["12", "1:30", "00:61:00", "00:00:60", "P", "PT", "3 days 04:05:06", "twelve hours", ""],
+    [
+        *["12", "1:30", "00:61:00", "00:00:60", "P", "PT", "3 days 04:05:06", "twelve hours", ""],
+        *["PT\uff11H", "\u0661\u0662:00:00"],  # fullwidth and Arabic-Indic digits
+    ],
 )
 def test_durations_that_are_neither_form_are_refused(text):
     assert duration_parse(text) is None

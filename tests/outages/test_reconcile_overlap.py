@@ -122,6 +122,39 @@ def test_a_late_short_cut_before_a_paid_one_leaves_it_its_row_and_policy(home, o
     ]
 
 
+def test_cuts_merged_then_parted_again_by_late_reports_get_their_rows_back(home, ofgem, report):
+    # given two cuts paid by Delhi's policy (3 h: INR 200; 16 h: INR 1,500), then Ofgem's
+    delhi = CreditPolicy.objects.get(name="Delhi")
+    services.site_credit_policy_set(site_id=home["site"].id, policy_id=delhi.id)
+    report(home["a"], "lost", 0)
+    report(home["a"], "restored", 3 * 60)
+    report(home["a"], "lost", 4 * 60)
+    report(home["a"], "restored", 20 * 60)
+    reconcile(home)
+    first, second = (row[0] for row in rows(home))
+    services.site_credit_policy_set(site_id=home["site"].id, policy_id=ofgem.id)
+    # when pi-a2's late reports first bridge the gap (one 20-hour cut for a moment), then its
+    # earlier restore shows mains came back between them after all
+    report(home["b"], "lost", 2 * 60)
+    report(home["b"], "restored", 5 * 60)
+    reconcile(home)
+    assert [status for *_, status in rows(home)] == ["ended", "void"]
+    report(home["b"], "restored", 3 * 60 + 30)
+    reconcile(home)
+
+    # then each cut has its own row again, priced by the policy it was first paid by
+    assert rows(home) == [
+        (first, at(0), at(3 * 60 + 30), "ended"),
+        (second, at(4 * 60), at(20 * 60), "ended"),
+    ]
+    assert {o.credit_policy for o in Outage.objects.filter(site=home["site"])} == {delhi}
+    paid = {}
+    for outage, amount, _ in entries(home):
+        paid[outage] = paid.get(outage, 0) + amount
+    # Delhi: INR 50 for each of the first two started hours, 100 for each after
+    assert paid == {first: Decimal("300.00"), second: Decimal("1500.00")}  # 4 and 16 hours
+
+
 def test_a_void_outage_at_the_start_a_live_one_moves_to_does_not_block_it(home, ofgem, report):
     # given a live cut from 70 and a void outage (from reports long superseded) starting at 60
     report(home["a"], "lost", 70)
@@ -207,6 +240,39 @@ def test_coverage_is_the_share_of_the_stored_cut_covered():
     assert coverage(_interval(60, None), _interval(0, None)) == 1
     assert coverage(_interval(0, 50), _interval(0, None)) == 0
     assert coverage(_interval(5, 10), _interval(10, 10)) == 1
+
+
+def test_a_void_row_is_revived_where_its_start_comes_back_without_giving_up_a_live_row():
+    merged = _interval(0, 100)
+    parted = [_interval(0, 30), _interval(50, 100)]
+    void = [_interval(50, 100)]
+
+    # the live row goes to the piece it can still take, the void one comes back for its start
+    pairs, unmatched = match_by_overlap(parted, [merged], void=void)
+    assert pairs == [(parted[0], merged), (parted[1], void[0])]
+    assert unmatched == []
+    # a piece with no row takes the void one at its start; a live row is never given up for it
+    assert match_by_overlap([_interval(50, 60)], [], void=void) == (
+        [(_interval(50, 60), void[0])],
+        [],
+    )
+    assert match_by_overlap([_interval(50, 100)], [merged], void=void) == (
+        [(_interval(50, 100), merged)],
+        [],
+    )
+
+
+def test_match_by_overlap_pairs_a_long_chain_of_cuts_earliest_first(monkeypatch):
+    # a chain of cuts each overlapping two stored ones, past the table's size: paired the
+    # linear way, each with the earliest it overlaps
+    monkeypatch.setattr("outages.site_outages.MAX_TABLE", 3)
+    stored = [_interval(0, 10), _interval(20, 30)]
+    derived = [_interval(5, 25), _interval(28, 40)]
+
+    assert match_by_overlap(derived, stored) == (
+        [(derived[0], stored[0]), (derived[1], stored[1])],
+        [],
+    )
 
 
 def test_match_by_overlap_pairs_an_open_cut_with_the_open_row():
