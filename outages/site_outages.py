@@ -183,7 +183,7 @@ def _overlap_groups(derived: list[T], stored: list[S]) -> list[tuple[list[T], li
     overlaps follow on from those of the one before."""
     groups: list[tuple[list[T], list[S]]] = []
     first = 0  # the first stored outage that may still overlap a derived one
-    last_stored: S | None = None  # the latest stored outage of the group being built
+    in_group: set[int] = set()  # ids of the stored outages of the group being built
     for interval in derived:
         while (
             first < len(stored)
@@ -196,13 +196,14 @@ def _overlap_groups(derived: list[T], stored: list[S]) -> list[tuple[list[T], li
             if not overlaps(interval, stored[k]):
                 break
             touching.append(stored[k])
-        if touching and touching[0] is last_stored:
+        if any(id(outage) in in_group for outage in touching):
             group_derived, group_stored = groups[-1]
             group_derived.append(interval)
-            group_stored.extend(touching[1:])
+            group_stored.extend(o for o in touching if id(o) not in in_group)
         else:
             groups.append(([interval], touching))
-        last_stored = touching[-1] if touching else None
+            in_group = set()
+        in_group.update(map(id, touching))
     return groups
 
 
