@@ -76,6 +76,7 @@ def _wipe() -> None:
 
     from devices.models import Site
 
+    reset()  # outages and the ledger hold on to the sites (protected keys)
     Site.objects.filter(name__startswith=PREFIX).delete()
     get_user_model().objects.filter(username__startswith=PREFIX).delete()
 
