@@ -21,6 +21,13 @@ def rows(home):
     )
 
 
+def report_cuts(report, device, *spans):
+    """`device` reports each (lost, restored) pair of minutes."""
+    for lost, restored in spans:
+        report(device, "lost", lost)
+        report(device, "restored", restored)
+
+
 def entries(home):
     return list(
         CreditEntry.objects.filter(site=home["site"])
@@ -66,10 +73,7 @@ def test_an_ended_cut_moved_earlier_within_its_credit_step_writes_no_entry(home,
 
 def test_two_cuts_merged_by_a_late_report_keep_the_earlier_and_void_the_later(home, ofgem, report):
     # given two paid 13-hour cuts an hour apart
-    report(home["a"], "lost", 0)
-    report(home["a"], "restored", 13 * 60)
-    report(home["a"], "lost", 14 * 60)
-    report(home["a"], "restored", 27 * 60)
+    report_cuts(report, home["a"], (0, 13 * 60), (14 * 60, 27 * 60))
     reconcile(home)
     first, second = (row[0] for row in rows(home))
     # when pi-a2 shows mains never came back at the site in between
@@ -126,10 +130,7 @@ def test_cuts_merged_then_parted_again_by_late_reports_get_their_rows_back(home,
     # given two cuts paid by Delhi's policy (3 h: INR 200; 16 h: INR 1,500), then Ofgem's
     delhi = CreditPolicy.objects.get(name="Delhi")
     services.site_credit_policy_set(site_id=home["site"].id, policy_id=delhi.id)
-    report(home["a"], "lost", 0)
-    report(home["a"], "restored", 3 * 60)
-    report(home["a"], "lost", 4 * 60)
-    report(home["a"], "restored", 20 * 60)
+    report_cuts(report, home["a"], (0, 3 * 60), (4 * 60, 20 * 60))
     reconcile(home)
     first, second = (row[0] for row in rows(home))
     services.site_credit_policy_set(site_id=home["site"].id, policy_id=ofgem.id)
