@@ -17,11 +17,12 @@ from demand_response.models import (
     VtnMessage,
 )
 from demand_response.openadr import mapping
-from outages.admin import ReadOnlyAdmin
+from outages.admin import STRICT_DURATIONS, ReadOnlyAdmin
 
 
 @admin.register(Program)
 class ProgramAdmin(admin.ModelAdmin):
+    formfield_overrides = STRICT_DURATIONS
     list_display = [
         "name",
         "reward_per_kwh",

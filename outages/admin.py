@@ -35,9 +35,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class PolicyDurationField(forms.DurationField):
+class StrictDurationField(forms.DurationField):
     """A duration read as the API reads it (`credit_rules.duration_parse`): Django's own field
-    would take "12" as 12 seconds and "00:61:00" as 61 minutes."""
+    would take "12" as 12 seconds and "00:61:00" as 61 minutes. For credit policies here and
+    demand-response programmes."""
 
     default_error_messages = {"invalid": DURATION_FORMS}
 
@@ -52,11 +53,13 @@ class PolicyDurationField(forms.DurationField):
         return parsed
 
 
+# A model admin's durations read strictly (`formfield_overrides`).
+STRICT_DURATIONS = {models.DurationField: {"form_class": StrictDurationField}}
+
+
 @admin.register(CreditPolicy)
 class CreditPolicyAdmin(admin.ModelAdmin):
-    formfield_overrides = {
-        models.DurationField: {"form_class": PolicyDurationField},
-    }
+    formfield_overrides = STRICT_DURATIONS
     list_display = [
         "name",
         "currency",
