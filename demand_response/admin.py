@@ -17,7 +17,8 @@ from demand_response.models import (
     VtnMessage,
 )
 from demand_response.openadr import mapping
-from outages.admin import STRICT_DURATIONS, ReadOnlyAdmin
+from outages.admin import ReadOnlyAdmin
+from outages.forms import STRICT_DURATIONS
 
 
 @admin.register(Program)

@@ -1,18 +1,14 @@
 """Admin for credit policies and their assignment to sites (editable), outages and the credit
 ledger (read only: outages are derived from power events, and the ledger is append-only)."""
 
-from datetime import timedelta
-
-from django import forms
 from django.contrib import admin
-from django.core.exceptions import ValidationError
-from django.db import models
 from django.forms.models import BaseInlineFormSet
 
 from devices.admin import SiteAdmin as RegistrySiteAdmin
 from devices.models import Site
 from outages import services
-from outages.credit_rules import DURATION_FORMS, duration_parse, round_money
+from outages.credit_rules import round_money
+from outages.forms import STRICT_DURATIONS
 from outages.models import (
     CreditEntry,
     CreditPolicy,
@@ -33,28 +29,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
-
-
-class StrictDurationField(forms.DurationField):
-    """A duration read as the API reads it (`credit_rules.duration_parse`): Django's own field
-    would take "12" as 12 seconds and "00:61:00" as 61 minutes. For credit policies here and
-    demand-response programmes."""
-
-    default_error_messages = {"invalid": DURATION_FORMS}
-
-    def to_python(self, value):
-        if value in self.empty_values:
-            return None
-        if isinstance(value, timedelta):
-            return value
-        parsed = duration_parse(str(value))
-        if parsed is None:
-            raise ValidationError(self.error_messages["invalid"], code="invalid")
-        return parsed
-
-
-# A model admin's durations read strictly (`formfield_overrides`).
-STRICT_DURATIONS = {models.DurationField: {"form_class": StrictDurationField}}
 
 
 @admin.register(CreditPolicy)

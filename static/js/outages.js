@@ -77,31 +77,32 @@
     });
   }
 
-  // The next step's time on the home's clock, as the server shows it, with its day when that is
-  // not today (a step days away would otherwise read as today's).
-  function stepTime(instant, tz) {
-    const time = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
-    const day = { day: "numeric", month: "short" };
-    let zone = {};
+  // Options that put a time on the home's clock, as the server shows it; the browser's own clock
+  // for a zone it does not know.
+  function homeZone(tz) {
     try {
-      instant.toLocaleTimeString("en-GB", { timeZone: tz });
-      zone = { timeZone: tz };
+      new Intl.DateTimeFormat("en-GB", { timeZone: tz });
+      return { timeZone: tz };
     } catch (error) {
-      // an unknown zone: the browser's own
+      return {};
     }
-    const text = instant.toLocaleTimeString("en-GB", Object.assign({}, zone, time));
-    const stepDay = instant.toLocaleDateString("en-GB", Object.assign({}, zone, day));
-    const today = new Date(Date.now() + skewMs).toLocaleDateString("en-GB", Object.assign({}, zone, day));
+  }
+
+  // The next step's time on the home's clock, with its day when that is not today (a step days
+  // away would otherwise read as today's).
+  function stepTime(instant, tz) {
+    const zone = homeZone(tz);
+    const time = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
+    const day = Object.assign({ day: "numeric", month: "short" }, zone);
+    const text = instant.toLocaleTimeString("en-GB", Object.assign(time, zone));
+    const stepDay = instant.toLocaleDateString("en-GB", day);
+    const today = new Date(Date.now() + skewMs).toLocaleDateString("en-GB", day);
     return stepDay === today ? text : text + " on " + stepDay;
   }
 
   function localTime(instant, tz) {
     const options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
-    try {
-      return instant.toLocaleTimeString("en-GB", Object.assign({ timeZone: tz }, options));
-    } catch (error) {
-      return instant.toLocaleTimeString("en-GB", options);
-    }
+    return instant.toLocaleTimeString("en-GB", Object.assign(options, homeZone(tz)));
   }
 
   // A device's power report reaches the page as soon as its socket gets it, before the site's
